@@ -1,0 +1,35 @@
+"""KoCLIP in JAX/Flax: the model, its checkpoints and its preprocessing.
+
+    from koclip import load_koclip
+    model, processor = load_koclip("koclip-base")
+    inputs = processor(text=["소파 위에 고양이", "자동차"], images=image, return_tensors="jax")
+    probs = jax.nn.softmax(model(**inputs).logits_per_image, axis=1)
+"""
+
+from koclip.api import KoCLIP, KoCLIPEncoder, KoCLIPOutput, KoCLIPProcessor, load_encoder, load_koclip
+from koclip.checkpoints import CHECKPOINTS, checkpoint_fingerprint, model_id_for
+from koclip.config import KoCLIPConfig, TextConfig, VisionConfig
+from koclip.errors import CheckpointError, ImageError, KoCLIPError
+from koclip.preprocess import DEFAULT_PROMPT, PREPROCESS_VERSION, open_image, preprocess
+
+__all__ = [
+    "CHECKPOINTS",
+    "DEFAULT_PROMPT",
+    "PREPROCESS_VERSION",
+    "CheckpointError",
+    "ImageError",
+    "KoCLIP",
+    "KoCLIPConfig",
+    "KoCLIPEncoder",
+    "KoCLIPError",
+    "KoCLIPOutput",
+    "KoCLIPProcessor",
+    "TextConfig",
+    "VisionConfig",
+    "checkpoint_fingerprint",
+    "load_encoder",
+    "load_koclip",
+    "model_id_for",
+    "open_image",
+    "preprocess",
+]

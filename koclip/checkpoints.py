@@ -1,0 +1,422 @@
+"""Named KoCLIP checkpoints, where their files live, and reading them into parameters.
+
+Supported on disk (a hub snapshot or any local directory):
+
+* `hybrid-clip` (the hub's `koclip/koclip-base`, `koclip/koclip-large`): `config.json` +
+  `flax_model.msgpack`.
+* `vision-text-dual-encoder` (`koclip/koclip-base-pt`, or saved by transformers):
+  `config.json` + `model.safetensors` (single or sharded, classic or transformers-5 key
+  layout) or `pytorch_model.bin` (needs torch, the optional `torch` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from koclip.config import KoCLIPConfig
+from koclip.convert import params_from_flax, params_from_pt
+from koclip.errors import CheckpointError
+
+TOKENIZER_FALLBACK = "klue/roberta-large"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+WEIGHT_FILES = (
+    "flax_model.msgpack",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+)
+
+
+@dataclass(frozen=True)
+class NamedCheckpoint:
+    """A released KoCLIP model: its hub repo, weight files in preference order, preprocessing."""
+
+    name: str
+    repo_id: str
+    weight_files: tuple[str, ...]
+    preprocess: str = "clip"  # KoCLIP's training transform, for both models (see preprocess.py)
+    description: str = ""
+
+
+CHECKPOINTS: dict[str, NamedCheckpoint] = {
+    c.name: c
+    for c in (
+        NamedCheckpoint(
+            "koclip-base",
+            "koclip/koclip-base",
+            ("flax_model.msgpack",),
+            description="klue/roberta-large + openai/clip-vit-base-patch32 (Flax)",
+        ),
+        NamedCheckpoint(
+            "koclip-large",
+            "koclip/koclip-large",
+            ("flax_model.msgpack",),
+            description="klue/roberta-large + google/vit-large-patch16-224 (Flax)",
+        ),
+        NamedCheckpoint(
+            "koclip-base-pt",
+            "koclip/koclip-base-pt",
+            ("model.safetensors", "pytorch_model.bin"),
+            description="koclip-base as a transformers VisionTextDualEncoderModel (PyTorch)",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """A resolved checkpoint: the directory, its config and the weights file to read."""
+
+    model_id: str
+    directory: Path
+    config: KoCLIPConfig
+    model_type: str
+    weights: Path
+
+    @property
+    def fingerprint(self) -> str:
+        return _fingerprint(self.directory / "config.json", self.weights)
+
+
+def is_local(name_or_path: str | os.PathLike[str]) -> bool:
+    return Path(name_or_path).expanduser().is_dir()
+
+
+def model_id_for(name_or_path: str | os.PathLike[str]) -> str:
+    """The id a library records: a hub name as given, or an absolute local path."""
+    text = os.fspath(name_or_path)
+    if text in CHECKPOINTS:
+        return text
+    p = Path(text).expanduser()
+    if p.is_dir():
+        return str(p.resolve())
+    return text
+
+
+def resolve(name_or_path: str | os.PathLike[str], cache_dir: str | None = None) -> CheckpointFiles:
+    """Find a checkpoint's files (downloading a named one through huggingface_hub's cache)."""
+    text = os.fspath(name_or_path)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return _resolve_dir(str(local.resolve()), local.resolve())
+    if text in CHECKPOINTS:
+        return _resolve_hub(CHECKPOINTS[text], cache_dir)
+    if local.exists():
+        raise CheckpointError(f"{text}: a checkpoint must be a directory holding config.json")
+    valid = ", ".join(CHECKPOINTS)
+    raise CheckpointError(
+        f"unknown model {text!r}: use one of {valid}, or a local checkpoint directory"
+    )
+
+
+def checkpoint_fingerprint(name_or_path: str | os.PathLike[str]) -> str:
+    """A cheap id of a checkpoint's weights (no weights are loaded)."""
+    return resolve(name_or_path).fingerprint
+
+
+def _resolve_dir(model_id: str, directory: Path) -> CheckpointFiles:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory}: no config.json; is this a KoCLIP checkpoint?")
+    data = _read_json(config_path)
+    try:
+        config = KoCLIPConfig.from_json(data)
+    except ValueError as exc:
+        raise CheckpointError(f"{config_path}: {exc}") from None
+    model_type = data["model_type"]
+    order = (
+        ("flax_model.msgpack",)
+        if model_type == "hybrid-clip"
+        else ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    )
+    for name in order:
+        if (directory / name).is_file():
+            return CheckpointFiles(model_id, directory, config, model_type, directory / name)
+    raise CheckpointError(
+        f"{directory}: no weights file for a {model_type!r} checkpoint (looked for {', '.join(order)})"
+    )
+
+
+def _resolve_hub(named: NamedCheckpoint, cache_dir: str | None) -> CheckpointFiles:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    def fetch(filename: str) -> Path:
+        return Path(hf_hub_download(named.repo_id, filename, cache_dir=cache_dir))
+
+    try:
+        config_path = fetch("config.json")
+        weights = None
+        for filename in named.weight_files:
+            try:
+                weights = fetch(filename)
+                break
+            except EntryNotFoundError:
+                continue
+        if weights is None:
+            raise CheckpointError(f"{named.repo_id} has none of {', '.join(named.weight_files)}")
+    except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        why = "downloads are off (HF_HUB_OFFLINE)" if offline else "the hub cannot be reached"
+        raise CheckpointError(
+            f"the weights of {named.name} ({named.repo_id}) are not in the Hugging Face cache "
+            f"and {why}; download them once with network access, or pass a local checkpoint "
+            "directory"
+        ) from None
+    except CheckpointError:
+        raise
+    except Exception as exc:  # the hub client raises many types; one message for all
+        raise CheckpointError(f"cannot fetch {named.repo_id}: {exc}") from None
+    resolved = _resolve_dir(named.name, config_path.parent)
+    # hf_hub_download returns paths in the snapshot directory; keep the file it found.
+    return CheckpointFiles(named.name, config_path.parent, resolved.config, resolved.model_type, weights)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable config ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: config.json is not a JSON object")
+    return data
+
+
+def _fingerprint(config_path: Path, weights: Path) -> str:
+    """Hash of config + weights' size and first/last MiB: cheap, and changes with the weights."""
+    h = hashlib.sha256()
+    h.update(config_path.read_bytes())
+    files = [weights]
+    if weights.name.endswith(".index.json"):
+        files += [weights.parent / n for n in sorted(set(_shard_map(weights).values()))]
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()[:32]
+
+
+# --- reading weights ---------------------------------------------------------------------------
+
+
+def load_params(
+    files: CheckpointFiles, towers: Iterable[str], cache_root: Path | None = None
+) -> dict[str, Any]:
+    """Read the parameters of the towers asked for, as float32 numpy arrays."""
+    towers = tuple(sorted(set(towers)))
+    bad = set(towers) - {"text", "vision"}
+    if bad or not towers:
+        raise ValueError(f"towers must be a non-empty subset of ('text', 'vision'), not {towers}")
+    source = str(files.weights)
+    name = files.weights.name
+    if name == "flax_model.msgpack":
+        cached = _converted_path(files, cache_root)
+        if cached is not None and cached.is_file():
+            return params_from_flax(_read_flat_safetensors(cached, towers), files.config, towers, source)
+        tree = _read_msgpack(files.weights)
+        params = params_from_flax(tree, files.config, ("text", "vision"), source)
+        if cached is not None:
+            _write_converted(params, cached)
+        return {k: v for k, v in params.items() if _tower_of(k) in (*towers, None)}
+    if name.endswith(".safetensors") or name.endswith(".index.json"):
+        with _SafetensorsTensors(files.weights) as tensors:
+            return params_from_pt(tensors, files.config, towers, source)
+    if name == "pytorch_model.bin":
+        return params_from_pt(_read_torch_bin(files.weights), files.config, towers, source)
+    raise CheckpointError(f"{source}: unsupported weights file")
+
+
+def _tower_of(top_key: str) -> str | None:
+    if top_key.startswith("text"):
+        return "text"
+    if top_key.startswith("vision") or top_key.startswith("visual"):
+        return "vision"
+    return None  # logit_scale belongs to both
+
+
+def _read_msgpack(path: Path) -> dict[str, Any]:
+    from flax import serialization
+
+    try:
+        data = path.read_bytes()
+        tree = serialization.msgpack_restore(data)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except Exception as exc:  # msgpack raises several unrelated types on damaged files
+        raise CheckpointError(f"{path}: corrupt or truncated Flax msgpack ({exc})") from None
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"{path}: not a Flax parameter tree")
+    # Some Flax checkpoints wrap the tree as {"params": ...}.
+    if set(tree) == {"params"}:
+        tree = tree["params"]
+    return tree
+
+
+class _SafetensorsTensors(Mapping[str, np.ndarray]):
+    """Lazy, memory-mapped view of one or several (sharded) safetensors files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handles: dict[Path, Any] = {}
+        if path.name.endswith(".index.json"):
+            self._where = {k: path.parent / v for k, v in _shard_map(path).items()}
+        else:
+            self._where = None
+
+    def __enter__(self) -> _SafetensorsTensors:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            files = set(self._where.values()) if self._where is not None else {self.path}
+            for f in sorted(files):
+                self._handles[f] = safe_open(str(f), framework="numpy")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{self.path}: corrupt or unreadable safetensors ({exc})") from None
+        if self._where is None:
+            handle = self._handles[self.path]
+            self._where = {k: self.path for k in handle.keys()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handles.clear()
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        from safetensors import SafetensorError
+
+        try:
+            return self._handles[self._where[key]].get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{self.path}: cannot read tensor {key} ({exc})") from None
+        except TypeError as exc:  # bf16 has no numpy dtype
+            raise CheckpointError(f"{self.path}: tensor {key}: {exc}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def _shard_map(index_path: Path) -> dict[str, str]:
+    data = _read_json(index_path)
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path}: no weight_map")
+    return weight_map
+
+
+def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: reading pytorch_model.bin needs torch; install it with "
+            "`pip install 'koclip-search[torch]'` or convert the checkpoint to safetensors"
+        ) from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: corrupt or unreadable PyTorch checkpoint ({exc})") from None
+    return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
+
+
+# --- the converted cache: msgpack is read once, then one tower is memory-mapped ------------------
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("KOCLIP_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "koclip-search"
+    )
+    return Path(base)
+
+
+def _converted_path(files: CheckpointFiles, cache_root: Path | None) -> Path | None:
+    if os.environ.get("KOCLIP_NO_CONVERTED_CACHE"):
+        return None
+    root = cache_root if cache_root is not None else default_cache_root()
+    return root / "converted" / f"{files.fingerprint}.safetensors"
+
+
+def _read_flat_safetensors(path: Path, towers: tuple[str, ...]) -> dict[str, Any]:
+    from flax.traverse_util import unflatten_dict
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            flat = {
+                tuple(k.split("/")): f.get_tensor(k)
+                for k in f.keys()
+                if _tower_of(k.split("/")[0]) in (*towers, None)
+            }
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: damaged conversion cache ({exc}); delete it") from None
+    return unflatten_dict(flat)
+
+
+def _write_converted(params: dict[str, Any], path: Path) -> None:
+    """Best effort: a cache that cannot be written only costs speed."""
+    from flax.traverse_util import flatten_dict
+    from safetensors.numpy import save_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flat = {"/".join(k): np.ascontiguousarray(v) for k, v in flatten_dict(params).items()}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(flat, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass
+
+
+# --- tokenizer --------------------------------------------------------------------------------
+
+
+def load_tokenizer(files: CheckpointFiles | None, cache_dir: str | None = None) -> Any:
+    """klue/roberta-large's WordPiece tokenizer: from the checkpoint dir, else from the hub cache."""
+    from transformers import AutoTokenizer
+
+    source: str = TOKENIZER_FALLBACK
+    if files is not None and any((files.directory / f).is_file() for f in TOKENIZER_FILES):
+        source = str(files.directory)
+    try:
+        # do_lower_case=True would NFD-strip Hangul into [UNK]: always off. The checkpoint's
+        # config.json describes the dual encoder, not the tokenizer: silence transformers'
+        # warning about that model_type.
+        with _quiet_transformers():
+            return AutoTokenizer.from_pretrained(source, do_lower_case=False, cache_dir=cache_dir)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot load the tokenizer from {source}: {exc}. KoCLIP uses klue/roberta-large's "
+            "tokenizer; put its vocab.txt beside the checkpoint or in the Hugging Face cache"
+        ) from None
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
