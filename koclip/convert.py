@@ -138,7 +138,7 @@ def params_from_flax(
         if path not in all_expected:
             report.unexpected.append("/".join(path))
         elif path in expected:
-            arr = np.asarray(value)
+            arr = _fit_scalar(np.asarray(value), expected[path])
             if tuple(arr.shape) != expected[path]:
                 report.misshaped.append(
                     f"{'/'.join(path)}: checkpoint {tuple(arr.shape)}, model {expected[path]}"
@@ -178,9 +178,7 @@ def params_from_pt(
         path = wanted.get(classic)
         if path is None:
             continue  # the other tower: never read
-        arr = pt_to_flax_array(path, np.asarray(tensors[key]))
-        if expected[path] == () and arr.size == 1:
-            arr = arr.reshape(())  # logit_scale: some writers store scalars as shape (1,)
+        arr = _fit_scalar(pt_to_flax_array(path, np.asarray(tensors[key])), expected[path])
         if tuple(arr.shape) != expected[path]:
             report.misshaped.append(
                 f"{key}: checkpoint {tuple(arr.shape)}, model {expected[path]} (after transposing)"
@@ -225,6 +223,11 @@ def _classic_to_flat(key: str, vit: bool) -> str:
             rest = new + rest[len(old) :]
             break
     return f"vision_model.layers.{n}.{rest}"
+
+
+def _fit_scalar(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    # logit_scale: safetensors and some exporters store scalars with shape (1,).
+    return arr.reshape(()) if shape == () and arr.shape == (1,) else arr
 
 
 def _float32(x: np.ndarray) -> np.ndarray:

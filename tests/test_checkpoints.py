@@ -1,0 +1,180 @@
+"""Checkpoint resolution, one-tower loading, tokenisation and every bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from koclip import CHECKPOINTS, CheckpointError, KoCLIPError, load_encoder, load_koclip
+from koclip.checkpoints import checkpoint_fingerprint, load_tokenizer, resolve
+from koclip.testing import build_tiny_checkpoint
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(CheckpointError) as info:
+        resolve("koclip-huge")
+    for name in CHECKPOINTS:
+        assert name in str(info.value)
+
+
+def test_named_checkpoint_without_cache_is_a_clear_offline_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):
+        resolve("koclip-base", cache_dir=str(tmp_path))
+
+
+def test_one_tower_loads_only_its_weights(tiny_checkpoint):
+    text = load_encoder(str(tiny_checkpoint), towers=("text",))
+    vision = load_encoder(str(tiny_checkpoint), towers=("vision",))
+    assert text.towers == {"text"} and vision.towers == {"vision"}
+    assert "vision_model" not in text.model.params and "text_model" not in vision.model.params
+    assert text.encode_texts(["고양이"]).shape == (1, 16)
+    with pytest.raises(KoCLIPError, match="vision tower was not loaded"):
+        text.encode_pixels(np.zeros((1, 224, 224, 3), np.float32))
+    with pytest.raises(KoCLIPError, match="text tower was not loaded"):
+        vision.encode_texts(["고양이"])
+
+
+def test_one_tower_from_safetensors_matches_full_model(tmp_path):
+    path = build_tiny_checkpoint(tmp_path, fmt="safetensors", seed=5)
+    both = load_encoder(str(path))
+    text = load_encoder(str(path), towers=("text",))
+    np.testing.assert_array_equal(both.encode_texts(["바다"]), text.encode_texts(["바다"]))
+
+
+def test_fingerprint_and_model_id(tmp_path):
+    a = build_tiny_checkpoint(tmp_path / "a", seed=0)
+    b = build_tiny_checkpoint(tmp_path / "b", seed=1)
+    enc = load_encoder(str(a), towers=("text",))
+    assert enc.fingerprint == checkpoint_fingerprint(a)
+    assert checkpoint_fingerprint(a) != checkpoint_fingerprint(b)
+    assert enc.model_id == str(a.resolve())
+
+
+def test_hangul_tokenisation_keeps_syllables(tiny_checkpoint):
+    tok = load_tokenizer(resolve(str(tiny_checkpoint)))
+    ids = tok("소파 위에 고양이")["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "소파", "위", "##에", "고양이", "[SEP]"]
+    assert tok.pad_token_id == 1 and tok.cls_token_id == 0
+
+
+def test_nfd_query_embeds_like_nfc(tiny_checkpoint):
+    enc = load_encoder(str(tiny_checkpoint), towers=("text",))
+    nfd = "\u1100\u1169\u110b\u1163\u11bc\u110b\u1175"  # 고양이, decomposed
+    np.testing.assert_array_equal(enc.encode_texts([nfd]), enc.encode_texts(["고양이"]))
+
+
+def test_prompt_changes_the_embedding(tiny_checkpoint):
+    enc = load_encoder(str(tiny_checkpoint), towers=("text",))
+    raw = enc.encode_texts(["고양이"], prompt=None)
+    templated = enc.encode_texts(["이것은 고양이 이다."], prompt=None)
+    np.testing.assert_allclose(enc.encode_texts(["고양이"]), templated, atol=1e-6)
+    assert not np.allclose(raw, templated)
+
+
+def test_corrupt_msgpack(tmp_path):
+    path = build_tiny_checkpoint(tmp_path)
+    weights = path / "flax_model.msgpack"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_koclip(str(path))
+
+
+def test_corrupt_safetensors(tmp_path):
+    path = build_tiny_checkpoint(tmp_path, fmt="safetensors")
+    (path / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_koclip(str(path))
+
+
+def test_wrong_shapes_and_keys_are_listed_together(tmp_path):
+    path = build_tiny_checkpoint(tmp_path, fmt="safetensors")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["projection_dim"] = 8
+    cfg["text_config"]["num_hidden_layers"] = 3
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as info:
+        load_koclip(str(path))
+    msg = str(info.value)
+    assert "wrong shape" in msg and "text_projection.weight" in msg and "visual_projection.weight" in msg
+    assert "missing" in msg and "text_model.encoder.layer.2.attention.self.query.weight" in msg
+
+
+def test_unexpected_keys_are_listed(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    path = build_tiny_checkpoint(tmp_path, fmt="safetensors")
+    state = load_file(str(path / "model.safetensors"))
+    state["text_model.extra_head.weight"] = np.zeros((2, 2), np.float32)
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="unexpected .*\n.*text_model.extra_head.weight"):
+        load_koclip(str(path))
+
+
+def test_bad_directories(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        resolve(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable config"):
+        resolve(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CheckpointError, match="unsupported model_type"):
+        resolve(str(tmp_path))
+    path = build_tiny_checkpoint(tmp_path / "ok")
+    (path / "flax_model.msgpack").unlink()
+    with pytest.raises(CheckpointError, match="no weights file"):
+        resolve(str(path))
+    file = tmp_path / "file.bin"
+    file.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="must be a directory"):
+        resolve(str(file))
+
+
+def test_converted_cache_is_used_and_survives_damage(tmp_path, monkeypatch):
+    monkeypatch.setenv("KOCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    path = build_tiny_checkpoint(tmp_path / "ckpt", seed=7)
+    first = load_encoder(str(path), towers=("text",)).encode_texts(["바다"])
+    cached = list((tmp_path / "cache" / "converted").glob("*.safetensors"))
+    assert len(cached) == 1
+    again = load_encoder(str(path), towers=("text",)).encode_texts(["바다"])
+    np.testing.assert_array_equal(first, again)
+    cached[0].write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="delete it"):
+        load_encoder(str(path), towers=("text",))
+
+
+def test_tokenizer_falls_back_to_klue_and_says_so_offline(tmp_path):
+    path = build_tiny_checkpoint(tmp_path)
+    for f in ("vocab.txt", "tokenizer_config.json"):
+        (path / f).unlink()
+    with pytest.raises(CheckpointError, match="klue/roberta-large"):
+        load_tokenizer(resolve(str(path)), cache_dir=str(tmp_path / "empty-cache"))
+
+
+def test_processor_shapes(tiny_checkpoint):
+    from PIL import Image
+
+    model, processor = load_koclip(str(tiny_checkpoint))
+    img = Image.new("RGB", (300, 200), (10, 20, 30))
+    inputs = processor(text=["소파 위에 고양이", "자동차"], images=[img, img], return_tensors="jax")
+    assert inputs["pixel_values"].shape == (2, 224, 224, 3)
+    out = model(**inputs)
+    assert out.logits_per_image.shape == (2, 2) and out.logits_per_text.shape == (2, 2)
+    # NCHW pixels (as PyTorch processors give) are accepted too.
+    nchw = np.asarray(inputs["pixel_values"]).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(
+        np.asarray(model.get_image_features(nchw)),
+        np.asarray(model.get_image_features(inputs["pixel_values"])),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="return_tensors"):
+        processor(text=["a"], return_tensors="tf")
+
+
+def test_copying_a_checkpoint_keeps_its_fingerprint(tmp_path):
+    path = build_tiny_checkpoint(tmp_path / "a")
+    shutil.copytree(path, tmp_path / "b")
+    assert checkpoint_fingerprint(path) == checkpoint_fingerprint(tmp_path / "b")

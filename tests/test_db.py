@@ -1,0 +1,239 @@
+"""db/: schema, sessions, manifest, lock, FAISS wrapper (no model involved)."""
+
+from __future__ import annotations
+
+import errno
+import json
+from datetime import datetime
+
+import faiss
+import numpy as np
+import pytest
+from sqlalchemy import select, text
+
+import db
+from db import vectors
+from db.library import DB_NAME, index_filename
+
+DIM = 8
+
+
+def _manifest(**overrides: object) -> db.Manifest:
+    values = dict(
+        model_id="tiny",
+        fingerprint="abc123",
+        dim=DIM,
+        preprocess_version="1",
+        index_type="flat",
+        photo_root="..",
+    )
+    values.update(overrides)
+    return db.Manifest(**values)
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _photo(path: str, vec: np.ndarray, content_hash: str = "h") -> db.Photo:
+    return db.Photo(
+        path=path,
+        size=1,
+        mtime_ns=1,
+        content_hash=content_hash,
+        width=4,
+        height=3,
+        taken_at=datetime(2024, 5, 1, 12, 0, 0),
+        taken_at_source="exif",
+        indexed_at=0.0,
+        embedding=db.vector_to_blob(vec),
+    )
+
+
+@pytest.fixture
+def library(tmp_path):
+    lib = db.Library.create(tmp_path / "photos" / db.LIBRARY_DIRNAME)
+    with lib.session() as s, s.begin():
+        lib.set_manifest(s, _manifest())
+    lib.write_manifest_json()
+    yield lib
+    lib.close()
+
+
+def _add(lib: db.Library, vecs: np.ndarray, prefix: str = "p") -> list[int]:
+    with lib.session() as s, s.begin():
+        rows = [_photo(f"{prefix}{i}.jpg", v) for i, v in enumerate(vecs)]
+        s.add_all(rows)
+        s.flush()
+        return [r.id for r in rows]
+
+
+def test_manifest_roundtrip_and_json_mirror(library):
+    m = library.manifest()
+    assert (m.model_id, m.dim, m.index_type, m.schema_version) == (
+        "tiny",
+        DIM,
+        "flat",
+        db.SCHEMA_VERSION,
+    )
+    assert m.created_at > 0 and m.updated_at >= m.created_at
+    assert json.loads(library.manifest_path.read_text("utf-8"))["fingerprint"] == "abc123"
+    assert library.photo_root() == (library.directory / "..").resolve()
+    assert library.resolve("a/b.jpg") == library.photo_root() / "a/b.jpg"
+
+
+def test_relative_photo_root(tmp_path):
+    root = tmp_path / "photos"
+    assert db.relative_photo_root(root / ".koclip-search", root) == ".."
+    assert db.relative_photo_root(tmp_path / "elsewhere", root) == str(root.resolve())
+
+
+def test_ids_are_never_reused(library):
+    rng = np.random.default_rng(0)
+    first = _add(library, _unit(rng, 3))
+    with library.session() as s, s.begin():
+        s.delete(s.get(db.Photo, first[-1]))
+    (again,) = _add(library, _unit(rng, 1), prefix="q")
+    assert again > max(first)
+    assert list(library.photo_ids()) == [*first[:-1], again]
+
+
+def test_reader_sees_committed_snapshot_while_writer_is_mid_transaction(library):
+    rng = np.random.default_rng(1)
+    _add(library, _unit(rng, 2))
+    reader = db.Library.open(library.directory, readonly=True)
+    try:
+        with library.session() as w, w.begin():
+            w.add(_photo("new.jpg", _unit(rng, 1)[0]))
+            w.flush()
+            assert len(reader.photo_ids()) == 2  # uncommitted row is invisible
+        assert len(reader.photo_ids()) == 3
+        with reader.session() as s, s.begin():
+            row = s.scalars(select(db.Photo).where(db.Photo.path == "new.jpg")).one()
+            assert row.vector().shape == (DIM,) and row.taken_at.year == 2024
+            with pytest.raises(Exception, match="readonly"):
+                s.execute(text("DELETE FROM photos"))
+    finally:
+        reader.close()
+
+
+def test_open_missing_library_is_a_clear_error(tmp_path):
+    with pytest.raises(db.LibraryNotFoundError, match="koclip-search index"):
+        db.Library.open(tmp_path / "nothing")
+
+
+def test_schema_version_mismatch_refused(library):
+    with library.session() as s, s.begin():
+        s.execute(text("UPDATE manifest SET schema_version = 999"))
+    with pytest.raises(db.SchemaVersionError, match="--rebuild"):
+        db.Library.open(library.directory)
+
+
+def test_lock_is_exclusive_and_names_the_holder(tmp_path):
+    lib_dir = tmp_path / "lib"
+    with (
+        db.LibraryLock(lib_dir),
+        pytest.raises(db.LibraryLockedError, match=r"pid \d+.*already writing"),
+    ):
+        db.LibraryLock(lib_dir).acquire()
+    with db.LibraryLock(lib_dir):  # released: can be taken again
+        pass
+
+
+def test_sqlite_disk_full_is_a_write_error_and_rolls_back(library):
+    rng = np.random.default_rng(2)
+    _add(library, _unit(rng, 1))
+    with library.engine.connect() as conn:  # cap the file at its current size: a real SQLITE_FULL
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+        conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
+    big = [_photo(f"big{i}.jpg", _unit(rng, 1)[0], content_hash="x" * 4000) for i in range(50)]
+    with (
+        pytest.raises(db.LibraryWriteError, match="full"),
+        db.write_errors(library.directory),
+        library.session() as s,
+        s.begin(),
+    ):
+        s.add_all(big)
+    assert len(library.photo_ids()) == 1
+
+
+def test_build_index_matches_brute_force(library):
+    rng = np.random.default_rng(3)
+    vecs = _unit(rng, 50)
+    ids = np.asarray(_add(library, vecs))
+    index = library.build_index()
+    queries = _unit(rng, 4)
+    scores, got = vectors.search(index, queries, 5)
+    brute = queries @ vecs.T
+    want = ids[np.argsort(-brute, axis=1)[:, :5]]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :5], rtol=1e-5)
+
+
+def test_index_roundtrip_remove_and_ids(tmp_path):
+    rng = np.random.default_rng(4)
+    index = vectors.make_index("flat", DIM)
+    vectors.add(index, np.array([10, 20, 30]), _unit(rng, 3))
+    assert vectors.remove(index, [20])
+    path = tmp_path / "i.faiss"
+    vectors.write_index(index, path)
+    back = vectors.read_index(path)
+    assert list(vectors.index_ids(back)) == [10, 30]
+    assert isinstance(back, faiss.IndexIDMap2)
+    assert vectors.search(vectors.make_index("flat", DIM), _unit(rng, 1), 3)[1].shape == (1, 1)
+
+
+def test_unknown_index_type_lists_known(tmp_path):
+    with pytest.raises(db.LibraryError, match="known: flat"):
+        vectors.make_index("nope", DIM)
+
+
+def test_register_index_type(monkeypatch):
+    monkeypatch.setitem(
+        vectors.INDEX_FACTORIES,
+        "hnsw-test",
+        lambda d, n: faiss.IndexHNSWFlat(d, 8, faiss.METRIC_INNER_PRODUCT),
+    )
+    rng = np.random.default_rng(5)
+    index = vectors.build_index("hnsw-test", DIM, [(np.arange(5), _unit(rng, 5))])
+    assert index.ntotal == 5
+    assert not vectors.remove(index, [1])  # HNSW cannot remove: the caller rebuilds
+
+
+def test_write_index_disk_full_keeps_old_file(tmp_path, monkeypatch):
+    rng = np.random.default_rng(6)
+    path = tmp_path / "i.faiss"
+    old = vectors.make_index("flat", DIM)
+    vectors.add(old, np.array([1]), _unit(rng, 1))
+    vectors.write_index(old, path)
+    before = path.read_bytes()
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_writer = faiss.PyCallbackIOWriter
+    monkeypatch.setattr(faiss, "PyCallbackIOWriter", lambda _write: real_writer(full))
+    new = vectors.make_index("flat", DIM)
+    vectors.add(new, np.arange(100), _unit(rng, 100))
+    with pytest.raises(db.LibraryWriteError, match="No space left"):
+        vectors.write_index(new, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["i.faiss"]  # no temp file left behind
+
+
+def test_reconcile_rebuilds_on_disagreement(library):
+    rng = np.random.default_rng(7)
+    _add(library, _unit(rng, 5))
+    index, rebuilt = library.reconcile_index()  # no file yet
+    assert rebuilt and index.ntotal == 5
+    assert library.index_path().name == index_filename("flat")
+    index, rebuilt = library.reconcile_index()
+    assert not rebuilt
+    _add(library, _unit(rng, 2), prefix="late")  # committed rows the file has not seen
+    index, rebuilt = library.reconcile_index()
+    assert rebuilt and sorted(vectors.index_ids(index)) == list(library.photo_ids())
+    library.index_path().write_bytes(b"garbage")  # a corrupt file is repaired too
+    index, rebuilt = library.reconcile_index()
+    assert rebuilt and index.ntotal == 7
+    assert (library.directory / DB_NAME).exists()

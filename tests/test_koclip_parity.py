@@ -1,0 +1,128 @@
+"""Our Flax KoCLIP against transformers' PyTorch VisionTextDualEncoderModel on the same weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from koclip import load_koclip
+from koclip.config import KoCLIPConfig
+from koclip.convert import params_to_pt
+from koclip.testing import random_params, tiny_vocab, write_checkpoint
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TEXTS = ["소파 위에 고양이", "강아지와 강아지 주인", "쳇바퀴를 달리는 햄스터", "자동차"]
+ATOL = 1e-4
+
+
+def torch_model(config: KoCLIPConfig, params: dict) -> object:
+    """transformers' reference model, loaded with exactly our weights (strict)."""
+    from transformers import VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+
+    cfg = VisionTextDualEncoderConfig.from_dict(config.to_dual_encoder_json())
+    model = VisionTextDualEncoderModel(cfg).eval()
+    state = {k: torch.from_numpy(np.array(v)) for k, v in params_to_pt(params, "flat").items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    # Only non-persistent buffers may be absent from our export.
+    assert all(k.endswith(("position_ids", "token_type_ids")) for k in missing), missing
+    return model
+
+
+def reference_outputs(model, inputs: dict) -> dict[str, np.ndarray]:
+    ids = torch.from_numpy(np.asarray(inputs["input_ids"])).long()
+    mask = torch.from_numpy(np.asarray(inputs["attention_mask"])).long()
+    # KoCLIP was trained with positions 0..L-1 (Flax), not RoBERTa's padding offset from 2.
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    pixels = torch.from_numpy(np.asarray(inputs["pixel_values"])).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixels)
+        text_features = model.get_text_features(
+            input_ids=ids, attention_mask=mask, position_ids=positions
+        )
+        image_features = model.get_image_features(pixel_values=pixels)
+    as_np = lambda t: (t.pooler_output if hasattr(t, "pooler_output") else t).numpy()  # noqa: E731
+    return {
+        "logits_per_image": out.logits_per_image.numpy(),
+        "logits_per_text": out.logits_per_text.numpy(),
+        "text_embeds": out.text_embeds.numpy(),
+        "image_embeds": out.image_embeds.numpy(),
+        "text_features": as_np(text_features),
+        "image_features": as_np(image_features),
+    }
+
+
+def random_images(n: int, seed: int = 0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sizes = [(320, 240), (200, 300), (224, 224), (640, 480)]
+    return [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for w, h in (sizes[i % len(sizes)] for i in range(n))
+    ]
+
+
+@pytest.mark.parametrize("vision", ["clip", "vit"])
+@pytest.mark.parametrize("fmt", ["msgpack", "safetensors", "safetensors-classic", "bin"])
+def test_logits_and_embeddings_match_pytorch(tmp_path, vision, fmt):
+    config = KoCLIPConfig.tiny(vision=vision, vocab_size=len(tiny_vocab()))
+    params = random_params(config, seed=3)
+    write_checkpoint(tmp_path, config, params, fmt=fmt)
+
+    model, processor = load_koclip(str(tmp_path))
+    inputs = processor(text=TEXTS, images=random_images(3), return_tensors="np", padding=True)
+    assert inputs["attention_mask"].min() == 0, "the batch must exercise padding"
+    ours = model(**inputs)
+    ref = reference_outputs(torch_model(config, params), inputs)
+
+    for name in ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds"):
+        np.testing.assert_allclose(np.asarray(getattr(ours, name)), ref[name], atol=ATOL, err_msg=name)
+    text_features = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+    image_features = model.get_image_features(inputs["pixel_values"])
+    np.testing.assert_allclose(np.asarray(text_features), ref["text_features"], atol=ATOL)
+    np.testing.assert_allclose(np.asarray(image_features), ref["image_features"], atol=ATOL)
+
+
+def test_transformers_save_pretrained_output_loads(tmp_path):
+    """A checkpoint written by transformers itself (its own key layout) gives its own outputs."""
+    from transformers import VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+
+    from koclip.testing import write_tokenizer
+
+    config = KoCLIPConfig.tiny(vocab_size=len(tiny_vocab()))
+    torch.manual_seed(0)
+    model_pt = VisionTextDualEncoderModel(
+        VisionTextDualEncoderConfig.from_dict(config.to_dual_encoder_json())
+    ).eval()
+    model_pt.save_pretrained(tmp_path)
+    write_tokenizer(tmp_path)
+
+    model, processor = load_koclip(str(tmp_path))
+    inputs = processor(text=TEXTS[:2], images=random_images(2), return_tensors="np")
+    ref = reference_outputs(model_pt, inputs)
+    np.testing.assert_allclose(np.asarray(model(**inputs).logits_per_text), ref["logits_per_text"], atol=ATOL)
+
+
+def test_batch_encoders_match_model_and_ignore_padding(tiny_checkpoint):
+    """Bucketed, padded batch encoders give the model's normalised embeddings, row by row."""
+    from koclip import load_encoder
+
+    enc = load_encoder(str(tiny_checkpoint), batch_size=4)
+    model, processor = load_koclip(str(tiny_checkpoint))
+    images = random_images(6, seed=1)
+    got = enc.encode_images(images)
+    ref = np.asarray(model(**processor(text=["자동차"], images=images)).image_embeds)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # One at a time == in a batch: padding rows and the bucket size do not leak in.
+    np.testing.assert_allclose(enc.encode_images(images[:1]), got[:1], atol=1e-5)
+
+    texts = ["소파 위에 고양이", "dog", "바닷가에서 노는 강아지", "자동차", "사진"]
+    batch = enc.encode_texts(texts, prompt=None)
+    singles = np.concatenate([enc.encode_texts([t], prompt=None) for t in texts])
+    np.testing.assert_allclose(batch, singles, atol=1e-5)
+    ref_t = np.asarray(model(**processor(text=texts, images=images[:1])).text_embeds)
+    np.testing.assert_allclose(batch, ref_t, atol=1e-5)

@@ -1,0 +1,54 @@
+"""Opt-in: the real koclip-base reproduces the seed notebook (skipped without its weights).
+
+Needs `koclip/koclip-base` and `klue/roberta-large`'s tokenizer in the Hugging Face cache, and
+COCO val2017 image 000000039769 (two cats on a sofa) at $KOCLIP_COCO_CATS or
+tests/data/000000039769.jpg.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.real_weights
+
+CATS = Path(os.environ.get("KOCLIP_COCO_CATS", Path(__file__).parent / "data" / "000000039769.jpg"))
+EXPECTED = {
+    "소파 위에 고양이": 0.845,
+    "강아지와 강아지 주인": 0.004,
+    "쳇바퀴를 달리는 햄스터": 0.046,
+    "자동차": 0.106,
+}
+
+
+def _cached(repo: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, filename), str)
+
+
+@pytest.fixture(scope="module")
+def koclip_base():
+    if not (_cached("koclip/koclip-base", "flax_model.msgpack") and _cached("klue/roberta-large", "vocab.txt")):
+        pytest.skip("real koclip-base weights or klue/roberta-large tokenizer not in the HF cache")
+    from koclip import load_koclip
+
+    return load_koclip("koclip-base")
+
+
+def test_seed_notebook_probabilities(koclip_base):
+    if not CATS.is_file():
+        pytest.skip(f"COCO image 000000039769 not found at {CATS}")
+    import jax
+
+    from koclip import open_image
+
+    model, processor = koclip_base
+    text = list(EXPECTED)
+    inputs = processor(text=text, images=open_image(CATS, draft=False), return_tensors="jax", padding=True)
+    probs = np.asarray(jax.nn.softmax(model(**inputs).logits_per_image, axis=1))[0]
+    for t, p in zip(text, probs, strict=True):
+        assert abs(p - EXPECTED[t]) <= 0.02, (t, p)
