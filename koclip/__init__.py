@@ -1,12 +1,19 @@
 """KoCLIP in JAX/Flax: the model, its checkpoints and its preprocessing.
 
-    from koclip import load_koclip
-    model, processor = load_koclip("koclip-base")
-    inputs = processor(text=["소파 위에 고양이", "자동차"], images=image, return_tensors="jax")
-    probs = jax.nn.softmax(model(**inputs).logits_per_image, axis=1)
+from koclip import load_koclip
+model, processor = load_koclip("koclip-base")
+inputs = processor(text=["소파 위에 고양이", "자동차"], images=image, return_tensors="jax")
+probs = jax.nn.softmax(model(**inputs).logits_per_image, axis=1)
 """
 
-from koclip.api import KoCLIP, KoCLIPEncoder, KoCLIPOutput, KoCLIPProcessor, load_encoder, load_koclip
+from koclip.api import (
+    KoCLIP,
+    KoCLIPEncoder,
+    KoCLIPOutput,
+    KoCLIPProcessor,
+    load_encoder,
+    load_koclip,
+)
 from koclip.checkpoints import CHECKPOINTS, checkpoint_fingerprint, model_id_for
 from koclip.config import KoCLIPConfig, TextConfig, VisionConfig
 from koclip.errors import CheckpointError, ImageError, KoCLIPError

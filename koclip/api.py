@@ -65,7 +65,11 @@ def _image_embeds(config: KoCLIPConfig, params: Any, pixels: jax.Array) -> jax.A
 
 
 def _tower_params(params: dict[str, Any], tower: str) -> dict[str, Any]:
-    keys = ("text_model", "text_projection") if tower == "text" else ("vision_model", "visual_projection")
+    keys = (
+        ("text_model", "text_projection")
+        if tower == "text"
+        else ("vision_model", "visual_projection")
+    )
     missing = [k for k in keys if k not in params]
     if missing:
         raise KoCLIPError(
@@ -81,9 +85,7 @@ class KoCLIP:
         self.config = config
         self.params = jax.tree_util.tree_map(jnp.asarray, params)
         self.towers = frozenset(
-            t
-            for t, k in (("text", "text_model"), ("vision", "vision_model"))
-            if k in self.params
+            t for t, k in (("text", "text_model"), ("vision", "vision_model")) if k in self.params
         )
 
     @property
@@ -105,12 +107,23 @@ class KoCLIP:
         ids = jnp.asarray(input_ids, dtype=jnp.int32)
         if ids.ndim == 1:
             ids = ids[None]
-        mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
-        types = jnp.zeros_like(ids) if token_type_ids is None else jnp.asarray(token_type_ids, jnp.int32)
+        mask = (
+            jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        )
+        types = (
+            jnp.zeros_like(ids)
+            if token_type_ids is None
+            else jnp.asarray(token_type_ids, jnp.int32)
+        )
         if position_ids is None:
             # KoCLIP was trained in Flax with positions 0..L-1, not RoBERTa's padding offset.
             position_ids = jnp.broadcast_to(jnp.arange(ids.shape[-1], dtype=jnp.int32), ids.shape)
-        return ids, mask.reshape(ids.shape), types.reshape(ids.shape), jnp.asarray(position_ids, jnp.int32)
+        return (
+            ids,
+            mask.reshape(ids.shape),
+            types.reshape(ids.shape),
+            jnp.asarray(position_ids, jnp.int32),
+        )
 
     def get_text_features(
         self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None
@@ -238,7 +251,9 @@ class KoCLIPEncoder:
                 pad = np.zeros((size - len(chunk), *chunk.shape[1:]), np.float32)
                 chunk = np.concatenate([chunk, pad])
             emb = _image_embeds(self.model.config, params, chunk)
-            out[start : start + self.batch_size] = np.asarray(emb)[: min(self.batch_size, n - start)]
+            out[start : start + self.batch_size] = np.asarray(emb)[
+                : min(self.batch_size, n - start)
+            ]
         return out
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -247,9 +262,7 @@ class KoCLIPEncoder:
             return np.zeros((0, self.dim), np.float32)
         return self.encode_pixels(np.stack([preprocess(i, self.image_size) for i in images]))
 
-    def encode_texts(
-        self, texts: Sequence[str], prompt: str | None = DEFAULT_PROMPT
-    ) -> np.ndarray:
+    def encode_texts(self, texts: Sequence[str], prompt: str | None = DEFAULT_PROMPT) -> np.ndarray:
         """Strings -> (n, dim) unit vectors; NFC, then the prompt template unless `prompt=None`."""
         if self.tokenizer is None:
             raise KoCLIPError("the text tower was not loaded; pass towers=(..., 'text')")
@@ -262,7 +275,9 @@ class KoCLIPEncoder:
         pad_id = self.tokenizer.pad_token_id
         for start in range(0, n, self.batch_size):
             chunk = prepared[start : start + self.batch_size]
-            ids_list = self.tokenizer(chunk, truncation=True, max_length=self._max_length)["input_ids"]
+            ids_list = self.tokenizer(chunk, truncation=True, max_length=self._max_length)[
+                "input_ids"
+            ]
             length = _bucket(max(len(x) for x in ids_list), TEXT_LENGTH_BUCKETS)
             length = min(length, self._max_length)
             rows = _bucket(len(chunk), self._batch_buckets)

@@ -179,7 +179,9 @@ def _resolve_hub(named: NamedCheckpoint, cache_dir: str | None) -> CheckpointFil
         raise CheckpointError(f"cannot fetch {named.repo_id}: {exc}") from None
     resolved = _resolve_dir(named.name, config_path.parent)
     # hf_hub_download returns paths in the snapshot directory; keep the file it found.
-    return CheckpointFiles(named.name, config_path.parent, resolved.config, resolved.model_type, weights)
+    return CheckpointFiles(
+        named.name, config_path.parent, resolved.config, resolved.model_type, weights
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -226,7 +228,9 @@ def load_params(
     if name == "flax_model.msgpack":
         cached = _converted_path(files, cache_root)
         if cached is not None and cached.is_file():
-            return params_from_flax(_read_flat_safetensors(cached, towers), files.config, towers, source)
+            return params_from_flax(
+                _read_flat_safetensors(cached, towers), files.config, towers, source
+            )
         tree = _read_msgpack(files.weights)
         params = params_from_flax(tree, files.config, ("text", "vision"), source)
         if cached is not None:
@@ -285,7 +289,9 @@ class _SafetensorsTensors(Mapping[str, np.ndarray]):
             for f in sorted(files):
                 self._handles[f] = safe_open(str(f), framework="numpy")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{self.path}: corrupt or unreadable safetensors ({exc})") from None
+            raise CheckpointError(
+                f"{self.path}: corrupt or unreadable safetensors ({exc})"
+            ) from None
         if self._where is None:
             handle = self._handles[self.path]
             self._where = {k: self.path for k in handle.keys()}
@@ -420,3 +426,79 @@ def _quiet_transformers() -> Iterator[None]:
         yield
     finally:
         hf_logging.set_verbosity(level)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    config: KoCLIPConfig,
+    params: Mapping[str, Any],
+    tokenizer: Any | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Write a `hybrid-clip` checkpoint (config.json + flax_model.msgpack + tokenizer) atomically.
+
+    Everything is written into a sibling temp directory, fsynced, then renamed over `directory`,
+    so a reader (or a crash) sees either the old checkpoint or the new one, never a mix.
+    """
+    from flax import serialization
+
+    target = Path(directory).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        flat_params = {k: np.asarray(v, dtype=np.float32) for k, v in _flatten(params).items()}
+        from flax.traverse_util import unflatten_dict
+
+        blob = serialization.to_bytes(unflatten_dict(flat_params))
+        _write_synced(tmp / "flax_model.msgpack", blob)
+        cfg = json.dumps(config.to_hybrid_clip_json(), indent=2, ensure_ascii=False)
+        _write_synced(tmp / "config.json", cfg.encode("utf-8"))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        for name, data in (extra_files or {}).items():
+            _write_synced(tmp / name, data)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if old is not None:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _flatten(params: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+    from flax.traverse_util import flatten_dict
+
+    return flatten_dict(dict(params))
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

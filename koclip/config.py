@@ -11,7 +11,9 @@ VisionKind = Literal["clip", "vit"]
 
 def _check_heads(name: str, hidden: int, heads: int) -> None:
     if hidden <= 0 or heads <= 0 or hidden % heads:
-        raise ValueError(f"{name}: hidden_size {hidden} must be a positive multiple of num_heads {heads}")
+        raise ValueError(
+            f"{name}: hidden_size {hidden} must be a positive multiple of num_heads {heads}"
+        )
 
 
 @dataclass(frozen=True)

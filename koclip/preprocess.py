@@ -81,9 +81,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in image.info
-    ) or (mode in ("L", "RGB") and "transparency" in image.info):
+    if (
+        mode in ("RGBA", "LA", "PA", "RGBa", "La")
+        or (mode == "P" and "transparency" in image.info)
+        or (mode in ("L", "RGB") and "transparency" in image.info)
+    ):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -174,4 +176,3 @@ def apply_prompt(text: str, prompt: str | None = DEFAULT_PROMPT) -> str:
     """NFC-normalise and wrap a query in the prompt template (`None` keeps it raw)."""
     text = nfc(text).strip()
     return prompt.format(text) if prompt else text
-

@@ -97,7 +97,9 @@ def write_checkpoint(
         if fmt == "bin":
             import torch
 
-            torch.save({k: torch.from_numpy(v) for k, v in state.items()}, directory / "pytorch_model.bin")
+            torch.save(
+                {k: torch.from_numpy(v) for k, v in state.items()}, directory / "pytorch_model.bin"
+            )
         else:
             from safetensors.numpy import save_file
 

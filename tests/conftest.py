@@ -23,7 +23,9 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random koclip-base-shaped checkpoint (Flax msgpack, CLIP vision tower, dim 16)."""
     from koclip.testing import build_tiny_checkpoint
 
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-koclip"), vision="clip", fmt="msgpack")
+    return build_tiny_checkpoint(
+        tmp_path_factory.mktemp("tiny-koclip"), vision="clip", fmt="msgpack"
+    )
 
 
 @pytest.fixture(scope="session")

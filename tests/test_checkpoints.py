@@ -99,7 +99,11 @@ def test_wrong_shapes_and_keys_are_listed_together(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_koclip(str(path))
     msg = str(info.value)
-    assert "wrong shape" in msg and "text_projection.weight" in msg and "visual_projection.weight" in msg
+    assert (
+        "wrong shape" in msg
+        and "text_projection.weight" in msg
+        and "visual_projection.weight" in msg
+    )
     assert "missing" in msg and "text_model.encoder.layer.2.attention.self.query.weight" in msg
 
 

@@ -79,7 +79,9 @@ def test_logits_and_embeddings_match_pytorch(tmp_path, vision, fmt):
     ref = reference_outputs(torch_model(config, params), inputs)
 
     for name in ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds"):
-        np.testing.assert_allclose(np.asarray(getattr(ours, name)), ref[name], atol=ATOL, err_msg=name)
+        np.testing.assert_allclose(
+            np.asarray(getattr(ours, name)), ref[name], atol=ATOL, err_msg=name
+        )
     text_features = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
     image_features = model.get_image_features(inputs["pixel_values"])
     np.testing.assert_allclose(np.asarray(text_features), ref["text_features"], atol=ATOL)
@@ -103,7 +105,9 @@ def test_transformers_save_pretrained_output_loads(tmp_path):
     model, processor = load_koclip(str(tmp_path))
     inputs = processor(text=TEXTS[:2], images=random_images(2), return_tensors="np")
     ref = reference_outputs(model_pt, inputs)
-    np.testing.assert_allclose(np.asarray(model(**inputs).logits_per_text), ref["logits_per_text"], atol=ATOL)
+    np.testing.assert_allclose(
+        np.asarray(model(**inputs).logits_per_text), ref["logits_per_text"], atol=ATOL
+    )
 
 
 def test_batch_encoders_match_model_and_ignore_padding(tiny_checkpoint):

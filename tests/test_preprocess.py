@@ -21,7 +21,9 @@ def photo_like(w: int, h: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
 
 
-@pytest.mark.parametrize("size", [(640, 480), (480, 640), (224, 224), (100, 60), (1001, 333), (225, 224)])
+@pytest.mark.parametrize(
+    "size", [(640, 480), (480, 640), (224, 224), (100, 60), (1001, 333), (225, 224)]
+)
 def test_matches_clip_image_processor(size):
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -76,7 +78,9 @@ def test_cmyk_and_other_modes():
         assert to_rgb(Image.new(mode, (3, 3))).mode == "RGB"
 
 
-@pytest.mark.parametrize("orientation,expected", [(1, (60, 40)), (6, (40, 60)), (8, (40, 60)), (3, (60, 40))])
+@pytest.mark.parametrize(
+    "orientation,expected", [(1, (60, 40)), (6, (40, 60)), (8, (40, 60)), (3, (60, 40))]
+)
 def test_exif_orientation_applied(orientation, expected):
     image = photo_like(60, 40)
     exif = Image.Exif()

@@ -32,7 +32,10 @@ def _cached(repo: str, filename: str) -> bool:
 
 @pytest.fixture(scope="module")
 def koclip_base():
-    if not (_cached("koclip/koclip-base", "flax_model.msgpack") and _cached("klue/roberta-large", "vocab.txt")):
+    if not (
+        _cached("koclip/koclip-base", "flax_model.msgpack")
+        and _cached("klue/roberta-large", "vocab.txt")
+    ):
         pytest.skip("real koclip-base weights or klue/roberta-large tokenizer not in the HF cache")
     from koclip import load_koclip
 
@@ -48,7 +51,9 @@ def test_seed_notebook_probabilities(koclip_base):
 
     model, processor = koclip_base
     text = list(EXPECTED)
-    inputs = processor(text=text, images=open_image(CATS, draft=False), return_tensors="jax", padding=True)
+    inputs = processor(
+        text=text, images=open_image(CATS, draft=False), return_tensors="jax", padding=True
+    )
     probs = np.asarray(jax.nn.softmax(model(**inputs).logits_per_image, axis=1))[0]
     for t, p in zip(text, probs, strict=True):
         assert abs(p - EXPECTED[t]) <= 0.02, (t, p)
