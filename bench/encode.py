@@ -56,15 +56,11 @@ def torch_reference(config: KoCLIPConfig, params: dict):
 def bench_towers(config: KoCLIPConfig, params: dict, batch: int, repeats: int) -> list[tuple]:
     import torch
 
-    from koclip.api import KoCLIP, KoCLIPEncoder, load_tokenizer
-    from koclip.testing import tiny_vocab, write_tokenizer
+    from koclip.api import KoCLIP, KoCLIPEncoder
+    from koclip.testing import tiny_vocab
+    from koclip.tokenizer import WordPieceTokenizer
 
-    with tempfile.TemporaryDirectory() as d:
-        write_tokenizer(Path(d), tiny_vocab())
-        from koclip.checkpoints import CheckpointFiles
-
-        fake = CheckpointFiles("bench", Path(d), config, "hybrid-clip", Path(d) / "none")
-        tokenizer = load_tokenizer(fake)
+    tokenizer = WordPieceTokenizer({t: i for i, t in enumerate(tiny_vocab())})
     enc = KoCLIPEncoder(KoCLIP(config, params), tokenizer, "bench", "bench", batch_size=batch)
     model = torch_reference(config, params)
 
@@ -80,7 +76,11 @@ def bench_towers(config: KoCLIPConfig, params: dict, batch: int, repeats: int) -
         )
 
     enc.encode_texts([QUERY])  # compile
-    ids = tokenizer([f"이것은 {QUERY} 이다."], return_tensors="pt")
+    ids = tokenizer.batch_ids([f"이것은 {QUERY} 이다."], 512)
+    ids = {
+        "input_ids": torch.tensor(ids),
+        "attention_mask": torch.ones(1, len(ids[0]), dtype=torch.long),
+    }
     positions = torch.arange(ids["input_ids"].shape[1])[None]
     with torch.no_grad():
         run_pt = lambda: model.get_text_features(  # noqa: E731

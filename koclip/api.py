@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from koclip.checkpoints import (
+    TOKENIZER_FILES,
     CheckpointFiles,
     load_params,
     load_tokenizer,
@@ -30,6 +32,7 @@ from koclip.config import KoCLIPConfig
 from koclip.errors import KoCLIPError
 from koclip.model import KoCLIPModule, TextEncoderModule, VisionEncoderModule, l2_normalize
 from koclip.preprocess import DEFAULT_PROMPT, apply_prompt, nfc, preprocess
+from koclip.tokenizer import WordPieceTokenizer, load_wordpiece
 
 TEXT_LENGTH_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
 
@@ -83,7 +86,8 @@ class KoCLIP:
 
     def __init__(self, config: KoCLIPConfig, params: dict[str, Any]) -> None:
         self.config = config
-        self.params = jax.tree_util.tree_map(jnp.asarray, params)
+        # One device_put of the whole tree: far cheaper than an array at a time.
+        self.params = jax.device_put(params)
         self.towers = frozenset(
             t for t, k in (("text", "text_model"), ("vision", "vision_model")) if k in self.params
         )
@@ -222,7 +226,7 @@ class KoCLIPEncoder:
     def __init__(
         self,
         model: KoCLIP,
-        tokenizer: Any | None,
+        tokenizer: WordPieceTokenizer | None,
         model_id: str,
         fingerprint: str,
         batch_size: int = 32,
@@ -275,9 +279,7 @@ class KoCLIPEncoder:
         pad_id = self.tokenizer.pad_token_id
         for start in range(0, n, self.batch_size):
             chunk = prepared[start : start + self.batch_size]
-            ids_list = self.tokenizer(chunk, truncation=True, max_length=self._max_length)[
-                "input_ids"
-            ]
+            ids_list = self.tokenizer.batch_ids(chunk, self._max_length)
             length = _bucket(max(len(x) for x in ids_list), TEXT_LENGTH_BUCKETS)
             length = min(length, self._max_length)
             rows = _bucket(len(chunk), self._batch_buckets)
@@ -322,7 +324,13 @@ def load_encoder(
 ) -> KoCLIPEncoder:
     """Batch encoders; load only the towers you need (search: text; indexing: vision)."""
     files, model = _load(name_or_path, towers, cache_dir)
-    tokenizer = load_tokenizer(files, cache_dir) if "text" in towers else None
+    tokenizer = load_wordpiece(_tokenizer_dir(files), cache_dir) if "text" in towers else None
     return KoCLIPEncoder(
         model, tokenizer, model_id_for(name_or_path), files.fingerprint, batch_size=batch_size
+    )
+
+
+def _tokenizer_dir(files: CheckpointFiles) -> Path | None:
+    return (
+        files.directory if any((files.directory / f).is_file() for f in TOKENIZER_FILES) else None
     )

@@ -26,6 +26,8 @@ import numpy as np
 from koclip.config import KoCLIPConfig
 from koclip.convert import params_from_flax, params_from_pt
 from koclip.errors import CheckpointError
+from koclip.safetensors_mmap import SafetensorsFormatError, open_mmap
+from koclip.safetensors_mmap import save as save_safetensors
 
 TOKENIZER_FALLBACK = "klue/roberta-large"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
@@ -218,30 +220,48 @@ def _fingerprint(config_path: Path, weights: Path) -> str:
 def load_params(
     files: CheckpointFiles, towers: Iterable[str], cache_root: Path | None = None
 ) -> dict[str, Any]:
-    """Read the parameters of the towers asked for, as float32 numpy arrays."""
+    """Read the parameters of the towers asked for, as float32 numpy arrays.
+
+    The first load of a checkpoint converts each tower into our layout in a safetensors cache
+    (keyed by the checkpoint's fingerprint); later loads memory-map just the towers asked for.
+    """
     towers = tuple(sorted(set(towers)))
-    bad = set(towers) - {"text", "vision"}
-    if bad or not towers:
+    if set(towers) - {"text", "vision"} or not towers:
         raise ValueError(f"towers must be a non-empty subset of ('text', 'vision'), not {towers}")
+    cache = _converted_paths(files, cache_root)
+    if cache is not None and all(cache[t].is_file() for t in towers):
+        try:
+            return _read_converted(cache, towers, files.config)
+        except CheckpointError:
+            pass  # a damaged cache entry is rebuilt from the checkpoint below
+    params = _read_original(files, towers)
+    if cache is not None:
+        for tower in _towers_in(params):
+            _write_converted(_select(params, (tower,)), cache[tower])
+    return _select(params, towers)
+
+
+def _read_original(files: CheckpointFiles, towers: tuple[str, ...]) -> dict[str, Any]:
     source = str(files.weights)
     name = files.weights.name
     if name == "flax_model.msgpack":
-        cached = _converted_path(files, cache_root)
-        if cached is not None and cached.is_file():
-            return params_from_flax(
-                _read_flat_safetensors(cached, towers), files.config, towers, source
-            )
-        tree = _read_msgpack(files.weights)
-        params = params_from_flax(tree, files.config, ("text", "vision"), source)
-        if cached is not None:
-            _write_converted(params, cached)
-        return {k: v for k, v in params.items() if _tower_of(k) in (*towers, None)}
+        # msgpack cannot be read in part: take both towers and cache both.
+        return params_from_flax(
+            _read_msgpack(files.weights), files.config, ("text", "vision"), source
+        )
     if name.endswith(".safetensors") or name.endswith(".index.json"):
-        with _SafetensorsTensors(files.weights) as tensors:
-            return params_from_pt(tensors, files.config, towers, source)
+        return params_from_pt(_read_safetensors(files.weights), files.config, towers, source)
     if name == "pytorch_model.bin":
         return params_from_pt(_read_torch_bin(files.weights), files.config, towers, source)
     raise CheckpointError(f"{source}: unsupported weights file")
+
+
+def _select(params: Mapping[str, Any], towers: Iterable[str]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if _tower_of(k) in (*towers, None)}
+
+
+def _towers_in(params: Mapping[str, Any]) -> set[str]:
+    return {t for k in params if (t := _tower_of(k)) is not None}
 
 
 def _tower_of(top_key: str) -> str | None:
@@ -270,51 +290,18 @@ def _read_msgpack(path: Path) -> dict[str, Any]:
     return tree
 
 
-class _SafetensorsTensors(Mapping[str, np.ndarray]):
-    """Lazy, memory-mapped view of one or several (sharded) safetensors files."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handles: dict[Path, Any] = {}
-        if path.name.endswith(".index.json"):
-            self._where = {k: path.parent / v for k, v in _shard_map(path).items()}
-        else:
-            self._where = None
-
-    def __enter__(self) -> _SafetensorsTensors:
-        from safetensors import SafetensorError, safe_open
-
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """A single or sharded safetensors checkpoint as zero-copy views."""
+    files = [path]
+    if path.name.endswith(".index.json"):
+        files = [path.parent / n for n in sorted(set(_shard_map(path).values()))]
+    out: dict[str, np.ndarray] = {}
+    for f in files:
         try:
-            files = set(self._where.values()) if self._where is not None else {self.path}
-            for f in sorted(files):
-                self._handles[f] = safe_open(str(f), framework="numpy")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"{self.path}: corrupt or unreadable safetensors ({exc})"
-            ) from None
-        if self._where is None:
-            handle = self._handles[self.path]
-            self._where = {k: self.path for k in handle.keys()}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._handles.clear()
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        from safetensors import SafetensorError
-
-        try:
-            return self._handles[self._where[key]].get_tensor(key)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{self.path}: cannot read tensor {key} ({exc})") from None
-        except TypeError as exc:  # bf16 has no numpy dtype
-            raise CheckpointError(f"{self.path}: tensor {key}: {exc}") from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._where)
-
-    def __len__(self) -> int:
-        return len(self._where)
+            out.update(open_mmap(f))
+        except (SafetensorsFormatError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{f}: corrupt or unreadable safetensors ({exc})") from None
+    return out
 
 
 def _shard_map(index_path: Path) -> dict[str, str]:
@@ -350,41 +337,39 @@ def default_cache_root() -> Path:
     return Path(base)
 
 
-def _converted_path(files: CheckpointFiles, cache_root: Path | None) -> Path | None:
+def _converted_paths(files: CheckpointFiles, cache_root: Path | None) -> dict[str, Path] | None:
     if os.environ.get("KOCLIP_NO_CONVERTED_CACHE"):
         return None
-    root = cache_root if cache_root is not None else default_cache_root()
-    return root / "converted" / f"{files.fingerprint}.safetensors"
+    root = (cache_root if cache_root is not None else default_cache_root()) / "converted"
+    return {t: root / f"{files.fingerprint}.{t}.safetensors" for t in ("text", "vision")}
 
 
-def _read_flat_safetensors(path: Path, towers: tuple[str, ...]) -> dict[str, Any]:
+def _read_converted(
+    cache: dict[str, Path], towers: tuple[str, ...], config: KoCLIPConfig
+) -> dict[str, Any]:
     from flax.traverse_util import unflatten_dict
-    from safetensors import SafetensorError, safe_open
 
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            flat = {
-                tuple(k.split("/")): f.get_tensor(k)
-                for k in f.keys()
-                if _tower_of(k.split("/")[0]) in (*towers, None)
-            }
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: damaged conversion cache ({exc}); delete it") from None
-    return unflatten_dict(flat)
+    flat: dict[tuple[str, ...], np.ndarray] = {}
+    for tower in towers:
+        try:
+            tensors = open_mmap(cache[tower])
+        except (SafetensorsFormatError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{cache[tower]}: damaged conversion cache ({exc})") from None
+        flat.update({tuple(k.split("/")): v for k, v in tensors.items()})
+    return params_from_flax(unflatten_dict(flat), config, towers, str(cache[towers[0]]))
 
 
 def _write_converted(params: dict[str, Any], path: Path) -> None:
-    """Best effort: a cache that cannot be written only costs speed."""
+    """Best effort, atomic: a cache that cannot be written only costs speed."""
     from flax.traverse_util import flatten_dict
-    from safetensors.numpy import save_file
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        flat = {"/".join(k): np.ascontiguousarray(v) for k, v in flatten_dict(params).items()}
+        flat = {"/".join(k): np.asarray(v, np.float32) for k, v in flatten_dict(params).items()}
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         try:
-            save_file(flat, tmp)
+            save_safetensors(flat, tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

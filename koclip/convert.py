@@ -45,16 +45,117 @@ _CLIP_V5_RULE = (re.compile(r"^vision_model\.(?!vision_model\.)"), "vision_model
 
 
 def expected_shapes(config: KoCLIPConfig, towers: Iterable[str]) -> dict[Path_, tuple[int, ...]]:
-    """Parameter paths and shapes of the towers asked for, without allocating anything."""
+    """Parameter paths and shapes of the towers asked for, computed from the config alone.
+
+    Written out rather than traced (`jax.eval_shape` of RoBERTa-large costs over a second of
+    cold start); tests/test_checkpoints.py proves it equal to the traced module's shapes.
+    """
+    towers = set(towers)
+    out: dict[Path_, tuple[int, ...]] = {("logit_scale",): ()}
+    if "text" in towers:
+        out.update(_text_shapes(config))
+    if "vision" in towers:
+        out.update(_clip_shapes(config) if config.vision.kind == "clip" else _vit_shapes(config))
+    return out
+
+
+def _dense(prefix: Path_, d_in: int, d_out: int, bias: bool = True) -> dict[Path_, tuple[int, ...]]:
+    out = {(*prefix, "kernel"): (d_in, d_out)}
+    if bias:
+        out[(*prefix, "bias")] = (d_out,)
+    return out
+
+
+def _norm(prefix: Path_, d: int) -> dict[Path_, tuple[int, ...]]:
+    return {(*prefix, "scale"): (d,), (*prefix, "bias"): (d,)}
+
+
+def _text_shapes(config: KoCLIPConfig) -> dict[Path_, tuple[int, ...]]:
+    t = config.text
+    d, ff = t.hidden_size, t.intermediate_size
+    emb = ("text_model", "embeddings")
+    out = {
+        (*emb, "word_embeddings", "embedding"): (t.vocab_size, d),
+        (*emb, "position_embeddings", "embedding"): (t.max_positions, d),
+        (*emb, "token_type_embeddings", "embedding"): (t.type_vocab_size, d),
+        **_norm((*emb, "LayerNorm"), d),
+    }
+    for i in range(t.num_layers):
+        layer = ("text_model", "encoder", "layer", str(i))
+        for name in ("query", "key", "value"):
+            out.update(_dense((*layer, "attention", "self", name), d, d))
+        out.update(_dense((*layer, "attention", "output", "dense"), d, d))
+        out.update(_norm((*layer, "attention", "output", "LayerNorm"), d))
+        out.update(_dense((*layer, "intermediate", "dense"), d, ff))
+        out.update(_dense((*layer, "output", "dense"), ff, d))
+        out.update(_norm((*layer, "output", "LayerNorm"), d))
+    out.update(_dense(("text_model", "pooler", "dense"), d, d))
+    out.update(_dense(("text_projection",), d, config.projection_dim, bias=False))
+    return out
+
+
+def _clip_shapes(config: KoCLIPConfig) -> dict[Path_, tuple[int, ...]]:
+    v = config.vision
+    d, p = v.hidden_size, v.patch_size
+    root = ("vision_model", "vision_model")
+    out = {
+        (*root, "embeddings", "class_embedding"): (d,),
+        (*root, "embeddings", "patch_embedding", "kernel"): (p, p, v.num_channels, d),
+        (*root, "embeddings", "position_embedding", "embedding"): (v.num_patches + 1, d),
+        **_norm((*root, "pre_layrnorm"), d),
+        **_norm((*root, "post_layernorm"), d),
+    }
+    for i in range(v.num_layers):
+        layer = (*root, "encoder", "layers", str(i))
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            out.update(_dense((*layer, "self_attn", name), d, d))
+        out.update(_norm((*layer, "layer_norm1"), d))
+        out.update(_norm((*layer, "layer_norm2"), d))
+        out.update(_dense((*layer, "mlp", "fc1"), d, v.intermediate_size))
+        out.update(_dense((*layer, "mlp", "fc2"), v.intermediate_size, d))
+    out.update(_dense(("visual_projection",), d, config.projection_dim, bias=False))
+    return out
+
+
+def _vit_shapes(config: KoCLIPConfig) -> dict[Path_, tuple[int, ...]]:
+    v = config.vision
+    d, p = v.hidden_size, v.patch_size
+    root = ("vision_model",)
+    out = {
+        (*root, "embeddings", "cls_token"): (1, 1, d),
+        (*root, "embeddings", "position_embeddings"): (1, v.num_patches + 1, d),
+        (*root, "embeddings", "patch_embeddings", "projection", "kernel"): (
+            p,
+            p,
+            v.num_channels,
+            d,
+        ),
+        (*root, "embeddings", "patch_embeddings", "projection", "bias"): (d,),
+        **_norm((*root, "layernorm"), d),
+        **_dense((*root, "pooler", "dense"), d, d),
+    }
+    for i in range(v.num_layers):
+        layer = (*root, "encoder", "layer", str(i))
+        for name in ("query", "key", "value"):
+            out.update(_dense((*layer, "attention", "attention", name), d, d))
+        out.update(_dense((*layer, "attention", "output", "dense"), d, d))
+        out.update(_norm((*layer, "layernorm_before"), d))
+        out.update(_norm((*layer, "layernorm_after"), d))
+        out.update(_dense((*layer, "intermediate", "dense"), d, v.intermediate_size))
+        out.update(_dense((*layer, "output", "dense"), v.intermediate_size, d))
+    out.update(_dense(("visual_projection",), d, config.projection_dim, bias=False))
+    return out
+
+
+def traced_shapes(config: KoCLIPConfig) -> dict[Path_, tuple[int, ...]]:
+    """Shapes by tracing the Flax module (slow; the reference `expected_shapes` is tested against)."""
     from koclip.model import KoCLIPModule
 
     module = KoCLIPModule(config)
     ids = jnp.zeros((1, 2), jnp.int32)
     pixels = jnp.zeros((1, config.vision.image_size, config.vision.image_size, 3), jnp.float32)
     tree = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, pixels, ids, ids, ids))
-    flat = flatten_dict(tree["params"])
-    prefixes = {p for t in towers for p in TOWER_PREFIXES[t]} | {"logit_scale"}
-    return {k: tuple(v.shape) for k, v in flat.items() if k[0] in prefixes}
+    return {k: tuple(v.shape) for k, v in flatten_dict(tree["params"]).items()}
 
 
 def classic_pt_key(path: Path_) -> str:

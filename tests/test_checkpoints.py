@@ -141,13 +141,48 @@ def test_converted_cache_is_used_and_survives_damage(tmp_path, monkeypatch):
     monkeypatch.setenv("KOCLIP_CACHE_DIR", str(tmp_path / "cache"))
     path = build_tiny_checkpoint(tmp_path / "ckpt", seed=7)
     first = load_encoder(str(path), towers=("text",)).encode_texts(["바다"])
-    cached = list((tmp_path / "cache" / "converted").glob("*.safetensors"))
-    assert len(cached) == 1
+    cached = sorted((tmp_path / "cache" / "converted").glob("*.safetensors"))
+    assert [p.name.split(".")[1] for p in cached] == ["text", "vision"]
+    # The cached tower is what a second load reads: the original is never opened again.
+    import koclip.checkpoints as ckpt
+
+    real_read = ckpt._read_original
+    monkeypatch.setattr(ckpt, "_read_original", lambda *a: pytest.fail("original re-read"))
     again = load_encoder(str(path), towers=("text",)).encode_texts(["바다"])
     np.testing.assert_array_equal(first, again)
-    cached[0].write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match="delete it"):
-        load_encoder(str(path), towers=("text",))
+    monkeypatch.setattr(ckpt, "_read_original", real_read)
+    # A damaged cache entry is not fatal: it is rebuilt from the checkpoint.
+    path = build_tiny_checkpoint(tmp_path / "ckpt2", seed=8)
+    load_encoder(str(path), towers=("text",))
+    text_cache = next(
+        (tmp_path / "cache" / "converted").glob(f"{checkpoint_fingerprint(path)}.text.*")
+    )
+    text_cache.write_bytes(b"junk")
+    load_encoder(str(path), towers=("text",)).encode_texts(["바다"])
+    assert text_cache.stat().st_size > 100
+
+
+def test_pt_safetensors_tower_cache_holds_only_that_tower(tmp_path, monkeypatch):
+    monkeypatch.setenv("KOCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    path = build_tiny_checkpoint(tmp_path / "ckpt", fmt="safetensors", seed=2)
+    load_encoder(str(path), towers=("vision",))
+    names = [p.name for p in (tmp_path / "cache" / "converted").glob("*.safetensors")]
+    assert len(names) == 1 and ".vision." in names[0]
+
+
+def test_bf16_safetensors_load(tmp_path):
+    import json as _json
+    import struct
+
+    from koclip.safetensors_mmap import open_mmap
+
+    values = np.array([1.0, -2.5, 0.15625], np.float32)
+    bits = (values.view(np.uint32) >> 16).astype("<u2")
+    header = _json.dumps({"x": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]}}).encode()
+    (tmp_path / "t.safetensors").write_bytes(
+        struct.pack("<Q", len(header)) + header + bits.tobytes()
+    )
+    np.testing.assert_array_equal(open_mmap(tmp_path / "t.safetensors")["x"], values)
 
 
 def test_tokenizer_falls_back_to_klue_and_says_so_offline(tmp_path):
@@ -182,3 +217,17 @@ def test_copying_a_checkpoint_keeps_its_fingerprint(tmp_path):
     path = build_tiny_checkpoint(tmp_path / "a")
     shutil.copytree(path, tmp_path / "b")
     assert checkpoint_fingerprint(path) == checkpoint_fingerprint(tmp_path / "b")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-vit", "base", "large"])
+def test_written_out_shapes_equal_the_traced_module(preset):
+    from koclip.config import KoCLIPConfig
+    from koclip.convert import expected_shapes, traced_shapes
+
+    config = {
+        "tiny": KoCLIPConfig.tiny(),
+        "tiny-vit": KoCLIPConfig.tiny(vision="vit"),
+        "base": KoCLIPConfig.base(),
+        "large": KoCLIPConfig.large(),
+    }[preset]
+    assert expected_shapes(config, ("text", "vision")) == traced_shapes(config)

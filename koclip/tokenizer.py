@@ -1,0 +1,100 @@
+"""klue/roberta-large's WordPiece tokenizer for the batch encoders, without importing transformers.
+
+`load_tokenizer` (checkpoints.py) gives transformers' `AutoTokenizer` for the seed's processor.
+The encoders only need ids, and importing transformers costs seconds of a one-shot search's cold
+start, so they build the same pipeline directly on the `tokenizers` library (which transformers'
+fast tokenizers wrap): BERT normaliser with lower-casing *and accent stripping off* (on, they
+decompose Hangul into jamo and then [UNK]), BERT pre-tokeniser, WordPiece, `[CLS] … [SEP]`.
+tests/test_tokenizer.py proves the ids equal to `AutoTokenizer`'s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from koclip.errors import CheckpointError
+
+TOKENIZER_FALLBACK = "klue/roberta-large"
+
+
+class WordPieceTokenizer:
+    """Texts -> lists of ids, `[CLS] … [SEP]`, truncated to `max_length`."""
+
+    def __init__(self, vocab: dict[str, int], unk: str = "[UNK]", pad: str = "[PAD]") -> None:
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+        for token in ("[CLS]", "[SEP]", unk, pad):
+            if token not in vocab:
+                raise CheckpointError(f"tokenizer vocabulary lacks {token}")
+        tok = Tokenizer(models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        cls, sep = vocab["[CLS]"], vocab["[SEP]"]
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        )
+        self._tok = tok
+        self.pad_token_id = vocab[pad]
+        self.unk_token_id = vocab[unk]
+
+    @classmethod
+    def from_vocab_file(cls, path: Path) -> WordPieceTokenizer:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path}: unreadable vocabulary ({exc})") from None
+        vocab: dict[str, int] = {}
+        for i, token in enumerate(lines):
+            vocab[token] = i  # a repeated token keeps its last line, as transformers reads it
+        return cls(vocab)
+
+    @classmethod
+    def from_tokenizer_json(cls, path: Path) -> WordPieceTokenizer:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            vocab = data["model"]["vocab"]
+            kind = data["model"]["type"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: unreadable tokenizer.json ({exc})") from None
+        if kind != "WordPiece" or not isinstance(vocab, dict):
+            raise CheckpointError(f"{path}: expected a WordPiece tokenizer, found {kind!r}")
+        return cls(vocab)
+
+    def batch_ids(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        self._tok.enable_truncation(max_length)
+        return [e.ids for e in self._tok.encode_batch(list(texts))]
+
+
+def load_wordpiece(directory: Path | None, cache_dir: str | None = None) -> WordPieceTokenizer:
+    """From the checkpoint directory if it has the files, else klue/roberta-large's cached files."""
+    if directory is not None:
+        found = _from_dir(directory)
+        if found is not None:
+            return found
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    for filename in ("vocab.txt", "tokenizer.json"):
+        try:
+            path = Path(hf_hub_download(TOKENIZER_FALLBACK, filename, cache_dir=cache_dir))
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            continue
+        except Exception as exc:  # the hub client raises many types; one message for all
+            raise CheckpointError(f"cannot fetch {TOKENIZER_FALLBACK}'s tokenizer: {exc}") from None
+        return _from_dir(path.parent) or WordPieceTokenizer.from_vocab_file(path)
+    raise CheckpointError(
+        f"no tokenizer beside the checkpoint and {TOKENIZER_FALLBACK}'s is not in the Hugging Face "
+        "cache; put its vocab.txt beside the checkpoint or download it once"
+    )
+
+
+def _from_dir(directory: Path) -> WordPieceTokenizer | None:
+    if (directory / "vocab.txt").is_file():
+        return WordPieceTokenizer.from_vocab_file(directory / "vocab.txt")
+    if (directory / "tokenizer.json").is_file():
+        return WordPieceTokenizer.from_tokenizer_json(directory / "tokenizer.json")
+    return None
