@@ -266,10 +266,23 @@ class KoCLIPEncoder:
             return np.zeros((0, self.dim), np.float32)
         return self.encode_pixels(np.stack([preprocess(i, self.image_size) for i in images]))
 
-    def encode_texts(self, texts: Sequence[str], prompt: str | None = DEFAULT_PROMPT) -> np.ndarray:
-        """Strings -> (n, dim) unit vectors; NFC, then the prompt template unless `prompt=None`."""
+    def encode_texts(
+        self, texts: Sequence[str], prompt: str | Sequence[str] | None = DEFAULT_PROMPT
+    ) -> np.ndarray:
+        """Strings -> (n, dim) unit vectors; NFC, then the prompt template unless `prompt=None`.
+
+        Several templates (a list) give the renormalised mean of each text's templated
+        embeddings, CLIP's prompt ensembling.
+        """
         if self.tokenizer is None:
             raise KoCLIPError("the text tower was not loaded; pass towers=(..., 'text')")
+        if prompt is not None and not isinstance(prompt, str):
+            templates = list(prompt)
+            if not templates:
+                raise ValueError("give at least one prompt template, or prompt=None")
+            stacked = np.stack([self.encode_texts(texts, t) for t in templates])
+            mean = stacked.mean(axis=0)
+            return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)
         if not n:

@@ -231,3 +231,15 @@ def test_written_out_shapes_equal_the_traced_module(preset):
         "large": KoCLIPConfig.large(),
     }[preset]
     assert expected_shapes(config, ("text", "vision")) == traced_shapes(config)
+
+
+def test_several_prompt_templates_are_averaged(tiny_checkpoint):
+    enc = load_encoder(str(tiny_checkpoint), towers=("text",))
+    templates = ["이것은 {} 이다.", "{} 사진"]
+    got = enc.encode_texts(["고양이", "dog"], prompt=templates)
+    each = [enc.encode_texts(["고양이", "dog"], prompt=t) for t in templates]
+    mean = each[0] + each[1]
+    np.testing.assert_allclose(got, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(enc.encode_texts(["고양이"], prompt=templates[:1]), each[0][:1], atol=1e-6)
+    with pytest.raises(ValueError, match="at least one"):
+        enc.encode_texts(["고양이"], prompt=[])
