@@ -28,6 +28,7 @@ from koclip.convert import params_from_flax, params_from_pt
 from koclip.errors import CheckpointError
 from koclip.safetensors_mmap import SafetensorsFormatError, open_mmap
 from koclip.safetensors_mmap import save as save_safetensors
+from koclip.tree import flatten, unflatten
 
 TOKENIZER_FALLBACK = "klue/roberta-large"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
@@ -347,8 +348,6 @@ def _converted_paths(files: CheckpointFiles, cache_root: Path | None) -> dict[st
 def _read_converted(
     cache: dict[str, Path], towers: tuple[str, ...], config: KoCLIPConfig
 ) -> dict[str, Any]:
-    from flax.traverse_util import unflatten_dict
-
     flat: dict[tuple[str, ...], np.ndarray] = {}
     for tower in towers:
         try:
@@ -356,16 +355,14 @@ def _read_converted(
         except (SafetensorsFormatError, OSError, ValueError) as exc:
             raise CheckpointError(f"{cache[tower]}: damaged conversion cache ({exc})") from None
         flat.update({tuple(k.split("/")): v for k, v in tensors.items()})
-    return params_from_flax(unflatten_dict(flat), config, towers, str(cache[towers[0]]))
+    return params_from_flax(unflatten(flat), config, towers, str(cache[towers[0]]))
 
 
 def _write_converted(params: dict[str, Any], path: Path) -> None:
     """Best effort, atomic: a cache that cannot be written only costs speed."""
-    from flax.traverse_util import flatten_dict
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        flat = {"/".join(k): np.asarray(v, np.float32) for k, v in flatten_dict(params).items()}
+        flat = {"/".join(k): np.asarray(v, np.float32) for k, v in flatten(params).items()}
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         try:
@@ -435,9 +432,7 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         flat_params = {k: np.asarray(v, dtype=np.float32) for k, v in _flatten(params).items()}
-        from flax.traverse_util import unflatten_dict
-
-        blob = serialization.to_bytes(unflatten_dict(flat_params))
+        blob = serialization.to_bytes(unflatten(flat_params))
         _write_synced(tmp / "flax_model.msgpack", blob)
         cfg = json.dumps(config.to_hybrid_clip_json(), indent=2, ensure_ascii=False)
         _write_synced(tmp / "config.json", cfg.encode("utf-8"))
@@ -466,9 +461,7 @@ def save_checkpoint(
 
 
 def _flatten(params: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
-    from flax.traverse_util import flatten_dict
-
-    return flatten_dict(dict(params))
+    return flatten(params)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

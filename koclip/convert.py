@@ -13,13 +13,11 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
 
 from koclip.config import KoCLIPConfig
 from koclip.errors import CheckpointError
+from koclip.tree import flatten, unflatten
 
 Path_ = tuple[str, ...]
 
@@ -149,13 +147,16 @@ def _vit_shapes(config: KoCLIPConfig) -> dict[Path_, tuple[int, ...]]:
 
 def traced_shapes(config: KoCLIPConfig) -> dict[Path_, tuple[int, ...]]:
     """Shapes by tracing the Flax module (slow; the reference `expected_shapes` is tested against)."""
+    import jax
+    import jax.numpy as jnp
+
     from koclip.model import KoCLIPModule
 
     module = KoCLIPModule(config)
     ids = jnp.zeros((1, 2), jnp.int32)
     pixels = jnp.zeros((1, config.vision.image_size, config.vision.image_size, 3), jnp.float32)
     tree = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, pixels, ids, ids, ids))
-    return {k: tuple(v.shape) for k, v in flatten_dict(tree["params"]).items()}
+    return {k: tuple(v.shape) for k, v in flatten(tree["params"]).items()}
 
 
 def classic_pt_key(path: Path_) -> str:
@@ -232,7 +233,7 @@ def params_from_flax(
     towers = tuple(towers)
     expected = expected_shapes(config, towers)
     all_expected = expected_shapes(config, ("text", "vision"))
-    flat = flatten_dict(dict(tree))
+    flat = flatten(dict(tree))
     report = KeyReport(source)
     out: dict[Path_, np.ndarray] = {}
     for path, value in flat.items():
@@ -247,7 +248,7 @@ def params_from_flax(
             out[path] = arr
     report.missing.extend("/".join(p) for p in expected if p not in flat)
     report.raise_if_any()
-    return unflatten_dict({k: _float32(v) for k, v in out.items()})
+    return unflatten({k: _float32(v) for k, v in out.items()})
 
 
 def params_from_pt(
@@ -288,12 +289,12 @@ def params_from_pt(
     found = set(out)
     report.missing.extend(classic_pt_key(p) for p in expected if p not in found)
     report.raise_if_any()
-    return unflatten_dict({k: _float32(v) for k, v in out.items()})
+    return unflatten({k: _float32(v) for k, v in out.items()})
 
 
 def params_to_pt(params: Mapping[str, Any], layout: str = "flat") -> dict[str, np.ndarray]:
     """Our tree -> a PyTorch-layout state dict (`layout` 'classic' or 'flat', transformers 5)."""
-    flat = flatten_dict(dict(params))
+    flat = flatten(dict(params))
     vit = any(p[:3] == ("vision_model", "embeddings", "cls_token") for p in flat)
     out = {}
     for path, value in flat.items():

@@ -12,13 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
 
 from koclip.config import KoCLIPConfig
 from koclip.convert import params_to_pt
+from koclip.tree import unflatten
 
 FORMATS = ("msgpack", "safetensors", "safetensors-classic", "bin")
 
@@ -38,24 +36,31 @@ def tiny_vocab() -> list[str]:
 
 
 def random_params(config: KoCLIPConfig, seed: int = 0) -> dict[str, Any]:
-    """Random parameters with non-trivial LayerNorms and biases, so tests catch any mix-up."""
-    from koclip.model import KoCLIPModule
+    """Random parameters whose embeddings are well spread (distinct inputs, distinct vectors).
 
-    module = KoCLIPModule(config)
-    ids = jnp.zeros((1, 2), jnp.int32)
-    pixels = jnp.zeros((1, config.vision.image_size, config.vision.image_size, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, pixels, ids, ids, ids))
+    Kernels have std 2/sqrt(fan_in) and embeddings std 1, so attention really mixes tokens and
+    patches (a 0.02-std init gives every text the same embedding to 1e-4); LayerNorm scales and
+    all biases are perturbed so any mix-up of parameter names shows in the parity tests.
+    """
+    from koclip.convert import expected_shapes
+
     rng = np.random.default_rng(seed)
     flat = {}
-    for path, leaf in flatten_dict(shapes["params"]).items():
-        if path[-1] == "scale":
-            value = 1.0 + 0.1 * rng.standard_normal(leaf.shape)
+    for path, shape in sorted(expected_shapes(config, ("text", "vision")).items()):
+        leaf = path[-1]
+        if leaf == "scale":
+            value = 1.0 + 0.1 * rng.standard_normal(shape)
         elif path == ("logit_scale",):
             value = np.asarray(np.log(1 / 0.07) + 0.1 * rng.standard_normal())
-        else:
-            value = 0.05 * rng.standard_normal(leaf.shape)
+        elif leaf == "kernel":
+            fan_in = int(np.prod(shape[:-1]))
+            value = 2.0 * rng.standard_normal(shape) / np.sqrt(fan_in)
+        elif leaf == "bias":
+            value = 0.05 * rng.standard_normal(shape)
+        else:  # embedding tables, class/cls tokens, position embeddings
+            value = rng.standard_normal(shape)
         flat[path] = np.asarray(value, dtype=np.float32)
-    return unflatten_dict(flat)
+    return unflatten(flat)
 
 
 def write_tokenizer(directory: Path, vocab: list[str] | None = None) -> None:

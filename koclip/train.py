@@ -100,6 +100,12 @@ def make_optimizer(
     )
 
 
+def global_norm(tree: Any) -> jax.Array:
+    """L2 norm of a whole pytree (optax renames its own between versions)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))
+
+
 def _stop_frozen(params: Params, freeze: Tower | None) -> Params:
     if freeze is None:
         return params
@@ -143,7 +149,7 @@ def make_train_step(
         params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, MAX_LOGIT_SCALE)}
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": global_norm(grads),
             "logit_scale": params["logit_scale"],
         }
         return params, opt_state, metrics

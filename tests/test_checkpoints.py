@@ -240,6 +240,30 @@ def test_several_prompt_templates_are_averaged(tiny_checkpoint):
     each = [enc.encode_texts(["고양이", "dog"], prompt=t) for t in templates]
     mean = each[0] + each[1]
     np.testing.assert_allclose(got, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-6)
-    np.testing.assert_allclose(enc.encode_texts(["고양이"], prompt=templates[:1]), each[0][:1], atol=1e-6)
+    np.testing.assert_allclose(
+        enc.encode_texts(["고양이"], prompt=templates[:1]), each[0][:1], atol=1e-6
+    )
     with pytest.raises(ValueError, match="at least one"):
         enc.encode_texts(["고양이"], prompt=[])
+
+
+def test_import_koclip_does_not_load_jax():
+    import subprocess
+    import sys
+
+    code = "import sys, koclip; koclip.checkpoint_fingerprint; print('jax' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_tiny_embeddings_are_spread(tiny_checkpoint):
+    """Distinct inputs give clearly distinct vectors, so ranking tests downstream mean something."""
+    from PIL import Image
+
+    enc = load_encoder(str(tiny_checkpoint))
+    texts = enc.encode_texts(["소파 위에 고양이", "자동차", "dog", "바다 노을", "숫자 7"])
+    colours = [(255, 0, 0), (0, 0, 255), (0, 255, 0), (250, 250, 250)]
+    images = enc.encode_images([Image.new("RGB", (64, 48), c) for c in colours])
+    for m in (texts, images):
+        cos = m @ m.T
+        assert cos[~np.eye(len(m), dtype=bool)].max() < 0.99
