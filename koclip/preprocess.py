@@ -7,7 +7,7 @@ proves it against `CLIPImageProcessor` to 1e-5.
 
 `open_image` turns a file into the RGB image that transform expects: EXIF orientation applied,
 the first frame of an animation, any mode to RGB with transparency over white, and (optionally)
-JPEG draft decoding at no less than twice the model's input size.
+JPEG draft decoding at no less than `DRAFT_FACTOR` times the model's input size.
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
 DEFAULT_PROMPT = "이것은 {} 이다."
+
+# JPEG draft decoding keeps each side >= DRAFT_FACTOR x the model input. libjpeg scales by 1/2,
+# 1/4 or 1/8, so for a 12 MP photo factor 2 decodes at 1000x750 and factor 4 at 2000x1500.
+# bench/encode.py --draft-check measured (koclip-base sizes, noisy 12 MP JPEGs): factor 2 gives
+# min cosine 0.9988 to the exact path, under the 0.999 bar; factor 4 gives 0.9994 at half the
+# cost of a full decode. So 4 is the default.
+DRAFT_FACTOR = 4
 
 _heif_lock = threading.Lock()
 _heif_registered = False
@@ -114,6 +121,7 @@ def open_image(
     max_pixels: int | None = None,
     draft: bool = True,
     size: int = IMAGE_SIZE,
+    draft_factor: int = DRAFT_FACTOR,
 ) -> Image.Image:
     """Decode an image file into an EXIF-oriented RGB image; raises ImageError with the reason."""
     _register_heif()
@@ -132,12 +140,12 @@ def open_image(
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror or exc}") from None
     try:
-        return _decode(image, max_pixels=max_pixels, draft=draft, size=size)
+        return _decode(image, max_pixels=max_pixels, draft=draft_factor if draft else 0, size=size)
     finally:
         image.close()
 
 
-def _decode(image: Image.Image, *, max_pixels: int | None, draft: bool, size: int) -> Image.Image:
+def _decode(image: Image.Image, *, max_pixels: int | None, draft: int, size: int) -> Image.Image:
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(f"invalid dimensions {width}x{height}")
@@ -148,8 +156,8 @@ def _decode(image: Image.Image, *, max_pixels: int | None, draft: bool, size: in
         )
     try:
         if draft and image.format == "JPEG":
-            # Decode at a reduced DCT scale, never below twice the model input per side.
-            image.draft("RGB", (2 * size, 2 * size))
+            # Decode at a reduced DCT scale, never below `draft` times the model input per side.
+            image.draft("RGB", (draft * size, draft * size))
         image.seek(0)  # first frame of an animation
         image.load()
         oriented = ImageOps.exif_transpose(image)
