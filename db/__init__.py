@@ -1,0 +1,47 @@
+"""The library on disk: SQLite schema and sessions, manifest, writer lock, FAISS wrapper.
+
+Knows nothing of the model. See /work/notes/db_api.md (and each module's docstrings).
+"""
+
+from db.content import content_hash, hash_file
+from db.errors import (
+    LibraryError,
+    LibraryLockedError,
+    LibraryNotFoundError,
+    LibraryWriteError,
+    ManifestMismatchError,
+    SchemaVersionError,
+)
+from db.library import (
+    LIBRARY_DIRNAME,
+    Library,
+    LibraryLock,
+    Manifest,
+    default_library_dir,
+    relative_photo_root,
+    write_errors,
+)
+from db.schema import SCHEMA_VERSION, Failure, Photo, blob_to_vector, vector_to_blob
+
+__all__ = [
+    "LIBRARY_DIRNAME",
+    "SCHEMA_VERSION",
+    "Failure",
+    "Library",
+    "LibraryError",
+    "LibraryLock",
+    "LibraryLockedError",
+    "LibraryNotFoundError",
+    "LibraryWriteError",
+    "Manifest",
+    "ManifestMismatchError",
+    "Photo",
+    "SchemaVersionError",
+    "blob_to_vector",
+    "content_hash",
+    "default_library_dir",
+    "hash_file",
+    "relative_photo_root",
+    "vector_to_blob",
+    "write_errors",
+]

@@ -1,0 +1,41 @@
+"""Search a library: Korean (or English) text, photos, or composed queries, to ranked photos.
+
+from search import Searcher
+with Searcher("~/Pictures") as searcher:
+    results = searcher.compose("바다 + 노을 - 사람", k=10, after="2023-05")
+    for hit in results:
+        print(hit.rank, f"{hit.score:.3f}", hit.path)
+"""
+
+from search.errors import (
+    DateError,
+    LibraryError,
+    ModelMismatchError,
+    QueryError,
+    QueryImageError,
+    SearchError,
+)
+from search.library import LibraryInfo, find_library
+from search.query import Term, parse_query
+from search.reindex import ReindexReport, reindex
+from search.results import SearchHit, SearchResults
+from search.searcher import Searcher, SearchOptions
+
+__all__ = [
+    "DateError",
+    "LibraryError",
+    "LibraryInfo",
+    "ModelMismatchError",
+    "QueryError",
+    "QueryImageError",
+    "ReindexReport",
+    "SearchError",
+    "SearchHit",
+    "SearchOptions",
+    "SearchResults",
+    "Searcher",
+    "Term",
+    "find_library",
+    "parse_query",
+    "reindex",
+]

@@ -237,3 +237,40 @@ def test_reconcile_rebuilds_on_disagreement(library):
     index, rebuilt = library.reconcile_index()
     assert rebuilt and index.ntotal == 7
     assert (library.directory / DB_NAME).exists()
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf-sq8"])
+def test_approximate_types_build_from_the_library(library, index_type):
+    rng = np.random.default_rng(8)
+    vecs = _unit(rng, 120)
+    ids = np.asarray(_add(library, vecs))
+    index = library.build_index(index_type)
+    assert index.is_trained and index.ntotal == 120
+    _, got = vectors.search(index, vecs[:10], 1)
+    assert (got[:, 0] == ids[:10]).mean() >= 0.8  # approximate, but finds the vector itself
+
+
+def test_training_sample_is_spread_and_sized(library):
+    probe = vectors.make_index("ivf-sq8", DIM, 1_000_000)
+    assert vectors.training_size(probe, 1_000_000) == 64 * vectors.ivf_nlist(1_000_000)
+    assert vectors.training_size(vectors.make_index("ivf-sq8", DIM, 10), 10) == 10
+    assert vectors.ivf_nlist(10) == 1 and vectors.ivf_nlist(1_000_000) == 2048
+
+
+def test_vectors_for_in_order_and_missing(library):
+    rng = np.random.default_rng(9)
+    vecs = _unit(rng, 3)
+    ids = _add(library, vecs)
+    with library.session() as s, s.begin():
+        np.testing.assert_array_equal(library.vectors_for(s, ids[::-1]), vecs[::-1])
+        with pytest.raises(db.LibraryError, match="no stored embedding"):
+            library.vectors_for(s, [ids[0], 999])
+
+
+def test_content_hash(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"x" * 3_000_000)
+    b.write_bytes(b"x" * 3_000_000)
+    digest, size, mtime_ns = db.hash_file(a)
+    assert db.content_hash(b) == digest and len(digest) == 32
+    assert (size, mtime_ns) == (3_000_000, a.stat().st_mtime_ns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import unicodedata
 from datetime import datetime
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,22 +23,8 @@ from indexer.discover import FoundFile, UnreadableDir, discover, is_excluded
 from koclip import load_encoder
 from koclip.api import KoCLIPEncoder
 from koclip.preprocess import open_image, preprocess
-from koclip.testing import build_tiny_checkpoint
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-# -- fixtures and photo makers ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt_other(tmp_path_factory) -> Path:
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt2") / "tiny2", seed=1)
+# -- photo makers and helpers ---------------------------------------------------------------
 
 
 def _rgb(seed: int, size: tuple[int, int] = (96, 64)) -> Image.Image:
@@ -120,9 +108,10 @@ def open_lib(root: Path, library: Path | None = None) -> db.Library:
 
 def rows(lib: db.Library) -> dict[str, db.Photo]:
     from sqlalchemy import select
+    from sqlalchemy.orm import undefer
 
     with lib.session() as s, s.begin():
-        return {p.path: p for p in s.scalars(select(db.Photo))}
+        return {p.path: p for p in s.scalars(select(db.Photo).options(undefer(db.Photo.embedding)))}
 
 
 def assert_consistent(lib: db.Library) -> None:
@@ -199,10 +188,10 @@ def test_exclude_globs():
 # -- a first run over every format and bad file ------------------------------------------------
 
 
-def test_formats_bad_files_and_metadata(tmp_path, tiny_ckpt):
+def test_formats_bad_files_and_metadata(tmp_path, tiny_checkpoint):
     root = tmp_path / "photos"
     expect = make_collection(root)
-    summary = index(root, tiny_ckpt)
+    summary = index(root, tiny_checkpoint)
     good = {p for p, r in expect.items() if r is None}
     bad = {p: r for p, r in expect.items() if r is not None}
     assert summary.new == len(good)
@@ -225,7 +214,7 @@ def test_formats_bad_files_and_metadata(tmp_path, tiny_ckpt):
         assert lib.manifest().dim == 16 and lib.manifest().photo_root == ".."
         assert_consistent(lib)
         # The stored vector is exactly what the encoder makes of the file.
-        enc = load_encoder(str(tiny_ckpt), towers=("vision",))
+        enc = load_encoder(str(tiny_checkpoint), towers=("vision",))
         want = enc.encode_pixels(preprocess(open_image(root / "camera/rotated.jpg"))[None])[0]
         np.testing.assert_allclose(rotated.vector(), want, atol=1e-5)
         scores, ids = vectors.search(lib.load_index(), want, 1)
@@ -237,11 +226,11 @@ def test_formats_bad_files_and_metadata(tmp_path, tiny_ckpt):
         assert recorded == failures
 
 
-def test_max_megapixels_guard(tmp_path, tiny_ckpt):
+def test_max_megapixels_guard(tmp_path, tiny_checkpoint):
     root = tmp_path / "p"
     write_jpeg(root / "big.jpg", 1, (600, 400))
     write_jpeg(root / "small.jpg", 2)
-    summary = index(root, tiny_ckpt, max_megapixels=0.1)
+    summary = index(root, tiny_checkpoint, max_megapixels=0.1)
     assert summary.new == 1
     assert "--max-megapixels" in dict(summary.failures)["big.jpg"]
 
@@ -249,18 +238,18 @@ def test_max_megapixels_guard(tmp_path, tiny_ckpt):
 # -- incremental runs -------------------------------------------------------------------------
 
 
-def test_incremental_add_modify_rename_duplicate_delete(tmp_path, tiny_ckpt, monkeypatch):
+def test_incremental_add_modify_rename_duplicate_delete(tmp_path, tiny_checkpoint, monkeypatch):
     root = tmp_path / "p"
     for i in range(6):
         write_jpeg(root / f"f{i}.jpg", i)
     (root / "broken.jpg").write_bytes(b"junk")
-    first = index(root, tiny_ckpt)
+    first = index(root, tiny_checkpoint)
     assert (first.new, first.failed) == (6, 1)
     with open_lib(root) as lib:
         before = rows(lib)
 
     spy = Spy(monkeypatch)
-    again = index(root, tiny_ckpt)
+    again = index(root, tiny_checkpoint)
     assert (again.new, again.unchanged, again.failed, spy.loaded) == (0, 6, 1, [])  # nothing read
 
     write_jpeg(root / "new.jpg", 100)  # add
@@ -271,8 +260,8 @@ def test_incremental_add_modify_rename_duplicate_delete(tmp_path, tiny_ckpt, mon
     (root / "f3.jpg").unlink()  # delete
     os.utime(root / "f4.jpg", ns=(1, 1))  # touched only: same bytes
     spy = Spy(monkeypatch)
-    s = index(root, tiny_ckpt)
-    assert (s.new, s.updated, s.moved, s.deleted, s.unchanged, s.failed) == (2, 1, 1, 1, 4, 1)
+    s = index(root, tiny_checkpoint)
+    assert (s.new, s.updated, s.moved, s.deleted, s.unchanged, s.failed) == (2, 1, 1, 1, 3, 1)
     assert spy.encoded == 2  # only new.jpg and f0.jpg; the copy and the move reuse vectors
     assert "broken.jpg" not in spy.loaded  # a failed file is retried only when it changes
     with open_lib(root) as lib:
@@ -287,7 +276,7 @@ def test_incremental_add_modify_rename_duplicate_delete(tmp_path, tiny_ckpt, mon
 
     write_jpeg(root / "broken.jpg", 300)  # fixed: indexed now
     (root / "f5.jpg").write_bytes(b"corrupted later")  # an indexed photo turns bad
-    s = index(root, tiny_ckpt)
+    s = index(root, tiny_checkpoint)
     assert (s.updated, s.failed) == (1, 1) and dict(s.failures) == {
         "f5.jpg": "not an image, or an unsupported format"
     }
@@ -296,24 +285,44 @@ def test_incremental_add_modify_rename_duplicate_delete(tmp_path, tiny_ckpt, mon
         assert_consistent(lib)
 
 
-def test_moving_the_whole_folder_keeps_the_library(tmp_path, tiny_ckpt, monkeypatch):
+def test_twin_gone_before_write_falls_back_to_encoding(tmp_path, tiny_checkpoint, monkeypatch):
+    """A worker skipped decoding for a known hash whose row was gone by write time."""
+    root = tmp_path / "p"
+    write_jpeg(root / "a.jpg", 1)
+    stale_hash = db.content_hash(root / "a.jpg")
+    real_load_known = pipeline_mod.load_known
+
+    def load_known(session):
+        known, hashes = real_load_known(session)
+        return known, hashes | {stale_hash}  # as if a row with these bytes existed
+
+    monkeypatch.setattr(pipeline_mod, "load_known", load_known)
+    spy = Spy(monkeypatch)
+    s = index(root, tiny_checkpoint)
+    assert (s.new, s.failed, spy.encoded) == (1, 0, 1)
+    assert spy.loaded == ["a.jpg", "a.jpg"]  # read once (reuse), then again to decode
+    with open_lib(root) as lib:
+        assert_consistent(lib)
+
+
+def test_moving_the_whole_folder_keeps_the_library(tmp_path, tiny_checkpoint, monkeypatch):
     root = tmp_path / "p"
     for i in range(3):
         write_jpeg(root / f"{i}.jpg", i)
-    index(root, tiny_ckpt)
+    index(root, tiny_checkpoint)
     moved = tmp_path / "elsewhere"
     root.rename(moved)
     spy = Spy(monkeypatch)
-    s = index(moved, tiny_ckpt)
+    s = index(moved, tiny_checkpoint)
     assert (s.unchanged, s.new, spy.loaded) == (3, 0, [])
     with open_lib(moved) as lib:
         assert lib.photo_root() == moved.resolve()
 
 
-def test_library_elsewhere_leaves_the_photo_folder_untouched(tmp_path, tiny_ckpt):
+def test_library_elsewhere_leaves_the_photo_folder_untouched(tmp_path, tiny_checkpoint):
     root, library = tmp_path / "ro-photos", tmp_path / "lib"
     write_jpeg(root / "a.jpg", 1)
-    s = index(root, tiny_ckpt, library=library)
+    s = index(root, tiny_checkpoint, library=library)
     assert s.new == 1
     assert sorted(p.name for p in root.iterdir()) == ["a.jpg"]
     with db.Library.open(library) as lib:
@@ -322,11 +331,11 @@ def test_library_elsewhere_leaves_the_photo_folder_untouched(tmp_path, tiny_ckpt
         assert lib.resolve("a.jpg").is_file()
 
 
-def test_unreadable_folder_keeps_its_photos(tmp_path, tiny_ckpt, monkeypatch):
+def test_unreadable_folder_keeps_its_photos(tmp_path, tiny_checkpoint, monkeypatch):
     root = tmp_path / "p"
     write_jpeg(root / "open/1.jpg", 1)
     write_jpeg(root / "locked/2.jpg", 2)
-    index(root, tiny_ckpt)
+    index(root, tiny_checkpoint)
     real_scandir = os.scandir
 
     def scandir(path):
@@ -335,28 +344,54 @@ def test_unreadable_folder_keeps_its_photos(tmp_path, tiny_ckpt, monkeypatch):
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    s = index(root, tiny_ckpt)
+    s = index(root, tiny_checkpoint)
     assert s.deleted == 0 and s.failures == (("locked/", "cannot list folder: Permission denied"),)
     with open_lib(root) as lib:
         assert "locked/2.jpg" in rows(lib)
 
 
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf-sq8"])
+def test_incremental_runs_keep_an_approximate_index(tmp_path, tiny_checkpoint, index_type):
+    """After `reindex` switched the type: HNSW cannot remove, IVF must stay trained."""
+    root = tmp_path / "p"
+    for i in range(5):
+        write_jpeg(root / f"{i}.jpg", i)
+    index(root, tiny_checkpoint)
+    lib_dir = root / db.LIBRARY_DIRNAME
+    with db.LibraryLock(lib_dir), db.Library.create(lib_dir) as lib:  # what reindex does
+        lib.save_index(lib.build_index(index_type), index_type)
+        with lib.session() as s, s.begin():
+            lib.set_manifest(s, dataclasses.replace(lib.manifest(s), index_type=index_type))
+    (root / "0.jpg").unlink()
+    write_jpeg(root / "5.jpg", 5)
+    s = index(root, tiny_checkpoint)
+    assert (s.new, s.deleted, s.unchanged) == (1, 1, 4)
+    with open_lib(root) as lib:
+        assert lib.index_path().name == f"index-{index_type}.faiss"
+        assert_consistent(lib)
+        loaded = lib.load_index()  # keep a reference: the inner index dies with its wrapper
+        inner = faiss.downcast_index(loaded.index)
+        assert isinstance(
+            inner, faiss.IndexHNSWFlat if index_type == "hnsw" else faiss.IndexIVFScalarQuantizer
+        )
+
+
 # -- model mismatch ---------------------------------------------------------------------------
 
 
-def test_other_model_refused_then_rebuild(tmp_path, tiny_ckpt, tiny_ckpt_other):
+def test_other_model_refused_then_rebuild(tmp_path, tiny_checkpoint, tiny_checkpoint_other):
     root = tmp_path / "p"
     for i in range(3):
         write_jpeg(root / f"{i}.jpg", i)
-    index(root, tiny_ckpt)
+    index(root, tiny_checkpoint)
     with open_lib(root) as lib:
         old_ids, old_fp = lib.photo_ids(), lib.manifest().fingerprint
     with pytest.raises(db.ManifestMismatchError, match="--rebuild"):
-        index(root, tiny_ckpt_other)
+        index(root, tiny_checkpoint_other)
     with open_lib(root) as lib:  # refused before anything changed
         assert lib.manifest().fingerprint == old_fp
         np.testing.assert_array_equal(lib.photo_ids(), old_ids)
-    s = index(root, tiny_ckpt_other, rebuild=True)
+    s = index(root, tiny_checkpoint_other, rebuild=True)
     assert s.new == 3
     with open_lib(root) as lib:
         assert lib.manifest().fingerprint != old_fp
@@ -378,12 +413,12 @@ def _cli():
     return CliRunner(), main
 
 
-def test_cli_json_summary_and_exit_codes(tmp_path, tiny_ckpt):
+def test_cli_json_summary_and_exit_codes(tmp_path, tiny_checkpoint):
     runner, main = _cli()
     root = tmp_path / "p"
     write_jpeg(root / "a.jpg", 1)
     (root / "bad.jpg").write_bytes(b"")
-    args = ["index", str(root), "--model", str(tiny_ckpt), "--batch-size", "2", "--json"]
+    args = ["index", str(root), "--model", str(tiny_checkpoint), "--batch-size", "2", "--json"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -404,3 +439,21 @@ def test_cli_json_summary_and_exit_codes(tmp_path, tiny_ckpt):
     with db.LibraryLock(root / db.LIBRARY_DIRNAME):
         locked = runner.invoke(main, ["index", str(root)])
     assert locked.exit_code == 1 and "already writing" in locked.output
+
+
+def test_summary_text_and_progress_bar():
+    import io
+
+    from indexer.progress import ProgressBar
+
+    s = Summary(1, 2, 3, 4, 5, tuple((f"f{i}.jpg", "truncated") for i in range(7)), 1.25)
+    text = s.to_text(max_reasons=2)
+    assert "1 new, 2 updated, 3 moved, 4 deleted, 5 unchanged, 7 failed" in text
+    assert "f0.jpg: truncated" in text and "5 more" in text
+    out = io.StringIO()
+    bar = ProgressBar(out, width=10, min_interval=0)
+    bar(0, 4)
+    bar(4, 4)
+    bar.close()
+    assert "4/4 files" in out.getvalue() and "img/s" in out.getvalue()
+    assert out.getvalue().endswith("\n")

@@ -1,0 +1,82 @@
+"""`koclip-search eval`: recall@1/5/10 of a model on captioned images, both directions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cli.main import main
+
+
+@main.command("eval", short_help="Recall@1/5/10 of a model on captioned images.")
+@click.argument("captions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--images",
+    "images_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder the captions' image paths are relative to.",
+)
+@click.option(
+    "--model",
+    default="koclip-base",
+    show_default=True,
+    help="Model name or checkpoint folder (e.g. the --out of `train`).",
+)
+@click.option(
+    "--prompt/--no-prompt",
+    default=True,
+    show_default=True,
+    help="Encode captions in the prompt template, as `search` does by default.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Decoding threads (default: one per CPU)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def eval_command(
+    captions: Path,
+    images_dir: Path,
+    model: str,
+    prompt: bool,
+    batch_size: int,
+    workers: int | None,
+    as_json: bool,
+) -> None:
+    """Text-to-image and image-to-text recall@1/5/10 (and their mean) of MODEL on CAPTIONS,
+    a JSON Lines file: {"image": "path/under/--images", "captions": ["한국어 설명", ...]}.
+
+    Example:
+
+    \b
+        koclip-search eval xm3600-ko.jsonl --images xm3600/images --json
+    """
+    from indexer.progress import ProgressBar
+    from koclip import KoCLIPError
+    from search import SearchError
+    from search.captions import CaptionsError
+    from search.evaluate import evaluate
+
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() and not as_json else None
+    try:
+        recall = evaluate(
+            captions,
+            images_dir,
+            model,
+            prompt=prompt,
+            batch_size=batch_size,
+            workers=workers,
+            progress=bar,
+        )
+    except (CaptionsError, KoCLIPError, SearchError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if bar:
+            bar.close()
+    if as_json:
+        click.echo(json.dumps(recall.to_json(), ensure_ascii=False))
+    else:
+        click.echo(recall.to_text())

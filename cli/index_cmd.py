@@ -1,0 +1,85 @@
+"""`koclip-search index`: wires the CLI flags to `indexer.index_photos`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cli.main import main
+
+
+@main.command("index")
+@click.argument("photo_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--library",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Library folder (default: PHOTO_DIR/.koclip-search).",
+)
+@click.option(
+    "--model", help="Model name or checkpoint folder (default: the library's, else koclip-base)."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Decoding threads (default: one per CPU)."
+)
+@click.option(
+    "--exclude", multiple=True, metavar="GLOB", help="Skip matching paths or names; repeatable."
+)
+@click.option(
+    "--max-megapixels",
+    type=click.FloatRange(min=0, min_open=True),
+    default=100.0,
+    show_default=True,
+    help="Larger images are recorded as failed (decompression-bomb guard).",
+)
+@click.option(
+    "--rebuild", is_flag=True, help="Drop every vector and re-encode all photos (e.g. new model)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def index_command(
+    photo_dir: Path,
+    library: Path | None,
+    model: str | None,
+    batch_size: int,
+    workers: int | None,
+    exclude: tuple[str, ...],
+    max_megapixels: float,
+    rebuild: bool,
+    as_json: bool,
+) -> None:
+    """Index PHOTO_DIR (recursively) so its photos can be searched; only changes are re-read.
+
+    Example:
+
+        koclip-search index ~/Pictures --exclude '*/screenshots/*'
+    """
+    # Imported here: jax and friends cost every other command their start-up time otherwise.
+    from db import LibraryError
+    from indexer import IndexOptions, index_photos
+    from indexer.progress import ProgressBar
+    from koclip import KoCLIPError
+
+    options = IndexOptions(
+        library=library,
+        model=model,
+        batch_size=batch_size,
+        workers=workers,
+        exclude=exclude,
+        max_megapixels=max_megapixels,
+        rebuild=rebuild,
+    )
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        summary = index_photos(photo_dir, options, progress=bar)
+    except (LibraryError, KoCLIPError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        if bar:
+            bar.close()
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), ensure_ascii=False))
+    else:
+        click.echo(summary.to_text())

@@ -1,0 +1,343 @@
+"""`koclip-search search / similar / info / reindex`: thin wiring over search.Searcher.
+
+Nothing heavy is imported at module level: `koclip-search --help` and `index` must not pay
+for numpy, faiss or JAX, and `search` only pays for what its query needs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cli.main import main
+
+if TYPE_CHECKING:
+    from search import LibraryInfo, Searcher, SearchResults
+
+INDEX_CHOICES = ("auto", "flat", "hnsw", "ivf-sq8")
+
+
+class BadInput(click.UsageError):
+    """Exit code 2 with a one-line message (click's UsageError), without the usage block."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def _bad_input(exc: Exception) -> BadInput:
+    return BadInput(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+class OneLineCommand(click.Command):
+    """A command whose argument errors (bad -k, missing QUERY) print one line, not the usage."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.NoSuchOption as exc:
+            hint = ""
+            if not exc.option_name.lstrip("-")[:1].isascii():
+                hint = " (to subtract a term, put a space after the minus: `바다 - 사람`)"
+            raise BadInput(exc.format_message() + hint) from None
+        except click.UsageError as exc:
+            raise BadInput(exc.format_message()) from None
+
+
+def _library_option(f: Callable) -> Callable:
+    return click.option(
+        "--library",
+        metavar="DIR",
+        help="Library folder or photo folder holding one (default: nearest .koclip-search/ "
+        "from the current folder upward).",
+    )(f)
+
+
+def _query_options(f: Callable) -> Callable:
+    """The options `search` and `similar` share."""
+    decorators = [
+        _library_option,
+        click.option("--model", help="Must be the model the library was built with (the default)."),
+        click.option(
+            "-k",
+            "k",
+            type=click.IntRange(min=1),
+            default=20,
+            show_default=True,
+            help="Number of results.",
+        ),
+        click.option(
+            "--offset",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Skip this many (paging).",
+        ),
+        click.option("--threshold", type=float, help="Only results with a cosine score >= this."),
+        click.option("--under", metavar="SUBDIR", help="Only photos under this folder."),
+        click.option("--after", metavar="DATE", help="Only photos taken on or after DATE."),
+        click.option("--before", metavar="DATE", help="Only photos taken before DATE."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+        click.option("--paths", "as_paths", is_flag=True, help="Print one absolute path per line."),
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def _domain_errors(f: Callable) -> Callable:
+    """Turn search/db/koclip errors into one-line messages: bad input exits 2, failures 1."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import db
+        from search import SearchError
+
+        try:
+            return f(*args, **kwargs)
+        except SearchError as exc:
+            raise _bad_input(exc) from None
+        except db.LibraryLockedError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (db.LibraryNotFoundError, db.SchemaVersionError, db.ManifestMismatchError) as exc:
+            raise _bad_input(exc) from None
+        except db.LibraryError as exc:
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            # koclip is imported only by queries that need the model; if it was, its errors
+            # (a damaged checkpoint, say) are failures, not tracebacks.
+            koclip = sys.modules.get("koclip")
+            if koclip is not None and isinstance(exc, koclip.KoCLIPError):
+                raise click.ClickException(str(exc)) from None
+            raise
+
+    return wrapper
+
+
+def _open(library: str | None, model: str | None) -> Searcher:
+    from search import Searcher
+
+    # One-shot processes keep text embeddings on disk: a repeated query (paging with
+    # --offset, a re-run) then needs no text tower at all.
+    return Searcher(library, model=model, disk_cache=True)
+
+
+def _check_output(as_json: bool, as_paths: bool) -> None:
+    if as_json and as_paths:
+        raise BadInput("--json and --paths cannot be used together")
+
+
+def _print_results(results: SearchResults, as_json: bool, as_paths: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(results.to_json(), ensure_ascii=False))
+    elif as_paths:
+        for hit in results:
+            click.echo(str(hit.path))
+    else:
+        click.echo(format_table(results))
+
+
+@main.command("search", cls=OneLineCommand)
+@click.argument("query", nargs=-1, required=True)
+@_query_options
+@click.option("--no-prompt", is_flag=True, help="Encode text as typed, not in the prompt template.")
+@_domain_errors
+def search_command(
+    query: tuple[str, ...],
+    library: str | None,
+    model: str | None,
+    k: int,
+    offset: int,
+    threshold: float | None,
+    under: str | None,
+    after: str | None,
+    before: str | None,
+    as_json: bool,
+    as_paths: bool,
+    no_prompt: bool,
+) -> None:
+    """Find photos matching QUERY: Korean or English text, image paths, or a composition.
+
+    Terms are joined with a lone + or -, and W:term weights one (2:강아지).
+
+    Example:
+
+        koclip-search search 바다 + 노을 - 사람 --after 2023-05 -k 10
+    """
+    from search import parse_query
+
+    _check_output(as_json, as_paths)
+    terms = parse_query(list(query))
+    with _open(library, model) as searcher:
+        results = searcher.compose(
+            terms,
+            prompt=not no_prompt,
+            k=k,
+            offset=offset,
+            threshold=threshold,
+            under=under,
+            after=after,
+            before=before,
+        )
+    _print_results(results, as_json, as_paths)
+
+
+@main.command("similar", cls=OneLineCommand)
+@click.argument("image")
+@_query_options
+@_domain_errors
+def similar_command(
+    image: str,
+    library: str | None,
+    model: str | None,
+    k: int,
+    offset: int,
+    threshold: float | None,
+    under: str | None,
+    after: str | None,
+    before: str | None,
+    as_json: bool,
+    as_paths: bool,
+) -> None:
+    """Find photos similar to IMAGE (inside or outside the library); IMAGE itself and its
+    exact duplicates are left out.
+
+    Example:
+
+        koclip-search similar ~/Pictures/2023/beach.jpg --under 2024 --paths
+    """
+    _check_output(as_json, as_paths)
+    with _open(library, model) as searcher:
+        results = searcher.image(
+            image, k=k, offset=offset, threshold=threshold, under=under, after=after, before=before
+        )
+    _print_results(results, as_json, as_paths)
+
+
+@main.command("info", cls=OneLineCommand)
+@_library_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_domain_errors
+def info_command(library: str | None, as_json: bool) -> None:
+    """Photo count, failed files, model, index type, size on disk, last indexed."""
+    with _open(library, None) as searcher:
+        info = searcher.info()
+    if as_json:
+        click.echo(json.dumps(info.to_json(), ensure_ascii=False))
+    else:
+        click.echo(format_info(info))
+
+
+@main.command("reindex", cls=OneLineCommand)
+@_library_option
+@click.option(
+    "--index",
+    "index_type",
+    type=click.Choice(INDEX_CHOICES),
+    default="auto",
+    show_default=True,
+    help="flat: exact; hnsw / ivf-sq8: approximate, for large libraries.",
+)
+@_domain_errors
+def reindex_command(library: str | None, index_type: str) -> None:
+    """Rebuild the FAISS index as another type from the stored vectors (no re-encoding).
+
+    Example:
+
+        koclip-search reindex --index ivf-sq8
+    """
+    from search import find_library, reindex
+
+    report = reindex(find_library(library), index_type)
+    click.echo(
+        f"index: {report.previous_type} -> {report.index_type}, {report.vectors:,} vectors, "
+        f"{_human_size(report.size_bytes)}"
+    )
+
+
+# -- formatting -------------------------------------------------------------------------------
+
+
+def format_table(results: SearchResults) -> str:
+    """The terminal table: rank, score, path, size, date (paths shortened to the terminal)."""
+    if not len(results):
+        return f"no results for {results.query}"
+    header = ("#", "score", "path", "size", "date")
+    rows = [
+        (str(h.rank), f"{h.score:.3f}", str(h.path), _human_size(h.size), _date(h.taken_at))
+        for h in results
+    ]
+    widths = [max(_width(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    room = shutil.get_terminal_size((120, 24)).columns - sum(widths) + widths[2] - 8
+    widths[2] = max(20, min(widths[2], room))
+    lines = []
+    for r in (header, *rows):
+        cells = [
+            _pad(r[0], widths[0], right=True),
+            _pad(r[1], widths[1], right=True),
+            _pad(_shorten(r[2], widths[2]), widths[2]),
+            _pad(r[3], widths[3], right=True),
+            r[4],
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_info(info: LibraryInfo) -> str:
+    """`info` as aligned `key: value` lines."""
+    vectors = "" if info.indexed_vectors is None else f" ({info.indexed_vectors:,} vectors)"
+    last = info.last_indexed.strftime("%Y-%m-%d %H:%M") if info.last_indexed else "never"
+    pairs = [
+        ("library", str(info.library)),
+        ("photos", f"{info.photo_root} — {info.photos:,} indexed, {info.failed:,} failed"),
+        ("model", info.model),
+        ("index", f"{info.index_type}{vectors}"),
+        ("size", _human_size(info.size_bytes)),
+        ("last indexed", last),
+    ]
+    return "\n".join(f"{k + ':':<14}{v}" for k, v in pairs)
+
+
+def _human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def _date(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def _width(text: str) -> int:
+    """Terminal columns: Hangul and other wide characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int, right: bool = False) -> str:
+    fill = " " * max(0, width - _width(text))
+    return fill + text if right else text + fill
+
+
+def _shorten(text: str, width: int) -> str:
+    """Keep the end of a path (the file name matters most), with … in front when cut."""
+    if _width(text) <= width:
+        return text
+    out = ""
+    for ch in reversed(text):
+        if _width(out) + _width(ch) > width - 1:
+            break
+        out = ch + out
+    return "…" + out

@@ -1,0 +1,205 @@
+"""`koclip-search train`: contrastive fine-tuning of a KoCLIP checkpoint on captioned images."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import click
+
+from cli.main import main
+
+if TYPE_CHECKING:
+    from search.training import TrainProgress
+
+
+class WarmupType(click.ParamType):
+    """A step count (500) or a fraction of all steps (0.1)."""
+
+    name = "STEPS|FRACTION"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a step count nor a fraction", param, ctx)
+        if number < 0 or (number >= 1 and number != int(number)):
+            self.fail(f"{value!r}: give a whole number of steps or a fraction below 1", param, ctx)
+        return number
+
+
+class TrainBar:
+    """One redrawn line (epoch, step, loss, images/s, ETA) and one kept line per finished epoch."""
+
+    def __init__(self, stream: TextIO, *, width: int = 24, min_interval: float = 0.2) -> None:
+        self.stream = stream
+        self.width = width
+        self.min_interval = min_interval
+        self._last_draw = 0.0
+        self._drawn = False
+
+    def __call__(self, p: TrainProgress) -> None:
+        """Progress callback for `search.training.train`."""
+        now = time.monotonic()
+        if p.epoch_done:
+            self._draw(p)
+            val = f", validation mean recall {100 * p.validation.mean:.1f}" if p.validation else ""
+            self.stream.write(f"\n  epoch {p.epoch}/{p.epochs}: loss {p.loss:.4f}{val}\n")
+            self._drawn = False
+        elif now - self._last_draw >= self.min_interval:
+            self._draw(p)
+            self._last_draw = now
+        self.stream.flush()
+
+    def _draw(self, p: TrainProgress) -> None:
+        filled = self.width * p.step // max(p.total_steps, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        eta = _clock(p.seconds_left) if p.seconds_left is not None else "--:--"
+        self.stream.write(
+            f"\r[{bar}] epoch {p.epoch}/{p.epochs}  step {p.step}/{p.total_steps}  "
+            f"loss {p.loss:.4f}  {p.images_per_sec:5.1f} img/s  ETA {eta} "
+        )
+        self._drawn = True
+
+    def close(self) -> None:
+        """End the bar's line so what follows starts on a fresh one."""
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@main.command("train", short_help="Fine-tune a KoCLIP checkpoint on captioned images.")
+@click.argument("captions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--images",
+    "images_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder the captions' image paths are relative to.",
+)
+@click.option(
+    "--from",
+    "base_model",
+    required=True,
+    metavar="MODEL",
+    help="Model name (koclip-base) or checkpoint folder to start from.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Checkpoint folder to write (and to resume from).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=2),
+    default=32,
+    show_default=True,
+    help="Images per step; each is the others' negative.",
+)
+@click.option(
+    "--lr",
+    "learning_rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5e-5,
+    show_default=True,
+    help="Peak learning rate (AdamW).",
+)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.1, show_default=True)
+@click.option(
+    "--warmup-steps",
+    "warmup",
+    type=WarmupType(),
+    default="0.1",
+    show_default=True,
+    help="Linear warmup: a step count, or a fraction of all steps; then linear decay.",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=3),
+    help="Captions are padded (or cut) to this many tokens (default: 64, or the "
+    "model's limit if lower).",
+)
+@click.option(
+    "--freeze",
+    type=click.Choice(["text", "vision"]),
+    help="Keep this tower's weights (and its embeddings) as they are.",
+)
+@click.option(
+    "--val-split",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Fraction of images held out, evaluated after each epoch.",
+)
+@click.option(
+    "--prompt/--no-prompt",
+    default=False,
+    show_default=True,
+    help="Wrap captions in the prompt template search uses by default.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Decoding threads (default: one per CPU)."
+)
+@click.option(
+    "--save-every",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also checkpoint every this many steps (0: after each epoch only).",
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Go on from the last checkpoint in --out, if a run left one.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def train_command(
+    captions: Path, images_dir: Path, base_model: str, out_dir: Path, as_json: bool, **options: Any
+) -> None:
+    """Fine-tune MODEL on CAPTIONS (JSON Lines: {"image": "path/under/--images", "captions":
+    [...]}) with KoCLIP's contrastive loss; writes a checkpoint `--model` accepts.
+
+    Example:
+
+    \b
+        koclip-search train mine.jsonl --images ~/Pictures --from koclip-base --out ~/koclip-mine
+    """
+    from koclip import KoCLIPError
+    from search.captions import CaptionsError
+    from search.training import TrainError, TrainOptions, train
+
+    try:
+        opts = TrainOptions(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    bar = TrainBar(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        summary = train(captions, images_dir, base_model, out_dir, opts, progress=bar)
+    except (CaptionsError, TrainError, KoCLIPError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if bar:
+            bar.close()
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), ensure_ascii=False))
+    else:
+        click.echo(summary.to_text())

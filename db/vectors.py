@@ -1,0 +1,196 @@
+"""The FAISS wrapper: free functions over arrays; ids are the `photos` primary keys.
+
+Every index is an `IndexIDMap2` over an inner-product index, so scores are cosine
+similarities of the L2-normalised embeddings. The index file is a cache: the database
+holds every embedding, and `build_index` recreates the file from them at any time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from db.errors import LibraryError, LibraryWriteError
+
+DEFAULT_INDEX_TYPE = "flat"
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+
+
+def ivf_nlist(n: int) -> int:
+    """~2 sqrt(n) IVF cells, a power of two, with >= 39 training points per cell."""
+    nlist = 2 ** round(math.log2(max(2 * math.sqrt(max(n, 1)), 1)))
+    return max(1, min(nlist, n // 39))
+
+
+def _hnsw(dim: int, n: int) -> faiss.Index:
+    index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    return index
+
+
+def _ivf_sq8(dim: int, n: int) -> faiss.Index:
+    return faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatIP(dim),
+        dim,
+        ivf_nlist(n),
+        faiss.ScalarQuantizer.QT_8bit,
+        faiss.METRIC_INNER_PRODUCT,
+    )
+
+
+# name -> factory(dim, n_vectors) -> bare inner-product index (not yet wrapped, maybe untrained).
+# n_vectors is the collection size, for factories that size themselves (IVF lists, ...).
+# Parameters of hnsw / ivf-sq8 as measured by bench/search.py (recall@10 0.98 at 1M vectors).
+IndexFactory = Callable[[int, int], faiss.Index]
+INDEX_FACTORIES: dict[str, IndexFactory] = {
+    "flat": lambda dim, n: faiss.IndexFlatIP(dim),
+    "hnsw": _hnsw,
+    "ivf-sq8": _ivf_sq8,
+}
+
+
+def register_index_type(name: str, factory: IndexFactory) -> None:
+    """Add an index type (e.g. "hnsw") that `make_index` and `build_index` can then make."""
+    INDEX_FACTORIES[name] = factory
+
+
+def make_index(index_type: str, dim: int, n_vectors: int = 0) -> faiss.IndexIDMap2:
+    """An empty, id-mapped, inner-product index of the given type (untrained if the type trains)."""
+    try:
+        factory = INDEX_FACTORIES[index_type]
+    except KeyError:
+        known = ", ".join(sorted(INDEX_FACTORIES))
+        raise LibraryError(f"unknown index type {index_type!r} (known: {known})") from None
+    return faiss.IndexIDMap2(factory(dim, n_vectors))
+
+
+def build_index(
+    index_type: str,
+    dim: int,
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    n_vectors: int = 0,
+    training: np.ndarray | None = None,
+) -> faiss.IndexIDMap2:
+    """A new index holding every (ids, vectors) chunk.
+
+    `chunks` yields (int64 ids (n,), float32 vectors (n, dim)); pass a generator over the
+    database (see `Library.iter_embeddings`) to keep memory to the index itself. A type that
+    trains is trained on `training` (a sample spread over the collection, see `training_size`),
+    else on the first chunk.
+    """
+    index = make_index(index_type, dim, n_vectors)
+    if not index.is_trained and training is not None and len(training):
+        index.train(np.ascontiguousarray(training, dtype=np.float32))
+    for ids, vectors in chunks:
+        if not index.is_trained:
+            index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+        add(index, ids, vectors)
+    return index
+
+
+def training_size(index: faiss.Index, n_vectors: int) -> int:
+    """How many vectors to train an untrained index on (64 per IVF cell: as good as all of them)."""
+    try:
+        per = 64 * faiss.extract_index_ivf(index).nlist
+    except RuntimeError:  # not an IVF: train on up to 100k
+        per = 100_000
+    return min(n_vectors, max(per, 1))
+
+
+def add(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """Add vectors under the given ids (the caller makes sure the ids are not already present)."""
+    if len(ids):
+        index.add_with_ids(
+            np.ascontiguousarray(vectors, dtype=np.float32),
+            np.ascontiguousarray(ids, dtype=np.int64),
+        )
+
+
+def remove(index: faiss.Index, ids: Iterable[int]) -> bool:
+    """Remove ids; False when this index type cannot remove (rebuild it from the database)."""
+    ids = np.fromiter(ids, dtype=np.int64)
+    if not len(ids):
+        return True
+    try:
+        index.remove_ids(ids)
+    except RuntimeError:  # e.g. HNSW: removal is not implemented
+        return False
+    return True
+
+
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """Every id in an IndexIDMap2, as int64 (in insertion order)."""
+    return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, ids), each (n_queries, k); missing hits have id -1."""
+    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    k = max(1, min(k, index.ntotal)) if index.ntotal else 1
+    return index.search(queries, k)
+
+
+def read_index(path: Path) -> faiss.Index:
+    """Load an index file written by `write_index`."""
+    try:
+        return faiss.read_index(os.fspath(path))
+    except RuntimeError as exc:  # faiss reports missing and corrupt files alike
+        raise LibraryError(f"cannot read the FAISS index {path}: {exc}") from exc
+
+
+def write_index(index: faiss.Index, path: Path) -> None:
+    """Write atomically: temp file in the same folder, fsync, rename over `path`, fsync the folder.
+
+    A reader (or a crash) sees either the old file or the new one, never a partial one.
+    On failure the temp file is removed, the old file is untouched, and LibraryWriteError says why.
+    """
+    path = Path(path)
+    fd = None
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; readers may run as another user
+        with os.fdopen(fd, "wb") as f:
+            fd = None  # the file object owns it now
+            writer = faiss.PyCallbackIOWriter(f.write)
+            try:
+                faiss.write_index(index, writer)
+            finally:
+                del writer  # flushes its buffer into f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise LibraryWriteError(
+            f"cannot write the FAISS index {path}: {exc.strerror or exc}"
+        ) from exc
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (no-op where folders cannot be opened)."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders; the rename itself is already atomic
+    finally:
+        os.close(dfd)

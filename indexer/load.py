@@ -1,0 +1,110 @@
+"""Stage 2: read one file in a worker thread: content hash, metadata, decode, preprocess.
+
+Runs in a thread pool: hashlib and PIL release the GIL on large buffers, so threads overlap
+with each other and with the encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from PIL import Image
+
+from db.content import hash_file
+from indexer.plan import Task
+from koclip.errors import ImageError
+from koclip.preprocess import open_image, preprocess
+
+_ORIENTATION = 0x0112
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL = 0x9003
+_SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+
+
+@dataclass
+class Loaded:
+    """What a worker made of a task; exactly one of error / touched / reuse / pixels applies."""
+
+    task: Task
+    size: int
+    mtime_ns: int
+    content_hash: str = ""
+    error: str | None = None
+    touched: bool = False  # same content as indexed (only size/mtime to refresh)
+    reuse: bool = False  # content already has a stored embedding: no decode, no encode
+    pixels: np.ndarray | None = None  # (224, 224, 3) float32
+    width: int = 0
+    height: int = 0
+    taken_at: datetime | None = None
+    taken_at_source: str = "mtime"
+
+
+def load(
+    task: Task, *, known_hashes: Container[str], max_pixels: int | None, force_decode: bool = False
+) -> Loaded:
+    """Hash the file; decode and preprocess it unless its content is already indexed."""
+    file = task.file
+    try:
+        chash, size, mtime_ns = hash_file(file.path)
+    except OSError as exc:
+        return Loaded(task, file.size, file.mtime_ns, error=f"cannot read: {exc.strerror or exc}")
+    out = Loaded(task, size, mtime_ns, content_hash=chash)
+    if task.known is not None and task.known.content_hash == chash:
+        out.touched = True
+        return out
+    if chash in known_hashes and not force_decode:
+        out.reuse = True
+        return out
+    try:
+        image = open_image(file.path, max_pixels=max_pixels, draft=True)
+        out.pixels = preprocess(image)
+        out.width, out.height, out.taken_at = read_metadata(file.path)
+    except ImageError as exc:
+        out.error = str(exc)
+        return out
+    except Exception as exc:  # a decoder bug on one odd file must not stop the run
+        out.error = f"cannot decode ({type(exc).__name__}: {exc})"
+        return out
+    if out.taken_at is None:
+        out.taken_at = mtime_datetime(mtime_ns)
+    else:
+        out.taken_at_source = "exif"
+    return out
+
+
+def read_metadata(path: str) -> tuple[int, int, datetime | None]:
+    """(width, height) as displayed (after EXIF orientation), and EXIF DateTimeOriginal if any.
+
+    Reads the header only; the decode that precedes it already validated the file.
+    """
+    with Image.open(path) as im:
+        width, height = im.size
+        try:
+            exif = im.getexif()
+            orientation = exif.get(_ORIENTATION)
+            taken = parse_exif_datetime(exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL))
+        except Exception:  # broken EXIF must not cost the photo: PIL raises many types here
+            orientation, taken = None, None
+    if orientation in _SWAPS_SIDES:
+        width, height = height, width
+    return width, height, taken
+
+
+def parse_exif_datetime(value: object) -> datetime | None:
+    """EXIF "YYYY:MM:DD HH:MM:SS" (naive local time) -> datetime; None if absent or invalid."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None  # "0000:00:00 00:00:00" and other camera placeholders
+
+
+def mtime_datetime(mtime_ns: int) -> datetime:
+    """A file's mtime as naive local time (the same convention as EXIF)."""
+    return datetime.fromtimestamp(mtime_ns / 1e9)

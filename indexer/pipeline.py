@@ -1,0 +1,228 @@
+"""The orchestrator: discover -> load/preprocess (thread pool) -> encode -> write.
+
+Only here do the stages meet. Loading runs `workers` threads ahead of the encoder with at
+most `2 * batch_size + workers` files in flight, so memory stays flat whatever the
+collection size; the encoder and the writer run on the calling thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from db import LibraryError, LibraryLock, LibraryWriteError, default_library_dir
+from indexer.discover import discover
+from indexer.load import Loaded, load
+from indexer.plan import Plan, Task, load_known, make_plan
+from indexer.setup import open_library, prepare
+from indexer.summary import Summary
+from indexer.writer import Writer
+from koclip import KoCLIPEncoder
+
+ProgressCallback = Callable[[int, int], None]  # (files done, files to read)
+
+# Test hooks (read from the environment so a subprocess can be steered): sleep this many
+# seconds after each committed batch / after batch N touch a file and wait to be killed.
+_ENV_DELAY = "KOCLIP_SEARCH_TEST_BATCH_DELAY"
+_ENV_PAUSE_AFTER = "KOCLIP_SEARCH_TEST_PAUSE_AFTER"
+_ENV_PAUSE_FILE = "KOCLIP_SEARCH_TEST_PAUSE_FILE"
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """Knobs of `index_photos` (the CLI flags)."""
+
+    library: Path | None = None  # default: PHOTO_DIR/.koclip-search
+    model: str | None = None  # default: the library's model, else koclip-base
+    batch_size: int = 32
+    workers: int | None = None  # default: one per CPU
+    exclude: tuple[str, ...] = ()
+    max_megapixels: float = 100.0
+    rebuild: bool = False
+    save_interval: float = 30.0  # seconds between index saves during a run
+
+
+def index_photos(
+    photo_dir: Path,
+    options: IndexOptions = IndexOptions(),
+    progress: ProgressCallback | None = None,
+    encoder: KoCLIPEncoder | None = None,
+) -> Summary:
+    """Bring the library of `photo_dir` up to date; raises LibraryError (and koclip errors) if it cannot run.
+
+    `encoder` (a loaded vision tower) replaces `options.model` when a caller already holds one.
+    """
+    start = time.perf_counter()
+    photo_root = Path(photo_dir).expanduser().resolve()
+    if not photo_root.is_dir():
+        raise LibraryError(f"{photo_dir} is not a folder")
+    if options.batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    library_dir = Path(options.library).expanduser().resolve() if options.library else None
+    library_dir = library_dir or default_library_dir(photo_root)
+    with (
+        _lock(library_dir, default=options.library is None),
+        open_library(library_dir, rebuild=options.rebuild) as library,
+    ):
+        encoder = prepare(
+            library,
+            photo_root,
+            options.model,
+            batch_size=options.batch_size,
+            rebuild=options.rebuild,
+            encoder=encoder,
+        )
+        index, _ = library.reconcile_index()
+        with library.session() as s, s.begin():
+            known, hashes = load_known(s)
+        found = discover(photo_root, exclude=options.exclude, skip=[library_dir])
+        plan = make_plan(found, known, hashes)
+        writer = Writer(library, index, plan, save_interval=options.save_interval)
+        _run_stages(plan, encoder, writer, options, progress)
+        counts = writer.finish()
+    return Summary(
+        new=counts.new,
+        updated=counts.updated,
+        moved=counts.moved,
+        deleted=counts.deleted,
+        unchanged=counts.unchanged,
+        failures=tuple(sorted(counts.failures)),
+        seconds=time.perf_counter() - start,
+    )
+
+
+@contextlib.contextmanager
+def _lock(library_dir: Path, *, default: bool) -> Iterator[None]:
+    """The writer lock, with a hint when the default library cannot be made in the photo folder."""
+    lock = LibraryLock(library_dir)
+    try:
+        lock.acquire()
+    except LibraryWriteError as exc:
+        if not default:
+            raise
+        raise LibraryWriteError(
+            f"{exc} (a read-only photo folder? put the library elsewhere with --library DIR)"
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_stages(
+    plan: Plan,
+    encoder: KoCLIPEncoder,
+    writer: Writer,
+    options: IndexOptions,
+    progress: ProgressCallback | None,
+) -> None:
+    batch_size = options.batch_size
+    workers = options.workers or os.cpu_count() or 1
+    max_pixels = int(options.max_megapixels * 1e6)
+    cap = 2 * batch_size + workers
+    queue: deque[tuple[Task, bool]] = deque((t, False) for t in plan.tasks)
+    total = len(plan.tasks)
+    pending: list[Loaded] = []
+    futures: set[Future[Loaded]] = set()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="koclip-load")
+
+    def fill() -> None:
+        while queue and len(futures) < cap:
+            task, force = queue.popleft()
+            load_kw = {
+                "known_hashes": plan.known_hashes,
+                "max_pixels": max_pixels,
+                "force_decode": force,
+            }
+            futures.add(pool.submit(load, task, **load_kw))
+
+    def flush(items: list[Loaded]) -> None:
+        pixels = [i.pixels for i in items if i.pixels is not None]
+        embeddings = encoder.encode_pixels(np.stack(pixels)) if pixels else None
+        retry = writer.write_batch(items, embeddings)
+        for item in items:
+            item.pixels = None  # let the batch's memory go
+        queue.extend((item.task, True) for item in retry)
+        _after_commit(writer.batches_committed)
+
+    if progress:
+        progress(0, total)
+    try:
+        with _pil_bomb_check_off():
+            fill()
+            while futures or pending:
+                if futures:
+                    finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                    futures.difference_update(finished)
+                    pending.extend(f.result() for f in finished)
+                    fill()
+                last = not futures and not queue
+                while (batch := _take_batch(pending, batch_size, last)) is not None:
+                    flush(batch)
+                    fill()
+                if progress:
+                    progress(total - len(queue) - len(futures) - len(pending), total)
+    finally:
+        # On an error (or Ctrl-C) drop the queued reads instead of finishing them first.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _take_batch(pending: list[Loaded], batch_size: int, last: bool) -> list[Loaded] | None:
+    """Cut a batch off `pending`: the items up to `batch_size` images to encode (all, if `last`).
+
+    Items that need no encoder (failures, moves, duplicates) ride along; a long run of them
+    is flushed on its own so a rename of 10,000 files still commits as it goes.
+    """
+    if last and pending:
+        batch = pending[:]
+        pending.clear()
+        return batch
+    n_pixels = 0
+    for i, item in enumerate(pending):
+        if item.pixels is not None:
+            n_pixels += 1
+            if n_pixels == batch_size:
+                batch = pending[: i + 1]
+                del pending[: i + 1]
+                return batch
+    if len(pending) - n_pixels >= 8 * batch_size:
+        batch = [i for i in pending if i.pixels is None]
+        pending[:] = [i for i in pending if i.pixels is not None]
+        return batch
+    return None
+
+
+@contextlib.contextmanager
+def _pil_bomb_check_off() -> Iterator[None]:
+    """Our limit (--max-megapixels, checked from the header before decoding) replaces PIL's.
+
+    PIL's own check would refuse images below a raised limit and warn (print) between its
+    two thresholds. It is process-wide, so it is put back after the run.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _after_commit(batches: int) -> None:
+    delay = os.environ.get(_ENV_DELAY)
+    if delay:
+        time.sleep(float(delay))
+    pause_after = os.environ.get(_ENV_PAUSE_AFTER)
+    if pause_after and batches == int(pause_after):
+        marker = os.environ.get(_ENV_PAUSE_FILE)
+        if marker:
+            Path(marker).write_text(str(os.getpid()))
+        time.sleep(3600)  # the test kills us here: committed to SQLite, not yet saved to FAISS

@@ -1,0 +1,95 @@
+"""Change detection: discovered files against the library, by size and mtime (cheap, no reads)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db import Failure, Photo
+from indexer.discover import FoundFile, UnreadableDir
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the library holds for a path."""
+
+    photo_id: int | None  # None for a recorded failure
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A file that must be read: new, or changed since it was indexed (or failed)."""
+
+    file: FoundFile
+    known: Known | None
+
+
+@dataclass
+class Plan:
+    """The work of one run, decided before any file is read."""
+
+    tasks: list[Task] = field(default_factory=list)
+    unchanged: int = 0
+    still_failed: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
+    gone: set[str] = field(default_factory=set)  # indexed paths no longer found
+    gone_failures: set[str] = field(default_factory=set)
+    unreadable_dirs: list[UnreadableDir] = field(default_factory=list)
+    name_clashes: list[tuple[FoundFile, str]] = field(default_factory=list)
+    known_hashes: set[str] = field(default_factory=set)  # content hashes with a stored embedding
+
+
+def load_known(session: Session) -> tuple[dict[str, Known], set[str]]:
+    """Every indexed or failed path of the library, and the set of stored content hashes."""
+    known: dict[str, Known] = {}
+    hashes: set[str] = set()
+    for pid, path, size, mtime, chash in session.execute(
+        select(Photo.id, Photo.path, Photo.size, Photo.mtime_ns, Photo.content_hash)
+    ):
+        known[path] = Known(pid, size, mtime, chash)
+        hashes.add(chash)
+    for path, kind, size, mtime, reason in session.execute(
+        select(Failure.path, Failure.kind, Failure.size, Failure.mtime_ns, Failure.reason)
+    ):
+        if kind == "file":
+            known.setdefault(path, Known(None, size, mtime, None, reason))
+    return known, hashes
+
+
+def make_plan(
+    found: Iterable[FoundFile | UnreadableDir], known: dict[str, Known], known_hashes: set[str]
+) -> Plan:
+    """Sort every discovered file into unchanged / still failed / to read; the rest is gone."""
+    plan = Plan(known_hashes=set(known_hashes))
+    seen: set[str] = set()
+    for item in found:
+        if isinstance(item, UnreadableDir):
+            plan.unreadable_dirs.append(item)
+            continue
+        if item.relpath in seen:
+            plan.name_clashes.append(
+                (item, "another file has the same name once Unicode-normalised")
+            )
+            continue
+        seen.add(item.relpath)
+        old = known.get(item.relpath)
+        if old is not None and (old.size, old.mtime_ns) == (item.size, item.mtime_ns):
+            if old.photo_id is not None:
+                plan.unchanged += 1
+            else:
+                plan.still_failed.append((item.relpath, old.reason or "failed"))
+            continue
+        plan.tasks.append(Task(item, old))
+    # Files under a folder we could not list are still there as far as we know: keep them.
+    blocked = tuple("" if d.relpath == "." else d.relpath + "/" for d in plan.unreadable_dirs)
+    for path, old in known.items():
+        if path in seen or (blocked and path.startswith(blocked)):
+            continue
+        (plan.gone if old.photo_id is not None else plan.gone_failures).add(path)
+    return plan

@@ -1,0 +1,106 @@
+"""Before any file is read: open (or create) the library, check the model, load the encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from sqlalchemy import delete, func, select
+
+from db import (
+    Failure,
+    Library,
+    Manifest,
+    ManifestMismatchError,
+    Photo,
+    SchemaVersionError,
+    relative_photo_root,
+    write_errors,
+)
+from db.library import DB_NAME
+from db.vectors import DEFAULT_INDEX_TYPE
+from koclip import KoCLIPEncoder, checkpoint_fingerprint, load_encoder
+from koclip.preprocess import PREPROCESS_VERSION
+
+DEFAULT_MODEL = "koclip-base"
+
+
+def open_library(directory: Path, *, rebuild: bool) -> Library:
+    """Open the library for writing (the caller holds its lock); --rebuild replaces an old schema."""
+    try:
+        return Library.create(directory)
+    except SchemaVersionError:
+        if not rebuild:
+            raise
+    for suffix in ("", "-wal", "-shm"):
+        (directory / f"{DB_NAME}{suffix}").unlink(missing_ok=True)
+    return Library.create(directory)
+
+
+def prepare(
+    library: Library,
+    photo_root: Path,
+    model: str | None,
+    *,
+    batch_size: int,
+    rebuild: bool,
+    encoder: KoCLIPEncoder | None = None,
+) -> KoCLIPEncoder:
+    """Refuse another model's vectors (unless rebuilding), load the vision tower, write the manifest.
+
+    `encoder`, if given, is used instead of loading `model` (a long-lived process keeps one).
+    """
+    old = library.manifest()
+    model = encoder.model_id if encoder else model or (old.model_id if old else DEFAULT_MODEL)
+    has_photos = _photo_count(library) > 0
+    if old is not None and has_photos and not rebuild:
+        # Cheap: the fingerprint is read from the files, no weights are loaded.
+        fingerprint = encoder.fingerprint if encoder else checkpoint_fingerprint(model)
+        if fingerprint != old.fingerprint or old.preprocess_version != PREPROCESS_VERSION:
+            raise ManifestMismatchError(_mismatch_message(old, model, fingerprint))
+    encoder = encoder or load_encoder(model, towers=("vision",), batch_size=batch_size)
+    new = Manifest(
+        model_id=encoder.model_id,
+        fingerprint=encoder.fingerprint,
+        dim=encoder.dim,
+        preprocess_version=PREPROCESS_VERSION,
+        index_type=old.index_type if old else DEFAULT_INDEX_TYPE,
+        photo_root=relative_photo_root(library.directory, photo_root),
+    )
+    if rebuild or old is None or _differs(old, new):
+        with write_errors(library.directory), library.session() as s, s.begin():
+            if rebuild or (old is not None and old.fingerprint != new.fingerprint):
+                # Every vector goes (an empty library may switch models freely).
+                s.execute(delete(Photo))
+                s.execute(delete(Failure))
+            library.set_manifest(s, new)
+        library.write_manifest_json()
+    return encoder
+
+
+def _differs(old: Manifest, new: Manifest) -> bool:
+    keep = {
+        "created_at": old.created_at,
+        "updated_at": old.updated_at,
+        "schema_version": old.schema_version,
+    }
+    return dataclasses.replace(new, **keep) != old
+
+
+def _photo_count(library: Library) -> int:
+    with library.session() as s, s.begin():
+        return s.scalar(select(func.count()).select_from(Photo)) or 0
+
+
+def _mismatch_message(old: Manifest, model: str, fingerprint: str) -> str:
+    if old.preprocess_version != PREPROCESS_VERSION:
+        what = (
+            f"preprocessing {old.preprocess_version!r} (this program uses {PREPROCESS_VERSION!r})"
+        )
+    else:
+        what = f"model {old.model_id!r} (weights {old.fingerprint[:12]})"
+    return (
+        f"this library was indexed with {what}; {model!r} (weights {fingerprint[:12]}) would mix "
+        f"incompatible vectors. Index with --model {old.model_id!r}, or pass --rebuild to "
+        "re-encode every photo"
+    )

@@ -1,0 +1,54 @@
+"""What a run did, for the summary line and --json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts of one run. new+updated+moved+unchanged+failed = the files found (and unreadable folders).
+
+    `failed` counts every file that cannot be indexed now, including ones recorded by an
+    earlier run and unchanged since (they are not retried); `failures` lists them with reasons.
+    """
+
+    new: int
+    updated: int
+    moved: int
+    deleted: int
+    unchanged: int
+    failures: tuple[tuple[str, str], ...]  # (path relative to the photo root, reason)
+    seconds: float
+
+    @property
+    def failed(self) -> int:
+        """Number of files (and folders) that could not be indexed."""
+        return len(self.failures)
+
+    def to_json(self) -> dict[str, Any]:
+        """The --json object."""
+        return {
+            "new": self.new,
+            "updated": self.updated,
+            "moved": self.moved,
+            "deleted": self.deleted,
+            "unchanged": self.unchanged,
+            "failed": self.failed,
+            "failures": [{"path": p, "reason": r} for p, r in self.failures],
+            "seconds": round(self.seconds, 3),
+        }
+
+    def to_text(self, max_reasons: int = 5) -> str:
+        """A few human lines: the counts, then the first failures with their reasons."""
+        lines = [
+            f"Indexed in {self.seconds:.1f} s: {self.new} new, {self.updated} updated, "
+            f"{self.moved} moved, {self.deleted} deleted, {self.unchanged} unchanged, "
+            f"{self.failed} failed"
+        ]
+        for path, reason in self.failures[:max_reasons]:
+            lines.append(f"  failed: {path}: {reason}")
+        if self.failed > max_reasons:
+            lines.append(f"  ... and {self.failed - max_reasons} more (--json lists them all)")
+        return "\n".join(lines)

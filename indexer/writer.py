@@ -1,0 +1,244 @@
+"""Stage 4: write results into the library, one transaction per batch, then into FAISS.
+
+Order of operations is what makes a kill -9 harmless: a batch's rows and embeddings commit
+together; only then are its vectors added to the in-memory index, which is saved (atomically)
+now and then and at the end. At the next start the saved file is reconciled with the rows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from db import Failure, Library, Photo, blob_to_vector, vector_to_blob, write_errors
+from db import vectors as faiss_ops
+from indexer.load import Loaded, mtime_datetime
+from indexer.plan import Plan
+
+
+@dataclass
+class Counts:
+    """Running totals for the summary."""
+
+    new: int = 0
+    updated: int = 0
+    moved: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
+
+
+class Writer:
+    """Applies loaded/encoded files to the database and the in-memory FAISS index."""
+
+    def __init__(
+        self, library: Library, index: faiss.Index, plan: Plan, *, save_interval: float = 30.0
+    ) -> None:
+        self.library = library
+        self.index = index
+        self.plan = plan
+        self.counts = Counts(unchanged=plan.unchanged, failures=list(plan.still_failed))
+        self.save_interval = save_interval
+        self.batches_committed = 0
+        self._dirty = False
+        self._needs_rebuild = False
+        self._last_save = time.monotonic()
+
+    def write_batch(self, items: list[Loaded], embeddings: np.ndarray | None) -> list[Loaded]:
+        """Commit one batch; returns items that turned out to need encoding after all.
+
+        `embeddings` has one row per item with pixels, in order. The whole batch commits or,
+        on any error (disk full, ...), none of it does and LibraryWriteError is raised.
+        """
+        encoded = iter(embeddings if embeddings is not None else ())
+        added: list[tuple[int, np.ndarray]] = []
+        removed: list[int] = []
+        retry: list[Loaded] = []
+        counts = Counts()
+        new_hashes: set[str] = set()
+        with write_errors(self.library.directory), self.library.session() as s, s.begin():
+            for item in items:
+                vec = next(encoded) if item.pixels is not None else None
+                if not self._apply(s, item, vec, added, removed, counts, new_hashes):
+                    retry.append(item)
+        # Committed: now the in-memory index and the totals may follow.
+        self._merge(counts)
+        self.plan.known_hashes.update(new_hashes)
+        self._apply_to_index(added, removed)
+        self.batches_committed += 1
+        if time.monotonic() - self._last_save >= self.save_interval:
+            self.save()
+        return retry
+
+    def finish(self) -> Counts:
+        """Drop what is gone, record folder failures, save the index; returns the totals."""
+        plan = self.plan
+        removed: list[int] = []
+        with write_errors(self.library.directory), self.library.session() as s, s.begin():
+            for chunk in _chunks(sorted(plan.gone), 500):
+                ids = s.scalars(select(Photo.id).where(Photo.path.in_(chunk))).all()
+                s.execute(delete(Photo).where(Photo.id.in_(ids)))
+                removed.extend(ids)
+            for chunk in _chunks(sorted(plan.gone_failures), 500):
+                s.execute(delete(Failure).where(Failure.path.in_(chunk), Failure.kind == "file"))
+            s.execute(delete(Failure).where(Failure.kind == "dir"))
+            for d in plan.unreadable_dirs:
+                _record_failure(s, d.relpath, "dir", 0, 0, d.reason)
+            for file, reason in plan.name_clashes:
+                _record_failure(s, file.relpath, "file", file.size, file.mtime_ns, reason)
+        self.counts.deleted += len(removed)
+        self.counts.failures += [(d.relpath + "/", d.reason) for d in plan.unreadable_dirs]
+        self.counts.failures += [(f.relpath, r) for f, r in plan.name_clashes]
+        plan.gone.clear()
+        self._apply_to_index([], removed)
+        if self._needs_rebuild:
+            self.index = self.library.build_index()
+            self._needs_rebuild = False
+            self._dirty = True
+        if self._dirty:
+            self.save()
+        return self.counts
+
+    def save(self) -> None:
+        """Atomically write the in-memory index (a reader then sees every committed batch)."""
+        if not self._needs_rebuild:
+            self.library.save_index(self.index)
+        self._dirty = False
+        self._last_save = time.monotonic()
+
+    # -- one file ---------------------------------------------------------------------------
+
+    def _apply(
+        self,
+        s: Session,
+        item: Loaded,
+        vec: np.ndarray | None,
+        added: list[tuple[int, np.ndarray]],
+        removed: list[int],
+        counts: Counts,
+        new_hashes: set[str],
+    ) -> bool:
+        relpath = item.task.file.relpath
+        known = item.task.known
+        if item.touched:  # same bytes, new mtime (copied back, touched): refresh the stat only
+            values = {"size": item.size, "mtime_ns": item.mtime_ns}
+            row = s.get(Photo, known.photo_id)
+            if row is not None and row.taken_at_source == "mtime":
+                values["taken_at"] = mtime_datetime(item.mtime_ns)
+            s.execute(update(Photo).where(Photo.id == known.photo_id).values(**values))
+            counts.unchanged += 1
+            return True
+        if item.reuse:
+            source = self._reuse_source(s, item.content_hash)
+            if source is None:
+                return False  # its twin was deleted meanwhile: decode and encode after all
+        # New content at this path: the old row (or failure) goes; a new id comes.
+        if known is not None and known.photo_id is not None:
+            s.execute(delete(Photo).where(Photo.id == known.photo_id))
+            removed.append(known.photo_id)
+        s.execute(delete(Failure).where(Failure.path == relpath))
+        if item.error is not None:
+            _record_failure(s, relpath, "file", item.size, item.mtime_ns, item.error)
+            counts.failures.append((relpath, item.error))
+            return True
+        was_known = known is not None
+        if item.reuse and source.path in self.plan.gone:  # a move: same row, same id, new path
+            self.plan.gone.discard(source.path)
+            values = {"path": relpath, "size": item.size, "mtime_ns": item.mtime_ns}
+            if source.taken_at_source == "mtime":
+                values["taken_at"] = mtime_datetime(item.mtime_ns)
+            s.execute(update(Photo).where(Photo.id == source.id).values(**values))
+            if was_known:
+                counts.updated += 1
+            else:
+                counts.moved += 1
+            return True
+        if item.reuse:  # an exact duplicate of an indexed photo: copy its embedding
+            vec = blob_to_vector(source.embedding)
+            meta = (source.width, source.height, source.taken_at, source.taken_at_source)
+            if source.taken_at_source == "mtime":
+                meta = (*meta[:2], mtime_datetime(item.mtime_ns), "mtime")
+        else:
+            meta = (item.width, item.height, item.taken_at, item.taken_at_source)
+        photo_id = s.execute(
+            insert(Photo)
+            .values(
+                path=relpath,
+                size=item.size,
+                mtime_ns=item.mtime_ns,
+                content_hash=item.content_hash,
+                width=meta[0],
+                height=meta[1],
+                taken_at=meta[2],
+                taken_at_source=meta[3],
+                indexed_at=time.time(),
+                embedding=vector_to_blob(vec),
+            )
+            .returning(Photo.id)
+        ).scalar_one()
+        added.append((photo_id, vec))
+        new_hashes.add(item.content_hash)
+        if was_known:
+            counts.updated += 1
+        else:
+            counts.new += 1
+        return True
+
+    def _reuse_source(self, s: Session, content_hash: str):
+        """The row to take an embedding from: a gone one (a move) first, else any (a duplicate)."""
+        rows = s.execute(
+            select(
+                Photo.id,
+                Photo.path,
+                Photo.width,
+                Photo.height,
+                Photo.taken_at,
+                Photo.taken_at_source,
+                Photo.embedding,
+            )
+            .where(Photo.content_hash == content_hash)
+            .order_by(Photo.id)
+        ).all()
+        for row in rows:
+            if row.path in self.plan.gone:
+                return row
+        return rows[0] if rows else None
+
+    # -- index and totals -------------------------------------------------------------------
+
+    def _apply_to_index(self, added: list[tuple[int, np.ndarray]], removed: list[int]) -> None:
+        if removed and not faiss_ops.remove(self.index, removed):
+            self._needs_rebuild = True  # this index type cannot remove: rebuild at the end
+        if added and not self.index.is_trained:
+            self._needs_rebuild = True  # an IVF made while the library was empty: train at the end
+        elif added:
+            ids = np.fromiter((i for i, _ in added), dtype=np.int64, count=len(added))
+            faiss_ops.add(self.index, ids, np.stack([v for _, v in added]))
+        if added or removed:
+            self._dirty = True
+
+    def _merge(self, c: Counts) -> None:
+        t = self.counts
+        t.new += c.new
+        t.updated += c.updated
+        t.moved += c.moved
+        t.unchanged += c.unchanged
+        t.failures += c.failures
+
+
+def _record_failure(
+    s: Session, relpath: str, kind: str, size: int, mtime_ns: int, reason: str
+) -> None:
+    values = dict(kind=kind, size=size, mtime_ns=mtime_ns, reason=reason, recorded_at=time.time())
+    stmt = sqlite_insert(Failure).values(path=relpath, **values)
+    s.execute(stmt.on_conflict_do_update(index_elements=[Failure.path], set_=values))
+
+
+def _chunks(items: list[str], n: int) -> list[list[str]]:
+    return [items[i : i + n] for i in range(0, len(items), n)]

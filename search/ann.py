@@ -1,0 +1,95 @@
+"""Which FAISS index a collection gets, how to build it from stored vectors, and how to search it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import faiss
+
+FLAT = "flat"
+HNSW = "hnsw"
+IVF_SQ8 = "ivf-sq8"
+INDEX_TYPES = (FLAT, HNSW, IVF_SQ8)
+AUTO = "auto"
+
+# Exact search over 200k x 512 float32 (400 MB) is ~25 ms on one core: cheap next to
+# the text encoder. Above it an ANN index keeps queries under 10 ms. The indexes themselves
+# are built by db/vectors.INDEX_FACTORIES; this module chooses and tunes them.
+FLAT_MAX = 200_000
+# Search-time knobs, set after loading rather than trusted from the file, so tuning them here
+# takes effect without a reindex. bench/search.py: IVF-SQ8 recall@10 0.951 at nprobe = nlist/32,
+# 0.988 at nlist/16 (1M clustered vectors, 2.1 ms); HNSW 1.000 at efSearch 128 (200k).
+HNSW_EF_SEARCH = 128
+IVF_NPROBE_FRACTION = 1 / 16
+IVF_NPROBE_MIN = 16
+# From this many queries on, a flat batch is one sgemm; below, query by query (SIMD). Over
+# 100k x 512 on 2 cores, idle: 4 queries 14 ms seq / 16 ms sgemm, 8: 32 / 23, 16: 70 / 20,
+# 64: 254 / 45; under load sgemm still wins from 16 on but not always at 8.
+BLAS_MIN_QUERIES = 16
+
+
+def auto_index_type(n: int) -> str:
+    """The index type a collection of `n` photos gets when none is asked for."""
+    return FLAT if n <= FLAT_MAX else IVF_SQ8
+
+
+def build_index(kind: str, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    """db/'s index of type `kind` over in-memory unit `vectors` (bench, tests), tuned for search."""
+    from db import vectors as dbv
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    probe = dbv.make_index(kind, vectors.shape[1], len(vectors))
+    training = None
+    if not probe.is_trained:
+        take = dbv.training_size(probe, len(vectors))
+        rows = np.sort(np.random.default_rng(0).choice(len(vectors), take, replace=False))
+        training = vectors[rows]
+    index = dbv.build_index(kind, vectors.shape[1], [(ids, vectors)], len(vectors), training)
+    tune(index)
+    return index
+
+
+def tune(index: faiss.Index) -> None:
+    """Set the search-time knobs (efSearch, nprobe) of a freshly built or loaded index."""
+    import faiss
+
+    inner = index.index if isinstance(index, faiss.IndexIDMap) else index
+    inner = faiss.downcast_index(inner)
+    if isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efSearch = HNSW_EF_SEARCH
+    elif isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = min(
+            inner.nlist, max(IVF_NPROBE_MIN, round(inner.nlist * IVF_NPROBE_FRACTION))
+        )
+
+
+def enable_blas_for_batches(dim: int) -> None:
+    """Route batches of >= BLAS_MIN_QUERIES queries to faiss's sgemm path.
+
+    faiss >= 1.9 compares `nq * dim` with a threshold of 128000, so at dim 512 a batch of up
+    to 249 queries scans the database once per query: 64 queries over 100k vectors take ~250 ms
+    that way and ~45 ms with one sgemm on an idle machine (bench/search.py measures it). Older
+    faiss compares `nq` with a threshold of 20.
+    """
+    import faiss
+
+    product_semantics = faiss_blas_threshold_default() > 10_000
+    faiss.cvar.distance_compute_blas_threshold = (
+        BLAS_MIN_QUERIES * dim if product_semantics else BLAS_MIN_QUERIES
+    )
+
+
+def faiss_blas_threshold_default() -> int:
+    """faiss's own distance_compute_blas_threshold, as it was before search changed it."""
+    import faiss
+
+    global _BLAS_DEFAULT
+    if _BLAS_DEFAULT is None:
+        _BLAS_DEFAULT = faiss.cvar.distance_compute_blas_threshold
+    return _BLAS_DEFAULT
+
+
+_BLAS_DEFAULT: int | None = None

@@ -1,0 +1,273 @@
+"""Query embeddings: loads only the tower a query needs, caches text embeddings, composes terms."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import db
+from search.errors import ModelMismatchError, QueryError, QueryImageError
+from search.query import nfc
+
+TEXT_CACHE_SIZE = 256
+# Every jitted program is worth caching: a second `koclip-search search` should not
+# compile the text tower again, and XLA:CPU compiles are ~1 s while loads are ~10 ms.
+MIN_COMPILE_SECS = 0.0
+
+
+def compilation_cache_dir() -> Path:
+    """Where JAX's persistent compilation cache lives: beside koclip's converted weights."""
+    from koclip.checkpoints import default_cache_root
+
+    return default_cache_root() / "jax"
+
+
+def enable_compilation_cache(directory: Path | None = None) -> Path:
+    """Point JAX's persistent compilation cache at `directory` (default: the user cache dir).
+
+    Idempotent and cheap; must run before the first jitted call of the process.
+    """
+    import jax
+
+    directory = Path(directory or compilation_cache_dir())
+    if jax.config.jax_compilation_cache_dir != str(directory):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return directory  # an unwritable cache only costs speed
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECS)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
+
+
+class TextCache:
+    """A small LRU of text embeddings keyed by (NFC text, prompt); values are read-only."""
+
+    def __init__(self, maxsize: int = TEXT_CACHE_SIZE) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[tuple[str, bool], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, bool]) -> np.ndarray | None:
+        """The cached vector, marking it recently used; None on a miss."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[str, bool], value: np.ndarray) -> None:
+        """Store a vector, evicting the least recently used one past `maxsize`."""
+        value = np.array(value, dtype=np.float32)
+        value.setflags(write=False)
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class DiskTextCache:
+    """Text embeddings kept across processes, so a repeated one-shot query (paging with
+    --offset, a re-run) needs no text tower at all. Best effort: any SQLite error is a miss."""
+
+    MAX_ROWS = 20_000  # ~40 MB at dim 512
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path  # None: text-embeddings.sqlite3 in koclip's cache folder, found on use
+        self._conn: sqlite3.Connection | None = None
+        self._broken = False
+        # One connection shared by the Searcher's threads, one statement at a time.
+        self._lock = threading.RLock()
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._conn is None and not self._broken:
+            try:
+                if self.path is None:
+                    self.path = compilation_cache_dir().parent / "text-embeddings.sqlite3"
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self.path, timeout=1.0, isolation_level=None, check_same_thread=False
+                )
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS embeddings (fingerprint TEXT, prompt TEXT, "
+                    "text TEXT, vector BLOB, PRIMARY KEY (fingerprint, prompt, text))"
+                )
+                self._conn = conn
+            except (sqlite3.Error, OSError):
+                self._broken = True
+        return self._conn
+
+    def get(self, fingerprint: str, prompt: str, text: str) -> np.ndarray | None:
+        """The stored vector, or None."""
+        with self._lock:
+            conn = self._connect()
+            if conn is None:
+                return None
+            try:
+                row = conn.execute(
+                    "SELECT vector FROM embeddings WHERE fingerprint=? AND prompt=? AND text=?",
+                    (fingerprint, prompt, text),
+                ).fetchone()
+            except sqlite3.Error:
+                return None
+        return None if row is None else np.frombuffer(row[0], "<f4").astype(np.float32)
+
+    def put(self, fingerprint: str, items: list[tuple[str, str, np.ndarray]]) -> None:
+        """Store (prompt, text, vector) items, dropping the oldest rows past MAX_ROWS."""
+        with self._lock:
+            conn = self._connect()
+            if conn is None:
+                return
+            try:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)",
+                    [(fingerprint, p, t, np.asarray(v, "<f4").tobytes()) for p, t, v in items],
+                )
+                conn.execute(
+                    "DELETE FROM embeddings WHERE rowid <= (SELECT MAX(rowid) FROM embeddings) - ?",
+                    (self.MAX_ROWS,),
+                )
+            except sqlite3.Error:
+                pass
+
+    def close(self) -> None:
+        """Close the connection (reopened on next use)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class QueryEncoder:
+    """Turns query texts and images into unit vectors with the library's own model."""
+
+    def __init__(
+        self, manifest: db.Manifest, cache_size: int = TEXT_CACHE_SIZE, persistent: bool = True
+    ) -> None:
+        self.manifest = manifest
+        self.cache = TextCache(cache_size)
+        self.disk = DiskTextCache() if persistent else None
+        self._encoders: dict[str, Any] = {}
+        # Loading and running the towers, one caller at a time: a fast tokenizer raises
+        # "Already borrowed" when two threads use it at once.
+        self._model_lock = threading.RLock()
+
+    def encoder(self, tower: str) -> Any:
+        """The koclip encoder holding only `tower` ("text" or "vision"), loaded on first use."""
+        with self._model_lock:
+            return self._load(tower)
+
+    def _load(self, tower: str) -> Any:
+        if tower not in self._encoders:
+            from koclip import KoCLIPError, load_encoder
+
+            enable_compilation_cache()
+            try:
+                enc = load_encoder(self.manifest.model_id, towers=(tower,))
+            except KoCLIPError as exc:
+                raise ModelMismatchError(f"cannot load the library's model: {exc}") from None
+            if enc.fingerprint != self.manifest.fingerprint:
+                raise ModelMismatchError(
+                    f"the weights of {self.manifest.model_id} changed since the library was "
+                    "built; re-index with `koclip-search index --rebuild`"
+                )
+            self._encoders[tower] = enc
+        return self._encoders[tower]
+
+    def texts(self, texts: Sequence[str], prompt: bool = True) -> np.ndarray:
+        """(n, dim) unit vectors; repeated texts come from the caches, the rest in one batch."""
+        from koclip import DEFAULT_PROMPT
+
+        template = DEFAULT_PROMPT if prompt else ""
+        keys = [(nfc(t).strip(), prompt) for t in texts]
+        if any(not text for text, _ in keys):
+            raise QueryError("the query is empty")
+        out = np.empty((len(keys), self.manifest.dim), np.float32)
+        missing: dict[tuple[str, bool], list[int]] = {}
+        for i, key in enumerate(keys):
+            cached = self.cache.get(key)
+            if cached is None and self.disk is not None:
+                cached = self.disk.get(self.manifest.fingerprint, template, key[0])
+                if cached is not None:
+                    self.cache.put(key, cached)
+            if cached is None:
+                missing.setdefault(key, []).append(i)
+            else:
+                out[i] = cached
+        if missing:
+            with self._model_lock:
+                vecs = self._load("text").encode_texts(
+                    [t for t, _ in missing], prompt=template or None
+                )
+            for (key, rows), vec in zip(missing.items(), vecs, strict=True):
+                self.cache.put(key, vec)
+                out[rows] = vec
+            if self.disk is not None:
+                self.disk.put(
+                    self.manifest.fingerprint,
+                    [(template, t, v) for (t, _), v in zip(missing, vecs, strict=True)],
+                )
+        return out
+
+    def warm(self, tower: str) -> None:
+        """Load `tower` and run it once on a one-item batch, compiling that shape now."""
+        from PIL import Image
+
+        with self._model_lock:
+            enc = self._load(tower)
+            if tower == "text":
+                enc.encode_texts(["준비"])
+            else:
+                enc.encode_images([Image.new("RGB", (enc.image_size, enc.image_size))])
+
+    def images(self, images: Sequence[Any]) -> np.ndarray:
+        """(n, dim) unit vectors of PIL images."""
+        with self._model_lock:
+            return self._load("vision").encode_images(list(images))
+
+    def close(self) -> None:
+        """Release the on-disk cache's connection."""
+        if self.disk is not None:
+            self.disk.close()
+
+
+def open_query_image(path: str | os.PathLike[str]) -> Any:
+    """Open an image named in a query as RGB; QueryImageError says why it cannot be read."""
+    from koclip import ImageError, open_image
+
+    try:
+        return open_image(os.fspath(path))
+    except ImageError as exc:
+        raise QueryImageError(f"cannot read the query image {path}: {exc}") from None
+    except OSError as exc:
+        raise QueryImageError(
+            f"cannot read the query image {path}: {exc.strerror or exc}"
+        ) from None
+
+
+def combine(weights: Sequence[float], vectors: np.ndarray) -> np.ndarray:
+    """Weighted sum of unit vectors, renormalised; QueryError if the terms cancel out."""
+    vectors = np.asarray(vectors, np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    total = (np.asarray(weights, np.float32)[:, None] * vectors / np.maximum(norms, 1e-12)).sum(0)
+    norm = float(np.linalg.norm(total))
+    if norm < 1e-6:
+        raise QueryError("the query's terms cancel each other out")
+    return (total / norm).astype(np.float32)

@@ -1,0 +1,204 @@
+"""Top-k over a library's FAISS index: unfiltered, or exact inside a folder/date filter."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+import db
+from db import vectors
+from search import ann
+from search.filters import Filter, filtered_embeddings, filtered_ids
+
+if TYPE_CHECKING:
+    import faiss
+
+
+@dataclass(frozen=True)
+class LoadedIndex:
+    """One loaded index file: the FAISS index, the id of each storage row, and how to find rows."""
+
+    index: faiss.Index
+    ids: np.ndarray  # FAISS id of each storage row
+    order: np.ndarray  # argsort of ids, to map ids back to rows
+
+    @classmethod
+    def read(cls, path: Path) -> LoadedIndex:
+        """Load and tune an index file."""
+        index = vectors.read_index(path)
+        ann.tune(index)
+        ids = vectors.index_ids(index)
+        return cls(index, ids, np.argsort(ids, kind="stable"))
+
+    def flat_storage(self) -> faiss.IndexFlat | None:
+        """The IndexFlat holding exact vectors row by row, or None (IVF-SQ8 keeps only codes)."""
+        import faiss
+
+        inner = faiss.downcast_index(self.index.index)
+        if isinstance(inner, faiss.IndexHNSW):
+            inner = faiss.downcast_index(inner.storage)
+        return inner if isinstance(inner, faiss.IndexFlat) else None
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Storage rows of the given ids; ids not in the index (saved later) are dropped."""
+        sorted_ids = self.ids[self.order]
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        hit = sorted_ids[pos] == ids
+        return np.sort(self.order[pos[hit]]).astype(np.int64)
+
+
+class IndexView:
+    """The library's saved FAISS index, reloaded when the indexer replaces the file.
+
+    Thread-safe: a reload swaps one immutable LoadedIndex, and each search works on the one
+    it started with.
+    """
+
+    def __init__(self, library: db.Library, index_type: str, dim: int) -> None:
+        self.library = library
+        self.path: Path = library.index_path(index_type)
+        self.dim = dim
+        self._stamp: tuple[int, int] | None = None
+        self._loaded: LoadedIndex | None = None
+        self._lock = threading.Lock()
+
+    def _current_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def refresh(self) -> LoadedIndex | None:
+        """The current index, (re)loaded if the file changed (the indexer saves by rename)."""
+        with self._lock:
+            stamp = self._current_stamp()
+            if stamp is None:
+                # `reindex` switched types: the manifest names the new file, the old one is gone.
+                manifest = self.library.manifest()
+                if manifest is not None:
+                    self.path = self.library.index_path(manifest.index_type)
+                    stamp = self._current_stamp()
+            if stamp != self._stamp or (stamp is not None and self._loaded is None):
+                self._loaded = None if stamp is None else LoadedIndex.read(self.path)
+                self._stamp = stamp
+                ann.enable_blas_for_batches(self.dim)
+            return self._loaded
+
+    @property
+    def faiss_index(self) -> faiss.Index | None:
+        """The loaded FAISS index (None before the indexer's first save)."""
+        return None if self._loaded is None else self._loaded.index
+
+
+def top_k(
+    loaded: LoadedIndex | None, session: Session, flt: Filter, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, ids) per query, best first; ids are -1 once candidates run out."""
+    if loaded is None:
+        # Nothing saved yet (first minutes of a first index run): scan what is committed.
+        return _scan_database(session, flt, queries, k)
+    if flt.active:
+        return _search_filtered(loaded, session, flt, queries, k)
+    if not loaded.index.ntotal:
+        return _empty(len(queries), k)
+    with few_query_threads(len(queries)):
+        scores, ids = vectors.search(loaded.index, queries, min(k, loaded.index.ntotal))
+    return _pad(scores, ids, k)
+
+
+def _search_filtered(
+    loaded: LoadedIndex, session: Session, flt: Filter, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k among the photos the filter lets through.
+
+    With exact vectors in the index (flat, HNSW) the subset's rows are scanned by faiss
+    (IDSelectorArray: only those rows are read); otherwise the subset's stored float32
+    embeddings are scanned from the database. Either way no candidate short list is
+    post-filtered, so a narrow filter still gets its true top-k.
+    """
+    storage = loaded.flat_storage()
+    if storage is None:
+        return _scan_database(session, flt, queries, k)
+    rows = loaded.rows_of(filtered_ids(session, flt))
+    if not len(rows):
+        return _empty(len(queries), k)
+    import faiss
+
+    params = faiss.SearchParameters(sel=faiss.IDSelectorArray(rows))
+    with few_query_threads(len(queries)):
+        scores, found = storage.search(
+            np.ascontiguousarray(queries, np.float32), min(k, len(rows)), params=params
+        )
+    ids = np.where(found >= 0, loaded.ids[np.maximum(found, 0)], -1)
+    return _pad(scores, ids, k)
+
+
+@contextlib.contextmanager
+def few_query_threads(n_queries: int) -> Iterator[None]:
+    """Search fewer queries than OpenMP threads on one thread.
+
+    faiss parallelises IVF/HNSW search over queries, so one query keeps one thread busy and
+    the others only join its barrier; on a loaded machine a descheduled idle thread stalls
+    that barrier for a scheduler tick. bench/search.py measured, on 2 busy cores: one IVF
+    query 16 ms with 2 threads, 0.27 ms with 1; one flat query over 200k, 100 ms vs 32 ms.
+    Batches (>= one query per thread) keep every thread.
+    """
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    if n_queries >= threads:
+        yield
+        return
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _scan_database(
+    session: Session, flt: Filter, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over the filter's stored embeddings, a chunk at a time (bounded memory)."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for ids, vecs in filtered_embeddings(session, flt):
+        scores = queries @ vecs.T
+        best_s = np.concatenate([best_s, scores], axis=1)
+        best_i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)
+        best_s, best_i = _top(best_s, best_i, k)
+    return _pad(best_s, best_i, k)
+
+
+def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k per row, sorted by score descending (ties by id, for stable paging)."""
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores = np.take_along_axis(scores, part, 1)
+        ids = np.take_along_axis(ids, part, 1)
+    order = np.lexsort((ids, -scores), axis=1) if scores.size else np.zeros_like(ids)
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    missing = k - scores.shape[1]
+    if missing <= 0:
+        return scores, ids
+    n = len(scores)
+    return (
+        np.concatenate([scores, np.full((n, missing), -np.inf, np.float32)], axis=1),
+        np.concatenate([ids, np.full((n, missing), -1, np.int64)], axis=1),
+    )
+
+
+def _empty(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)

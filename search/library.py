@@ -1,0 +1,135 @@
+"""Finding and opening a library for reading, checking its model, and describing it (`info`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import db
+from db.library import DB_NAME
+from search.errors import LibraryError, ModelMismatchError
+
+
+def _is_library(directory: Path) -> bool:
+    return (directory / DB_NAME).is_file()
+
+
+def find_library(given: str | os.PathLike[str] | None = None, start: Path | None = None) -> Path:
+    """The library folder: `given` (a library folder or a photo root holding one), else the
+    nearest `.koclip-search/` from `start` (default: the cwd) upward."""
+    if given is not None:
+        path = Path(given).expanduser().absolute()
+        for candidate in (path, path / db.LIBRARY_DIRNAME):
+            if _is_library(candidate):
+                return candidate
+        raise LibraryError(f"no library at {path} (run `koclip-search index PHOTO_DIR` first)")
+    here = (start or Path.cwd()).absolute()
+    for directory in (here, *here.parents):
+        for candidate in (directory, directory / db.LIBRARY_DIRNAME):
+            if candidate.name == db.LIBRARY_DIRNAME and _is_library(candidate):
+                return candidate
+    raise LibraryError(
+        f"no {db.LIBRARY_DIRNAME}/ library in {here} or above; pass --library DIR "
+        "or run `koclip-search index PHOTO_DIR` first"
+    )
+
+
+def open_library(directory: Path) -> tuple[db.Library, db.Manifest]:
+    """Open a library read-only with its manifest; LibraryError if it is unusable or empty."""
+    try:
+        library = db.Library.open(directory, readonly=True)
+    except db.LibraryError as exc:
+        raise LibraryError(str(exc)) from None
+    try:
+        manifest = library.manifest()
+    except db.LibraryError as exc:
+        library.close()
+        raise LibraryError(str(exc)) from None
+    if manifest is None:
+        library.close()
+        raise LibraryError(f"the library at {directory} has nothing indexed yet")
+    return library, manifest
+
+
+def check_model(manifest: db.Manifest, model: str | None) -> None:
+    """Refuse a `--model` other than the one the library's vectors were made with."""
+    if model is None:
+        return
+    from koclip import KoCLIPError, checkpoint_fingerprint, model_id_for
+
+    if model_id_for(model) == manifest.model_id:
+        return
+    try:
+        same = checkpoint_fingerprint(model) == manifest.fingerprint
+    except KoCLIPError as exc:
+        raise ModelMismatchError(f"{exc}") from None
+    if not same:
+        raise ModelMismatchError(
+            f"the library was built with {manifest.model_id}, not {model}; "
+            "search it with its own model or re-index with `koclip-search index --rebuild`"
+        )
+
+
+@dataclass(frozen=True)
+class LibraryInfo:
+    """What `koclip-search info` reports."""
+
+    library: Path
+    photo_root: Path
+    photos: int
+    failed: int
+    model: str
+    index_type: str
+    indexed_vectors: int | None  # None: not counted, or no index saved yet
+    size_bytes: int | None  # None: not measured
+    last_indexed: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types (paths as strings, the time as ISO 8601)."""
+        return {
+            "library": str(self.library),
+            "photo_root": str(self.photo_root),
+            "photos": self.photos,
+            "failed": self.failed,
+            "model": self.model,
+            "index_type": self.index_type,
+            "indexed_vectors": self.indexed_vectors,
+            "size_bytes": self.size_bytes,
+            "last_indexed": self.last_indexed.isoformat(timespec="seconds")
+            if self.last_indexed
+            else None,
+        }
+
+
+def describe_library(
+    library: db.Library, *, indexed_vectors: int | None = None, disk: bool = True
+) -> LibraryInfo:
+    """Counts, model and index of an opened library from one read snapshot; `disk` adds its
+    size on disk (a walk of the library folder)."""
+    from sqlalchemy import func, select
+
+    with library.session() as s, s.begin():
+        manifest = library.manifest(s)
+        if manifest is None:
+            raise LibraryError(f"the library at {library.directory} has nothing indexed yet")
+        photos = s.scalar(select(func.count()).select_from(db.Photo)) or 0
+        failed = s.scalar(select(func.count()).select_from(db.Failure)) or 0
+        last = s.scalar(select(func.max(db.Photo.indexed_at)))
+    last = max(filter(None, (last, manifest.updated_at)), default=None)
+    size = (
+        sum(p.stat().st_size for p in library.directory.rglob("*") if p.is_file()) if disk else None
+    )
+    return LibraryInfo(
+        library=library.directory.absolute(),
+        photo_root=(library.directory / manifest.photo_root).resolve(),
+        photos=photos,
+        failed=failed,
+        model=manifest.model_id,
+        index_type=manifest.index_type,
+        indexed_vectors=indexed_vectors,
+        size_bytes=size,
+        last_indexed=datetime.fromtimestamp(last) if last else None,
+    )

@@ -1,0 +1,157 @@
+"""Query parsing: composed queries such as `바다 + 노을 - 사람`, `2:강아지` and image-path terms."""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.errors import QueryError
+
+# Suffixes that make a term an image path even before we look on disk, so a mistyped
+# path is reported as an unreadable image rather than silently searched as text.
+IMAGE_SUFFIXES = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".png",
+        ".gif",
+        ".bmp",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+    }
+)
+
+_OPERATORS = {"+": 1.0, "-": -1.0}
+_WEIGHT = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)):(.+)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One weighted term of a query: exactly one of `text` (NFC) or `image` (a path or PIL image)."""
+
+    weight: float = 1.0
+    text: str | None = None
+    image: Any = None
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("a Term has exactly one of text or image")
+
+    @property
+    def is_text(self) -> bool:
+        """True for a text term."""
+        return self.text is not None
+
+    def describe(self) -> str:
+        """The term as a user would write it, for echoing queries back."""
+        body = (
+            self.text
+            if self.text is not None
+            else str(getattr(self.image, "filename", "") or self.image)
+        )
+        return body if self.weight == 1.0 else f"{self.weight:g}:{body}"
+
+
+def nfc(text: str) -> str:
+    """NFC-normalise, so Hangul typed on macOS (NFD) matches the same query typed elsewhere."""
+    return unicodedata.normalize("NFC", text)
+
+
+def looks_like_image(token: str, files: bool = True) -> bool:
+    """True if `token` names an image: an image suffix, or (`files`) a path with a separator
+    that is a file."""
+    if Path(token).suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if not files:
+        return False
+    # A bare word is text even if a file of that name sits in the cwd: `바다` must not
+    # turn into an image query because someone has a file called 바다 there.
+    has_sep = os.sep in token or (os.altsep is not None and os.altsep in token)
+    return has_sep and os.path.isfile(token)
+
+
+def _split_weight(token: str) -> tuple[float, str]:
+    match = _WEIGHT.match(token)
+    if not match:
+        return 1.0, token
+    return float(match.group(1)), match.group(2)
+
+
+def _items(args: Sequence[str], files: bool) -> list[tuple[str, Any]]:
+    """Turn argv items into ('op', sign), ('image', token) and ('text', [words]) items."""
+    out: list[tuple[str, Any]] = []
+    for arg in args:
+        # An argv item naming an existing file stays one item: paths may contain spaces.
+        whole = os.path.expanduser(_split_weight(arg.strip())[1])
+        if files and looks_like_image(whole) and os.path.isfile(whole):
+            out.append(("image", arg.strip()))
+            continue
+        for word in arg.split():
+            if word in _OPERATORS:
+                out.append(("op", _OPERATORS[word]))
+            elif looks_like_image(_split_weight(word)[1], files):
+                out.append(("image", word))
+            elif out and out[-1][0] == "text":
+                out[-1][1].append(word)
+            else:
+                out.append(("text", [word]))
+    return out
+
+
+def _make_term(sign: float, kind: str, value: Any) -> Term:
+    if kind == "image":
+        weight, path = _split_weight(value)
+        return Term(weight=sign * weight, image=Path(path).expanduser())
+    weight, first = _split_weight(value[0])
+    return Term(weight=sign * weight, text=nfc(" ".join([first, *value[1:]])))
+
+
+def parse_query(query: str | Sequence[str], *, files: bool = True) -> list[Term]:
+    """Parse a query into weighted terms.
+
+    Terms are separated by a lone `+` or `-` (a leading `-` negates the first term); `W:term`
+    sets a weight (`2:강아지`, `- 0.5:사람`); a term with an image suffix, or a path to a file,
+    is an image term. Words with no operator between them form one phrase, so
+    `search 푸른 바다` == `search "푸른 바다"`; two image terms side by side are added.
+    With `files=False` (queries from the web) only the suffix makes an image term: the file
+    system is never consulted.
+    """
+    args = [query] if isinstance(query, str) else list(query)
+    terms: list[Term] = []
+    sign: float | None = None
+    for kind, value in _items(args, files):
+        if kind == "op":
+            if sign is not None:
+                raise QueryError("two operators in a row")
+            sign = value
+            continue
+        terms.append(_make_term(1.0 if sign is None else sign, kind, value))
+        sign = None
+    if not terms:
+        raise QueryError("the query is empty")
+    if sign is not None:
+        raise QueryError("the query ends with an operator")
+    if all(t.weight == 0 for t in terms):
+        raise QueryError("every term has weight 0")
+    return terms
+
+
+def describe(terms: Sequence[Term]) -> str:
+    """Render terms back to one line (`바다 + 노을 - 사람`), for echoing a query."""
+    parts: list[str] = []
+    for i, term in enumerate(terms):
+        if i or term.weight < 0:
+            parts.append("-" if term.weight < 0 else "+")
+        magnitude = Term(weight=abs(term.weight), text=term.text, image=term.image)
+        parts.append(magnitude.describe())
+    return " ".join(parts)

@@ -1,0 +1,60 @@
+"""Typed search results and their JSON form."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One photo found: `score` is the cosine similarity between the query and the photo."""
+
+    rank: int
+    score: float
+    path: Path
+    photo_id: int
+    width: int | None = None
+    height: int | None = None
+    taken_at: datetime | None = None
+    size: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The hit as the CLI's --json prints it."""
+        return {
+            "rank": self.rank,
+            "score": round(self.score, 4),
+            "path": str(self.path),
+            "width": self.width,
+            "height": self.height,
+            "taken_at": self.taken_at.isoformat() if self.taken_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    """The hits for one query, best first, after offset paging and the threshold."""
+
+    query: str
+    hits: tuple[SearchHit, ...]
+
+    def __iter__(self) -> Iterator[SearchHit]:
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __getitem__(self, i: int) -> SearchHit:
+        return self.hits[i]
+
+    @property
+    def paths(self) -> list[Path]:
+        """Absolute paths of the hits, best first."""
+        return [hit.path for hit in self.hits]
+
+    def to_json(self) -> dict[str, Any]:
+        """`{"query": ..., "results": [...]}` exactly as the CLI's --json prints it."""
+        return {"query": self.query, "results": [hit.to_json() for hit in self.hits]}

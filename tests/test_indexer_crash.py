@@ -1,0 +1,228 @@
+"""Nothing lost: kill -9 mid-run, the writer lock, disk full and permission errors."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from sqlalchemy import event
+
+import db
+from db import library as library_mod
+from tests.test_indexer import assert_consistent, index, open_lib, rows, write_jpeg
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = """
+import sys
+from pathlib import Path
+from indexer import IndexOptions, index_photos
+root, ckpt, save_interval = sys.argv[1], sys.argv[2], float(sys.argv[3])
+index_photos(Path(root), IndexOptions(model=ckpt, batch_size=4, workers=2, save_interval=save_interval))
+"""
+
+
+def _photos(root: Path, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        write_jpeg(root / f"d{i % 3}/{i:03d}.jpg", i)
+
+
+def _spawn(root: Path, ckpt: Path, save_interval: float, **env: str) -> subprocess.Popen:
+    full_env = os.environ | {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"} | env
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(root), str(ckpt), str(save_interval)],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"indexer exited early: {proc.stderr.read().decode()}")
+        assert time.monotonic() < deadline, "indexer never reached the pause point"
+        time.sleep(0.02)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+def _assert_each_file_once(root: Path, n: int) -> None:
+    with open_lib(root) as lib:
+        paths = list(rows(lib))
+        assert sorted(paths) == sorted(f"d{i % 3}/{i:03d}.jpg" for i in range(n))
+        assert_consistent(lib)
+
+
+@pytest.mark.parametrize(
+    "save_interval", [3600.0, 0.0], ids=["index-file-behind", "index-file-saved"]
+)
+def test_kill9_after_committed_batches_then_resume(tmp_path, tiny_checkpoint, save_interval):
+    root, n = tmp_path / "p", 30
+    _photos(root, n)
+    marker = tmp_path / "paused"
+    env = {"KOCLIP_SEARCH_TEST_PAUSE_AFTER": "3", "KOCLIP_SEARCH_TEST_PAUSE_FILE": str(marker)}
+    proc = _spawn(root, tiny_checkpoint, save_interval, **env)
+    try:
+        _wait_for(marker, proc)
+        # Paused after 3 committed batches, holding the lock. A second indexer refuses at once:
+        started = time.monotonic()
+        with pytest.raises(db.LibraryLockedError, match=f"pid {proc.pid}.*already writing"):
+            index(root, tiny_checkpoint)
+        assert time.monotonic() - started < 5
+        # ... while a reader sees exactly the committed batches.
+        with open_lib(root) as lib:
+            assert len(lib.photo_ids()) == 12
+            assert lib.load_index().ntotal == (12 if save_interval == 0 else 0)
+    finally:
+        _kill(proc)
+    summary = index(root, tiny_checkpoint)
+    assert (summary.new, summary.unchanged) == (n - 12, 12)  # committed rows kept, not redone
+    _assert_each_file_once(root, n)
+    again = index(root, tiny_checkpoint)
+    assert (again.new, again.unchanged) == (0, n)
+
+
+def test_kill9_at_a_random_moment_then_resume(tmp_path, tiny_checkpoint):
+    seed = int(os.environ.get("KILL_SEED", random.randrange(1 << 30)))
+    delay = random.Random(seed).uniform(0, 0.6)
+    print(f"KILL_SEED={seed} delay={delay:.3f}s after the first commit")
+    root, n = tmp_path / "p", 40
+    _photos(root, n)
+    proc = _spawn(root, tiny_checkpoint, 0.0, KOCLIP_SEARCH_TEST_BATCH_DELAY="0.05")
+    try:
+        _wait_for(root / db.LIBRARY_DIRNAME / "library.sqlite3", proc)
+        while _committed(root) == 0 and proc.poll() is None:  # the run is under way ...
+            time.sleep(0.01)
+        time.sleep(delay)  # ... and somewhere in its ~0.5 s of batches it dies
+    finally:
+        _kill(proc)
+    summary = index(root, tiny_checkpoint)
+    print(f"resumed: {summary.unchanged} kept, {summary.new} indexed")
+    assert summary.new + summary.unchanged == n and summary.failed == 0, seed
+    _assert_each_file_once(root, n)
+
+
+def _committed(root: Path) -> int:
+    try:
+        with open_lib(root) as lib:
+            return len(lib.photo_ids())
+    except db.LibraryError:
+        return 0  # not created yet
+
+
+def _cap_database_growth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every new connection may not grow the file: SQLite reports a real SQLITE_FULL."""
+    real = library_mod._make_engine
+
+    def make_engine(db_path, *, readonly):
+        engine = real(db_path, readonly=readonly)
+
+        @event.listens_for(engine, "connect")
+        def cap(dbapi_conn, _record):
+            pages = dbapi_conn.execute("PRAGMA page_count").fetchone()[0]
+            dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
+
+        return engine
+
+    monkeypatch.setattr(library_mod, "_make_engine", make_engine)
+
+
+def test_database_full_is_a_clear_error_and_the_library_stays_usable(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    root = tmp_path / "p"
+    _photos(root, 6)
+    index(root, tiny_checkpoint)
+    _photos(root, 120, start=6)
+    with monkeypatch.context() as m:
+        _cap_database_growth(m)
+        with pytest.raises(db.LibraryWriteError, match="full"):
+            index(root, tiny_checkpoint)
+    with open_lib(root) as lib:  # whole batches only; the index file is reconciled on the next run
+        committed = len(lib.photo_ids())
+        assert 6 <= committed < 126 and (committed - 6) % 4 == 0
+    summary = index(root, tiny_checkpoint)
+    assert summary.new == 126 - committed
+    _assert_each_file_once(root, 126)
+
+
+def test_index_file_disk_full_keeps_the_old_file(tmp_path, tiny_checkpoint, monkeypatch):
+    root = tmp_path / "p"
+    _photos(root, 6)
+    index(root, tiny_checkpoint)
+    lib_dir = root / db.LIBRARY_DIRNAME
+    before = (lib_dir / "index-flat.faiss").read_bytes()
+    _photos(root, 3, start=6)
+
+    def no_space(_data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_writer = faiss.PyCallbackIOWriter
+    with monkeypatch.context() as m:
+        m.setattr(faiss, "PyCallbackIOWriter", lambda _write: real_writer(no_space))
+        with pytest.raises(db.LibraryWriteError, match="No space left on device"):
+            index(root, tiny_checkpoint)
+    assert (lib_dir / "index-flat.faiss").read_bytes() == before
+    assert not [p for p in lib_dir.iterdir() if p.name.endswith(".tmp")]
+    summary = index(root, tiny_checkpoint)  # the rows committed before the save are kept
+    assert summary.new + summary.unchanged == 9
+    _assert_each_file_once(root, 9)
+
+
+def test_library_that_cannot_be_created_is_a_clear_error(tmp_path, tiny_checkpoint):
+    root = tmp_path / "p"
+    _photos(root, 1)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(db.LibraryWriteError, match="Not a directory"):
+        index(root, tiny_checkpoint, library=tmp_path / "afile" / "lib")
+    (root / db.LIBRARY_DIRNAME).write_text("in the way")  # the default spot cannot be a folder
+    with pytest.raises(db.LibraryWriteError, match="--library"):
+        index(root, tiny_checkpoint)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_library_is_a_clear_error_and_unchanged(tmp_path, tiny_checkpoint):
+    root = tmp_path / "p"
+    _photos(root, 3)
+    index(root, tiny_checkpoint)
+    lib_dir = root / db.LIBRARY_DIRNAME
+    _photos(root, 2, start=3)
+    snapshot = {p.name: p.read_bytes() for p in lib_dir.iterdir() if p.is_file()}
+    for p in [lib_dir, *lib_dir.iterdir()]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        with pytest.raises(db.LibraryError):
+            index(root, tiny_checkpoint)
+    finally:
+        for p in [lib_dir, *lib_dir.iterdir()]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    assert {p.name: p.read_bytes() for p in lib_dir.iterdir() if p.is_file()} == snapshot
+
+
+def test_reader_ignores_stale_ids(tmp_path, tiny_checkpoint):
+    """A FAISS file that lags the database: hits without a row are simply absent."""
+    root = tmp_path / "p"
+    _photos(root, 4)
+    index(root, tiny_checkpoint)
+    with open_lib(root) as lib:
+        ids = lib.photo_ids()
+        with lib.session() as s, s.begin():
+            found = lib.photos_by_id(s, np.array([*ids[:2], 10_000, -1]))
+        assert sorted(found) == ids[:2].tolist()

@@ -1,0 +1,510 @@
+"""End to end in a real headless Chromium: type Korean through the IME, see thumbnails, click one,
+see similar photos.
+
+Drives Debian's `chromium` over the Chrome DevTools Protocol (a websocket; no webdriver).
+Skipped when /usr/bin/chromium is missing. `KOCLIP_SEARCH_SCREENSHOT=docs/screenshot.png`
+also saves the page with results there (the README's screenshot).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("KOCLIP_SEARCH_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOT_ENV = "KOCLIP_SEARCH_SCREENSHOT"
+TIMEOUT = 60.0
+
+# Track the in-page fetches, so the test sees exactly which searches the page sent.
+RECORD_FETCHES = """
+window.__requests = [];
+const realFetch = window.fetch;
+window.fetch = function (url, options) {
+  window.__requests.push(String(url));
+  return realFetch.apply(this, arguments);
+};
+window.__compositions = [];
+for (const type of ["compositionstart", "compositionend"]) {
+  document.addEventListener(type, (e) => window.__compositions.push(`${type}:${e.data}`), true);
+}
+"""
+
+
+# -- a photo folder that looks like photos ----------------------------------------------------
+
+
+def _gradient(size: tuple[int, int], top: tuple, bottom: tuple) -> Image.Image:
+    w, h = size
+    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    rows = (1 - t) * np.asarray(top, np.float32) + t * np.asarray(bottom, np.float32)
+    return Image.fromarray(np.broadcast_to(rows, (h, w, 3)).astype(np.uint8))
+
+
+def _ridge(rng: np.random.Generator, w: int, base: float, amp: float) -> list[tuple[float, float]]:
+    xs = np.linspace(0, w, 24)
+    phase = rng.uniform(0, 6)
+    ys = base - amp * (0.6 * np.sin(xs / w * 5 + phase) + 0.4 * rng.random(24))
+    return list(zip(xs.tolist(), ys.tolist(), strict=True))
+
+
+def _scene(kind: str, seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """A small drawn landscape: sea, sunset, mountain, forest, city at night, flowers, snow."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    jitter = lambda c: tuple(int(np.clip(v + rng.integers(-18, 19), 0, 255)) for v in c)  # noqa: E731
+    if kind == "sunset":
+        img = _gradient(size, jitter((250, 150, 70)), jitter((120, 60, 130)))
+        d = ImageDraw.Draw(img)
+        r = rng.integers(30, 50)
+        cx = rng.integers(120, 360)
+        d.ellipse((cx - r, h * 0.55 - r, cx + r, h * 0.55 + r), fill=(255, 220, 120))
+        d.rectangle((0, h * 0.6, w, h), fill=jitter((60, 50, 110)))
+        for y in range(int(h * 0.62), h, 9):
+            d.line((cx - 60, y, cx + 60, y), fill=(250, 190, 120), width=2)
+    elif kind == "sea":
+        img = _gradient(size, jitter((120, 190, 240)), jitter((200, 230, 250)))
+        d = ImageDraw.Draw(img)
+        d.rectangle((0, h * 0.5, w, h), fill=jitter((30, 110, 180)))
+        for y in range(int(h * 0.52), h, 12):
+            x = int(rng.integers(-40, w))
+            d.arc(
+                (x, y, x + int(rng.integers(40, 160)), y + 14),
+                200,
+                340,
+                fill=(220, 240, 255),
+                width=2,
+            )
+        d.polygon([(0, h), (w * 0.45, h), (0, h * 0.78)], fill=jitter((230, 210, 160)))
+    elif kind == "mountain":
+        img = _gradient(size, jitter((140, 190, 235)), jitter((225, 235, 245)))
+        d = ImageDraw.Draw(img)
+        for i, colour in enumerate([(120, 130, 150), (70, 110, 80), (40, 80, 50)]):
+            pts = _ridge(rng, w, h * (0.45 + 0.15 * i), h * 0.3)
+            d.polygon([(0, h), *pts, (w, h)], fill=jitter(colour))
+    elif kind == "forest":
+        img = _gradient(size, jitter((170, 210, 170)), jitter((60, 110, 60)))
+        d = ImageDraw.Draw(img)
+        for _ in range(26):
+            x, y = rng.integers(0, w), rng.integers(int(h * 0.3), h)
+            s = rng.integers(20, 46)
+            d.polygon([(x, y - 2.4 * s), (x - s, y), (x + s, y)], fill=jitter((30, 90, 45)))
+    elif kind == "city":
+        img = _gradient(size, jitter((15, 20, 60)), jitter((60, 40, 90)))
+        d = ImageDraw.Draw(img)
+        x = 0
+        while x < w:
+            bw, bh = rng.integers(30, 70), rng.integers(80, 260)
+            d.rectangle((x, h - bh, x + bw, h), fill=jitter((30, 30, 45)))
+            for wy in range(h - bh + 8, h - 8, 14):
+                for wx in range(x + 5, x + bw - 8, 11):
+                    if rng.random() < 0.45:
+                        d.rectangle((wx, wy, wx + 5, wy + 7), fill=(250, 215, 110))
+            x += bw + rng.integers(2, 10)
+    elif kind == "flowers":
+        img = _gradient(size, jitter((150, 200, 120)), jitter((70, 130, 60)))
+        d = ImageDraw.Draw(img)
+        for _ in range(70):
+            x, y, r = rng.integers(0, w), rng.integers(0, h), rng.integers(5, 14)
+            colour = [(240, 80, 120), (250, 210, 60), (250, 250, 250), (190, 90, 220)][
+                rng.integers(0, 4)
+            ]
+            d.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+            d.ellipse((x - 3, y - 3, x + 3, y + 3), fill=(250, 190, 40))
+    else:  # snow
+        img = _gradient(size, jitter((190, 200, 215)), jitter((240, 242, 248)))
+        d = ImageDraw.Draw(img)
+        pts = _ridge(rng, w, h * 0.6, h * 0.2)
+        d.polygon([(0, h), *pts, (w, h)], fill=(250, 250, 255))
+        for _ in range(14):
+            x, y = rng.integers(0, w), rng.integers(int(h * 0.45), int(h * 0.8))
+            d.polygon([(x, y - 40), (x - 14, y), (x + 14, y)], fill=(50, 80, 70))
+        for _ in range(160):
+            x, y = rng.integers(0, w), rng.integers(0, h)
+            d.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=(255, 255, 255))
+    return img.filter(ImageFilter.GaussianBlur(0.6))
+
+
+ALBUMS = {
+    "2023/제주 바다": ["sea", "sunset", "sea", "sunset", "sea"],
+    "2023/설악산": ["mountain", "forest", "mountain", "snow"],
+    "2024/서울의 밤": ["city", "city", "city"],
+    "2024/봄 꽃": ["flowers", "flowers", "forest", "flowers"],
+    "2024/겨울": ["snow", "snow", "mountain", "sunset"],
+}
+NAMES = {
+    "sea": "바다",
+    "sunset": "노을",
+    "mountain": "산",
+    "forest": "숲",
+    "city": "야경",
+    "flowers": "꽃",
+    "snow": "눈",
+}
+PHOTO_COUNT = sum(len(kinds) for kinds in ALBUMS.values())
+
+
+def write_album_photos(root: Path) -> int:
+    """Drawn scenes in Korean-named albums, with EXIF dates; returns how many."""
+    start = datetime(2023, 7, 1, 9, 0)
+    n = 0
+    for album, kinds in ALBUMS.items():
+        for i, kind in enumerate(kinds):
+            path = root / album / f"{NAMES[kind]}-{i + 1:02d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            exif = Image.Exif()
+            taken = start + timedelta(days=23 * n, hours=n)
+            exif.get_ifd(0x8769)[0x9003] = taken.strftime("%Y:%m:%d %H:%M:%S")
+            _scene(kind, seed=n).save(path, "JPEG", quality=88, exif=exif)
+            n += 1
+    return n
+
+
+# -- a tiny CDP client --------------------------------------------------------------------------
+
+
+class Browser:
+    """One headless Chromium page, driven over the DevTools protocol (flattened session)."""
+
+    def __init__(self, profile: Path) -> None:
+        import websocket
+
+        self.process = subprocess.Popen(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--disable-dev-shm-usage",
+                "--remote-allow-origins=*",
+                "--remote-debugging-port=0",
+                "--lang=ko-KR",
+                "--window-size=1280,900",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        port_file = profile / "DevToolsActivePort"
+        self._wait(
+            lambda: port_file.is_file() and len(port_file.read_text().split()) == 2,
+            "chromium to open its DevTools port",
+            30,
+        )
+        port, path = port_file.read_text().split()
+        self.ws = websocket.create_connection(
+            f"ws://127.0.0.1:{port}{path}", timeout=TIMEOUT, suppress_origin=True
+        )
+        self._id = 0
+        self.events: list[dict[str, Any]] = []
+        self.session: str | None = None
+        target = self.send("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)[
+            "sessionId"
+        ]
+        for domain in ("Page", "Runtime"):
+            self.send(f"{domain}.enable")
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=1280,
+            height=900,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+
+    def send(self, method: str, **params: Any) -> dict[str, Any]:
+        """One command; waits for its answer, keeping the events that arrive meanwhile."""
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params}
+        if self.session and not method.startswith("Target."):
+            message["sessionId"] = self.session
+        self.ws.send(json.dumps(message))
+        while True:
+            reply = json.loads(self.ws.recv())
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def js(self, expression: str) -> Any:
+        """Evaluate in the page (promises awaited) and return the value."""
+        result = self.send(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_js(self, expression: str, what: str, timeout: float = TIMEOUT) -> Any:
+        """Poll a page expression until it is truthy."""
+        return self._wait(lambda: self.js(expression), what, timeout)
+
+    def click(self, selector: str) -> None:
+        """A real mouse click at the middle of the element."""
+        box = self.js(
+            f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+            ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.send(
+                "Input.dispatchMouseEvent",
+                type=kind,
+                x=box[0],
+                y=box[1],
+                button="left",
+                clickCount=1,
+            )
+
+    def press_enter(self) -> None:
+        """Enter as real key events."""
+        common = {"key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13}
+        self.send("Input.dispatchKeyEvent", type="keyDown", text="\r", **common)
+        self.send("Input.dispatchKeyEvent", type="keyUp", **common)
+
+    def compose(self, text: str) -> None:
+        """The IME shows `text` as the syllable being composed (compositionstart/update)."""
+        self.send(
+            "Input.imeSetComposition", text=text, selectionStart=len(text), selectionEnd=len(text)
+        )
+
+    def commit(self, text: str) -> None:
+        """The IME commits `text` (compositionend), as when the next syllable begins."""
+        self.send("Input.insertText", text=text)
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        data = self.send("Page.captureScreenshot", format="png")["data"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+
+    def errors(self) -> list[str]:
+        """Uncaught exceptions and console errors the page reported."""
+        out = []
+        for e in self.events:
+            if e.get("method") == "Runtime.exceptionThrown":
+                out.append(json.dumps(e["params"]["exceptionDetails"])[:300])
+            elif e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error":
+                out.append(json.dumps(e["params"]["args"])[:300])
+        return out
+
+    @staticmethod
+    def _wait(check: Callable[[], Any], what: str, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ws.close()
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """uvicorn on 127.0.0.1 in a thread; yields the base URL."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    Browser._wait(lambda: server.started, "uvicorn to start", 30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def album_library(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    from tests.search_fixtures import index_folder
+
+    root = tmp_path_factory.mktemp("albums")
+    assert write_album_photos(root) == PHOTO_COUNT
+    return index_folder(root, tiny_checkpoint)
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
+    pytest.importorskip("websocket", reason="websocket-client is not installed")
+    profile = Path(tempfile.mkdtemp(prefix="koclip-chromium-"))
+    b = Browser(profile)
+    try:
+        yield b
+    finally:
+        b.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _searches(browser: Browser) -> list[dict[str, str]]:
+    """The search requests the page sent, as their query parameters."""
+    urls = [u for u in browser.js("window.__requests") if u.startswith("/api/search?")]
+    return [dict(parse_qsl(urlsplit(u).query)) for u in urls]
+
+
+def _pick_file(browser: Browser, path: Path) -> None:
+    """Choose a file in the page's file picker, as the OS dialog would."""
+    root = browser.send("DOM.getDocument")["root"]["nodeId"]
+    node = browser.send("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+    browser.send("DOM.setFileInputFiles", files=[str(path)], nodeId=node)
+
+
+def _loaded_images(selector: str) -> str:
+    return (
+        f"[...document.querySelectorAll({json.dumps(selector)})]"
+        ".filter(i => i.complete && i.naturalWidth > 0).length"
+    )
+
+
+# -- the test ---------------------------------------------------------------------------------
+
+
+def test_korean_ime_search_thumbnails_and_similar_photos(album_library, browser, tmp_path):
+    from web import create_app
+
+    with serve(create_app(album_library)) as url:
+        browser.send("Page.addScriptToEvaluateOnNewDocument", source=RECORD_FETCHES)
+        browser.send("Page.navigate", url=url + "/")
+        browser.wait_js("document.body && document.body.dataset.ready === '1'", "the page")
+        assert f"사진 {PHOTO_COUNT}장" in browser.js(
+            "document.getElementById('library').textContent"
+        )
+        browser.click("#q")
+        assert browser.js("document.activeElement.id") == "q"
+
+        # 바다 typed on a 2-set Korean keyboard: ㅂ 바 받, then ㅏ moves ㄷ to the next syllable.
+        for partial in ("ㅂ", "바", "받"):
+            browser.compose(partial)
+        browser.commit("바")
+        browser.compose("다")
+        time.sleep(1.0)  # well past the debounce: nothing may be searched mid-word
+        assert _searches(browser) == []
+        browser.commit("다")
+        assert browser.js("document.getElementById('q').value") == "바다"
+        assert browser.js("window.__compositions") == [  # the IME really composed
+            "compositionstart:",
+            "compositionend:바",
+            "compositionstart:",
+            "compositionend:다",
+        ]
+        browser.wait_js(_loaded_images("#grid img") + " >= 12", "thumbnails of 바다")
+        assert _searches(browser) == [{"q": "바다", "k": "40", "offset": "0"}]
+        scores = browser.js(
+            "[...document.querySelectorAll('#grid .score')].map(s => s.textContent)"
+        )
+        assert len(scores) == PHOTO_COUNT and all(math.isfinite(float(s)) for s in scores)
+
+        # Enter submits at once; the composed syntax of the CLI works in the box.
+        browser.commit(" + 노을 - 사람")
+        browser.press_enter()
+        browser.wait_js(
+            "document.getElementById('status').textContent.includes('노을 - 사람')",
+            "the composed query's results",
+        )
+        assert [p["q"] for p in _searches(browser)] == ["바다", "바다 + 노을 - 사람"]
+        browser.wait_js(_loaded_images("#grid img") + " >= 12", "thumbnails")
+        shot = os.environ.get(SCREENSHOT_ENV)
+        browser.screenshot(tmp_path / "results.png")
+        if shot:
+            browser.screenshot(Path(shot))
+
+        # Click a photo: the detail view with its path, date and similar photos.
+        first = browser.js("document.querySelector('#grid .photo').dataset.id")
+        browser.click("#grid .card:nth-child(2) .photo")
+        browser.wait_js("document.getElementById('detail').open", "the detail view")
+        browser.wait_js(_loaded_images("#similar img") + " >= 6", "similar photos")
+        browser.wait_js(_loaded_images("#detail-img") + " === 1", "the large preview")
+        path = browser.js("document.getElementById('detail-path').textContent")
+        assert path.endswith(".jpg") and str(album_library.parent) in path
+        assert "(촬영 / taken)" in browser.js("document.getElementById('detail-date').textContent")
+        similar_ids = browser.js(
+            "[...document.querySelectorAll('#similar .photo')].map(b => b.dataset.id)"
+        )
+        clicked = browser.js("document.querySelector('#grid .card:nth-child(2) .photo').dataset.id")
+        assert clicked not in similar_ids and first != clicked
+        browser.screenshot(tmp_path / "detail.png")
+        browser.click("#detail-close")
+        browser.wait_js("!document.getElementById('detail').open", "the detail view to close")
+
+        # A folder filter narrows the grid to that album.
+        browser.js(
+            "(() => { const el = document.getElementById('under'); el.value = '2023/설악산';"
+            " el.dispatchEvent(new Event('change')); })()"
+        )
+        browser.wait_js(
+            "document.getElementById('status').textContent.includes('4장')", "the filtered results"
+        )
+        assert _searches(browser)[-1]["under"] == "2023/설악산"
+        captions = browser.js("[...document.querySelectorAll('#grid .photo')].map(b => b.title)")
+        assert len(captions) == 4 and all(c.startswith("2023/설악산/") for c in captions)
+        browser.click("#clear-filters")
+        browser.wait_js(
+            f"document.querySelectorAll('#grid .card').length === {PHOTO_COUNT}",
+            "all results again",
+        )
+
+        # Search by a photo picked from the computer (outside the library), then a bad file.
+        picked = tmp_path / "여행 사진.jpg"
+        _scene("sea", seed=99).save(picked, "JPEG")
+        _pick_file(browser, picked)
+        browser.wait_js(
+            "document.getElementById('status').textContent.includes('📷')", "the photo search"
+        )
+        browser.wait_js(_loaded_images("#grid img") + " >= 12", "thumbnails of the photo search")
+        assert browser.js("document.getElementById('current-label').textContent") == picked.name
+        assert any(u.startswith("/api/image?") for u in browser.js("window.__requests"))
+        bad = tmp_path / "고장난.jpg"
+        bad.write_bytes(b"\xff\xd8 this is not a photo")
+        _pick_file(browser, bad)
+        browser.wait_js("!document.getElementById('message').hidden", "the bad-upload message")
+        message = browser.js("document.getElementById('message').textContent")
+        assert "사진으로 읽을 수 없어요" in message and "cannot be read as a photo" in message
+        assert browser.errors() == []

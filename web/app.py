@@ -1,0 +1,429 @@
+"""The FastAPI app behind `koclip-search serve`: the page, the JSON API, thumbnails and originals.
+
+    from web import create_app
+    app = create_app("~/Pictures/.koclip-search")      # uvicorn.run(app, host="127.0.0.1")
+
+Routes only parse, call `Backend` in the thread pool (model and FAISS work never runs on the
+event loop) and shape results with search's own `SearchResults.to_json()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mimetypes
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field, model_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.responses import Response
+
+from koclip import ImageError
+from search import SearchError, SearchResults
+from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, Options, PhotoInfo
+from web.errors import ApiError, install_handlers
+from web.thumbnails import SIZES
+from web.uploads import MAX_UPLOAD_BYTES, decode_upload, read_upload
+
+log = logging.getLogger("koclip_search.web")
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+# The page's own assets only: no inline script, no third-party origin.
+CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+THUMB_CACHE = "private, max-age=3600"
+
+
+# -- response shapes (for the OpenAPI description) ------------------------------------------
+
+
+class Hit(BaseModel):
+    """One result: the CLI's --json fields, plus the library id and where to fetch the picture."""
+
+    rank: int
+    score: float
+    path: str
+    width: int | None
+    height: int | None
+    taken_at: str | None
+    id: int
+    relpath: str = Field(description="path relative to the library's photo folder")
+    thumbnail: str
+    preview: str
+    original: str
+
+
+class SearchResponse(BaseModel):
+    """The CLI's --json shape (`query`, `results`) plus paging."""
+
+    query: str
+    results: list[Hit]
+    offset: int
+    k: int
+    next_offset: int | None = Field(description="offset of the next page; null when done")
+    upload: str | None = Field(None, description="token to page an image search without re-sending")
+
+
+class PhotoResponse(BaseModel):
+    """A library photo's metadata and links."""
+
+    id: int
+    path: str
+    relpath: str
+    width: int
+    height: int
+    taken_at: str
+    taken_at_source: str
+    size: int
+    thumbnail: str
+    preview: str
+    original: str
+    similar: str
+
+
+class InfoResponse(BaseModel):
+    """What the page header shows."""
+
+    library: str
+    photo_root: str
+    photos: int
+    failed: int
+    model: str
+    index_type: str
+
+
+class Folder(BaseModel):
+    """A folder (relative to the photo folder) and how many photos it holds, subfolders included."""
+
+    folder: str
+    photos: int
+
+
+class ComposeTerm(BaseModel):
+    """One weighted term: a text or a library photo id."""
+
+    weight: float = 1.0
+    text: str | None = None
+    photo_id: int | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ComposeTerm:
+        if (self.text is None) == (self.photo_id is None):
+            raise ValueError("each term has exactly one of text or photo_id")
+        return self
+
+
+class ComposeRequest(BaseModel):
+    """A composed query as data: `바다 + 노을 - 사람` is three terms with weights 1, 1, -1."""
+
+    terms: list[ComposeTerm] = Field(min_length=1, max_length=16)
+    k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    threshold: float | None = Field(None, ge=-1.0, le=1.0)
+    under: str | None = None
+    after: str | None = None
+    before: str | None = None
+    prompt: bool = True
+
+    def options(self) -> Options:
+        """The paging and filters."""
+        return Options(
+            k=self.k,
+            offset=self.offset,
+            threshold=self.threshold,
+            under=self.under,
+            after=self.after,
+            before=self.before,
+            prompt=self.prompt,
+        )
+
+
+def search_options(
+    k: Annotated[int, Query(ge=1, le=MAX_K, description="results per page")] = DEFAULT_K,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip")] = 0,
+    threshold: Annotated[float | None, Query(ge=-1.0, le=1.0, description="min cosine")] = None,
+    under: Annotated[str | None, Query(description="folder, relative to the photo folder")] = None,
+    after: Annotated[
+        str | None, Query(description="taken on or after (2023, 2023-05, ...)")
+    ] = None,
+    before: Annotated[str | None, Query(description="taken before")] = None,
+    prompt: Annotated[bool, Query(description="wrap text in the prompt template")] = True,
+) -> Options:
+    """Paging and filters shared by every search route."""
+    return Options(
+        k=k,
+        offset=offset,
+        threshold=threshold,
+        under=under,
+        after=after,
+        before=before,
+        prompt=prompt,
+    )
+
+
+OptionsDep = Annotated[Options, Depends(search_options)]
+
+
+# -- shaping --------------------------------------------------------------------------------
+
+
+def _links(photo_id: int) -> dict[str, str]:
+    base = f"/api/photos/{photo_id}"
+    return {
+        "thumbnail": f"{base}/thumbnail",
+        "preview": f"{base}/thumbnail?size=large",
+        "original": f"{base}/original",
+    }
+
+
+def shape(
+    results: SearchResults, opts: Options, photo_root: Path, upload: str | None = None
+) -> dict[str, Any]:
+    """search's own JSON (as `--json` prints it), each hit given its id, relative path and links."""
+    body = results.to_json()
+    for hit, item in zip(results.hits, body["results"], strict=True):
+        try:
+            relpath = hit.path.relative_to(photo_root).as_posix()
+        except ValueError:
+            relpath = hit.path.name
+        item.update({"id": hit.photo_id, "relpath": relpath, **_links(hit.photo_id)})
+    full = len(results) == opts.k
+    body.update(
+        {
+            "offset": opts.offset,
+            "k": opts.k,
+            "upload": upload,
+            "next_offset": opts.offset + opts.k if full else None,
+        }
+    )
+    return body
+
+
+def _photo_json(photo: PhotoInfo) -> dict[str, Any]:
+    return {
+        "id": photo.id,
+        "path": str(photo.path),
+        "relpath": photo.relpath,
+        "width": photo.width,
+        "height": photo.height,
+        "taken_at": photo.taken_at.isoformat(),
+        "taken_at_source": photo.taken_at_source,
+        "size": photo.size,
+        **_links(photo.id),
+        "similar": f"/api/photos/{photo.id}/similar",
+    }
+
+
+# -- the app --------------------------------------------------------------------------------
+
+
+def create_app(
+    library_dir: str | os.PathLike[str] | None,
+    model: str | None = None,
+    *,
+    warm: bool = True,
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
+    """The web app for one library (a library folder or a photo folder holding one; None: the
+    nearest from the cwd). The library may not exist yet: the page says so until it does.
+
+    `warm` loads and compiles the text model in the background at startup. `allowed_hosts`
+    (default: 127.0.0.1 and localhost) guards against DNS rebinding; ["*"] allows any.
+    """
+    backend = Backend(library_dir, model)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if warm:
+            threading.Thread(target=_warm, args=(backend,), name="koclip-warm", daemon=True).start()
+        yield
+        backend.close()
+
+    app = FastAPI(
+        title="koclip-search",
+        summary="Search a photo library with Korean (or English) text, photos, or both.",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    app.state.backend = backend
+    install_handlers(app)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOCAL_HOSTS))
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next: Callable) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if response.headers.get("content-type", "").startswith("text/html"):
+            response.headers.setdefault("Content-Security-Policy", CSP)
+        return response
+
+    static = resources.files("web") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((static / "index.html").read_text("utf-8"))
+
+    _add_api_routes(app, backend)
+    return app
+
+
+def _add_api_routes(app: FastAPI, backend: Backend) -> None:
+    async def photo_root() -> Path:
+        return (await run_in_threadpool(backend.searcher)).photo_root
+
+    @app.get("/api/info", response_model=InfoResponse, tags=["library"])
+    async def info() -> dict[str, Any]:
+        """Photo counts and model of the library (503 `no_library` until one is indexed)."""
+        return await run_in_threadpool(backend.info)
+
+    @app.get("/api/folders", response_model=list[Folder], tags=["library"])
+    async def folders() -> list[dict[str, Any]]:
+        """Folders holding photos, for the folder filter."""
+        return await run_in_threadpool(backend.folders)
+
+    @app.get("/api/search", response_model=SearchResponse, tags=["search"])
+    async def search(
+        q: Annotated[str, Query(min_length=1, max_length=1000, description="the query")],
+        opts: OptionsDep,
+    ) -> dict[str, Any]:
+        """Text or a composed query in the CLI's syntax: `바다 + 노을 - 사람`, `2:강아지`,
+        `2023/여행/바다.jpg + 노을` (image terms are photos of the library, by relative path)."""
+        results = await run_in_threadpool(backend.search, q, opts)
+        return shape(results, opts, await photo_root())
+
+    @app.post("/api/compose", response_model=SearchResponse, tags=["search"])
+    async def compose(body: ComposeRequest) -> dict[str, Any]:
+        """A composed query given as weighted terms (texts and library photo ids)."""
+        terms = [(t.weight, t.text, t.photo_id) for t in body.terms]
+        opts = body.options()
+        results = await run_in_threadpool(backend.compose, terms, opts)
+        return shape(results, opts, await photo_root())
+
+    @app.post(
+        "/api/image",
+        response_model=SearchResponse,
+        tags=["search"],
+        openapi_extra={"requestBody": _IMAGE_BODY},
+    )
+    async def image_search(
+        request: Request,
+        opts: OptionsDep,
+        q: Annotated[str | None, Query(max_length=1000, description="text to compose with")] = None,
+    ) -> dict[str, Any]:
+        """Photos like an uploaded image (raw body or multipart field `image`, at most 20 MB),
+        optionally composed with a query. The image is kept in memory only; page with
+        `GET /api/image/{upload}`."""
+        data = await read_upload(request)
+        image = await run_in_threadpool(decode_upload, data)
+        token = backend.uploads.put(image)
+        results = await run_in_threadpool(backend.image, image, q, opts)
+        return shape(results, opts, await photo_root(), upload=token)
+
+    @app.get("/api/image/{upload}", response_model=SearchResponse, tags=["search"])
+    async def image_page(
+        upload: str,
+        opts: OptionsDep,
+        q: Annotated[str | None, Query(max_length=1000)] = None,
+    ) -> dict[str, Any]:
+        """More results for an image sent before (404 `upload_expired` once forgotten)."""
+        image = backend.uploads.get(upload)
+        results = await run_in_threadpool(backend.image, image, q, opts)
+        return shape(results, opts, await photo_root(), upload=upload)
+
+    @app.get("/api/photos/{photo_id}", response_model=PhotoResponse, tags=["photos"])
+    async def photo(photo_id: int) -> dict[str, Any]:
+        """A photo's path, size and date."""
+        return _photo_json(await run_in_threadpool(backend.photo, photo_id))
+
+    @app.get("/api/photos/{photo_id}/similar", response_model=SearchResponse, tags=["search"])
+    async def similar(photo_id: int, opts: OptionsDep) -> dict[str, Any]:
+        """Photos like a library photo (it and its exact duplicates left out)."""
+        results = await run_in_threadpool(backend.similar, photo_id, opts)
+        return shape(results, opts, await photo_root())
+
+    @app.get(
+        "/api/photos/{photo_id}/thumbnail",
+        response_class=FileResponse,
+        tags=["photos"],
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    async def thumbnail(
+        request: Request,
+        photo_id: int,
+        size: Annotated[str, Query(pattern="^(small|large)$")] = "small",
+    ) -> Response:
+        """A JPEG thumbnail (EXIF-oriented; `small` for grids, `large` for the detail view),
+        made on first request and cached in the library folder."""
+        try:
+            path, digest = await run_in_threadpool(backend.thumbnail, photo_id, size)
+        except ImageError as exc:
+            raise ApiError(404, "unreadable", f"the photo file cannot be read: {exc}") from None
+        etag = f'"{digest[:16]}-{SIZES[size]}"'
+        headers = {"ETag": etag, "Cache-Control": THUMB_CACHE}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return FileResponse(path, media_type="image/jpeg", headers=headers)
+
+    @app.get("/api/photos/{photo_id}/original", response_class=FileResponse, tags=["photos"])
+    async def original(photo_id: int) -> Response:
+        """The photo file itself, by library id only (no path in a URL ever reaches the disk)."""
+        found = await run_in_threadpool(backend.photo, photo_id)
+        if not await run_in_threadpool(found.path.is_file):
+            raise ApiError(404, "unreadable", "the photo file is no longer there")
+        media_type = mimetypes.guess_type(found.path.name)[0] or "application/octet-stream"
+        return FileResponse(
+            found.path,
+            media_type=media_type,
+            filename=found.path.name,
+            content_disposition_type="inline",
+        )
+
+
+_IMAGE_BODY = {
+    "required": True,
+    "description": f"the photo, at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB",
+    "content": {
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary"}},
+            }
+        },
+    },
+}
+
+
+def _warm(backend: Backend) -> None:
+    try:
+        backend.warm()
+    except SearchError as exc:  # no library yet, or a model mismatch: the page will say so
+        log.warning("not warming the model: %s", exc)
+    except Exception:
+        log.exception("warming the model failed")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("koclip-search")
+    except PackageNotFoundError:
+        return "0"

@@ -1,0 +1,91 @@
+"""JPEG thumbnails of library photos, made once (EXIF-oriented) and cached in the library folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from PIL import Image
+
+from koclip.preprocess import open_image
+
+log = logging.getLogger("koclip_search.web")
+
+# Long side in pixels: "small" fills a grid cell on a 2x display, "large" the detail view.
+SIZES = {"small": 384, "large": 1600}
+QUALITY = 82
+THUMBS_DIRNAME = "thumbs"
+# The indexer's default --max-megapixels: a photo it indexed is one we may decode.
+MAX_PIXELS = 100_000_000
+
+
+class ThumbnailCache:
+    """`<library>/thumbs/<size>/<photo id>-<content hash>.jpg`, written atomically.
+
+    The content hash in the name means a rebuilt library (ids start over) or a changed
+    file (new id, new hash) never serves a stale picture. A read-only library folder
+    falls back to a private temporary folder.
+    """
+
+    def __init__(self, library_dir: Path) -> None:
+        self.directory = _writable_dir(Path(library_dir) / THUMBS_DIRNAME)
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def path_for(self, photo_id: int, content_hash: str, size: str) -> Path:
+        """Where the thumbnail of one photo at one size lives (it may not exist yet)."""
+        if size not in SIZES:
+            raise ValueError(f"unknown thumbnail size {size!r}")
+        return self.directory / size / f"{int(photo_id)}-{content_hash[:16]}.jpg"
+
+    def get(self, photo_id: int, content_hash: str, source: Path, size: str) -> Path:
+        """The cached thumbnail, made from `source` first if needed; ImageError if it cannot be read."""
+        target = self.path_for(photo_id, content_hash, size)
+        if target.is_file():
+            return target
+        # One maker per file: a page asking for 40 thumbnails twice must not decode 80 photos.
+        with self._lock_for(target.name + size):
+            if not target.is_file():
+                _write_atomic(make_thumbnail(source, SIZES[size]), target)
+        return target
+
+    def _lock_for(self, key: str) -> threading.Lock:
+        with self._guard:
+            if len(self._locks) > 1024:
+                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+            return self._locks.setdefault(key, threading.Lock())
+
+
+def make_thumbnail(source: Path, long_side: int) -> Image.Image:
+    """The photo, EXIF-oriented, shrunk to fit `long_side` (never enlarged)."""
+    # draft decoding: a 12 MP JPEG decodes at 1/4 or 1/8 scale, still >= long_side per side.
+    image = open_image(source, max_pixels=MAX_PIXELS, draft=True, size=(long_side + 1) // 2)
+    image.thumbnail((long_side, long_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image
+
+
+def _write_atomic(image: Image.Image, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, "JPEG", quality=QUALITY, optimize=True, progressive=True)
+        os.replace(tmp, target)  # readers see the old state or the whole file, never half of it
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _writable_dir(preferred: Path) -> Path:
+    try:
+        preferred.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=preferred, prefix=".probe-"):
+            pass
+        return preferred
+    except OSError as exc:
+        fallback = Path(tempfile.mkdtemp(prefix="koclip-thumbs-"))
+        log.warning("cannot write thumbnails to %s (%s); using %s", preferred, exc, fallback)
+        return fallback

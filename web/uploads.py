@@ -1,0 +1,124 @@
+"""Photos sent to the server to search by: size-limited, decoded in memory, never stored on disk."""
+
+from __future__ import annotations
+
+import io
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from koclip import ImageError
+from koclip.preprocess import IMAGE_SIZE, open_image
+from web.errors import ApiError
+from web.thumbnails import MAX_PIXELS
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# Multipart framing around the file: boundaries, headers, a few small form fields.
+_MULTIPART_SLACK = 64 * 1024
+UPLOAD_FIELD = "image"
+
+
+class UploadTooLarge(ApiError):
+    """The request body went past the limit (checked while it streams in)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "too_large", f"the photo is larger than {limit // (1024 * 1024)} MB")
+
+
+def _limited(receive: Callable[[], Awaitable[dict]], limit: int) -> Callable[[], Awaitable[dict]]:
+    """An ASGI `receive` that raises UploadTooLarge once more than `limit` body bytes arrived."""
+    seen = 0
+
+    async def receive_limited() -> dict:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise UploadTooLarge(MAX_UPLOAD_BYTES)
+        return message
+
+    return receive_limited
+
+
+async def read_upload(request: Request, limit: int = MAX_UPLOAD_BYTES) -> bytes:
+    """The image bytes of a request: a raw body (`Content-Type: image/...`) or a multipart
+    form with an `image` field; 413 past `limit`, 400 when there is no image."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + _MULTIPART_SLACK:
+        raise UploadTooLarge(limit)  # refuse before reading a byte
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        limited = Request(request.scope, _limited(request.receive, limit + _MULTIPART_SLACK))
+        # Starlette spools big parts to the system temp folder, never near the photos.
+        async with limited.form(max_files=1, max_fields=16) as form:
+            field = form.get(UPLOAD_FIELD)
+            if not isinstance(field, UploadFile):
+                raise ApiError(400, "no_image", f"the form has no file field {UPLOAD_FIELD!r}")
+            data = await field.read(limit + 1)
+    else:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise UploadTooLarge(limit)
+            chunks.append(chunk)
+        data = b"".join(chunks)
+    if len(data) > limit:
+        raise UploadTooLarge(limit)
+    if not data:
+        raise ApiError(400, "no_image", "no photo was sent")
+    return data
+
+
+def decode_upload(data: bytes) -> Image.Image:
+    """Decode with the indexer's guards (format sniffing, pixel limit, EXIF orientation); 400 if bad."""
+    try:
+        image = open_image(io.BytesIO(data), max_pixels=MAX_PIXELS)
+    except ImageError as exc:
+        raise ApiError(400, "bad_image", f"cannot read the photo: {exc}") from None
+    # Kept in memory for paging: twice the model input per side is all the encoder uses
+    # (the same floor JPEG draft decoding keeps), and a 100 MP PNG would be 300 MB.
+    short = min(image.size)
+    floor = 2 * IMAGE_SIZE
+    if short > floor:
+        scale = floor / short
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image
+
+
+class UploadStore:
+    """The last few decoded uploads by random token, so paging does not send the photo again."""
+
+    def __init__(self, capacity: int = 16) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, image: Image.Image) -> str:
+        """Keep `image` (in memory only) and return its token."""
+        token = secrets.token_urlsafe(12)
+        with self._lock:
+            self._items[token] = image
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return token
+
+    def get(self, token: str) -> Image.Image:
+        """The image behind a token; 404 once it has been evicted."""
+        with self._lock:
+            image = self._items.get(token)
+            if image is not None:
+                self._items.move_to_end(token)
+        if image is None:
+            raise ApiError(
+                404, "upload_expired", "that photo is no longer on the server; send it again"
+            )
+        return image
