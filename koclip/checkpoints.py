@@ -151,6 +151,15 @@ def _resolve_dir(model_id: str, directory: Path) -> CheckpointFiles:
 
 
 def _resolve_hub(named: NamedCheckpoint, cache_dir: str | None) -> CheckpointFiles:
+    """Files of a named checkpoint: from the local hub cache when there, else downloaded.
+
+    The cache is tried first without any network call: a library's vectors are tied to the
+    weights' fingerprint anyway, and a one-shot search must not wait on the hub (or on its
+    retries when offline).
+    """
+    cached = _from_hub_cache(named, cache_dir)
+    if cached is not None:
+        return cached
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -180,8 +189,25 @@ def _resolve_hub(named: NamedCheckpoint, cache_dir: str | None) -> CheckpointFil
         raise
     except Exception as exc:  # the hub client raises many types; one message for all
         raise CheckpointError(f"cannot fetch {named.repo_id}: {exc}") from None
+    return _hub_files(named, config_path, weights)
+
+
+def _from_hub_cache(named: NamedCheckpoint, cache_dir: str | None) -> CheckpointFiles | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    config_path = try_to_load_from_cache(named.repo_id, "config.json", cache_dir=cache_dir)
+    if not isinstance(config_path, str):
+        return None
+    for filename in named.weight_files:
+        weights = try_to_load_from_cache(named.repo_id, filename, cache_dir=cache_dir)
+        if isinstance(weights, str):
+            return _hub_files(named, Path(config_path), Path(weights))
+    return None
+
+
+def _hub_files(named: NamedCheckpoint, config_path: Path, weights: Path) -> CheckpointFiles:
     resolved = _resolve_dir(named.name, config_path.parent)
-    # hf_hub_download returns paths in the snapshot directory; keep the file it found.
+    # A snapshot may hold several weight files; keep the one asked for.
     return CheckpointFiles(
         named.name, config_path.parent, resolved.config, resolved.model_type, weights
     )

@@ -59,13 +59,17 @@ def check_model(manifest: db.Manifest, model: str | None) -> None:
     if model is None:
         return
     from koclip import KoCLIPError, checkpoint_fingerprint, model_id_for
+    from koclip.checkpoints import is_local
 
     if model_id_for(model) == manifest.model_id:
         return
-    try:
-        same = checkpoint_fingerprint(model) == manifest.fingerprint
-    except KoCLIPError as exc:
-        raise ModelMismatchError(f"{exc}") from None
+    same = False
+    if is_local(model):  # a copy of the same weights elsewhere is fine; compare cheaply
+        try:
+            same = checkpoint_fingerprint(model) == manifest.fingerprint
+        except KoCLIPError as exc:
+            raise ModelMismatchError(f"{exc}") from None
+    # A different hub name is refused without downloading its weights to compare.
     if not same:
         raise ModelMismatchError(
             f"the library was built with {manifest.model_id}, not {model}; "

@@ -267,3 +267,21 @@ def test_tiny_embeddings_are_spread(tiny_checkpoint):
     for m in (texts, images):
         cos = m @ m.T
         assert cos[~np.eye(len(m), dtype=bool)].max() < 0.99
+
+
+def test_named_checkpoint_is_read_from_the_hub_cache_without_network(tmp_path, monkeypatch):
+    """A hub snapshot already in the cache is used as is: no download, no network call."""
+    import huggingface_hub
+
+    snapshot = tmp_path / "models--koclip--koclip-base" / "snapshots" / ("a" * 40)
+    build_tiny_checkpoint(snapshot)
+    refs = tmp_path / "models--koclip--koclip-base" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("a" * 40)
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("network used")
+    )
+    files = resolve("koclip-base", cache_dir=str(tmp_path))
+    assert files.model_id == "koclip-base" and files.weights.name == "flax_model.msgpack"
+    enc = load_encoder("koclip-base", towers=("text",), cache_dir=str(tmp_path))
+    assert enc.model_id == "koclip-base" and enc.encode_texts(["고양이"]).shape == (1, 16)

@@ -190,6 +190,21 @@ def test_library_built_with_another_model(
     assert "built with" in result.stderr
 
 
+def test_another_hub_model_is_refused_without_downloading_it(
+    photo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("download attempted")
+    )
+    result = CliRunner().invoke(
+        main, ["search", "바다", "--library", str(photo_root), "--model", "koclip-large"]
+    )
+    _assert_one_line_usage_error(result)
+    assert "built with" in result.stderr
+
+
 def _assert_one_line_usage_error(result) -> None:
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     assert isinstance(result.exception, SystemExit)  # no traceback
