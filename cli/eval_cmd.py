@@ -54,7 +54,7 @@ def eval_command(
     \b
         koclip-search eval xm3600-ko.jsonl --images xm3600/images --json
     """
-    from indexer.progress import ProgressBar
+    from cli.progress import ProgressBar
     from koclip import KoCLIPError
     from search import SearchError
     from search.captions import CaptionsError

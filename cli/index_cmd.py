@@ -57,9 +57,9 @@ def index_command(
         koclip-search index ~/Pictures --exclude '*/screenshots/*'
     """
     # Imported here: jax and friends cost every other command their start-up time otherwise.
+    from cli.progress import ProgressBar
     from db import LibraryError
     from indexer import IndexOptions, index_photos
-    from indexer.progress import ProgressBar
     from koclip import KoCLIPError
 
     options = IndexOptions(

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any
 
 import click
 
 from cli.main import main
-
-if TYPE_CHECKING:
-    from search.training import TrainProgress
+from cli.progress import TrainBar
 
 
 class WarmupType(click.ParamType):
@@ -33,53 +30,6 @@ class WarmupType(click.ParamType):
         if number < 0 or (number >= 1 and number != int(number)):
             self.fail(f"{value!r}: give a whole number of steps or a fraction below 1", param, ctx)
         return number
-
-
-class TrainBar:
-    """One redrawn line (epoch, step, loss, images/s, ETA) and one kept line per finished epoch."""
-
-    def __init__(self, stream: TextIO, *, width: int = 24, min_interval: float = 0.2) -> None:
-        self.stream = stream
-        self.width = width
-        self.min_interval = min_interval
-        self._last_draw = 0.0
-        self._drawn = False
-
-    def __call__(self, p: TrainProgress) -> None:
-        """Progress callback for `search.training.train`."""
-        now = time.monotonic()
-        if p.epoch_done:
-            self._draw(p)
-            val = f", validation mean recall {100 * p.validation.mean:.1f}" if p.validation else ""
-            self.stream.write(f"\n  epoch {p.epoch}/{p.epochs}: loss {p.loss:.4f}{val}\n")
-            self._drawn = False
-        elif now - self._last_draw >= self.min_interval:
-            self._draw(p)
-            self._last_draw = now
-        self.stream.flush()
-
-    def _draw(self, p: TrainProgress) -> None:
-        filled = self.width * p.step // max(p.total_steps, 1)
-        bar = "#" * filled + "." * (self.width - filled)
-        eta = _clock(p.seconds_left) if p.seconds_left is not None else "--:--"
-        self.stream.write(
-            f"\r[{bar}] epoch {p.epoch}/{p.epochs}  step {p.step}/{p.total_steps}  "
-            f"loss {p.loss:.4f}  {p.images_per_sec:5.1f} img/s  ETA {eta} "
-        )
-        self._drawn = True
-
-    def close(self) -> None:
-        """End the bar's line so what follows starts on a fresh one."""
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds + 0.5)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 @main.command("train", short_help="Fine-tune a KoCLIP checkpoint on captioned images.")

@@ -444,7 +444,7 @@ def test_cli_json_summary_and_exit_codes(tmp_path, tiny_checkpoint):
 def test_summary_text_and_progress_bar():
     import io
 
-    from indexer.progress import ProgressBar
+    from cli.progress import ProgressBar
 
     s = Summary(1, 2, 3, 4, 5, tuple((f"f{i}.jpg", "truncated") for i in range(7)), 1.25)
     text = s.to_text(max_reasons=2)
