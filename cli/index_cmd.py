@@ -76,6 +76,14 @@ def index_command(
         summary = index_photos(photo_dir, options, progress=bar)
     except (LibraryError, KoCLIPError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+        click.echo(
+            "Interrupted: every committed batch is kept; run the same command again to resume.",
+            err=True,
+        )
+        sys.exit(130)
     finally:
         if bar:
             bar.close()

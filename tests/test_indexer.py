@@ -457,3 +457,18 @@ def test_summary_text_and_progress_bar():
     bar.close()
     assert "4/4 files" in out.getvalue() and "img/s" in out.getvalue()
     assert out.getvalue().endswith("\n")
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import indexer
+    from cli.main import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(indexer, "index_photos", interrupted)
+    result = CliRunner().invoke(main, ["index", str(tmp_path)])
+    assert result.exit_code == 130
+    assert "run the same command again to resume" in result.output
