@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
+from cli.common import captions_arguments, echo_summary
 from cli.main import main
 
 
 @main.command("eval", short_help="Recall@1/5/10 of a model on captioned images.")
-@click.argument("captions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--images",
-    "images_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder the captions' image paths are relative to.",
-)
+@captions_arguments
 @click.option(
     "--model",
     default="koclip-base",
@@ -76,7 +69,4 @@ def eval_command(
     finally:
         if bar:
             bar.close()
-    if as_json:
-        click.echo(json.dumps(recall.to_json(), ensure_ascii=False))
-    else:
-        click.echo(recall.to_text())
+    echo_summary(recall, as_json)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
+from cli.common import echo_summary
 from cli.main import main
 
 
@@ -87,7 +87,4 @@ def index_command(
     finally:
         if bar:
             bar.close()
-    if as_json:
-        click.echo(json.dumps(summary.to_json(), ensure_ascii=False))
-    else:
-        click.echo(summary.to_text())
+    echo_summary(summary, as_json)

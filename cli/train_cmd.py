@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from cli.common import captions_arguments, echo_summary
 from cli.main import main
 from cli.progress import TrainBar
 
@@ -33,14 +33,7 @@ class WarmupType(click.ParamType):
 
 
 @main.command("train", short_help="Fine-tune a KoCLIP checkpoint on captioned images.")
-@click.argument("captions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--images",
-    "images_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder the captions' image paths are relative to.",
-)
+@captions_arguments
 @click.option(
     "--from",
     "base_model",
@@ -149,7 +142,4 @@ def train_command(
     finally:
         if bar:
             bar.close()
-    if as_json:
-        click.echo(json.dumps(summary.to_json(), ensure_ascii=False))
-    else:
-        click.echo(summary.to_text())
+    echo_summary(summary, as_json)

@@ -1,0 +1,38 @@
+"""Pieces several commands share: the captions arguments and how a summary is printed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import click
+
+
+class Summary(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+    def to_text(self) -> str: ...
+
+
+def captions_arguments(command: Callable[..., Any]) -> Callable[..., Any]:
+    """CAPTIONS (JSON Lines) and --images, as `eval` and `train` take them."""
+    command = click.option(
+        "--images",
+        "images_dir",
+        required=True,
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="Folder the captions' image paths are relative to.",
+    )(command)
+    return click.argument("captions", type=click.Path(exists=True, dir_okay=False, path_type=Path))(
+        command
+    )
+
+
+def echo_summary(summary: Summary, as_json: bool) -> None:
+    """A run's summary: JSON (UTF-8, Hangul as is) or the human text."""
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), ensure_ascii=False))
+    else:
+        click.echo(summary.to_text())
