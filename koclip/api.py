@@ -12,7 +12,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,7 +20,6 @@ import numpy as np
 from PIL import Image
 
 from koclip.checkpoints import (
-    TOKENIZER_FILES,
     CheckpointFiles,
     load_params,
     load_tokenizer,
@@ -340,13 +338,7 @@ def load_encoder(
 ) -> KoCLIPEncoder:
     """Batch encoders; load only the towers you need (search: text; indexing: vision)."""
     files, model = _load(name_or_path, towers, cache_dir)
-    tokenizer = load_wordpiece(_tokenizer_dir(files), cache_dir) if "text" in towers else None
+    tokenizer = load_wordpiece(files.directory, cache_dir) if "text" in towers else None
     return KoCLIPEncoder(
         model, tokenizer, model_id_for(name_or_path), files.fingerprint, batch_size=batch_size
-    )
-
-
-def _tokenizer_dir(files: CheckpointFiles) -> Path | None:
-    return (
-        files.directory if any((files.directory / f).is_file() for f in TOKENIZER_FILES) else None
     )

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -28,9 +29,9 @@ from koclip.convert import params_from_flax, params_from_pt
 from koclip.errors import CheckpointError
 from koclip.safetensors_mmap import SafetensorsFormatError, open_mmap
 from koclip.safetensors_mmap import save as save_safetensors
+from koclip.tokenizer import TOKENIZER_FALLBACK
 from koclip.tree import flatten, unflatten
 
-TOKENIZER_FALLBACK = "klue/roberta-large"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 WEIGHT_FILES = (
     "flax_model.msgpack",
@@ -457,7 +458,7 @@ def save_checkpoint(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        flat_params = {k: np.asarray(v, dtype=np.float32) for k, v in _flatten(params).items()}
+        flat_params = {k: np.asarray(v, dtype=np.float32) for k, v in flatten(params).items()}
         blob = serialization.to_bytes(unflatten(flat_params))
         _write_synced(tmp / "flax_model.msgpack", blob)
         cfg = json.dumps(config.to_hybrid_clip_json(), indent=2, ensure_ascii=False)
@@ -473,21 +474,13 @@ def save_checkpoint(
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         if old is not None:
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from None
     finally:
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _flatten(params: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
-    return flatten(params)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
