@@ -29,6 +29,7 @@ from koclip.checkpoints import (
 from koclip.config import KoCLIPConfig
 from koclip.errors import KoCLIPError
 from koclip.model import KoCLIPModule, TextEncoderModule, VisionEncoderModule, l2_normalize
+from koclip.numpy_text import ensemble
 from koclip.preprocess import DEFAULT_PROMPT, apply_prompt, nfc, preprocess
 from koclip.tokenizer import WordPieceTokenizer, load_wordpiece
 
@@ -278,12 +279,7 @@ class KoCLIPEncoder:
         if self.tokenizer is None:
             raise KoCLIPError("the text tower was not loaded; pass towers=(..., 'text')")
         if prompt is not None and not isinstance(prompt, str):
-            templates = list(prompt)
-            if not templates:
-                raise ValueError("give at least one prompt template, or prompt=None")
-            stacked = np.stack([self.encode_texts(texts, t) for t in templates])
-            mean = stacked.mean(axis=0)
-            return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
+            return ensemble([self.encode_texts(texts, t) for t in prompt])
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)
         if not n:

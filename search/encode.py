@@ -17,6 +17,10 @@ from search.errors import ModelMismatchError, QueryError, QueryImageError
 from search.query import nfc
 
 TEXT_CACHE_SIZE = 256
+# "jax": the jitted text tower, fastest per query once compiled (serve, the Python API).
+# "numpy": no JAX import, tracing or compile, ~1.5 s less to a one-shot process's first answer
+# and ~1.6x the jitted forward pass after that (koclip/numpy_text.py): the CLI's choice.
+TEXT_BACKENDS = ("jax", "numpy")
 # Every jitted program is worth caching: a second `koclip-search search` should not
 # compile the text tower again, and XLA:CPU compiles are ~1 s while loads are ~10 ms.
 MIN_COMPILE_SECS = 0.0
@@ -159,9 +163,16 @@ class QueryEncoder:
     """Turns query texts and images into unit vectors with the library's own model."""
 
     def __init__(
-        self, manifest: db.Manifest, cache_size: int = TEXT_CACHE_SIZE, persistent: bool = True
+        self,
+        manifest: db.Manifest,
+        cache_size: int = TEXT_CACHE_SIZE,
+        persistent: bool = True,
+        text_backend: str = "jax",
     ) -> None:
+        if text_backend not in TEXT_BACKENDS:
+            raise ValueError(f"text_backend must be one of {TEXT_BACKENDS}, not {text_backend!r}")
         self.manifest = manifest
+        self.text_backend = text_backend
         self.cache = TextCache(cache_size)
         self.disk = DiskTextCache() if persistent else None
         self._encoders: dict[str, Any] = {}
@@ -176,11 +187,18 @@ class QueryEncoder:
 
     def _load(self, tower: str) -> Any:
         if tower not in self._encoders:
-            from koclip import KoCLIPError, load_encoder
+            from koclip import KoCLIPError
 
-            enable_compilation_cache()
             try:
-                enc = load_encoder(self.manifest.model_id, towers=(tower,))
+                if tower == "text" and self.text_backend == "numpy":
+                    from koclip.numpy_text import load_text_encoder
+
+                    enc = load_text_encoder(self.manifest.model_id)
+                else:
+                    from koclip import load_encoder
+
+                    enable_compilation_cache()
+                    enc = load_encoder(self.manifest.model_id, towers=(tower,))
             except KoCLIPError as exc:
                 raise ModelMismatchError(f"cannot load the library's model: {exc}") from None
             if enc.fingerprint != self.manifest.fingerprint:

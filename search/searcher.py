@@ -64,6 +64,9 @@ class _Query:
 class Searcher:
     """Search one library; loads only the model tower a query needs.
 
+    `disk_cache` keeps text embeddings across processes; `text_backend="numpy"` encodes text
+    without JAX (quicker to a first answer, slower per query after: for one-shot scripts).
+
     Example:
 
         with Searcher("~/Pictures") as searcher:
@@ -78,16 +81,19 @@ class Searcher:
         model: str | None = None,
         cache_size: int = 256,
         disk_cache: bool = False,
+        text_backend: str = "jax",
     ) -> None:
         self.directory = find_library(library)
         self.library, self.manifest = open_library(self.directory)
         try:
             check_model(self.manifest, model)
             self.photo_root = self.library.photo_root()
+            self.encoder = QueryEncoder(
+                self.manifest, cache_size, persistent=disk_cache, text_backend=text_backend
+            )
         except BaseException:
             self.library.close()
             raise
-        self.encoder = QueryEncoder(self.manifest, cache_size, persistent=disk_cache)
         self.index = IndexView(self.library, self.manifest.index_type, self.manifest.dim)
 
     # -- queries ------------------------------------------------------------------------------

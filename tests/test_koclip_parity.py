@@ -130,3 +130,59 @@ def test_batch_encoders_match_model_and_ignore_padding(tiny_checkpoint):
     np.testing.assert_allclose(batch, singles, atol=1e-5)
     ref_t = np.asarray(model(**processor(text=texts, images=images[:1])).text_embeds)
     np.testing.assert_allclose(batch, ref_t, atol=1e-5)
+
+
+# --- the numpy text tower (one-shot CLI queries) ------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["msgpack", "safetensors"])
+def test_numpy_text_tower_matches_pytorch(tmp_path, fmt):
+    from koclip.numpy_text import load_text_encoder, text_features
+
+    config = KoCLIPConfig.tiny(vocab_size=len(tiny_vocab()))
+    params = random_params(config, seed=4)
+    write_checkpoint(tmp_path, config, params, fmt=fmt)
+    _, processor = load_koclip(str(tmp_path))
+    inputs = processor(text=TEXTS, images=random_images(1), return_tensors="np", padding=True)
+    assert inputs["attention_mask"].min() == 0, "the batch must exercise padding"
+    ref = reference_outputs(torch_model(config, params), inputs)
+
+    enc = load_text_encoder(str(tmp_path))
+    got = text_features(config, enc.params, inputs["input_ids"], inputs["attention_mask"])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref["text_features"], atol=ATOL)
+    np.testing.assert_allclose(enc.encode_texts(TEXTS, prompt=None), ref["text_embeds"], atol=ATOL)
+
+
+def test_numpy_text_encoder_matches_the_jitted_one(tiny_checkpoint):
+    """Same vectors as `KoCLIPEncoder` for every prompt mode, batched or one by one."""
+    from koclip import load_encoder
+    from koclip.numpy_text import load_text_encoder
+
+    jitted = load_encoder(str(tiny_checkpoint), towers=("text",))
+    plain = load_text_encoder(str(tiny_checkpoint))
+    plain.batch_size = 2  # several chunks, each padded to its own longest text
+    assert plain.fingerprint == jitted.fingerprint and plain.dim == jitted.dim
+    texts = ["소파 위에 고양이", "dog", "바닷가에서 노는 강아지와 아이들", "자동차", " 사진 "]
+    for prompt in ("이것은 {} 이다.", None, ["이것은 {} 이다.", "{} 사진"]):
+        got = plain.encode_texts(texts, prompt=prompt)
+        np.testing.assert_allclose(got, jitted.encode_texts(texts, prompt=prompt), atol=1e-5)
+        singles = np.concatenate([plain.encode_texts([t], prompt=prompt) for t in texts])
+        np.testing.assert_allclose(got, singles, atol=1e-5)
+    assert plain.encode_texts([]).shape == (0, plain.dim)
+    with pytest.raises(ValueError, match="template"):
+        plain.encode_texts(texts, prompt=[])
+
+
+def test_numpy_erf_and_gelu():
+    import math
+
+    import jax
+
+    from koclip.numpy_text import erf, gelu
+
+    x = np.linspace(-8, 8, 40_001, dtype=np.float32)
+    exact = np.array([math.erf(v) for v in x.astype(np.float64)])
+    assert erf(x).dtype == np.float32
+    assert np.abs(erf(x) - exact).max() < 1e-6  # 1.5e-7 for the formula, the rest float32
+    np.testing.assert_allclose(gelu(x), np.asarray(jax.nn.gelu(x, approximate=False)), atol=1e-6)

@@ -211,3 +211,38 @@ def _assert_one_line_usage_error(result) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     assert result.stdout == ""
+
+
+def test_one_shot_text_search_runs_without_jax(photo_root: Path) -> None:
+    """The CLI encodes new text with the numpy tower: JAX is never imported, same answer."""
+    import os
+    import subprocess
+    import sys
+
+    from search import Searcher
+
+    query = "비 오는 거리의 빨간 우산"  # asked nowhere else: the on-disk cache misses
+    script = (
+        "import sys; from cli.main import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as exit:\n    assert not exit.code, exit\n"
+        "print('JAX' if 'jax' in sys.modules else 'NO-JAX')\n"
+    )
+    args = ["search", query, "--library", str(photo_root), "-k", "5", "--json"]
+    repo = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        env=dict(os.environ, PYTHONPATH=repo),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    *results, marker = done.stdout.splitlines()
+    assert marker == "NO-JAX"
+    with Searcher(photo_root) as s:  # the jitted text tower
+        expected = s.text(query, k=5).to_json()
+    got = json.loads("\n".join(results))
+    assert [r["path"] for r in got["results"]] == [r["path"] for r in expected["results"]]
+    for a, b in zip(got["results"], expected["results"], strict=True):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
