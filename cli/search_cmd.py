@@ -124,10 +124,10 @@ def _open(library: str | None, model: str | None) -> Searcher:
     from search import Searcher
 
     # One-shot processes keep text embeddings on disk: a repeated query (paging with
-    # --offset, a re-run) then needs no text tower at all. A new text goes through the numpy
-    # text tower: for a handful of texts, importing JAX and loading its compiled program
-    # costs far more than the forward pass it speeds up.
-    return Searcher(library, model=model, disk_cache=True, text_backend="numpy")
+    # --offset, a re-run) then needs no text tower at all. New texts and query images go
+    # through the numpy towers: for a handful of queries, importing JAX and loading its
+    # compiled program costs far more than the forward passes it speeds up.
+    return Searcher(library, model=model, disk_cache=True, backend="numpy")
 
 
 def _check_output(as_json: bool, as_paths: bool) -> None:

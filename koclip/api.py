@@ -29,7 +29,7 @@ from koclip.checkpoints import (
 from koclip.config import KoCLIPConfig
 from koclip.errors import KoCLIPError
 from koclip.model import KoCLIPModule, TextEncoderModule, VisionEncoderModule, l2_normalize
-from koclip.numpy_text import ensemble
+from koclip.numpy_encoder import ensemble
 from koclip.preprocess import DEFAULT_PROMPT, apply_prompt, nfc, preprocess
 from koclip.tokenizer import WordPieceTokenizer, load_wordpiece
 

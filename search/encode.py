@@ -17,10 +17,10 @@ from search.errors import ModelMismatchError, QueryError, QueryImageError
 from search.query import nfc
 
 TEXT_CACHE_SIZE = 256
-# "jax": the jitted text tower, fastest per query once compiled (serve, the Python API).
+# "jax": the jitted towers, fastest per query once compiled (serve, the Python API).
 # "numpy": no JAX import, tracing or compile, ~1.5 s less to a one-shot process's first answer
-# and ~1.6x the jitted forward pass after that (koclip/numpy_text.py): the CLI's choice.
-TEXT_BACKENDS = ("jax", "numpy")
+# and ~2x the jitted forward pass after that (koclip/numpy_encoder.py): the CLI's choice.
+BACKENDS = ("jax", "numpy")
 # Every jitted program is worth caching: a second `koclip-search search` should not
 # compile the text tower again, and XLA:CPU compiles are ~1 s while loads are ~10 ms.
 MIN_COMPILE_SECS = 0.0
@@ -167,12 +167,12 @@ class QueryEncoder:
         manifest: db.Manifest,
         cache_size: int = TEXT_CACHE_SIZE,
         persistent: bool = True,
-        text_backend: str = "jax",
+        backend: str = "jax",
     ) -> None:
-        if text_backend not in TEXT_BACKENDS:
-            raise ValueError(f"text_backend must be one of {TEXT_BACKENDS}, not {text_backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         self.manifest = manifest
-        self.text_backend = text_backend
+        self.backend = backend
         self.cache = TextCache(cache_size)
         self.disk = DiskTextCache() if persistent else None
         self._encoders: dict[str, Any] = {}
@@ -190,10 +190,10 @@ class QueryEncoder:
             from koclip import KoCLIPError
 
             try:
-                if tower == "text" and self.text_backend == "numpy":
-                    from koclip.numpy_text import load_text_encoder
+                if self.backend == "numpy":
+                    from koclip.numpy_encoder import load_numpy_encoder
 
-                    enc = load_text_encoder(self.manifest.model_id)
+                    enc = load_numpy_encoder(self.manifest.model_id, towers=(tower,))
                 else:
                     from koclip import load_encoder
 

@@ -64,7 +64,7 @@ class _Query:
 class Searcher:
     """Search one library; loads only the model tower a query needs.
 
-    `disk_cache` keeps text embeddings across processes; `text_backend="numpy"` encodes text
+    `disk_cache` keeps text embeddings across processes; `backend="numpy"` encodes queries
     without JAX (quicker to a first answer, slower per query after: for one-shot scripts).
 
     Example:
@@ -81,7 +81,7 @@ class Searcher:
         model: str | None = None,
         cache_size: int = 256,
         disk_cache: bool = False,
-        text_backend: str = "jax",
+        backend: str = "jax",
     ) -> None:
         self.directory = find_library(library)
         self.library, self.manifest = open_library(self.directory)
@@ -89,7 +89,7 @@ class Searcher:
             check_model(self.manifest, model)
             self.photo_root = self.library.photo_root()
             self.encoder = QueryEncoder(
-                self.manifest, cache_size, persistent=disk_cache, text_backend=text_backend
+                self.manifest, cache_size, persistent=disk_cache, backend=backend
             )
         except BaseException:
             self.library.close()

@@ -8,7 +8,7 @@ import pytest
 from koclip import load_koclip
 from koclip.config import KoCLIPConfig
 from koclip.convert import params_to_pt
-from koclip.testing import random_params, tiny_vocab, write_checkpoint
+from koclip.testing import build_tiny_checkpoint, random_params, tiny_vocab, write_checkpoint
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -132,57 +132,88 @@ def test_batch_encoders_match_model_and_ignore_padding(tiny_checkpoint):
     np.testing.assert_allclose(batch, ref_t, atol=1e-5)
 
 
-# --- the numpy text tower (one-shot CLI queries) ------------------------------------------------
+# --- the numpy towers (one-shot CLI queries) ----------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["msgpack", "safetensors"])
-def test_numpy_text_tower_matches_pytorch(tmp_path, fmt):
-    from koclip.numpy_text import load_text_encoder, text_features
+@pytest.mark.parametrize(("vision", "fmt"), [("clip", "msgpack"), ("vit", "safetensors")])
+def test_numpy_towers_match_pytorch(tmp_path, vision, fmt):
+    from koclip.numpy_encoder import image_features, load_numpy_encoder, text_features
 
-    config = KoCLIPConfig.tiny(vocab_size=len(tiny_vocab()))
+    config = KoCLIPConfig.tiny(vision=vision, vocab_size=len(tiny_vocab()))
     params = random_params(config, seed=4)
     write_checkpoint(tmp_path, config, params, fmt=fmt)
     _, processor = load_koclip(str(tmp_path))
-    inputs = processor(text=TEXTS, images=random_images(1), return_tensors="np", padding=True)
+    images = random_images(3)
+    inputs = processor(text=TEXTS, images=images, return_tensors="np", padding=True)
     assert inputs["attention_mask"].min() == 0, "the batch must exercise padding"
     ref = reference_outputs(torch_model(config, params), inputs)
 
-    enc = load_text_encoder(str(tmp_path))
+    enc = load_numpy_encoder(str(tmp_path), towers=("text", "vision"))
+    assert enc.towers == {"text", "vision"}
     got = text_features(config, enc.params, inputs["input_ids"], inputs["attention_mask"])
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, ref["text_features"], atol=ATOL)
+    got = image_features(config, enc.params, inputs["pixel_values"])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref["image_features"], atol=ATOL)
     np.testing.assert_allclose(enc.encode_texts(TEXTS, prompt=None), ref["text_embeds"], atol=ATOL)
+    np.testing.assert_allclose(enc.encode_images(images), ref["image_embeds"], atol=ATOL)
 
 
-def test_numpy_text_encoder_matches_the_jitted_one(tiny_checkpoint):
+@pytest.mark.parametrize("vision", ["clip", "vit"])
+def test_numpy_encoder_matches_the_jitted_one(tmp_path, vision):
     """Same vectors as `KoCLIPEncoder` for every prompt mode, batched or one by one."""
     from koclip import load_encoder
-    from koclip.numpy_text import load_text_encoder
+    from koclip.numpy_encoder import load_numpy_encoder
 
-    jitted = load_encoder(str(tiny_checkpoint), towers=("text",))
-    plain = load_text_encoder(str(tiny_checkpoint))
+    path = build_tiny_checkpoint(tmp_path, vision=vision, fmt="safetensors", seed=6)
+    jitted = load_encoder(str(path))
+    plain = load_numpy_encoder(str(path), towers=("text", "vision"))
     plain.batch_size = 2  # several chunks, each padded to its own longest text
-    assert plain.fingerprint == jitted.fingerprint and plain.dim == jitted.dim
+    assert (plain.fingerprint, plain.dim, plain.model_id) == (
+        jitted.fingerprint,
+        jitted.dim,
+        jitted.model_id,
+    )
     texts = ["소파 위에 고양이", "dog", "바닷가에서 노는 강아지와 아이들", "자동차", " 사진 "]
     for prompt in ("이것은 {} 이다.", None, ["이것은 {} 이다.", "{} 사진"]):
         got = plain.encode_texts(texts, prompt=prompt)
         np.testing.assert_allclose(got, jitted.encode_texts(texts, prompt=prompt), atol=1e-5)
         singles = np.concatenate([plain.encode_texts([t], prompt=prompt) for t in texts])
         np.testing.assert_allclose(got, singles, atol=1e-5)
-    assert plain.encode_texts([]).shape == (0, plain.dim)
+    images = random_images(5, seed=2)
+    np.testing.assert_allclose(plain.encode_images(images), jitted.encode_images(images), atol=1e-5)
+    assert plain.encode_texts([]).shape == plain.encode_images([]).shape == (0, plain.dim)
     with pytest.raises(ValueError, match="template"):
         plain.encode_texts(texts, prompt=[])
+    with pytest.raises(ValueError, match="pixel_values"):
+        plain.encode_pixels(np.zeros((1, 32, 32, 3), np.float32))
 
 
-def test_numpy_erf_and_gelu():
+def test_numpy_encoder_holds_only_the_towers_asked_for(tiny_checkpoint):
+    from koclip import KoCLIPError
+    from koclip.numpy_encoder import load_numpy_encoder
+
+    text_only = load_numpy_encoder(str(tiny_checkpoint), towers=("text",))
+    assert text_only.towers == {"text"} and "vision_model" not in text_only.params
+    with pytest.raises(KoCLIPError, match="vision tower was not loaded"):
+        text_only.encode_images(random_images(1))
+    vision_only = load_numpy_encoder(str(tiny_checkpoint), towers=("vision",))
+    assert vision_only.towers == {"vision"} and vision_only.tokenizer is None
+    with pytest.raises(KoCLIPError, match="text tower was not loaded"):
+        vision_only.encode_texts(["자동차"])
+
+
+def test_numpy_activations():
     import math
 
     import jax
 
-    from koclip.numpy_text import erf, gelu
+    from koclip.numpy_encoder import erf, gelu, quick_gelu
 
     x = np.linspace(-8, 8, 40_001, dtype=np.float32)
     exact = np.array([math.erf(v) for v in x.astype(np.float64)])
-    assert erf(x).dtype == np.float32
+    assert erf(x).dtype == gelu(x).dtype == quick_gelu(x).dtype == np.float32
     assert np.abs(erf(x) - exact).max() < 1e-6  # 1.5e-7 for the formula, the rest float32
     np.testing.assert_allclose(gelu(x), np.asarray(jax.nn.gelu(x, approximate=False)), atol=1e-6)
+    np.testing.assert_allclose(quick_gelu(x), x * np.asarray(jax.nn.sigmoid(1.702 * x)), atol=1e-6)

@@ -99,17 +99,17 @@ def test_text_ranking_matches_brute_force(searcher, reference, encoder, prompt: 
 
 
 @pytest.mark.parametrize("prompt", [True, False])
-def test_numpy_text_backend_ranks_as_brute_force(photo_root, reference, encoder, prompt) -> None:
+def test_numpy_backend_ranks_as_brute_force(photo_root, reference, encoder, prompt) -> None:
     q = _text_vector(encoder, "노을 지는 바다", prompt)
-    with Searcher(photo_root, text_backend="numpy") as s:
+    with Searcher(photo_root, backend="numpy") as s:
         results = s.text("노을 지는 바다", k=5, prompt=prompt)
-        assert s.encoder.text_backend == "numpy"
+        assert s.encoder.backend == "numpy"
     assert_matches(results.hits, reference.ranking(q)[:5], reference.scores(q))
 
 
-def test_unknown_text_backend_is_refused(photo_root) -> None:
-    with pytest.raises(ValueError, match="text_backend"):
-        Searcher(photo_root, text_backend="torch")
+def test_unknown_backend_is_refused(photo_root) -> None:
+    with pytest.raises(ValueError, match="backend"):
+        Searcher(photo_root, backend="torch")
 
 
 def test_nfd_query_is_the_nfc_query(searcher) -> None:

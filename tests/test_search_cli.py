@@ -213,24 +213,20 @@ def _assert_one_line_usage_error(result) -> None:
     assert result.stdout == ""
 
 
-def test_one_shot_text_search_runs_without_jax(photo_root: Path) -> None:
-    """The CLI encodes new text with the numpy tower: JAX is never imported, same answer."""
+def _one_shot(*args: str | Path) -> dict:
+    """Run the CLI in a fresh process; its JSON output, and whether it imported JAX."""
     import os
     import subprocess
     import sys
 
-    from search import Searcher
-
-    query = "비 오는 거리의 빨간 우산"  # asked nowhere else: the on-disk cache misses
     script = (
         "import sys; from cli.main import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as exit:\n    assert not exit.code, exit\n"
         "print('JAX' if 'jax' in sys.modules else 'NO-JAX')\n"
     )
-    args = ["search", query, "--library", str(photo_root), "-k", "5", "--json"]
     repo = str(Path(__file__).resolve().parents[1])
     done = subprocess.run(
-        [sys.executable, "-c", script, *args],
+        [sys.executable, "-c", script, *map(str, args)],
         capture_output=True,
         text=True,
         cwd=repo,
@@ -239,10 +235,28 @@ def test_one_shot_text_search_runs_without_jax(photo_root: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     *results, marker = done.stdout.splitlines()
-    assert marker == "NO-JAX"
-    with Searcher(photo_root) as s:  # the jitted text tower
-        expected = s.text(query, k=5).to_json()
-    got = json.loads("\n".join(results))
+    return {"json": json.loads("\n".join(results)), "jax": marker == "JAX"}
+
+
+def _same_results(got: dict, expected: dict) -> None:
     assert [r["path"] for r in got["results"]] == [r["path"] for r in expected["results"]]
     for a, b in zip(got["results"], expected["results"], strict=True):
         assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_one_shot_queries_run_without_jax(photo_root: Path, tmp_path: Path) -> None:
+    """The CLI encodes new texts and query images with the numpy towers: JAX is never
+    imported, and the answers are the jitted towers' (the Python API's default)."""
+    from PIL import Image
+
+    from search import Searcher
+
+    query = "비 오는 거리의 빨간 우산"  # asked nowhere else: the on-disk text cache misses
+    outside = tmp_path / "밖의 사진.png"
+    Image.open(photo_root / DUPLICATE_OF).rotate(90).save(outside)
+    text = _one_shot("search", query, "--library", photo_root, "-k", "5", "--json")
+    image = _one_shot("similar", outside, "--library", photo_root, "-k", "5", "--json")
+    assert not text["jax"] and not image["jax"]
+    with Searcher(photo_root) as s:
+        _same_results(text["json"], s.text(query, k=5).to_json())
+        _same_results(image["json"], s.image(outside, k=5).to_json())
