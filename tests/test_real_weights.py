@@ -57,3 +57,23 @@ def test_seed_notebook_probabilities(koclip_base):
     probs = np.asarray(jax.nn.softmax(model(**inputs).logits_per_image, axis=1))[0]
     for t, p in zip(text, probs, strict=True):
         assert abs(p - EXPECTED[t]) <= 0.02, (t, p)
+
+
+def test_numpy_towers_match_the_jitted_ones(koclip_base):
+    """The one-shot CLI's numpy towers give the jitted encoders' vectors on the real weights."""
+    from PIL import Image
+
+    from koclip import load_encoder
+    from koclip.numpy_encoder import load_numpy_encoder
+
+    jitted = load_encoder("koclip-base")
+    plain = load_numpy_encoder("koclip-base", towers=("text", "vision"))
+    text = list(EXPECTED)
+    np.testing.assert_allclose(plain.encode_texts(text), jitted.encode_texts(text), atol=1e-4)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))]
+    if CATS.is_file():
+        from koclip import open_image
+
+        images.append(open_image(CATS))
+    np.testing.assert_allclose(plain.encode_images(images), jitted.encode_images(images), atol=1e-4)
