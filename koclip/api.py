@@ -23,8 +23,10 @@ from koclip.checkpoints import (
     CheckpointFiles,
     load_params,
     load_tokenizer,
+    loaded_towers,
     model_id_for,
     resolve,
+    tower_params,
 )
 from koclip.config import KoCLIPConfig
 from koclip.errors import KoCLIPError
@@ -69,20 +71,6 @@ def _image_embeds(config: KoCLIPConfig, params: Any, pixels: jax.Array) -> jax.A
     return l2_normalize(_image_features(config, params, pixels))
 
 
-def _tower_params(params: dict[str, Any], tower: str) -> dict[str, Any]:
-    keys = (
-        ("text_model", "text_projection")
-        if tower == "text"
-        else ("vision_model", "visual_projection")
-    )
-    missing = [k for k in keys if k not in params]
-    if missing:
-        raise KoCLIPError(
-            f"the {tower} tower was not loaded; pass towers=(..., {tower!r}) when loading"
-        )
-    return {k: params[k] for k in keys}
-
-
 class KoCLIP:
     """KoCLIP's dual encoder over a parameter pytree (the seed's `model`)."""
 
@@ -90,9 +78,7 @@ class KoCLIP:
         self.config = config
         # One device_put of the whole tree: far cheaper than an array at a time.
         self.params = jax.device_put(params)
-        self.towers = frozenset(
-            t for t, k in (("text", "text_model"), ("vision", "vision_model")) if k in self.params
-        )
+        self.towers = loaded_towers(self.params)
 
     @property
     def module(self) -> KoCLIPModule:
@@ -136,12 +122,12 @@ class KoCLIP:
     ) -> jax.Array:
         """Projected (unnormalised) text features, as transformers' method of that name."""
         inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, position_ids)
-        return _text_features(self.config, _tower_params(self.params, "text"), *inputs)
+        return _text_features(self.config, tower_params(self.params, "text"), *inputs)
 
     def get_image_features(self, pixel_values) -> jax.Array:
         """Projected (unnormalised) image features; NHWC or NCHW pixels."""
         return _image_features(
-            self.config, _tower_params(self.params, "vision"), self._pixels(pixel_values)
+            self.config, tower_params(self.params, "vision"), self._pixels(pixel_values)
         )
 
     def __call__(
@@ -156,9 +142,9 @@ class KoCLIP:
         if input_ids is None or pixel_values is None:
             raise ValueError("KoCLIP needs both input_ids and pixel_values")
         inputs = self._text_inputs(input_ids, attention_mask, token_type_ids, position_ids)
-        text = _text_embeds(self.config, _tower_params(self.params, "text"), *inputs)
+        text = _text_embeds(self.config, tower_params(self.params, "text"), *inputs)
         image = _image_embeds(
-            self.config, _tower_params(self.params, "vision"), self._pixels(pixel_values)
+            self.config, tower_params(self.params, "vision"), self._pixels(pixel_values)
         )
         per_text = jnp.exp(self.params["logit_scale"]) * text @ image.T
         return KoCLIPOutput(per_text.T, per_text, text, image)
@@ -249,7 +235,7 @@ class KoCLIPEncoder:
         pixels = np.asarray(pixels, dtype=np.float32)
         n = len(pixels)
         out = np.empty((n, self.dim), dtype=np.float32)
-        params = _tower_params(self.model.params, "vision")
+        params = tower_params(self.model.params, "vision")
         for start in range(0, n, self.batch_size):
             chunk = pixels[start : start + self.batch_size]
             size = _bucket(len(chunk), self._batch_buckets)
@@ -284,21 +270,15 @@ class KoCLIPEncoder:
         out = np.empty((n, self.dim), dtype=np.float32)
         if not n:
             return out
-        params = _tower_params(self.model.params, "text")
+        params = tower_params(self.model.params, "text")
         prepared = [apply_prompt(t, prompt) for t in texts]
-        pad_id = self.tokenizer.pad_token_id
         for start in range(0, n, self.batch_size):
             chunk = prepared[start : start + self.batch_size]
             ids_list = self.tokenizer.batch_ids(chunk, self._max_length)
             length = _bucket(max(len(x) for x in ids_list), TEXT_LENGTH_BUCKETS)
-            length = min(length, self._max_length)
-            rows = _bucket(len(chunk), self._batch_buckets)
-            ids = np.full((rows, length), pad_id, dtype=np.int32)
-            mask = np.zeros((rows, length), dtype=np.int32)
-            for i, x in enumerate(ids_list):
-                ids[i, : len(x)] = x
-                mask[i, : len(x)] = 1
-            mask[len(chunk) :, 0] = 1  # padding rows attend to one token: no NaN from empty softmax
+            ids, mask = self.tokenizer.pad(
+                ids_list, min(length, self._max_length), _bucket(len(chunk), self._batch_buckets)
+            )
             types = np.zeros_like(ids)
             positions = np.broadcast_to(np.arange(length, dtype=np.int32), ids.shape)
             emb = _text_embeds(self.model.config, params, ids, mask, types, positions)

@@ -26,7 +26,7 @@ import numpy as np
 
 from koclip.config import KoCLIPConfig
 from koclip.convert import params_from_flax, params_from_pt
-from koclip.errors import CheckpointError
+from koclip.errors import CheckpointError, KoCLIPError
 from koclip.safetensors_mmap import SafetensorsFormatError, open_mmap
 from koclip.safetensors_mmap import save as save_safetensors
 from koclip.tokenizer import TOKENIZER_FALLBACK
@@ -284,6 +284,13 @@ def _read_original(files: CheckpointFiles, towers: tuple[str, ...]) -> dict[str,
     raise CheckpointError(f"{source}: unsupported weights file")
 
 
+# The top-level parameter keys of each tower; `logit_scale` belongs to both.
+TOWER_KEYS = {
+    "text": ("text_model", "text_projection"),
+    "vision": ("vision_model", "visual_projection"),
+}
+
+
 def _select(params: Mapping[str, Any], towers: Iterable[str]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if _tower_of(k) in (*towers, None)}
 
@@ -293,11 +300,21 @@ def _towers_in(params: Mapping[str, Any]) -> set[str]:
 
 
 def _tower_of(top_key: str) -> str | None:
-    if top_key.startswith("text"):
-        return "text"
-    if top_key.startswith("vision") or top_key.startswith("visual"):
-        return "vision"
-    return None  # logit_scale belongs to both
+    return next((t for t, keys in TOWER_KEYS.items() if top_key in keys), None)
+
+
+def loaded_towers(params: Mapping[str, Any]) -> frozenset[str]:
+    """The towers whose parameters are all in `params`."""
+    return frozenset(t for t, keys in TOWER_KEYS.items() if all(k in params for k in keys))
+
+
+def tower_params(params: Mapping[str, Any], tower: str) -> dict[str, Any]:
+    """One tower's top-level parameters; KoCLIPError if that tower was not loaded."""
+    if tower not in loaded_towers(params):
+        raise KoCLIPError(
+            f"the {tower} tower was not loaded; pass towers=(..., {tower!r}) when loading"
+        )
+    return {k: params[k] for k in TOWER_KEYS[tower]}
 
 
 def _read_msgpack(path: Path) -> dict[str, Any]:

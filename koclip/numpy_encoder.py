@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from koclip.checkpoints import load_params, model_id_for, resolve
+from koclip.checkpoints import load_params, loaded_towers, model_id_for, resolve, tower_params
 from koclip.config import KoCLIPConfig, VisionConfig
 from koclip.errors import KoCLIPError
 from koclip.preprocess import DEFAULT_PROMPT, apply_prompt, preprocess
@@ -219,28 +219,18 @@ class NumpyEncoder:
         self.batch_size = batch_size
         self.dim = config.projection_dim
         self.image_size = config.vision.image_size
-        self.towers = frozenset(
-            t
-            for t, keys in (
-                ("text", ("text_model", "text_projection")),
-                ("vision", ("vision_model", "visual_projection")),
-            )
-            if all(k in params for k in keys)
-        )
+        self.towers = loaded_towers(params)
         if tokenizer is not None and "text" not in self.towers:
             raise KoCLIPError("a tokenizer was given but the text tower's parameters are missing")
         self._max_length = min(config.text.max_positions, 512)
-
-    def _need(self, tower: str) -> None:
-        if tower not in self.towers or (tower == "text" and self.tokenizer is None):
-            raise KoCLIPError(f"the {tower} tower was not loaded; pass towers=(..., {tower!r})")
 
     def encode_texts(
         self, texts: Sequence[str], prompt: str | Sequence[str] | None = DEFAULT_PROMPT
     ) -> np.ndarray:
         """(n, dim) unit vectors; NFC, then the prompt template (a list is averaged), unless None."""
-        self._need("text")
-        assert self.tokenizer is not None
+        params = tower_params(self.params, "text")
+        if self.tokenizer is None:
+            raise KoCLIPError("no tokenizer was given for the text tower")
         if prompt is not None and not isinstance(prompt, str):
             return ensemble([self.encode_texts(texts, t) for t in prompt])
         out = np.empty((len(texts), self.dim), np.float32)
@@ -249,26 +239,19 @@ class NumpyEncoder:
             ids_list = self.tokenizer.batch_ids(
                 prepared[start : start + self.batch_size], self._max_length
             )
-            length = max(len(x) for x in ids_list)  # no buckets: nothing is compiled
-            ids = np.full((len(ids_list), length), self.tokenizer.pad_token_id, np.int64)
-            mask = np.zeros((len(ids_list), length), np.int32)
-            for row, x in enumerate(ids_list):
-                ids[row, : len(x)] = x
-                mask[row, : len(x)] = 1
-            features = text_features(self.config, self.params, ids, mask)
+            ids, mask = self.tokenizer.pad(ids_list)  # no buckets: nothing is compiled
+            features = text_features(self.config, params, ids, mask)
             out[start : start + len(ids_list)] = _unit_rows(features)
         return out
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(n, size, size, 3) preprocessed pixels -> (n, dim) unit vectors."""
-        self._need("vision")
+        params = tower_params(self.params, "vision")
         pixels = np.asarray(pixels, np.float32)
         out = np.empty((len(pixels), self.dim), np.float32)
         for start in range(0, len(pixels), self.batch_size):
             chunk = pixels[start : start + self.batch_size]
-            out[start : start + len(chunk)] = _unit_rows(
-                image_features(self.config, self.params, chunk)
-            )
+            out[start : start + len(chunk)] = _unit_rows(image_features(self.config, params, chunk))
         return out
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:

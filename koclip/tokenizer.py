@@ -14,6 +14,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from koclip.errors import CheckpointError
 
 TOKENIZER_FALLBACK = "klue/roberta-large"
@@ -67,6 +69,24 @@ class WordPieceTokenizer:
     def batch_ids(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
         self._tok.enable_truncation(max_length)
         return [e.ids for e in self._tok.encode_batch(list(texts))]
+
+    def pad(
+        self, ids_list: Sequence[Sequence[int]], length: int | None = None, rows: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """int32 `(ids, attention_mask)` of `rows` x `length`, by default just big enough.
+
+        Rows past `ids_list` (padding a batch up to a compiled size) attend to their first
+        token, so no softmax row is empty.
+        """
+        length = length or max(len(x) for x in ids_list)
+        rows = rows or len(ids_list)
+        ids = np.full((rows, length), self.pad_token_id, dtype=np.int32)
+        mask = np.zeros((rows, length), dtype=np.int32)
+        for i, x in enumerate(ids_list):
+            ids[i, : len(x)] = x
+            mask[i, : len(x)] = 1
+        mask[len(ids_list) :, 0] = 1
+        return ids, mask
 
 
 def load_wordpiece(directory: Path | None, cache_dir: str | None = None) -> WordPieceTokenizer:
