@@ -148,6 +148,18 @@ class Spy:
 # -- discovery -------------------------------------------------------------------------------
 
 
+def deny_listing(monkeypatch: pytest.MonkeyPatch, folder_name: str) -> None:
+    """Make listing any folder named `folder_name` fail as an unreadable folder does."""
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith(folder_name):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
 def test_discover_skips_hidden_library_excluded_and_survives_loops(tmp_path, monkeypatch):
     root = tmp_path / "p"
     write_jpeg(root / "a/1.jpg", 1)
@@ -161,14 +173,7 @@ def test_discover_skips_hidden_library_excluded_and_survives_loops(tmp_path, mon
     (root / "broken.jpg").symlink_to(root / "nowhere.jpg")
     lib_elsewhere = root / "lib"
     write_jpeg(lib_elsewhere / "8.jpg", 8)
-    real_scandir = os.scandir
-
-    def scandir(path):
-        if str(path).endswith("locked"):
-            raise PermissionError(13, "Permission denied")
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    deny_listing(monkeypatch, "locked")
     found = list(discover(root, exclude=["raw"], skip=[lib_elsewhere]))
     files = [f.relpath for f in found if isinstance(f, FoundFile)]
     assert files == ["a/1.jpg", "b/3.PNG", "한글/사진.jpg"]
@@ -336,14 +341,7 @@ def test_unreadable_folder_keeps_its_photos(tmp_path, tiny_checkpoint, monkeypat
     write_jpeg(root / "open/1.jpg", 1)
     write_jpeg(root / "locked/2.jpg", 2)
     index(root, tiny_checkpoint)
-    real_scandir = os.scandir
-
-    def scandir(path):
-        if str(path).endswith("locked"):
-            raise PermissionError(13, "Permission denied")
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    deny_listing(monkeypatch, "locked")
     s = index(root, tiny_checkpoint)
     assert s.deleted == 0 and s.failures == (("locked/", "cannot list folder: Permission denied"),)
     with open_lib(root) as lib:
