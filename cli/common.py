@@ -1,7 +1,9 @@
-"""Pieces several commands share: the captions arguments and how a summary is printed."""
+"""Pieces several commands share: domain errors as messages, the captions arguments, and how
+a summary is printed."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,31 @@ class Summary(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
     def to_text(self) -> str: ...
+
+
+class CommandError(click.ClickException):
+    """`Error: message` on stderr and `exit_code`: no usage block, no traceback."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def domain_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Report the product's errors by their class's row (`koclip.errors`): bad input or an
+    unusable library exits 2, a failure of the work 1; anything else is a bug and a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from koclip.errors import KoclipSearchError
+
+        try:
+            return command(*args, **kwargs)
+        except KoclipSearchError as exc:
+            message = str(exc).strip() or type(exc).__name__
+            raise CommandError(message, exc.exit_code) from None
+
+    return wrapper
 
 
 def captions_arguments(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import captions_arguments, echo_summary
+from cli.common import captions_arguments, domain_errors, echo_summary
 from cli.main import main
 
 
@@ -30,6 +30,7 @@ from cli.main import main
     "--workers", type=click.IntRange(min=1), help="Decoding threads (default: one per CPU)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@domain_errors
 def eval_command(
     captions: Path,
     images_dir: Path,
@@ -48,9 +49,6 @@ def eval_command(
         koclip-search eval xm3600-ko.jsonl --images xm3600/images --json
     """
     from cli.progress import ProgressBar
-    from koclip import KoCLIPError
-    from search import SearchError
-    from search.captions import CaptionsError
     from search.evaluate import evaluate
 
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() and not as_json else None
@@ -64,8 +62,6 @@ def eval_command(
             workers=workers,
             progress=bar,
         )
-    except (CaptionsError, KoCLIPError, SearchError) as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         if bar:
             bar.close()

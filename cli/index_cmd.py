@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import echo_summary
+from cli.common import domain_errors, echo_summary
 from cli.main import main
 
 
@@ -39,6 +39,7 @@ from cli.main import main
     "--rebuild", is_flag=True, help="Drop every vector and re-encode all photos (e.g. new model)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@domain_errors
 def index_command(
     photo_dir: Path,
     library: Path | None,
@@ -58,9 +59,7 @@ def index_command(
     """
     # Imported here: jax and friends cost every other command their start-up time otherwise.
     from cli.progress import ProgressBar
-    from db import LibraryError
     from indexer import IndexOptions, index_photos
-    from koclip import KoCLIPError
 
     options = IndexOptions(
         library=library,
@@ -74,8 +73,6 @@ def index_command(
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
         summary = index_photos(photo_dir, options, progress=bar)
-    except (LibraryError, KoCLIPError) as exc:
-        raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         if bar:
             bar.close()

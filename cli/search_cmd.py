@@ -6,33 +6,21 @@ for numpy, faiss or JAX, and `search` only pays for what its query needs.
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from cli.common import CommandError, domain_errors
 from cli.main import main
 
 if TYPE_CHECKING:
     from search import LibraryInfo, Searcher, SearchResults
 
 INDEX_CHOICES = ("auto", "flat", "hnsw", "ivf-sq8")
-
-
-class BadInput(click.UsageError):
-    """Exit code 2 with a one-line message (click's UsageError), without the usage block."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"Error: {self.format_message()}", err=True)
-
-
-def _bad_input(exc: Exception) -> BadInput:
-    return BadInput(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 class OneLineCommand(click.Command):
@@ -45,9 +33,9 @@ class OneLineCommand(click.Command):
             hint = ""
             if not exc.option_name.lstrip("-")[:1].isascii():
                 hint = " (to subtract a term, put a space after the minus: `바다 - 사람`)"
-            raise BadInput(exc.format_message() + hint) from None
+            raise CommandError(exc.format_message() + hint, 2) from None
         except click.UsageError as exc:
-            raise BadInput(exc.format_message()) from None
+            raise CommandError(exc.format_message(), 2) from None
 
 
 def _library_option(f: Callable) -> Callable:
@@ -91,35 +79,6 @@ def _query_options(f: Callable) -> Callable:
     return f
 
 
-def _domain_errors(f: Callable) -> Callable:
-    """Turn search/db/koclip errors into one-line messages: bad input exits 2, failures 1."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import db
-        from search import SearchError
-
-        try:
-            return f(*args, **kwargs)
-        except SearchError as exc:
-            raise _bad_input(exc) from None
-        except db.LibraryLockedError as exc:
-            raise click.ClickException(str(exc)) from None
-        except (db.LibraryNotFoundError, db.SchemaVersionError, db.ManifestMismatchError) as exc:
-            raise _bad_input(exc) from None
-        except db.LibraryError as exc:
-            raise click.ClickException(str(exc)) from None
-        except Exception as exc:
-            # koclip is imported only by queries that need the model; if it was, its errors
-            # (a damaged checkpoint, say) are failures, not tracebacks.
-            koclip = sys.modules.get("koclip")
-            if koclip is not None and isinstance(exc, koclip.KoCLIPError):
-                raise click.ClickException(str(exc)) from None
-            raise
-
-    return wrapper
-
-
 def _open(library: str | None, model: str | None) -> Searcher:
     from search import Searcher
 
@@ -132,7 +91,7 @@ def _open(library: str | None, model: str | None) -> Searcher:
 
 def _check_output(as_json: bool, as_paths: bool) -> None:
     if as_json and as_paths:
-        raise BadInput("--json and --paths cannot be used together")
+        raise CommandError("--json and --paths cannot be used together", 2)
 
 
 def _print_results(results: SearchResults, as_json: bool, as_paths: bool) -> None:
@@ -149,7 +108,7 @@ def _print_results(results: SearchResults, as_json: bool, as_paths: bool) -> Non
 @click.argument("query", nargs=-1, required=True)
 @_query_options
 @click.option("--no-prompt", is_flag=True, help="Encode text as typed, not in the prompt template.")
-@_domain_errors
+@domain_errors
 def search_command(
     query: tuple[str, ...],
     library: str | None,
@@ -193,7 +152,7 @@ def search_command(
 @main.command("similar", cls=OneLineCommand)
 @click.argument("image")
 @_query_options
-@_domain_errors
+@domain_errors
 def similar_command(
     image: str,
     library: str | None,
@@ -225,7 +184,7 @@ def similar_command(
 @main.command("info", cls=OneLineCommand)
 @_library_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_domain_errors
+@domain_errors
 def info_command(library: str | None, as_json: bool) -> None:
     """Photo count, failed files, model, index type, size on disk, last indexed."""
     with _open(library, None) as searcher:
@@ -246,7 +205,7 @@ def info_command(library: str | None, as_json: bool) -> None:
     show_default=True,
     help="flat: exact; hnsw / ivf-sq8: approximate, for large libraries.",
 )
-@_domain_errors
+@domain_errors
 def reindex_command(library: str | None, index_type: str) -> None:
     """Rebuild the FAISS index as another type from the stored vectors (no re-encoding).
 

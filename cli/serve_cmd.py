@@ -9,6 +9,7 @@ import ipaddress
 
 import click
 
+from cli.common import domain_errors
 from cli.main import main
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -51,6 +52,7 @@ def _allowed_hosts(host: str) -> list[str]:
     default="info",
     show_default=True,
 )
+@domain_errors
 def serve_command(
     library: str | None, model: str | None, host: str, port: int, log_level: str
 ) -> None:
@@ -66,7 +68,8 @@ def serve_command(
     """
     import uvicorn
 
-    from search import LibraryError, ModelMismatchError, find_library
+    from db import LibraryError
+    from search import find_library
     from search.library import check_model, open_library
     from web import create_app
 
@@ -77,8 +80,6 @@ def serve_command(
             check_model(manifest, model)  # fail now, not on the first query
         finally:
             lib.close()
-    except ModelMismatchError as exc:
-        raise click.UsageError(str(exc)) from None
     except LibraryError as exc:
         # Serve anyway: the page explains, and picks the library up once it is indexed.
         directory = library

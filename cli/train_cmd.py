@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cli.common import captions_arguments, echo_summary
+from cli.common import captions_arguments, domain_errors, echo_summary
 from cli.main import main
 from cli.progress import TrainBar
 
@@ -115,6 +115,7 @@ class WarmupType(click.ParamType):
     help="Go on from the last checkpoint in --out, if a run left one.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@domain_errors
 def train_command(
     captions: Path, images_dir: Path, base_model: str, out_dir: Path, as_json: bool, **options: Any
 ) -> None:
@@ -126,9 +127,7 @@ def train_command(
     \b
         koclip-search train mine.jsonl --images ~/Pictures --from koclip-base --out ~/koclip-mine
     """
-    from koclip import KoCLIPError
-    from search.captions import CaptionsError
-    from search.training import TrainError, TrainOptions, train
+    from search.training import TrainOptions, train
 
     try:
         opts = TrainOptions(**options)
@@ -137,8 +136,6 @@ def train_command(
     bar = TrainBar(sys.stderr) if sys.stderr.isatty() else None
     try:
         summary = train(captions, images_dir, base_model, out_dir, opts, progress=bar)
-    except (CaptionsError, TrainError, KoCLIPError) as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         if bar:
             bar.close()

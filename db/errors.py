@@ -1,18 +1,28 @@
-"""Domain errors of the library layer; the CLI turns them into messages."""
+"""Domain errors of the library layer; the CLI and the web report them by their class's row."""
 
 from __future__ import annotations
 
+from koclip.errors import KoclipSearchError
 
-class LibraryError(Exception):
+
+class LibraryError(KoclipSearchError):
     """Base class: the library cannot be opened, read or written."""
+
+    exit_code = 2
+    http_status = 503
+    code = "library_error"
 
 
 class LibraryNotFoundError(LibraryError):
-    """No library exists where one was expected."""
+    """No library exists where one was expected (or it has nothing indexed yet)."""
+
+    code = "no_library"
 
 
 class LibraryLockedError(LibraryError):
     """Another process holds the library's writer lock."""
+
+    exit_code = 1
 
 
 class SchemaVersionError(LibraryError):
@@ -22,6 +32,11 @@ class SchemaVersionError(LibraryError):
 class ManifestMismatchError(LibraryError):
     """The library's vectors were made by another model or preprocessing."""
 
+    http_status = 409
+    code = "model_mismatch"
+
 
 class LibraryWriteError(LibraryError):
     """Writing the library failed (disk full, permission denied, ...); nothing was half-written."""
+
+    exit_code = 1

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from koclip.checkpoints import CHECKPOINTS, checkpoint_fingerprint, model_id_for
 from koclip.config import KoCLIPConfig, TextConfig, VisionConfig
-from koclip.errors import CheckpointError, ImageError, KoCLIPError
+from koclip.errors import CheckpointError, ImageError, KoCLIPError, KoclipSearchError
 from koclip.preprocess import DEFAULT_PROMPT, PREPROCESS_VERSION, open_image, preprocess
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ __all__ = [
     "KoCLIPConfig",
     "KoCLIPEncoder",
     "KoCLIPError",
+    "KoclipSearchError",
     "KoCLIPOutput",
     "KoCLIPProcessor",
     "TextConfig",

@@ -1,8 +1,25 @@
-"""The exceptions `koclip` raises; callers turn them into messages."""
+"""The product's error hierarchy, rooted here because `koclip` is the lowest layer.
+
+Each class says how it is reported, so the CLI and the web read one table:
+`exit_code` (2: an argument or the library cannot be used as given; 1: the work failed),
+`http_status`, and `code`, a stable key the web page maps to Korean/English text.
+Subclasses inherit their parent's row unless they override it.
+"""
 
 
-class KoCLIPError(Exception):
-    """Base class for every error this package raises on purpose."""
+class KoclipSearchError(Exception):
+    """Base class for every error the product raises on purpose."""
+
+    exit_code = 1
+    http_status = 500
+    code = "internal"
+
+
+class KoCLIPError(KoclipSearchError):
+    """Base class for every error this package raises on purpose (a model or checkpoint failure)."""
+
+    http_status = 503
+    code = "model_error"
 
 
 class CheckpointError(KoCLIPError):
@@ -11,3 +28,7 @@ class CheckpointError(KoCLIPError):
 
 class ImageError(KoCLIPError):
     """An image cannot be decoded; the message is the reason, fit for a user."""
+
+    exit_code = 2
+    http_status = 400
+    code = "bad_image"

@@ -9,7 +9,6 @@ with Searcher("~/Pictures") as searcher:
 
 from search.errors import (
     DateError,
-    LibraryError,
     ModelMismatchError,
     QueryError,
     QueryImageError,
@@ -23,7 +22,6 @@ from search.searcher import Searcher, SearchOptions
 
 __all__ = [
     "DateError",
-    "LibraryError",
     "LibraryInfo",
     "ModelMismatchError",
     "QueryError",

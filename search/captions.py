@@ -13,9 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from koclip.errors import KoclipSearchError
 
-class CaptionsError(Exception):
+
+class CaptionsError(KoclipSearchError):
     """A captions file (or an image it names) cannot be used; the message says where and why."""
+
+    code = "bad_captions"
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,16 @@
-"""Domain errors raised by search/; the CLI turns each into a one-line message and exit code 2."""
+"""Domain errors raised by search/; the library's own errors are `db`'s, the model's `koclip`'s."""
 
 from __future__ import annotations
 
+from koclip.errors import KoclipSearchError
 
-class SearchError(Exception):
-    """Base class for every error search/ raises on bad input or an unusable library."""
+
+class SearchError(KoclipSearchError):
+    """Base class for every error search/ raises on bad input."""
+
+    exit_code = 2
+    http_status = 400
+    code = "bad_query"
 
 
 class QueryError(SearchError):
@@ -14,14 +20,17 @@ class QueryError(SearchError):
 class QueryImageError(QueryError):
     """An image named in a query cannot be read."""
 
+    code = "bad_image"
+
 
 class DateError(QueryError):
     """A --after/--before value is not a date search understands."""
 
-
-class LibraryError(SearchError):
-    """The library cannot be found or opened."""
+    code = "bad_date"
 
 
 class ModelMismatchError(SearchError):
     """The model asked for is not the one the library's vectors were made with."""
+
+    http_status = 409
+    code = "model_mismatch"

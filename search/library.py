@@ -10,7 +10,7 @@ from typing import Any
 
 import db
 from db.library import DB_NAME
-from search.errors import LibraryError, ModelMismatchError
+from search.errors import ModelMismatchError
 
 
 def _is_library(directory: Path) -> bool:
@@ -25,32 +25,31 @@ def find_library(given: str | os.PathLike[str] | None = None, start: Path | None
         for candidate in (path, path / db.LIBRARY_DIRNAME):
             if _is_library(candidate):
                 return candidate
-        raise LibraryError(f"no library at {path} (run `koclip-search index PHOTO_DIR` first)")
+        raise db.LibraryNotFoundError(
+            f"no library at {path} (run `koclip-search index PHOTO_DIR` first)"
+        )
     here = (start or Path.cwd()).absolute()
     for directory in (here, *here.parents):
         for candidate in (directory, directory / db.LIBRARY_DIRNAME):
             if candidate.name == db.LIBRARY_DIRNAME and _is_library(candidate):
                 return candidate
-    raise LibraryError(
+    raise db.LibraryNotFoundError(
         f"no {db.LIBRARY_DIRNAME}/ library in {here} or above; pass --library DIR "
         "or run `koclip-search index PHOTO_DIR` first"
     )
 
 
 def open_library(directory: Path) -> tuple[db.Library, db.Manifest]:
-    """Open a library read-only with its manifest; LibraryError if it is unusable or empty."""
-    try:
-        library = db.Library.open(directory, readonly=True)
-    except db.LibraryError as exc:
-        raise LibraryError(str(exc)) from None
+    """Open a library read-only with its manifest; db.LibraryError if it is unusable or empty."""
+    library = db.Library.open(directory, readonly=True)
     try:
         manifest = library.manifest()
-    except db.LibraryError as exc:
+    except db.LibraryError:
         library.close()
-        raise LibraryError(str(exc)) from None
+        raise
     if manifest is None:
         library.close()
-        raise LibraryError(f"the library at {directory} has nothing indexed yet")
+        raise db.LibraryNotFoundError(f"the library at {directory} has nothing indexed yet")
     return library, manifest
 
 
@@ -58,17 +57,15 @@ def check_model(manifest: db.Manifest, model: str | None) -> None:
     """Refuse a `--model` other than the one the library's vectors were made with."""
     if model is None:
         return
-    from koclip import KoCLIPError, checkpoint_fingerprint, model_id_for
+    from koclip import checkpoint_fingerprint, model_id_for
     from koclip.checkpoints import is_local
 
     if model_id_for(model) == manifest.model_id:
         return
     same = False
     if is_local(model):  # a copy of the same weights elsewhere is fine; compare cheaply
-        try:
-            same = checkpoint_fingerprint(model) == manifest.fingerprint
-        except KoCLIPError as exc:
-            raise ModelMismatchError(f"{exc}") from None
+        # An unreadable checkpoint raises CheckpointError: a model failure, not a mismatch.
+        same = checkpoint_fingerprint(model) == manifest.fingerprint
     # A different hub name is refused without downloading its weights to compare.
     if not same:
         raise ModelMismatchError(
@@ -118,7 +115,9 @@ def describe_library(
     with library.session() as s, s.begin():
         manifest = library.manifest(s)
         if manifest is None:
-            raise LibraryError(f"the library at {library.directory} has nothing indexed yet")
+            raise db.LibraryNotFoundError(
+                f"the library at {library.directory} has nothing indexed yet"
+            )
         photos = s.scalar(select(func.count()).select_from(db.Photo)) or 0
         failed = s.scalar(select(func.count()).select_from(db.Failure)) or 0
         last = s.scalar(select(func.max(db.Photo.indexed_at)))

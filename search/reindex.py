@@ -8,7 +8,6 @@ from pathlib import Path
 
 import db
 from search import ann
-from search.errors import LibraryError
 
 
 @dataclass(frozen=True)
@@ -29,13 +28,13 @@ def reindex(directory: Path, index_type: str = ann.AUTO) -> ReindexReport:
     search always finds a complete index of the type its manifest names.
     """
     if index_type != ann.AUTO and index_type not in ann.INDEX_TYPES:
-        raise LibraryError(
+        raise db.LibraryError(
             f"unknown index type {index_type!r}; choose auto, {', '.join(ann.INDEX_TYPES)}"
         )
     with db.LibraryLock(directory), db.Library.create(directory) as library:
         manifest = library.manifest()
         if manifest is None:
-            raise LibraryError(f"the library at {directory} has nothing indexed yet")
+            raise db.LibraryNotFoundError(f"the library at {directory} has nothing indexed yet")
         kind = index_type
         if kind == ann.AUTO:
             kind = ann.auto_index_type(len(library.photo_ids()))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from koclip.errors import KoclipSearchError
 from search.captions import CaptionRecord, read_captions
 from search.evaluate import MemoryEncoders, Recall, evaluate_records, iter_pixel_batches
 
@@ -34,8 +35,10 @@ FREEZE_CHOICES = ("text", "vision")
 DEFAULT_MAX_LENGTH = 64
 
 
-class TrainError(Exception):
+class TrainError(KoclipSearchError):
     """Training cannot start or go on; the message says why and what to do."""
+
+    code = "train_error"
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import db
+from db import LibraryError
 from search import (
     DateError,
-    LibraryError,
     ModelMismatchError,
     QueryError,
     QueryImageError,

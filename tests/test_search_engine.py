@@ -162,7 +162,7 @@ def test_batches_take_the_blas_path() -> None:
 
 
 def test_reindex_refuses_unknown_types(synthetic) -> None:
-    from search import LibraryError
+    from db import LibraryError
 
     with pytest.raises(LibraryError, match="unknown index type"):
         reindex(db.default_library_dir(synthetic[0]), "lsh")

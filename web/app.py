@@ -27,8 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import Response
 
-from koclip import ImageError
-from search import SearchError, SearchResults
+from koclip import ImageError, KoclipSearchError
+from search import SearchResults
 from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, Options, PhotoInfo
 from web.errors import ApiError, install_handlers
 from web.thumbnails import SIZES
@@ -414,7 +414,7 @@ _IMAGE_BODY = {
 def _warm(backend: Backend) -> None:
     try:
         backend.warm()
-    except SearchError as exc:  # no library yet, or a model mismatch: the page will say so
+    except KoclipSearchError as exc:  # no library yet, another model...: the page will say so
         log.warning("not warming the model: %s", exc)
     except Exception:
         log.exception("warming the model failed")

@@ -102,7 +102,7 @@ class Backend:
     # -- lifetime -------------------------------------------------------------------------
 
     def searcher(self) -> Searcher:
-        """The open Searcher; opens the library on first use (search.LibraryError until one exists)."""
+        """The open Searcher; opens the library on first use (db.LibraryError until one exists)."""
         if self._searcher is None:
             with self._open_lock:
                 if self._searcher is None:

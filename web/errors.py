@@ -9,38 +9,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import db
-from search import DateError, LibraryError, ModelMismatchError, QueryError, QueryImageError
+from koclip.errors import KoclipSearchError
 
 log = logging.getLogger("koclip_search.web")
 
 
-class ApiError(Exception):
-    """An error the page shows: `code` is a stable key the page maps to Korean/English text."""
+class ApiError(KoclipSearchError):
+    """An error only the web raises (a missing photo, an upload too large): its own row."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.http_status = status
         self.code = code
-        self.message = message
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     """The one shape of every error body."""
     return JSONResponse({"error": message, "code": code}, status_code=status)
 
-
-# Domain errors by most specific class first: (class, status, code).
-_DOMAIN = [
-    (DateError, 400, "bad_date"),
-    (QueryImageError, 400, "bad_image"),
-    (QueryError, 400, "bad_query"),
-    (LibraryError, 503, "no_library"),
-    (ModelMismatchError, 409, "model_mismatch"),
-    (db.LibraryNotFoundError, 503, "no_library"),
-    (db.SchemaVersionError, 503, "library_error"),
-    (db.LibraryError, 503, "library_error"),
-]
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
@@ -53,18 +39,10 @@ def _first_line(exc: BaseException) -> str:
 def install_handlers(app: FastAPI) -> None:
     """Turn every exception into a JSON error; tracebacks go to the server log, never the client."""
 
-    @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
-
-    for cls, status, code in _DOMAIN:
-
-        async def _domain(
-            _: Request, exc: Exception, status: int = status, code: str = code
-        ) -> JSONResponse:
-            return error_response(status, code, _first_line(exc))
-
-        app.add_exception_handler(cls, _domain)
+    @app.exception_handler(KoclipSearchError)
+    async def _domain(_: Request, exc: KoclipSearchError) -> JSONResponse:
+        # Status and code are the class's row in the one table (koclip.errors).
+        return error_response(exc.http_status, exc.code, _first_line(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
