@@ -187,20 +187,17 @@ class QueryEncoder:
 
     def _load(self, tower: str) -> Any:
         if tower not in self._encoders:
-            from koclip import KoCLIPError
+            # A damaged or missing checkpoint raises koclip's CheckpointError as it is: that is
+            # a model failure, not a mismatch. Only weights that changed since indexing are one.
+            if self.backend == "numpy":
+                from koclip.numpy_encoder import load_numpy_encoder
 
-            try:
-                if self.backend == "numpy":
-                    from koclip.numpy_encoder import load_numpy_encoder
+                enc = load_numpy_encoder(self.manifest.model_id, towers=(tower,))
+            else:
+                from koclip import load_encoder
 
-                    enc = load_numpy_encoder(self.manifest.model_id, towers=(tower,))
-                else:
-                    from koclip import load_encoder
-
-                    enable_compilation_cache()
-                    enc = load_encoder(self.manifest.model_id, towers=(tower,))
-            except KoCLIPError as exc:
-                raise ModelMismatchError(f"cannot load the library's model: {exc}") from None
+                enable_compilation_cache()
+                enc = load_encoder(self.manifest.model_id, towers=(tower,))
             if enc.fingerprint != self.manifest.fingerprint:
                 raise ModelMismatchError(
                     f"the weights of {self.manifest.model_id} changed since the library was "

@@ -41,6 +41,8 @@ const MESSAGES = {
   bad_request: ["요청이 올바르지 않아요.", "The request is not valid."],
   upload_expired: ["사진을 다시 올려 주세요.", "Please drop the photo again."],
   model_mismatch: ["라이브러리와 다른 모델이에요.", "The model differs from the library's."],
+  model_error: ["모델 파일을 읽을 수 없어요.", "The model's files cannot be read."],
+  library_error: ["라이브러리를 읽을 수 없어요.", "The library cannot be read."],
   not_found: ["사진을 찾을 수 없어요.", "The photo was not found."],
   unreadable: ["사진 파일을 읽을 수 없어요.", "The photo file cannot be read."],
   network: ["서버에 연결할 수 없어요.", "Cannot reach the server."],
