@@ -11,3 +11,7 @@ class CheckpointError(KoCLIPError):
 
 class ImageError(KoCLIPError):
     """An image cannot be decoded; the message is the reason, fit for a user."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than the caller allowed; it was not decoded."""
