@@ -15,7 +15,7 @@ from PIL import Image
 
 from db.content import hash_file
 from indexer.plan import Task
-from koclip.errors import ImageError
+from koclip.errors import ImageError, ImageTooLargeError
 from koclip.preprocess import open_image, preprocess
 
 _ORIENTATION = 0x0112
@@ -62,6 +62,9 @@ def load(
         image = open_image(file.path, max_pixels=max_pixels, draft=True)
         out.pixels = preprocess(image)
         out.width, out.height, out.taken_at = read_metadata(file.path)
+    except ImageTooLargeError as exc:
+        out.error = f"{exc} (raise --max-megapixels to index it)"
+        return out
     except ImageError as exc:
         out.error = str(exc)
         return out

@@ -32,3 +32,7 @@ class ImageError(KoCLIPError):
     exit_code = 2
     http_status = 400
     code = "bad_image"
+
+
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than the caller allowed; it was not decoded."""

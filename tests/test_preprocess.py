@@ -141,3 +141,108 @@ def test_prompt_and_nfc():
     assert apply_prompt(nfd) == "이것은 강아지 이다."
     assert apply_prompt(" dog ", None) == "dog"
     assert apply_prompt("바다", "{} 사진") == "바다 사진"
+
+
+# Thin strips in every format: before the bounded resize, a 1x65000 PNG took 13.8 GB.
+THIN = [
+    ("PNG", 1, 65000),
+    ("PNG", 65000, 1),
+    ("GIF", 3, 65000),
+    ("TIFF", 2, 65000),
+    ("WEBP", 1, 16383),  # WebP's largest side
+    ("JPEG", 1, 65000),
+    ("HEIF", 64, 16384),
+]
+_MEMORY_SCRIPT = """
+import io, resource, sys
+from PIL import Image
+from koclip.preprocess import open_image, preprocess, _register_heif
+
+def vm_bytes():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize"))
+
+_register_heif()
+fmt, w, h = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+buf = io.BytesIO()
+Image.new("RGB", (w, h), (200, 30, 60)).save(buf, fmt)
+data = buf.getvalue()
+# A regression fails with MemoryError here instead of taking the machine's memory.
+limit = vm_bytes() + (1 << 30)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+pixels = preprocess(open_image(io.BytesIO(data)))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(pixels.shape, (after - before) // 1024)
+"""
+
+
+@pytest.mark.parametrize(("fmt", "width", "height"), THIN)
+def test_thin_images_decode_in_bounded_memory(fmt, width, height):
+    import subprocess
+    import sys
+
+    if fmt == "HEIF":
+        pytest.importorskip("pillow_heif")
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, fmt, str(width), str(height)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    shape, grown_mb = done.stdout.rsplit(maxsplit=1)
+    assert shape.replace(" ", "") == "(224,224,3)"
+    assert int(grown_mb) < 200, f"{fmt} {width}x{height} grew RSS by {grown_mb} MB"
+
+
+def whole_resize_then_crop(image: Image.Image, size: int = 224) -> np.ndarray:
+    """The transform done the obvious way: the whole shortest-side resize, then the crop."""
+    w, h = image.size
+    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    full = image.resize(new, Image.Resampling.BICUBIC, reducing_gap=None)
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    return np.asarray(full.crop((left, top, left + size, top + size)))
+
+
+@pytest.mark.parametrize("size", [(4, 1000), (1000, 4), (7, 2000), (3, 900)])
+def test_thin_image_crop_matches_the_whole_resize(size):
+    from koclip.preprocess import EXACT_RESIZE_ASPECT, resize_and_crop
+
+    image = photo_like(*size)
+    assert max(size) / min(size) > EXACT_RESIZE_ASPECT  # the cropped path, still checkable
+    diff = np.abs(np.asarray(resize_and_crop(image), np.int16) - whole_resize_then_crop(image))
+    assert diff.max() <= 4 and diff.mean() < 0.5  # 8-bit rounding between the two passes
+
+
+def test_wide_conversions_run_in_bands():
+    from koclip.preprocess import _BAND_PIXELS
+
+    rows = 3 * (_BAND_PIXELS // 64) + 5  # several bands of a 64-pixel-wide image
+    rgba = Image.new("RGBA", (64, rows), (255, 0, 0, 0))
+    rgba.putpixel((3, rows - 1), (0, 0, 255, 255))
+    rgb = to_rgb(rgba)
+    assert rgb.size == (64, rows)
+    assert rgb.getpixel((0, 0)) == (255, 255, 255)
+    assert rgb.getpixel((3, rows - 1)) == (0, 0, 255)
+    grey = Image.fromarray(np.full((rows, 64), 65535, np.uint16))
+    assert to_rgb(grey).getpixel((10, rows - 2)) == (255, 255, 255)
+
+
+def test_default_pixel_limit_guards_every_caller():
+    from koclip.errors import ImageTooLargeError
+    from koclip.preprocess import MAX_PIXELS
+
+    assert MAX_PIXELS == 100_000_000
+    # A header that claims 15000 x 8000 pixels: refused before any pixel is decoded.
+    header = save(Image.new("L", (1, 1)), "PNG").getvalue()
+    ihdr = header.index(b"IHDR")
+    import struct
+    import zlib
+
+    body = b"IHDR" + struct.pack(">II", 15000, 8000) + header[ihdr + 12 : ihdr + 17]
+    forged = header[: ihdr - 4] + struct.pack(">I", 13) + body
+    forged += struct.pack(">I", zlib.crc32(body)) + header[ihdr + 21 :]
+    with pytest.raises(ImageTooLargeError, match="megapixels") as info:
+        open_image(io.BytesIO(forged))
+    assert "--max-megapixels" not in str(info.value)  # a flag only `index` has
