@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import db
@@ -102,17 +103,44 @@ class IndexView:
 def top_k(
     loaded: LoadedIndex | None, session: Session, flt: Filter, queries: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (scores, ids) per query, best first; ids are -1 once candidates run out."""
+    """Top-k (scores, ids) per query, best first; ids are -1 once candidates run out.
+
+    Callers bound `k` by the library's size (see `candidate_limit`): the arrays are (n, k).
+    """
     if loaded is None:
         # Nothing saved yet (first minutes of a first index run): scan what is committed.
         return _scan_database(session, flt, queries, k)
     if flt.active:
         return _search_filtered(loaded, session, flt, queries, k)
-    if not loaded.index.ntotal:
+    ntotal = loaded.index.ntotal
+    if not ntotal:
         return _empty(len(queries), k)
+    reach = min(k, ntotal)
     with few_query_threads(len(queries)):
-        scores, ids = vectors.search(loaded.index, queries, min(k, loaded.index.ntotal))
+        scores, ids = vectors.search(loaded.index, queries, reach)
+    if (ids < 0).any():
+        # The ANN index could not reach `reach` of its vectors (HNSW's beam, IVF's probed
+        # lists): only an exhaustive scan makes a long page complete.
+        scores, ids = _exhaustive(loaded, session, queries, reach)
     return _pad(scores, ids, k)
+
+
+def candidate_limit(loaded: LoadedIndex | None, session: Session) -> int:
+    """How many distinct candidates a search can return at most (committed or indexed photos)."""
+    committed = session.scalar(select(func.count()).select_from(db.Photo)) or 0
+    return max(committed, 0 if loaded is None else loaded.index.ntotal)
+
+
+def _exhaustive(
+    loaded: LoadedIndex, session: Session, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over every vector: the index's own flat storage, else the stored embeddings."""
+    storage = loaded.flat_storage()
+    if storage is None:
+        return _scan_database(session, Filter(), queries, k)
+    with few_query_threads(len(queries)):
+        scores, rows = storage.search(np.ascontiguousarray(queries, np.float32), k)
+    return scores, np.where(rows >= 0, loaded.ids[np.maximum(rows, 0)], -1)
 
 
 def _search_filtered(

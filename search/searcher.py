@@ -14,7 +14,7 @@ import numpy as np
 import db
 from search.dates import parse_range
 from search.encode import QueryEncoder, combine, open_query_image
-from search.engine import IndexView, top_k
+from search.engine import IndexView, candidate_limit, top_k
 from search.errors import QueryError, QueryImageError
 from search.filters import (
     Filter,
@@ -31,6 +31,8 @@ DEFAULT_K = 20
 # An in-memory image query cannot be matched to its file by bytes; a library photo whose
 # embedding equals it (to float noise between batch shapes) is taken to be the image itself.
 SAME_IMAGE_SCORE = 1 - 1e-4
+# Up to this many candidates a search fetches without first counting the library.
+_CHEAP_FETCH = 4096
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,13 @@ class Searcher:
         )
         loaded = self.index.refresh()
         with self.library.session() as s, s.begin():
+            limit = None
             while True:
+                if fetch > _CHEAP_FETCH:
+                    # Never allocate for more candidates than exist (`-k 10**12` is a page of
+                    # the whole library); one column past the last one tells `_settled` so.
+                    limit = limit or candidate_limit(loaded, s) + 1
+                    fetch = min(fetch, limit)
                 scores, ids = top_k(loaded, s, flt, queries, fetch)
                 rows = self.library.photos_by_id(s, np.unique(ids[ids >= 0]))
                 kept = [

@@ -56,6 +56,16 @@ def test_search_json_matches_the_python_api(photo_root: Path) -> None:
     assert [r["rank"] for r in out["results"]] == [1, 2, 3, 4]
 
 
+def test_search_k_past_the_library_returns_every_photo(photo_root: Path) -> None:
+    for k in ("1000000000000", "9223372036854775807", "99999999999999999999999"):
+        result = run("search", "바다", "--library", photo_root, "-k", k, "--json")
+        assert result.exit_code == 0, result.output
+        paths = [r["path"] for r in json.loads(result.stdout)["results"]]
+        assert len(paths) == len(set(paths)) == len(PHOTOS) + 1  # every photo and the copy
+    result = run("search", "바다", "--library", photo_root, "--offset", "10000000000000", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["results"] == []
+
+
 def test_search_table(photo_root: Path) -> None:
     result = run("search", "소파", "위에", "고양이", "--library", photo_root, "-k", "2")
     assert result.exit_code == 0, result.output

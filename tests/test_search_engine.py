@@ -121,6 +121,27 @@ def test_unfiltered_flat_is_exact_and_pages(synthetic) -> None:
         assert [h.rank for h in pages[1]] == list(range(21, 41))
 
 
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf-sq8"])
+def test_pages_reach_the_whole_library_for_every_index_type(synthetic, tmp_path, kind) -> None:
+    import shutil
+
+    root, ids, vecs, *_ = synthetic
+    copy = tmp_path / "lib"
+    shutil.copytree(root, copy)
+    reindex(db.default_library_dir(copy), kind)
+    q = _vectors(1, 6)[0]
+    ref_ids, _ = _reference(vecs, ids, q, np.ones(N, bool), N)
+    with Searcher(copy) as searcher:
+        # More than exists is the whole library, in exact order, with nothing allocated for
+        # the photos that do not exist (a k of 10**12 once asked numpy for 3.6 TiB).
+        assert [h.photo_id for h in searcher.vector(q, k=10**12)] == ref_ids.tolist()
+        tail = searcher.vector(q, k=20, offset=N - 20)
+        assert [h.photo_id for h in tail] == ref_ids[-20:].tolist()
+        assert [h.rank for h in tail] == list(range(N - 19, N + 1))
+        assert len(searcher.vector(q, k=2**63 - 1, offset=N - 5)) == 5
+        assert not searcher.vector(q, k=10, offset=10**15)
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf-sq8"])
 def test_ann_recall_on_clustered_vectors(kind) -> None:
     rng = np.random.default_rng(3)
