@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +42,16 @@ def domain_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise CommandError(message, exc.exit_code) from None
 
     return wrapper
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses nan and inf (click's FloatRange lets both through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def captions_arguments(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import domain_errors, echo_summary
+from cli.common import FiniteFloat, domain_errors, echo_summary
 from cli.main import main
 
 
@@ -30,7 +30,7 @@ from cli.main import main
 )
 @click.option(
     "--max-megapixels",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=100.0,
     show_default=True,
     help="Larger images are recorded as failed (decompression-bomb guard).",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.common import CommandError, domain_errors
+from cli.common import CommandError, FiniteFloat, domain_errors
 from cli.main import main
 
 if TYPE_CHECKING:
@@ -67,7 +67,9 @@ def _query_options(f: Callable) -> Callable:
             show_default=True,
             help="Skip this many (paging).",
         ),
-        click.option("--threshold", type=float, help="Only results with a cosine score >= this."),
+        click.option(
+            "--threshold", type=FiniteFloat(), help="Only results with a cosine score >= this."
+        ),
         click.option("--under", metavar="SUBDIR", help="Only photos under this folder."),
         click.option("--after", metavar="DATE", help="Only photos taken on or after DATE."),
         click.option("--before", metavar="DATE", help="Only photos taken before DATE."),

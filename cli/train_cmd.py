@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cli.common import captions_arguments, domain_errors, echo_summary
+from cli.common import FiniteFloat, captions_arguments, domain_errors, echo_summary
 from cli.main import main
 from cli.progress import TrainBar
 
@@ -27,6 +28,8 @@ class WarmupType(click.ParamType):
             number = float(value)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is neither a step count nor a fraction", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
         if number < 0 or (number >= 1 and number != int(number)):
             self.fail(f"{value!r}: give a whole number of steps or a fraction below 1", param, ctx)
         return number
@@ -59,12 +62,12 @@ class WarmupType(click.ParamType):
 @click.option(
     "--lr",
     "learning_rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=5e-5,
     show_default=True,
     help="Peak learning rate (AdamW).",
 )
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.1, show_default=True)
+@click.option("--weight-decay", type=FiniteFloat(min=0), default=0.1, show_default=True)
 @click.option(
     "--warmup-steps",
     "warmup",
@@ -86,7 +89,7 @@ class WarmupType(click.ParamType):
 )
 @click.option(
     "--val-split",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=FiniteFloat(0, 1, max_open=True),
     default=0.0,
     show_default=True,
     help="Fraction of images held out, evaluated after each epoch.",

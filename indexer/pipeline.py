@@ -8,6 +8,7 @@ collection size; the encoder and the writer run on the calling thread.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections import deque
@@ -49,6 +50,12 @@ class IndexOptions:
     max_megapixels: float = 100.0
     rebuild: bool = False
     save_interval: float = 30.0  # seconds between index saves during a run
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.max_megapixels) and self.max_megapixels > 0):
+            raise ValueError(f"max_megapixels must be a positive number, not {self.max_megapixels}")
+        if not (math.isfinite(self.save_interval) and self.save_interval >= 0):
+            raise ValueError(f"save_interval must be a number >= 0, not {self.save_interval}")
 
 
 def index_photos(

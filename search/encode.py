@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
@@ -279,6 +280,8 @@ def open_query_image(path: str | os.PathLike[str]) -> Any:
 
 def combine(weights: Sequence[float], vectors: np.ndarray) -> np.ndarray:
     """Weighted sum of unit vectors, renormalised; QueryError if the terms cancel out."""
+    if not all(math.isfinite(w) for w in weights):
+        raise QueryError("a term's weight must be a finite number")
     vectors = np.asarray(vectors, np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     total = (np.asarray(weights, np.float32)[:, None] * vectors / np.maximum(norms, 1e-12)).sum(0)

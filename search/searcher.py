@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ class SearchOptions:
             raise QueryError(f"k must be a whole number of at least 1, not {self.k!r}")
         if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
             raise QueryError(f"offset must be a whole number of at least 0, not {self.offset!r}")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise QueryError(f"threshold must be a finite number, not {self.threshold!r}")
 
 
 @dataclass

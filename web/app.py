@@ -113,7 +113,7 @@ class Folder(BaseModel):
 class ComposeTerm(BaseModel):
     """One weighted term: a text or a library photo id."""
 
-    weight: float = 1.0
+    weight: float = Field(1.0, allow_inf_nan=False)
     text: str | None = None
     photo_id: int | None = None
 
