@@ -219,6 +219,7 @@ def test_copying_a_checkpoint_keeps_its_fingerprint(tmp_path):
     assert checkpoint_fingerprint(path) == checkpoint_fingerprint(tmp_path / "b")
 
 
+@pytest.mark.slow  # traces the base and large modules
 @pytest.mark.parametrize("preset", ["tiny", "tiny-vit", "base", "large"])
 def test_written_out_shapes_equal_the_traced_module(preset):
     from koclip.config import KoCLIPConfig

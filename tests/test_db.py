@@ -252,7 +252,9 @@ def test_approximate_types_build_from_the_library(library, index_type):
 
 def test_training_sample_is_spread_and_sized(library):
     probe = vectors.make_index("ivf-sq8", DIM, 1_000_000)
-    assert vectors.training_size(probe, 1_000_000) == 64 * vectors.ivf_nlist(1_000_000)
+    # Enough for faiss's k-means (39 points per cell, or it warns), far fewer than all of them.
+    cells = faiss.extract_index_ivf(probe).nlist
+    assert 39 * cells <= vectors.training_size(probe, 1_000_000) <= 200_000
     assert vectors.training_size(vectors.make_index("ivf-sq8", DIM, 10), 10) == 10
     assert vectors.ivf_nlist(10) == 1 and vectors.ivf_nlist(1_000_000) == 2048
 

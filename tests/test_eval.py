@@ -166,6 +166,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return captions, images
 
 
+@pytest.mark.slow
 def test_evaluate_equals_direct_encoding(dataset, tiny_checkpoint: Path) -> None:
     """`evaluate` encodes as koclip does, and scores as brute force over those embeddings."""
     from koclip import DEFAULT_PROMPT, load_encoder, open_image

@@ -86,7 +86,7 @@ def make_collection(root: Path) -> dict[str, str | None]:
     good = write_jpeg(root / "tmp_trunc.jpg", 14, (400, 300)).read_bytes()
     (root / "tmp_trunc.jpg").unlink()
     (root / "truncated.jpg").write_bytes(good[: len(good) // 2])
-    (root / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(2000))
+    (root / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0" + np.random.default_rng(89).bytes(2000))
     expect |= {"empty.jpg": "empty", "notes.png": "not an image", "truncated.jpg": "truncated"}
     expect["garbage.jpg"] = ""
     # Not indexed at all: hidden, wrong extension.

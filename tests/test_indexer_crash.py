@@ -20,6 +20,8 @@ import db
 from db import library as library_mod
 from tests.test_indexer import assert_consistent, index, open_lib, rows, write_jpeg
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import sys

@@ -10,6 +10,8 @@ from koclip.config import KoCLIPConfig
 from koclip.convert import params_to_pt
 from koclip.testing import build_tiny_checkpoint, random_params, tiny_vocab, write_checkpoint
 
+pytestmark = pytest.mark.slow
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

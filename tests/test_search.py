@@ -309,15 +309,14 @@ def test_pages_cut_ties_the_same_way_every_time(searcher, reference) -> None:
     assert sorted(under) == sorted([me, copy])
 
 
-def test_one_index_search_per_query(searcher, monkeypatch) -> None:
-    import search.searcher as module
-
-    calls = []
-    real = module.top_k
-    monkeypatch.setattr(module, "top_k", lambda *a: calls.append(a[-1]) or real(*a))
-    searcher.text("바다", k=5)
-    searcher.text("바다", k=3, offset=4)
-    assert len(calls) == 2  # no second round trip unless ties or stale ids need one
+def test_a_batch_finds_what_each_query_finds_alone(searcher) -> None:
+    """A batch of 24 queries takes faiss's matrix-product path, one query its scan path."""
+    words = ["바다", "노을", "고양이", "산", "강아지", "소파 위에 고양이", "자동차", "눈"]
+    queries = [f"{w} {i}" for i in range(3) for w in words]
+    for q, got in zip(queries, searcher.texts(queries, k=5), strict=True):
+        alone = searcher.text(q, k=5)
+        assert [h.photo_id for h in got] == [h.photo_id for h in alone], q
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in alone], atol=1e-5)
 
 
 def test_a_searcher_can_be_shared_between_threads(photo_root) -> None:

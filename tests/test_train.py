@@ -99,6 +99,7 @@ def test_text_batch_pads_to_fixed_length() -> None:
     assert batch["input_ids"].dtype == np.int32 and not batch["token_type_ids"].any()
 
 
+@pytest.mark.slow
 def test_step_learns_and_frozen_tower_keeps_its_weights() -> None:
     config = KoCLIPConfig.tiny(vocab_size=len(tiny_vocab()))
     start = random_params(config, seed=3)
@@ -179,6 +180,7 @@ def _weights(checkpoint: Path) -> dict:
     return flatten_dict(load_params(resolve(checkpoint), ("text", "vision")))
 
 
+@pytest.mark.slow
 def test_train_writes_a_loadable_checkpoint(dataset, tiny_checkpoint: Path, tmp_path: Path) -> None:
     from koclip import load_encoder, load_koclip
 
@@ -213,6 +215,7 @@ def test_train_writes_a_loadable_checkpoint(dataset, tiny_checkpoint: Path, tmp_
     assert other.exit_code == 1 and "seed: was 0, now 5" in other.output
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(
     dataset, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -247,6 +250,7 @@ def test_interrupted_run_resumes_to_the_same_weights(
         np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-6, err_msg=str(key))
 
 
+@pytest.mark.slow
 def test_validation_split_and_frozen_tower(dataset, tiny_checkpoint: Path, tmp_path: Path) -> None:
     captions, images = dataset
     out = tmp_path / "out"

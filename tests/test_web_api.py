@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -537,8 +536,8 @@ def test_model_loaded_once_and_work_runs_off_the_event_loop(library, monkeypatch
 
     monkeypatch.setattr(backend, "call", spy)
     with TestClient(app, base_url=BASE) as c:
-        # Fresh queries: the persistent text-embedding cache must not answer them.
-        fresh = [f"웹 {uuid.uuid4().hex}" for _ in range(3)]
+        # Queries no other test asks: the session's text-embedding cache must not answer them.
+        fresh = [f"웹 처음 묻는 말 {i}" for i in range(3)]
         for q in (*fresh, fresh[0]):
             _ok(c.get("/api/search", params={"q": q}))
     assert [k.get("towers") for k in loads] == [("text",)]
