@@ -177,6 +177,7 @@ print(pixels.shape, (after - before) // 1024)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("fmt", "width", "height"), THIN)
 def test_thin_images_decode_in_bounded_memory(fmt, width, height):
     import subprocess
