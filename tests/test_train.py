@@ -174,7 +174,7 @@ def _run(args: list[str]):
 
 
 def _weights(checkpoint: Path) -> dict:
-    from koclip.checkpoints import load_params, resolve
+    from koclip import load_params, resolve
 
     return flatten_dict(load_params(resolve(checkpoint), ("text", "vision")))
 
