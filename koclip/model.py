@@ -354,15 +354,9 @@ class KoCLIPModule(nn.Module):
         self.text_projection = _dense(c.projection_dim, "text_projection", use_bias=False)
         self.visual_projection = _dense(c.projection_dim, "visual_projection", use_bias=False)
 
-    def text_features(
-        self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array,
-        token_type_ids: jax.Array,
-        position_ids: jax.Array,
-    ) -> jax.Array:
-        pooled = self.text_model(input_ids, attention_mask, token_type_ids, position_ids)
-        return self.text_projection(pooled)
+    def text_features(self, *text_inputs: jax.Array) -> jax.Array:
+        """`TextTower`'s inputs (ids, mask, token types, positions) -> projected features."""
+        return self.text_projection(self.text_model(*text_inputs))
 
     def image_features(self, pixel_values: jax.Array) -> jax.Array:
         return self.visual_projection(self.vision_model(pixel_values))

@@ -29,7 +29,7 @@ _DTYPES = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
     "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"),  # viewed as raw bits, widened to float32 by `as_float32`
+    "BF16": np.dtype("<u2"),  # viewed as raw bits, widened to float32 by `_bf16_to_f32`
     "I64": np.dtype("<i8"),
     "I32": np.dtype("<i4"),
     "U8": np.dtype("u1"),
