@@ -97,21 +97,14 @@ def relayout(key: str, vision_kind: str, to_flat: bool) -> str:
     return key
 
 
-def pt_to_flax_array(path: Path_, value: np.ndarray) -> np.ndarray:
-    """Transpose a PyTorch tensor into the layout of our parameter at `path`."""
-    if path[-1] == "kernel":
-        if value.ndim == 2:  # Linear (out, in) -> Dense (in, out)
-            return value.T
-        if value.ndim == 4:  # Conv (out, in, kh, kw) -> (kh, kw, in, out)
-            return value.transpose(2, 3, 1, 0)
-    return value
-
-
-def flax_to_pt_array(path: Path_, value: np.ndarray) -> np.ndarray:
-    """The inverse of `pt_to_flax_array` (used to export and in tests)."""
-    if path[-1] == "kernel" and value.ndim == 4:
-        return value.transpose(3, 2, 0, 1)
-    return value.T if path[-1] == "kernel" and value.ndim == 2 else value
+def relayout_array(path: Path_, value: np.ndarray, to_pt: bool = False) -> np.ndarray:
+    """A PyTorch tensor in the layout of our parameter at `path` (or back, `to_pt`)."""
+    if path[-1] != "kernel" or value.ndim not in (2, 4):
+        return value
+    if value.ndim == 2:  # Linear (out, in) <-> Dense (in, out)
+        return value.T
+    # Conv (out, in, kh, kw) <-> (kh, kw, in, out)
+    return value.transpose(3, 2, 0, 1) if to_pt else value.transpose(2, 3, 1, 0)
 
 
 class KeyReport:
@@ -193,7 +186,7 @@ def params_from_pt(
         path = wanted.get(classic)
         if path is None:
             continue  # the other tower: never read
-        arr = _fit_scalar(pt_to_flax_array(path, np.asarray(tensors[key])), expected[path])
+        arr = _fit_scalar(relayout_array(path, np.asarray(tensors[key])), expected[path])
         if tuple(arr.shape) != expected[path]:
             report.misshaped.append(
                 f"{key}: checkpoint {tuple(arr.shape)}, model {expected[path]} (after transposing)"
@@ -213,7 +206,7 @@ def params_to_pt(params: Mapping[str, Any], layout: str = "flat") -> dict[str, n
         key = pt_key(path)
         if layout == "flat":
             key = relayout(key, kind, to_flat=True)
-        out[key] = np.ascontiguousarray(flax_to_pt_array(path, np.asarray(value)))
+        out[key] = np.ascontiguousarray(relayout_array(path, np.asarray(value), to_pt=True))
     return out
 
 
