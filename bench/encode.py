@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from koclip.config import KoCLIPConfig  # noqa: E402
-from koclip.convert import params_to_pt  # noqa: E402
+from koclip.params import params_to_pt  # noqa: E402
 from koclip.testing import random_params  # noqa: E402
 
 QUERY = "바닷가에서 노는 강아지"

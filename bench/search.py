@@ -185,7 +185,7 @@ class Table:
 
 def bench_warm_text(table: Table, root: Path, n: int, rounds: int) -> None:
     """Warm text query at `n` photos vs the text encoder alone, interleaved query by query."""
-    from koclip.numpy_encoder import load_numpy_encoder
+    from koclip import load_numpy_encoder
     from search import Searcher
 
     with Searcher(root) as searcher:

@@ -368,7 +368,7 @@ def main() -> None:
     # A private koclip cache (converted weights, compiled programs, text embeddings), shared
     # with the server process; its text-embedding store is emptied so "distinct" stays distinct.
     os.environ["KOCLIP_CACHE_DIR"] = str(args.cache / "koclip-cache")
-    from search.encode import compilation_cache_dir
+    from koclip.runtime import compilation_cache_dir
 
     for suffix in ("", "-wal", "-shm"):
         (compilation_cache_dir().parent / f"text-embeddings.sqlite3{suffix}").unlink(

@@ -5,17 +5,24 @@
     inputs = processor(text=["소파 위에 고양이", "자동차"], images=image, return_tensors="jax")
     probs = jax.nn.softmax(model(**inputs).logits_per_image, axis=1)
 
-Importing `koclip` is cheap: JAX and Flax load on first use of the model objects, so tools
-that only need checkpoint ids or image decoding (search's `info`, stored-vector `similar`)
-never pay for them.
+Importing `koclip` is cheap: JAX and Flax load on first use of the jitted model objects, so
+tools that only need checkpoint ids, image decoding or the numpy towers (search's `info`,
+one-shot `search`/`similar`) never pay for them.
 """
 
 from typing import TYPE_CHECKING
 
-from koclip.checkpoints import CHECKPOINTS, checkpoint_fingerprint, model_id_for
+from koclip.cache import default_cache_root
 from koclip.config import KoCLIPConfig, TextConfig, VisionConfig
+from koclip.encoder import Encoder
 from koclip.errors import CheckpointError, ImageError, KoCLIPError, KoclipSearchError
+from koclip.hub import CheckpointFiles, checkpoint_fingerprint, resolve
+from koclip.numpy_encoder import load_numpy_encoder
 from koclip.preprocess import DEFAULT_PROMPT, PREPROCESS_VERSION, open_image, preprocess
+from koclip.registry import CHECKPOINTS, is_local, model_id_for
+from koclip.save import save_checkpoint
+from koclip.tokenizer import TOKENIZER_FILES, WordPieceTokenizer, load_wordpiece
+from koclip.weights import load_params
 
 if TYPE_CHECKING:
     from koclip.api import (
@@ -49,7 +56,10 @@ __all__ = [
     "CHECKPOINTS",
     "DEFAULT_PROMPT",
     "PREPROCESS_VERSION",
+    "TOKENIZER_FILES",
     "CheckpointError",
+    "CheckpointFiles",
+    "Encoder",
     "ImageError",
     "KoCLIP",
     "KoCLIPConfig",
@@ -60,10 +70,18 @@ __all__ = [
     "KoCLIPProcessor",
     "TextConfig",
     "VisionConfig",
+    "WordPieceTokenizer",
     "checkpoint_fingerprint",
+    "default_cache_root",
+    "is_local",
     "load_encoder",
     "load_koclip",
+    "load_numpy_encoder",
+    "load_params",
+    "load_wordpiece",
     "model_id_for",
     "open_image",
     "preprocess",
+    "resolve",
+    "save_checkpoint",
 ]

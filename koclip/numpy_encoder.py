@@ -5,7 +5,8 @@ Through JAX that costs importing JAX and Flax, tracing the tower and loading its
 program, about 1.5 s on 2 cores, before a forward pass of 50-100 ms. The same forward pass in
 numpy (OpenBLAS, float32) over the memory-mapped converted weights needs none of that, at
 about twice the jitted per-query cost, so one-shot processes use this and long-lived ones
-(`serve`, the indexer, the Python API) keep the jitted encoders of `koclip.api`.
+(`serve`, the indexer, the Python API) keep the jitted encoders of `koclip.api`. Both are the
+same batch encoder (`koclip.encoder`) over a different features backend.
 
 The math is `koclip.model` step for step: RoBERTa with positions 0..L-1, post-LN layers, exact
 (erf) GELU and the pooler's `tanh(dense(h[:, 0]))`; the CLIP vision transformer (pre-LN,
@@ -24,13 +25,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from koclip.checkpoints import load_params, loaded_towers, model_id_for, resolve, tower_params
 from koclip.config import KoCLIPConfig, VisionConfig
-from koclip.errors import KoCLIPError
-from koclip.preprocess import DEFAULT_PROMPT, apply_prompt, preprocess
-from koclip.tokenizer import WordPieceTokenizer, load_wordpiece
+from koclip.encoder import Encoder
+from koclip.hub import resolve
+from koclip.params import loaded_towers, tower_params
+from koclip.registry import model_id_for
+from koclip.tokenizer import load_wordpiece
+from koclip.weights import load_params
 
 _F32 = np.float32
 _SQRT_HALF = _F32(0.7071067811865476)
@@ -192,92 +194,35 @@ def image_features(config: KoCLIPConfig, params: Params, pixel_values: np.ndarra
     return dense(pooled, params["visual_projection"]).astype(np.float32, copy=False)
 
 
-# --- the encoder --------------------------------------------------------------------------------
+# --- the backend of the batch encoder ------------------------------------------------------------
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _F32(1e-12))
+class NumpyKoCLIP:
+    """`koclip.encoder`'s backend in numpy: a (possibly one-tower) tree of memory-mapped arrays."""
 
+    bucketed = False  # nothing is compiled: each batch is padded just to its longest text
 
-class NumpyEncoder:
-    """`KoCLIPEncoder`'s interface (`encode_texts`, `encode_images`, `encode_pixels`) in numpy."""
-
-    def __init__(
-        self,
-        config: KoCLIPConfig,
-        params: Params,
-        tokenizer: WordPieceTokenizer | None,
-        model_id: str,
-        fingerprint: str,
-        batch_size: int = 8,
-    ) -> None:
+    def __init__(self, config: KoCLIPConfig, params: Params) -> None:
         self.config = config
         self.params = params
-        self.tokenizer = tokenizer
-        self.model_id = model_id
-        self.fingerprint = fingerprint
-        self.batch_size = batch_size
-        self.dim = config.projection_dim
-        self.image_size = config.vision.image_size
         self.towers = loaded_towers(params)
-        if tokenizer is not None and "text" not in self.towers:
-            raise KoCLIPError("a tokenizer was given but the text tower's parameters are missing")
-        self._max_length = min(config.text.max_positions, 512)
 
-    def encode_texts(
-        self, texts: Sequence[str], prompt: str | Sequence[str] | None = DEFAULT_PROMPT
-    ) -> np.ndarray:
-        """(n, dim) unit vectors; NFC, then the prompt template (a list is averaged), unless None."""
-        params = tower_params(self.params, "text")
-        if self.tokenizer is None:
-            raise KoCLIPError("no tokenizer was given for the text tower")
-        if prompt is not None and not isinstance(prompt, str):
-            return ensemble([self.encode_texts(texts, t) for t in prompt])
-        out = np.empty((len(texts), self.dim), np.float32)
-        prepared = [apply_prompt(t, prompt) for t in texts]
-        for start in range(0, len(prepared), self.batch_size):
-            ids_list = self.tokenizer.batch_ids(
-                prepared[start : start + self.batch_size], self._max_length
-            )
-            ids, mask = self.tokenizer.pad(ids_list)  # no buckets: nothing is compiled
-            features = text_features(self.config, params, ids, mask)
-            out[start : start + len(ids_list)] = _unit_rows(features)
-        return out
+    def get_text_features(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return text_features(
+            self.config, tower_params(self.params, "text"), input_ids, attention_mask
+        )
 
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """(n, size, size, 3) preprocessed pixels -> (n, dim) unit vectors."""
-        params = tower_params(self.params, "vision")
-        pixels = np.asarray(pixels, np.float32)
-        out = np.empty((len(pixels), self.dim), np.float32)
-        for start in range(0, len(pixels), self.batch_size):
-            chunk = pixels[start : start + self.batch_size]
-            out[start : start + len(chunk)] = _unit_rows(image_features(self.config, params, chunk))
-        return out
-
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """PIL images -> (n, dim) unit vectors, through the exact CLIP transform."""
-        if not len(images):
-            return np.zeros((0, self.dim), np.float32)
-        return self.encode_pixels(np.stack([preprocess(i, self.image_size) for i in images]))
-
-
-def ensemble(per_template: Sequence[np.ndarray]) -> np.ndarray:
-    """CLIP's prompt ensembling: the renormalised mean of each template's unit embeddings."""
-    if not len(per_template):
-        raise ValueError("give at least one prompt template, or prompt=None")
-    mean = np.mean(np.stack(per_template), axis=0)
-    return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
+    def get_image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        return image_features(self.config, tower_params(self.params, "vision"), pixel_values)
 
 
 def load_numpy_encoder(
     name_or_path: str | os.PathLike[str] = "koclip-base",
     towers: Sequence[str] = ("text",),
     cache_dir: str | None = None,
-) -> NumpyEncoder:
+) -> Encoder:
     """The towers asked for, memory-mapped from the converted-weights cache; imports no JAX."""
     files = resolve(name_or_path, cache_dir=cache_dir)
-    params = load_params(files, towers)
+    model = NumpyKoCLIP(files.config, load_params(files, towers))
     tokenizer = load_wordpiece(files.directory, cache_dir) if "text" in towers else None
-    return NumpyEncoder(
-        files.config, params, tokenizer, model_id_for(name_or_path), files.fingerprint
-    )
+    return Encoder(model, tokenizer, model_id_for(name_or_path), files.fingerprint, batch_size=8)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from koclip.config import KoCLIPConfig
-from koclip.convert import params_to_pt
+from koclip.params import params_to_pt
 from koclip.tree import unflatten
 
 FORMATS = ("msgpack", "safetensors", "safetensors-classic", "bin")
@@ -42,11 +42,11 @@ def random_params(config: KoCLIPConfig, seed: int = 0) -> dict[str, Any]:
     patches (a 0.02-std init gives every text the same embedding to 1e-4); LayerNorm scales and
     all biases are perturbed so any mix-up of parameter names shows in the parity tests.
     """
-    from koclip.convert import expected_shapes
+    from koclip.cache import expected_shapes
 
     rng = np.random.default_rng(seed)
     flat = {}
-    for path, shape in sorted(expected_shapes(config, ("text", "vision")).items()):
+    for path, shape in sorted(expected_shapes(config).items()):
         leaf = path[-1]
         if leaf == "scale":
             value = 1.0 + 0.1 * rng.standard_normal(shape)

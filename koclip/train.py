@@ -18,17 +18,15 @@ import numpy as np
 import optax
 
 from koclip.config import KoCLIPConfig
-from koclip.model import KoCLIPModule
+from koclip.model import KoCLIPModule, logits
+from koclip.params import TOWER_KEYS
+from koclip.tokenizer import pad_ids
 
 Tower = Literal["text", "vision"]
 Params = dict[str, Any]
 Batch = Mapping[str, Any]
 TrainStep = Callable[[Params, Any, Batch], tuple[Params, Any, dict[str, jax.Array]]]
 
-TOWER_KEYS: dict[str, tuple[str, str]] = {
-    "text": ("text_model", "text_projection"),
-    "vision": ("vision_model", "visual_projection"),
-}
 # CLIP clamps the learned temperature so logits never exceed 100 (training goes unstable past it).
 MAX_LOGIT_SCALE = math.log(100.0)
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
@@ -38,10 +36,10 @@ def contrastive_loss(
     text_embeds: jax.Array, image_embeds: jax.Array, logit_scale: jax.Array
 ) -> jax.Array:
     """Symmetric InfoNCE: row i of each side matches row i of the other, every other row is a negative."""
-    per_text = jnp.exp(logit_scale) * text_embeds @ image_embeds.T
+    per_text, per_image = logits(text_embeds, image_embeds, logit_scale)
     labels = jnp.arange(per_text.shape[0])
     text_loss = optax.softmax_cross_entropy_with_integer_labels(per_text, labels).mean()
-    image_loss = optax.softmax_cross_entropy_with_integer_labels(per_text.T, labels).mean()
+    image_loss = optax.softmax_cross_entropy_with_integer_labels(per_image, labels).mean()
     return (text_loss + image_loss) / 2
 
 
@@ -159,13 +157,7 @@ def make_train_step(
 
 def text_batch(ids_list: list[list[int]], max_length: int, pad_id: int) -> dict[str, np.ndarray]:
     """Token id lists -> fixed-length (n, max_length) int32 arrays, positions 0..L-1 (KoCLIP's)."""
-    n = len(ids_list)
-    ids = np.full((n, max_length), pad_id, dtype=np.int32)
-    mask = np.zeros((n, max_length), dtype=np.int32)
-    for i, row in enumerate(ids_list):
-        row = row[:max_length]
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
+    ids, mask = pad_ids(ids_list, pad_id, max_length)
     return {
         "input_ids": ids,
         "attention_mask": mask,

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 import db
+from koclip.cache import default_cache_root
+from koclip.runtime import enable_compilation_cache
 from search.errors import ModelMismatchError, QueryError, QueryImageError
 from search.query import nfc
 
@@ -22,35 +24,6 @@ TEXT_CACHE_SIZE = 256
 # "numpy": no JAX import, tracing or compile, ~1.5 s less to a one-shot process's first answer
 # and ~2x the jitted forward pass after that (koclip/numpy_encoder.py): the CLI's choice.
 BACKENDS = ("jax", "numpy")
-# Every jitted program is worth caching: a second `koclip-search search` should not
-# compile the text tower again, and XLA:CPU compiles are ~1 s while loads are ~10 ms.
-MIN_COMPILE_SECS = 0.0
-
-
-def compilation_cache_dir() -> Path:
-    """Where JAX's persistent compilation cache lives: beside koclip's converted weights."""
-    from koclip.checkpoints import default_cache_root
-
-    return default_cache_root() / "jax"
-
-
-def enable_compilation_cache(directory: Path | None = None) -> Path:
-    """Point JAX's persistent compilation cache at `directory` (default: the user cache dir).
-
-    Idempotent and cheap; must run before the first jitted call of the process.
-    """
-    import jax
-
-    directory = Path(directory or compilation_cache_dir())
-    if jax.config.jax_compilation_cache_dir != str(directory):
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return directory  # an unwritable cache only costs speed
-        jax.config.update("jax_compilation_cache_dir", str(directory))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECS)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return directory
 
 
 class TextCache:
@@ -105,7 +78,7 @@ class DiskTextCache:
         if self._conn is None and not self._broken:
             try:
                 if self.path is None:
-                    self.path = compilation_cache_dir().parent / "text-embeddings.sqlite3"
+                    self.path = default_cache_root() / "text-embeddings.sqlite3"
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(
                     self.path, timeout=1.0, isolation_level=None, check_same_thread=False
@@ -191,7 +164,7 @@ class QueryEncoder:
             # A damaged or missing checkpoint raises koclip's CheckpointError as it is: that is
             # a model failure, not a mismatch. Only weights that changed since indexing are one.
             if self.backend == "numpy":
-                from koclip.numpy_encoder import load_numpy_encoder
+                from koclip import load_numpy_encoder
 
                 enc = load_numpy_encoder(self.manifest.model_id, towers=(tower,))
             else:

@@ -235,7 +235,7 @@ class MemoryEncoders:
 def search_encoders(model: str | os.PathLike[str]) -> tuple[Any, Any]:
     """(text, vision) encoders loaded exactly as search loads a library's model."""
     import db
-    from koclip.checkpoints import model_id_for, resolve
+    from koclip import model_id_for, resolve
     from koclip.preprocess import PREPROCESS_VERSION
     from search.encode import QueryEncoder
 
@@ -265,7 +265,7 @@ def evaluate(
     progress: ProgressCallback | None = None,
 ) -> Recall:
     """Recall@1/5/10 both ways of `model` on a captions file (see `search.captions`)."""
-    from koclip.checkpoints import model_id_for
+    from koclip import model_id_for
 
     records = read_captions(captions_file, images_dir)
     text, vision = search_encoders(model)

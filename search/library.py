@@ -57,8 +57,7 @@ def check_model(manifest: db.Manifest, model: str | None) -> None:
     """Refuse a `--model` other than the one the library's vectors were made with."""
     if model is None:
         return
-    from koclip import checkpoint_fingerprint, model_id_for
-    from koclip.checkpoints import is_local
+    from koclip import checkpoint_fingerprint, is_local, model_id_for
 
     if model_id_for(model) == manifest.model_id:
         return

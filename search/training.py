@@ -232,7 +232,7 @@ class _Run:
     params: Any
     opt_state: Any
     tokenizer: Any  # koclip's WordPieceTokenizer: ids for training and validation
-    saved_tokenizer: Any  # transformers' tokenizer, written beside every checkpoint
+    saved_tokenizer: Any  # its files are copied beside every checkpoint
     meta: dict[str, Any]
 
     @property
@@ -278,7 +278,7 @@ def _save(out: Path, run: _Run, *, finished: bool) -> None:
     import jax
     from flax import serialization
 
-    from koclip.checkpoints import save_checkpoint
+    from koclip import save_checkpoint
 
     params = jax.device_get(run.params)
     extra = {META_FILE: json.dumps(run.meta, ensure_ascii=False, indent=2).encode("utf-8")}
@@ -321,10 +321,9 @@ def train(
     import jax
     import jax.numpy as jnp
 
-    from koclip.checkpoints import load_params, load_tokenizer, model_id_for, resolve
-    from koclip.tokenizer import load_wordpiece
+    from koclip import load_params, load_wordpiece, model_id_for, resolve
+    from koclip.runtime import enable_compilation_cache
     from koclip.train import make_optimizer, make_train_step, warmup_steps_for
-    from search.encode import enable_compilation_cache
 
     records = read_captions(captions_file, images_dir)
     out = Path(out_dir).expanduser().resolve()
@@ -389,7 +388,7 @@ def train(
     enable_compilation_cache()  # a rerun or a resume skips compiling the step again
     if resuming:
         opt_state = _restore_opt_state(out, opt_state, int(meta["step"]))
-    run = _Run(config, params, opt_state, tokenizer, load_tokenizer(files), meta)
+    run = _Run(config, params, opt_state, tokenizer, tokenizer, meta)
     step_fn = make_train_step(config, optimizer, options.freeze)  # type: ignore[arg-type]
     maker = BatchMaker(
         tokenizer, config.vision.image_size, max_length, options.prompt, options.workers
@@ -507,7 +506,7 @@ class _Throughput:
 
 def _tokenizer_dir(files: Any) -> Path | None:
     """The checkpoint folder if it carries its tokenizer (else koclip falls back to klue's)."""
-    from koclip.checkpoints import TOKENIZER_FILES
+    from koclip import TOKENIZER_FILES
 
     has = any((files.directory / name).is_file() for name in TOKENIZER_FILES)
     return files.directory if has else None

@@ -8,8 +8,16 @@ import shutil
 import numpy as np
 import pytest
 
-from koclip import CHECKPOINTS, CheckpointError, KoCLIPError, load_encoder, load_koclip
-from koclip.checkpoints import checkpoint_fingerprint, load_tokenizer, resolve
+from koclip import (
+    CHECKPOINTS,
+    CheckpointError,
+    KoCLIPError,
+    checkpoint_fingerprint,
+    load_encoder,
+    load_koclip,
+    load_wordpiece,
+    resolve,
+)
 from koclip.testing import build_tiny_checkpoint
 
 
@@ -54,8 +62,8 @@ def test_fingerprint_and_model_id(tmp_path):
 
 
 def test_hangul_tokenisation_keeps_syllables(tiny_checkpoint):
-    tok = load_tokenizer(resolve(str(tiny_checkpoint)))
-    ids = tok("소파 위에 고양이")["input_ids"]
+    tok = load_wordpiece(tiny_checkpoint)
+    ids = tok.batch_ids(["소파 위에 고양이"], 40)[0]
     assert tok.unk_token_id not in ids
     assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "소파", "위", "##에", "고양이", "[SEP]"]
     assert tok.pad_token_id == 1 and tok.cls_token_id == 0
@@ -144,7 +152,7 @@ def test_converted_cache_is_used_and_survives_damage(tmp_path, monkeypatch):
     cached = sorted((tmp_path / "cache" / "converted").glob("*.safetensors"))
     assert [p.name.split(".")[1] for p in cached] == ["text", "vision"]
     # The cached tower is what a second load reads: the original is never opened again.
-    import koclip.checkpoints as ckpt
+    import koclip.weights as ckpt
 
     real_read = ckpt._read_original
     monkeypatch.setattr(ckpt, "_read_original", lambda *a: pytest.fail("original re-read"))
@@ -190,7 +198,7 @@ def test_tokenizer_falls_back_to_klue_and_says_so_offline(tmp_path):
     for f in ("vocab.txt", "tokenizer_config.json"):
         (path / f).unlink()
     with pytest.raises(CheckpointError, match="klue/roberta-large"):
-        load_tokenizer(resolve(str(path)), cache_dir=str(tmp_path / "empty-cache"))
+        load_wordpiece(path, cache_dir=str(tmp_path / "empty-cache"))
 
 
 def test_processor_shapes(tiny_checkpoint):
@@ -213,6 +221,21 @@ def test_processor_shapes(tiny_checkpoint):
         processor(text=["a"], return_tensors="tf")
 
 
+def test_processor_takes_numpy_images_like_pil(tiny_checkpoint):
+    from PIL import Image
+
+    _, processor = load_koclip(str(tiny_checkpoint))
+    array = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    image = Image.fromarray(array)
+    expected = processor(images=image)["pixel_values"]
+    assert expected.shape == (1, 224, 224, 3)
+    np.testing.assert_array_equal(processor(images=array)["pixel_values"], expected)
+    both = processor(images=[array, image])["pixel_values"]
+    np.testing.assert_array_equal(both, np.concatenate([expected, expected]))
+    with pytest.raises(ValueError, match="uint8"):
+        processor(images=array.astype(np.float32))
+
+
 def test_copying_a_checkpoint_keeps_its_fingerprint(tmp_path):
     path = build_tiny_checkpoint(tmp_path / "a")
     shutil.copytree(path, tmp_path / "b")
@@ -221,9 +244,10 @@ def test_copying_a_checkpoint_keeps_its_fingerprint(tmp_path):
 
 @pytest.mark.slow  # traces the base and large modules
 @pytest.mark.parametrize("preset", ["tiny", "tiny-vit", "base", "large"])
-def test_written_out_shapes_equal_the_traced_module(preset):
+def test_shape_cache_stores_the_traced_module(preset, tmp_path):
+    from koclip.cache import cached_shapes, expected_shapes, shapes_path
     from koclip.config import KoCLIPConfig
-    from koclip.convert import expected_shapes, traced_shapes
+    from koclip.model import param_shapes
 
     config = {
         "tiny": KoCLIPConfig.tiny(),
@@ -231,7 +255,42 @@ def test_written_out_shapes_equal_the_traced_module(preset):
         "base": KoCLIPConfig.base(),
         "large": KoCLIPConfig.large(),
     }[preset]
-    assert expected_shapes(config, ("text", "vision")) == traced_shapes(config)
+    assert cached_shapes(config, tmp_path) is None
+    traced = param_shapes(config)
+    assert expected_shapes(config, tmp_path) == traced
+    assert cached_shapes(config, tmp_path) == traced
+    # A damaged table is not used, and the next lookup traces and stores it again.
+    shapes_path(config, tmp_path).write_text('{"config": 1, "shapes": [')
+    assert cached_shapes(config, tmp_path) is None
+    assert expected_shapes(config, tmp_path) == traced
+    assert cached_shapes(config, tmp_path) == traced
+
+
+def test_converted_tower_is_checked_without_jax(tmp_path):
+    """A one-shot process reads a cached tower and its shape table, and never imports JAX."""
+    import os
+    import subprocess
+    import sys
+
+    path = build_tiny_checkpoint(tmp_path / "ckpt", fmt="safetensors")
+    cache = tmp_path / "cache"
+    code = (
+        "import sys; from koclip import load_params, resolve; "
+        f"load_params(resolve({str(path)!r}), ('text',)); print('jax' in sys.modules)"
+    )
+
+    def imports_jax() -> bool:
+        env = {**os.environ, "KOCLIP_CACHE_DIR": str(cache)}
+        run = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        )
+        return run.stdout.strip() == "True"
+
+    assert imports_jax()  # the first load traces the module's shapes
+    assert not imports_jax()
+    next(cache.glob("converted/shapes-*.json")).unlink()  # a lost table is traced again
+    assert imports_jax()
+    assert not imports_jax()
 
 
 def test_several_prompt_templates_are_averaged(tiny_checkpoint):

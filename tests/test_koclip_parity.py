@@ -7,7 +7,7 @@ import pytest
 
 from koclip import load_koclip
 from koclip.config import KoCLIPConfig
-from koclip.convert import params_to_pt
+from koclip.params import params_to_pt
 from koclip.testing import build_tiny_checkpoint, random_params, tiny_vocab, write_checkpoint
 
 pytestmark = pytest.mark.slow

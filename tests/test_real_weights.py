@@ -63,8 +63,7 @@ def test_numpy_towers_match_the_jitted_ones(koclip_base):
     """The one-shot CLI's numpy towers give the jitted encoders' vectors on the real weights."""
     from PIL import Image
 
-    from koclip import load_encoder
-    from koclip.numpy_encoder import load_numpy_encoder
+    from koclip import load_encoder, load_numpy_encoder
 
     jitted = load_encoder("koclip-base")
     plain = load_numpy_encoder("koclip-base", towers=("text", "vision"))

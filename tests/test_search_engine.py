@@ -198,7 +198,7 @@ def test_reindex_refuses_unknown_types(synthetic) -> None:
 def test_compilation_cache_lives_under_the_koclip_cache(tmp_path: Path, monkeypatch) -> None:
     import jax
 
-    from search.encode import compilation_cache_dir, enable_compilation_cache
+    from koclip.runtime import compilation_cache_dir, enable_compilation_cache
 
     monkeypatch.setenv("KOCLIP_CACHE_DIR", str(tmp_path))
     assert compilation_cache_dir() == tmp_path / "jax"

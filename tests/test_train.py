@@ -175,7 +175,7 @@ def _run(args: list[str]):
 
 
 def _weights(checkpoint: Path) -> dict:
-    from koclip.checkpoints import load_params, resolve
+    from koclip import load_params, resolve
 
     return flatten_dict(load_params(resolve(checkpoint), ("text", "vision")))
 
@@ -195,6 +195,9 @@ def test_train_writes_a_loadable_checkpoint(dataset, tiny_checkpoint: Path, tmp_
 
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "flax_model.msgpack", "training.json"} <= names
+    # The tokenizer's files come from the base checkpoint, as they were.
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        assert (out / name).read_bytes() == (tiny_checkpoint / name).read_bytes()
     assert "train_state.msgpack" not in names  # finished: AdamW's moments are not kept
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".out")]  # no temp left
 
