@@ -50,8 +50,7 @@ def eval_command(
     from cli.progress import ProgressBar
     from koclip import KoCLIPError
     from search import SearchError
-    from search.captions import CaptionsError
-    from search.evaluate import evaluate
+    from train import CaptionsError, evaluate
 
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() and not as_json else None
     try:

@@ -127,8 +127,7 @@ def train_command(
         koclip-search train mine.jsonl --images ~/Pictures --from koclip-base --out ~/koclip-mine
     """
     from koclip import KoCLIPError
-    from search.captions import CaptionsError
-    from search.training import TrainError, TrainOptions, train
+    from train import CaptionsError, TrainError, TrainOptions, train
 
     try:
         opts = TrainOptions(**options)

@@ -1,9 +1,9 @@
 """The library on disk: SQLite schema and sessions, manifest, writer lock, FAISS wrapper.
 
-Knows nothing of the model. See /work/notes/db_api.md (and each module's docstrings).
+Knows nothing of the model; each module's docstring describes its part.
 """
 
-from db.content import content_hash, hash_file
+from db.content import IMAGE_SUFFIXES, content_hash, hash_file
 from db.errors import (
     LibraryError,
     LibraryLockedError,
@@ -24,6 +24,7 @@ from db.library import (
 from db.schema import SCHEMA_VERSION, Failure, Photo, blob_to_vector, vector_to_blob
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "LIBRARY_DIRNAME",
     "SCHEMA_VERSION",
     "Failure",

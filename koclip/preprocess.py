@@ -35,6 +35,9 @@ DEFAULT_PROMPT = "이것은 {} 이다."
 # min cosine 0.9988 to the exact path, under the 0.999 bar; factor 4 gives 0.9994 at half the
 # cost of a full decode. So 4 is the default.
 DRAFT_FACTOR = 4
+# The decompression-bomb guard every decoder of library photos uses (the indexer's default
+# --max-megapixels): a photo the indexer took is one the web and eval may decode.
+MAX_PIXELS = 100_000_000
 
 _heif_lock = threading.Lock()
 _heif_registered = False

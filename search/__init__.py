@@ -7,6 +7,7 @@ with Searcher("~/Pictures") as searcher:
         print(hit.rank, f"{hit.score:.3f}", hit.path)
 """
 
+from search.encode import QueryEncoder
 from search.errors import (
     DateError,
     LibraryError,
@@ -26,6 +27,7 @@ __all__ = [
     "LibraryError",
     "LibraryInfo",
     "ModelMismatchError",
+    "QueryEncoder",
     "QueryError",
     "QueryImageError",
     "ReindexReport",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +13,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 import db
+from koclip.preprocess import nfc
 from search.errors import QueryError
 
 
@@ -50,7 +50,7 @@ def relative_to_root(path: str | os.PathLike[str], photo_root: Path) -> str | No
     for candidate in (absolute, absolute.resolve()):
         if candidate.is_relative_to(root):
             rel = PurePosixPath(*candidate.relative_to(root).parts).as_posix()
-            return unicodedata.normalize("NFC", "" if rel == "." else rel)
+            return nfc("" if rel == "." else rel)
     return None
 
 
@@ -65,7 +65,7 @@ def folder_filter(under: str | os.PathLike[str], photo_root: Path) -> str:
     parts = [p for p in PurePosixPath(text.replace(os.sep, "/")).parts if p not in ("", ".")]
     if ".." in parts:
         raise QueryError(f"--under {text}: '..' is only allowed in paths that exist")
-    return unicodedata.normalize("NFC", "/".join(parts))
+    return nfc("/".join(parts))
 
 
 def filtered_ids(session: Session, flt: Filter) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 import db
+from koclip.preprocess import nfc
 from search.dates import parse_range
 from search.encode import QueryEncoder, combine, open_query_image
 from search.engine import IndexView, top_k
@@ -24,7 +25,7 @@ from search.filters import (
     relative_to_root,
 )
 from search.library import LibraryInfo, check_model, describe_library, find_library, open_library
-from search.query import Term, describe, nfc, parse_query
+from search.query import Term, describe, parse_query
 from search.results import SearchHit, SearchResults
 
 DEFAULT_K = 20

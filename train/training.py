@@ -1,7 +1,7 @@
 """Fine-tuning a KoCLIP checkpoint on captioned images: data, epochs, checkpoints, resuming.
 
 The math is `koclip.train`; this module feeds it. Each epoch visits every training image once
-with one of its captions (drawn from the seed), in batches of a fixed size (the last partial
+with one of its captions (drawn with the run's seed), in batches of a fixed size (the last partial
 batch is dropped, so XLA compiles one program). After each epoch (and every `save_every`
 steps) the out folder is replaced atomically by a checkpoint `load_koclip` / `load_encoder`
 read, plus `training.json` (options, progress, history) and, until the run is finished,
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from search.captions import CaptionRecord, read_captions
-from search.evaluate import MemoryEncoders, Recall, evaluate_records, iter_pixel_batches
+from train.captions import CaptionRecord, read_captions
+from train.evaluate import MemoryEncoders, Recall, evaluate_records, iter_pixel_batches
 
 META_FILE = "training.json"
 STATE_FILE = "train_state.msgpack"
