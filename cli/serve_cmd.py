@@ -67,12 +67,12 @@ def serve_command(
     import uvicorn
 
     from search import LibraryError, ModelMismatchError, find_library
-    from search.library import check_model, open_library
+    from search.library import check_model, open_read_only
     from web import create_app
 
     try:
         directory = find_library(library)
-        lib, manifest = open_library(directory)
+        lib, manifest = open_read_only(directory)
         try:
             check_model(manifest, model)  # fail now, not on the first query
         finally:

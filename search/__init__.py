@@ -19,7 +19,7 @@ from search.errors import (
 from search.library import LibraryInfo, find_library
 from search.query import Term, parse_query
 from search.reindex import ReindexReport, reindex
-from search.results import SearchHit, SearchResults
+from search.results import PhotoInfo, SearchHit, SearchResults
 from search.searcher import Searcher, SearchOptions
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "LibraryError",
     "LibraryInfo",
     "ModelMismatchError",
+    "PhotoInfo",
     "QueryEncoder",
     "QueryError",
     "QueryImageError",

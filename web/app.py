@@ -28,8 +28,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import Response
 
 from koclip import ImageError
-from search import SearchError, SearchResults
-from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, Options, PhotoInfo
+from search import PhotoInfo, SearchError, SearchResults
+from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, Options
 from web.errors import ApiError, install_handlers
 from web.thumbnails import SIZES
 from web.uploads import MAX_UPLOAD_BYTES, decode_upload, read_upload
