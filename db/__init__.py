@@ -18,6 +18,7 @@ from db.library import (
     LibraryLock,
     Manifest,
     default_library_dir,
+    is_library,
     relative_photo_root,
     write_errors,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "content_hash",
     "default_library_dir",
     "hash_file",
+    "is_library",
     "relative_photo_root",
     "vector_to_blob",
     "write_errors",

@@ -68,6 +68,11 @@ class Manifest:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2) + "\n"
 
 
+def is_library(directory: Path) -> bool:
+    """True if `directory` holds a library database (it may still be being created)."""
+    return (Path(directory) / DB_NAME).is_file()
+
+
 def default_library_dir(photo_root: Path) -> Path:
     """Where a photo folder's library lives unless --library says otherwise."""
     return Path(photo_root) / LIBRARY_DIRNAME
@@ -130,6 +135,13 @@ class Library:
             engine.dispose()
             raise
         return library
+
+    @classmethod
+    def reset(cls, directory: Path) -> Library:
+        """Delete the database (with its WAL files) and create an empty one; hold the lock."""
+        for suffix in ("", "-wal", "-shm"):
+            (Path(directory) / f"{DB_NAME}{suffix}").unlink(missing_ok=True)
+        return cls.create(directory)
 
     def close(self) -> None:
         """Release the database connections."""

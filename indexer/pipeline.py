@@ -23,7 +23,7 @@ from db import LibraryError, LibraryLock, LibraryWriteError, default_library_dir
 from indexer.discover import discover
 from indexer.load import Loaded, load
 from indexer.plan import Plan, Task, load_known, make_plan
-from indexer.setup import open_library, prepare
+from indexer.setup import open_for_indexing, prepare
 from indexer.summary import Summary
 from indexer.writer import Writer
 from koclip import KoCLIPEncoder
@@ -71,7 +71,7 @@ def index_photos(
     library_dir = library_dir or default_library_dir(photo_root)
     with (
         _lock(library_dir, default=options.library is None),
-        open_library(library_dir, rebuild=options.rebuild) as library,
+        open_for_indexing(library_dir, rebuild=options.rebuild) as library,
     ):
         encoder = prepare(
             library,

@@ -12,12 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import db
-from db.library import DB_NAME
 from search.errors import LibraryError, ModelMismatchError
-
-
-def _is_library(directory: Path) -> bool:
-    return (directory / DB_NAME).is_file()
 
 
 def find_library(given: str | os.PathLike[str] | None = None, start: Path | None = None) -> Path:
@@ -26,13 +21,13 @@ def find_library(given: str | os.PathLike[str] | None = None, start: Path | None
     if given is not None:
         path = Path(given).expanduser().absolute()
         for candidate in (path, path / db.LIBRARY_DIRNAME):
-            if _is_library(candidate):
+            if db.is_library(candidate):
                 return candidate
         raise LibraryError(f"no library at {path} (run `koclip-search index PHOTO_DIR` first)")
     here = (start or Path.cwd()).absolute()
     for directory in (here, *here.parents):
         for candidate in (directory, directory / db.LIBRARY_DIRNAME):
-            if candidate.name == db.LIBRARY_DIRNAME and _is_library(candidate):
+            if candidate.name == db.LIBRARY_DIRNAME and db.is_library(candidate):
                 return candidate
     raise LibraryError(
         f"no {db.LIBRARY_DIRNAME}/ library in {here} or above; pass --library DIR "
