@@ -57,7 +57,7 @@ class Manifest:
     fingerprint: str  # koclip.checkpoint_fingerprint of the weights
     dim: int
     preprocess_version: str  # koclip.preprocess.PREPROCESS_VERSION
-    index_type: str  # a key of db.vectors.INDEX_FACTORIES
+    index_type: str  # a key of db.vectors.INDEX_FACTORIES (one of INDEX_TYPES, or registered)
     photo_root: str  # relative to the library folder ("..") or absolute
     schema_version: int = SCHEMA_VERSION
     created_at: float = 0.0
@@ -306,14 +306,12 @@ class Library:
         index_type = index_type or manifest.index_type
         with self.session() as s, s.begin():
             ids = self.photo_ids(s)
-            training = None
-            probe = vectors.make_index(index_type, manifest.dim, len(ids))
-            if not probe.is_trained and len(ids):
-                take = vectors.training_size(probe, len(ids))
-                sample = np.random.default_rng(0).choice(ids, take, replace=False)
-                training = self.vectors_for(s, np.sort(sample))
             return vectors.build_index(
-                index_type, manifest.dim, self.iter_embeddings(s), len(ids), training=training
+                index_type,
+                manifest.dim,
+                self.iter_embeddings(s),
+                len(ids),
+                sample=lambda rows: self.vectors_for(s, ids[rows]),
             )
 
     def vectors_for(self, session: Session, ids: np.ndarray | list[int]) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import db
+from db import vectors
 from search import Searcher, ann, reindex
 
 DIM = 16
@@ -121,6 +122,13 @@ def test_unfiltered_flat_is_exact_and_pages(synthetic) -> None:
         assert [h.rank for h in pages[1]] == list(range(21, 41))
 
 
+def _tuned_index(kind: str, vecs: np.ndarray, ids: np.ndarray):
+    """db's index of `kind` over in-memory vectors, tuned as search tunes a loaded one."""
+    index = vectors.build_index(kind, vecs.shape[1], [(ids, vecs)], len(vecs), vecs.__getitem__)
+    ann.tune(index)
+    return index
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf-sq8"])
 def test_ann_recall_on_clustered_vectors(kind) -> None:
     rng = np.random.default_rng(3)
@@ -128,7 +136,7 @@ def test_ann_recall_on_clustered_vectors(kind) -> None:
     base = centres[rng.integers(0, 40, 4000)] + 0.15 * rng.standard_normal((4000, DIM))
     base = (base / np.linalg.norm(base, axis=1, keepdims=True)).astype(np.float32)
     queries = base[:50] + 0.05 * rng.standard_normal((50, DIM)).astype(np.float32)
-    index = ann.build_index(kind, base, np.arange(4000) * 10)
+    index = _tuned_index(kind, base, np.arange(4000) * 10)
     exact = np.argsort(-(queries @ base.T), axis=1)[:, :10] * 10
     _, found = index.search(queries, 10)
     recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
@@ -145,10 +153,10 @@ def test_tune_sets_search_knobs() -> None:
     import faiss
 
     vecs = _vectors(2000, 5)
-    ivf = ann.build_index("ivf-sq8", vecs, np.arange(2000))
+    ivf = _tuned_index("ivf-sq8", vecs, np.arange(2000))
     inner = faiss.extract_index_ivf(ivf)
     assert inner.nprobe == min(inner.nlist, ann.IVF_NPROBE_MIN)
-    hnsw = ann.build_index("hnsw", vecs, np.arange(2000))
+    hnsw = _tuned_index("hnsw", vecs, np.arange(2000))
     assert faiss.downcast_index(hnsw.index).hnsw.efSearch == ann.HNSW_EF_SEARCH
 
 

@@ -151,9 +151,7 @@ def encode_images(
 def _flat_index(vectors: np.ndarray):
     from db import vectors as dbv
 
-    index = dbv.make_index("flat", vectors.shape[1], len(vectors))
-    dbv.add(index, np.arange(len(vectors), dtype=np.int64), vectors)
-    return index
+    return dbv.build_index(dbv.FLAT, vectors.shape[1], [(np.arange(len(vectors)), vectors)])
 
 
 def _hits_at(found: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
