@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -39,17 +40,7 @@ from cli.main import main
     "--rebuild", is_flag=True, help="Drop every vector and re-encode all photos (e.g. new model)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def index_command(
-    photo_dir: Path,
-    library: Path | None,
-    model: str | None,
-    batch_size: int,
-    workers: int | None,
-    exclude: tuple[str, ...],
-    max_megapixels: float,
-    rebuild: bool,
-    as_json: bool,
-) -> None:
+def index_command(photo_dir: Path, as_json: bool, **options: Any) -> None:
     """Index PHOTO_DIR (recursively) so its photos can be searched; only changes are re-read.
 
     Example:
@@ -62,18 +53,9 @@ def index_command(
     from indexer import IndexOptions, index_photos
     from koclip import KoCLIPError
 
-    options = IndexOptions(
-        library=library,
-        model=model,
-        batch_size=batch_size,
-        workers=workers,
-        exclude=exclude,
-        max_megapixels=max_megapixels,
-        rebuild=rebuild,
-    )
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
-        summary = index_photos(photo_dir, options, progress=bar)
+        summary = index_photos(photo_dir, IndexOptions(**options), progress=bar)
     except (LibraryError, KoCLIPError) as exc:
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:

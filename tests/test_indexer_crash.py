@@ -51,12 +51,7 @@ def _photos(root: Path, n: int, start: int = 0) -> None:
 
 
 def _spawn(
-    root: Path,
-    ckpt: Path,
-    save_interval: float,
-    delay: float = 0.0,
-    pause_after: int = 0,
-    marker: Path | str = "",
+    root: Path, ckpt: Path, save_interval: float, delay=0.0, pause_after=0, marker=""
 ) -> subprocess.Popen:
     args = [str(root), str(ckpt), str(save_interval), str(delay), str(pause_after), str(marker)]
     return subprocess.Popen(

@@ -138,15 +138,7 @@ class ComposeRequest(BaseModel):
 
     def options(self) -> Options:
         """The paging and filters."""
-        return Options(
-            k=self.k,
-            offset=self.offset,
-            threshold=self.threshold,
-            under=self.under,
-            after=self.after,
-            before=self.before,
-            prompt=self.prompt,
-        )
+        return Options(**self.model_dump(exclude={"terms"}))
 
 
 def search_options(
@@ -161,15 +153,7 @@ def search_options(
     prompt: Annotated[bool, Query(description="wrap text in the prompt template")] = True,
 ) -> Options:
     """Paging and filters shared by every search route."""
-    return Options(
-        k=k,
-        offset=offset,
-        threshold=threshold,
-        under=under,
-        after=after,
-        before=before,
-        prompt=prompt,
-    )
+    return Options(k, offset, threshold, under, after, before, prompt)  # its fields' order
 
 
 OptionsDep = Annotated[Options, Depends(search_options)]

@@ -24,7 +24,15 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from search import PhotoInfo, QueryImageError, Searcher, SearchResults, Term, parse_query
+from search import (
+    PhotoInfo,
+    QueryImageError,
+    Searcher,
+    SearchOptions,
+    SearchResults,
+    Term,
+    parse_query,
+)
 from web.errors import ApiError
 from web.thumbnails import ThumbnailCache
 from web.uploads import UploadStore
@@ -43,15 +51,11 @@ DB_THREADS = 2
 
 
 @dataclass(frozen=True)
-class Options:
-    """Paging and filters of one request, as the page sends them."""
+class Options(SearchOptions):
+    """Paging and filters of one request, as the page sends them, and the prompt switch."""
 
     k: int = DEFAULT_K
-    offset: int = 0
-    threshold: float | None = None
     under: str | None = None  # relative to the photo root, POSIX
-    after: str | None = None
-    before: str | None = None
     prompt: bool = True
 
 
