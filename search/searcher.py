@@ -216,17 +216,8 @@ class Searcher:
         return folders
 
     def _info(self, row: db.Photo) -> PhotoInfo:
-        return PhotoInfo(
-            id=row.id,
-            path=self.photo_root / row.path,
-            relpath=row.path,
-            width=row.width,
-            height=row.height,
-            taken_at=row.taken_at,
-            taken_at_source=row.taken_at_source,
-            size=row.size,
-            content_hash=row.content_hash,
-        )
+        stored = (row.width, row.height, row.taken_at, row.taken_at_source, row.size)
+        return PhotoInfo(row.id, self.photo_root / row.path, row.path, *stored, row.content_hash)
 
     # -- embedding ----------------------------------------------------------------------------
 

@@ -268,8 +268,13 @@ def create_app(
 
 
 def _add_api_routes(app: FastAPI, backend: Backend) -> None:
-    async def photo_root() -> Path:
-        return (await run_in_threadpool(backend.searcher)).photo_root
+    async def searched(
+        fn: Callable[..., SearchResults], *args: Any, opts: Options, upload: str | None = None
+    ) -> dict[str, Any]:
+        """Run a search in the thread pool; its results as the page gets them."""
+        results = await run_in_threadpool(fn, *args, opts)
+        photo_root = (await run_in_threadpool(backend.searcher)).photo_root
+        return shape(results, opts, photo_root, upload)
 
     @app.get("/api/info", response_model=InfoResponse, tags=["library"])
     async def info() -> dict[str, Any]:
@@ -288,16 +293,13 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
     ) -> dict[str, Any]:
         """Text or a composed query in the CLI's syntax: `바다 + 노을 - 사람`, `2:강아지`,
         `2023/여행/바다.jpg + 노을` (image terms are photos of the library, by relative path)."""
-        results = await run_in_threadpool(backend.search, q, opts)
-        return shape(results, opts, await photo_root())
+        return await searched(backend.search, q, opts=opts)
 
     @app.post("/api/compose", response_model=SearchResponse, tags=["search"])
     async def compose(body: ComposeRequest) -> dict[str, Any]:
         """A composed query given as weighted terms (texts and library photo ids)."""
         terms = [(t.weight, t.text, t.photo_id) for t in body.terms]
-        opts = body.options()
-        results = await run_in_threadpool(backend.compose, terms, opts)
-        return shape(results, opts, await photo_root())
+        return await searched(backend.compose, terms, opts=body.options())
 
     @app.post(
         "/api/image",
@@ -316,8 +318,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
         data = await read_upload(request)
         image = await run_in_threadpool(decode_upload, data)
         token = backend.uploads.put(image)
-        results = await run_in_threadpool(backend.image, image, q, opts)
-        return shape(results, opts, await photo_root(), upload=token)
+        return await searched(backend.image, image, q, opts=opts, upload=token)
 
     @app.get("/api/image/{upload}", response_model=SearchResponse, tags=["search"])
     async def image_page(
@@ -327,8 +328,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
     ) -> dict[str, Any]:
         """More results for an image sent before (404 `upload_expired` once forgotten)."""
         image = backend.uploads.get(upload)
-        results = await run_in_threadpool(backend.image, image, q, opts)
-        return shape(results, opts, await photo_root(), upload=upload)
+        return await searched(backend.image, image, q, opts=opts, upload=upload)
 
     @app.get("/api/photos/{photo_id}", response_model=PhotoResponse, tags=["photos"])
     async def photo(photo_id: int) -> dict[str, Any]:
@@ -338,8 +338,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
     @app.get("/api/photos/{photo_id}/similar", response_model=SearchResponse, tags=["search"])
     async def similar(photo_id: int, opts: OptionsDep) -> dict[str, Any]:
         """Photos like a library photo (it and its exact duplicates left out)."""
-        results = await run_in_threadpool(backend.similar, photo_id, opts)
-        return shape(results, opts, await photo_root())
+        return await searched(backend.similar, photo_id, opts=opts)
 
     @app.get(
         "/api/photos/{photo_id}/thumbnail",
