@@ -66,17 +66,12 @@ def serve_command(
     """
     import uvicorn
 
-    from search import LibraryError, ModelMismatchError, find_library
-    from search.library import check_model, open_read_only
+    from search import LibraryError, ModelMismatchError, Searcher
     from web import create_app
 
     try:
-        directory = find_library(library)
-        lib, manifest = open_read_only(directory)
-        try:
-            check_model(manifest, model)  # fail now, not on the first query
-        finally:
-            lib.close()
+        with Searcher(library, model=model) as searcher:  # fail now, not on the first query
+            directory = searcher.directory
     except ModelMismatchError as exc:
         raise click.UsageError(str(exc)) from None
     except LibraryError as exc:
