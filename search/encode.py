@@ -192,7 +192,7 @@ class QueryEncoder:
             fingerprint=files.fingerprint,
             dim=files.config.projection_dim,
             preprocess_version=PREPROCESS_VERSION,
-            index_type="flat",
+            index_type=db.vectors.DEFAULT_INDEX_TYPE,  # unused: no library, no index
             photo_root=".",
         )
         return cls(manifest, **kwargs)
