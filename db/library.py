@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import faiss
 import numpy as np
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import ColumnElement, Engine, create_engine, event, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -259,15 +259,17 @@ class Library:
             ids = s.scalars(select(Photo.id).order_by(Photo.id)).all()
         return np.asarray(ids, dtype=np.int64)
 
+    @staticmethod
     def iter_embeddings(
-        self, session: Session, chunk: int = 4096
+        session: Session, *where: ColumnElement[bool], chunk: int = 4096
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) chunks of every stored embedding, by id, within `session`'s transaction."""
+        """(ids, vectors) chunks of the stored embeddings of every photo (or those matching the
+        `where` conditions on Photo), by id, within `session`'s transaction."""
         last = -1
         while True:
             rows = session.execute(
                 select(Photo.id, Photo.embedding)
-                .where(Photo.id > last)
+                .where(Photo.id > last, *where)
                 .order_by(Photo.id)
                 .limit(chunk)
             ).all()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -72,25 +71,6 @@ def filtered_ids(session: Session, flt: Filter) -> np.ndarray:
     """Sorted ids of the photos the filter lets through (ids only: reads the indexes, not the rows)."""
     rows = session.scalars(select(db.Photo.id).where(*flt.conditions()).order_by(db.Photo.id))
     return np.fromiter(rows, dtype=np.int64)
-
-
-def filtered_embeddings(
-    session: Session, flt: Filter, chunk: int = 8192
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) chunks of the stored embeddings the filter lets through."""
-    last = -1
-    while True:
-        rows = session.execute(
-            select(db.Photo.id, db.Photo.embedding)
-            .where(db.Photo.id > last, *flt.conditions())
-            .order_by(db.Photo.id)
-            .limit(chunk)
-        ).all()
-        if not rows:
-            return
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        yield ids, np.stack([db.blob_to_vector(r[1]) for r in rows])
-        last = int(ids[-1])
 
 
 def photos_with_hash(session: Session, content_hash: str) -> list[db.Photo]:
