@@ -267,6 +267,7 @@ def bench_ann(
     """ANN p50 latency, recall@10 vs exact and memory at `n` clustered vectors."""
     import faiss
 
+    from db import vectors
     from search import ann
     from search.engine import few_query_threads
 
@@ -292,7 +293,10 @@ def bench_ann(
     gc.collect()
     for kind in kinds:
         t = time.perf_counter()
-        index = ann.build_index(kind, base, np.arange(n, dtype=np.int64))
+        index = vectors.build_index(
+            kind, DIM, [(np.arange(n, dtype=np.int64), base)], n, sample=base.__getitem__
+        )
+        ann.tune(index)
         build = time.perf_counter() - t
         found, lat, lat_omp = [], [], []
         for i in range(n_queries):

@@ -368,12 +368,10 @@ def main() -> None:
     # A private koclip cache (converted weights, compiled programs, text embeddings), shared
     # with the server process; its text-embedding store is emptied so "distinct" stays distinct.
     os.environ["KOCLIP_CACHE_DIR"] = str(args.cache / "koclip-cache")
-    from koclip.runtime import compilation_cache_dir
+    from koclip.cache import default_cache_root
 
     for suffix in ("", "-wal", "-shm"):
-        (compilation_cache_dir().parent / f"text-embeddings.sqlite3{suffix}").unlink(
-            missing_ok=True
-        )
+        (default_cache_root() / f"text-embeddings.sqlite3{suffix}").unlink(missing_ok=True)
     print(f"setup (cached in {args.cache}):", flush=True)
     ckpt = checkpoint(args.cache)
     lib_dir = library(args.cache, ckpt, args.photos, args.index)

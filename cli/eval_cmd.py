@@ -49,7 +49,7 @@ def eval_command(
         koclip-search eval xm3600-ko.jsonl --images xm3600/images --json
     """
     from cli.progress import ProgressBar
-    from search.evaluate import evaluate
+    from train import evaluate
 
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() and not as_json else None
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -40,17 +41,7 @@ from cli.main import main
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @domain_errors
-def index_command(
-    photo_dir: Path,
-    library: Path | None,
-    model: str | None,
-    batch_size: int,
-    workers: int | None,
-    exclude: tuple[str, ...],
-    max_megapixels: float,
-    rebuild: bool,
-    as_json: bool,
-) -> None:
+def index_command(photo_dir: Path, as_json: bool, **options: Any) -> None:
     """Index PHOTO_DIR (recursively) so its photos can be searched; only changes are re-read.
 
     Example:
@@ -61,18 +52,9 @@ def index_command(
     from cli.progress import ProgressBar
     from indexer import IndexOptions, index_photos
 
-    options = IndexOptions(
-        library=library,
-        model=model,
-        batch_size=batch_size,
-        workers=workers,
-        exclude=exclude,
-        max_megapixels=max_megapixels,
-        rebuild=rebuild,
-    )
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
-        summary = index_photos(photo_dir, options, progress=bar)
+        summary = index_photos(photo_dir, IndexOptions(**options), progress=bar)
     except KeyboardInterrupt:
         if bar:
             bar.close()

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from search.training import TrainProgress
+    from train import TrainProgress
 
 
 def clock(seconds: float) -> str:
@@ -71,7 +71,7 @@ class TrainBar(LineBar):
         super().__init__(stream, width=width, min_interval=min_interval)
 
     def __call__(self, p: TrainProgress) -> None:
-        """Progress callback for `search.training.train`."""
+        """Progress callback for `train.train`."""
         if not self.due(final=p.epoch_done):
             return
         eta = clock(p.seconds_left) if p.seconds_left is not None else "--:--"

@@ -69,17 +69,12 @@ def serve_command(
     import uvicorn
 
     from db import LibraryError
-    from search import find_library
-    from search.library import check_model, open_library
+    from search import Searcher
     from web import create_app
 
     try:
-        directory = find_library(library)
-        lib, manifest = open_library(directory)
-        try:
-            check_model(manifest, model)  # fail now, not on the first query
-        finally:
-            lib.close()
+        with Searcher(library, model=model) as searcher:  # fail now, not on the first query
+            directory = searcher.directory
     except LibraryError as exc:
         # Serve anyway: the page explains, and picks the library up once it is indexed.
         directory = library

@@ -130,7 +130,7 @@ def train_command(
     \b
         koclip-search train mine.jsonl --images ~/Pictures --from koclip-base --out ~/koclip-mine
     """
-    from search.training import TrainOptions, train
+    from train import TrainOptions, train
 
     try:
         opts = TrainOptions(**options)

@@ -1,9 +1,9 @@
 """The library on disk: SQLite schema and sessions, manifest, writer lock, FAISS wrapper.
 
-Knows nothing of the model. See /work/notes/db_api.md (and each module's docstrings).
+Knows nothing of the model; each module's docstring describes its part.
 """
 
-from db.content import content_hash, hash_file
+from db.content import IMAGE_SUFFIXES, content_hash, hash_file
 from db.errors import (
     LibraryError,
     LibraryLockedError,
@@ -18,12 +18,14 @@ from db.library import (
     LibraryLock,
     Manifest,
     default_library_dir,
+    is_library,
     relative_photo_root,
     write_errors,
 )
 from db.schema import SCHEMA_VERSION, Failure, Photo, blob_to_vector, vector_to_blob
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "LIBRARY_DIRNAME",
     "SCHEMA_VERSION",
     "Failure",
@@ -41,6 +43,7 @@ __all__ = [
     "content_hash",
     "default_library_dir",
     "hash_file",
+    "is_library",
     "relative_photo_root",
     "vector_to_blob",
     "write_errors",

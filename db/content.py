@@ -1,10 +1,18 @@
-"""Content hashes of files: equal hashes mean byte-identical files (moves, exact duplicates)."""
+"""Photo files as a library sees them: which names are images, and their content hashes
+(equal hashes mean byte-identical files: moves, exact duplicates)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 
+# The files the indexer takes and the names search's query parser reads as image terms.
+# HEIC/HEIF/AVIF decode through pillow-heif (registered by koclip.preprocess.open_image);
+# where it is missing they are recorded as failures with the reason, not silently skipped.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    | {".heic", ".heif", ".avif"}
+)
 _CHUNK = 1 << 20
 
 

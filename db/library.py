@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import faiss
 import numpy as np
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import ColumnElement, Engine, create_engine, event, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -57,7 +57,7 @@ class Manifest:
     fingerprint: str  # koclip.checkpoint_fingerprint of the weights
     dim: int
     preprocess_version: str  # koclip.preprocess.PREPROCESS_VERSION
-    index_type: str  # a key of db.vectors.INDEX_FACTORIES
+    index_type: str  # a key of db.vectors.INDEX_FACTORIES (one of INDEX_TYPES, or registered)
     photo_root: str  # relative to the library folder ("..") or absolute
     schema_version: int = SCHEMA_VERSION
     created_at: float = 0.0
@@ -66,6 +66,11 @@ class Manifest:
     def to_json(self) -> str:
         """The manifest.json text."""
         return json.dumps(asdict(self), ensure_ascii=False, indent=2) + "\n"
+
+
+def is_library(directory: Path) -> bool:
+    """True if `directory` holds a library database (it may still be being created)."""
+    return (Path(directory) / DB_NAME).is_file()
 
 
 def default_library_dir(photo_root: Path) -> Path:
@@ -130,6 +135,13 @@ class Library:
             engine.dispose()
             raise
         return library
+
+    @classmethod
+    def reset(cls, directory: Path) -> Library:
+        """Delete the database (with its WAL files) and create an empty one; hold the lock."""
+        for suffix in ("", "-wal", "-shm"):
+            (Path(directory) / f"{DB_NAME}{suffix}").unlink(missing_ok=True)
+        return cls.create(directory)
 
     def close(self) -> None:
         """Release the database connections."""
@@ -247,15 +259,17 @@ class Library:
             ids = s.scalars(select(Photo.id).order_by(Photo.id)).all()
         return np.asarray(ids, dtype=np.int64)
 
+    @staticmethod
     def iter_embeddings(
-        self, session: Session, chunk: int = 4096
+        session: Session, *where: ColumnElement[bool], chunk: int = 4096
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) chunks of every stored embedding, by id, within `session`'s transaction."""
+        """(ids, vectors) chunks of the stored embeddings of every photo (or those matching the
+        `where` conditions on Photo), by id, within `session`'s transaction."""
         last = -1
         while True:
             rows = session.execute(
                 select(Photo.id, Photo.embedding)
-                .where(Photo.id > last)
+                .where(Photo.id > last, *where)
                 .order_by(Photo.id)
                 .limit(chunk)
             ).all()
@@ -294,14 +308,12 @@ class Library:
         index_type = index_type or manifest.index_type
         with self.session() as s, s.begin():
             ids = self.photo_ids(s)
-            training = None
-            probe = vectors.make_index(index_type, manifest.dim, len(ids))
-            if not probe.is_trained and len(ids):
-                take = vectors.training_size(probe, len(ids))
-                sample = np.random.default_rng(0).choice(ids, take, replace=False)
-                training = self.vectors_for(s, np.sort(sample))
             return vectors.build_index(
-                index_type, manifest.dim, self.iter_embeddings(s), len(ids), training=training
+                index_type,
+                manifest.dim,
+                self.iter_embeddings(s),
+                len(ids),
+                sample=lambda rows: self.vectors_for(s, ids[rows]),
             )
 
     def vectors_for(self, session: Session, ids: np.ndarray | list[int]) -> np.ndarray:

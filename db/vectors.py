@@ -19,7 +19,10 @@ import numpy as np
 
 from db.errors import LibraryError, LibraryWriteError
 
-DEFAULT_INDEX_TYPE = "flat"
+FLAT = "flat"
+HNSW = "hnsw"
+IVF_SQ8 = "ivf-sq8"
+DEFAULT_INDEX_TYPE = FLAT
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 
@@ -51,10 +54,11 @@ def _ivf_sq8(dim: int, n: int) -> faiss.Index:
 # Parameters of hnsw / ivf-sq8 as measured by bench/search.py (recall@10 0.98 at 1M vectors).
 IndexFactory = Callable[[int, int], faiss.Index]
 INDEX_FACTORIES: dict[str, IndexFactory] = {
-    "flat": lambda dim, n: faiss.IndexFlatIP(dim),
-    "hnsw": _hnsw,
-    "ivf-sq8": _ivf_sq8,
+    FLAT: lambda dim, n: faiss.IndexFlatIP(dim),
+    HNSW: _hnsw,
+    IVF_SQ8: _ivf_sq8,
 }
+INDEX_TYPES = tuple(INDEX_FACTORIES)  # the built-in types, which a library may be switched to
 
 
 def register_index_type(name: str, factory: IndexFactory) -> None:
@@ -77,18 +81,21 @@ def build_index(
     dim: int,
     chunks: Iterable[tuple[np.ndarray, np.ndarray]],
     n_vectors: int = 0,
-    training: np.ndarray | None = None,
+    sample: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> faiss.IndexIDMap2:
-    """A new index holding every (ids, vectors) chunk.
+    """A new index holding every (ids, vectors) chunk of a collection of `n_vectors`.
 
     `chunks` yields (int64 ids (n,), float32 vectors (n, dim)); pass a generator over the
     database (see `Library.iter_embeddings`) to keep memory to the index itself. A type that
-    trains is trained on `training` (a sample spread over the collection, see `training_size`),
-    else on the first chunk.
+    trains is trained on `sample(rows)`, the vectors at the given sorted positions of the
+    collection: a seeded random sample spread over all of it (see `training_size`). Without
+    `sample` it trains on the first chunk.
     """
     index = make_index(index_type, dim, n_vectors)
-    if not index.is_trained and training is not None and len(training):
-        index.train(np.ascontiguousarray(training, dtype=np.float32))
+    if not index.is_trained and sample is not None and n_vectors:
+        take = training_size(index, n_vectors)
+        rows = np.sort(np.random.default_rng(0).choice(n_vectors, take, replace=False))
+        index.train(np.ascontiguousarray(sample(rows), dtype=np.float32))
     for ids, vectors in chunks:
         if not index.is_trained:
             index.train(np.ascontiguousarray(vectors, dtype=np.float32))

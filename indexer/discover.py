@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# HEIC/HEIF/AVIF decode through pillow-heif (registered by koclip.preprocess.open_image);
-# where it is missing they are recorded as failures with the reason, not silently skipped.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-    | {".heic", ".heif", ".avif"}
-)
+from db import IMAGE_SUFFIXES
+from koclip.preprocess import nfc
 
 
 @dataclass(frozen=True)
@@ -33,11 +28,6 @@ class UnreadableDir:
 
     relpath: str
     reason: str
-
-
-def nfc(text: str) -> str:
-    """NFC-normalise a path: macOS writes decomposed (NFD) Hangul."""
-    return unicodedata.normalize("NFC", text)
 
 
 def is_excluded(relpath: str, patterns: Sequence[str]) -> bool:
@@ -104,7 +94,7 @@ def discover(
 
 
 def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
 def _lower(patterns: Iterable[str]) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from datetime import datetime
 import numpy as np
 from PIL import Image
 
-from db.content import hash_file
+from db import hash_file
 from indexer.plan import Task
 from koclip.errors import ImageError, ImageTooLargeError
 from koclip.preprocess import open_image, preprocess

@@ -24,18 +24,13 @@ from db import LibraryError, LibraryLock, LibraryWriteError, default_library_dir
 from indexer.discover import discover
 from indexer.load import Loaded, load
 from indexer.plan import Plan, Task, load_known, make_plan
-from indexer.setup import open_library, prepare
+from indexer.setup import open_for_indexing, prepare
 from indexer.summary import Summary
 from indexer.writer import Writer
 from koclip import KoCLIPEncoder
+from koclip.preprocess import MAX_PIXELS
 
 ProgressCallback = Callable[[int, int], None]  # (files done, files to read)
-
-# Test hooks (read from the environment so a subprocess can be steered): sleep this many
-# seconds after each committed batch / after batch N touch a file and wait to be killed.
-_ENV_DELAY = "KOCLIP_SEARCH_TEST_BATCH_DELAY"
-_ENV_PAUSE_AFTER = "KOCLIP_SEARCH_TEST_PAUSE_AFTER"
-_ENV_PAUSE_FILE = "KOCLIP_SEARCH_TEST_PAUSE_FILE"
 
 
 @dataclass(frozen=True)
@@ -47,9 +42,12 @@ class IndexOptions:
     batch_size: int = 32
     workers: int | None = None  # default: one per CPU
     exclude: tuple[str, ...] = ()
-    max_megapixels: float = 100.0
+    max_megapixels: float = MAX_PIXELS / 1e6
     rebuild: bool = False
     save_interval: float = 30.0  # seconds between index saves during a run
+    # Called with the number of batches committed so far, after each commit (before the
+    # FAISS file catches up): a place to watch a run, or to stop it there.
+    on_batch_committed: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_megapixels) and self.max_megapixels > 0):
@@ -78,7 +76,7 @@ def index_photos(
     library_dir = library_dir or default_library_dir(photo_root)
     with (
         _lock(library_dir, default=options.library is None),
-        open_library(library_dir, rebuild=options.rebuild) as library,
+        open_for_indexing(library_dir, rebuild=options.rebuild) as library,
     ):
         encoder = prepare(
             library,
@@ -159,7 +157,8 @@ def _run_stages(
         for item in items:
             item.pixels = None  # let the batch's memory go
         queue.extend((item.task, True) for item in retry)
-        _after_commit(writer.batches_committed)
+        if options.on_batch_committed:
+            options.on_batch_committed(writer.batches_committed)
 
     if progress:
         progress(0, total)
@@ -221,15 +220,3 @@ def _pil_bomb_check_off() -> Iterator[None]:
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = saved
-
-
-def _after_commit(batches: int) -> None:
-    delay = os.environ.get(_ENV_DELAY)
-    if delay:
-        time.sleep(float(delay))
-    pause_after = os.environ.get(_ENV_PAUSE_AFTER)
-    if pause_after and batches == int(pause_after):
-        marker = os.environ.get(_ENV_PAUSE_FILE)
-        if marker:
-            Path(marker).write_text(str(os.getpid()))
-        time.sleep(3600)  # the test kills us here: committed to SQLite, not yet saved to FAISS

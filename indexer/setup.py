@@ -17,7 +17,6 @@ from db import (
     relative_photo_root,
     write_errors,
 )
-from db.library import DB_NAME
 from db.vectors import DEFAULT_INDEX_TYPE
 from koclip import KoCLIPEncoder, checkpoint_fingerprint, load_encoder
 from koclip.preprocess import PREPROCESS_VERSION
@@ -25,16 +24,14 @@ from koclip.preprocess import PREPROCESS_VERSION
 DEFAULT_MODEL = "koclip-base"
 
 
-def open_library(directory: Path, *, rebuild: bool) -> Library:
+def open_for_indexing(directory: Path, *, rebuild: bool) -> Library:
     """Open the library for writing (the caller holds its lock); --rebuild replaces an old schema."""
     try:
         return Library.create(directory)
     except SchemaVersionError:
         if not rebuild:
             raise
-    for suffix in ("", "-wal", "-shm"):
-        (directory / f"{DB_NAME}{suffix}").unlink(missing_ok=True)
-    return Library.create(directory)
+    return Library.reset(directory)
 
 
 def prepare(

@@ -41,6 +41,9 @@ MAX_PIXELS = 100_000_000
 # min cosine 0.9988 to the exact path, under the 0.999 bar; factor 4 gives 0.9994 at half the
 # cost of a full decode. So 4 is the default.
 DRAFT_FACTOR = 4
+# The decompression-bomb guard every decoder of library photos uses (the indexer's default
+# --max-megapixels): a photo the indexer took is one the web and eval may decode.
+MAX_PIXELS = 100_000_000
 
 # Mode conversions with a wide intermediate run this many pixels at a time.
 _BAND_PIXELS = 1 << 22

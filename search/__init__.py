@@ -7,6 +7,7 @@ with Searcher("~/Pictures") as searcher:
         print(hit.rank, f"{hit.score:.3f}", hit.path)
 """
 
+from search.encode import QueryEncoder
 from search.errors import (
     DateError,
     ModelMismatchError,
@@ -17,13 +18,15 @@ from search.errors import (
 from search.library import LibraryInfo, find_library
 from search.query import Term, parse_query
 from search.reindex import ReindexReport, reindex
-from search.results import SearchHit, SearchResults
+from search.results import PhotoInfo, SearchHit, SearchResults
 from search.searcher import Searcher, SearchOptions
 
 __all__ = [
     "DateError",
     "LibraryInfo",
     "ModelMismatchError",
+    "PhotoInfo",
+    "QueryEncoder",
     "QueryError",
     "QueryImageError",
     "ReindexReport",

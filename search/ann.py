@@ -1,18 +1,14 @@
-"""Which FAISS index a collection gets, how to build it from stored vectors, and how to search it."""
+"""Which FAISS index a collection gets, and how to search it (db.vectors builds it)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
+from db.vectors import FLAT, IVF_SQ8
 
 if TYPE_CHECKING:
     import faiss
 
-FLAT = "flat"
-HNSW = "hnsw"
-IVF_SQ8 = "ivf-sq8"
-INDEX_TYPES = (FLAT, HNSW, IVF_SQ8)
 AUTO = "auto"
 
 # Exact search over 200k x 512 float32 (400 MB) is ~25 ms on one core: cheap next to
@@ -34,22 +30,6 @@ BLAS_MIN_QUERIES = 16
 def auto_index_type(n: int) -> str:
     """The index type a collection of `n` photos gets when none is asked for."""
     return FLAT if n <= FLAT_MAX else IVF_SQ8
-
-
-def build_index(kind: str, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
-    """db/'s index of type `kind` over in-memory unit `vectors` (bench, tests), tuned for search."""
-    from db import vectors as dbv
-
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    probe = dbv.make_index(kind, vectors.shape[1], len(vectors))
-    training = None
-    if not probe.is_trained:
-        take = dbv.training_size(probe, len(vectors))
-        rows = np.sort(np.random.default_rng(0).choice(len(vectors), take, replace=False))
-        training = vectors[rows]
-    index = dbv.build_index(kind, vectors.shape[1], [(ids, vectors)], len(vectors), training)
-    tune(index)
-    return index
 
 
 def tune(index: faiss.Index) -> None:

@@ -15,9 +15,9 @@ import numpy as np
 
 import db
 from koclip.cache import default_cache_root
+from koclip.preprocess import nfc
 from koclip.runtime import enable_compilation_cache
 from search.errors import ModelMismatchError, QueryError, QueryImageError
-from search.query import nfc
 
 TEXT_CACHE_SIZE = 256
 # "jax": the jitted towers, fastest per query once compiled (serve, the Python API).
@@ -153,6 +153,23 @@ class QueryEncoder:
         # Loading and running the towers, one caller at a time: a fast tokenizer raises
         # "Already borrowed" when two threads use it at once.
         self._model_lock = threading.RLock()
+
+    @classmethod
+    def for_model(cls, model: str | os.PathLike[str], **kwargs: Any) -> QueryEncoder:
+        """An encoder of a model on its own, no library (eval): loaded as a library's model is."""
+        from koclip import model_id_for, resolve
+        from koclip.preprocess import PREPROCESS_VERSION
+
+        files = resolve(model)
+        manifest = db.Manifest(
+            model_id=model_id_for(model),
+            fingerprint=files.fingerprint,
+            dim=files.config.projection_dim,
+            preprocess_version=PREPROCESS_VERSION,
+            index_type=db.vectors.DEFAULT_INDEX_TYPE,  # unused: no library, no index
+            photo_root=".",
+        )
+        return cls(manifest, **kwargs)
 
     def encoder(self, tower: str) -> Any:
         """The koclip encoder holding only `tower` ("text" or "vision"), loaded on first use."""

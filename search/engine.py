@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 import db
 from db import vectors
 from search import ann
-from search.filters import Filter, filtered_embeddings, filtered_ids
+from search.filters import Filter, filtered_ids
 
 if TYPE_CHECKING:
     import faiss
@@ -199,7 +199,7 @@ def _scan_database(
     """Exact top-k over the filter's stored embeddings, a chunk at a time (bounded memory)."""
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_i = np.zeros((len(queries), 0), np.int64)
-    for ids, vecs in filtered_embeddings(session, flt):
+    for ids, vecs in db.Library.iter_embeddings(session, *flt.conditions(), chunk=8192):
         scores = queries @ vecs.T
         best_s = np.concatenate([best_s, scores], axis=1)
         best_i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)

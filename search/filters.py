@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import unicodedata
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -14,6 +12,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 import db
+from koclip.preprocess import nfc
 from search.errors import QueryError
 
 
@@ -50,7 +49,7 @@ def relative_to_root(path: str | os.PathLike[str], photo_root: Path) -> str | No
     for candidate in (absolute, absolute.resolve()):
         if candidate.is_relative_to(root):
             rel = PurePosixPath(*candidate.relative_to(root).parts).as_posix()
-            return unicodedata.normalize("NFC", "" if rel == "." else rel)
+            return nfc("" if rel == "." else rel)
     return None
 
 
@@ -65,32 +64,13 @@ def folder_filter(under: str | os.PathLike[str], photo_root: Path) -> str:
     parts = [p for p in PurePosixPath(text.replace(os.sep, "/")).parts if p not in ("", ".")]
     if ".." in parts:
         raise QueryError(f"--under {text}: '..' is only allowed in paths that exist")
-    return unicodedata.normalize("NFC", "/".join(parts))
+    return nfc("/".join(parts))
 
 
 def filtered_ids(session: Session, flt: Filter) -> np.ndarray:
     """Sorted ids of the photos the filter lets through (ids only: reads the indexes, not the rows)."""
     rows = session.scalars(select(db.Photo.id).where(*flt.conditions()).order_by(db.Photo.id))
     return np.fromiter(rows, dtype=np.int64)
-
-
-def filtered_embeddings(
-    session: Session, flt: Filter, chunk: int = 8192
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) chunks of the stored embeddings the filter lets through."""
-    last = -1
-    while True:
-        rows = session.execute(
-            select(db.Photo.id, db.Photo.embedding)
-            .where(db.Photo.id > last, *flt.conditions())
-            .order_by(db.Photo.id)
-            .limit(chunk)
-        ).all()
-        if not rows:
-            return
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        yield ids, np.stack([db.blob_to_vector(r[1]) for r in rows])
-        last = int(ids[-1])
 
 
 def photos_with_hash(session: Session, content_hash: str) -> list[db.Photo]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
 import db
-from db.library import DB_NAME
 from search.errors import ModelMismatchError
-
-
-def _is_library(directory: Path) -> bool:
-    return (directory / DB_NAME).is_file()
 
 
 def find_library(given: str | os.PathLike[str] | None = None, start: Path | None = None) -> Path:
@@ -23,7 +21,7 @@ def find_library(given: str | os.PathLike[str] | None = None, start: Path | None
     if given is not None:
         path = Path(given).expanduser().absolute()
         for candidate in (path, path / db.LIBRARY_DIRNAME):
-            if _is_library(candidate):
+            if db.is_library(candidate):
                 return candidate
         raise db.LibraryNotFoundError(
             f"no library at {path} (run `koclip-search index PHOTO_DIR` first)"
@@ -31,7 +29,7 @@ def find_library(given: str | os.PathLike[str] | None = None, start: Path | None
     here = (start or Path.cwd()).absolute()
     for directory in (here, *here.parents):
         for candidate in (directory, directory / db.LIBRARY_DIRNAME):
-            if candidate.name == db.LIBRARY_DIRNAME and _is_library(candidate):
+            if candidate.name == db.LIBRARY_DIRNAME and db.is_library(candidate):
                 return candidate
     raise db.LibraryNotFoundError(
         f"no {db.LIBRARY_DIRNAME}/ library in {here} or above; pass --library DIR "
@@ -39,7 +37,7 @@ def find_library(given: str | os.PathLike[str] | None = None, start: Path | None
     )
 
 
-def open_library(directory: Path) -> tuple[db.Library, db.Manifest]:
+def open_read_only(directory: Path) -> tuple[db.Library, db.Manifest]:
     """Open a library read-only with its manifest; db.LibraryError if it is unusable or empty."""
     library = db.Library.open(directory, readonly=True)
     try:
@@ -109,8 +107,6 @@ def describe_library(
 ) -> LibraryInfo:
     """Counts, model and index of an opened library from one read snapshot; `disk` adds its
     size on disk (a walk of the library folder)."""
-    from sqlalchemy import func, select
-
     with library.session() as s, s.begin():
         manifest = library.manifest(s)
         if manifest is None:
@@ -135,3 +131,19 @@ def describe_library(
         size_bytes=size,
         last_indexed=datetime.fromtimestamp(last) if last else None,
     )
+
+
+def library_stamp(session: Session) -> tuple[int, int | None]:
+    """(photo count, newest id): changes whenever photos are added or removed."""
+    return tuple(session.execute(select(func.count(db.Photo.id), func.max(db.Photo.id))).one())
+
+
+def folder_counts(session: Session) -> list[tuple[str, int]]:
+    """Every folder holding photos (relative to the photo root) and its photo count, subfolders
+    included, sorted by folder."""
+    counts: dict[str, int] = {}
+    for path in session.scalars(select(db.Photo.path)):
+        for parent in PurePosixPath(path).parents:
+            if str(parent) != ".":
+                counts[str(parent)] = counts.get(str(parent), 0) + 1
+    return sorted(counts.items())

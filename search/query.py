@@ -4,32 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from db import IMAGE_SUFFIXES
+from koclip.preprocess import nfc
 from search.errors import QueryError
-
-# Suffixes that make a term an image path even before we look on disk, so a mistyped
-# path is reported as an unreadable image rather than silently searched as text.
-IMAGE_SUFFIXES = frozenset(
-    {
-        ".jpg",
-        ".jpeg",
-        ".jpe",
-        ".png",
-        ".gif",
-        ".bmp",
-        ".webp",
-        ".tif",
-        ".tiff",
-        ".heic",
-        ".heif",
-        ".avif",
-    }
-)
 
 _OPERATORS = {"+": 1.0, "-": -1.0}
 _WEIGHT = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)):(.+)$", re.DOTALL)
@@ -62,14 +44,10 @@ class Term:
         return body if self.weight == 1.0 else f"{self.weight:g}:{body}"
 
 
-def nfc(text: str) -> str:
-    """NFC-normalise, so Hangul typed on macOS (NFD) matches the same query typed elsewhere."""
-    return unicodedata.normalize("NFC", text)
-
-
 def looks_like_image(token: str, files: bool = True) -> bool:
-    """True if `token` names an image: an image suffix, or (`files`) a path with a separator
-    that is a file."""
+    """True if `token` names an image: an image suffix (a term is an image path even before
+    anything is looked up, so a mistyped path is reported as unreadable rather than searched
+    as text), or (`files`) a path with a separator that is a file."""
     if Path(token).suffix.lower() in IMAGE_SUFFIXES:
         return True
     if not files:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import db
+from db.vectors import INDEX_TYPES
 from search import ann
 
 
@@ -27,9 +28,9 @@ def reindex(directory: Path, index_type: str = ann.AUTO) -> ReindexReport:
     atomically, then switches the manifest, then removes the old file, so a concurrent
     search always finds a complete index of the type its manifest names.
     """
-    if index_type != ann.AUTO and index_type not in ann.INDEX_TYPES:
+    if index_type != ann.AUTO and index_type not in INDEX_TYPES:
         raise db.LibraryError(
-            f"unknown index type {index_type!r}; choose auto, {', '.join(ann.INDEX_TYPES)}"
+            f"unknown index type {index_type!r}; choose auto, {', '.join(INDEX_TYPES)}"
         )
     with db.LibraryLock(directory), db.Library.create(directory) as library:
         manifest = library.manifest()

@@ -35,6 +35,21 @@ class SearchHit:
 
 
 @dataclass(frozen=True)
+class PhotoInfo:
+    """One library photo as stored (no query, no score): what a detail view shows."""
+
+    id: int
+    path: Path  # absolute; the file may be gone since it was indexed
+    relpath: str  # POSIX, NFC, relative to the photo root
+    width: int
+    height: int
+    taken_at: datetime
+    taken_at_source: str  # "exif" | "mtime"
+    size: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
 class SearchResults:
     """The hits for one query, best first, after offset paging and the threshold."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 import db
+from koclip.preprocess import nfc
 from search.dates import parse_range
 from search.encode import QueryEncoder, combine, open_query_image
 from search.engine import IndexView, candidate_limit, top_k
@@ -24,9 +26,17 @@ from search.filters import (
     photos_with_hash,
     relative_to_root,
 )
-from search.library import LibraryInfo, check_model, describe_library, find_library, open_library
-from search.query import Term, describe, nfc, parse_query
-from search.results import SearchHit, SearchResults
+from search.library import (
+    LibraryInfo,
+    check_model,
+    describe_library,
+    find_library,
+    folder_counts,
+    library_stamp,
+    open_read_only,
+)
+from search.query import Term, describe, parse_query
+from search.results import PhotoInfo, SearchHit, SearchResults
 
 DEFAULT_K = 20
 # An in-memory image query cannot be matched to its file by bytes; a library photo whose
@@ -34,6 +44,9 @@ DEFAULT_K = 20
 SAME_IMAGE_SCORE = 1 - 1e-4
 # Up to this many candidates a search fetches without first counting the library.
 _CHEAP_FETCH = 4096
+# `folders` rescans at once when photos come or go, and at least this often (seconds) for
+# changes that keep the count and the newest id (a move).
+FOLDERS_TTL = 30.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,7 @@ class Searcher:
         backend: str = "jax",
     ) -> None:
         self.directory = find_library(library)
-        self.library, self.manifest = open_library(self.directory)
+        self.library, self.manifest = open_read_only(self.directory)
         try:
             check_model(self.manifest, model)
             self.photo_root = self.library.photo_root()
@@ -100,6 +113,7 @@ class Searcher:
             self.library.close()
             raise
         self.index = IndexView(self.library, self.manifest.index_type, self.manifest.dim)
+        self._folders: tuple[tuple[int, int | None], float, list[tuple[str, int]]] | None = None
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -175,6 +189,40 @@ class Searcher:
             loaded = self.index.refresh()
             indexed = None if loaded is None else loaded.index.ntotal
         return describe_library(self.library, indexed_vectors=indexed, disk=full)
+
+    # -- the library's photos -----------------------------------------------------------------
+
+    def photo(self, photo_id: int) -> PhotoInfo | None:
+        """A library photo by id (its file may be gone), or None if there is none."""
+        with self.library.session() as s, s.begin():
+            row = s.get(db.Photo, int(photo_id))
+            return None if row is None else self._info(row)
+
+    def photo_at(self, path: str | os.PathLike[str]) -> PhotoInfo | None:
+        """The library photo at `path` (absolute, or relative to the photo root), or None if
+        it is not one (outside the photo root included, whatever `..` it holds)."""
+        rel = relative_to_root(self.photo_root / path, self.photo_root)
+        if not rel:
+            return None
+        with self.library.session() as s, s.begin():
+            row = photo_at(s, rel)
+            return None if row is None else self._info(row)
+
+    def folders(self) -> list[tuple[str, int]]:
+        """Every folder holding photos (relative to the photo root) with its photo count,
+        subfolders included, sorted; cached (see FOLDERS_TTL)."""
+        with self.library.session() as s, s.begin():
+            stamp = library_stamp(s)
+            cached = self._folders
+            if cached and cached[0] == stamp and time.monotonic() - cached[1] < FOLDERS_TTL:
+                return cached[2]
+            folders = folder_counts(s)
+        self._folders = (stamp, time.monotonic(), folders)
+        return folders
+
+    def _info(self, row: db.Photo) -> PhotoInfo:
+        stored = (row.width, row.height, row.taken_at, row.taken_at_source, row.size)
+        return PhotoInfo(row.id, self.photo_root / row.path, row.path, *stored, row.content_hash)
 
     # -- embedding ----------------------------------------------------------------------------
 

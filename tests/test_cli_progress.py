@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from cli.progress import ProgressBar, TrainBar, clock
-from search.training import TrainProgress
+from train import TrainProgress
 
 
 def test_clock():

@@ -128,6 +128,10 @@ def test_schema_version_mismatch_refused(library):
         s.execute(text("UPDATE manifest SET schema_version = 999"))
     with pytest.raises(db.SchemaVersionError, match="--rebuild"):
         db.Library.open(library.directory)
+    library.close()
+    with db.Library.reset(library.directory) as fresh:  # what --rebuild does
+        assert fresh.manifest() is None and not len(fresh.photo_ids())
+    assert db.is_library(library.directory) and not db.is_library(library.directory.parent)
 
 
 def test_lock_is_exclusive_and_names_the_holder(tmp_path):

@@ -11,8 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from search.captions import CaptionsError, read_captions
-from search.evaluate import Recall, recall_at_k
+from train import CaptionsError, Recall, read_captions, recall_at_k
 
 # --- captions ----------------------------------------------------------------------------------
 
@@ -170,7 +169,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_evaluate_equals_direct_encoding(dataset, tiny_checkpoint: Path) -> None:
     """`evaluate` encodes as koclip does, and scores as brute force over those embeddings."""
     from koclip import DEFAULT_PROMPT, load_encoder, open_image
-    from search.evaluate import encode_images, evaluate, search_encoders
+    from train import evaluate
+    from train.evaluate import encode_images, search_encoders
 
     captions, images = dataset
     records = read_captions(captions, images)

@@ -17,34 +17,15 @@ from PIL import Image
 
 import db
 from db import vectors
-from indexer import IndexOptions, Summary, index_photos
+from indexer import Summary
 from indexer import pipeline as pipeline_mod
 from indexer.discover import FoundFile, UnreadableDir, discover, is_excluded
 from koclip import load_encoder
 from koclip.api import KoCLIPEncoder
 from koclip.preprocess import open_image, preprocess
+from tests.indexer_fixtures import assert_consistent, index, open_lib, rgb, rows, write_jpeg
 
 # -- photo makers and helpers ---------------------------------------------------------------
-
-
-def _rgb(seed: int, size: tuple[int, int] = (96, 64)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)  # blocky: distinct, compressible
-    return Image.fromarray(small).resize(size, Image.Resampling.NEAREST)
-
-
-def write_jpeg(
-    path: Path, seed: int, size: tuple[int, int] = (96, 64), **exif_tags: object
-) -> Path:
-    """A JPEG; exif_tags: orientation=6, taken="2021:07:04 10:30:00"."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    exif = Image.Exif()
-    if "orientation" in exif_tags:
-        exif[0x0112] = exif_tags["orientation"]
-    if "taken" in exif_tags:
-        exif.get_ifd(0x8769)[0x9003] = exif_tags["taken"]
-    _rgb(seed, size).save(path, "JPEG", quality=90, exif=exif)
-    return path
 
 
 def make_collection(root: Path) -> dict[str, str | None]:
@@ -54,18 +35,18 @@ def make_collection(root: Path) -> dict[str, str | None]:
     write_jpeg(root / "camera/rotated.jpg", 1, (80, 40), orientation=6, taken="2021:07:04 10:30:00")
     write_jpeg(root / "camera/UPPER.JPG", 2)
     expect |= {"camera/rotated.jpg": None, "camera/UPPER.JPG": None}
-    _rgb(3).convert("L").save(root / "grey.jpg")
-    _rgb(4).convert("CMYK").save(root / "cmyk.jpg")
-    rgba = _rgb(5).convert("RGBA")
+    rgb(3).convert("L").save(root / "grey.jpg")
+    rgb(4).convert("CMYK").save(root / "cmyk.jpg")
+    rgba = rgb(5).convert("RGBA")
     rgba.putalpha(128)
     rgba.save(root / "alpha.png")
     Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).save(
         root / "deep16.png"
     )
-    _rgb(6).convert("P").save(root / "palette.bmp")
-    _rgb(7).save(root / "photo.webp")
-    _rgb(8).save(root / "scan.tiff")
-    frames = [_rgb(9 + i) for i in range(3)]
+    rgb(6).convert("P").save(root / "palette.bmp")
+    rgb(7).save(root / "photo.webp")
+    rgb(8).save(root / "scan.tiff")
+    frames = [rgb(9 + i) for i in range(3)]
     frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:], duration=50)
     expect |= {p: None for p in ("grey.jpg", "cmyk.jpg", "alpha.png", "deep16.png", "palette.bmp")}
     expect |= {"photo.webp": None, "scan.tiff": None, "anim.gif": None}
@@ -73,7 +54,7 @@ def make_collection(root: Path) -> dict[str, str | None]:
         from pillow_heif import register_heif_opener
 
         register_heif_opener()
-        _rgb(12).save(root / "iphone.heic", format="HEIF")
+        rgb(12).save(root / "iphone.heic", format="HEIF")
         expect["iphone.heic"] = None
     except (ImportError, OSError, KeyError):
         pass
@@ -94,35 +75,6 @@ def make_collection(root: Path) -> dict[str, str | None]:
     write_jpeg(root / "._resource.jpg", 16)
     (root / "readme.txt").write_text("hi")
     return expect
-
-
-def index(root: Path, ckpt: Path | None, **kw: object) -> Summary:
-    kw.setdefault("batch_size", 4)
-    kw.setdefault("workers", 2)
-    return index_photos(root, IndexOptions(model=str(ckpt) if ckpt else None, **kw))
-
-
-def open_lib(root: Path, library: Path | None = None) -> db.Library:
-    return db.Library.open(library or root / db.LIBRARY_DIRNAME)
-
-
-def rows(lib: db.Library) -> dict[str, db.Photo]:
-    from sqlalchemy import select
-    from sqlalchemy.orm import undefer
-
-    with lib.session() as s, s.begin():
-        return {p.path: p for p in s.scalars(select(db.Photo).options(undefer(db.Photo.embedding)))}
-
-
-def assert_consistent(lib: db.Library) -> None:
-    """FAISS file ids == database ids, no duplicates, every embedding a unit vector."""
-    index = lib.load_index()
-    ids = vectors.index_ids(index)
-    assert len(ids) == len(set(ids.tolist()))
-    assert sorted(ids.tolist()) == lib.photo_ids().tolist()
-    with lib.session() as s, s.begin():
-        for _ids, vecs in lib.iter_embeddings(s):
-            np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
 
 
 class Spy:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -18,18 +19,32 @@ from sqlalchemy import event
 
 import db
 from db import library as library_mod
-from tests.test_indexer import assert_consistent, index, open_lib, rows, write_jpeg
+from tests.indexer_fixtures import assert_consistent, index, open_lib, rows, write_jpeg
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
+# The indexer in a subprocess that can be killed: after each committed batch it sleeps
+# `delay` seconds; after batch `pause_after` it writes its pid to `marker` and waits to be
+# killed (committed to SQLite, not yet saved to FAISS unless save_interval is 0).
 SCRIPT = """
-import sys
+import os, sys, time
 from pathlib import Path
 from indexer import IndexOptions, index_photos
-root, ckpt, save_interval = sys.argv[1], sys.argv[2], float(sys.argv[3])
-index_photos(Path(root), IndexOptions(model=ckpt, batch_size=4, workers=2, save_interval=save_interval))
+root, ckpt, save_interval, delay, pause_after, marker = sys.argv[1:]
+
+def committed(batches):
+    time.sleep(float(delay))
+    if batches == int(pause_after):
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(3600)
+
+options = IndexOptions(model=ckpt, batch_size=4, workers=2, save_interval=float(save_interval),
+                       on_batch_committed=committed)
+index_photos(Path(root), options)
 """
+# The random kill moment comes from this seed; KILL_SEED=n reruns the kill point of a failure.
+KILL_SEED = int(os.environ.get("KILL_SEED", "20240"))
 
 
 def _photos(root: Path, n: int, start: int = 0) -> None:
@@ -37,12 +52,14 @@ def _photos(root: Path, n: int, start: int = 0) -> None:
         write_jpeg(root / f"d{i % 3}/{i:03d}.jpg", i)
 
 
-def _spawn(root: Path, ckpt: Path, save_interval: float, **env: str) -> subprocess.Popen:
-    full_env = os.environ | {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"} | env
+def _spawn(
+    root: Path, ckpt: Path, save_interval: float, delay=0.0, pause_after=0, marker=""
+) -> subprocess.Popen:
+    args = [str(root), str(ckpt), str(save_interval), str(delay), str(pause_after), str(marker)]
     return subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, str(root), str(ckpt), str(save_interval)],
+        [sys.executable, "-c", SCRIPT, *args],
         cwd=REPO,
-        env=full_env,
+        env=os.environ | {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -79,8 +96,7 @@ def test_kill9_after_committed_batches_then_resume(tmp_path, tiny_checkpoint, sa
     root, n = tmp_path / "p", 30
     _photos(root, n)
     marker = tmp_path / "paused"
-    env = {"KOCLIP_SEARCH_TEST_PAUSE_AFTER": "3", "KOCLIP_SEARCH_TEST_PAUSE_FILE": str(marker)}
-    proc = _spawn(root, tiny_checkpoint, save_interval, **env)
+    proc = _spawn(root, tiny_checkpoint, save_interval, pause_after=3, marker=marker)
     try:
         _wait_for(marker, proc)
         # Paused after 3 committed batches, holding the lock. A second indexer refuses at once:
@@ -102,23 +118,30 @@ def test_kill9_after_committed_batches_then_resume(tmp_path, tiny_checkpoint, sa
 
 
 def test_kill9_at_a_random_moment_then_resume(tmp_path, tiny_checkpoint):
-    seed = int(os.environ.get("KILL_SEED", random.randrange(1 << 30)))
-    delay = random.Random(seed).uniform(0, 0.6)
-    print(f"KILL_SEED={seed} delay={delay:.3f}s after the first commit")
+    delay = random.Random(KILL_SEED).uniform(0, 0.6)
     root, n = tmp_path / "p", 40
     _photos(root, n)
-    proc = _spawn(root, tiny_checkpoint, 0.0, KOCLIP_SEARCH_TEST_BATCH_DELAY="0.05")
+    proc = _spawn(root, tiny_checkpoint, 0.0, delay=0.05)
+    with _reproduce_with(f"KILL_SEED={KILL_SEED} (killed {delay:.3f} s after the first commit)"):
+        try:
+            _wait_for(root / db.LIBRARY_DIRNAME / "library.sqlite3", proc)
+            while _committed(root) == 0 and proc.poll() is None:  # the run is under way ...
+                time.sleep(0.01)
+            time.sleep(delay)  # ... and somewhere in its ~0.5 s of batches it dies
+        finally:
+            _kill(proc)
+        summary = index(root, tiny_checkpoint)
+        assert summary.new + summary.unchanged == n and summary.failed == 0, summary
+        _assert_each_file_once(root, n)
+
+
+@contextlib.contextmanager
+def _reproduce_with(how: str):
+    """Any failure inside names what reproduces it."""
     try:
-        _wait_for(root / db.LIBRARY_DIRNAME / "library.sqlite3", proc)
-        while _committed(root) == 0 and proc.poll() is None:  # the run is under way ...
-            time.sleep(0.01)
-        time.sleep(delay)  # ... and somewhere in its ~0.5 s of batches it dies
-    finally:
-        _kill(proc)
-    summary = index(root, tiny_checkpoint)
-    print(f"resumed: {summary.unchanged} kept, {summary.new} indexed")
-    assert summary.new + summary.unchanged == n and summary.failed == 0, seed
-    _assert_each_file_once(root, n)
+        yield
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nreproduce with {how}") from exc
 
 
 def _committed(root: Path) -> int:

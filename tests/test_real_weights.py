@@ -1,4 +1,4 @@
-"""Opt-in: the real koclip-base reproduces the seed notebook (skipped without its weights).
+"""Opt-in: real koclip-base reproduces KoCLIP's reference implementation (skipped without it).
 
 Needs `koclip/koclip-base` and `klue/roberta-large`'s tokenizer in the Hugging Face cache, and
 COCO val2017 image 000000039769 (two cats on a sofa) at $KOCLIP_COCO_CATS or

@@ -517,6 +517,30 @@ def test_cheap_info_skips_the_index_and_the_disk(searcher, reference) -> None:
     assert info.indexed_vectors is None and info.size_bytes is None
 
 
+def test_photo_lookups_by_id_and_by_path(searcher, reference) -> None:
+    me = reference.id_of(DUPLICATE_OF)
+    photo = searcher.photo(me)
+    assert (photo.id, photo.relpath, photo.path) == (
+        me,
+        DUPLICATE_OF,
+        reference.root / DUPLICATE_OF,
+    )
+    assert photo.content_hash == reference.rows[me].content_hash
+    assert searcher.photo_at(DUPLICATE_OF) == photo == searcher.photo_at(photo.path)
+    assert searcher.photo(10**9) is None
+    for elsewhere in ("없는/사진.jpg", "2023/../../" + DUPLICATE_OF, "/etc/hosts", ""):
+        assert searcher.photo_at(elsewhere) is None, elsewhere
+
+
+def test_folders_count_photos_with_their_subfolders(searcher, reference) -> None:
+    expected: dict[str, int] = {}
+    for row in reference.rows.values():
+        for parent in Path(row.path).parents[:-1]:
+            expected[parent.as_posix()] = expected.get(parent.as_posix(), 0) + 1
+    assert searcher.folders() == sorted(expected.items())
+    assert dict(searcher.folders())["2023/여행"] == 4
+
+
 def test_info(searcher, reference, tiny_checkpoint) -> None:
     info = searcher.info()
     assert info.photos == len(reference.ids) and info.failed == 1

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import db
+from db import vectors
 from search import Searcher, ann, reindex
 
 DIM = 16
@@ -142,6 +143,13 @@ def test_pages_reach_the_whole_library_for_every_index_type(synthetic, tmp_path,
         assert not searcher.vector(q, k=10, offset=10**15)
 
 
+def _tuned_index(kind: str, vecs: np.ndarray, ids: np.ndarray):
+    """db's index of `kind` over in-memory vectors, tuned as search tunes a loaded one."""
+    index = vectors.build_index(kind, vecs.shape[1], [(ids, vecs)], len(vecs), vecs.__getitem__)
+    ann.tune(index)
+    return index
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf-sq8"])
 def test_ann_recall_on_clustered_vectors(kind, tmp_path) -> None:
     """Fresh or loaded from a file saved with the weakest search knobs, recall@10 >= 0.95."""
@@ -160,7 +168,7 @@ def test_ann_recall_on_clustered_vectors(kind, tmp_path) -> None:
         _, found = index.search(queries, 10)
         return np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
 
-    index = ann.build_index(kind, base, np.arange(4000) * 10)
+    index = _tuned_index(kind, base, np.arange(4000) * 10)
     assert recall(index) >= 0.95
     inner = faiss.downcast_index(index.index)
     if kind == "hnsw":

@@ -67,6 +67,10 @@ def test_a_bare_word_is_text_even_if_such_a_file_exists(tmp_path, monkeypatch) -
     assert looks_like_image("./바다")
 
 
+def test_every_suffix_the_indexer_takes_makes_an_image_term() -> None:
+    assert looks_like_image("스캔.JFIF", files=False)
+
+
 def test_without_files_only_the_suffix_counts(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dir").mkdir()

@@ -1,4 +1,4 @@
-"""Training: the contrastive math (koclip.train) and `koclip-search train` (search.training)."""
+"""Training: the contrastive math (koclip.train) and `koclip-search train` (train/)."""
 
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ def test_train_writes_a_loadable_checkpoint(dataset, tiny_checkpoint: Path, tmp_
 def test_interrupted_run_resumes_to_the_same_weights(
     dataset, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    from search.training import TrainOptions, train
+    from train import TrainOptions, train
 
     captions, images = dataset
     straight = tmp_path / "straight"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import threading
 from pathlib import Path
 
@@ -253,6 +254,17 @@ def test_similar_leaves_out_the_photo_and_its_duplicates(client, searcher, photo
     assert {DUPLICATE_OF, DUPLICATE}.isdisjoint(h["relpath"] for h in body["results"])
     assert len(body["results"]) == len(ids) - 2
     _error(client.get("/api/photos/99999/similar"), 404, "not_found")
+
+
+def test_similar_uses_the_stored_vector_even_when_the_file_is_gone(photos, tmp_path, ids):
+    root = tmp_path / "photos"
+    shutil.copytree(photos, root)
+    (root / DUPLICATE_OF).unlink()
+    with TestClient(create_app(root, warm=False), base_url=BASE) as c:
+        body = _ok(c.get(f"/api/photos/{ids[DUPLICATE_OF]}/similar", params={"k": 50}))
+        assert not c.app.state.backend.searcher().encoder._encoders  # no decode, no tower
+    assert len(body["results"]) == len(ids) - 2
+    assert {DUPLICATE_OF, DUPLICATE}.isdisjoint(h["relpath"] for h in body["results"])
 
 
 # -- photos, thumbnails, originals ------------------------------------------------------------

@@ -28,8 +28,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import Response
 
 from koclip import ImageError, KoclipSearchError
-from search import SearchResults
-from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, Options, PhotoInfo
+from search import PhotoInfo, SearchResults
+from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, Options
 from web.errors import ApiError, install_handlers
 from web.thumbnails import SIZES
 from web.uploads import MAX_UPLOAD_BYTES, decode_upload, read_upload
@@ -138,15 +138,7 @@ class ComposeRequest(BaseModel):
 
     def options(self) -> Options:
         """The paging and filters."""
-        return Options(
-            k=self.k,
-            offset=self.offset,
-            threshold=self.threshold,
-            under=self.under,
-            after=self.after,
-            before=self.before,
-            prompt=self.prompt,
-        )
+        return Options(**self.model_dump(exclude={"terms"}))
 
 
 def search_options(
@@ -161,15 +153,7 @@ def search_options(
     prompt: Annotated[bool, Query(description="wrap text in the prompt template")] = True,
 ) -> Options:
     """Paging and filters shared by every search route."""
-    return Options(
-        k=k,
-        offset=offset,
-        threshold=threshold,
-        under=under,
-        after=after,
-        before=before,
-        prompt=prompt,
-    )
+    return Options(k, offset, threshold, under, after, before, prompt)  # its fields' order
 
 
 OptionsDep = Annotated[Options, Depends(search_options)]
@@ -284,8 +268,13 @@ def create_app(
 
 
 def _add_api_routes(app: FastAPI, backend: Backend) -> None:
-    async def photo_root() -> Path:
-        return (await run_in_threadpool(backend.searcher)).photo_root
+    async def searched(
+        fn: Callable[..., SearchResults], *args: Any, opts: Options, upload: str | None = None
+    ) -> dict[str, Any]:
+        """Run a search in the thread pool; its results as the page gets them."""
+        results = await run_in_threadpool(fn, *args, opts)
+        photo_root = (await run_in_threadpool(backend.searcher)).photo_root
+        return shape(results, opts, photo_root, upload)
 
     @app.get("/api/info", response_model=InfoResponse, tags=["library"])
     async def info() -> dict[str, Any]:
@@ -304,16 +293,13 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
     ) -> dict[str, Any]:
         """Text or a composed query in the CLI's syntax: `바다 + 노을 - 사람`, `2:강아지`,
         `2023/여행/바다.jpg + 노을` (image terms are photos of the library, by relative path)."""
-        results = await run_in_threadpool(backend.search, q, opts)
-        return shape(results, opts, await photo_root())
+        return await searched(backend.search, q, opts=opts)
 
     @app.post("/api/compose", response_model=SearchResponse, tags=["search"])
     async def compose(body: ComposeRequest) -> dict[str, Any]:
         """A composed query given as weighted terms (texts and library photo ids)."""
         terms = [(t.weight, t.text, t.photo_id) for t in body.terms]
-        opts = body.options()
-        results = await run_in_threadpool(backend.compose, terms, opts)
-        return shape(results, opts, await photo_root())
+        return await searched(backend.compose, terms, opts=body.options())
 
     @app.post(
         "/api/image",
@@ -332,8 +318,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
         data = await read_upload(request)
         image = await run_in_threadpool(decode_upload, data)
         token = backend.uploads.put(image)
-        results = await run_in_threadpool(backend.image, image, q, opts)
-        return shape(results, opts, await photo_root(), upload=token)
+        return await searched(backend.image, image, q, opts=opts, upload=token)
 
     @app.get("/api/image/{upload}", response_model=SearchResponse, tags=["search"])
     async def image_page(
@@ -343,8 +328,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
     ) -> dict[str, Any]:
         """More results for an image sent before (404 `upload_expired` once forgotten)."""
         image = backend.uploads.get(upload)
-        results = await run_in_threadpool(backend.image, image, q, opts)
-        return shape(results, opts, await photo_root(), upload=upload)
+        return await searched(backend.image, image, q, opts=opts, upload=upload)
 
     @app.get("/api/photos/{photo_id}", response_model=PhotoResponse, tags=["photos"])
     async def photo(photo_id: int) -> dict[str, Any]:
@@ -354,8 +338,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
     @app.get("/api/photos/{photo_id}/similar", response_model=SearchResponse, tags=["search"])
     async def similar(photo_id: int, opts: OptionsDep) -> dict[str, Any]:
         """Photos like a library photo (it and its exact duplicates left out)."""
-        results = await run_in_threadpool(backend.similar, photo_id, opts)
-        return shape(results, opts, await photo_root())
+        return await searched(backend.similar, photo_id, opts=opts)
 
     @app.get(
         "/api/photos/{photo_id}/thumbnail",

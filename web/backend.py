@@ -16,21 +16,23 @@ import logging
 import os
 import threading
 import time
-import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from PIL import Image
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-import db
-from search import QueryError, QueryImageError, Searcher, SearchResults, Term, parse_query
-from search.filters import photo_at, relative_to_root
+from search import (
+    PhotoInfo,
+    QueryImageError,
+    Searcher,
+    SearchOptions,
+    SearchResults,
+    Term,
+    parse_query,
+)
 from web.errors import ApiError
 from web.thumbnails import ThumbnailCache
 from web.uploads import UploadStore
@@ -43,45 +45,18 @@ MAX_K = 200
 # Infinite scroll stops here: each page re-ranks offset + k candidates.
 MAX_OFFSET = 10_000
 WARMUP_QUERY = "사진"
-FOLDERS_TTL = 30.0
 # Threads that touch the library's engine: these plus the search thread stay within the
 # five of its SingletonThreadPool (see the module docstring).
 DB_THREADS = 2
 
 
 @dataclass(frozen=True)
-class Options:
-    """Paging and filters of one request, as the page sends them."""
+class Options(SearchOptions):
+    """Paging and filters of one request, as the page sends them, and the prompt switch."""
 
     k: int = DEFAULT_K
-    offset: int = 0
-    threshold: float | None = None
     under: str | None = None  # relative to the photo root, POSIX
-    after: str | None = None
-    before: str | None = None
     prompt: bool = True
-
-
-@dataclass(frozen=True)
-class PhotoInfo:
-    """One library photo, as the detail view shows it."""
-
-    id: int
-    path: Path
-    relpath: str
-    width: int
-    height: int
-    taken_at: datetime
-    taken_at_source: str
-    size: int
-    content_hash: str
-
-
-@dataclass
-class _FolderCache:
-    key: tuple = ()
-    at: float = 0.0
-    folders: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Backend:
@@ -96,7 +71,6 @@ class Backend:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="koclip-search")
         self._db = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="koclip-db")
         self._open_lock = threading.Lock()
-        self._folders = _FolderCache()
         self._thumbs: ThumbnailCache | None = None
 
     # -- lifetime -------------------------------------------------------------------------
@@ -133,25 +107,18 @@ class Backend:
 
     def call(self, fn: Callable[[Searcher], T]) -> T:
         """Run `fn(searcher)` on the search thread and wait for it (searches run one at a time)."""
-        searcher = self.searcher()
-        return self._worker.submit(fn, searcher).result()
+        return self._worker.submit(fn, self.searcher()).result()
 
-    def read(self, fn: Callable[[Session, Searcher], T]) -> T:
-        """Run `fn(session, searcher)` in one read snapshot on a database thread and wait for it."""
-        searcher = self.searcher()
-
-        def job() -> T:
-            with searcher.library.session() as s, s.begin():
-                return fn(s, searcher)
-
-        return self._db.submit(job).result()
+    def read(self, fn: Callable[[Searcher], T]) -> T:
+        """Run a library lookup `fn(searcher)` on a database thread and wait for it."""
+        return self._db.submit(fn, self.searcher()).result()
 
     # -- searching --------------------------------------------------------------------------
 
     def search(self, query: str, opts: Options) -> SearchResults:
         """The box's query in the CLI's composed syntax; image terms must be library photos."""
-        searcher = self.searcher()
-        terms = [self._library_term(searcher, t) for t in parse_query(query)]
+        self.searcher()  # no library: say so before judging the query
+        terms = [self._library_term(t) for t in parse_query(query)]
         return self.call(lambda s: s.compose(terms, prompt=opts.prompt, **self._kwargs(s, opts)))
 
     def compose(
@@ -167,26 +134,26 @@ class Backend:
         return self.call(lambda s: s.compose(built, prompt=opts.prompt, **self._kwargs(s, opts)))
 
     def similar(self, photo_id: int, opts: Options) -> SearchResults:
-        """Photos like a library photo; it and its exact duplicates are left out."""
-        photo = self.photo(photo_id)
-        # TODO(search): use a Searcher.similar(photo_id) once it exists (requests.md), so a
-        # photo whose file went missing still finds its neighbours by its stored vector.
-        return self.call(lambda s: s.image(photo.path, **self._kwargs(s, opts)))
+        """Photos like a library photo, by its stored vector (its file may be gone); it and its
+        exact duplicates are left out."""
+        self.photo(photo_id)  # an unknown id is a 404 here, not a bad query
+        return self.call(lambda s: s.similar(photo_id, **self._kwargs(s, opts)))
 
     def image(self, image: Image.Image, query: str | None, opts: Options) -> SearchResults:
         """Photos like an uploaded image, optionally composed with the box's query."""
         if not query or not query.strip():
             return self.call(lambda s: s.image(image, **self._kwargs(s, opts)))
-        searcher = self.searcher()
+        self.searcher()
         terms = [Term(weight=1.0, image=image)]
-        terms += [self._library_term(searcher, t) for t in parse_query(query)]
+        terms += [self._library_term(t) for t in parse_query(query)]
         return self.call(lambda s: s.compose(terms, prompt=opts.prompt, **self._kwargs(s, opts)))
 
     def _kwargs(self, searcher: Searcher, opts: Options) -> dict[str, Any]:
         under = None
         if opts.under:
-            # Always from the photo root: a URL never names a folder relative to the server's cwd.
-            under = os.fspath(searcher.photo_root / clean_relpath(opts.under, "folder"))
+            # Always from the photo root: a URL never names a folder relative to the server's
+            # cwd (and search refuses one that `..` takes out of the root).
+            under = os.fspath(searcher.photo_root / opts.under.lstrip("/"))
         return {
             "k": opts.k,
             "offset": opts.offset,
@@ -196,51 +163,26 @@ class Backend:
             "before": opts.before or None,
         }
 
-    def _library_term(self, searcher: Searcher, term: Term) -> Term:
+    def _library_term(self, term: Term) -> Term:
         """An image term from the box becomes a library photo, or the query is refused."""
         if term.is_text:
             return term
-        name = str(term.image)
-        try:
-            rel = (
-                relative_to_root(name, searcher.photo_root)
-                if os.path.isabs(name)
-                else clean_relpath(name, "photo")
-            )
-        except QueryError:
-            rel = None  # `..`: not a library photo, whatever it names
-        path = None
-        if rel:
-            path = self.read(lambda s, _: getattr(photo_at(s, rel), "path", None))
-        if path is None:
+        photo = self.read(lambda s: s.photo_at(term.image))
+        if photo is None:
             raise QueryImageError(
-                f"{name} is not a photo in the library (in the web page, image terms are paths "
-                "relative to the photo folder; drop a photo to search by one from elsewhere)"
+                f"{term.image} is not a photo in the library (in the web page, image terms are "
+                "paths relative to the photo folder; drop a photo to search by one from elsewhere)"
             )
-        return Term(weight=term.weight, image=searcher.photo_root / path)
+        return Term(weight=term.weight, image=photo.path)
 
     # -- library lookups --------------------------------------------------------------------
 
     def photo(self, photo_id: int) -> PhotoInfo:
         """One photo by library id; 404 if there is none."""
-
-        def lookup(s: Session, searcher: Searcher) -> PhotoInfo:
-            row = s.get(db.Photo, int(photo_id))
-            if row is None:
-                raise ApiError(404, "not_found", f"no photo with id {photo_id} in the library")
-            return PhotoInfo(
-                id=row.id,
-                path=searcher.photo_root / row.path,
-                relpath=row.path,
-                width=row.width,
-                height=row.height,
-                taken_at=row.taken_at,
-                taken_at_source=row.taken_at_source,
-                size=row.size,
-                content_hash=row.content_hash,
-            )
-
-        return self.read(lookup)
+        found = self.read(lambda s: s.photo(photo_id))
+        if found is None:
+            raise ApiError(404, "not_found", f"no photo with id {photo_id} in the library")
+        return found
 
     def thumbnail(self, photo_id: int, size: str) -> tuple[Path, str]:
         """(cached JPEG, ETag) of a photo; koclip.ImageError if its file can no longer be read."""
@@ -251,45 +193,8 @@ class Backend:
 
     def info(self) -> dict[str, Any]:
         """Counts and model for the page header; cheap (no index file read, no disk walk)."""
-        searcher = self.searcher()
-        photos, failed = self.read(
-            lambda s, _: (
-                s.scalar(select(func.count()).select_from(db.Photo)) or 0,
-                s.scalar(select(func.count()).select_from(db.Failure)) or 0,
-            )
-        )
-        return {
-            "library": str(searcher.directory),
-            "photo_root": str(searcher.photo_root),
-            "photos": photos,
-            "failed": failed,
-            "model": searcher.manifest.model_id,
-            "index_type": searcher.manifest.index_type,
-        }
+        return self.read(lambda s: s.info(full=False)).to_json()
 
     def folders(self) -> list[dict[str, Any]]:
         """Every folder holding photos (relative to the root) with its photo count, subfolders included."""
-
-        def scan(s: Session, _: Searcher) -> _FolderCache:
-            key = tuple(s.execute(select(func.count(db.Photo.id), func.max(db.Photo.id))).one())
-            cache = self._folders
-            if cache.key == key and time.monotonic() - cache.at < FOLDERS_TTL:
-                return cache
-            counts: dict[str, int] = {}
-            for path in s.scalars(select(db.Photo.path)):
-                for parent in PurePosixPath(path).parents:
-                    if str(parent) != ".":
-                        counts[str(parent)] = counts.get(str(parent), 0) + 1
-            folders = [{"folder": f, "photos": n} for f, n in sorted(counts.items())]
-            return _FolderCache(key, time.monotonic(), folders)
-
-        self._folders = self.read(scan)
-        return self._folders.folders
-
-
-def clean_relpath(text: str, what: str) -> str:
-    """A POSIX path relative to the photo root; QueryError for `..` (no escaping the root)."""
-    parts = [p for p in PurePosixPath(text.replace("\\", "/")).parts if p not in ("", ".", "/")]
-    if ".." in parts:
-        raise QueryError(f"the {what} {text!r} must be inside the photo folder (no '..')")
-    return unicodedata.normalize("NFC", "/".join(parts))
+        return [{"folder": f, "photos": n} for f, n in self.read(Searcher.folders)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from koclip.preprocess import open_image
+from koclip.preprocess import MAX_PIXELS, open_image
 
 log = logging.getLogger("koclip_search.web")
 
@@ -18,8 +18,6 @@ log = logging.getLogger("koclip_search.web")
 SIZES = {"small": 384, "large": 1600}
 QUALITY = 82
 THUMBS_DIRNAME = "thumbs"
-# The indexer's default --max-megapixels: a photo it indexed is one we may decode.
-MAX_PIXELS = 100_000_000
 
 
 class ThumbnailCache:

@@ -14,9 +14,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from koclip import ImageError
-from koclip.preprocess import IMAGE_SIZE, open_image
+from koclip.preprocess import IMAGE_SIZE, MAX_PIXELS, open_image
 from web.errors import ApiError
-from web.thumbnails import MAX_PIXELS
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # Multipart framing around the file: boundaries, headers, a few small form fields.

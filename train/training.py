@@ -1,7 +1,7 @@
 """Fine-tuning a KoCLIP checkpoint on captioned images: data, epochs, checkpoints, resuming.
 
 The math is `koclip.train`; this module feeds it. Each epoch visits every training image once
-with one of its captions (drawn from the seed), in batches of a fixed size (the last partial
+with one of its captions (drawn with the run's seed), in batches of a fixed size (the last partial
 batch is dropped, so XLA compiles one program). After each epoch (and every `save_every`
 steps) the out folder is replaced atomically by a checkpoint `load_koclip` / `load_encoder`
 read, plus `training.json` (options, progress, history) and, until the run is finished,
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from koclip.errors import KoclipSearchError
-from search.captions import CaptionRecord, read_captions
-from search.evaluate import MemoryEncoders, Recall, evaluate_records, iter_pixel_batches
+from train.captions import CaptionRecord, read_captions
+from train.evaluate import MemoryEncoders, Recall, evaluate_records, iter_pixel_batches
 
 META_FILE = "training.json"
 STATE_FILE = "train_state.msgpack"
@@ -231,8 +231,7 @@ class _Run:
     config: Any
     params: Any
     opt_state: Any
-    tokenizer: Any  # koclip's WordPieceTokenizer: ids for training and validation
-    saved_tokenizer: Any  # its files are copied beside every checkpoint
+    tokenizer: Any  # koclip's WordPieceTokenizer: ids for training; its files go beside checkpoints
     meta: dict[str, Any]
 
     @property
@@ -288,7 +287,7 @@ def _save(out: Path, run: _Run, *, finished: bool) -> None:
             "opt_state": serialization.to_state_dict(jax.device_get(run.opt_state)),
         }
         extra[STATE_FILE] = serialization.msgpack_serialize(state)
-    save_checkpoint(out, run.config, params, tokenizer=run.saved_tokenizer, extra_files=extra)
+    save_checkpoint(out, run.config, params, tokenizer=run.tokenizer, extra_files=extra)
 
 
 def _restore_opt_state(out: Path, template: Any, step: int) -> Any:
@@ -388,7 +387,7 @@ def train(
     enable_compilation_cache()  # a rerun or a resume skips compiling the step again
     if resuming:
         opt_state = _restore_opt_state(out, opt_state, int(meta["step"]))
-    run = _Run(config, params, opt_state, tokenizer, tokenizer, meta)
+    run = _Run(config, params, opt_state, tokenizer, meta)
     step_fn = make_train_step(config, optimizer, options.freeze)  # type: ignore[arg-type]
     maker = BatchMaker(
         tokenizer, config.vision.image_size, max_length, options.prompt, options.workers

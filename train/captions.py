@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from koclip.errors import KoclipSearchError
+from koclip.preprocess import nfc
 
 
 class CaptionsError(KoclipSearchError):
@@ -89,7 +90,7 @@ def _parse(source: Path, number: int, text: str, root: Path) -> CaptionRecord:
     image = data.get("image")
     if not isinstance(image, str) or not image.strip():
         raise _bad(source, number, '"image" must be a non-empty string (a path under --images)')
-    image = unicodedata.normalize("NFC", image.strip())
+    image = nfc(image.strip())
     if PurePosixPath(image).is_absolute() or Path(image).is_absolute():
         raise _bad(source, number, f"image {image!r} must be relative to --images")
     captions = data.get("captions")
@@ -99,7 +100,7 @@ def _parse(source: Path, number: int, text: str, root: Path) -> CaptionRecord:
     for i, caption in enumerate(captions):
         if not isinstance(caption, str) or not caption.strip():
             raise _bad(source, number, f"caption {i + 1} must be a non-empty string")
-        cleaned.append(unicodedata.normalize("NFC", caption.strip()))
+        cleaned.append(nfc(caption.strip()))
     path = _find(root, image, data["image"].strip())
     if path is None:
         raise _bad(source, number, f"image {image!r} not found under {root}")

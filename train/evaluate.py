@@ -18,11 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from search.captions import CaptionRecord, CaptionsError, read_captions
+from train.captions import CaptionRecord, CaptionsError, read_captions
 
 KS = (1, 5, 10)
-# Same guard as the indexer's default --max-megapixels.
-MAX_PIXELS = 100_000_000
 ProgressCallback = Callable[[int, int], None]  # (images done, images in all)
 
 
@@ -97,7 +95,7 @@ class Recall:
 def load_pixels(record: CaptionRecord, size: int) -> np.ndarray:
     """One record's image as the model input, decoded as the indexer does."""
     from koclip import ImageError
-    from koclip.preprocess import open_image, preprocess
+    from koclip.preprocess import MAX_PIXELS, open_image, preprocess
 
     try:
         image = open_image(record.path, max_pixels=MAX_PIXELS, draft=True, size=size)
@@ -153,9 +151,7 @@ def encode_images(
 def _flat_index(vectors: np.ndarray):
     from db import vectors as dbv
 
-    index = dbv.make_index("flat", vectors.shape[1], len(vectors))
-    dbv.add(index, np.arange(len(vectors), dtype=np.int64), vectors)
-    return index
+    return dbv.build_index(dbv.FLAT, vectors.shape[1], [(np.arange(len(vectors)), vectors)])
 
 
 def _hits_at(found: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
@@ -234,23 +230,10 @@ class MemoryEncoders:
 
 def search_encoders(model: str | os.PathLike[str]) -> tuple[Any, Any]:
     """(text, vision) encoders loaded exactly as search loads a library's model."""
-    import db
-    from koclip import model_id_for, resolve
-    from koclip.preprocess import PREPROCESS_VERSION
-    from search.encode import QueryEncoder
+    from search import QueryEncoder
 
-    files = resolve(model)
-    # Search builds its QueryEncoder from a library's manifest; this one describes the model alone.
-    manifest = db.Manifest(
-        model_id=model_id_for(model),
-        fingerprint=files.fingerprint,
-        dim=files.config.projection_dim,
-        preprocess_version=PREPROCESS_VERSION,
-        index_type="flat",
-        photo_root=".",
-    )
     # Not persistent: thousands of captions would evict the user's cached queries.
-    query = QueryEncoder(manifest, persistent=False)
+    query = QueryEncoder.for_model(model, persistent=False)
     return query, query.encoder("vision")
 
 
@@ -264,7 +247,7 @@ def evaluate(
     workers: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> Recall:
-    """Recall@1/5/10 both ways of `model` on a captions file (see `search.captions`)."""
+    """Recall@1/5/10 both ways of `model` on a captions file (see `train.captions`)."""
     from koclip import model_id_for
 
     records = read_captions(captions_file, images_dir)
