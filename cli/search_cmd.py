@@ -112,18 +112,7 @@ def _print_results(results: SearchResults, as_json: bool, as_paths: bool) -> Non
 @click.option("--no-prompt", is_flag=True, help="Encode text as typed, not in the prompt template.")
 @domain_errors
 def search_command(
-    query: tuple[str, ...],
-    library: str | None,
-    model: str | None,
-    k: int,
-    offset: int,
-    threshold: float | None,
-    under: str | None,
-    after: str | None,
-    before: str | None,
-    as_json: bool,
-    as_paths: bool,
-    no_prompt: bool,
+    query: tuple[str, ...], as_json: bool, as_paths: bool, no_prompt: bool, **options: Any
 ) -> None:
     """Find photos matching QUERY: Korean or English text, image paths, or a composition.
 
@@ -137,17 +126,8 @@ def search_command(
 
     _check_output(as_json, as_paths)
     terms = parse_query(list(query))
-    with _open(library, model) as searcher:
-        results = searcher.compose(
-            terms,
-            prompt=not no_prompt,
-            k=k,
-            offset=offset,
-            threshold=threshold,
-            under=under,
-            after=after,
-            before=before,
-        )
+    with _open(options.pop("library"), options.pop("model")) as searcher:
+        results = searcher.compose(terms, prompt=not no_prompt, **options)
     _print_results(results, as_json, as_paths)
 
 
@@ -155,19 +135,7 @@ def search_command(
 @click.argument("image")
 @_query_options
 @domain_errors
-def similar_command(
-    image: str,
-    library: str | None,
-    model: str | None,
-    k: int,
-    offset: int,
-    threshold: float | None,
-    under: str | None,
-    after: str | None,
-    before: str | None,
-    as_json: bool,
-    as_paths: bool,
-) -> None:
+def similar_command(image: str, as_json: bool, as_paths: bool, **options: Any) -> None:
     """Find photos similar to IMAGE (inside or outside the library); IMAGE itself and its
     exact duplicates are left out.
 
@@ -176,10 +144,8 @@ def similar_command(
         koclip-search similar ~/Pictures/2023/beach.jpg --under 2024 --paths
     """
     _check_output(as_json, as_paths)
-    with _open(library, model) as searcher:
-        results = searcher.image(
-            image, k=k, offset=offset, threshold=threshold, under=under, after=after, before=before
-        )
+    with _open(options.pop("library"), options.pop("model")) as searcher:
+        results = searcher.image(image, **options)
     _print_results(results, as_json, as_paths)
 
 

@@ -42,6 +42,7 @@ from db.errors import (
     SchemaVersionError,
 )
 from db.schema import SCHEMA_VERSION, Base, ManifestRow, Photo, blob_to_vector
+from koclip.files import atomic_path
 
 LIBRARY_DIRNAME = ".koclip-search"
 DB_NAME = "library.sqlite3"
@@ -427,19 +428,11 @@ def relative_photo_root(library_dir: Path, photo_root: Path) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a small file atomically (temp, fsync, rename, fsync folder); LibraryWriteError on failure."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write a small file atomically (koclip.files.atomic_path); LibraryWriteError on failure."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        vectors.fsync_dir(path.parent)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise LibraryWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 

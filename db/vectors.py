@@ -7,10 +7,8 @@ holds every embedding, and `build_index` recreates the file from them at any tim
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import faiss
 import numpy as np
 
 from db.errors import LibraryError, LibraryWriteError
+from koclip.files import atomic_path
 
 FLAT = "flat"
 HNSW = "hnsw"
@@ -154,50 +153,19 @@ def read_index(path: Path) -> faiss.Index:
 
 
 def write_index(index: faiss.Index, path: Path) -> None:
-    """Write atomically: temp file in the same folder, fsync, rename over `path`, fsync the folder.
-
-    A reader (or a crash) sees either the old file or the new one, never a partial one.
-    On failure the temp file is removed, the old file is untouched, and LibraryWriteError says why.
+    """Write atomically (koclip.files.atomic_path): a reader or a crash sees the old file or the
+    new one, never part of one. On failure the old file is untouched and LibraryWriteError says why.
     """
     path = Path(path)
-    fd = None
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; readers may run as another user
-        with os.fdopen(fd, "wb") as f:
-            fd = None  # the file object owns it now
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            # Through Python's file object, so a full disk surfaces as the OSError it is.
             writer = faiss.PyCallbackIOWriter(f.write)
             try:
                 faiss.write_index(index, writer)
             finally:
                 del writer  # flushes its buffer into f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        fsync_dir(path.parent)
     except OSError as exc:
         raise LibraryWriteError(
             f"cannot write the FAISS index {path}: {exc.strerror or exc}"
         ) from exc
-    finally:
-        if fd is not None:
-            os.close(fd)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (no-op where folders cannot be opened)."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass  # some filesystems refuse fsync on folders; the rename itself is already atomic
-    finally:
-        os.close(dfd)

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 
 from koclip.config import KoCLIPConfig
 from koclip.errors import CheckpointError
+from koclip.files import atomic_path
 from koclip.params import Path_, params_from_flax
 from koclip.safetensors_mmap import SafetensorsFormatError, open_mmap
 from koclip.tree import flatten, unflatten
@@ -128,21 +128,10 @@ def write_converted(params: Mapping[str, Any], path: Path) -> None:
 
 
 def _write_atomic(path: Path, write: Callable[[str], Any]) -> None:
-    """`write(tmp)`, fsync, rename over `path`; an OSError only leaves the old file."""
+    """`write(tmp)` then an atomic replace of `path`; an OSError only leaves the old file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            write(str(tmp))
     except OSError:
         pass

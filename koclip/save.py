@@ -14,6 +14,7 @@ import numpy as np
 
 from koclip.config import KoCLIPConfig
 from koclip.errors import CheckpointError
+from koclip.files import fsync_dir, write_synced
 from koclip.tokenizer import WordPieceTokenizer
 from koclip.tree import flatten, unflatten
 
@@ -39,19 +40,19 @@ def save_checkpoint(
     try:
         flat_params = {k: np.asarray(v, dtype=np.float32) for k, v in flatten(params).items()}
         blob = serialization.to_bytes(unflatten(flat_params))
-        _write_synced(tmp / "flax_model.msgpack", blob)
+        write_synced(tmp / "flax_model.msgpack", blob)
         cfg = json.dumps(config.to_hybrid_clip_json(), indent=2, ensure_ascii=False)
-        _write_synced(tmp / "config.json", cfg.encode("utf-8"))
+        write_synced(tmp / "config.json", cfg.encode("utf-8"))
         if tokenizer is not None:
             tokenizer.save(tmp)
         for name, data in (extra_files or {}).items():
-            _write_synced(tmp / name, data)
+            write_synced(tmp / name, data)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
@@ -60,21 +61,3 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
