@@ -37,6 +37,11 @@ from cli.main import main
     help="Larger images are recorded as failed (decompression-bomb guard).",
 )
 @click.option(
+    "--follow-links",
+    is_flag=True,
+    help="Follow symlinks that lead out of PHOTO_DIR (default: record them as failed).",
+)
+@click.option(
     "--rebuild", is_flag=True, help="Drop every vector and re-encode all photos (e.g. new model)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

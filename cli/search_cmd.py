@@ -7,6 +7,7 @@ for numpy, faiss or JAX, and `search` only pays for what its query needs.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from datetime import datetime
@@ -100,8 +101,8 @@ def _print_results(results: SearchResults, as_json: bool, as_paths: bool) -> Non
     if as_json:
         click.echo(json.dumps(results.to_json(), ensure_ascii=False))
     elif as_paths:
-        for hit in results:
-            click.echo(str(hit.path))
+        for hit in results:  # the exact bytes of the name, for xargs and friends
+            click.echo(os.fsencode(hit.path))
     else:
         click.echo(format_table(results))
 
@@ -197,9 +198,17 @@ def format_table(results: SearchResults) -> str:
     """The terminal table: rank, score, path, size, date (paths shortened to the terminal)."""
     if not len(results):
         return f"no results for {results.query}"
+    from search import display_path
+
     header = ("#", "score", "path", "size", "date")
     rows = [
-        (str(h.rank), f"{h.score:.3f}", str(h.path), _human_size(h.size), _date(h.taken_at))
+        (
+            str(h.rank),
+            f"{h.score:.3f}",
+            display_path(h.path),
+            _human_size(h.size),
+            _date(h.taken_at),
+        )
         for h in results
     ]
     widths = [max(_width(r[i]) for r in (header, *rows)) for i in range(len(header))]

@@ -3,7 +3,7 @@
 Knows nothing of the model; each module's docstring describes its part.
 """
 
-from db.content import IMAGE_SUFFIXES, content_hash, hash_file
+from db.content import IMAGE_SUFFIXES, content_hash, hash_file, path_key
 from db.errors import (
     LibraryError,
     LibraryLockedError,
@@ -22,7 +22,14 @@ from db.library import (
     relative_photo_root,
     write_errors,
 )
-from db.schema import SCHEMA_VERSION, Failure, Photo, blob_to_vector, vector_to_blob
+from db.schema import (
+    SCHEMA_VERSION,
+    Failure,
+    Photo,
+    blob_to_vector,
+    disk_path_value,
+    vector_to_blob,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -42,8 +49,10 @@ __all__ = [
     "blob_to_vector",
     "content_hash",
     "default_library_dir",
+    "disk_path_value",
     "hash_file",
     "is_library",
+    "path_key",
     "relative_photo_root",
     "vector_to_blob",
     "write_errors",

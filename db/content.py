@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 
 # The files the indexer takes and the names search's query parser reads as image terms.
 # HEIC/HEIF/AVIF decode through pillow-heif (registered by koclip.preprocess.open_image);
@@ -34,3 +35,13 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[str, int, int]:
 def content_hash(path: str | os.PathLike[str]) -> str:
     """The `photos.content_hash` of a file (blake2b-128 hex of its bytes)."""
     return hash_file(path)[0]
+
+
+def path_key(name: str) -> str:
+    """The library's key for a file name or relative path as os.fsdecode gives it: NFC, with
+    bytes that are not UTF-8 written as \\xNN escapes (SQLite text holds no lone surrogates).
+
+    The key is for matching and display only; files are opened by their name on disk.
+    """
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return unicodedata.normalize("NFC", text)

@@ -41,7 +41,15 @@ from db.errors import (
     LibraryWriteError,
     SchemaVersionError,
 )
-from db.schema import SCHEMA_VERSION, Base, ManifestRow, Photo, blob_to_vector
+from db.schema import (
+    MIGRATABLE,
+    SCHEMA_VERSION,
+    Base,
+    ManifestRow,
+    Photo,
+    blob_to_vector,
+    upgrade_photos,
+)
 from koclip.files import atomic_path
 
 LIBRARY_DIRNAME = ".koclip-search"
@@ -132,6 +140,8 @@ class Library:
             with write_errors(directory):
                 library.check_schema()
                 Base.metadata.create_all(engine)
+                with engine.begin() as conn:
+                    upgrade_photos(conn.connection.driver_connection, readonly=False)
         except BaseException:
             engine.dispose()
             raise
@@ -186,7 +196,7 @@ class Library:
         return (self.directory / manifest.photo_root).resolve()
 
     def resolve(self, relpath: str) -> Path:
-        """Absolute path of a stored (relative, POSIX) photo path."""
+        """Absolute path of a relative photo path (open files by `Photo.disk_relpath()`)."""
         return self.photo_root() / relpath
 
     # -- database --------------------------------------------------------------------------
@@ -220,7 +230,7 @@ class Library:
             raise LibraryNotFoundError(
                 f"the library at {self.directory} is not ready yet (still being created)"
             )
-        if row is not None and row[0] != SCHEMA_VERSION:
+        if row is not None and row[0] != SCHEMA_VERSION and row[0] not in MIGRATABLE:
             raise SchemaVersionError(
                 f"the library at {self.directory} has schema version {row[0]}, this program "
                 f"uses {SCHEMA_VERSION}; run `koclip-search index --rebuild` to rebuild it"
@@ -482,7 +492,9 @@ def _make_engine(db_path: Path, *, readonly: bool) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout = 10000")
-        if not readonly:
+        if readonly:
+            upgrade_photos(dbapi_conn, readonly=True)
+        else:
             cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = FULL")  # a committed batch survives power loss too
         cur.close()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from datetime import datetime
 
 import numpy as np
 from sqlalchemy import Float, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# Bump when tables or column meanings change; an older library is refused (index --rebuild).
-SCHEMA_VERSION = 1
+# Bump when tables or column meanings change; an older library is refused (index --rebuild)
+# unless it is listed in MIGRATABLE: readers read those as they are, the writer upgrades them.
+SCHEMA_VERSION = 2
+MIGRATABLE = frozenset({1})  # 1 -> 2: photos.disk_path added
 
 
 class Base(DeclarativeBase):
@@ -33,7 +37,13 @@ class Photo(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(String, unique=True)  # POSIX, NFC, relative to the photo root
+    # POSIX, NFC, relative to the photo root: the key that matching, filters and display use.
+    # A name that is not UTF-8 shows its odd bytes as \xNN escapes here.
+    path: Mapped[str] = mapped_column(String, unique=True)
+    # The relative path as the file system spells it (os.fsencode bytes), when it is not
+    # `path` itself (an NFD name, bytes that are not UTF-8); NULL when it is. Every file
+    # access and every result path uses `disk_relpath()`.
+    disk_path: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, default=None)
     size: Mapped[int] = mapped_column(Integer)  # bytes
     mtime_ns: Mapped[int] = mapped_column(Integer)
     content_hash: Mapped[str] = mapped_column(String)  # blake2b-128 hex of the whole file
@@ -49,6 +59,33 @@ class Photo(Base):
         """The stored embedding as a float32 array."""
         return blob_to_vector(self.embedding)
 
+    def disk_relpath(self) -> str:
+        """The relative path to open (os.fsdecode form: exact bytes survive as surrogates)."""
+        return self.path if self.disk_path is None else os.fsdecode(self.disk_path)
+
+
+def disk_path_value(key: str, disk_relpath: str) -> bytes | None:
+    """What `photos.disk_path` stores for a file found at `disk_relpath` under the key `key`."""
+    return None if disk_relpath == key else os.fsencode(disk_relpath)
+
+
+def upgrade_photos(conn: sqlite3.Connection, *, readonly: bool) -> None:
+    """Schema 1 -> 2 on one DB-API connection: the writer adds `photos.disk_path` (O(1), NULL =
+    same as `path`; call it inside a transaction); a reader, which may not write, gets a
+    temporary view of the table with that column NULL, so it reads the stored paths."""
+    columns = [r[1] for r in conn.execute("PRAGMA main.table_info(photos)")]
+    if not columns or "disk_path" in columns:
+        return
+    if readonly:
+        names = ", ".join(f'"{c}"' for c in columns)
+        conn.execute(
+            f"CREATE TEMP VIEW IF NOT EXISTS photos AS "
+            f"SELECT {names}, NULL AS disk_path FROM main.photos"
+        )
+        return
+    conn.execute("ALTER TABLE photos ADD COLUMN disk_path BLOB")
+    conn.execute("UPDATE manifest SET schema_version = ? WHERE id = 1", (SCHEMA_VERSION,))
+
 
 class Failure(Base):
     """A file (or folder) that could not be indexed, and why; retried when its size or mtime changes."""
@@ -57,7 +94,7 @@ class Failure(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(String, unique=True)  # POSIX, NFC, relative to the photo root
-    kind: Mapped[str] = mapped_column(String)  # "file" | "dir"
+    kind: Mapped[str] = mapped_column(String)  # "file" | "dir" | "link" (left unfollowed)
     size: Mapped[int] = mapped_column(Integer)
     mtime_ns: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(String)

@@ -1,4 +1,11 @@
-"""Stage 1: walk the photo folder and yield image files (and folders that could not be read)."""
+"""Stage 1: walk the photo folder and yield image files (and folders that could not be read).
+
+Symlinks: by default a link whose target lies outside the photo root (a file, or a folder)
+is not followed; it is reported as an `OutsideLink`, which the run records as a failure with
+the reason, so nothing is left out silently. `follow_links=True` (`index --follow-links`)
+follows every link. Links that stay inside the root are followed either way, and a folder
+reached twice (by its device and inode) is entered once, so loops end.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +15,30 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from db import IMAGE_SUFFIXES
+from db import IMAGE_SUFFIXES, path_key
 from koclip.preprocess import nfc
+
+OUTSIDE_LINK_REASON = (
+    "a link to outside the photo folder, not followed (index --follow-links follows it)"
+)
 
 
 @dataclass(frozen=True)
 class FoundFile:
-    """An image file: `relpath` is POSIX, NFC, relative to the root; `path` is the real path to open."""
+    """An image file: `relpath` is its key (POSIX, NFC, relative to the root; see
+    db.path_key); `path` is the real path to open; `disk_relpath` the relative path as the
+    file system spells it, when that is not `relpath` ("" when it is)."""
 
     relpath: str
     path: str
     size: int
     mtime_ns: int
+    disk_relpath: str = ""
+
+    @property
+    def on_disk(self) -> str:
+        """The relative path as the file system spells it (os.fsdecode form)."""
+        return self.disk_relpath or self.relpath
 
 
 @dataclass(frozen=True)
@@ -28,6 +47,15 @@ class UnreadableDir:
 
     relpath: str
     reason: str
+
+
+@dataclass(frozen=True)
+class OutsideLink:
+    """A symlink to an image file or a folder outside the photo root, left unfollowed."""
+
+    relpath: str
+    is_dir: bool
+    reason: str = OUTSIDE_LINK_REASON
 
 
 def is_excluded(relpath: str, patterns: Sequence[str]) -> bool:
@@ -42,21 +70,27 @@ def is_excluded(relpath: str, patterns: Sequence[str]) -> bool:
 
 
 def discover(
-    root: Path, *, exclude: Sequence[str] = (), skip: Iterable[Path] = ()
-) -> Iterator[FoundFile | UnreadableDir]:
+    root: Path,
+    *,
+    exclude: Sequence[str] = (),
+    skip: Iterable[Path] = (),
+    follow_links: bool = False,
+) -> Iterator[FoundFile | UnreadableDir | OutsideLink]:
     """Depth-first, name-sorted walk of `root`.
 
     Hidden files and folders and those in `skip` (the library) are left out, as are
-    `exclude` globs. Symlinks are followed, but a folder already visited (by its device and
-    inode) is not entered again, so loops end.
+    `exclude` globs. Symlinks inside the root are followed, those leading out of it only
+    with `follow_links` (else an OutsideLink is yielded); a folder already visited (by its
+    device and inode) is not entered again, so loops end.
     """
     exclude = _lower(exclude)
     skip_ids = {_dir_id(p) for p in skip if os.path.isdir(p)}
-    root_id = _dir_id(root)
-    seen = {root_id}
-    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
+    root_real = os.path.realpath(root)
+    seen = {_dir_id(root)}
+    # (folder to list, its key prefix, its on-disk relative prefix)
+    stack: list[tuple[str, str, str]] = [(os.fspath(root), "", "")]
     while stack:
-        dirpath, rel = stack.pop()
+        dirpath, rel, disk_rel = stack.pop()
         try:
             with os.scandir(dirpath) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -69,28 +103,38 @@ def discover(
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            entry_rel = f"{rel}{nfc(entry.name)}"
+            entry_rel = f"{rel}{path_key(entry.name)}"
+            entry_disk = f"{disk_rel}{entry.name}"
             try:
                 is_dir = entry.is_dir()
+                if is_excluded(entry_rel, exclude) or not (is_dir or _is_image(entry.name)):
+                    continue
+                if (
+                    not follow_links
+                    and entry.is_symlink()
+                    and not _inside(os.path.realpath(entry.path), root_real)
+                ):
+                    if is_dir or entry.is_file():
+                        yield OutsideLink(entry_rel, is_dir)
+                    continue
                 if is_dir:
-                    if is_excluded(entry_rel, exclude):
-                        continue
                     st = entry.stat()
                     ident = (st.st_dev, st.st_ino)
                     if ident in seen or ident in skip_ids:
                         continue
                     seen.add(ident)
-                    subdirs.append((entry.path, entry_rel + "/"))
-                elif (
-                    entry.is_file()
-                    and _is_image(entry.name)
-                    and not is_excluded(entry_rel, exclude)
-                ):
+                    subdirs.append((entry.path, entry_rel + "/", entry_disk + "/"))
+                elif entry.is_file():
                     st = entry.stat()
-                    yield FoundFile(entry_rel, entry.path, st.st_size, st.st_mtime_ns)
+                    disk = "" if entry_disk == entry_rel else entry_disk
+                    yield FoundFile(entry_rel, entry.path, st.st_size, st.st_mtime_ns, disk)
             except OSError:
                 continue  # vanished or a broken link while we looked: nothing to index
         stack.extend(reversed(subdirs))
+
+
+def _inside(real: str, root_real: str) -> bool:
+    return real == root_real or real.startswith(root_real.rstrip("/") + "/")
 
 
 def _is_image(name: str) -> bool:

@@ -44,6 +44,9 @@ class IndexOptions:
     exclude: tuple[str, ...] = ()
     max_megapixels: float = MAX_PIXELS / 1e6
     rebuild: bool = False
+    # Follow symlinks that lead out of the photo folder (default: record them as failures
+    # and leave them; see indexer.discover). The web never serves files outside the folder.
+    follow_links: bool = False
     save_interval: float = 30.0  # seconds between index saves during a run
     # Called with the number of batches committed so far, after each commit (before the
     # FAISS file catches up): a place to watch a run, or to stop it there.
@@ -89,7 +92,12 @@ def index_photos(
         index, _ = library.reconcile_index()
         with library.session() as s, s.begin():
             known, hashes = load_known(s)
-        found = discover(photo_root, exclude=options.exclude, skip=[library_dir])
+        found = discover(
+            photo_root,
+            exclude=options.exclude,
+            skip=[library_dir],
+            follow_links=options.follow_links,
+        )
         plan = make_plan(found, known, hashes)
         writer = Writer(library, index, plan, save_interval=options.save_interval)
         _run_stages(plan, encoder, writer, options, progress)

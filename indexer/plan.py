@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -9,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import Failure, Photo
-from indexer.discover import FoundFile, UnreadableDir
+from indexer.discover import FoundFile, OutsideLink, UnreadableDir
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Known:
     mtime_ns: int
     content_hash: str | None
     reason: str | None = None
+    on_disk: str | None = None  # the stored on-disk relative path (None: the key itself)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class Plan:
     gone_failures: set[str] = field(default_factory=set)
     unreadable_dirs: list[UnreadableDir] = field(default_factory=list)
     name_clashes: list[tuple[FoundFile, str]] = field(default_factory=list)
+    outside_links: list[OutsideLink] = field(default_factory=list)
+    # Unchanged photos whose on-disk name is not the one stored (a library made before names
+    # were kept, or a file renamed NFC <-> NFD): (photo id, key, on-disk relative path).
+    renamed: list[tuple[int, str, str]] = field(default_factory=list)
     known_hashes: set[str] = field(default_factory=set)  # content hashes with a stored embedding
 
 
@@ -49,10 +55,13 @@ def load_known(session: Session) -> tuple[dict[str, Known], set[str]]:
     """Every indexed or failed path of the library, and the set of stored content hashes."""
     known: dict[str, Known] = {}
     hashes: set[str] = set()
-    for pid, path, size, mtime, chash in session.execute(
-        select(Photo.id, Photo.path, Photo.size, Photo.mtime_ns, Photo.content_hash)
+    for pid, path, size, mtime, chash, disk in session.execute(
+        select(
+            Photo.id, Photo.path, Photo.size, Photo.mtime_ns, Photo.content_hash, Photo.disk_path
+        )
     ):
-        known[path] = Known(pid, size, mtime, chash)
+        on_disk = None if disk is None else os.fsdecode(disk)
+        known[path] = Known(pid, size, mtime, chash, on_disk=on_disk)
         hashes.add(chash)
     for path, kind, size, mtime, reason in session.execute(
         select(Failure.path, Failure.kind, Failure.size, Failure.mtime_ns, Failure.reason)
@@ -63,7 +72,9 @@ def load_known(session: Session) -> tuple[dict[str, Known], set[str]]:
 
 
 def make_plan(
-    found: Iterable[FoundFile | UnreadableDir], known: dict[str, Known], known_hashes: set[str]
+    found: Iterable[FoundFile | UnreadableDir | OutsideLink],
+    known: dict[str, Known],
+    known_hashes: set[str],
 ) -> Plan:
     """Sort every discovered file into unchanged / still failed / to read; the rest is gone."""
     plan = Plan(known_hashes=set(known_hashes))
@@ -71,6 +82,9 @@ def make_plan(
     for item in found:
         if isinstance(item, UnreadableDir):
             plan.unreadable_dirs.append(item)
+            continue
+        if isinstance(item, OutsideLink):
+            plan.outside_links.append(item)
             continue
         if item.relpath in seen:
             plan.name_clashes.append(
@@ -82,6 +96,8 @@ def make_plan(
         if old is not None and (old.size, old.mtime_ns) == (item.size, item.mtime_ns):
             if old.photo_id is not None:
                 plan.unchanged += 1
+                if (old.on_disk or item.relpath) != item.on_disk:
+                    plan.renamed.append((old.photo_id, item.relpath, item.on_disk))
             else:
                 plan.still_failed.append((item.relpath, old.reason or "failed"))
             continue

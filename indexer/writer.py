@@ -16,7 +16,15 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from db import Failure, Library, Photo, blob_to_vector, vector_to_blob, write_errors
+from db import (
+    Failure,
+    Library,
+    Photo,
+    blob_to_vector,
+    disk_path_value,
+    vector_to_blob,
+    write_errors,
+)
 from db import vectors as faiss_ops
 from indexer.load import Loaded, mtime_datetime
 from indexer.plan import Plan
@@ -87,13 +95,27 @@ class Writer:
                 removed.extend(ids)
             for chunk in _chunks(sorted(plan.gone_failures), 500):
                 s.execute(delete(Failure).where(Failure.path.in_(chunk), Failure.kind == "file"))
-            s.execute(delete(Failure).where(Failure.kind == "dir"))
+            s.execute(delete(Failure).where(Failure.kind.in_(("dir", "link"))))
             for d in plan.unreadable_dirs:
                 _record_failure(s, d.relpath, "dir", 0, 0, d.reason)
+            for link in plan.outside_links:
+                _record_failure(s, link.relpath, "link", 0, 0, link.reason)
             for file, reason in plan.name_clashes:
                 _record_failure(s, file.relpath, "file", file.size, file.mtime_ns, reason)
+            if plan.renamed:  # same file, its on-disk name now kept (no re-encoding)
+                s.execute(
+                    update(Photo),
+                    [
+                        {"id": pid, "disk_path": disk_path_value(key, disk)}
+                        for pid, key, disk in plan.renamed
+                    ],
+                )
         self.counts.deleted += len(removed)
         self.counts.failures += [(d.relpath + "/", d.reason) for d in plan.unreadable_dirs]
+        self.counts.failures += [
+            (link.relpath + ("/" if link.is_dir else ""), link.reason)
+            for link in plan.outside_links
+        ]
         self.counts.failures += [(f.relpath, r) for f, r in plan.name_clashes]
         plan.gone.clear()
         self._apply_to_index([], removed)
@@ -125,9 +147,10 @@ class Writer:
         new_hashes: set[str],
     ) -> bool:
         relpath = item.task.file.relpath
+        disk_path = disk_path_value(relpath, item.task.file.on_disk)
         known = item.task.known
         if item.touched:  # same bytes, new mtime (copied back, touched): refresh the stat only
-            values = {"size": item.size, "mtime_ns": item.mtime_ns}
+            values = {"size": item.size, "mtime_ns": item.mtime_ns, "disk_path": disk_path}
             row = s.get(Photo, known.photo_id)
             if row is not None and row.taken_at_source == "mtime":
                 values["taken_at"] = mtime_datetime(item.mtime_ns)
@@ -150,7 +173,8 @@ class Writer:
         was_known = known is not None
         if item.reuse and source.path in self.plan.gone:  # a move: same row, same id, new path
             self.plan.gone.discard(source.path)
-            values = {"path": relpath, "size": item.size, "mtime_ns": item.mtime_ns}
+            values = {"path": relpath, "disk_path": disk_path}
+            values |= {"size": item.size, "mtime_ns": item.mtime_ns}
             if source.taken_at_source == "mtime":
                 values["taken_at"] = mtime_datetime(item.mtime_ns)
             s.execute(update(Photo).where(Photo.id == source.id).values(**values))
@@ -170,6 +194,7 @@ class Writer:
             insert(Photo)
             .values(
                 path=relpath,
+                disk_path=disk_path,
                 size=item.size,
                 mtime_ns=item.mtime_ns,
                 content_hash=item.content_hash,

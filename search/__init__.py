@@ -18,7 +18,7 @@ from search.errors import (
 from search.library import LibraryInfo, find_library
 from search.query import Term, parse_query
 from search.reindex import ReindexReport, reindex
-from search.results import PhotoInfo, SearchHit, SearchResults
+from search.results import PhotoInfo, SearchHit, SearchResults, display_path, json_path
 from search.searcher import Searcher, SearchOptions
 
 __all__ = [
@@ -36,7 +36,9 @@ __all__ = [
     "SearchResults",
     "Searcher",
     "Term",
+    "display_path",
     "find_library",
+    "json_path",
     "parse_query",
     "reindex",
 ]

@@ -12,7 +12,6 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 import db
-from koclip.preprocess import nfc
 from search.errors import QueryError
 
 
@@ -49,22 +48,40 @@ def relative_to_root(path: str | os.PathLike[str], photo_root: Path) -> str | No
     for candidate in (absolute, absolute.resolve()):
         if candidate.is_relative_to(root):
             rel = PurePosixPath(*candidate.relative_to(root).parts).as_posix()
-            return nfc("" if rel == "." else rel)
+            return db.path_key("" if rel == "." else rel)
     return None
 
 
 def folder_filter(under: str | os.PathLike[str], photo_root: Path) -> str:
     """Resolve --under: an existing folder (absolute or from the cwd), else a path from the root."""
     text = os.fspath(under)
-    if os.path.isabs(text) or os.path.isdir(text):
-        rel = relative_to_root(text, photo_root)
+    found = find_on_disk(Path(text))
+    if os.path.isabs(text) or found.is_dir():
+        rel = relative_to_root(found, photo_root)
         if rel is None:
             raise QueryError(f"--under {text}: not inside the library's photo folder {photo_root}")
         return rel
     parts = [p for p in PurePosixPath(text.replace(os.sep, "/")).parts if p not in ("", ".")]
     if ".." in parts:
         raise QueryError(f"--under {text}: '..' is only allowed in paths that exist")
-    return nfc("/".join(parts))
+    return db.path_key("/".join(parts))
+
+
+def find_on_disk(path: Path) -> Path:
+    """`path` itself if it exists, else the one file whose name differs from it only by Unicode
+    normalisation (a query typed in NFC naming an NFD file); `path` unchanged when there is no
+    such file or several."""
+    if os.path.lexists(path):
+        return path
+    parent, name = path.parent, path.name
+    if parent != path and not os.path.lexists(parent):
+        parent = find_on_disk(parent)
+    want = db.path_key(name)
+    try:
+        matches = [e for e in os.listdir(parent) if db.path_key(e) == want]
+    except (OSError, ValueError):  # not a folder, unreadable, an embedded NUL
+        return path
+    return parent / matches[0] if len(matches) == 1 else path
 
 
 def filtered_ids(session: Session, flt: Filter) -> np.ndarray:

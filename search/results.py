@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import db
+
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One photo found: `score` is the cosine similarity between the query and the photo."""
+    """One photo found: `score` is the cosine similarity between the query and the photo;
+    `path` is the file as it is on disk (an NFD name stays NFD), `relpath` the library's key
+    for it (NFC, relative to the photo root: for matching and display)."""
 
     rank: int
     score: float
@@ -21,13 +26,14 @@ class SearchHit:
     height: int | None = None
     taken_at: datetime | None = None
     size: int | None = None
+    relpath: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The hit as the CLI's --json prints it."""
         return {
             "rank": self.rank,
             "score": round(self.score, 4),
-            "path": str(self.path),
+            "path": json_path(self.path),
             "width": self.width,
             "height": self.height,
             "taken_at": self.taken_at.isoformat() if self.taken_at else None,
@@ -39,8 +45,8 @@ class PhotoInfo:
     """One library photo as stored (no query, no score): what a detail view shows."""
 
     id: int
-    path: Path  # absolute; the file may be gone since it was indexed
-    relpath: str  # POSIX, NFC, relative to the photo root
+    path: Path  # absolute, as on disk; the file may be gone since it was indexed
+    relpath: str  # the library's key: POSIX, NFC, relative to the photo root
     width: int
     height: int
     taken_at: datetime
@@ -73,3 +79,14 @@ class SearchResults:
     def to_json(self) -> dict[str, Any]:
         """`{"query": ..., "results": [...]}` exactly as the CLI's --json prints it."""
         return {"query": self.query, "results": [hit.to_json() for hit in self.hits]}
+
+
+def json_path(path: str | os.PathLike[str]) -> str:
+    """A path as JSON text: its exact name (NFD stays NFD); bytes that are not UTF-8, which
+    no JSON string can hold, as \\xNN escapes."""
+    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path as people read it: NFC, bytes that are not UTF-8 as \\xNN escapes."""
+    return db.path_key(os.fspath(path))

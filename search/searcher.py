@@ -21,6 +21,7 @@ from search.engine import IndexView, candidate_limit, top_k
 from search.errors import QueryError, QueryImageError
 from search.filters import (
     Filter,
+    find_on_disk,
     folder_filter,
     photo_at,
     photos_with_hash,
@@ -36,7 +37,7 @@ from search.library import (
     open_read_only,
 )
 from search.query import Term, describe, parse_query
-from search.results import PhotoInfo, SearchHit, SearchResults
+from search.results import PhotoInfo, SearchHit, SearchResults, display_path
 
 DEFAULT_K = 20
 # An in-memory image query cannot be matched to its file by bytes; a library photo whose
@@ -222,7 +223,8 @@ class Searcher:
 
     def _info(self, row: db.Photo) -> PhotoInfo:
         stored = (row.width, row.height, row.taken_at, row.taken_at_source, row.size)
-        return PhotoInfo(row.id, self.photo_root / row.path, row.path, *stored, row.content_hash)
+        path = self.photo_root / row.disk_relpath()
+        return PhotoInfo(row.id, path, row.path, *stored, row.content_hash)
 
     # -- embedding ----------------------------------------------------------------------------
 
@@ -245,7 +247,7 @@ class Searcher:
         """(unit vector, ids that are this image, whether to drop hits scoring as the image)."""
         if not isinstance(image, (str, os.PathLike)):
             return self.encoder.images([image])[0], set(), True
-        path = Path(image).expanduser()
+        path = find_on_disk(Path(image).expanduser())
         if not path.is_file():
             why = "a folder, not an image" if path.is_dir() else "no such file"
             raise QueryImageError(f"cannot read the query image {image}: {why}")
@@ -340,15 +342,17 @@ class Searcher:
                 SearchHit(
                     rank=opts.offset + i + 1,
                     score=float(score),
-                    path=self.photo_root / row.path,
+                    path=self.photo_root / row.disk_relpath(),
                     photo_id=row.id,
                     width=row.width,
                     height=row.height,
                     taken_at=row.taken_at,
                     size=row.size,
+                    relpath=row.path,
                 )
             )
-        return SearchResults(query=query.text, hits=tuple(hits))
+        # A label may hold a file name that is not UTF-8: shown escaped, as every path is.
+        return SearchResults(query=display_path(query.text), hits=tuple(hits))
 
     # -- lifetime -----------------------------------------------------------------------------
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mimetypes
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
@@ -28,9 +27,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import Response
 
 from koclip import ImageError, KoclipSearchError
-from search import PhotoInfo, SearchResults
+from search import PhotoInfo, SearchResults, display_path, json_path
 from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, Options
 from web.errors import ApiError, install_handlers
+from web.files import read_chunks
 from web.thumbnails import SIZES
 from web.uploads import MAX_UPLOAD_BYTES, decode_upload, read_upload
 
@@ -171,16 +171,11 @@ def _links(photo_id: int) -> dict[str, str]:
     }
 
 
-def shape(
-    results: SearchResults, opts: Options, photo_root: Path, upload: str | None = None
-) -> dict[str, Any]:
+def shape(results: SearchResults, opts: Options, upload: str | None = None) -> dict[str, Any]:
     """search's own JSON (as `--json` prints it), each hit given its id, relative path and links."""
     body = results.to_json()
     for hit, item in zip(results.hits, body["results"], strict=True):
-        try:
-            relpath = hit.path.relative_to(photo_root).as_posix()
-        except ValueError:
-            relpath = hit.path.name
+        relpath = hit.relpath or display_path(hit.path.name)
         item.update({"id": hit.photo_id, "relpath": relpath, **_links(hit.photo_id)})
     full = len(results) == opts.k
     body.update(
@@ -197,7 +192,7 @@ def shape(
 def _photo_json(photo: PhotoInfo) -> dict[str, Any]:
     return {
         "id": photo.id,
-        "path": str(photo.path),
+        "path": json_path(photo.path),
         "relpath": photo.relpath,
         "width": photo.width,
         "height": photo.height,
@@ -273,8 +268,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
     ) -> dict[str, Any]:
         """Run a search in the thread pool; its results as the page gets them."""
         results = await run_in_threadpool(fn, *args, opts)
-        photo_root = (await run_in_threadpool(backend.searcher)).photo_root
-        return shape(results, opts, photo_root, upload)
+        return shape(results, opts, upload)
 
     @app.get("/api/info", response_model=InfoResponse, tags=["library"])
     async def info() -> dict[str, Any]:
@@ -365,17 +359,17 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
 
     @app.get("/api/photos/{photo_id}/original", response_class=FileResponse, tags=["photos"])
     async def original(photo_id: int) -> Response:
-        """The photo file itself, by library id only (no path in a URL ever reaches the disk)."""
-        found = await run_in_threadpool(backend.photo, photo_id)
-        if not await run_in_threadpool(found.path.is_file):
-            raise ApiError(404, "unreadable", "the photo file is no longer there")
-        media_type = mimetypes.guess_type(found.path.name)[0] or "application/octet-stream"
-        return FileResponse(
-            found.path,
-            media_type=media_type,
-            filename=found.path.name,
-            content_disposition_type="inline",
+        """The photo file itself, by library id only (no path in a URL ever reaches the disk);
+        only an image file inside the photo folder is ever sent (see web.files)."""
+        found, f, media_type, size = await run_in_threadpool(backend.original, photo_id)
+        name = display_path(found.path.name)
+        disposition = (
+            f'inline; filename="{name}"'
+            if name.isascii() and '"' not in name
+            else f"inline; filename*=utf-8''{quote(name)}"
         )
+        headers = {"Content-Length": str(size), "Content-Disposition": disposition}
+        return StreamingResponse(read_chunks(f), media_type=media_type, headers=headers)
 
 
 _IMAGE_BODY = {

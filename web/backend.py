@@ -20,10 +20,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from PIL import Image
 
+from koclip import ImageError
 from search import (
     PhotoInfo,
     QueryImageError,
@@ -34,6 +35,7 @@ from search import (
     parse_query,
 )
 from web.errors import ApiError
+from web.files import image_type, open_photo
 from web.thumbnails import ThumbnailCache
 from web.uploads import UploadStore
 
@@ -185,11 +187,31 @@ class Backend:
         return found
 
     def thumbnail(self, photo_id: int, size: str) -> tuple[Path, str]:
-        """(cached JPEG, ETag) of a photo; koclip.ImageError if its file can no longer be read."""
+        """(cached JPEG, ETag) of a photo; koclip.ImageError if its file can no longer be read,
+        ApiError 404 if it is no longer a file in the photo folder (see web.files)."""
         photo = self.photo(photo_id)
+        root = self.searcher().photo_root
         if self._thumbs is None:
             self._thumbs = ThumbnailCache(self.searcher().directory)
-        return self._thumbs.get(photo.id, photo.content_hash, photo.path, size), photo.content_hash
+        path = self._thumbs.get(
+            photo.id, photo.content_hash, lambda: open_photo(root, photo.path), size
+        )
+        return path, photo.content_hash
+
+    def original(self, photo_id: int) -> tuple[PhotoInfo, BinaryIO, str, int]:
+        """(photo, its file opened, media type, size): only a file inside the photo folder that
+        decodes as an image (the bytes checked are the bytes sent); ApiError 404 otherwise."""
+        photo = self.photo(photo_id)
+        f = open_photo(self.searcher().photo_root, photo.path)
+        try:
+            media_type = image_type(f)
+            return photo, f, media_type, os.fstat(f.fileno()).st_size
+        except ImageError as exc:
+            f.close()
+            raise ApiError(404, "unreadable", f"the photo file cannot be read: {exc}") from None
+        except BaseException:
+            f.close()
+            raise
 
     def info(self) -> dict[str, Any]:
         """Counts and model for the page header; cheap (no index file read, no disk walk)."""

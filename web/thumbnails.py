@@ -6,7 +6,9 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -39,15 +41,19 @@ class ThumbnailCache:
             raise ValueError(f"unknown thumbnail size {size!r}")
         return self.directory / size / f"{int(photo_id)}-{content_hash[:16]}.jpg"
 
-    def get(self, photo_id: int, content_hash: str, source: Path, size: str) -> Path:
-        """The cached thumbnail, made from `source` first if needed; ImageError if it cannot be read."""
+    def get(
+        self, photo_id: int, content_hash: str, open_source: Callable[[], BinaryIO], size: str
+    ) -> Path:
+        """The cached thumbnail, made first if needed from the file `open_source()` opens (it
+        is opened only then); ImageError if it cannot be read."""
         target = self.path_for(photo_id, content_hash, size)
         if target.is_file():
             return target
         # One maker per file: a page asking for 40 thumbnails twice must not decode 80 photos.
         with self._lock_for(target.name + size):
             if not target.is_file():
-                _write_atomic(make_thumbnail(source, SIZES[size]), target)
+                with open_source() as source:
+                    _write_atomic(make_thumbnail(source, SIZES[size]), target)
         return target
 
     def _lock_for(self, key: str) -> threading.Lock:
@@ -57,7 +63,7 @@ class ThumbnailCache:
             return self._locks.setdefault(key, threading.Lock())
 
 
-def make_thumbnail(source: Path, long_side: int) -> Image.Image:
+def make_thumbnail(source: Path | BinaryIO, long_side: int) -> Image.Image:
     """The photo, EXIF-oriented, shrunk to fit `long_side` (never enlarged)."""
     # draft decoding: a 12 MP JPEG decodes at 1/4 or 1/8 scale, still >= long_side per side.
     image = open_image(source, max_pixels=MAX_PIXELS, draft=True, size=(long_side + 1) // 2)

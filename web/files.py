@@ -1,0 +1,84 @@
+"""Opening a library photo for the web: never a file outside the photo root, only image bytes.
+
+The file is opened first and then judged by what was opened, so nothing can be swapped in
+between the check and the read: the open descriptor's real path (Linux: /proc/self/fd) must
+lie inside the real photo root, and it must be a regular file. A symlink inside the root that
+points inside it still works; one that leads out of it (to /etc/passwd, or a linked folder
+elsewhere, even one indexed with `index --follow-links`) is answered 404.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import Image
+
+from koclip import ImageError
+from koclip.preprocess import MAX_PIXELS, open_image
+from web.errors import ApiError
+
+CHUNK = 1 << 16
+
+
+def open_photo(root: Path, path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file whose real path lies inside `root`;
+    ApiError 404 otherwise (gone, unreadable, a link out of the root, not a file)."""
+    try:
+        # O_NONBLOCK: a FIFO named like a photo must not hang the request; no effect on files.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError):
+        raise ApiError(404, "unreadable", "the photo file is no longer there") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _inside(_real_path(fd, path), root):
+            raise ApiError(404, "unreadable", "the photo file is not a file in the photo folder")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def image_type(f: BinaryIO) -> str:
+    """The media type of the image in `f`, after checking that it decodes (ImageError if not);
+    `f` is left at its start, so the bytes checked are the bytes then sent."""
+    try:
+        open_image(f, max_pixels=MAX_PIXELS, draft=True)
+        f.seek(0)
+        with Image.open(f) as image:
+            kind = image.format or ""
+    except OSError as exc:
+        raise ImageError(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            f.seek(0)
+    return Image.MIME.get(kind) or f"image/{kind.lower() or 'octet-stream'}"
+
+
+def read_chunks(f: BinaryIO) -> Iterator[bytes]:
+    """The rest of `f`, chunk by chunk; closes it at the end (or when the client goes)."""
+    with f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def _real_path(fd: int, opened: Path) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        pass
+    # No /proc (macOS, BSD): the path's real target, if it is the very file we hold.
+    real = os.path.realpath(opened)
+    try:
+        st, held = os.stat(real), os.fstat(fd)
+    except OSError:
+        return ""
+    return real if (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino) else ""
+
+
+def _inside(real: str, root: Path) -> bool:
+    top = os.path.realpath(root)
+    return bool(real) and (real == top or real.startswith(top.rstrip("/") + "/"))
