@@ -5,6 +5,7 @@ Knows nothing of the model; each module's docstring describes its part.
 
 from db.content import IMAGE_SUFFIXES, content_hash, hash_file
 from db.errors import (
+    LibraryCorruptError,
     LibraryError,
     LibraryLockedError,
     LibraryNotFoundError,
@@ -30,6 +31,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Failure",
     "Library",
+    "LibraryCorruptError",
     "LibraryError",
     "LibraryLock",
     "LibraryLockedError",

@@ -51,7 +51,8 @@ class Photo(Base):
 
 
 class Failure(Base):
-    """A file (or folder) that could not be indexed, and why; retried when its size or mtime changes."""
+    """A file (or folder) that could not be indexed, and why; retried when its size or mtime
+    changes, and on every run if it could not be read at all (permissions)."""
 
     __tablename__ = "failures"
 
