@@ -184,8 +184,9 @@ class Backend:
             raise ApiError(404, "not_found", f"no photo with id {photo_id} in the library")
         return found
 
-    def thumbnail(self, photo_id: int, size: str) -> tuple[Path, str]:
-        """(cached JPEG, ETag) of a photo; koclip.ImageError if its file can no longer be read."""
+    def thumbnail(self, photo_id: int, size: str) -> tuple[Path | bytes, str]:
+        """(cached JPEG, or its bytes when the cache cannot be written; ETag) of a photo;
+        koclip.ImageError if its file can no longer be read."""
         photo = self.photo(photo_id)
         if self._thumbs is None:
             self._thumbs = ThumbnailCache(self.searcher().directory)

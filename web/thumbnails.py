@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -39,15 +40,24 @@ class ThumbnailCache:
             raise ValueError(f"unknown thumbnail size {size!r}")
         return self.directory / size / f"{int(photo_id)}-{content_hash[:16]}.jpg"
 
-    def get(self, photo_id: int, content_hash: str, source: Path, size: str) -> Path:
-        """The cached thumbnail, made from `source` first if needed; ImageError if it cannot be read."""
+    def get(self, photo_id: int, content_hash: str, source: Path, size: str) -> Path | bytes:
+        """The cached thumbnail, made from `source` first if needed; ImageError if it cannot be read.
+
+        When the cache cannot be written (disk full, quota, read-only, permissions) the JPEG
+        is returned as bytes instead, so the page keeps working; the cause goes to the log.
+        """
         target = self.path_for(photo_id, content_hash, size)
         if target.is_file():
             return target
         # One maker per file: a page asking for 40 thumbnails twice must not decode 80 photos.
         with self._lock_for(target.name + size):
             if not target.is_file():
-                _write_atomic(make_thumbnail(source, SIZES[size]), target)
+                data = _jpeg(make_thumbnail(source, SIZES[size]))
+                try:
+                    _write_atomic(data, target)
+                except OSError as exc:
+                    log.warning("cannot cache the thumbnail %s (%s)", target, exc.strerror or exc)
+                    return data
         return target
 
     def _lock_for(self, key: str) -> threading.Lock:
@@ -65,12 +75,18 @@ def make_thumbnail(source: Path, long_side: int) -> Image.Image:
     return image
 
 
-def _write_atomic(image: Image.Image, target: Path) -> None:
+def _jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=QUALITY, optimize=True, progressive=True)
+    return out.getvalue()
+
+
+def _write_atomic(data: bytes, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, "JPEG", quality=QUALITY, optimize=True, progressive=True)
+            f.write(data)
         os.replace(tmp, target)  # readers see the old state or the whole file, never half of it
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
