@@ -59,6 +59,10 @@ def _overwrite(path: Path, start: int, length: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 def _wrong_dim_index(library_dir: Path) -> None:
     index = vectors.make_index("flat", 8)
     vectors.add(index, np.array([1]), np.ones((1, 8), np.float32) / np.sqrt(8))
@@ -68,6 +72,11 @@ def _wrong_dim_index(library_dir: Path) -> None:
 # name -> (damage, file named in the message, repaired by a plain `index` run)
 DAMAGE = {
     "malformed database": (lambda d: _overwrite(_checkpointed(d), 4096), "library.sqlite3", False),
+    "truncated database": (
+        lambda d: _truncate(_checkpointed(d)),
+        "library.sqlite3",
+        False,
+    ),
     "not a database": (lambda d: _overwrite(_checkpointed(d), 0, 100), "library.sqlite3", False),
     "zero-byte database": (lambda d: _checkpointed(d).write_bytes(b""), "library.sqlite3", True),
     "faiss wrong dim": (_wrong_dim_index, "index-flat.faiss", True),
@@ -119,8 +128,17 @@ def test_a_damaged_library_is_one_line_naming_the_file(damaged, tiny_checkpoint)
         if not repairable:
             assert "--rebuild" in line and "backup" in line, line
 
+    import uvicorn
+
     from web import create_app
 
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(uvicorn, "run", lambda app, **kw: None)
+        served = _invoke("serve", "--library", root)
+    # serve starts anyway (the page explains); a library it cannot open is warned of at once.
+    assert served.exit_code == 0 and served.exception is None, served.output
+    if named == "library.sqlite3":
+        assert served.stderr.startswith("Warning: "), served.stderr
     app = create_app(root, warm=False)
     with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
         response = c.get("/api/search", params={"q": "바다"})
