@@ -5,6 +5,7 @@ Knows nothing of the model; each module's docstring describes its part.
 
 from db.content import IMAGE_SUFFIXES, content_hash, hash_file, path_key
 from db.errors import (
+    LibraryCorruptError,
     LibraryError,
     LibraryLockedError,
     LibraryNotFoundError,
@@ -37,6 +38,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Failure",
     "Library",
+    "LibraryCorruptError",
     "LibraryError",
     "LibraryLock",
     "LibraryLockedError",

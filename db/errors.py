@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from koclip.errors import KoclipSearchError
+
+LIBRARY_DIRNAME = ".koclip-search"
 
 
 class LibraryError(KoclipSearchError):
@@ -17,6 +21,11 @@ class LibraryNotFoundError(LibraryError):
     """No library exists where one was expected (or it has nothing indexed yet)."""
 
     code = "no_library"
+
+
+class LibraryCorruptError(LibraryError):
+    """A library file is damaged (database, FAISS index, manifest, a stored vector); the
+    message names the file and the command that repairs it."""
 
 
 class LibraryLockedError(LibraryError):
@@ -40,3 +49,13 @@ class LibraryWriteError(LibraryError):
     """Writing the library failed (disk full, permission denied, ...); nothing was half-written."""
 
     exit_code = 1
+
+
+def index_command(directory: Path, *, rebuild: bool = False) -> str:
+    """The `koclip-search index` command line that repairs (or rebuilds) the library in
+    `directory`, for messages."""
+    directory = Path(directory)
+    flag = " --rebuild" if rebuild else ""
+    if directory.name == LIBRARY_DIRNAME:
+        return f"koclip-search index{flag} {directory.parent}"
+    return f"koclip-search index{flag} PHOTO_DIR --library {directory}"

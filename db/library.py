@@ -10,7 +10,11 @@ Layout of a library folder (default `PHOTO_DIR/.koclip-search/`)::
 Readers never lock: SQLite WAL gives each read transaction a snapshot, and the index file is
 only ever replaced by rename, so a reader sees a whole file. The index file may lag the
 database by the batches written since its last save: FAISS hits whose id has no row are
-stale (skip them); rows not yet in the file become searchable after the next save.
+stale (skip them); rows not yet in the file are added from their stored embeddings by
+the reader (search.engine), so what is committed is what is searched.
+
+Every SQLite error surfaces as a LibraryError that names the file: a damaged database as
+LibraryCorruptError, a failed write as LibraryWriteError (one engine hook, `_library_error`).
 """
 
 from __future__ import annotations
@@ -29,22 +33,27 @@ from urllib.parse import quote
 
 import faiss
 import numpy as np
-from sqlalchemy import ColumnElement, Engine, create_engine, event, select, text
+from sqlalchemy import ColumnElement, Engine, create_engine, delete, event, func, select, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import vectors
 from db.errors import (
+    LIBRARY_DIRNAME,
+    LibraryCorruptError,
     LibraryError,
     LibraryLockedError,
     LibraryNotFoundError,
     LibraryWriteError,
     SchemaVersionError,
+    index_command,
 )
 from db.schema import (
     MIGRATABLE,
     SCHEMA_VERSION,
     Base,
+    Failure,
     ManifestRow,
     Photo,
     blob_to_vector,
@@ -52,7 +61,6 @@ from db.schema import (
 )
 from koclip.files import atomic_path
 
-LIBRARY_DIRNAME = ".koclip-search"
 DB_NAME = "library.sqlite3"
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "lock"
@@ -99,7 +107,9 @@ class Library:
         self.directory = Path(directory)
         self.engine = engine
         self.readonly = readonly
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # Sessions carry the file they read, for messages about what they find damaged.
+        info = {"db_path": self.directory / DB_NAME, "directory": self.directory}
+        self._sessions = sessionmaker(engine, expire_on_commit=False, info=info)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -116,6 +126,8 @@ class Library:
         library = cls(directory, engine, readonly=readonly)
         try:
             library.check_schema()
+            if readonly:
+                library.check_vectors()
         except BaseException:
             engine.dispose()
             raise
@@ -226,23 +238,66 @@ class Library:
                 raise  # create() reports it as a write error
             raise LibraryError(f"cannot read the library at {self.directory}: {exc.orig}") from exc
         if row is None and self.readonly:
-            # A writer is creating it: tables or the manifest are not there yet.
-            raise LibraryNotFoundError(
-                f"the library at {self.directory} is not ready yet (still being created)"
-            )
+            raise self._unfinished()
         if row is not None and row[0] != SCHEMA_VERSION and row[0] not in MIGRATABLE:
             raise SchemaVersionError(
                 f"the library at {self.directory} has schema version {row[0]}, this program "
                 f"uses {SCHEMA_VERSION}; run `koclip-search index --rebuild` to rebuild it"
             )
 
-    def manifest(self, session: Session | None = None) -> Manifest | None:
-        """The manifest row (None for a library not yet written to)."""
+    def _unfinished(self) -> LibraryNotFoundError:
+        """Why a library has no manifest yet: a writer is creating it, or a first run failed."""
+        if LibraryLock.is_held(self.directory):
+            return LibraryNotFoundError(
+                f"the library at {self.directory} is being created right now by another "
+                "`koclip-search index`; try again when it has indexed its first photos"
+            )
+        return LibraryNotFoundError(
+            f"the library at {self.directory} was never finished (its first indexing run "
+            f"stopped before indexing anything); run `{index_command(self.directory)}` to "
+            "finish it"
+        )
+
+    def is_intact(self) -> bool:
+        """SQLite's quick_check of the whole file (it reads every page: for --rebuild, not every open)."""
+        try:
+            with self.engine.connect() as conn:
+                return conn.exec_driver_sql("PRAGMA quick_check").scalar() == "ok"
+        except LibraryCorruptError:
+            return False
+
+    def manifest(self, session: Session | None = None, *, check: bool = True) -> Manifest | None:
+        """The manifest row (None for a library not yet written to).
+
+        LibraryCorruptError if a value cannot be right (edited by hand, damaged); `check=False`
+        returns it as stored, for the indexer to repair.
+        """
         with _maybe_session(self, session) as s:
             row = s.get(ManifestRow, 1)
             if row is None:
                 return None
-            return Manifest(**{f.name: getattr(row, f.name) for f in fields(Manifest)})
+            manifest = Manifest(**{f.name: getattr(row, f.name) for f in fields(Manifest)})
+        problems = manifest_problems(manifest) if check else []
+        if problems:
+            raise LibraryCorruptError(
+                f"the manifest in {self.db_path} is damaged ({'; '.join(problems)}); run "
+                f"`{index_command(self.directory)}` to repair it"
+            )
+        return manifest
+
+    def check_vectors(self) -> None:
+        """LibraryCorruptError if the stored embeddings do not have the manifest's size (one row read)."""
+        manifest = self.manifest()
+        if manifest is None:
+            return
+        with self.session() as s, s.begin():
+            found = s.execute(select(Photo.id, func.length(Photo.embedding)).limit(1)).first()
+        if found is not None and found[1] != 4 * manifest.dim:
+            raise LibraryCorruptError(
+                f"the manifest in {self.db_path} says vectors have {manifest.dim} values, but "
+                f"photo {found[0]} has {found[1]} bytes; run `{index_command(self.directory)}` "
+                "to repair it"
+            )
 
     def set_manifest(self, session: Session, manifest: Manifest) -> Manifest:
         """Write the manifest row in the caller's transaction; call `write_manifest_json` after commit."""
@@ -253,7 +308,8 @@ class Library:
             values["created_at"] = now
             session.add(ManifestRow(id=1, **values))
         else:
-            values["created_at"] = row.created_at
+            sound = isinstance(row.created_at, (int, float))  # a damaged row gets a new one
+            values["created_at"] = row.created_at if sound else now
             for key, value in values.items():
                 setattr(row, key, value)
         return Manifest(**values)
@@ -263,6 +319,11 @@ class Library:
         manifest = self.manifest()
         if manifest is not None:
             atomic_write_bytes(self.manifest_path, manifest.to_json().encode("utf-8"))
+
+    def has_rows(self) -> bool:
+        """Whether anything was ever committed: a photo or a recorded failure."""
+        with self.session() as s, s.begin():
+            return any(s.scalar(select(t.id).limit(1)) is not None for t in (Photo, Failure))
 
     def photo_ids(self, session: Session | None = None) -> np.ndarray:
         """Sorted int64 ids of every photo row."""
@@ -276,6 +337,7 @@ class Library:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) chunks of the stored embeddings of every photo (or those matching the
         `where` conditions on Photo), by id, within `session`'s transaction."""
+        expected = _blob_bytes(session)
         last = -1
         while True:
             rows = session.execute(
@@ -287,7 +349,7 @@ class Library:
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vecs = np.stack([blob_to_vector(r[1]) for r in rows])
+            vecs = np.stack([_stored_vector(session, pid, blob, expected) for pid, blob in rows])
             last = int(ids[-1])
             yield ids, vecs
 
@@ -331,10 +393,11 @@ class Library:
         """Stored embeddings (n, dim) for existing ids, in the order given (LibraryError if one is missing)."""
         wanted = [int(i) for i in ids]
         found: dict[int, np.ndarray] = {}
+        expected = _blob_bytes(session)
         for start in range(0, len(wanted), 900):  # SQLite caps the parameters of one query
             chunk = wanted[start : start + 900]
             rows = session.execute(select(Photo.id, Photo.embedding).where(Photo.id.in_(chunk)))
-            found.update((pid, blob_to_vector(blob)) for pid, blob in rows)
+            found.update((pid, _stored_vector(session, pid, blob, expected)) for pid, blob in rows)
         missing = [i for i in wanted if i not in found]
         if missing:
             raise LibraryError(f"no stored embedding for photo ids {missing[:5]}")
@@ -368,6 +431,40 @@ class Library:
         index = self.build_index()
         self.save_index(index)
         return index, True
+
+    def drop_damaged_embeddings(self, dim: int) -> list[str]:
+        """Delete rows whose stored embedding is not `dim` float32s; returns their paths, which
+        the indexer then reads again as new files. Hold the lock."""
+        with write_errors(self.directory), self.session() as s, s.begin():
+            bad = s.execute(
+                select(Photo.id, Photo.path).where(func.length(Photo.embedding) != 4 * dim)
+            ).all()
+            if bad:
+                s.execute(delete(Photo).where(Photo.id.in_([pid for pid, _ in bad])))
+        return [path for _, path in bad]
+
+    def leftovers(self) -> list[Path]:
+        """Files an interrupted run left behind: index files of a type the manifest does not
+        name, temp files of atomic writes. Not part of the library (info does not count them)."""
+        manifest = self.manifest(check=False)
+        live = index_filename(manifest.index_type) if manifest else None
+        found = []
+        for path in self.directory.glob("*"):
+            name = path.name
+            stale_index = name.startswith("index-") and name.endswith(".faiss") and name != live
+            temp = name.startswith(".") and name.endswith(".tmp")
+            if (stale_index or temp) and path.is_file():
+                found.append(path)
+        return sorted(found)
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete `leftovers()`; hold the lock (a writer's temp files are then its own, dead)."""
+        removed = []
+        for path in self.leftovers():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+        return removed
 
     # -- locking ---------------------------------------------------------------------------
 
@@ -414,6 +511,21 @@ class LibraryLock:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
+    @staticmethod
+    def is_held(directory: Path) -> bool:
+        """Whether a writer holds the lock of `directory` now (a shared lock taken and dropped)."""
+        try:
+            fd = os.open(Path(directory) / LOCK_NAME, os.O_RDONLY)
+        except OSError:
+            return False  # no lock file: nobody ever wrote here
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            return exc.errno in (errno.EWOULDBLOCK, errno.EACCES)
+        finally:
+            os.close(fd)  # closing drops the shared lock
+        return False
+
     def release(self) -> None:
         """Drop the lock (the file stays: deleting it would race with the next taker)."""
         if self._fd is not None:
@@ -459,6 +571,78 @@ def write_errors(directory: Path) -> Iterator[None]:
         ) from exc
 
 
+def manifest_problems(manifest: Manifest) -> list[str]:
+    """What cannot be right in a manifest's values (empty when it is sound)."""
+    problems = []
+    for name in ("model_id", "fingerprint", "preprocess_version", "photo_root"):
+        value = getattr(manifest, name)
+        if not isinstance(value, str) or not value:
+            problems.append(f"{name} {value!r}")
+    if (
+        not isinstance(manifest.index_type, str)
+        or manifest.index_type not in vectors.INDEX_FACTORIES
+    ):
+        problems.append(f"unknown index type {manifest.index_type!r}")
+    dim = manifest.dim
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= 65536:
+        problems.append(f"dim {dim!r}")
+    for name in ("created_at", "updated_at"):
+        value = getattr(manifest, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{name} {value!r}")
+    return problems
+
+
+def _blob_bytes(session: Session) -> int | None:
+    """Bytes of one stored embedding, by the manifest's dim (None without a sound one)."""
+    dim = session.scalar(select(ManifestRow.dim).where(ManifestRow.id == 1))
+    return 4 * dim if isinstance(dim, int) and dim > 0 else None
+
+
+def _stored_vector(
+    session: Session, photo_id: int, blob: bytes, expected: int | None
+) -> np.ndarray:
+    """One stored embedding; LibraryCorruptError naming the file if its size is wrong."""
+    if expected is not None and len(blob) != expected:
+        where = session.info.get("directory")
+        command = index_command(where) if where else "koclip-search index PHOTO_DIR"
+        raise LibraryCorruptError(
+            f"the library database {session.info.get('db_path', '')} holds a damaged embedding "
+            f"(photo {photo_id}: {len(blob)} bytes, not {expected}); run `{command}` to "
+            "index that photo again"
+        )
+    return blob_to_vector(blob)
+
+
+def _library_error(exc: BaseException, db_path: Path, *, readonly: bool) -> LibraryError | None:
+    """The LibraryError an SQLite error stands for (None: a bug, raised as it is).
+
+    A damaged file is LibraryCorruptError whoever reads it; any other operational failure
+    (disk full, read-only, I/O, locked) is a write error for the writer and a read error for
+    a reader.
+    """
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return None
+    primary = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    missing_table = readonly and "no such table" in str(exc)
+    if primary in (SQLITE_CORRUPT, SQLITE_NOTADB) or missing_table:
+        return LibraryCorruptError(
+            f"the library database {db_path} is damaged ({exc}); restore it from a backup, or "
+            f"rebuild it with `{index_command(db_path.parent, rebuild=True)}`"
+        )
+    if primary not in SQLITE_RESOURCE_ERRORS:
+        return None  # misuse, constraints, "no such column": bugs, raised as they are
+    if readonly:
+        return LibraryError(f"cannot read the library database {db_path}: {exc}")
+    return LibraryWriteError(f"cannot write the library at {db_path.parent}: {exc}")
+
+
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+# What the file's surroundings cause: PERM, BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN.
+SQLITE_RESOURCE_ERRORS = frozenset({3, 5, 6, 7, 8, 10, 13, 14})
+
+
 @contextlib.contextmanager
 def _maybe_session(library: Library, session: Session | None) -> Iterator[Session]:
     if session is not None:
@@ -485,6 +669,13 @@ def _make_engine(db_path: Path, *, readonly: bool) -> Engine:
             return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, check_same_thread=False)
 
     engine = create_engine("sqlite://", creator=connect)
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        # One place for every query, connect included: no sqlite3 error leaves as a traceback.
+        error = _library_error(context.original_exception, db_path, readonly=readonly)
+        if error is not None:
+            raise error from context.original_exception
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:

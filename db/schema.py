@@ -88,7 +88,8 @@ def upgrade_photos(conn: sqlite3.Connection, *, readonly: bool) -> None:
 
 
 class Failure(Base):
-    """A file (or folder) that could not be indexed, and why; retried when its size or mtime changes."""
+    """A file (or folder) that could not be indexed, and why; retried when its size or mtime
+    changes, and on every run if it could not be read at all (permissions)."""
 
     __tablename__ = "failures"
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from db.errors import LibraryError, LibraryWriteError
+from db.errors import LibraryCorruptError, LibraryError, LibraryWriteError, index_command
 from koclip.files import atomic_path
 
 FLAT = "flat"
@@ -144,12 +145,23 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     return index.search(queries, k)
 
 
-def read_index(path: Path) -> faiss.Index:
-    """Load an index file written by `write_index`."""
+def read_index(path: Path, dim: int | None = None) -> faiss.Index:
+    """Load an index file written by `write_index`; LibraryCorruptError if it cannot be read
+    or (given `dim`) holds vectors of another size. The message says how to rebuild it."""
+    path = Path(path)
+    repair = f"run `{index_command(path.parent)}` to rebuild it from the database"
     try:
-        return faiss.read_index(os.fspath(path))
+        index = faiss.read_index(os.fspath(path))
     except RuntimeError as exc:  # faiss reports missing and corrupt files alike
-        raise LibraryError(f"cannot read the FAISS index {path}: {exc}") from exc
+        # faiss prefixes "Error in <C++ signature> at <source file>:<line>: ".
+        why = re.sub(r"^Error in .*? at \S+: ", "", str(exc).strip()).splitlines()[0]
+        raise LibraryCorruptError(f"cannot read the FAISS index {path} ({why}); {repair}") from exc
+    if dim is not None and index.d != dim:
+        raise LibraryCorruptError(
+            f"the FAISS index {path} holds vectors of {index.d} values, the library's have "
+            f"{dim}; {repair}"
+        )
+    return index
 
 
 def write_index(index: faiss.Index, path: Path) -> None:

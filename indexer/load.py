@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from db import hash_file
-from indexer.plan import Task
+from indexer.plan import UNREADABLE, Task
 from koclip.errors import ImageError, ImageTooLargeError
 from koclip.preprocess import open_image, preprocess
 
@@ -50,7 +50,7 @@ def load(
     try:
         chash, size, mtime_ns = hash_file(file.path)
     except OSError as exc:
-        return Loaded(task, file.size, file.mtime_ns, error=f"cannot read: {exc.strerror or exc}")
+        return Loaded(task, file.size, file.mtime_ns, error=f"{UNREADABLE}: {exc.strerror or exc}")
     out = Loaded(task, size, mtime_ns, content_hash=chash)
     if task.known is not None and task.known.content_hash == chash:
         out.touched = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -20,7 +21,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from db import LibraryError, LibraryLock, LibraryWriteError, default_library_dir
+from db import (
+    Library,
+    LibraryError,
+    LibraryLock,
+    LibraryNotFoundError,
+    LibraryWriteError,
+    default_library_dir,
+)
+from db.library import DB_NAME, LOCK_NAME
 from indexer.discover import discover
 from indexer.load import Loaded, load
 from indexer.plan import Plan, Task, load_known, make_plan
@@ -77,8 +86,10 @@ def index_photos(
         raise ValueError("batch_size must be at least 1")
     library_dir = Path(options.library).expanduser().resolve() if options.library else None
     library_dir = library_dir or default_library_dir(photo_root)
+    before = _listing(library_dir)
     with (
         _lock(library_dir, default=options.library is None),
+        _undone_if_nothing_indexed(library_dir, before),
         open_for_indexing(library_dir, rebuild=options.rebuild) as library,
     ):
         encoder = prepare(
@@ -89,6 +100,11 @@ def index_photos(
             rebuild=options.rebuild,
             encoder=encoder,
         )
+        # Repair what the database can rebuild: rows with a damaged vector are read again as
+        # new files, the mirror and the index file follow the row, leftovers go.
+        library.drop_damaged_embeddings(encoder.dim)
+        library.remove_leftovers()
+        library.write_manifest_json()
         index, _ = library.reconcile_index()
         with library.session() as s, s.begin():
             known, hashes = load_known(s)
@@ -129,6 +145,48 @@ def _lock(library_dir: Path, *, default: bool) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _listing(folder: Path) -> set[str] | None:
+    """Names in a folder (None if there is no such folder)."""
+    try:
+        return {p.name for p in folder.iterdir()}
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _undone_if_nothing_indexed(library_dir: Path, before: set[str] | None) -> Iterator[None]:
+    """A first run that fails before anything is committed leaves no half-made library: the
+    files it created are removed (the folder too, if it made it: `before` is None), so no
+    reader mistakes them for a library. Runs under the writer lock; a library that held
+    anything is never touched."""
+    try:
+        yield
+    except BaseException:
+        if before is None or DB_NAME not in before:
+            _remove_unfinished(library_dir, before or set(), made_dir=before is None)
+        raise
+
+
+def _remove_unfinished(library_dir: Path, before: set[str], *, made_dir: bool) -> None:
+    try:
+        with Library.open(library_dir, readonly=True) as library:
+            if library.has_rows():
+                return
+    except LibraryNotFoundError:
+        pass  # no tables or no manifest yet: nothing was committed
+    except LibraryError:
+        return  # unreadable: leave it for a person to look at
+    for path in library_dir.iterdir():
+        if path.name not in before and path.name != LOCK_NAME:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if made_dir:
+        # The lock file goes last; it is ours (held) and the folder was made by this run.
+        with contextlib.suppress(OSError):
+            (library_dir / LOCK_NAME).unlink()
+            library_dir.rmdir()
 
 
 def _run_stages(

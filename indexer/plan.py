@@ -1,4 +1,5 @@
-"""Change detection: discovered files against the library, by size and mtime (cheap, no reads)."""
+"""Change detection: discovered files against the library, by size and mtime (cheap, no reads);
+files that could not be read are tried again on every run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from sqlalchemy.orm import Session
 
 from db import Failure, Photo
 from indexer.discover import FoundFile, OutsideLink, UnreadableDir
+
+# How a failure to open or read a file begins; such failures are retried on every run.
+UNREADABLE = "cannot read"
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,12 @@ def make_plan(
                 plan.unchanged += 1
                 if (old.on_disk or item.relpath) != item.on_disk:
                     plan.renamed.append((old.photo_id, item.relpath, item.on_disk))
-            else:
+                continue
+            if not (old.reason or "").startswith(UNREADABLE):
                 plan.still_failed.append((item.relpath, old.reason or "failed"))
-            continue
+                continue
+            # A file that could not be opened may be readable now (chmod changes neither
+            # size nor mtime): trying again costs one failed open() if it still is not.
         plan.tasks.append(Task(item, old))
     # Files under a folder we could not list are still there as far as we know: keep them.
     blocked = tuple("" if d.relpath == "." else d.relpath + "/" for d in plan.unreadable_dirs)

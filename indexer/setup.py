@@ -10,6 +10,7 @@ from sqlalchemy import delete, func, select
 from db import (
     Failure,
     Library,
+    LibraryCorruptError,
     Manifest,
     ManifestMismatchError,
     Photo,
@@ -17,7 +18,9 @@ from db import (
     relative_photo_root,
     write_errors,
 )
-from db.vectors import DEFAULT_INDEX_TYPE
+from db.errors import index_command
+from db.library import manifest_problems
+from db.vectors import DEFAULT_INDEX_TYPE, INDEX_FACTORIES
 from koclip import KoCLIPEncoder, checkpoint_fingerprint, load_encoder
 from koclip.preprocess import PREPROCESS_VERSION
 
@@ -25,13 +28,18 @@ DEFAULT_MODEL = "koclip-base"
 
 
 def open_for_indexing(directory: Path, *, rebuild: bool) -> Library:
-    """Open the library for writing (the caller holds its lock); --rebuild replaces an old schema."""
+    """Open the library for writing (the caller holds its lock); --rebuild replaces an old
+    schema or a damaged database file with an empty one."""
     try:
-        return Library.create(directory)
-    except SchemaVersionError:
+        library = Library.create(directory)
+    except (SchemaVersionError, LibraryCorruptError):
         if not rebuild:
             raise
-    return Library.reset(directory)
+        return Library.reset(directory)
+    if rebuild and not library.is_intact():
+        library.close()
+        return Library.reset(directory)
+    return library
 
 
 def prepare(
@@ -47,7 +55,7 @@ def prepare(
 
     `encoder`, if given, is used instead of loading `model` (a long-lived process keeps one).
     """
-    old = library.manifest()
+    old = _old_manifest(library, rebuild)
     model = encoder.model_id if encoder else model or (old.model_id if old else DEFAULT_MODEL)
     has_photos = _photo_count(library) > 0
     if old is not None and has_photos and not rebuild:
@@ -73,6 +81,28 @@ def prepare(
             library.set_manifest(s, new)
         library.write_manifest_json()
     return encoder
+
+
+def _old_manifest(library: Library, rebuild: bool) -> Manifest | None:
+    """The library's manifest; one damaged by hand is repaired where the row can be trusted
+    (index type, dim, times are rewritten), else only --rebuild may go on."""
+    try:
+        return library.manifest()
+    except LibraryCorruptError:
+        if rebuild:
+            return None  # every vector goes anyway
+        old = library.manifest(check=False)
+    if any(
+        "index type" not in p and not p.startswith(("dim ", "created_at", "updated_at"))
+        for p in manifest_problems(old)
+    ):
+        raise LibraryCorruptError(
+            f"the manifest in {library.db_path} is damaged ({'; '.join(manifest_problems(old))}); "
+            f"the model of its vectors is unknown: run `{index_command(library.directory, rebuild=True)}`"
+        )
+    index_type = old.index_type if old.index_type in INDEX_FACTORIES else DEFAULT_INDEX_TYPE
+    # dim 0 differs from any model's: the row is rewritten with the encoder's.
+    return dataclasses.replace(old, index_type=index_type, dim=0, created_at=0.0, updated_at=0.0)
 
 
 def _differs(old: Manifest, new: Manifest) -> bool:

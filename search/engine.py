@@ -1,4 +1,11 @@
-"""Top-k over a library's FAISS index: unfiltered, or exact inside a folder/date filter."""
+"""Top-k over a library's FAISS index: unfiltered, or exact inside a folder/date filter.
+
+What is committed is what is searched: the saved index file may lag the database (an indexer
+killed between a commit and its next save), so the reader adds the committed rows the file
+lacks from their stored embeddings, searched exactly beside the index (any index type, no
+lock, no write). Ids the file holds but the database no longer does are dropped by the row
+lookup of every search.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,14 +37,59 @@ class LoadedIndex:
     index: faiss.Index
     ids: np.ndarray  # FAISS id of each storage row
     order: np.ndarray  # argsort of ids, to map ids back to rows
+    # Committed rows the file lacks (saved after it), searched exactly: ids and unit vectors.
+    extra_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    extra: np.ndarray | None = None
+    # The newest committed photo id already reconciled with (None: not yet).
+    checked_max: int | None = None
 
     @classmethod
-    def read(cls, path: Path) -> LoadedIndex:
-        """Load and tune an index file."""
-        index = vectors.read_index(path)
+    def read(cls, path: Path, dim: int | None = None) -> LoadedIndex:
+        """Load and tune an index file (db.LibraryCorruptError if it is not the library's)."""
+        index = vectors.read_index(path, dim)
         ann.tune(index)
         ids = vectors.index_ids(index)
         return cls(index, ids, np.argsort(ids, kind="stable"))
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors searched: the file's and the committed rows added beside it."""
+        return self.index.ntotal + len(self.extra_ids)
+
+    def caught_up(self, library: db.Library) -> LoadedIndex:
+        """This index with every committed row it lacks added (self if none is new).
+
+        Cheap when nothing was committed since the last call: one max(id) lookup. Ids only
+        grow (AUTOINCREMENT), so after the first full comparison only newer ids are read.
+        """
+        with library.session() as s, s.begin():
+            newest = s.scalar(select(func.max(db.Photo.id))) or 0
+            if newest == self.checked_max:
+                return self
+            if self.checked_max is None:
+                have = np.concatenate([self.ids, self.extra_ids])
+                missing = np.setdiff1d(library.photo_ids(s), have, assume_unique=True)
+                chunks = [(missing, library.vectors_for(s, missing))] if len(missing) else []
+            else:
+                newer = db.Photo.id > self.checked_max
+                chunks = list(library.iter_embeddings(s, newer))
+        if not chunks:
+            return replace(self, checked_max=newest)
+        ids = np.concatenate([self.extra_ids, *(c[0] for c in chunks)])
+        parts = ([] if self.extra is None else [self.extra]) + [c[1] for c in chunks]
+        extra = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+        return replace(self, extra_ids=ids, extra=extra, checked_max=newest)
+
+    def search_extra(
+        self, queries: np.ndarray, k: int, keep: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact (scores, ids) over the added rows (those in `keep` only, if given), <= k each."""
+        if self.extra is None:
+            return _empty(len(queries), 0)
+        rows = slice(None) if keep is None else np.isin(self.extra_ids, keep)
+        ids, vecs = self.extra_ids[rows], self.extra[rows]
+        scores = np.asarray(queries, np.float32) @ vecs.T
+        return _top(scores, np.broadcast_to(ids, scores.shape), k)
 
     def flat_storage(self) -> faiss.IndexFlat | None:
         """The IndexFlat holding exact vectors row by row, or None (IVF-SQ8 keeps only codes)."""
@@ -89,9 +141,11 @@ class IndexView:
                     self.path = self.library.index_path(manifest.index_type)
                     stamp = self._current_stamp()
             if stamp != self._stamp or (stamp is not None and self._loaded is None):
-                self._loaded = None if stamp is None else LoadedIndex.read(self.path)
+                self._loaded = None if stamp is None else LoadedIndex.read(self.path, self.dim)
                 self._stamp = stamp
                 ann.enable_blas_for_batches(self.dim)
+            if self._loaded is not None:
+                self._loaded = self._loaded.caught_up(self.library)
             return self._loaded
 
     @property
@@ -107,56 +161,69 @@ def top_k(
 
     Callers bound `k` by the library's size (see `candidate_limit`): the arrays are (n, k).
     """
-    if loaded is None:
-        # Nothing saved yet (first minutes of a first index run): scan what is committed.
+    if loaded is None or (flt.active and loaded.flat_storage() is None):
+        # Nothing saved yet (first minutes of a first index run), or a filter over an index
+        # without exact vectors: scan what is committed.
         return _scan_database(session, flt, queries, k)
     if flt.active:
-        return _search_filtered(loaded, session, flt, queries, k)
+        keep = filtered_ids(session, flt)
+        scores, ids = _search_filtered(loaded, keep, queries, k)
+        return _with_extra(loaded, scores, ids, queries, k, keep)
     ntotal = loaded.index.ntotal
     if not ntotal:
-        return _empty(len(queries), k)
+        return _with_extra(loaded, *_empty(len(queries), 0), queries, k)
     reach = min(k, ntotal)
     with few_query_threads(len(queries)):
         scores, ids = vectors.search(loaded.index, queries, reach)
     if (ids < 0).any():
         # The ANN index could not reach `reach` of its vectors (HNSW's beam, IVF's probed
         # lists): only an exhaustive scan makes a long page complete.
-        scores, ids = _exhaustive(loaded, session, queries, reach)
-    return _pad(scores, ids, k)
+        if loaded.flat_storage() is None:
+            return _scan_database(session, Filter(), queries, k)  # every committed row
+        scores, ids = _exhaustive(loaded, queries, reach)
+    return _with_extra(loaded, scores, ids, queries, k)
+
+
+def _with_extra(
+    loaded: LoadedIndex,
+    scores: np.ndarray,
+    ids: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    keep: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The index's top-k merged with the committed rows added beside it."""
+    if loaded.extra is None:
+        return _pad(scores, ids, k)
+    more_s, more_i = loaded.search_extra(queries, k, keep)
+    both_s, both_i = _top(np.hstack([scores, more_s]), np.hstack([ids, more_i]), k)
+    return _pad(both_s, both_i, k)
 
 
 def candidate_limit(loaded: LoadedIndex | None, session: Session) -> int:
     """How many distinct candidates a search can return at most (committed or indexed photos)."""
     committed = session.scalar(select(func.count()).select_from(db.Photo)) or 0
-    return max(committed, 0 if loaded is None else loaded.index.ntotal)
+    return max(committed, 0 if loaded is None else loaded.ntotal)
 
 
-def _exhaustive(
-    loaded: LoadedIndex, session: Session, queries: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k over every vector: the index's own flat storage, else the stored embeddings."""
+def _exhaustive(loaded: LoadedIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over every vector of the index's own flat storage."""
     storage = loaded.flat_storage()
-    if storage is None:
-        return _scan_database(session, Filter(), queries, k)
     with few_query_threads(len(queries)):
         scores, rows = storage.search(np.ascontiguousarray(queries, np.float32), k)
     return scores, np.where(rows >= 0, loaded.ids[np.maximum(rows, 0)], -1)
 
 
 def _search_filtered(
-    loaded: LoadedIndex, session: Session, flt: Filter, queries: np.ndarray, k: int
+    loaded: LoadedIndex, keep: np.ndarray, queries: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k among the photos the filter lets through.
-
-    With exact vectors in the index (flat, HNSW) the subset's rows are scanned by faiss
-    (IDSelectorArray: only those rows are read); otherwise the subset's stored float32
-    embeddings are scanned from the database. Either way no candidate short list is
-    post-filtered, so a narrow filter still gets its true top-k.
+    """Exact top-k among the photos the filter lets through (`keep`), for an index with exact
+    vectors (flat, HNSW): faiss scans the subset's rows only (IDSelectorArray). No candidate
+    short list is post-filtered, so a narrow filter still gets its true top-k. (Without exact
+    vectors, `top_k` scans the subset's stored embeddings in the database instead.)
     """
     storage = loaded.flat_storage()
-    if storage is None:
-        return _scan_database(session, flt, queries, k)
-    rows = loaded.rows_of(filtered_ids(session, flt))
+    rows = loaded.rows_of(keep)
     if not len(rows):
         return _empty(len(queries), k)
     import faiss

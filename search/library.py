@@ -117,9 +117,7 @@ def describe_library(
         failed = s.scalar(select(func.count()).select_from(db.Failure)) or 0
         last = s.scalar(select(func.max(db.Photo.indexed_at)))
     last = max(filter(None, (last, manifest.updated_at)), default=None)
-    size = (
-        sum(p.stat().st_size for p in library.directory.rglob("*") if p.is_file()) if disk else None
-    )
+    size = _size_on_disk(library) if disk else None
     return LibraryInfo(
         library=library.directory.absolute(),
         photo_root=(library.directory / manifest.photo_root).resolve(),
@@ -130,6 +128,14 @@ def describe_library(
         indexed_vectors=indexed_vectors,
         size_bytes=size,
         last_indexed=datetime.fromtimestamp(last) if last else None,
+    )
+
+
+def _size_on_disk(library: db.Library) -> int:
+    """Bytes of the library's files; what an interrupted run left behind is not counted."""
+    leftovers = set(library.leftovers())
+    return sum(
+        p.stat().st_size for p in library.directory.rglob("*") if p.is_file() and p not in leftovers
     )
 
 

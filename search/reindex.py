@@ -36,6 +36,7 @@ def reindex(directory: Path, index_type: str = ann.AUTO) -> ReindexReport:
         manifest = library.manifest()
         if manifest is None:
             raise db.LibraryNotFoundError(f"the library at {directory} has nothing indexed yet")
+        library.remove_leftovers()  # an interrupted reindex's file of another type, temp files
         kind = index_type
         if kind == ann.AUTO:
             kind = ann.auto_index_type(len(library.photo_ids()))

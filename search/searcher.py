@@ -188,7 +188,11 @@ class Searcher:
         indexed = None
         if full:
             loaded = self.index.refresh()
-            indexed = None if loaded is None else loaded.index.ntotal
+            if loaded is not None:
+                # Searchable committed photos: the file's ids still in the database, and the
+                # rows added beside it (a stale id of a deleted photo is never shown).
+                held = np.concatenate([loaded.ids, loaded.extra_ids])
+                indexed = int(np.isin(held, self.library.photo_ids()).sum())
         return describe_library(self.library, indexed_vectors=indexed, disk=full)
 
     # -- the library's photos -----------------------------------------------------------------
@@ -267,11 +271,11 @@ class Searcher:
         vector = self.encoder.images([open_query_image(path)])[0]
         return vector, exclude, False
 
-    @staticmethod
-    def _stored(session: Any, row: db.Photo) -> tuple[np.ndarray, set[int]]:
-        """A library photo's stored vector, and the ids that are it (itself, its exact copies)."""
+    def _stored(self, session: Any, row: db.Photo) -> tuple[np.ndarray, set[int]]:
+        """A library photo's stored vector (checked: LibraryCorruptError if damaged), and the
+        ids that are it (itself, its exact copies)."""
         same = {p.id for p in photos_with_hash(session, row.content_hash)}
-        return row.vector(), same | {row.id}
+        return self.library.vectors_for(session, [row.id])[0], same | {row.id}
 
     # -- searching ----------------------------------------------------------------------------
 

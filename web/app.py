@@ -355,6 +355,8 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
         headers = {"ETag": etag, "Cache-Control": THUMB_CACHE}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
+        if isinstance(path, bytes):  # made, but the cache could not be written (disk full)
+            return Response(path, media_type="image/jpeg", headers=headers)
         return FileResponse(path, media_type="image/jpeg", headers=headers)
 
     @app.get("/api/photos/{photo_id}/original", response_class=FileResponse, tags=["photos"])

@@ -186,9 +186,10 @@ class Backend:
             raise ApiError(404, "not_found", f"no photo with id {photo_id} in the library")
         return found
 
-    def thumbnail(self, photo_id: int, size: str) -> tuple[Path, str]:
-        """(cached JPEG, ETag) of a photo; koclip.ImageError if its file can no longer be read,
-        ApiError 404 if it is no longer a file in the photo folder (see web.files)."""
+    def thumbnail(self, photo_id: int, size: str) -> tuple[Path | bytes, str]:
+        """(cached JPEG, or its bytes when the cache cannot be written; ETag) of a photo;
+        koclip.ImageError if its file can no longer be read, ApiError 404 if it is no longer a
+        file in the photo folder (see web.files)."""
         photo = self.photo(photo_id)
         root = self.searcher().photo_root
         if self._thumbs is None:

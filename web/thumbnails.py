@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -43,9 +44,13 @@ class ThumbnailCache:
 
     def get(
         self, photo_id: int, content_hash: str, open_source: Callable[[], BinaryIO], size: str
-    ) -> Path:
+    ) -> Path | bytes:
         """The cached thumbnail, made first if needed from the file `open_source()` opens (it
-        is opened only then); ImageError if it cannot be read."""
+        is opened only then); ImageError if it cannot be read.
+
+        When the cache cannot be written (disk full, quota, read-only, permissions) the JPEG
+        is returned as bytes instead, so the page keeps working; the cause goes to the log.
+        """
         target = self.path_for(photo_id, content_hash, size)
         if target.is_file():
             return target
@@ -53,7 +58,12 @@ class ThumbnailCache:
         with self._lock_for(target.name + size):
             if not target.is_file():
                 with open_source() as source:
-                    _write_atomic(make_thumbnail(source, SIZES[size]), target)
+                    data = _jpeg(make_thumbnail(source, SIZES[size]))
+                try:
+                    _write_atomic(data, target)
+                except OSError as exc:
+                    log.warning("cannot cache the thumbnail %s (%s)", target, exc.strerror or exc)
+                    return data
         return target
 
     def _lock_for(self, key: str) -> threading.Lock:
@@ -71,12 +81,18 @@ def make_thumbnail(source: Path | BinaryIO, long_side: int) -> Image.Image:
     return image
 
 
-def _write_atomic(image: Image.Image, target: Path) -> None:
+def _jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=QUALITY, optimize=True, progressive=True)
+    return out.getvalue()
+
+
+def _write_atomic(data: bytes, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, "JPEG", quality=QUALITY, optimize=True, progressive=True)
+            f.write(data)
         os.replace(tmp, target)  # readers see the old state or the whole file, never half of it
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
