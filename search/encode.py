@@ -18,6 +18,7 @@ from koclip.cache import default_cache_root
 from koclip.preprocess import nfc
 from koclip.runtime import enable_compilation_cache
 from search.errors import ModelMismatchError, QueryError, QueryImageError
+from search.query import check_text
 
 TEXT_CACHE_SIZE = 256
 # "jax": the jitted towers, fastest per query once compiled (serve, the Python API).
@@ -202,7 +203,7 @@ class QueryEncoder:
         from koclip import DEFAULT_PROMPT
 
         template = DEFAULT_PROMPT if prompt else ""
-        keys = [(nfc(t).strip(), prompt) for t in texts]
+        keys = [(nfc(check_text(t, "the query text")).strip(), prompt) for t in texts]
         if any(not text for text, _ in keys):
             raise QueryError("the query is empty")
         out = np.empty((len(keys), self.manifest.dim), np.float32)
@@ -274,7 +275,10 @@ def combine(weights: Sequence[float], vectors: np.ndarray) -> np.ndarray:
         raise QueryError("a term's weight must be a finite number")
     vectors = np.asarray(vectors, np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    total = (np.asarray(weights, np.float32)[:, None] * vectors / np.maximum(norms, 1e-12)).sum(0)
+    scale = np.asarray(weights, np.float64)
+    # Only the weights' ratios matter: scaled to at most 1, a weight of 1e30 cannot overflow.
+    scale = (scale / max(np.abs(scale).max(), 1e-300)).astype(np.float32)
+    total = (scale[:, None] * vectors / np.maximum(norms, 1e-12)).sum(0)
     norm = float(np.linalg.norm(total))
     if norm < 1e-6:
         raise QueryError("the query's terms cancel each other out")

@@ -35,7 +35,7 @@ from search.library import (
     library_stamp,
     open_read_only,
 )
-from search.query import Term, describe, parse_query
+from search.query import Term, check_text, describe, parse_query
 from search.results import PhotoInfo, SearchHit, SearchResults
 
 DEFAULT_K = 20
@@ -67,6 +67,10 @@ class SearchOptions:
             raise QueryError(f"offset must be a whole number of at least 0, not {self.offset!r}")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise QueryError(f"threshold must be a finite number, not {self.threshold!r}")
+        for name in ("under", "after", "before"):
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)):
+                check_text(os.fspath(value), name)
 
 
 @dataclass
@@ -132,12 +136,15 @@ class Searcher:
         batch = [_Query(nfc(q).strip(), v, set()) for q, v in zip(queries, vectors, strict=True)]
         return self._search(batch, opts, flt)
 
-    def image(self, image: str | os.PathLike[str] | Any, **options: Any) -> SearchResults:
-        """Photos similar to an image (a path inside or outside the library, or a PIL image);
-        the image itself and its exact duplicates are not returned."""
+    def image(
+        self, image: str | os.PathLike[str] | Any, *, label: str | None = None, **options: Any
+    ) -> SearchResults:
+        """Photos similar to an image (a path inside or outside the library, or a PIL image,
+        echoed as `label` when given); the image itself and its exact duplicates are not
+        returned."""
         opts, flt = self._options(options)
         vector, exclude, same = self._image_vector(image)
-        label = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
+        label = Term(image=image, label=label).describe()
         return self._search([_Query(label, vector, exclude, same)], opts, flt)[0]
 
     def similar(self, photo_id: int, **options: Any) -> SearchResults:
