@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -253,6 +254,24 @@ class QueryEncoder:
         """Release the on-disk cache's connection."""
         if self.disk is not None:
             self.disk.close()
+
+
+def query_image_path(image: str | os.PathLike[str]) -> Path:
+    """The path of an image named in a query, once `os.stat` shows a regular file (a FIFO is
+    never opened, so never waited on); QueryImageError says what it is instead."""
+    text = check_text(os.fspath(image), "the query image")
+    path = Path(text).expanduser()
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        why = "no such file"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    else:
+        if stat.S_ISREG(mode):
+            return path
+        why = "a folder, not an image" if stat.S_ISDIR(mode) else "not a regular file"
+    raise QueryImageError(f"cannot read the query image {text}: {why}")
 
 
 def open_query_image(path: str | os.PathLike[str]) -> Any:

@@ -8,7 +8,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,7 @@ import numpy as np
 import db
 from koclip.preprocess import nfc
 from search.dates import parse_range
-from search.encode import QueryEncoder, combine, open_query_image
+from search.encode import QueryEncoder, combine, open_query_image, query_image_path
 from search.engine import IndexView, candidate_limit, top_k
 from search.errors import QueryError, QueryImageError
 from search.filters import (
@@ -252,10 +251,7 @@ class Searcher:
         """(unit vector, ids that are this image, whether to drop hits scoring as the image)."""
         if not isinstance(image, (str, os.PathLike)):
             return self.encoder.images([image])[0], set(), True
-        path = Path(image).expanduser()
-        if not path.is_file():
-            why = "a folder, not an image" if path.is_dir() else "no such file"
-            raise QueryImageError(f"cannot read the query image {image}: {why}")
+        path = query_image_path(image)
         try:
             digest = db.content_hash(path)
         except OSError as exc:
