@@ -223,3 +223,32 @@ def test_an_uploaded_photo_is_labelled_by_name_not_by_its_repr(client):  # noqa:
     page = client.get(f"/api/image/{named['upload']}", params={"q": "바다", "offset": 1}).json()
     assert page["query"] == "해변.jpg + 바다"
     assert client.get(f"/api/image/{named['upload']}").json()["query"] == "해변.jpg"
+
+
+def test_no_message_the_web_can_reach_advises_a_flag_serve_lacks():
+    """Every string in the packages the server runs (search, db, koclip, web), docstrings
+    aside: a `--flag` outside a quoted command must be one of serve's own."""
+    import ast
+    from pathlib import Path
+
+    serve_flags = {o for p in serve_command.params if isinstance(p, click.Option) for o in p.opts}
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for package in ("search", "db", "koclip", "web"):
+        for path in sorted((root / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            docstrings = {
+                id(node.body[0].value)
+                for node in ast.walk(tree)
+                if isinstance(
+                    node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+                )
+                and node.body
+                and isinstance(node.body[0], ast.Expr)
+            }
+            for node in ast.walk(tree):
+                text = node.value if isinstance(node, ast.Constant) else None
+                if isinstance(text, str) and id(node) not in docstrings:
+                    extra = _flags_outside_commands(text) - serve_flags
+                    found += [(path.name, node.lineno, flag) for flag in extra]
+    assert not found, found
