@@ -33,15 +33,31 @@ def domain_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from koclip.errors import KoclipSearchError
+        from koclip.errors import KoclipSearchError, ModelUnavailableError
 
         try:
             return command(*args, **kwargs)
         except KoclipSearchError as exc:
+            flag = _model_flag()
+            if isinstance(exc, ModelUnavailableError) and flag:
+                exc = exc.with_hint(f"pass {flag} DIR with a local checkpoint folder")
             message = str(exc).strip() or type(exc).__name__
             raise CommandError(message, exc.exit_code) from None
 
     return wrapper
+
+
+# The parameters through which a command takes a model (`--model`, train's `--from`).
+_MODEL_PARAMS = ("model", "base_model")
+
+
+def _model_flag() -> str | None:
+    """The running command's option naming a model (`--model`), if it has one."""
+    ctx = click.get_current_context(silent=True)
+    for param in ctx.command.params if ctx else ():
+        if param.name in _MODEL_PARAMS and isinstance(param, click.Option):
+            return param.opts[0]
+    return None
 
 
 class FiniteFloat(click.FloatRange):

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 from koclip.cache import default_cache_root
 from koclip.config import KoCLIPConfig, TextConfig, VisionConfig
 from koclip.encoder import Encoder
-from koclip.errors import CheckpointError, ImageError, KoCLIPError, KoclipSearchError
+from koclip.errors import (
+    CheckpointError,
+    ImageError,
+    KoCLIPError,
+    KoclipSearchError,
+    ModelUnavailableError,
+)
 from koclip.hub import CheckpointFiles, checkpoint_fingerprint, resolve
 from koclip.numpy_encoder import load_numpy_encoder
 from koclip.preprocess import DEFAULT_PROMPT, PREPROCESS_VERSION, open_image, preprocess
@@ -39,6 +45,7 @@ _LAZY = {
     "KoCLIPEncoder",
     "KoCLIPOutput",
     "KoCLIPProcessor",
+    "ModelUnavailableError",
     "load_encoder",
     "load_koclip",
 }
@@ -68,6 +75,7 @@ __all__ = [
     "KoclipSearchError",
     "KoCLIPOutput",
     "KoCLIPProcessor",
+    "ModelUnavailableError",
     "TextConfig",
     "VisionConfig",
     "WordPieceTokenizer",

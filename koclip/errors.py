@@ -6,6 +6,8 @@ Each class says how it is reported, so the CLI and the web read one table:
 Subclasses inherit their parent's row unless they override it.
 """
 
+from __future__ import annotations
+
 
 class KoclipSearchError(Exception):
     """Base class for every error the product raises on purpose."""
@@ -24,6 +26,20 @@ class KoCLIPError(KoclipSearchError):
 
 class CheckpointError(KoCLIPError):
     """A checkpoint cannot be found, read, or does not fit the model."""
+
+
+class ModelUnavailableError(CheckpointError):
+    """A named model's weights are not cached and cannot be downloaded now (no network, or
+    HF_HUB_OFFLINE). `local_hint` says how to use a local checkpoint instead; a front end
+    that has its own way (a command-line flag) gives its words through `with_hint`."""
+
+    def __init__(self, reason: str, local_hint: str = "pass a local checkpoint directory") -> None:
+        self.reason = reason
+        super().__init__(f"{reason}; download them once with network access, or {local_hint}")
+
+    def with_hint(self, local_hint: str) -> ModelUnavailableError:
+        """The same error, advising `local_hint` for a local checkpoint."""
+        return type(self)(self.reason, local_hint)
 
 
 class ImageError(KoCLIPError):

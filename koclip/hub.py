@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from koclip.config import KoCLIPConfig
-from koclip.errors import CheckpointError
+from koclip.errors import CheckpointError, ModelUnavailableError
 from koclip.registry import CHECKPOINTS, NamedCheckpoint
 
 
@@ -132,10 +132,9 @@ def _resolve_hub(named: NamedCheckpoint, cache_dir: str | None) -> CheckpointFil
     except LocalEntryNotFoundError:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
         why = "downloads are off (HF_HUB_OFFLINE)" if offline else "the hub cannot be reached"
-        raise CheckpointError(
+        raise ModelUnavailableError(
             f"the weights of {named.name} ({named.repo_id}) are not in the Hugging Face cache "
-            f"and {why}; download them once with network access, or pass a local checkpoint "
-            "directory"
+            f"and {why}"
         ) from None
     except CheckpointError:
         raise

@@ -16,7 +16,7 @@ from search.errors import (
     SearchError,
 )
 from search.library import LibraryInfo, find_library
-from search.query import Term, parse_query
+from search.query import Term, parse_query, text_problem
 from search.reindex import ReindexReport, reindex
 from search.results import PhotoInfo, SearchHit, SearchResults, display_path, json_path
 from search.searcher import Searcher, SearchOptions
@@ -41,4 +41,5 @@ __all__ = [
     "json_path",
     "parse_query",
     "reindex",
+    "text_problem",
 ]

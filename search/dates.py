@@ -48,6 +48,7 @@ def parse_range(
     hi = parse_date(before) if isinstance(before, str) else before
     if lo is not None and hi is not None and lo >= hi:
         raise DateError(
-            f"--after {lo:%Y-%m-%d %H:%M} is not earlier than --before {hi:%Y-%m-%d %H:%M}"
+            f"the date range is empty: its start {lo:%Y-%m-%d %H:%M} is not earlier than "
+            f"its end {hi:%Y-%m-%d %H:%M}"
         )
     return lo, hi

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from koclip.cache import default_cache_root
 from koclip.preprocess import nfc
 from koclip.runtime import enable_compilation_cache
 from search.errors import ModelMismatchError, QueryError, QueryImageError
+from search.query import check_text
 
 TEXT_CACHE_SIZE = 256
 # "jax": the jitted towers, fastest per query once compiled (serve, the Python API).
@@ -202,7 +204,7 @@ class QueryEncoder:
         from koclip import DEFAULT_PROMPT
 
         template = DEFAULT_PROMPT if prompt else ""
-        keys = [(nfc(t).strip(), prompt) for t in texts]
+        keys = [(nfc(check_text(t, "the query text")).strip(), prompt) for t in texts]
         if any(not text for text, _ in keys):
             raise QueryError("the query is empty")
         out = np.empty((len(keys), self.manifest.dim), np.float32)
@@ -254,6 +256,26 @@ class QueryEncoder:
             self.disk.close()
 
 
+def query_image_path(image: str | os.PathLike[str]) -> Path:
+    """The path of an image named in a query, once `os.stat` shows a regular file (a FIFO is
+    never opened, so never waited on); QueryImageError says what it is instead."""
+    path = Path(os.fspath(image)).expanduser()
+    text = db.path_key(os.fspath(image))  # as people read it; the file keeps its own bytes
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        why = "no such file"
+    except ValueError:  # an embedded NUL: no file can have that name
+        why = "a file name cannot hold a NUL character"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    else:
+        if stat.S_ISREG(mode):
+            return path
+        why = "a folder, not an image" if stat.S_ISDIR(mode) else "not a regular file"
+    raise QueryImageError(f"cannot read the query image {text}: {why}")
+
+
 def open_query_image(path: str | os.PathLike[str]) -> Any:
     """Open an image named in a query as RGB; QueryImageError says why it cannot be read."""
     from koclip import ImageError, open_image
@@ -274,7 +296,10 @@ def combine(weights: Sequence[float], vectors: np.ndarray) -> np.ndarray:
         raise QueryError("a term's weight must be a finite number")
     vectors = np.asarray(vectors, np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    total = (np.asarray(weights, np.float32)[:, None] * vectors / np.maximum(norms, 1e-12)).sum(0)
+    scale = np.asarray(weights, np.float64)
+    # Only the weights' ratios matter: scaled to at most 1, a weight of 1e30 cannot overflow.
+    scale = (scale / max(np.abs(scale).max(), 1e-300)).astype(np.float32)
+    total = (scale[:, None] * vectors / np.maximum(norms, 1e-12)).sum(0)
     norm = float(np.linalg.norm(total))
     if norm < 1e-6:
         raise QueryError("the query's terms cancel each other out")

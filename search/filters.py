@@ -59,11 +59,11 @@ def folder_filter(under: str | os.PathLike[str], photo_root: Path) -> str:
     if os.path.isabs(text) or found.is_dir():
         rel = relative_to_root(found, photo_root)
         if rel is None:
-            raise QueryError(f"--under {text}: not inside the library's photo folder {photo_root}")
+            raise QueryError(f"folder {text}: not inside the library's photo folder {photo_root}")
         return rel
     parts = [p for p in PurePosixPath(text.replace(os.sep, "/")).parts if p not in ("", ".")]
     if ".." in parts:
-        raise QueryError(f"--under {text}: '..' is only allowed in paths that exist")
+        raise QueryError(f"folder {text}: '..' is only allowed in paths that exist")
     return db.path_key("/".join(parts))
 
 

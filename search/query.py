@@ -5,29 +5,41 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import db
 from db import IMAGE_SUFFIXES
 from koclip.preprocess import nfc
 from search.errors import QueryError
 
 _OPERATORS = {"+": 1.0, "-": -1.0}
 _WEIGHT = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)):(.+)$", re.DOTALL)
+# How an image given as pixels (not a path) is echoed when the caller gives it no label.
+IMAGE_LABEL = "<image>"
 
 
 @dataclass(frozen=True)
 class Term:
-    """One weighted term of a query: exactly one of `text` (NFC) or `image` (a path or PIL image)."""
+    """One weighted term of a query: exactly one of `text` (NFC) or `image` (a path or PIL
+    image); `label` names an in-memory image when the query is echoed (an upload's file name)."""
 
     weight: float = 1.0
     text: str | None = None
     image: Any = None
+    label: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (self.text is None) == (self.image is None):
             raise ValueError("a Term has exactly one of text or image")
+        if self.text is not None:
+            check_text(self.text, "the query text")
+        elif isinstance(self.image, (str, os.PathLike)) and "\0" in os.fspath(self.image):
+            # A file name may be any bytes but NUL (undecodable ones arrive as surrogates).
+            raise QueryError(
+                f"the image path {_short(os.fspath(self.image))!r} holds a NUL character"
+            )
 
     @property
     def is_text(self) -> bool:
@@ -36,12 +48,39 @@ class Term:
 
     def describe(self) -> str:
         """The term as a user would write it, for echoing queries back."""
-        body = (
-            self.text
-            if self.text is not None
-            else str(getattr(self.image, "filename", "") or self.image)
-        )
+        if self.text is not None:
+            body = self.text
+        elif self.label:
+            body = self.label
+        elif isinstance(self.image, (str, os.PathLike)):
+            body = db.path_key(os.fspath(self.image))  # NFC, undecodable bytes as \xNN
+        else:  # pixels: a file's name when PIL kept one, never the object's repr
+            body = str(getattr(self.image, "filename", "") or IMAGE_LABEL)
         return body if self.weight == 1.0 else f"{self.weight:g}:{body}"
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be part of a query (a NUL character, or a lone surrogate: bytes that
+    were not UTF-8), or None when it can. Every string that reaches search is checked by it."""
+    if "\0" in text:
+        return "it holds a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid Unicode (a lone surrogate, e.g. bytes that are not UTF-8)"
+    return None
+
+
+def check_text(text: str, what: str) -> str:
+    """`text` itself, or QueryError naming `what` and why it cannot be searched."""
+    problem = text_problem(text)
+    if problem is not None:
+        raise QueryError(f"{what} {_short(text)!r}: {problem}")
+    return text
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def looks_like_image(token: str, files: bool = True) -> bool:
@@ -130,6 +169,6 @@ def describe(terms: Sequence[Term]) -> str:
     for i, term in enumerate(terms):
         if i or term.weight < 0:
             parts.append("-" if term.weight < 0 else "+")
-        magnitude = Term(weight=abs(term.weight), text=term.text, image=term.image)
+        magnitude = replace(term, weight=abs(term.weight))
         parts.append(magnitude.describe())
     return " ".join(parts)

@@ -16,7 +16,7 @@ import numpy as np
 import db
 from koclip.preprocess import nfc
 from search.dates import parse_range
-from search.encode import QueryEncoder, combine, open_query_image
+from search.encode import QueryEncoder, combine, open_query_image, query_image_path
 from search.engine import IndexView, candidate_limit, top_k
 from search.errors import QueryError, QueryImageError
 from search.filters import (
@@ -36,7 +36,7 @@ from search.library import (
     library_stamp,
     open_read_only,
 )
-from search.query import Term, describe, parse_query
+from search.query import Term, check_text, describe, parse_query
 from search.results import PhotoInfo, SearchHit, SearchResults, display_path
 
 DEFAULT_K = 20
@@ -68,6 +68,10 @@ class SearchOptions:
             raise QueryError(f"offset must be a whole number of at least 0, not {self.offset!r}")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise QueryError(f"threshold must be a finite number, not {self.threshold!r}")
+        for name in ("under", "after", "before"):
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)):
+                check_text(os.fspath(value), name)
 
 
 @dataclass
@@ -133,12 +137,15 @@ class Searcher:
         batch = [_Query(nfc(q).strip(), v, set()) for q, v in zip(queries, vectors, strict=True)]
         return self._search(batch, opts, flt)
 
-    def image(self, image: str | os.PathLike[str] | Any, **options: Any) -> SearchResults:
-        """Photos similar to an image (a path inside or outside the library, or a PIL image);
-        the image itself and its exact duplicates are not returned."""
+    def image(
+        self, image: str | os.PathLike[str] | Any, *, label: str | None = None, **options: Any
+    ) -> SearchResults:
+        """Photos similar to an image (a path inside or outside the library, or a PIL image,
+        echoed as `label` when given); the image itself and its exact duplicates are not
+        returned."""
         opts, flt = self._options(options)
         vector, exclude, same = self._image_vector(image)
-        label = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
+        label = Term(image=image, label=label).describe()
         return self._search([_Query(label, vector, exclude, same)], opts, flt)[0]
 
     def similar(self, photo_id: int, **options: Any) -> SearchResults:
@@ -251,10 +258,7 @@ class Searcher:
         """(unit vector, ids that are this image, whether to drop hits scoring as the image)."""
         if not isinstance(image, (str, os.PathLike)):
             return self.encoder.images([image])[0], set(), True
-        path = find_on_disk(Path(image).expanduser())
-        if not path.is_file():
-            why = "a folder, not an image" if path.is_dir() else "no such file"
-            raise QueryImageError(f"cannot read the query image {image}: {why}")
+        path = query_image_path(find_on_disk(Path(image).expanduser()))
         try:
             digest = db.content_hash(path)
         except OSError as exc:

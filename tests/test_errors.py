@@ -85,6 +85,8 @@ def test_a_damaged_checkpoint_is_a_model_failure_in_every_command(damaged, tmp_p
             checkpoint,
             "--out",
             tmp_path / "o",
+            "--batch-size",  # the two images fill one batch: a larger one is refused first
+            "2",
         ],
     }
     if kind == "no tokenizer":

@@ -7,12 +7,20 @@ summary = train("mine.jsonl", "images/", "koclip-base", "out/", TrainOptions(epo
 
 from train.captions import CaptionRecord, CaptionsError, read_captions
 from train.evaluate import Recall, evaluate, evaluate_records, recall_at_k
-from train.training import TrainError, TrainOptions, TrainProgress, TrainSummary, train
+from train.training import (
+    TrainDataError,
+    TrainError,
+    TrainOptions,
+    TrainProgress,
+    TrainSummary,
+    train,
+)
 
 __all__ = [
     "CaptionRecord",
     "CaptionsError",
     "Recall",
+    "TrainDataError",
     "TrainError",
     "TrainOptions",
     "TrainProgress",

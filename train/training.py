@@ -41,6 +41,13 @@ class TrainError(KoclipSearchError):
     code = "train_error"
 
 
+class TrainDataError(TrainError):
+    """The data cannot be trained on with the options given (too few images for a batch)."""
+
+    exit_code = 2
+    http_status = 400
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """Knobs of `train` (the CLI flags)."""
@@ -148,9 +155,11 @@ class TrainSummary:
                 line += f", validation mean recall {100 * e.validation['mean']:.1f}"
             lines.append(line)
         resumed = f", resumed at step {self.resumed_from_step}" if self.resumed_from_step else ""
+        # The first step of a run compiles and is not timed: one step alone has no rate.
+        rate = f" ({self.images_per_sec:.1f} img/s)" if self.images_per_sec > 0 else ""
         lines.append(
-            f"{self.steps_this_run} steps of {self.batch_size} in {self.seconds:.1f} s "
-            f"({self.images_per_sec:.1f} img/s){resumed}; checkpoint: {self.out}"
+            f"{self.steps_this_run} steps of {self.batch_size} in {self.seconds:.1f} s"
+            f"{rate}{resumed}; checkpoint: {self.out}"
         )
         return "\n".join(lines)
 
@@ -211,6 +220,22 @@ class BatchMaker:
         pixels = iter_pixel_batches(records, self.image_size, batch_size, self.workers)
         for start, pix in zip(range(0, len(records), batch_size), pixels, strict=True):
             yield {"pixel_values": pix, **self.tokens(captions[start : start + batch_size])}
+
+
+def check_batch(batch_size: int, n_train: int, n_val: int = 0) -> None:
+    """TrainDataError unless the training images fill at least one batch (the last partial
+    batch is dropped, so a larger batch would train on nothing)."""
+    held = f" ({n_val} of {n_train + n_val} held out by --val-split)" if n_val else ""
+    if n_train < 2:
+        raise TrainDataError(
+            f"{n_train} training image(s){held}: at least 2 are needed (each is the others' "
+            "negative)"
+        )
+    if batch_size > n_train:
+        raise TrainDataError(
+            f"--batch-size {batch_size} is larger than the {n_train} training images{held}: "
+            f"a step needs a full batch; pass --batch-size {n_train} or less, or add images"
+        )
 
 
 def data_digest(records: Sequence[CaptionRecord]) -> str:
@@ -328,9 +353,8 @@ def train(
     out = Path(out_dir).expanduser().resolve()
     meta = read_meta(out)
     train_idx, val_idx = split_indices(len(records), options.val_split, options.seed)
-    if len(train_idx) < 2:
-        raise TrainError(f"{len(train_idx)} training image(s): at least 2 are needed")
-    batch_size = min(options.batch_size, len(train_idx))
+    check_batch(options.batch_size, len(train_idx), len(val_idx))
+    batch_size = options.batch_size
     steps_per_epoch = len(train_idx) // batch_size
     total_steps = steps_per_epoch * options.epochs
     base = resolve(base_model)

@@ -19,11 +19,11 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as FastAPIPath
 from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import Response
 
 from koclip import ImageError, KoclipSearchError
@@ -31,6 +31,8 @@ from search import PhotoInfo, SearchResults, display_path, json_path
 from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, Options
 from web.errors import ApiError, install_handlers
 from web.files import read_chunks
+from web.hosts import HostGuard
+from web.params import PhotoId, Text
 from web.thumbnails import SIZES
 from web.uploads import MAX_UPLOAD_BYTES, decode_upload, read_upload
 
@@ -114,8 +116,8 @@ class ComposeTerm(BaseModel):
     """One weighted term: a text or a library photo id."""
 
     weight: float = Field(1.0, allow_inf_nan=False)
-    text: str | None = None
-    photo_id: int | None = None
+    text: Text | None = None
+    photo_id: PhotoId | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> ComposeTerm:
@@ -131,9 +133,9 @@ class ComposeRequest(BaseModel):
     k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
     threshold: float | None = Field(None, ge=-1.0, le=1.0)
-    under: str | None = None
-    after: str | None = None
-    before: str | None = None
+    under: Text | None = None
+    after: Text | None = None
+    before: Text | None = None
     prompt: bool = True
 
     def options(self) -> Options:
@@ -145,11 +147,11 @@ def search_options(
     k: Annotated[int, Query(ge=1, le=MAX_K, description="results per page")] = DEFAULT_K,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip")] = 0,
     threshold: Annotated[float | None, Query(ge=-1.0, le=1.0, description="min cosine")] = None,
-    under: Annotated[str | None, Query(description="folder, relative to the photo folder")] = None,
+    under: Annotated[Text | None, Query(description="folder, relative to the photo folder")] = None,
     after: Annotated[
-        str | None, Query(description="taken on or after (2023, 2023-05, ...)")
+        Text | None, Query(description="taken on or after (2023, 2023-05, ...)")
     ] = None,
-    before: Annotated[str | None, Query(description="taken before")] = None,
+    before: Annotated[Text | None, Query(description="taken before")] = None,
     prompt: Annotated[bool, Query(description="wrap text in the prompt template")] = True,
 ) -> Options:
     """Paging and filters shared by every search route."""
@@ -157,6 +159,8 @@ def search_options(
 
 
 OptionsDep = Annotated[Options, Depends(search_options)]
+PhotoIdPath = Annotated[PhotoId, FastAPIPath(description="the photo's library id")]
+QueryText = Annotated[Text, Query(min_length=1, max_length=1000, description="the query")]
 
 
 # -- shaping --------------------------------------------------------------------------------
@@ -240,7 +244,7 @@ def create_app(
     )
     app.state.backend = backend
     install_handlers(app)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOCAL_HOSTS))
+    app.add_middleware(HostGuard, allowed_hosts=allowed_hosts or list(LOCAL_HOSTS))
 
     @app.middleware("http")
     async def _headers(request: Request, call_next: Callable) -> Response:
@@ -282,7 +286,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
 
     @app.get("/api/search", response_model=SearchResponse, tags=["search"])
     async def search(
-        q: Annotated[str, Query(min_length=1, max_length=1000, description="the query")],
+        q: QueryText,
         opts: OptionsDep,
     ) -> dict[str, Any]:
         """Text or a composed query in the CLI's syntax: `바다 + 노을 - 사람`, `2:강아지`,
@@ -304,33 +308,38 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
     async def image_search(
         request: Request,
         opts: OptionsDep,
-        q: Annotated[str | None, Query(max_length=1000, description="text to compose with")] = None,
+        q: Annotated[
+            Text | None, Query(max_length=1000, description="text to compose with")
+        ] = None,
     ) -> dict[str, Any]:
         """Photos like an uploaded image (raw body or multipart field `image`, at most 20 MB),
-        optionally composed with a query. The image is kept in memory only; page with
-        `GET /api/image/{upload}`."""
-        data = await read_upload(request)
-        image = await run_in_threadpool(decode_upload, data)
-        token = backend.uploads.put(image)
-        return await searched(backend.image, image, q, opts=opts, upload=token)
+        composed with the text `q` when given (`photo + q`, in the search box's syntax). The
+        results' `query` names the upload by its file name (else "uploaded photo"). The image
+        is kept in memory only; page with `GET /api/image/{upload}`."""
+        upload = await read_upload(request)
+        image = await run_in_threadpool(decode_upload, upload.data)
+        token = backend.uploads.put(image, upload.label)
+        return await searched(backend.image, image, q, upload.label, opts=opts, upload=token)
 
     @app.get("/api/image/{upload}", response_model=SearchResponse, tags=["search"])
     async def image_page(
-        upload: str,
+        upload: Text,
         opts: OptionsDep,
-        q: Annotated[str | None, Query(max_length=1000)] = None,
+        q: Annotated[Text | None, Query(max_length=1000)] = None,
     ) -> dict[str, Any]:
         """More results for an image sent before (404 `upload_expired` once forgotten)."""
-        image = backend.uploads.get(upload)
-        return await searched(backend.image, image, q, opts=opts, upload=upload)
+        stored = backend.uploads.get(upload)
+        return await searched(
+            backend.image, stored.image, q, stored.label, opts=opts, upload=upload
+        )
 
     @app.get("/api/photos/{photo_id}", response_model=PhotoResponse, tags=["photos"])
-    async def photo(photo_id: int) -> dict[str, Any]:
+    async def photo(photo_id: PhotoIdPath) -> dict[str, Any]:
         """A photo's path, size and date."""
         return _photo_json(await run_in_threadpool(backend.photo, photo_id))
 
     @app.get("/api/photos/{photo_id}/similar", response_model=SearchResponse, tags=["search"])
-    async def similar(photo_id: int, opts: OptionsDep) -> dict[str, Any]:
+    async def similar(photo_id: PhotoIdPath, opts: OptionsDep) -> dict[str, Any]:
         """Photos like a library photo (it and its exact duplicates left out)."""
         return await searched(backend.similar, photo_id, opts=opts)
 
@@ -342,7 +351,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
     )
     async def thumbnail(
         request: Request,
-        photo_id: int,
+        photo_id: PhotoIdPath,
         size: Annotated[str, Query(pattern="^(small|large)$")] = "small",
     ) -> Response:
         """A JPEG thumbnail (EXIF-oriented; `small` for grids, `large` for the detail view),
@@ -360,7 +369,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
         return FileResponse(path, media_type="image/jpeg", headers=headers)
 
     @app.get("/api/photos/{photo_id}/original", response_class=FileResponse, tags=["photos"])
-    async def original(photo_id: int) -> Response:
+    async def original(photo_id: PhotoIdPath) -> Response:
         """The photo file itself, by library id only (no path in a URL ever reaches the disk);
         only an image file inside the photo folder is ever sent (see web.files)."""
         found, f, media_type, size = await run_in_threadpool(backend.original, photo_id)

@@ -141,12 +141,15 @@ class Backend:
         self.photo(photo_id)  # an unknown id is a 404 here, not a bad query
         return self.call(lambda s: s.similar(photo_id, **self._kwargs(s, opts)))
 
-    def image(self, image: Image.Image, query: str | None, opts: Options) -> SearchResults:
-        """Photos like an uploaded image, optionally composed with the box's query."""
+    def image(
+        self, image: Image.Image, query: str | None, label: str, opts: Options
+    ) -> SearchResults:
+        """Photos like an uploaded image (echoed as `label`), optionally composed with the
+        box's query: `q` is added to the photo as terms of the CLI's syntax (`photo + q`)."""
         if not query or not query.strip():
-            return self.call(lambda s: s.image(image, **self._kwargs(s, opts)))
+            return self.call(lambda s: s.image(image, label=label, **self._kwargs(s, opts)))
         self.searcher()
-        terms = [Term(weight=1.0, image=image)]
+        terms = [Term(weight=1.0, image=image, label=label)]
         terms += [self._library_term(t) for t in parse_query(query)]
         return self.call(lambda s: s.compose(terms, prompt=opts.prompt, **self._kwargs(s, opts)))
 

@@ -7,7 +7,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 from starlette.datastructures import UploadFile
@@ -15,12 +15,30 @@ from starlette.requests import Request
 
 from koclip import ImageError
 from koclip.preprocess import IMAGE_SIZE, MAX_PIXELS, open_image
+from search import text_problem
 from web.errors import ApiError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # Multipart framing around the file: boundaries, headers, a few small form fields.
 _MULTIPART_SLACK = 64 * 1024
 UPLOAD_FIELD = "image"
+# How an upload is echoed (the `query` of its results) when it comes without a file name.
+UPLOAD_LABEL = "uploaded photo"
+_MAX_LABEL = 100
+
+
+class Upload(NamedTuple):
+    """An upload's bytes, and the label its results echo: its file name, or UPLOAD_LABEL."""
+
+    data: bytes
+    label: str
+
+
+class StoredUpload(NamedTuple):
+    """A decoded upload kept for paging, with its label."""
+
+    image: Image.Image
+    label: str
 
 
 class UploadTooLarge(ApiError):
@@ -46,9 +64,18 @@ def _limited(receive: Callable[[], Awaitable[dict]], limit: int) -> Callable[[],
     return receive_limited
 
 
-async def read_upload(request: Request, limit: int = MAX_UPLOAD_BYTES) -> bytes:
-    """The image bytes of a request: a raw body (`Content-Type: image/...`) or a multipart
-    form with an `image` field; 413 past `limit`, 400 when there is no image."""
+def upload_label(filename: str | None) -> str:
+    """The name a client gave its file (its last path segment, shortened), or UPLOAD_LABEL."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if not name or text_problem(name) is not None:
+        return UPLOAD_LABEL
+    return name if len(name) <= _MAX_LABEL else name[: _MAX_LABEL - 1] + "…"
+
+
+async def read_upload(request: Request, limit: int = MAX_UPLOAD_BYTES) -> Upload:
+    """The image of a request: a raw body (`Content-Type: image/...`) or a multipart form
+    with an `image` field; 413 past `limit`, 400 when there is no image."""
+    filename = None
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + _MULTIPART_SLACK:
         raise UploadTooLarge(limit)  # refuse before reading a byte
@@ -61,6 +88,7 @@ async def read_upload(request: Request, limit: int = MAX_UPLOAD_BYTES) -> bytes:
             if not isinstance(field, UploadFile):
                 raise ApiError(400, "no_image", f"the form has no file field {UPLOAD_FIELD!r}")
             data = await field.read(limit + 1)
+            filename = field.filename
     else:
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -73,7 +101,7 @@ async def read_upload(request: Request, limit: int = MAX_UPLOAD_BYTES) -> bytes:
         raise UploadTooLarge(limit)
     if not data:
         raise ApiError(400, "no_image", "no photo was sent")
-    return data
+    return Upload(data, upload_label(filename))
 
 
 def decode_upload(data: bytes) -> Image.Image:
@@ -101,23 +129,23 @@ class UploadStore:
         self._items: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, image: Image.Image) -> str:
-        """Keep `image` (in memory only) and return its token."""
+    def put(self, image: Image.Image, label: str = UPLOAD_LABEL) -> str:
+        """Keep `image` and its label (in memory only) and return its token."""
         token = secrets.token_urlsafe(12)
         with self._lock:
-            self._items[token] = image
+            self._items[token] = StoredUpload(image, label)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         return token
 
-    def get(self, token: str) -> Image.Image:
-        """The image behind a token; 404 once it has been evicted."""
+    def get(self, token: str) -> StoredUpload:
+        """The image (and label) behind a token; 404 once it has been evicted."""
         with self._lock:
-            image = self._items.get(token)
-            if image is not None:
+            stored = self._items.get(token)
+            if stored is not None:
                 self._items.move_to_end(token)
-        if image is None:
+        if stored is None:
             raise ApiError(
                 404, "upload_expired", "that photo is no longer on the server; send it again"
             )
-        return image
+        return stored

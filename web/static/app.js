@@ -39,6 +39,8 @@ const MESSAGES = {
   bad_date: ["날짜는 2023, 2023-05, 2023-05-01 처럼 적어 주세요.",
              "Write dates like 2023, 2023-05 or 2023-05-01."],
   bad_request: ["요청이 올바르지 않아요.", "The request is not valid."],
+  bad_host: ["이 주소로는 열 수 없어요. 서버의 주소로 열어 주세요.",
+             "This address is refused. Open the page at the server's own address."],
   upload_expired: ["사진을 다시 올려 주세요.", "Please drop the photo again."],
   model_mismatch: ["라이브러리와 다른 모델이에요.", "The model differs from the library's."],
   model_error: ["모델 파일을 읽을 수 없어요.", "The model's files cannot be read."],
