@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from db import Failure, Library, Photo, blob_to_vector, vector_to_blob, write_errors
 from db import vectors as faiss_ops
 from indexer.load import Loaded, mtime_datetime
-from indexer.plan import Plan
+from indexer.plan import Plan, in_scope
 
 
 @dataclass
@@ -87,7 +87,8 @@ class Writer:
                 removed.extend(ids)
             for chunk in _chunks(sorted(plan.gone_failures), 500):
                 s.execute(delete(Failure).where(Failure.path.in_(chunk), Failure.kind == "file"))
-            s.execute(delete(Failure).where(Failure.kind == "dir"))
+            for where in in_scope(Failure.path, plan.scope):
+                s.execute(delete(Failure).where(Failure.kind == "dir", where))
             for d in plan.unreadable_dirs:
                 _record_failure(s, d.relpath, "dir", 0, 0, d.reason)
             for file, reason in plan.name_clashes:
