@@ -8,7 +8,7 @@ watch(Path("~/Pictures"))      # then keep it current until Ctrl-C
 from indexer.pipeline import IndexOptions, IndexSession, index_photos
 from indexer.setup import DEFAULT_MODEL
 from indexer.summary import Summary
-from indexer.watch import Debouncer, WatchOptions, WatchThread, watch
+from indexer.watcher import Debouncer, WatchOptions, WatchThread, watch
 
 __all__ = [
     "DEFAULT_MODEL",

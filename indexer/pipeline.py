@@ -89,6 +89,7 @@ class IndexSession:
         *,
         encoder: KoCLIPEncoder | None = None,
         kind: str = "indexer",
+        save_share: float | None = None,
     ) -> None:
         self.photo_root = Path(photo_dir).expanduser().resolve()
         if not self.photo_root.is_dir():
@@ -96,6 +97,7 @@ class IndexSession:
         if options.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.options = options
+        self.save_share = save_share  # see Writer: a watcher saves by cost, not by the clock
         library_dir = Path(options.library).expanduser().resolve() if options.library else None
         self.library_dir = library_dir or default_library_dir(self.photo_root)
         self._stack = contextlib.ExitStack()
@@ -145,7 +147,13 @@ class IndexSession:
             found = discover_paths(self.photo_root, scope, exclude=self.options.exclude, skip=skip)
         plan_scope = None if scope is None else [as_relpath(p) for p in scope]
         plan = make_plan(found, known, self._hashes, scope=plan_scope)
-        writer = Writer(self.library, self._index, plan, save_interval=self.options.save_interval)
+        writer = Writer(
+            self.library,
+            self._index,
+            plan,
+            save_interval=self.options.save_interval,
+            save_share=self.save_share,
+        )
         hook = self.options.on_batch_committed
 
         def committed(batches: int) -> None:

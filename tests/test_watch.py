@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 import db
 from cli.main import main
 from indexer import Debouncer, IndexOptions, IndexSession, WatchOptions, WatchThread
+from search import Searcher
 from tests.indexer_fixtures import assert_consistent, index, open_lib, rows, write_jpeg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -323,6 +325,10 @@ def _search(root: Path) -> set[str] | None:
     }
 
 
+def _searched_by(searcher: Searcher, root: Path) -> set[str]:
+    return {hit.path.relative_to(root).as_posix() for hit in searcher.text("사진", k=1000)}
+
+
 def _write_slowly(path: Path, data: bytes, chunks: int = 5, pause: float = 0.3) -> None:
     """A camera import or network copy: the file grows over a few seconds."""
     step = len(data) // chunks + 1
@@ -362,9 +368,12 @@ def test_index_watch_end_to_end(tmp_path, tiny_checkpoint):
         stderr=subprocess.PIPE,
         text=True,
     )
+    stack = contextlib.ExitStack()
     try:
         expect = {f"old/{i}.jpg" for i in range(3)}
         _eventually(lambda: _search(root) == expect, "the first pass", proc)
+        reader = stack.enter_context(Searcher(root))
+        assert _searched_by(reader, root) == expect
         # One writer: a second indexer is refused and told a watcher holds the library.
         second = CliRunner().invoke(main, ["index", str(root), "--model", str(tiny_checkpoint)])
         assert (
@@ -390,11 +399,14 @@ def test_index_watch_end_to_end(tmp_path, tiny_checkpoint):
             f"renamed/{i}.jpg" for i in range(3)
         }
         _eventually(lambda: _search(root) == expect, "rename and delete", proc)
+        # A reader opened before the changes sees them without being reopened.
+        _eventually(lambda: _searched_by(reader, root) == expect, "a long-lived reader", proc)
         info = json.loads(
             CliRunner().invoke(main, ["info", "--library", str(root), "--json"]).stdout
         )
         assert info["failed"] == 0 and info["writer"]["last_commit"] is not None
     finally:
+        stack.close()
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # Ctrl-C: stops cleanly
         out, err = proc.communicate(timeout=60)
@@ -465,3 +477,50 @@ def test_stop_event_ends_watch_between_passes(tmp_path, tiny_checkpoint):
     watch(root, IndexOptions(model=str(tiny_checkpoint)), on_pass=on_pass, stop=stop)
     assert passes == [True]
     assert not db.lock_holder(root / db.LIBRARY_DIRNAME)[1]
+
+
+def test_a_kernel_queue_overflow_reported_in_watchdogs_log_is_noticed():
+    import logging
+
+    from indexer.watcher import _OverflowListener
+
+    flag = threading.Event()
+    _OverflowListener.attach(flag)
+    try:
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+        assert flag.is_set()
+    finally:
+        _OverflowListener.detach(flag)
+
+
+@pytest.mark.slow
+def test_watcher_polls_where_native_events_cannot_be_had(tmp_path, tiny_checkpoint, monkeypatch):
+    from indexer import watcher as watch_mod
+
+    def no_inotify():
+        raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(watch_mod, "_native_observer", no_inotify)
+    root = tmp_path / "p"
+    write_jpeg(root / "a.jpg", 1)
+    options = WatchOptions(quiet=0.2, poll_interval=0.2)
+    states: list[str] = []
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=watch_mod.watch,
+        args=(root, IndexOptions(model=str(tiny_checkpoint)), options),
+        kwargs={"on_state": states.append, "stop": stop},
+    )
+    thread.start()
+    try:
+        _eventually(lambda: _paths(root) == {"a.jpg"}, "the first pass")
+        write_jpeg(root / "sub/b.jpg", 2)
+        _eventually(lambda: _paths(root) == {"a.jpg", "sub/b.jpg"}, "a polled new photo")
+        (root / "a.jpg").unlink()
+        _eventually(lambda: _paths(root) == {"sub/b.jpg"}, "a polled deletion")
+    finally:
+        stop.set()
+        thread.join(60)
+    assert any("polling every 0.2 s" in s for s in states), states

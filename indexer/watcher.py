@@ -32,6 +32,9 @@ from koclip import KoCLIPEncoder
 log = logging.getLogger("koclip_search.watch")
 
 Stat = tuple[int, int, bool] | None  # (size, mtime_ns, is_dir), None when absent
+# During a pass the index file is saved whenever that costs at most this share of the time,
+# so photos become searchable batch by batch, not at the end of a long import.
+SAVE_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -313,7 +316,9 @@ def watch(
     """
     stop = stop or threading.Event()
     options = _stoppable(options or IndexOptions(), stop)
-    with IndexSession(photo_dir, options, encoder=encoder, kind="watcher") as session:
+    with IndexSession(
+        photo_dir, options, encoder=encoder, kind="watcher", save_share=SAVE_SHARE
+    ) as session:
         _Watcher(session, watch_options or WatchOptions(), on_pass, on_state, stop).run()
 
 
@@ -418,6 +423,8 @@ class _Watcher:
                 self.debouncer.add(events.paths.get(timeout=min(left, 0.5)))
             except queue.Empty:
                 continue
+            # The first change of a quiet spell: look again as soon as it may be settled.
+            deadline = min(deadline, time.monotonic() + self.options.quiet)
 
     def _wait_for_root(self) -> None:
         """Wait until the photo folder is back; nothing is indexed meanwhile, so its photos
@@ -439,8 +446,11 @@ class _Watcher:
             st = os.stat(self.root / path)
         except OSError:
             return None
-        # A folder's own size and mtime change as entries come and go: that counts too.
-        return (st.st_size, st.st_mtime_ns, stat.S_ISDIR(st.st_mode))
+        if stat.S_ISDIR(st.st_mode):
+            # A folder's mtime moves with every entry added, and those entries report their
+            # own events: only whether it is (still) a folder counts.
+            return (0, 0, True)
+        return (st.st_size, st.st_mtime_ns, False)
 
     @staticmethod
     def _how(events: _Events) -> str:
