@@ -47,9 +47,13 @@ from cli.main import main
 )
 @click.option(
     "--poll",
-    is_flag=True,
-    help="With --watch: look for changes every few seconds instead of waiting for the "
-    "system's events (for network shares, which send none).",
+    type=FiniteFloat(min=0, min_open=True),
+    is_flag=False,
+    flag_value=30.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="With --watch: walk the folder for changes every SECONDS (default 30) instead of "
+    "waiting for the system's events (network shares send none).",
 )
 @click.option(
     "--settle",
@@ -62,7 +66,12 @@ from cli.main import main
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @domain_errors
 def index_command(
-    photo_dir: Path, as_json: bool, watch: bool, poll: bool, settle: float, **options: Any
+    photo_dir: Path,
+    as_json: bool,
+    watch: bool,
+    poll: float | None,
+    settle: float,
+    **options: Any,
 ) -> None:
     """Index PHOTO_DIR (recursively) so its photos can be searched; only changes are re-read.
 
@@ -75,12 +84,13 @@ def index_command(
     from cli.progress import ProgressBar
     from indexer import IndexOptions, index_photos
 
-    if poll and not watch:
-        raise click.UsageError("--poll goes with --watch")
+    if (poll is not None or settle != 2.0) and not watch:
+        raise click.UsageError("--poll and --settle go with --watch")
     if watch:
         from indexer import WatchOptions
 
-        watch_options = WatchOptions(quiet=settle, poll=poll)
+        polling = {"poll": True, "poll_interval": poll} if poll is not None else {}
+        watch_options = WatchOptions(quiet=settle, **polling)
         _watch(photo_dir, IndexOptions(**options), watch_options, as_json=as_json)
         return
 

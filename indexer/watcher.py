@@ -45,7 +45,7 @@ class WatchOptions:
     max_wait: float = 10.0  # during a long import, a pass starts at least this often
     max_paths: int = 256  # changed paths per pass (a bigger burst is cut into passes)
     poll: bool = False  # poll instead of native events (network file systems)
-    poll_interval: float = 5.0
+    poll_interval: float = 30.0  # each look walks the tree: ~2 CPU-s per 100k files
     root_check: float = 2.0  # how often to check that the photo folder is still there
     rescan: float = 6 * 3600.0  # a full incremental pass this often anyway (0: never)
 

@@ -524,3 +524,21 @@ def test_watcher_polls_where_native_events_cannot_be_had(tmp_path, tiny_checkpoi
         stop.set()
         thread.join(60)
     assert any("polling every 0.2 s" in s for s in states), states
+
+
+def test_watch_flags(tmp_path, monkeypatch):
+    import cli.index_cmd as index_cmd
+
+    seen = []
+    monkeypatch.setattr(index_cmd, "_watch", lambda _d, _o, w, as_json: seen.append(w))
+
+    def run(*args):
+        return CliRunner().invoke(main, ["index", str(tmp_path), *args])
+
+    assert run("--watch").exit_code == 0 and not seen[-1].poll
+    assert run("--watch", "--poll", "--json").exit_code == 0
+    assert seen[-1].poll and seen[-1].poll_interval == 30.0
+    assert run("--watch", "--poll", "7", "--settle", "0.5").exit_code == 0
+    assert (seen[-1].poll_interval, seen[-1].quiet) == (7.0, 0.5)
+    refused = run("--poll")
+    assert refused.exit_code == 2 and "--watch" in refused.output
