@@ -542,3 +542,29 @@ def test_watch_flags(tmp_path, monkeypatch):
     assert (seen[-1].poll_interval, seen[-1].quiet) == (7.0, 0.5)
     refused = run("--poll")
     assert refused.exit_code == 2 and "--watch" in refused.output
+
+
+@pytest.mark.slow
+def test_serve_watch_shows_new_photos_without_a_restart(tmp_path, tiny_checkpoint):
+    from fastapi.testclient import TestClient
+
+    from web import create_app
+
+    root = tmp_path / "p"
+    write_jpeg(root / "a.jpg", 1)
+    watcher = WatchThread(root, IndexOptions(model=str(tiny_checkpoint)), WatchOptions(quiet=0.2))
+    app = create_app(root, warm=False, watcher=watcher)
+
+    def shown(client) -> set[str] | None:
+        response = client.get("/api/search", params={"q": "사진", "k": 200})
+        if response.status_code != 200:
+            return None  # 503 until the watcher's first pass made the library
+        return {hit["relpath"] for hit in response.json()["results"]}
+
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        _eventually(lambda: shown(client) == {"a.jpg"}, "the first pass")
+        write_jpeg(root / "new/b.jpg", 2)
+        _eventually(lambda: shown(client) == {"a.jpg", "new/b.jpg"}, "a new photo on the page")
+        assert db.lock_holder(root / db.LIBRARY_DIRNAME)[0].kind == "watcher"
+    assert watcher.error is None
+    assert not db.lock_holder(root / db.LIBRARY_DIRNAME)[1]  # stopped with the app
