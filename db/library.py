@@ -5,7 +5,7 @@ Layout of a library folder (default `PHOTO_DIR/.koclip-search/`)::
     library.sqlite3      photos (+ embeddings), failures, manifest; WAL mode
     index-<type>.faiss   the FAISS index for the manifest's index type, replaced atomically
     manifest.json        a human-readable mirror of the manifest row
-    lock                 flock'ed by the one process allowed to write
+    lock                 flock'ed by the one process allowed to write; says who (LockHolder)
 
 Readers never lock: SQLite WAL gives each read transaction a snapshot, and the index file is
 only ever replaced by rename, so a reader sees a whole file. The index file may lag the
