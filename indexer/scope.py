@@ -41,6 +41,10 @@ def discover_paths(
 
     A path that is gone yields nothing: what the library holds there is gone too.
     """
+    if not os.path.isdir(root):
+        # The root went away (unmounted): its photos are not gone, only out of sight.
+        yield UnreadableDir(".", "the photo folder is not there")
+        return
     skip = [Path(p).resolve() for p in skip]
     for path in scope_of(paths):
         rel = as_relpath(path)

@@ -402,15 +402,17 @@ class _Watcher:
                 next_root_check = now + self.options.root_check
                 if self._present() != self.identity:
                     return  # gone or replaced: watched again from scratch, with a full pass
-            if events.overflowed.is_set() or now >= next_rescan:
+            full = events.overflowed.is_set() or now >= next_rescan
+            batch = None if full else self.debouncer.take()
+            if not full and batch is None:
+                continue
+            if self._present() != self.identity:
+                return  # events from a root that has just gone are no reason to delete
+            if full:
                 events.overflowed.clear()  # events were lost: look at everything
                 next_rescan = now + (self.options.rescan or float("inf"))
                 self.debouncer.clear()
-                self._pass(None)
-                continue
-            batch = self.debouncer.take()
-            if batch is not None:
-                self._pass(batch)
+            self._pass(batch)
 
     def _drain(self, events: _Events, timeout: float) -> None:
         """Take in events for `timeout` seconds (or until stopped)."""

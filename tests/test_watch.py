@@ -262,13 +262,15 @@ def test_watcher_waits_out_a_missing_root_and_resumes_with_a_full_pass(tmp_path,
     write_jpeg(root / "a.jpg", 1)
     library = tmp_path / "lib"  # outside the root, as for a removable disk
     options = IndexOptions(model=str(tiny_checkpoint), library=library)
-    watcher = WatchThread(root, options, WatchOptions(quiet=0.2, root_check=0.1))
+    # Root checks are rare here: what protects the photos is the check before each pass.
+    watcher = WatchThread(root, options, WatchOptions(quiet=0.2, root_check=3.0))
     watcher.start()
     try:
         _eventually(lambda: _paths_in(library) == {"a.jpg"}, "the first pass")
-        root.rename(away)  # the disk goes away: nothing may be taken for deleted
-        write_jpeg(away / "b.jpg", 2)  # ... and comes back with a new photo
-        time.sleep(0.5)  # a few root checks while it is gone (not a measure: any wait works)
+        root.rename(away)  # the disk goes away: nothing may be taken for deleted ...
+        write_jpeg(away / "a.jpg", 5)  # ... even when events still come from it
+        write_jpeg(away / "b.jpg", 2)  # (it comes back with a changed and a new photo)
+        time.sleep(1.0)  # settle time passes while it is gone (not a measure: any wait works)
         assert _paths_in(library) == {"a.jpg"}
         away.rename(root)
         _eventually(lambda: _paths_in(library) == {"a.jpg", "b.jpg"}, "the pass after return")
