@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,18 +45,59 @@ from cli.main import main
 @click.option(
     "--rebuild", is_flag=True, help="Drop every vector and re-encode all photos (e.g. new model)."
 )
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Then keep running: index new, changed, moved and deleted photos as they land.",
+)
+@click.option(
+    "--poll",
+    type=FiniteFloat(min=0, min_open=True),
+    is_flag=False,
+    flag_value=30.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="With --watch: walk the folder for changes every SECONDS (default 30) instead of "
+    "waiting for the system's events (network shares send none).",
+)
+@click.option(
+    "--settle",
+    type=FiniteFloat(min=0),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --watch: how long a file must stay unchanged before it is read.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @domain_errors
-def index_command(photo_dir: Path, as_json: bool, **options: Any) -> None:
+def index_command(
+    photo_dir: Path,
+    as_json: bool,
+    watch: bool,
+    poll: float | None,
+    settle: float,
+    **options: Any,
+) -> None:
     """Index PHOTO_DIR (recursively) so its photos can be searched; only changes are re-read.
 
     Example:
 
         koclip-search index ~/Pictures --exclude '*/screenshots/*'
+        koclip-search index ~/Pictures --watch
     """
     # Imported here: jax and friends cost every other command their start-up time otherwise.
     from cli.progress import ProgressBar
     from indexer import IndexOptions, index_photos
+
+    if (poll is not None or settle != 2.0) and not watch:
+        raise click.UsageError("--poll and --settle go with --watch")
+    if watch:
+        from indexer import WatchOptions
+
+        polling = {"poll": True, "poll_interval": poll} if poll is not None else {}
+        watch_options = WatchOptions(quiet=settle, **polling)
+        _watch(photo_dir, IndexOptions(**options), watch_options, as_json=as_json)
+        return
 
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
@@ -72,3 +114,48 @@ def index_command(photo_dir: Path, as_json: bool, **options: Any) -> None:
         if bar:
             bar.close()
     echo_summary(summary, as_json)
+
+
+def _watch(photo_dir: Path, options: Any, watch_options: Any, *, as_json: bool) -> None:
+    """`index --watch`: each pass's summary on stdout (a JSON line each with --json), the
+    watcher's state on stderr; Ctrl-C or SIGTERM stops it at the next batch."""
+    import signal
+    import threading
+    from datetime import datetime
+
+    from indexer import watch
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():  # a second Ctrl-C: do not wait for the batch
+            raise KeyboardInterrupt
+        stop.set()
+
+    def on_pass(summary: Any, full: bool) -> None:
+        if as_json:
+            click.echo(json.dumps(summary.to_json() | {"full": full}, ensure_ascii=False))
+        else:
+            stamp = datetime.now().strftime("%H:%M:%S")
+            click.echo(f"{stamp} {summary.to_text()}")
+
+    def on_state(line: str) -> None:
+        hint = " (Ctrl+C to stop)" if line.startswith("watching") else ""
+        click.echo(f"koclip-search: {line}{hint}", err=True)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        watch(
+            photo_dir,
+            options,
+            watch_options,
+            on_pass=on_pass,
+            on_state=on_state,
+            stop=stop,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo("Stopped watching: every committed batch is kept.", err=True)

@@ -155,7 +155,8 @@ def similar_command(image: str, as_json: bool, as_paths: bool, **options: Any) -
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @domain_errors
 def info_command(library: str | None, as_json: bool) -> None:
-    """Photo count, failed files, model, index type, size on disk, last indexed."""
+    """Photo count, failed files, model, index type, size on disk, last indexed, and who
+    holds the library for writing (a watcher keeping it current, and its last commit)."""
     with _open(library, None) as searcher:
         info = searcher.info()
     if as_json:
@@ -238,8 +239,24 @@ def format_info(info: LibraryInfo) -> str:
         ("index", f"{info.index_type}{vectors}"),
         ("size", _human_size(info.size_bytes)),
         ("last indexed", last),
+        ("writer", _writer(info)),
     ]
     return "\n".join(f"{k + ':':<14}{v}" for k, v in pairs)
+
+
+def _writer(info: LibraryInfo) -> str:
+    """Who holds the library's writer lock: a watcher keeping it current, an indexer, or none."""
+    w = info.writer
+    if w is None:
+        return "none"
+    since = datetime.fromtimestamp(w.since).strftime("%Y-%m-%d %H:%M")
+    last = (
+        datetime.fromtimestamp(w.last_commit).strftime("%Y-%m-%d %H:%M:%S")
+        if w.last_commit
+        else "nothing yet"
+    )
+    what = "watcher, keeping it current" if w.kind == "watcher" else "indexer"
+    return f"{what} (pid {w.pid}) since {since}; last commit {last}"
 
 
 def _human_size(n: int | None) -> str:

@@ -5,7 +5,7 @@ Layout of a library folder (default `PHOTO_DIR/.koclip-search/`)::
     library.sqlite3      photos (+ embeddings), failures, manifest; WAL mode
     index-<type>.faiss   the FAISS index for the manifest's index type, replaced atomically
     manifest.json        a human-readable mirror of the manifest row
-    lock                 flock'ed by the one process allowed to write
+    lock                 flock'ed by the one process allowed to write; says who (LockHolder)
 
 Readers never lock: SQLite WAL gives each read transaction a snapshot, and the index file is
 only ever replaced by rename, so a reader sees a whole file. The index file may lag the
@@ -27,8 +27,9 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import faiss
@@ -468,9 +469,23 @@ class Library:
 
     # -- locking ---------------------------------------------------------------------------
 
-    def lock(self) -> LibraryLock:
+    def lock(self, kind: str = "indexer") -> LibraryLock:
         """The writer lock of this library (see LibraryLock)."""
-        return LibraryLock(self.directory)
+        return LibraryLock(self.directory, kind)
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds (or last held) a library's writer lock, as its lock file says."""
+
+    pid: int
+    kind: str  # "indexer" (a one-off run) or "watcher" (index --watch, serve --watch)
+    since: float  # unix seconds the lock was taken
+    last_commit: float | None  # unix seconds of the holder's last committed batch
+
+    def to_json(self) -> dict[str, Any]:
+        """The lock file's content."""
+        return asdict(self)
 
 
 class LibraryLock:
@@ -478,12 +493,15 @@ class LibraryLock:
 
     `with LibraryLock(dir):` raises LibraryLockedError at once if another process holds it.
     The kernel drops it when the holder dies, so a killed indexer never leaves it stuck.
+    The file says who holds it (a LockHolder as JSON), for that message and for `info`.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, kind: str = "indexer") -> None:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_NAME
+        self.kind = kind
         self._fd: int | None = None
+        self._holder: LockHolder | None = None
 
     def acquire(self) -> None:
         """Take the lock or raise LibraryLockedError / LibraryWriteError."""
@@ -495,21 +513,22 @@ class LibraryLock:
                 f"cannot create the lock file {self.path}: {exc.strerror}"
             ) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_retrying(fd)
         except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            holder = _read_holder(fd)
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                who = f" (pid {holder})" if holder.isdigit() else ""
-                raise LibraryLockedError(
-                    f"another indexer{who} is already writing to the library at {self.directory}; "
-                    "wait for it to finish"
-                ) from None
+                raise LibraryLockedError(_locked_message(holder, self.directory)) from None
             raise LibraryWriteError(f"cannot lock {self.path}: {exc.strerror}") from exc
-        with contextlib.suppress(OSError):  # the pid is only for the message above
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        self._holder = LockHolder(os.getpid(), self.kind, time.time(), None)
+        self._write_holder()
+
+    def note_commit(self) -> None:
+        """Record in the lock file that a batch was just committed (`info` shows when)."""
+        if self._fd is not None and self._holder is not None:
+            self._holder = replace(self._holder, last_commit=time.time())
+            self._write_holder()
 
     @staticmethod
     def is_held(directory: Path) -> bool:
@@ -539,6 +558,83 @@ class LibraryLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+    def _write_holder(self) -> None:
+        data = json.dumps(self._holder.to_json()).encode()
+        with contextlib.suppress(OSError):  # the holder is only for messages and `info`
+            os.pwrite(self._fd, data + b"\n", 0)
+            os.ftruncate(self._fd, len(data) + 1)
+
+
+def lock_holder(directory: Path) -> tuple[LockHolder | None, bool]:
+    """(what the lock file says, whether a process holds the lock now), without writing.
+
+    The holder is that of the last taker when nobody holds it now; None if the file is
+    absent or unreadable.
+    """
+    path = Path(directory) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None, False
+    try:
+        holder = _read_holder(fd)
+        try:
+            # A shared lock is refused only while a writer holds the exclusive one. A writer
+            # starting in this instant retries (see _flock_retrying), so the probe never
+            # makes it fail.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            return holder, exc.errno in (errno.EWOULDBLOCK, errno.EACCES)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return holder, False
+    finally:
+        os.close(fd)
+
+
+def _flock_retrying(fd: int, tries: int = 5) -> None:
+    """flock(LOCK_EX | LOCK_NB), retried over ~0.1 s: `lock_holder` may hold a shared probe."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES) or attempt == tries - 1:
+                raise
+            time.sleep(0.02)
+
+
+def _read_holder(fd: int) -> LockHolder | None:
+    try:
+        text = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    if text.isdigit():  # written by an older version: the pid only
+        return LockHolder(int(text), "indexer", 0.0, None)
+    try:
+        # raw_decode: a holder rewriting the file may leave a longer old tail for a moment.
+        data, _ = json.JSONDecoder().raw_decode(text)
+        return LockHolder(
+            int(data["pid"]),
+            str(data["kind"]),
+            float(data["since"]),
+            None if data.get("last_commit") is None else float(data["last_commit"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _locked_message(holder: LockHolder | None, directory: Path) -> str:
+    if holder is not None and holder.kind == "watcher":
+        return (
+            f"a watcher (pid {holder.pid}, index --watch or serve --watch) holds the library at "
+            f"{directory} and already indexes changes as they land; stop it to run another indexer"
+        )
+    who = f" (pid {holder.pid})" if holder is not None else ""
+    return (
+        f"another indexer{who} is already writing to the library at {directory}; "
+        "wait for it to finish"
+    )
 
 
 def relative_photo_root(library_dir: Path, photo_root: Path) -> str:

@@ -2,10 +2,22 @@
 
 from indexer import IndexOptions, index_photos
 summary = index_photos(Path("~/Pictures"), IndexOptions(batch_size=32))
+watch(Path("~/Pictures"))      # then keep it current until Ctrl-C
 """
 
-from indexer.pipeline import IndexOptions, index_photos
+from indexer.pipeline import IndexOptions, IndexSession, index_photos
 from indexer.setup import DEFAULT_MODEL
 from indexer.summary import Summary
+from indexer.watcher import Debouncer, WatchOptions, WatchThread, watch
 
-__all__ = ["DEFAULT_MODEL", "IndexOptions", "Summary", "index_photos"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "Debouncer",
+    "IndexOptions",
+    "IndexSession",
+    "Summary",
+    "WatchOptions",
+    "WatchThread",
+    "index_photos",
+    "watch",
+]

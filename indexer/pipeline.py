@@ -8,15 +8,18 @@ collection size; the encoder and the writer run on the calling thread.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
+import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -32,7 +35,8 @@ from db import (
 from db.library import DB_NAME, LOCK_NAME
 from indexer.discover import discover
 from indexer.load import Loaded, load
-from indexer.plan import Plan, Task, load_known, make_plan
+from indexer.plan import Plan, Task, load_known, load_known_under, make_plan
+from indexer.scope import as_relpath, discover_paths, scope_of
 from indexer.setup import open_for_indexing, prepare
 from indexer.summary import Summary
 from indexer.writer import Writer
@@ -79,60 +83,147 @@ def index_photos(
     `encoder` (a loaded vision tower) replaces `options.model` when a caller already holds one.
     """
     start = time.perf_counter()
-    photo_root = Path(photo_dir).expanduser().resolve()
-    if not photo_root.is_dir():
-        raise LibraryError(f"{photo_dir} is not a folder")
-    if options.batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    library_dir = Path(options.library).expanduser().resolve() if options.library else None
-    library_dir = library_dir or default_library_dir(photo_root)
-    before = _listing(library_dir)
-    with (
-        _lock(library_dir, default=options.library is None),
-        _undone_if_nothing_indexed(library_dir, before),
-        open_for_indexing(library_dir, rebuild=options.rebuild) as library,
-    ):
-        encoder = prepare(
-            library,
-            photo_root,
-            options.model,
-            batch_size=options.batch_size,
-            rebuild=options.rebuild,
-            encoder=encoder,
+    with IndexSession(photo_dir, options, encoder=encoder) as session:
+        summary = session.run(progress=progress)
+    return dataclasses.replace(summary, seconds=time.perf_counter() - start)
+
+
+class IndexSession:
+    """The writer's side of a library, held open: its lock, database, FAISS index and model.
+
+    `run()` is one incremental pass: of the whole tree, or only of some changed paths (a
+    watcher keeps one session for its whole life and runs a pass per burst of changes).
+    Raises LibraryError (and koclip errors) if the library cannot be opened for writing.
+    """
+
+    def __init__(
+        self,
+        photo_dir: Path,
+        options: IndexOptions = IndexOptions(),
+        *,
+        encoder: KoCLIPEncoder | None = None,
+        kind: str = "indexer",
+        save_share: float | None = None,
+    ) -> None:
+        self.photo_root = Path(photo_dir).expanduser().resolve()
+        if not self.photo_root.is_dir():
+            raise LibraryError(f"{photo_dir} is not a folder")
+        if options.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.options = options
+        self.save_share = save_share  # see Writer: a watcher saves by cost, not by the clock
+        library_dir = Path(options.library).expanduser().resolve() if options.library else None
+        self.library_dir = library_dir or default_library_dir(self.photo_root)
+        self._stack = contextlib.ExitStack()
+        before = _listing(self.library_dir)  # before the lock, which makes the folder
+        try:
+            self.lock = self._stack.enter_context(
+                _lock(self.library_dir, default=options.library is None, kind=kind)
+            )
+            self._stack.enter_context(_undone_if_nothing_indexed(self.library_dir, before))
+            self.library = self._stack.enter_context(
+                open_for_indexing(self.library_dir, rebuild=options.rebuild)
+            )
+            self.encoder = prepare(
+                self.library,
+                self.photo_root,
+                options.model,
+                batch_size=options.batch_size,
+                rebuild=options.rebuild,
+                encoder=encoder,
+            )
+            # Repair what the database can rebuild: rows with a damaged vector are read again as
+            # new files, the mirror and the index file follow the row, leftovers go.
+            self.library.drop_damaged_embeddings(self.encoder.dim)
+            self.library.remove_leftovers()
+            self.library.write_manifest_json()
+            self._index, _ = self.library.reconcile_index()
+        except BaseException:
+            # The exception reaches the stack's managers: a failed first run is undone.
+            self._stack.__exit__(*sys.exc_info())
+            raise
+        self._hashes: set[str] | None = None  # stored content hashes, kept between passes
+        self._stale = False
+
+    def run(
+        self, paths: Collection[str] | None = None, progress: ProgressCallback | None = None
+    ) -> Summary:
+        """One incremental pass over the tree, or over `paths` (relative to the photo root,
+        files or folders, os-native) only: their new, changed and gone photos."""
+        start = time.perf_counter()
+        if self._stale:
+            # The last pass stopped half-way (an error, Ctrl-C): the in-memory index may
+            # disagree with the committed rows, so it is made from them again.
+            self._index, _ = self.library.reconcile_index()
+            self._stale = False
+        scope = None if paths is None else scope_of(paths)
+        with self.library.session() as s, s.begin():
+            if scope is None or self._hashes is None:
+                known, self._hashes = load_known(s)
+            if scope is not None:
+                known = load_known_under(s, [as_relpath(p) for p in scope])
+        skip = [self.library_dir]
+        if scope is None:
+            found = discover(
+                self.photo_root,
+                exclude=self.options.exclude,
+                skip=skip,
+                follow_links=self.options.follow_links,
+            )
+        else:
+            found = discover_paths(self.photo_root, scope, exclude=self.options.exclude, skip=skip)
+        plan_scope = None if scope is None else [as_relpath(p) for p in scope]
+        plan = make_plan(found, known, self._hashes, scope=plan_scope)
+        writer = Writer(
+            self.library,
+            self._index,
+            plan,
+            save_interval=self.options.save_interval,
+            save_share=self.save_share,
         )
-        # Repair what the database can rebuild: rows with a damaged vector are read again as
-        # new files, the mirror and the index file follow the row, leftovers go.
-        library.drop_damaged_embeddings(encoder.dim)
-        library.remove_leftovers()
-        library.write_manifest_json()
-        index, _ = library.reconcile_index()
-        with library.session() as s, s.begin():
-            known, hashes = load_known(s)
-        found = discover(
-            photo_root,
-            exclude=options.exclude,
-            skip=[library_dir],
-            follow_links=options.follow_links,
+        hook = self.options.on_batch_committed
+
+        def committed(batches: int) -> None:
+            self.lock.note_commit()
+            if hook:
+                hook(batches)
+
+        options = dataclasses.replace(self.options, on_batch_committed=committed)
+        try:
+            _run_stages(plan, self.encoder, writer, options, progress)
+            counts = writer.finish()
+        except BaseException:
+            self._stale = True
+            raise
+        self._index = writer.index
+        self._hashes = plan.known_hashes
+        if counts.deleted:
+            self.lock.note_commit()
+        return Summary(
+            new=counts.new,
+            updated=counts.updated,
+            moved=counts.moved,
+            deleted=counts.deleted,
+            unchanged=counts.unchanged,
+            failures=tuple(sorted(counts.failures)),
+            seconds=time.perf_counter() - start,
         )
-        plan = make_plan(found, known, hashes)
-        writer = Writer(library, index, plan, save_interval=options.save_interval)
-        _run_stages(plan, encoder, writer, options, progress)
-        counts = writer.finish()
-    return Summary(
-        new=counts.new,
-        updated=counts.updated,
-        moved=counts.moved,
-        deleted=counts.deleted,
-        unchanged=counts.unchanged,
-        failures=tuple(sorted(counts.failures)),
-        seconds=time.perf_counter() - start,
-    )
+
+    def close(self) -> None:
+        """Close the library and release the lock."""
+        self._stack.close()
+
+    def __enter__(self) -> IndexSession:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.__exit__(*exc)
 
 
 @contextlib.contextmanager
-def _lock(library_dir: Path, *, default: bool) -> Iterator[None]:
+def _lock(library_dir: Path, *, default: bool, kind: str) -> Iterator[LibraryLock]:
     """The writer lock, with a hint when the default library cannot be made in the photo folder."""
-    lock = LibraryLock(library_dir)
+    lock = LibraryLock(library_dir, kind)
     try:
         lock.acquire()
     except LibraryWriteError as exc:
@@ -142,7 +233,7 @@ def _lock(library_dir: Path, *, default: bool) -> Iterator[None]:
             f"{exc} (a read-only photo folder? put the library elsewhere with --library DIR)"
         ) from exc
     try:
-        yield
+        yield lock
     finally:
         lock.release()
 

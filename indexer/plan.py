@@ -4,11 +4,11 @@ files that could not be read are tried again on every run."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, or_, select, true
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from db import Failure, Photo
 from indexer.discover import FoundFile, OutsideLink, UnreadableDir
@@ -53,35 +53,73 @@ class Plan:
     # were kept, or a file renamed NFC <-> NFD): (photo id, key, on-disk relative path).
     renamed: list[tuple[int, str, str]] = field(default_factory=list)
     known_hashes: set[str] = field(default_factory=set)  # content hashes with a stored embedding
+    # The paths (files or folders, relative, NFC) this plan covers; None: the whole tree.
+    scope: tuple[str, ...] | None = None
 
 
 def load_known(session: Session) -> tuple[dict[str, Known], set[str]]:
     """Every indexed or failed path of the library, and the set of stored content hashes."""
-    known: dict[str, Known] = {}
-    hashes: set[str] = set()
-    for pid, path, size, mtime, chash, disk in session.execute(
-        select(
-            Photo.id, Photo.path, Photo.size, Photo.mtime_ns, Photo.content_hash, Photo.disk_path
-        )
-    ):
-        on_disk = None if disk is None else os.fsdecode(disk)
-        known[path] = Known(pid, size, mtime, chash, on_disk=on_disk)
-        hashes.add(chash)
-    for path, kind, size, mtime, reason in session.execute(
-        select(Failure.path, Failure.kind, Failure.size, Failure.mtime_ns, Failure.reason)
-    ):
-        if kind == "file":
-            known.setdefault(path, Known(None, size, mtime, None, reason))
+    known = load_known_under(session, None)
+    hashes = {k.content_hash for k in known.values() if k.content_hash is not None}
     return known, hashes
+
+
+def load_known_under(session: Session, scope: Collection[str] | None) -> dict[str, Known]:
+    """The indexed or failed paths at or under the `scope` paths (None: all of them)."""
+    known: dict[str, Known] = {}
+    for where in in_scope(Photo.path, scope):
+        for pid, path, size, mtime, chash, disk in session.execute(
+            select(
+                Photo.id,
+                Photo.path,
+                Photo.size,
+                Photo.mtime_ns,
+                Photo.content_hash,
+                Photo.disk_path,
+            ).where(where)
+        ):
+            on_disk = None if disk is None else os.fsdecode(disk)
+            known[path] = Known(pid, size, mtime, chash, on_disk=on_disk)
+    for where in in_scope(Failure.path, scope):
+        for path, kind, size, mtime, reason in session.execute(
+            select(
+                Failure.path, Failure.kind, Failure.size, Failure.mtime_ns, Failure.reason
+            ).where(where)
+        ):
+            if kind == "file":
+                known.setdefault(path, Known(None, size, mtime, None, reason))
+    return known
+
+
+def in_scope(
+    column: InstrumentedAttribute[str], scope: Collection[str] | None, chunk: int = 200
+) -> Iterator[ColumnElement[bool]]:
+    """SQL conditions (one per chunk of paths) for `column` at or under a path of `scope`."""
+    if scope is None:
+        yield true()
+        return
+    paths = sorted(scope)
+    for start in range(0, len(paths), chunk):
+        # "p/" <= path < "p0" is everything under p ("0" follows "/"), on the path index.
+        yield or_(
+            *(
+                or_(column == p, and_(column >= p + "/", column < p + "0"))
+                for p in paths[start : start + chunk]
+            )
+        )
 
 
 def make_plan(
     found: Iterable[FoundFile | UnreadableDir | OutsideLink],
     known: dict[str, Known],
     known_hashes: set[str],
+    scope: Collection[str] | None = None,
 ) -> Plan:
-    """Sort every discovered file into unchanged / still failed / to read; the rest is gone."""
-    plan = Plan(known_hashes=set(known_hashes))
+    """Sort every discovered file into unchanged / still failed / to read; the rest is gone.
+
+    With a `scope`, `found` and `known` cover only those paths (a watcher's pass).
+    """
+    plan = Plan(known_hashes=set(known_hashes), scope=None if scope is None else tuple(scope))
     seen: set[str] = set()
     for item in found:
         if isinstance(item, UnreadableDir):

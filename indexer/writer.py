@@ -27,7 +27,7 @@ from db import (
 )
 from db import vectors as faiss_ops
 from indexer.load import Loaded, mtime_datetime
-from indexer.plan import Plan
+from indexer.plan import Plan, in_scope
 
 
 @dataclass
@@ -46,13 +46,24 @@ class Writer:
     """Applies loaded/encoded files to the database and the in-memory FAISS index."""
 
     def __init__(
-        self, library: Library, index: faiss.Index, plan: Plan, *, save_interval: float = 30.0
+        self,
+        library: Library,
+        index: faiss.Index,
+        plan: Plan,
+        *,
+        save_interval: float = 30.0,
+        save_share: float | None = None,
     ) -> None:
         self.library = library
         self.index = index
         self.plan = plan
         self.counts = Counts(unchanged=plan.unchanged, failures=list(plan.still_failed))
         self.save_interval = save_interval
+        # A watcher saves as often as saving takes at most this share of the time, instead
+        # of every `save_interval` seconds: a small library's new photos show at once, a
+        # large one's index file is not rewritten every batch.
+        self.save_share = save_share
+        self._save_seconds = 0.0
         self.batches_committed = 0
         self._dirty = False
         self._needs_rebuild = False
@@ -80,7 +91,10 @@ class Writer:
         self.plan.known_hashes.update(new_hashes)
         self._apply_to_index(added, removed)
         self.batches_committed += 1
-        if time.monotonic() - self._last_save >= self.save_interval:
+        interval = self.save_interval
+        if self.save_share is not None:
+            interval = self._save_seconds / self.save_share
+        if time.monotonic() - self._last_save >= interval:
             self.save()
         return retry
 
@@ -95,7 +109,8 @@ class Writer:
                 removed.extend(ids)
             for chunk in _chunks(sorted(plan.gone_failures), 500):
                 s.execute(delete(Failure).where(Failure.path.in_(chunk), Failure.kind == "file"))
-            s.execute(delete(Failure).where(Failure.kind.in_(("dir", "link"))))
+            for where in in_scope(Failure.path, plan.scope):
+                s.execute(delete(Failure).where(Failure.kind.in_(("dir", "link")), where))
             for d in plan.unreadable_dirs:
                 _record_failure(s, d.relpath, "dir", 0, 0, d.reason)
             for link in plan.outside_links:
@@ -129,10 +144,12 @@ class Writer:
 
     def save(self) -> None:
         """Atomically write the in-memory index (a reader then sees every committed batch)."""
+        started = time.monotonic()
         if not self._needs_rebuild:
             self.library.save_index(self.index)
         self._dirty = False
         self._last_save = time.monotonic()
+        self._save_seconds = self._last_save - started
 
     # -- one file ---------------------------------------------------------------------------
 

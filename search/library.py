@@ -84,9 +84,19 @@ class LibraryInfo:
     indexed_vectors: int | None  # None: not counted, or no index saved yet
     size_bytes: int | None  # None: not measured
     last_indexed: datetime | None
+    # The process holding the writer lock now ("watcher" or "indexer"), else None.
+    writer: db.LockHolder | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (paths as strings, the time as ISO 8601)."""
+        writer = None
+        if self.writer is not None:
+            writer = {
+                "kind": self.writer.kind,
+                "pid": self.writer.pid,
+                "since": _iso(self.writer.since),
+                "last_commit": _iso(self.writer.last_commit),
+            }
         return {
             "library": str(self.library),
             "photo_root": str(self.photo_root),
@@ -99,7 +109,12 @@ class LibraryInfo:
             "last_indexed": self.last_indexed.isoformat(timespec="seconds")
             if self.last_indexed
             else None,
+            "writer": writer,
         }
+
+
+def _iso(seconds: float | None) -> str | None:
+    return datetime.fromtimestamp(seconds).isoformat(timespec="seconds") if seconds else None
 
 
 def describe_library(
@@ -116,7 +131,10 @@ def describe_library(
         photos = s.scalar(select(func.count()).select_from(db.Photo)) or 0
         failed = s.scalar(select(func.count()).select_from(db.Failure)) or 0
         last = s.scalar(select(func.max(db.Photo.indexed_at)))
-    last = max(filter(None, (last, manifest.updated_at)), default=None)
+    holder, held = db.lock_holder(library.directory)
+    # The writer's last commit counts too: deletions and moves leave no newer indexed_at.
+    last_commit = holder.last_commit if holder else None
+    last = max(filter(None, (last, manifest.updated_at, last_commit)), default=None)
     size = _size_on_disk(library) if disk else None
     return LibraryInfo(
         library=library.directory.absolute(),
@@ -128,6 +146,7 @@ def describe_library(
         indexed_vectors=indexed_vectors,
         size_bytes=size,
         last_indexed=datetime.fromtimestamp(last) if last else None,
+        writer=holder if held else None,
     )
 
 

@@ -559,4 +559,6 @@ def test_info(searcher, reference, tiny_checkpoint) -> None:
         "indexed_vectors",
         "size_bytes",
         "last_indexed",
+        "writer",
     }
+    assert info.writer is None  # no indexer or watcher holds it

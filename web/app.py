@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -45,6 +45,14 @@ CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 THUMB_CACHE = "private, max-age=3600"
+
+
+class Background(Protocol):
+    """Work that runs beside the server for its whole life (the watcher of serve --watch)."""
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 # -- response shapes (for the OpenAPI description) ------------------------------------------
@@ -217,12 +225,15 @@ def create_app(
     *,
     warm: bool = True,
     allowed_hosts: list[str] | None = None,
+    watcher: Background | None = None,
 ) -> FastAPI:
     """The web app for one library (a library folder or a photo folder holding one; None: the
     nearest from the cwd). The library may not exist yet: the page says so until it does.
 
     `warm` loads and compiles the text model in the background at startup. `allowed_hosts`
     (default: 127.0.0.1 and localhost) guards against DNS rebinding; ["*"] allows any.
+    `watcher` (serve --watch: an `indexer.WatchThread`) is started with the app and stopped
+    at its shutdown.
     """
     backend = Backend(library_dir, model)
 
@@ -230,7 +241,11 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if warm:
             threading.Thread(target=_warm, args=(backend,), name="koclip-warm", daemon=True).start()
+        if watcher is not None:
+            watcher.start()
         yield
+        if watcher is not None:
+            await run_in_threadpool(watcher.close)
         backend.close()
 
     app = FastAPI(
