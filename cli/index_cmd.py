@@ -22,6 +22,15 @@ from cli.main import main
 @click.option(
     "--model", help="Model name or checkpoint folder (default: the library's, else koclip-base)."
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "int8"]),
+    default="auto",
+    show_default=True,
+    envvar="KOCLIP_PRECISION",
+    help="Vision tower arithmetic: int8 (ONNX Runtime) is ~2x faster where the CPU has VNNI; "
+    "auto uses it there when installed and exact enough.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Decoding threads (default: one per CPU)."

@@ -59,6 +59,9 @@ class Manifest:
     preprocess_version: str  # koclip.preprocess.PREPROCESS_VERSION
     index_type: str  # a key of db.vectors.INDEX_FACTORIES (one of INDEX_TYPES, or registered)
     photo_root: str  # relative to the library folder ("..") or absolute
+    # The arithmetic of the towers that made the vectors ("fp32", "int8", or both as
+    # "fp32+int8"); koclip only uses int8 where it agrees with fp32, so they mix.
+    precision: str = "fp32"
     schema_version: int = SCHEMA_VERSION
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -107,6 +110,8 @@ class Library:
         library = cls(directory, engine, readonly=readonly)
         try:
             library.check_schema()
+            if not readonly:
+                _add_new_columns(engine)
         except BaseException:
             engine.dispose()
             raise
@@ -131,6 +136,7 @@ class Library:
             with write_errors(directory):
                 library.check_schema()
                 Base.metadata.create_all(engine)
+                _add_new_columns(engine)
         except BaseException:
             engine.dispose()
             raise
@@ -228,10 +234,13 @@ class Library:
     def manifest(self, session: Session | None = None) -> Manifest | None:
         """The manifest row (None for a library not yet written to)."""
         with _maybe_session(self, session) as s:
-            row = s.get(ManifestRow, 1)
+            s.flush()  # a manifest set in this transaction is read back
+            # Read as a plain row: a library written before a column was added lacks it (a
+            # reader cannot add it), and the Manifest default stands in.
+            row = s.execute(text("SELECT * FROM manifest WHERE id = 1")).mappings().first()
             if row is None:
                 return None
-            return Manifest(**{f.name: getattr(row, f.name) for f in fields(Manifest)})
+            return Manifest(**{f.name: row[f.name] for f in fields(Manifest) if f.name in row})
 
     def set_manifest(self, session: Session, manifest: Manifest) -> Manifest:
         """Write the manifest row in the caller's transaction; call `write_manifest_json` after commit."""
@@ -454,6 +463,16 @@ def write_errors(directory: Path) -> Iterator[None]:
         raise LibraryWriteError(
             f"cannot write the library at {directory}: {exc.strerror or exc}"
         ) from exc
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Add the manifest columns newer than schema 1 to an older library (writers only)."""
+    with engine.begin() as conn:
+        present = {r[1] for r in conn.execute(text("PRAGMA table_info(manifest)"))}
+        if present and "precision" not in present:
+            conn.execute(
+                text("ALTER TABLE manifest ADD COLUMN precision VARCHAR NOT NULL DEFAULT 'fp32'")
+            )
 
 
 @contextlib.contextmanager

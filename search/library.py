@@ -84,6 +84,7 @@ class LibraryInfo:
     indexed_vectors: int | None  # None: not counted, or no index saved yet
     size_bytes: int | None  # None: not measured
     last_indexed: datetime | None
+    precision: str = "fp32"  # the towers' arithmetic that made the vectors (db.Manifest)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (paths as strings, the time as ISO 8601)."""
@@ -94,6 +95,7 @@ class LibraryInfo:
             "failed": self.failed,
             "model": self.model,
             "index_type": self.index_type,
+            "precision": self.precision,
             "indexed_vectors": self.indexed_vectors,
             "size_bytes": self.size_bytes,
             "last_indexed": self.last_indexed.isoformat(timespec="seconds")
@@ -130,6 +132,7 @@ def describe_library(
         indexed_vectors=indexed_vectors,
         size_bytes=size,
         last_indexed=datetime.fromtimestamp(last) if last else None,
+        precision=manifest.precision,
     )
 
 
