@@ -313,7 +313,9 @@ def load_encoder_at(
     `auto` falls back to the jitted fp32 towers where int8 is absent, slow or not exact enough.
     """
     precision = requested_precision(precision)
-    if resolve_precision(precision) == "int8":
+    # Without the cache every process would quantise again: `auto` is not worth that.
+    uncached = bool(os.environ.get("KOCLIP_NO_CONVERTED_CACHE")) and precision == "auto"
+    if not uncached and resolve_precision(precision) == "int8":
         try:
             return load_int8_encoder(name_or_path, towers, batch_size, cache_dir)
         except PrecisionError:

@@ -216,3 +216,12 @@ def test_library_from_before_the_precision_column(tiny_checkpoint, tmp_path):
     index(root, tiny_checkpoint)  # a writer adds it
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT precision FROM manifest").fetchone() == ("fp32",)
+
+
+def test_auto_stays_fp32_without_the_cache(realistic, monkeypatch):
+    from koclip import load_encoder_at
+
+    monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: True)
+    monkeypatch.setenv("KOCLIP_NO_CONVERTED_CACHE", "1")
+    assert load_encoder_at(realistic, "auto").precision == "fp32"
+    assert load_encoder_at(realistic, "int8").precision == "int8"  # asked for: built in memory
