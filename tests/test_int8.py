@@ -28,6 +28,13 @@ def realistic(request, tmp_path_factory) -> Path:
     return build_tiny_checkpoint(directory, vision=request.param, seed=2, realistic=True)
 
 
+@pytest.fixture(scope="module")
+def realistic_clip(tmp_path_factory) -> Path:
+    """The koclip-base-shaped one alone, for the indexing tests."""
+    directory = tmp_path_factory.mktemp("tiny-clip-realistic-index")
+    return build_tiny_checkpoint(directory, vision="clip", seed=2, realistic=True)
+
+
 def queries(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     words = [w for w in KOREAN_VOCAB if not w.startswith("##") and len(w) > 1]
@@ -160,7 +167,7 @@ def test_a_tower_under_the_bound_is_never_used_in_int8(realistic, monkeypatch):
         verdict_path.write_text(good)
 
 
-def test_index_records_precision_and_info_shows_it(realistic, tmp_path):
+def test_index_records_precision_and_info_shows_it(realistic_clip, tmp_path):
     import db
     from cli import main
     from tests.indexer_fixtures import index, open_lib, rows, write_jpeg
@@ -168,31 +175,31 @@ def test_index_records_precision_and_info_shows_it(realistic, tmp_path):
     root = tmp_path / "photos"
     for i in range(5):
         write_jpeg(root / f"a{i}.jpg", i)
-    index(root, realistic, precision="int8")
+    index(root, realistic_clip, precision="int8")
     with open_lib(root) as lib:
         assert lib.manifest().precision == "int8"
         first = {p: r.vector() for p, r in rows(lib).items()}
     write_jpeg(root / "b.jpg", 99)
-    index(root, realistic, precision="fp32")  # interchangeable: both kinds in one library
+    index(root, realistic_clip, precision="fp32")  # interchangeable: both kinds in one library
     with open_lib(root) as lib:
         assert lib.manifest().precision == "fp32+int8"
     out = CliRunner().invoke(main, ["info", "--library", str(root / db.LIBRARY_DIRNAME)])
     assert out.exit_code == 0, out.output
     assert "(fp32+int8)" in out.output
-    index(root, realistic, precision="fp32", rebuild=True)
+    index(root, realistic_clip, precision="fp32", rebuild=True)
     with open_lib(root) as lib:
         assert lib.manifest().precision == "fp32"
         again = {p: r.vector() for p, r in rows(lib).items()}
     assert min(float(first[p] @ again[p]) for p in first) >= MIN_COSINE
 
 
-def test_cli_precision_flag(realistic, tmp_path):
+def test_cli_precision_flag(realistic_clip, tmp_path):
     from cli import main
     from tests.indexer_fixtures import open_lib, write_jpeg
 
     root = tmp_path / "photos"
     write_jpeg(root / "a.jpg", 1)
-    args = ["index", str(root), "--model", str(realistic), "--json"]
+    args = ["index", str(root), "--model", str(realistic_clip), "--json"]
     out = CliRunner().invoke(main, [*args, "--precision", "int4"])
     assert out.exit_code == 2
     out = CliRunner().invoke(main, [*args, "--precision", "int8"])
