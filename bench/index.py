@@ -8,7 +8,8 @@ koclip-base-sized vision tower with random weights (ViT-B/32, 512-d projection; 
 is tiny because indexing never loads it). Each measurement runs in its own process, so peak
 RSS is per measurement. Rows:
 
-* ours: `indexer.index_photos` end to end (hash, draft decode, preprocess, encode, SQLite, FAISS);
+* ours: `indexer.index_photos` end to end, once per `--precisions` entry (fp32: the jitted
+  tower; int8: ONNX Runtime, koclip.quantized) (hash, draft decode, preprocess, encode, SQLite, FAISS);
   img/s over the pipeline stages, after the encoder is loaded and compiled (setup shown apart).
 * pytorch: PIL open -> CLIPImageProcessor -> VisionTextDualEncoderModel.get_image_features, batch 32.
 * encoder only: our `encode_pixels` on ready pixels (the ceiling if decoding were free).
@@ -74,8 +75,8 @@ def photos(cache: Path, kind: str, n: int) -> Path:
 
 
 def checkpoint(cache: Path) -> Path:
-    """koclip-base's vision tower (ViT-B/32 + 512-d projection), random weights; tiny text tower."""
-    path = cache / "ckpt-base-vision"
+    """koclip-base's vision tower (ViT-B/32 + 512-d projection), realistic random weights; tiny text."""
+    path = cache / "ckpt-base-vision-realistic"
     if (path / "config.json").exists():
         return path
     from koclip.config import KoCLIPConfig, VisionConfig
@@ -83,7 +84,7 @@ def checkpoint(cache: Path) -> Path:
 
     text = KoCLIPConfig.tiny(vocab_size=len(tiny_vocab())).text
     config = KoCLIPConfig(text=text, vision=VisionConfig(), projection_dim=512)
-    write_checkpoint(path, config, random_params(config))
+    write_checkpoint(path, config, random_params(config, realistic=True))
     return path
 
 
@@ -100,14 +101,14 @@ def tiny_checkpoint(cache: Path) -> Path:
 # -- measurements (each in a child process) ------------------------------------------------------
 
 
-def run_ours(folder: Path, ckpt: Path, batch: int, workers: int | None) -> dict:
+def run_ours(folder: Path, ckpt: Path, batch: int, workers: int | None, precision: str) -> dict:
     import numpy as np
 
     from indexer import IndexOptions, index_photos
-    from koclip import load_encoder
+    from koclip import load_encoder_at
 
     n = sum(1 for p in folder.iterdir() if p.suffix == ".jpg")
-    enc = load_encoder(str(ckpt), towers=("vision",), batch_size=batch)
+    enc = load_encoder_at(str(ckpt), precision, towers=("vision",), batch_size=batch)
     for size in {batch, _bucket(n % batch or batch, batch)}:  # compile once, outside the timing
         enc.encode_pixels(np.zeros((size, 224, 224, 3), np.float32))
     in_encoder = [0.0]
@@ -181,12 +182,12 @@ def run_torch(folder: Path, batch: int) -> dict:
     return {"img_s": len(paths) / (time.perf_counter() - start), "n": len(paths)}
 
 
-def run_encoder(ckpt: Path, batch: int, n: int) -> dict:
+def run_encoder(ckpt: Path, batch: int, n: int, precision: str) -> dict:
     import numpy as np
 
-    from koclip import load_encoder
+    from koclip import load_encoder_at
 
-    enc = load_encoder(str(ckpt), towers=("vision",), batch_size=batch)
+    enc = load_encoder_at(str(ckpt), precision, towers=("vision",), batch_size=batch)
     pixels = np.random.default_rng(0).standard_normal((batch, 224, 224, 3)).astype(np.float32)
     enc.encode_pixels(pixels)  # compile
     rounds = max(1, n // batch)
@@ -224,11 +225,11 @@ def child(args: argparse.Namespace) -> None:
     folder = Path(args.folder) if args.folder else None
     ckpt = Path(args.ckpt) if args.ckpt else None
     if args.child == "ours":
-        out = run_ours(folder, ckpt, args.batch_size, args.workers)
+        out = run_ours(folder, ckpt, args.batch_size, args.workers, args.precision)
     elif args.child == "torch":
         out = run_torch(folder, args.batch_size)
     elif args.child == "encoder":
-        out = run_encoder(ckpt, args.batch_size, args.n)
+        out = run_encoder(ckpt, args.batch_size, args.n, args.precision)
     else:
         out = run_decode(folder, args.n)
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -276,6 +277,10 @@ def main() -> None:
         help="tiny: only the pipeline's own memory",
     )
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument(
+        "--precisions", default="fp32,int8", help="our runs, each a row: fp32, int8 or auto"
+    )
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "koclip-bench")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -299,7 +304,12 @@ def main() -> None:
         for n in (int(x) for x in args.scale.split(",")):
             folder = photos(args.cache, args.scale_size, n)
             ours = measure(
-                "ours", folder=folder, ckpt=scale_ckpt, batch_size=bs, workers=args.workers
+                "ours",
+                folder=folder,
+                ckpt=scale_ckpt,
+                batch_size=bs,
+                workers=args.workers,
+                precision=args.precisions.split(",")[0],
             )
             print(f"  {n:>6} photos: {ours['rss_mb']:.0f} MB peak RSS, {ours['img_s']:.1f} img/s")
     if os.environ.get("KOCLIP_BENCH_CLEAN"):
@@ -307,52 +317,67 @@ def main() -> None:
 
 
 def throughput_table(args: argparse.Namespace, ckpt: Path, sets: list[tuple[str, int]]) -> None:
-    """Ours vs PyTorch per photo size, interleaved repeats, best kept; with the decode+encode bound."""
+    """Ours (per precision) vs PyTorch per photo size, interleaved repeats, best kept; with the
+    decode+encode bound of each precision's encoder."""
     cores = os.cpu_count() or 1
     bs = args.batch_size
+    precisions = args.precisions.split(",")
     folders = {kind: photos(args.cache, kind, n) for kind, n in sets}
     load_before = os.getloadavg()[0]
-    enc_runs, results = [], {}
+    enc_runs: dict[str, list[dict]] = {p: [] for p in precisions}
+    results = {}
     for kind, n in sets:
-        runs: dict[str, list[dict]] = {"decode": [], "ours": [], "torch": []}
+        runs: dict[str, list[dict]] = {"decode": [], "torch": [], **{p: [] for p in precisions}}
         for _ in range(args.repeat):  # interleaved, so a noisy neighbour hits every row alike
-            enc_runs.append(measure("encoder", ckpt=ckpt, batch_size=bs, n=4 * bs))
             runs["decode"].append(measure("decode", folder=folders[kind], n=min(n, 32)))
-            runs["ours"].append(
-                measure(
-                    "ours", folder=folders[kind], ckpt=ckpt, batch_size=bs, workers=args.workers
+            for p in precisions:
+                enc_runs[p].append(
+                    measure("encoder", ckpt=ckpt, batch_size=bs, n=4 * bs, precision=p)
                 )
-            )
+                runs[p].append(
+                    measure(
+                        "ours",
+                        folder=folders[kind],
+                        ckpt=ckpt,
+                        batch_size=bs,
+                        workers=args.workers,
+                        precision=p,
+                    )
+                )
             if not args.skip_torch:
                 runs["torch"].append(measure("torch", folder=folders[kind], batch_size=bs))
         results[kind] = runs
-    enc = best(enc_runs)
+    enc = {p: best(r) for p, r in enc_runs.items()}
     print(
         f"\nkoclip-base-sized vision tower (random weights), {cores} CPU cores, batch {bs}, best of {args.repeat}"
     )
     print(
         f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work slows every row)"
     )
-    print(f"encoder only (ours, ready pixels): {enc['img_s']:.1f} img/s\n")
+    only = ", ".join(f"{p} {e['img_s']:.1f}" for p, e in enc.items())
+    print(f"encoder only (ours, ready pixels), img/s: {only}\n")
     header = (
-        f"{'photos':<15}{'ours img/s':>11}{'pytorch':>9}{'speedup':>9}{'bound':>8}"
+        f"{'photos':<15}{'ours':>6}{'img/s':>7}{'pytorch':>9}{'speedup':>9}{'bound':>8}"
         f"{'ours/bound':>11}{'in encoder':>11}{'ours RSS':>10}{'torch RSS':>10}"
     )
     print(header)
     print("-" * len(header))
     for kind, n in sets:
         runs = results[kind]
-        dec, ours = best(runs["decode"], "cpu_s"), best(runs["ours"])
+        dec = best(runs["decode"], "cpu_s")
         torch = best(runs["torch"]) if runs["torch"] else None
-        bound = 1 / (dec["cpu_s"] / cores + 1 / enc["img_s"])
         t_rate = f"{torch['img_s']:.1f}" if torch else "-"
-        speedup = f"{ours['img_s'] / torch['img_s']:.2f}x" if torch else "-"
         t_rss = f"{max(r['rss_mb'] for r in runs['torch']):.0f} MB" if torch else "-"
-        o_rss = max(r["rss_mb"] for r in runs["ours"])
-        print(
-            f"{kind + ' x' + str(n):<15}{ours['img_s']:>11.1f}{t_rate:>9}{speedup:>9}{bound:>8.1f}"
-            f"{ours['img_s'] / bound:>10.0%}{ours['enc_share']:>11.0%}{o_rss:>7.0f} MB{t_rss:>10}"
-        )
+        for p in precisions:
+            ours = best(runs[p])
+            bound = 1 / (dec["cpu_s"] / cores + 1 / enc[p]["img_s"])
+            speedup = f"{ours['img_s'] / torch['img_s']:.2f}x" if torch else "-"
+            o_rss = max(r["rss_mb"] for r in runs[p])
+            print(
+                f"{kind + ' x' + str(n):<15}{p:>6}{ours['img_s']:>7.1f}{t_rate:>9}{speedup:>9}"
+                f"{bound:>8.1f}{ours['img_s'] / bound:>10.0%}{ours['enc_share']:>11.0%}"
+                f"{o_rss:>7.0f} MB{t_rss:>10}"
+            )
         print(f"{'':<15}(our decode stage {dec['cpu_s'] * 1000:.0f} ms CPU/img)")
 
 

@@ -23,6 +23,16 @@ from cli.main import main
 @click.option(
     "--model", help="Model name or checkpoint folder (default: the library's, else koclip-base)."
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "int8"]),
+    default="fp32",
+    show_default=True,
+    envvar="KOCLIP_PRECISION",
+    help="Vision tower arithmetic: int8 (ONNX Runtime, opt-in while its bounds are checked at "
+    "full size) is faster where the CPU has VNNI; auto uses it there when installed and exact "
+    "enough for the checkpoint.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Decoding threads (default: one per CPU)."

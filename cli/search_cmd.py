@@ -235,7 +235,7 @@ def format_info(info: LibraryInfo) -> str:
     pairs = [
         ("library", str(info.library)),
         ("photos", f"{info.photo_root} — {info.photos:,} indexed, {info.failed:,} failed"),
-        ("model", info.model),
+        ("model", f"{info.model} ({info.precision})"),
         ("index", f"{info.index_type}{vectors}"),
         ("size", _human_size(info.size_bytes)),
         ("last indexed", last),

@@ -77,6 +77,9 @@ class Manifest:
     preprocess_version: str  # koclip.preprocess.PREPROCESS_VERSION
     index_type: str  # a key of db.vectors.INDEX_FACTORIES (one of INDEX_TYPES, or registered)
     photo_root: str  # relative to the library folder ("..") or absolute
+    # The arithmetic of the towers that made the vectors ("fp32", "int8", or both as
+    # "fp32+int8"); koclip only uses int8 where it agrees with fp32, so they mix.
+    precision: str = "fp32"
     schema_version: int = SCHEMA_VERSION
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -129,6 +132,8 @@ class Library:
             library.check_schema()
             if readonly:
                 library.check_vectors()
+            if not readonly:
+                _add_new_columns(engine)
         except BaseException:
             engine.dispose()
             raise
@@ -155,6 +160,7 @@ class Library:
                 Base.metadata.create_all(engine)
                 with engine.begin() as conn:
                     upgrade_photos(conn.connection.driver_connection, readonly=False)
+                _add_new_columns(engine)
         except BaseException:
             engine.dispose()
             raise
@@ -274,10 +280,13 @@ class Library:
         returns it as stored, for the indexer to repair.
         """
         with _maybe_session(self, session) as s:
-            row = s.get(ManifestRow, 1)
+            s.flush()  # a manifest set in this transaction is read back
+            # Read as a plain row: a library written before a column was added lacks it (a
+            # reader cannot add it), and the Manifest default stands in.
+            row = s.execute(text("SELECT * FROM manifest WHERE id = 1")).mappings().first()
             if row is None:
                 return None
-            manifest = Manifest(**{f.name: getattr(row, f.name) for f in fields(Manifest)})
+            manifest = Manifest(**{f.name: row[f.name] for f in fields(Manifest) if f.name in row})
         problems = manifest_problems(manifest) if check else []
         if problems:
             raise LibraryCorruptError(
@@ -737,6 +746,16 @@ SQLITE_CORRUPT = 11
 SQLITE_NOTADB = 26
 # What the file's surroundings cause: PERM, BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN.
 SQLITE_RESOURCE_ERRORS = frozenset({3, 5, 6, 7, 8, 10, 13, 14})
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Add the manifest columns newer than schema 1 to an older library (writers only)."""
+    with engine.begin() as conn:
+        present = {r[1] for r in conn.execute(text("PRAGMA table_info(manifest)"))}
+        if present and "precision" not in present:
+            conn.execute(
+                text("ALTER TABLE manifest ADD COLUMN precision VARCHAR NOT NULL DEFAULT 'fp32'")
+            )
 
 
 @contextlib.contextmanager

@@ -115,6 +115,8 @@ class ManifestRow(Base):
     preprocess_version: Mapped[str] = mapped_column(String)
     index_type: Mapped[str] = mapped_column(String)
     photo_root: Mapped[str] = mapped_column(String)  # relative to the library folder, or absolute
+    # "fp32", "int8" or "fp32+int8"; added after schema 1 shipped (db.library adds the column).
+    precision: Mapped[str] = mapped_column(String, default="fp32", server_default="fp32")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

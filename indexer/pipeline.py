@@ -40,7 +40,7 @@ from indexer.scope import as_relpath, discover_paths, scope_of
 from indexer.setup import open_for_indexing, prepare
 from indexer.summary import Summary
 from indexer.writer import Writer
-from koclip import KoCLIPEncoder
+from koclip import PRECISIONS, KoCLIPEncoder
 from koclip.preprocess import MAX_PIXELS
 
 ProgressCallback = Callable[[int, int], None]  # (files done, files to read)
@@ -61,6 +61,8 @@ class IndexOptions:
     # and leave them; see indexer.discover). The web never serves files outside the folder.
     follow_links: bool = False
     save_interval: float = 30.0  # seconds between index saves during a run
+    # "fp32", "int8" or "auto" (int8 where it is fast and exact); None: $KOCLIP_PRECISION or fp32
+    precision: str | None = None
     # Called with the number of batches committed so far, after each commit (before the
     # FAISS file catches up): a place to watch a run, or to stop it there.
     on_batch_committed: Callable[[int], None] | None = None
@@ -70,6 +72,8 @@ class IndexOptions:
             raise ValueError(f"max_megapixels must be a positive number, not {self.max_megapixels}")
         if not (math.isfinite(self.save_interval) and self.save_interval >= 0):
             raise ValueError(f"save_interval must be a number >= 0, not {self.save_interval}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
 
 
 def index_photos(
@@ -131,6 +135,7 @@ class IndexSession:
                 batch_size=options.batch_size,
                 rebuild=options.rebuild,
                 encoder=encoder,
+                precision=options.precision,
             )
             # Repair what the database can rebuild: rows with a damaged vector are read again as
             # new files, the mirror and the index file follow the row, leftovers go.

@@ -21,7 +21,7 @@ from db import (
 from db.errors import index_command
 from db.library import manifest_problems
 from db.vectors import DEFAULT_INDEX_TYPE, INDEX_FACTORIES
-from koclip import KoCLIPEncoder, checkpoint_fingerprint, load_encoder
+from koclip import KoCLIPEncoder, checkpoint_fingerprint, load_encoder_at
 from koclip.preprocess import PREPROCESS_VERSION
 
 DEFAULT_MODEL = "koclip-base"
@@ -50,10 +50,12 @@ def prepare(
     batch_size: int,
     rebuild: bool,
     encoder: KoCLIPEncoder | None = None,
+    precision: str | None = None,
 ) -> KoCLIPEncoder:
     """Refuse another model's vectors (unless rebuilding), load the vision tower, write the manifest.
 
-    `encoder`, if given, is used instead of loading `model` (a long-lived process keeps one).
+    `encoder`, if given, is used instead of loading `model` (a long-lived process keeps one);
+    else the tower is loaded in `precision` (see `koclip.load_encoder_at`).
     """
     old = _old_manifest(library, rebuild)
     model = encoder.model_id if encoder else model or (old.model_id if old else DEFAULT_MODEL)
@@ -63,7 +65,11 @@ def prepare(
         fingerprint = encoder.fingerprint if encoder else checkpoint_fingerprint(model)
         if fingerprint != old.fingerprint or old.preprocess_version != PREPROCESS_VERSION:
             raise ManifestMismatchError(_mismatch_message(old, model, fingerprint))
-    encoder = encoder or load_encoder(model, towers=("vision",), batch_size=batch_size)
+    encoder = encoder or load_encoder_at(
+        model, precision, towers=("vision",), batch_size=batch_size
+    )
+    same_vectors = old is not None and has_photos and not rebuild
+    same_vectors = same_vectors and old.fingerprint == encoder.fingerprint
     new = Manifest(
         model_id=encoder.model_id,
         fingerprint=encoder.fingerprint,
@@ -71,6 +77,7 @@ def prepare(
         preprocess_version=PREPROCESS_VERSION,
         index_type=old.index_type if old else DEFAULT_INDEX_TYPE,
         photo_root=relative_photo_root(library.directory, photo_root),
+        precision=_precisions(old if same_vectors else None, encoder.precision),
     )
     if rebuild or old is None or _differs(old, new):
         with write_errors(library.directory), library.session() as s, s.begin():
@@ -103,6 +110,12 @@ def _old_manifest(library: Library, rebuild: bool) -> Manifest | None:
     index_type = old.index_type if old.index_type in INDEX_FACTORIES else DEFAULT_INDEX_TYPE
     # dim 0 differs from any model's: the row is rewritten with the encoder's.
     return dataclasses.replace(old, index_type=index_type, dim=0, created_at=0.0, updated_at=0.0)
+
+
+def _precisions(old: Manifest | None, used: str) -> str:
+    """The manifest's precision: each one whose runs wrote the library's vectors, "+"-joined."""
+    names = {used, *(old.precision.split("+") if old else ())}
+    return "+".join(sorted(names))
 
 
 def _differs(old: Manifest, new: Manifest) -> bool:

@@ -25,6 +25,7 @@ from koclip.errors import (
 from koclip.hub import CheckpointFiles, checkpoint_fingerprint, resolve
 from koclip.numpy_encoder import load_numpy_encoder
 from koclip.preprocess import DEFAULT_PROMPT, PREPROCESS_VERSION, open_image, preprocess
+from koclip.quantized import PRECISIONS, PrecisionError, load_encoder_at
 from koclip.registry import CHECKPOINTS, is_local, model_id_for
 from koclip.save import save_checkpoint
 from koclip.tokenizer import TOKENIZER_FILES, WordPieceTokenizer, load_wordpiece
@@ -62,6 +63,7 @@ def __getattr__(name: str):  # PEP 562: the model half imports JAX, only when as
 __all__ = [
     "CHECKPOINTS",
     "DEFAULT_PROMPT",
+    "PRECISIONS",
     "PREPROCESS_VERSION",
     "TOKENIZER_FILES",
     "CheckpointError",
@@ -76,6 +78,7 @@ __all__ = [
     "KoCLIPOutput",
     "KoCLIPProcessor",
     "ModelUnavailableError",
+    "PrecisionError",
     "TextConfig",
     "VisionConfig",
     "WordPieceTokenizer",
@@ -83,6 +86,7 @@ __all__ = [
     "default_cache_root",
     "is_local",
     "load_encoder",
+    "load_encoder_at",
     "load_koclip",
     "load_numpy_encoder",
     "load_params",

@@ -94,6 +94,11 @@ class Encoder:
     def params(self) -> Any:
         return self.model.params
 
+    @property
+    def precision(self) -> str:
+        """The arithmetic of the backend's towers: "fp32" (jitted or numpy) or "int8"."""
+        return getattr(self.model, "precision", "fp32")
+
     def _rows(self, n: int) -> int:
         return bucket(n, pow2_buckets(self.batch_size)) if self.model.bucketed else n
 

@@ -35,16 +35,23 @@ def tiny_vocab() -> list[str]:
     return SPECIAL_TOKENS + KOREAN_VOCAB
 
 
-def random_params(config: KoCLIPConfig, seed: int = 0) -> dict[str, Any]:
+def random_params(config: KoCLIPConfig, seed: int = 0, realistic: bool = False) -> dict[str, Any]:
     """Random parameters whose embeddings are well spread (distinct inputs, distinct vectors).
 
     Kernels have std 2/sqrt(fan_in) and embeddings std 1, so attention really mixes tokens and
     patches (a 0.02-std init gives every text the same embedding to 1e-4); LayerNorm scales and
     all biases are perturbed so any mix-up of parameter names shows in the parity tests.
+
+    `realistic` gives the statistics quantisation is judged on: kernels of std 1/sqrt(fan_in)
+    keep each layer's activation scale, as in trained towers (at 2/sqrt(fan_in) activations
+    grow layer by layer), and the vision position embeddings are small beside the patch
+    content (std 0.2), so photos spread over the embedding space instead of sharing one
+    direction.
     """
     from koclip.cache import expected_shapes
 
     rng = np.random.default_rng(seed)
+    gain = 1.0 if realistic else 2.0
     flat = {}
     for path, shape in sorted(expected_shapes(config).items()):
         leaf = path[-1]
@@ -54,11 +61,17 @@ def random_params(config: KoCLIPConfig, seed: int = 0) -> dict[str, Any]:
             value = np.asarray(np.log(1 / 0.07) + 0.1 * rng.standard_normal())
         elif leaf == "kernel":
             fan_in = int(np.prod(shape[:-1]))
-            value = 2.0 * rng.standard_normal(shape) / np.sqrt(fan_in)
+            value = gain * rng.standard_normal(shape) / np.sqrt(fan_in)
         elif leaf == "bias":
             value = 0.05 * rng.standard_normal(shape)
         else:  # embedding tables, class/cls tokens, position embeddings
             value = rng.standard_normal(shape)
+            if (
+                realistic
+                and path[0] == "vision_model"
+                and any(p.startswith("position_") for p in path)
+            ):
+                value = 0.2 * value
         flat[path] = np.asarray(value, dtype=np.float32)
     return unflatten(flat)
 
@@ -115,8 +128,14 @@ def write_checkpoint(
 
 
 def build_tiny_checkpoint(
-    directory: str | Path, *, vision: str = "clip", fmt: str = "msgpack", seed: int = 0
+    directory: str | Path,
+    *,
+    vision: str = "clip",
+    fmt: str = "msgpack",
+    seed: int = 0,
+    realistic: bool = False,
 ) -> Path:
     """A tiny random KoCLIP (embedding dim 16) that loads in well under a second."""
     config = KoCLIPConfig.tiny(vision=vision, vocab_size=len(tiny_vocab()))  # type: ignore[arg-type]
-    return write_checkpoint(directory, config, random_params(config, seed), fmt=fmt)
+    params = random_params(config, seed, realistic)
+    return write_checkpoint(directory, config, params, fmt=fmt)

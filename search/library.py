@@ -86,6 +86,7 @@ class LibraryInfo:
     last_indexed: datetime | None
     # The process holding the writer lock now ("watcher" or "indexer"), else None.
     writer: db.LockHolder | None = None
+    precision: str = "fp32"  # the towers' arithmetic that made the vectors (db.Manifest)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (paths as strings, the time as ISO 8601)."""
@@ -104,6 +105,7 @@ class LibraryInfo:
             "failed": self.failed,
             "model": self.model,
             "index_type": self.index_type,
+            "precision": self.precision,
             "indexed_vectors": self.indexed_vectors,
             "size_bytes": self.size_bytes,
             "last_indexed": self.last_indexed.isoformat(timespec="seconds")
@@ -147,6 +149,7 @@ def describe_library(
         size_bytes=size,
         last_indexed=datetime.fromtimestamp(last) if last else None,
         writer=holder if held else None,
+        precision=manifest.precision,
     )
 
 

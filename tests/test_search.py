@@ -549,6 +549,7 @@ def test_info(searcher, reference, tiny_checkpoint) -> None:
     assert info.model == str(tiny_checkpoint.resolve())
     assert info.index_type == "flat" and info.indexed_vectors == len(reference.ids)
     assert info.size_bytes > 0 and info.last_indexed is not None
+    assert info.precision == "fp32"
     assert set(info.to_json()) == {
         "library",
         "photo_root",
@@ -556,6 +557,7 @@ def test_info(searcher, reference, tiny_checkpoint) -> None:
         "failed",
         "model",
         "index_type",
+        "precision",
         "indexed_vectors",
         "size_bytes",
         "last_indexed",

@@ -1,0 +1,234 @@
+"""The int8 towers (issue 16): graph exactness, agreement with fp32, rankings, choice, cache."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from koclip import quantized
+from koclip.errors import KoclipSearchError
+from koclip.quantized import MIN_COSINE, PrecisionError, int8_dot_cpu, resolve_precision
+from koclip.synthetic import photo_like
+from koclip.testing import KOREAN_VOCAB, build_tiny_checkpoint
+
+ort = pytest.importorskip("onnxruntime")
+
+KINDS = ("clip", "vit")
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def realistic(request, tmp_path_factory) -> Path:
+    """A tiny checkpoint whose kernels keep activation scale, as trained towers do."""
+    directory = tmp_path_factory.mktemp(f"tiny-{request.param}-realistic")
+    return build_tiny_checkpoint(directory, vision=request.param, seed=2, realistic=True)
+
+
+@pytest.fixture(scope="module")
+def realistic_clip(tmp_path_factory) -> Path:
+    """The koclip-base-shaped one alone, for the indexing tests."""
+    directory = tmp_path_factory.mktemp("tiny-clip-realistic-index")
+    return build_tiny_checkpoint(directory, vision="clip", seed=2, realistic=True)
+
+
+def queries(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    words = [w for w in KOREAN_VOCAB if not w.startswith("##") and len(w) > 1]
+    return [" ".join(rng.choice(words, rng.integers(1, 5))) for _ in range(n)]
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(a * b, axis=1)))  # both are unit rows
+
+
+def top10_overlap(library_a: np.ndarray, library_b: np.ndarray, q: np.ndarray) -> float:
+    """Mean |top-10 of a ∩ top-10 of b| / 10 over the queries `q` (brute-force inner product)."""
+    a = np.argsort(-(q @ library_a.T), axis=1)[:, :10]
+    b = np.argsort(-(q @ library_b.T), axis=1)[:, :10]
+    return float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def encoders(realistic):
+    from koclip import load_numpy_encoder
+
+    fp32 = load_numpy_encoder(realistic, towers=("text", "vision"))
+    int8 = quantized.load_int8_encoder(realistic, towers=("text", "vision"))
+    return fp32, int8
+
+
+def test_graph_in_fp32_is_the_numpy_tower(realistic):
+    from koclip import numpy_encoder
+    from koclip.hub import resolve
+    from koclip.onnx_export import tower_graph
+    from koclip.weights import load_params
+
+    files = resolve(realistic)
+    params = load_params(files, ("text", "vision"))
+    pixels = quantized.check_pixels(files.config, n=3, seed=5)
+    sess = quantized.session(tower_graph(files.config, params, "vision").SerializeToString())
+    want = numpy_encoder.image_features(files.config, params, pixels)
+    np.testing.assert_allclose(sess.run(None, {"pixels": pixels})[0], want, atol=1e-4)
+    ids, mask = quantized.check_texts(files.config.text, n=4, seed=5)
+    sess = quantized.session(tower_graph(files.config, params, "text").SerializeToString())
+    want = numpy_encoder.text_features(files.config, params, ids, mask)
+    got = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_int8_embeddings_agree_with_fp32(encoders):
+    fp32, int8 = encoders
+    assert int8.precision == "int8" and fp32.precision == "fp32"
+    images = photo_like(40, size=288, seed=7)  # not the set the build-time check used
+    assert min_cosine(fp32.encode_images(images), int8.encode_images(images)) >= MIN_COSINE
+    texts = queries(40, seed=7)
+    assert min_cosine(fp32.encode_texts(texts), int8.encode_texts(texts)) >= MIN_COSINE
+
+
+def test_int8_library_keeps_fp32_rankings(encoders):
+    fp32, int8 = encoders
+    images = photo_like(120, size=256, seed=11)
+    library_fp32, library_int8 = fp32.encode_images(images), int8.encode_images(images)
+    texts = queries(40, seed=12)
+    q_fp32 = fp32.encode_texts(texts)
+    # int8 image vectors among fp32 ones, searched by fp32 queries
+    assert top10_overlap(library_fp32, library_int8, q_fp32) >= 0.95
+    # int8 queries (serve, one-shot search) against an fp32 library
+    assert top10_overlap(library_fp32, library_fp32, int8.encode_texts(texts)) >= 0.95
+
+
+def test_precision_rule_from_cpu_flags():
+    assert int8_dot_cpu({"avx2", "avx512_vnni"}, "x86_64")
+    assert int8_dot_cpu({"avx_vnni"}, "x86_64")
+    assert not int8_dot_cpu({"avx2", "avx512f"}, "x86_64")
+    assert int8_dot_cpu({"asimd", "asimddp"}, "aarch64")
+    assert not int8_dot_cpu({"asimd"}, "aarch64")
+    assert not int8_dot_cpu(set(), "riscv64")
+
+
+def test_precision_choice(monkeypatch):
+    monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: True)
+    assert resolve_precision("auto") == "int8"
+    assert resolve_precision("fp32") == "fp32"
+    monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: False)
+    assert resolve_precision("auto") == "fp32"
+    assert resolve_precision("int8") == "int8"  # asked for: used even without VNNI
+    monkeypatch.setattr(quantized, "runtime_available", lambda: False)
+    assert resolve_precision("auto") == "fp32"
+    with pytest.raises(PrecisionError, match=r"koclip-search\[int8\]") as info:
+        resolve_precision("int8")
+    assert isinstance(info.value, KoclipSearchError) and info.value.exit_code == 2
+    monkeypatch.setenv("KOCLIP_PRECISION", "fp32")
+    assert resolve_precision(None) == "fp32"
+    with pytest.raises(ValueError):
+        resolve_precision("int4")
+
+
+def test_cache_is_built_once_checked_and_rebuilt_when_damaged(realistic, tmp_path, monkeypatch):
+    from koclip.hub import resolve
+
+    files = resolve(realistic)
+    sess, cosine = quantized.int8_session(files, "vision", tmp_path)
+    assert sess is not None and cosine >= MIN_COSINE
+    model_path, verdict_path = quantized.quantized_paths(files.fingerprint, "vision", tmp_path)
+    assert json.loads(verdict_path.read_text())["min_cosine"] == cosine
+
+    def no_build(*_a, **_k):
+        raise AssertionError("rebuilt although cached")
+
+    real_build = quantized.quantize_tower
+    monkeypatch.setattr(quantized, "quantize_tower", no_build)
+    assert quantized.int8_session(files, "vision", tmp_path)[0] is not None
+    model_path.write_bytes(b"not an onnx model")
+    monkeypatch.setattr(quantized, "quantize_tower", real_build)
+    sess, _ = quantized.int8_session(files, "vision", tmp_path)
+    assert sess is not None and model_path.stat().st_size > 1000
+
+
+def test_a_tower_under_the_bound_is_never_used_in_int8(realistic, monkeypatch):
+    from koclip import load_encoder_at
+    from koclip.hub import resolve
+
+    files = resolve(realistic)
+    quantized.int8_session(files, "vision")  # into the default (test-private) cache
+    _, verdict_path = quantized.quantized_paths(files.fingerprint, "vision", None)
+    good = verdict_path.read_text()
+    try:
+        verdict_path.write_text(json.dumps({"format": quantized.QUANT_FORMAT, "min_cosine": 0.9}))
+        monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: True)
+        assert load_encoder_at(realistic, "auto").precision == "fp32"
+        with pytest.raises(PrecisionError, match="cosine 0.9000"):
+            load_encoder_at(realistic, "int8")
+    finally:
+        verdict_path.write_text(good)
+
+
+def test_index_records_precision_and_info_shows_it(realistic_clip, tmp_path):
+    import db
+    from cli import main
+    from tests.indexer_fixtures import index, open_lib, rows, write_jpeg
+
+    root = tmp_path / "photos"
+    for i in range(5):
+        write_jpeg(root / f"a{i}.jpg", i)
+    index(root, realistic_clip, precision="int8")
+    with open_lib(root) as lib:
+        assert lib.manifest().precision == "int8"
+        first = {p: r.vector() for p, r in rows(lib).items()}
+    write_jpeg(root / "b.jpg", 99)
+    index(root, realistic_clip, precision="fp32")  # interchangeable: both kinds in one library
+    with open_lib(root) as lib:
+        assert lib.manifest().precision == "fp32+int8"
+    out = CliRunner().invoke(main, ["info", "--library", str(root / db.LIBRARY_DIRNAME)])
+    assert out.exit_code == 0, out.output
+    assert "(fp32+int8)" in out.output
+    index(root, realistic_clip, precision="fp32", rebuild=True)
+    with open_lib(root) as lib:
+        assert lib.manifest().precision == "fp32"
+        again = {p: r.vector() for p, r in rows(lib).items()}
+    assert min(float(first[p] @ again[p]) for p in first) >= MIN_COSINE
+
+
+def test_cli_precision_flag(realistic_clip, tmp_path):
+    from cli import main
+    from tests.indexer_fixtures import open_lib, write_jpeg
+
+    root = tmp_path / "photos"
+    write_jpeg(root / "a.jpg", 1)
+    args = ["index", str(root), "--model", str(realistic_clip), "--json"]
+    out = CliRunner().invoke(main, [*args, "--precision", "int4"])
+    assert out.exit_code == 2
+    out = CliRunner().invoke(main, [*args, "--precision", "int8"])
+    assert out.exit_code == 0, out.output
+    with open_lib(root) as lib:
+        assert lib.manifest().precision == "int8"
+
+
+def test_library_from_before_the_precision_column(tiny_checkpoint, tmp_path):
+    import db
+    from tests.indexer_fixtures import index, open_lib, write_jpeg
+
+    root = tmp_path / "photos"
+    write_jpeg(root / "a.jpg", 1)
+    index(root, tiny_checkpoint)
+    path = root / db.LIBRARY_DIRNAME / "library.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE manifest DROP COLUMN precision")
+    with open_lib(root) as lib:  # a reader cannot add it: the default stands in
+        assert lib.manifest().precision == "fp32"
+    index(root, tiny_checkpoint)  # a writer adds it
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT precision FROM manifest").fetchone() == ("fp32",)
+
+
+def test_auto_stays_fp32_without_the_cache(realistic, monkeypatch):
+    from koclip import load_encoder_at
+
+    monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: True)
+    monkeypatch.setenv("KOCLIP_NO_CONVERTED_CACHE", "1")
+    assert load_encoder_at(realistic, "auto").precision == "fp32"
+    assert load_encoder_at(realistic, "int8").precision == "int8"  # asked for: built in memory
