@@ -106,7 +106,7 @@ def resolve_precision(precision: str | None) -> str:
     if not runtime_available():
         if precision == "int8":
             raise PrecisionError(
-                "--precision int8 needs onnxruntime and onnx: pip install 'koclip-search[int8]'"
+                "int8 precision needs onnxruntime and onnx: `pip install 'koclip-search[int8]'`"
             )
         return "fp32"
     return "int8" if precision == "int8" or int8_dot_cpu() else "fp32"
@@ -295,7 +295,7 @@ def load_int8_encoder(
         if sess is None:
             raise PrecisionError(
                 f"this checkpoint's int8 {tower} tower agrees with fp32 only to cosine "
-                f"{cosine:.4f} (< {MIN_COSINE}); use --precision fp32"
+                f"{cosine:.4f} (< {MIN_COSINE}); index with `koclip-search index --precision fp32`"
             )
         sessions[tower] = sess
     tokenizer = None
