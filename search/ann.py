@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from db.vectors import FLAT, IVF_SQ8
+from db.vectors import FLAT, IVF_PQ, IVF_SQ8
 
 if TYPE_CHECKING:
     import faiss
@@ -15,6 +15,15 @@ AUTO = "auto"
 # the text encoder. Above it an ANN index keeps queries under 10 ms. The indexes themselves
 # are built by db/vectors.INDEX_FACTORIES; this module chooses and tunes them.
 FLAT_MAX = 200_000
+# Above this, ivf-pq: ivf-sq8 holds ~560 bytes a 512-d photo in RAM (1.1 GB at 2M), ivf-pq
+# ~90 (bench/bigindex.py). Up to 2M the SQ8 codes fit a desktop's spare memory and need no
+# re-rank reads; past it they would not (51 GB at 100M), and PQ's re-rank costs the same
+# few ms whatever the size.
+SQ8_MAX = 2_000_000
+# ivf-pq proposes k x RERANK_FACTOR candidates (at least RERANK_MIN), re-ranked exactly from
+# the stored vectors: bench/bigindex.py measured recall@10 after re-rank against r.
+RERANK_FACTOR = 10
+RERANK_MIN = 100
 # Search-time knobs, set after loading rather than trusted from the file, so tuning them here
 # takes effect without a reindex. bench/search.py: IVF-SQ8 recall@10 0.951 at nprobe = nlist/32,
 # 0.988 at nlist/16 (1M clustered vectors, 2.1 ms); HNSW 1.000 at efSearch 128 (200k).
@@ -27,17 +36,34 @@ IVF_NPROBE_MIN = 16
 BLAS_MIN_QUERIES = 16
 
 
+# What each type promises, for `info` (measured by bench/search.py and bench/bigindex.py).
+RECALL = {
+    "flat": "exact",
+    "hnsw": "recall@10 >= 0.95 (1.000 measured at 200k)",
+    "ivf-sq8": "recall@10 >= 0.95 (0.988 measured at 1M)",
+    IVF_PQ: "recall@10 >= 0.95, exact scores (re-ranked; MEASURED)",
+}
+
+
 def auto_index_type(n: int) -> str:
     """The index type a collection of `n` photos gets when none is asked for."""
-    return FLAT if n <= FLAT_MAX else IVF_SQ8
+    if n <= FLAT_MAX:
+        return FLAT
+    return IVF_SQ8 if n <= SQ8_MAX else IVF_PQ
+
+
+def rerank_candidates(k: int) -> int:
+    """How many candidates a compressed index proposes for an exact top-k."""
+    return max(k * RERANK_FACTOR, RERANK_MIN)
 
 
 def tune(index: faiss.Index) -> None:
     """Set the search-time knobs (efSearch, nprobe) of a freshly built or loaded index."""
     import faiss
 
-    inner = index.index if isinstance(index, faiss.IndexIDMap) else index
-    inner = faiss.downcast_index(inner)
+    from db.vectors import inner_index
+
+    inner = inner_index(index)
     if isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efSearch = HNSW_EF_SEARCH
     elif isinstance(inner, faiss.IndexIVF):

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import db
+from search.ann import RECALL
 from search.errors import ModelMismatchError
 
 
@@ -84,6 +85,8 @@ class LibraryInfo:
     indexed_vectors: int | None  # None: not counted, or no index saved yet
     size_bytes: int | None  # None: not measured
     last_indexed: datetime | None
+    index_memory: int | None = None  # bytes the loaded index holds (None: not loaded)
+    recall_target: str | None = None  # what the index type promises (search.ann.RECALL)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (paths as strings, the time as ISO 8601)."""
@@ -99,11 +102,17 @@ class LibraryInfo:
             "last_indexed": self.last_indexed.isoformat(timespec="seconds")
             if self.last_indexed
             else None,
+            "index_memory": self.index_memory,
+            "recall_target": self.recall_target,
         }
 
 
 def describe_library(
-    library: db.Library, *, indexed_vectors: int | None = None, disk: bool = True
+    library: db.Library,
+    *,
+    indexed_vectors: int | None = None,
+    disk: bool = True,
+    index_memory: int | None = None,
 ) -> LibraryInfo:
     """Counts, model and index of an opened library from one read snapshot; `disk` adds its
     size on disk (a walk of the library folder)."""
@@ -128,6 +137,8 @@ def describe_library(
         indexed_vectors=indexed_vectors,
         size_bytes=size,
         last_indexed=datetime.fromtimestamp(last) if last else None,
+        index_memory=index_memory,
+        recall_target=RECALL.get(manifest.index_type),
     )
 
 

@@ -192,7 +192,7 @@ class Searcher:
     def info(self, full: bool = True) -> LibraryInfo:
         """Photo and failure counts, model, index type, last indexed time; `full` adds the
         index's vector count (loading it, as a search would) and the library's size on disk."""
-        indexed = None
+        indexed = memory = None
         if full:
             loaded = self.index.refresh()
             if loaded is not None:
@@ -200,7 +200,10 @@ class Searcher:
                 # rows added beside it (a stale id of a deleted photo is never shown).
                 held = np.concatenate([loaded.ids, loaded.extra_ids])
                 indexed = int(np.isin(held, self.library.photo_ids()).sum())
-        return describe_library(self.library, indexed_vectors=indexed, disk=full)
+                memory = loaded.resident_bytes()
+        return describe_library(
+            self.library, indexed_vectors=indexed, disk=full, index_memory=memory
+        )
 
     # -- the library's photos -----------------------------------------------------------------
 
