@@ -239,6 +239,11 @@ def format_info(info: LibraryInfo) -> str:
         ("index", f"{info.index_type}{vectors}"),
         ("index memory", _human_size(info.index_memory)),
         ("recall", info.recall_target or "-"),
+        *(
+            [("retrain at", f"{info.retrain_at:,} photos (then run `koclip-search reindex`)")]
+            if info.retrain_at
+            else []
+        ),
         ("size", _human_size(info.size_bytes)),
         ("last indexed", last),
     ]

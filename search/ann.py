@@ -30,6 +30,11 @@ RERANK_MIN = 100
 HNSW_EF_SEARCH = 128
 IVF_NPROBE_FRACTION = 1 / 16
 IVF_NPROBE_MIN = 16
+# ivf-pq probes twice the share: its re-rank makes the order exact, so recall is bounded by
+# the lists probed. bench/bigindex.py at 100k clustered vectors (nlist 512, 100 candidates):
+# recall@10 0.857 at nlist/32, 0.912 at nlist/16, 0.968 at nlist/8, 0.990 at nlist/4; the
+# candidates past 100 added nothing (0.969 at 200 and 400).
+IVF_PQ_NPROBE_FRACTION = 1 / 8
 # From this many queries on, a flat batch is one sgemm; below, query by query (SIMD). Over
 # 100k x 512 on 2 cores, idle: 4 queries 14 ms seq / 16 ms sgemm, 8: 32 / 23, 16: 70 / 20,
 # 64: 254 / 45; under load sgemm still wins from 16 on but not always at 8.
@@ -52,6 +57,21 @@ def auto_index_type(n: int) -> str:
     return IVF_SQ8 if n <= SQ8_MAX else IVF_PQ
 
 
+def retrain_at(index: faiss.Index) -> int | None:
+    """Library size past which an IVF index should be rebuilt (`reindex`), or None.
+
+    The list count follows ~2 sqrt(n) (db.vectors.ivf_nlist), so `nlist` lists suit
+    ~nlist**2 / 4 photos; at 4x that (nlist**2) the lists are 4x longer than planned and
+    each query scans 4x the codes for the same recall.
+    """
+    import faiss
+
+    from db.vectors import inner_index
+
+    inner = inner_index(index)
+    return inner.nlist**2 if isinstance(inner, faiss.IndexIVF) else None
+
+
 def rerank_candidates(k: int) -> int:
     """How many candidates a compressed index proposes for an exact top-k."""
     return max(k * RERANK_FACTOR, RERANK_MIN)
@@ -67,9 +87,9 @@ def tune(index: faiss.Index) -> None:
     if isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efSearch = HNSW_EF_SEARCH
     elif isinstance(inner, faiss.IndexIVF):
-        inner.nprobe = min(
-            inner.nlist, max(IVF_NPROBE_MIN, round(inner.nlist * IVF_NPROBE_FRACTION))
-        )
+        pq = isinstance(inner, faiss.IndexIVFPQ)
+        fraction = IVF_PQ_NPROBE_FRACTION if pq else IVF_NPROBE_FRACTION
+        inner.nprobe = min(inner.nlist, max(IVF_NPROBE_MIN, round(inner.nlist * fraction)))
 
 
 def enable_blas_for_batches(dim: int) -> None:

@@ -87,6 +87,7 @@ class LibraryInfo:
     last_indexed: datetime | None
     index_memory: int | None = None  # bytes the loaded index holds (None: not loaded)
     recall_target: str | None = None  # what the index type promises (search.ann.RECALL)
+    retrain_at: int | None = None  # photos past which `reindex` should retrain an IVF index
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (paths as strings, the time as ISO 8601)."""
@@ -104,6 +105,7 @@ class LibraryInfo:
             else None,
             "index_memory": self.index_memory,
             "recall_target": self.recall_target,
+            "retrain_at": self.retrain_at,
         }
 
 
@@ -113,6 +115,7 @@ def describe_library(
     indexed_vectors: int | None = None,
     disk: bool = True,
     index_memory: int | None = None,
+    retrain_at: int | None = None,
 ) -> LibraryInfo:
     """Counts, model and index of an opened library from one read snapshot; `disk` adds its
     size on disk (a walk of the library folder)."""
@@ -138,6 +141,7 @@ def describe_library(
         size_bytes=size,
         last_indexed=datetime.fromtimestamp(last) if last else None,
         index_memory=index_memory,
+        retrain_at=retrain_at,
         recall_target=RECALL.get(manifest.index_type),
     )
 

@@ -168,7 +168,7 @@ def test_too_few_candidates_falls_back_to_an_exact_scan(pq_library, tmp_path, mo
     """One probed list holds fewer than k vectors: the page comes from every committed row."""
     copy, ids, vecs = _copy(pq_library, tmp_path)
     monkeypatch.setattr(ann, "IVF_NPROBE_MIN", 1)
-    monkeypatch.setattr(ann, "IVF_NPROBE_FRACTION", 0.0)
+    monkeypatch.setattr(ann, "IVF_PQ_NPROBE_FRACTION", 0.0)
     q = _clustered(1, 4)[0]
     ref_ids, _ = _exact(vecs, ids, q, 150)
     with Searcher(copy) as searcher:
@@ -221,6 +221,8 @@ def test_reindex_round_trip_and_info(pq_library, tmp_path) -> None:
         before = [h.photo_id for h in searcher.vector(vecs[7], k=10)]
     assert (info.index_type, info.indexed_vectors) == ("ivf-pq", N)
     assert "re-ranked" in info.recall_target and info.to_json()["index_memory"] > 0
+    nlist = vectors.inner_index(searcher.index.faiss_index).nlist
+    assert info.retrain_at == nlist**2 > N  # a 4x bigger library than the lists were made for
     # Codes (3 bytes) + one id (8) per photo plus the ids kept for reconciling (8): far
     # below flat's 4 * DIM + id map.
     assert info.index_memory < N * (4 * DIM)
@@ -228,6 +230,7 @@ def test_reindex_round_trip_and_info(pq_library, tmp_path) -> None:
     assert not (library_dir / "index-ivf-pq.faiss").exists()
     with Searcher(copy) as searcher:
         assert searcher.info().index_type == "flat"
+        assert searcher.info().retrain_at is None  # nothing trained
         flat = [h.photo_id for h in searcher.vector(vecs[7], k=10)]
     assert flat == _exact(vecs, ids, vecs[7], 10)[0].tolist()
     assert len(set(flat) & set(before)) >= 9
