@@ -559,4 +559,8 @@ def test_info(searcher, reference, tiny_checkpoint) -> None:
         "indexed_vectors",
         "size_bytes",
         "last_indexed",
+        "index_memory",
+        "recall_target",
+        "retrain_at",
     }
+    assert info.index_memory > 0 and info.recall_target == "exact" and info.retrain_at is None
