@@ -261,7 +261,7 @@ def _reranked(
         return None
     with few_query_threads(len(queries)):
         _, cand = vectors.search(loaded.index, queries, fetch)
-    found, stored = _stored_vectors(session, np.unique(cand[cand >= 0]))
+    found, stored = db.Library.stored_vectors(session, cand[cand >= 0], loaded.index.d)
     if not len(found):
         return None
     pos = np.minimum(np.searchsorted(found, cand), len(found) - 1)
@@ -271,21 +271,6 @@ def _reranked(
     exact = np.asarray(queries, np.float32) @ stored.T
     scores = np.where(hit, np.take_along_axis(exact, pos, 1), -np.inf).astype(np.float32)
     return _top(scores, np.where(hit, cand, -1), k)
-
-
-def _stored_vectors(session: Session, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted ids, vectors) of the given sorted ids that have a row (stale ones are dropped):
-    SQLite reads by primary key, one query per 900 ids (its parameter cap)."""
-    parts = [
-        chunk
-        for start in range(0, len(ids), 900)
-        for chunk in db.Library.iter_embeddings(
-            session, db.Photo.id.in_(ids[start : start + 900].tolist()), chunk=900
-        )
-    ]
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _search_filtered(

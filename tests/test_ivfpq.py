@@ -257,3 +257,26 @@ def test_pq_parameters_follow_the_rule() -> None:
     assert vectors.pq_params(768, 10**6) == (96, 8)
     assert vectors.pq_params(20, 10**6) == (2, 8)  # the largest divisor of 20 up to 20 // 8
     assert vectors.pq_params(512, 1000) == (64, 4)  # 16 centroids: >= 39 points each
+
+
+def test_rerank_reads_skip_missing_ids_and_name_a_damaged_vector(pq_library, tmp_path) -> None:
+    copy, ids, vecs = _copy(pq_library, tmp_path)
+    library_dir = db.default_library_dir(copy)
+    with db.Library.open(library_dir) as lib, lib.session() as s, s.begin():
+        found, got = db.Library.stored_vectors(s, np.array([ids[9], -1, 10**9, ids[3]]), DIM)
+    assert found.tolist() == [ids[3], ids[9]]
+    np.testing.assert_array_equal(got, vecs[[3, 9]])
+    with (
+        db.LibraryLock(library_dir),
+        db.Library.create(library_dir) as lib,
+        lib.session() as s,
+        s.begin(),
+    ):
+        s.get(db.Photo, int(ids[3])).embedding = b"\0" * 12
+    with (
+        db.Library.open(library_dir) as lib,
+        lib.session() as s,
+        s.begin(),
+        pytest.raises(db.LibraryCorruptError, match=f"photo {ids[3]}: 12 bytes"),
+    ):
+        db.Library.stored_vectors(s, ids[:5], DIM)
