@@ -21,7 +21,7 @@ from cli.main import main
 if TYPE_CHECKING:
     from search import LibraryInfo, Searcher, SearchResults
 
-INDEX_CHOICES = ("auto", "flat", "hnsw", "ivf-sq8")
+INDEX_CHOICES = ("auto", "flat", "hnsw", "ivf-sq8", "ivf-pq")
 
 
 class OneLineCommand(click.Command):
@@ -173,7 +173,8 @@ def info_command(library: str | None, as_json: bool) -> None:
     type=click.Choice(INDEX_CHOICES),
     default="auto",
     show_default=True,
-    help="flat: exact; hnsw / ivf-sq8: approximate, for large libraries.",
+    help="flat: exact; hnsw / ivf-sq8: approximate, for large libraries; ivf-pq: compressed, "
+    "re-ranked exactly, for millions of photos.",
 )
 @domain_errors
 def reindex_command(library: str | None, index_type: str) -> None:
@@ -237,6 +238,13 @@ def format_info(info: LibraryInfo) -> str:
         ("photos", f"{info.photo_root} — {info.photos:,} indexed, {info.failed:,} failed"),
         ("model", f"{info.model} ({info.precision})"),
         ("index", f"{info.index_type}{vectors}"),
+        ("index memory", _human_size(info.index_memory)),
+        ("recall", info.recall_target or "-"),
+        *(
+            [("retrain at", f"{info.retrain_at:,} photos (then run `koclip-search reindex`)")]
+            if info.retrain_at
+            else []
+        ),
         ("size", _human_size(info.size_bytes)),
         ("last indexed", last),
         ("writer", _writer(info)),

@@ -1,7 +1,9 @@
 """The FAISS wrapper: free functions over arrays; ids are the `photos` primary keys.
 
-Every index is an `IndexIDMap2` over an inner-product index, so scores are cosine
-similarities of the L2-normalised embeddings. The index file is a cache: the database
+Every index is an inner-product index over the L2-normalised embeddings, so scores are
+cosine similarities. Most are an `IndexIDMap2` over the bare index; `ivf-pq` is an
+`IndexIVFPQ` holding the ids in its own inverted lists (an IDMap2 would add ~50 bytes per
+photo, as much as the codes themselves). The index file is a cache: the database
 holds every embedding, and `build_index` recreates the file from them at any time.
 """
 
@@ -22,6 +24,7 @@ from koclip.files import atomic_path
 FLAT = "flat"
 HNSW = "hnsw"
 IVF_SQ8 = "ivf-sq8"
+IVF_PQ = "ivf-pq"
 DEFAULT_INDEX_TYPE = FLAT
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
@@ -49,6 +52,30 @@ def _ivf_sq8(dim: int, n: int) -> faiss.Index:
     )
 
 
+def pq_params(dim: int, n: int) -> tuple[int, int]:
+    """(sub-quantisers M, bits per code) of `ivf-pq` for `n` vectors of `dim` values.
+
+    M = dim / 8 (the largest divisor of dim up to it): one byte per 8 dimensions, 64 bytes
+    for a 512-d photo, 32x smaller than float32. Fewer bytes lose too much to find the true
+    top-10 among k x r candidates (bench/bigindex.py); more would outgrow 100 bytes a photo
+    with the ids. 8 bits (256 centroids per sub-quantiser, faiss's fast path) once there are
+    >= 39 training points per centroid (faiss's floor); a tiny library gets fewer bits.
+    """
+    m = max(d for d in range(1, max(dim // 8, 1) + 1) if dim % d == 0)
+    bits = int(math.floor(math.log2(max(n, 2) / 39))) if n >= 2 else 1
+    return m, max(1, min(8, bits))
+
+
+def _ivf_pq(dim: int, n: int) -> faiss.Index:
+    """IVF (nlist by `ivf_nlist`, the same rule as ivf-sq8) over residuals coded by PQ
+    (`pq_params`). Search re-ranks its candidates exactly (search.engine), so the codes only
+    need to put the true neighbours among the candidates, not order them."""
+    m, bits = pq_params(dim, n)
+    return faiss.IndexIVFPQ(
+        faiss.IndexFlatIP(dim), dim, ivf_nlist(n), m, bits, faiss.METRIC_INNER_PRODUCT
+    )
+
+
 # name -> factory(dim, n_vectors) -> bare inner-product index (not yet wrapped, maybe untrained).
 # n_vectors is the collection size, for factories that size themselves (IVF lists, ...).
 # Parameters of hnsw / ivf-sq8 as measured by bench/search.py (recall@10 0.98 at 1M vectors).
@@ -57,7 +84,10 @@ INDEX_FACTORIES: dict[str, IndexFactory] = {
     FLAT: lambda dim, n: faiss.IndexFlatIP(dim),
     HNSW: _hnsw,
     IVF_SQ8: _ivf_sq8,
+    IVF_PQ: _ivf_pq,
 }
+# Types whose index holds the ids itself (no IndexIDMap2 wrapper).
+BARE_TYPES = {IVF_PQ}
 INDEX_TYPES = tuple(INDEX_FACTORIES)  # the built-in types, which a library may be switched to
 
 
@@ -66,14 +96,29 @@ def register_index_type(name: str, factory: IndexFactory) -> None:
     INDEX_FACTORIES[name] = factory
 
 
-def make_index(index_type: str, dim: int, n_vectors: int = 0) -> faiss.IndexIDMap2:
-    """An empty, id-mapped, inner-product index of the given type (untrained if the type trains)."""
+def make_index(index_type: str, dim: int, n_vectors: int = 0) -> faiss.Index:
+    """An empty inner-product index of the given type taking SQLite ids (untrained if the type
+    trains): an IndexIDMap2, or the bare index of a BARE_TYPES type."""
     try:
         factory = INDEX_FACTORIES[index_type]
     except KeyError:
         known = ", ".join(sorted(INDEX_FACTORIES))
         raise LibraryError(f"unknown index type {index_type!r} (known: {known})") from None
-    return faiss.IndexIDMap2(factory(dim, n_vectors))
+    index = factory(dim, n_vectors)
+    return index if index_type in BARE_TYPES else faiss.IndexIDMap2(index)
+
+
+def inner_index(index: faiss.Index) -> faiss.Index:
+    """The bare index (downcast) under an IndexIDMap2, or the index itself."""
+    if isinstance(index, faiss.IndexIDMap):
+        index = index.index
+    return faiss.downcast_index(index)
+
+
+def is_compressed(index: faiss.Index) -> bool:
+    """Whether the index keeps only lossy codes (PQ), so search must re-rank its candidates
+    with the stored float32 vectors."""
+    return isinstance(inner_index(index), faiss.IndexIVFPQ)
 
 
 def build_index(
@@ -134,8 +179,19 @@ def remove(index: faiss.Index, ids: Iterable[int]) -> bool:
 
 
 def index_ids(index: faiss.Index) -> np.ndarray:
-    """Every id in an IndexIDMap2, as int64 (in insertion order)."""
-    return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+    """Every id in the index, as int64: an IndexIDMap2's in insertion order (its storage
+    rows), a bare IVF's list by list."""
+    if isinstance(index, faiss.IndexIDMap):
+        return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+    invlists = faiss.extract_index_ivf(index).invlists
+    parts = []
+    for lst in range(invlists.nlist):
+        size = invlists.list_size(lst)
+        if size:
+            ids = invlists.get_ids(lst)
+            parts.append(faiss.rev_swig_ptr(ids, size).copy())
+            invlists.release_ids(lst, ids)
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,11 +5,17 @@ killed between a commit and its next save), so the reader adds the committed row
 lacks from their stored embeddings, searched exactly beside the index (any index type, no
 lock, no write). Ids the file holds but the database no longer does are dropped by the row
 lookup of every search.
+
+A compressed index (`ivf-pq`) only proposes candidates: `top_k` fetches k x r of them, reads
+their float32 vectors from the database by id (one indexed query; no second copy of the
+vectors to keep consistent, so the library stays crash-safe as it is) and returns them in
+exact cosine order with exact scores.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -35,26 +41,48 @@ class LoadedIndex:
     """One loaded index file: the FAISS index, the id of each storage row, and how to find rows."""
 
     index: faiss.Index
-    ids: np.ndarray  # FAISS id of each storage row
-    order: np.ndarray  # argsort of ids, to map ids back to rows
+    ids: np.ndarray  # FAISS id of each storage row (a bare IVF's: in list order)
     # Committed rows the file lacks (saved after it), searched exactly: ids and unit vectors.
     extra_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     extra: np.ndarray | None = None
     # The newest committed photo id already reconciled with (None: not yet).
     checked_max: int | None = None
+    file_bytes: int = 0  # size of the index file read
 
     @classmethod
     def read(cls, path: Path, dim: int | None = None) -> LoadedIndex:
         """Load and tune an index file (db.LibraryCorruptError if it is not the library's)."""
         index = vectors.read_index(path, dim)
         ann.tune(index)
-        ids = vectors.index_ids(index)
-        return cls(index, ids, np.argsort(ids, kind="stable"))
+        return cls(index, vectors.index_ids(index), file_bytes=Path(path).stat().st_size)
+
+    @functools.cached_property
+    def order(self) -> np.ndarray:
+        """argsort of ids, to map ids back to storage rows (made on first use: only an index
+        with flat storage needs it, and it costs 8 bytes a photo)."""
+        return np.argsort(self.ids, kind="stable")
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the index holds lossy codes only, so its candidates are re-ranked."""
+        return vectors.is_compressed(self.index)
 
     @property
     def ntotal(self) -> int:
         """Vectors searched: the file's and the committed rows added beside it."""
         return self.index.ntotal + len(self.extra_ids)
+
+    def resident_bytes(self) -> int:
+        """Memory held for searching: the index's arrays (the file holds them as they are in
+        RAM), an IndexIDMap2's reverse map (~40 bytes an entry in libstdc++'s unordered_map),
+        the id arrays kept here, and the committed rows added beside the file."""
+        import faiss
+
+        size = self.file_bytes + self.ids.nbytes + self.extra_ids.nbytes
+        if isinstance(self.index, faiss.IndexIDMap2):
+            size += 40 * self.index.ntotal
+        size += 0 if self.extra is None else self.extra.nbytes
+        return size + (self.order.nbytes if "order" in self.__dict__ else 0)
 
     def caught_up(self, library: db.Library) -> LoadedIndex:
         """This index with every committed row it lacks added (self if none is new).
@@ -95,7 +123,7 @@ class LoadedIndex:
         """The IndexFlat holding exact vectors row by row, or None (IVF-SQ8 keeps only codes)."""
         import faiss
 
-        inner = faiss.downcast_index(self.index.index)
+        inner = vectors.inner_index(self.index)
         if isinstance(inner, faiss.IndexHNSW):
             inner = faiss.downcast_index(inner.storage)
         return inner if isinstance(inner, faiss.IndexFlat) else None
@@ -172,6 +200,11 @@ def top_k(
     ntotal = loaded.index.ntotal
     if not ntotal:
         return _with_extra(loaded, *_empty(len(queries), 0), queries, k)
+    if loaded.compressed:
+        reranked = _reranked(loaded, session, queries, k)
+        if reranked is None:  # too few candidates: every committed row, exactly
+            return _scan_database(session, Filter(), queries, k)
+        return _with_extra(loaded, *reranked, queries, k)
     reach = min(k, ntotal)
     with few_query_threads(len(queries)):
         scores, ids = vectors.search(loaded.index, queries, reach)
@@ -212,6 +245,32 @@ def _exhaustive(loaded: LoadedIndex, queries: np.ndarray, k: int) -> tuple[np.nd
     with few_query_threads(len(queries)):
         scores, rows = storage.search(np.ascontiguousarray(queries, np.float32), k)
     return scores, np.where(rows >= 0, loaded.ids[np.maximum(rows, 0)], -1)
+
+
+def _reranked(
+    loaded: LoadedIndex, session: Session, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Exact top-k (scores, ids) among a compressed index's k x r candidates, re-scored with
+    the photos' stored float32 vectors; None when the candidates cannot give an exact page
+    (they would be the whole index, the probed lists hold fewer than k of them, or stale
+    ids leave fewer than k), for the caller to scan instead.
+    """
+    ntotal = loaded.index.ntotal
+    fetch = ann.rerank_candidates(k)
+    if fetch >= ntotal:
+        return None
+    with few_query_threads(len(queries)):
+        _, cand = vectors.search(loaded.index, queries, fetch)
+    found, stored = db.Library.stored_vectors(session, cand[cand >= 0], loaded.index.d)
+    if not len(found):
+        return None
+    pos = np.minimum(np.searchsorted(found, cand), len(found) - 1)
+    hit = (found[pos] == cand) & (cand >= 0)
+    if (hit.sum(axis=1) < k).any():
+        return None
+    exact = np.asarray(queries, np.float32) @ stored.T
+    scores = np.where(hit, np.take_along_axis(exact, pos, 1), -np.inf).astype(np.float32)
+    return _top(scores, np.where(hit, cand, -1), k)
 
 
 def _search_filtered(

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import db
+from search.ann import RECALL
 from search.errors import ModelMismatchError
 
 
@@ -87,6 +88,9 @@ class LibraryInfo:
     # The process holding the writer lock now ("watcher" or "indexer"), else None.
     writer: db.LockHolder | None = None
     precision: str = "fp32"  # the towers' arithmetic that made the vectors (db.Manifest)
+    index_memory: int | None = None  # bytes the loaded index holds (None: not loaded)
+    recall_target: str | None = None  # what the index type promises (search.ann.RECALL)
+    retrain_at: int | None = None  # photos past which `reindex` should retrain an IVF index
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (paths as strings, the time as ISO 8601)."""
@@ -112,6 +116,9 @@ class LibraryInfo:
             if self.last_indexed
             else None,
             "writer": writer,
+            "index_memory": self.index_memory,
+            "recall_target": self.recall_target,
+            "retrain_at": self.retrain_at,
         }
 
 
@@ -120,7 +127,12 @@ def _iso(seconds: float | None) -> str | None:
 
 
 def describe_library(
-    library: db.Library, *, indexed_vectors: int | None = None, disk: bool = True
+    library: db.Library,
+    *,
+    indexed_vectors: int | None = None,
+    disk: bool = True,
+    index_memory: int | None = None,
+    retrain_at: int | None = None,
 ) -> LibraryInfo:
     """Counts, model and index of an opened library from one read snapshot; `disk` adds its
     size on disk (a walk of the library folder)."""
@@ -150,6 +162,9 @@ def describe_library(
         last_indexed=datetime.fromtimestamp(last) if last else None,
         writer=holder if held else None,
         precision=manifest.precision,
+        index_memory=index_memory,
+        retrain_at=retrain_at,
+        recall_target=RECALL.get(manifest.index_type),
     )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 import db
 from koclip.preprocess import nfc
+from search import ann
 from search.dates import parse_range
 from search.encode import QueryEncoder, combine, open_query_image, query_image_path
 from search.engine import IndexView, candidate_limit, top_k
@@ -192,7 +193,7 @@ class Searcher:
     def info(self, full: bool = True) -> LibraryInfo:
         """Photo and failure counts, model, index type, last indexed time; `full` adds the
         index's vector count (loading it, as a search would) and the library's size on disk."""
-        indexed = None
+        indexed = memory = retrain = None
         if full:
             loaded = self.index.refresh()
             if loaded is not None:
@@ -200,7 +201,15 @@ class Searcher:
                 # rows added beside it (a stale id of a deleted photo is never shown).
                 held = np.concatenate([loaded.ids, loaded.extra_ids])
                 indexed = int(np.isin(held, self.library.photo_ids()).sum())
-        return describe_library(self.library, indexed_vectors=indexed, disk=full)
+                memory = loaded.resident_bytes()
+                retrain = ann.retrain_at(loaded.index)
+        return describe_library(
+            self.library,
+            indexed_vectors=indexed,
+            disk=full,
+            index_memory=memory,
+            retrain_at=retrain,
+        )
 
     # -- the library's photos -----------------------------------------------------------------
 

@@ -562,5 +562,9 @@ def test_info(searcher, reference, tiny_checkpoint) -> None:
         "size_bytes",
         "last_indexed",
         "writer",
+        "index_memory",
+        "recall_target",
+        "retrain_at",
     }
     assert info.writer is None  # no indexer or watcher holds it
+    assert info.index_memory > 0 and info.recall_target == "exact" and info.retrain_at is None
