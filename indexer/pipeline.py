@@ -32,6 +32,7 @@ from db import (
 from db.library import DB_NAME, LOCK_NAME
 from indexer.discover import discover
 from indexer.load import Loaded, load
+from indexer.phash import fill_phashes
 from indexer.plan import Plan, Task, load_known, make_plan
 from indexer.setup import open_for_indexing, prepare
 from indexer.summary import Summary
@@ -116,8 +117,11 @@ def index_photos(
         )
         plan = make_plan(found, known, hashes)
         writer = Writer(library, index, plan, save_interval=options.save_interval)
+        max_pixels = int(options.max_megapixels * 1e6)
         _run_stages(plan, encoder, writer, options, progress)
         counts = writer.finish()
+        # Photos indexed before perceptual hashes were stored get one (decode only).
+        fill_phashes(library, photo_root, workers=options.workers or 2, max_pixels=max_pixels)
     return Summary(
         new=counts.new,
         updated=counts.updated,
