@@ -47,7 +47,7 @@ def fill_phashes(
         for chunk in _chunks(todo, 256):
             hashes = pool.map(lambda t: _hash_file(photo_root / t[1], max_pixels), chunk)
             values = [
-                {"id": pid, "phash": h}
+                {"id": pid, "phash": h[0], "pthumb": h[1]}
                 for (pid, _), h in zip(chunk, hashes, strict=True)
                 if h is not None
             ]

@@ -111,8 +111,10 @@ def _trim_border(grey: np.ndarray) -> np.ndarray:
     h, w = grey.shape
     if h < 8 or w < 8:
         return grey
+    # A frame goes all round in one colour; a flat (or clipped) area at one edge is picture.
     edges = (grey[0], grey[-1], grey[:, 0], grey[:, -1])
-    if not any(np.std(e) < _BORDER_STD for e in edges):
+    means = [float(e.mean()) for e in edges]
+    if not all(np.std(e) < _BORDER_STD for e in edges) or max(means) - min(means) > 6:
         return grey
 
     def flat(lines: np.ndarray) -> int:
