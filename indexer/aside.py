@@ -80,13 +80,11 @@ def set_aside(
         report = AsideReport(recovered=recover(library))
         root = library.photo_root()
         _check_destination(root, library_dir, dest_root, cross_filesystem)
-        moved: list[int] = []
         for pid in photo_ids:
-            if _move_one(library, root, dest_root, int(pid), cross_filesystem, report):
-                moved.append(int(pid))
+            _move_one(library, root, dest_root, int(pid), cross_filesystem, report)
             if callable(after_each):
                 after_each(len(report.moved))
-        _sync_index(library, removed=moved, added=[])
+        _sync_index(library)
     return report
 
 
@@ -98,13 +96,11 @@ def restore(library_dir: Path, *, after_each: object = None) -> AsideReport:
         root = library.photo_root()
         with library.session() as s, s.begin():
             rows = s.execute(select(SetAside.id).order_by(SetAside.id)).scalars().all()
-        back: list[int] = []
         for pid in rows:
-            if _restore_one(library, root, pid, report):
-                back.append(pid)
+            _restore_one(library, root, pid, report)
             if callable(after_each):
                 after_each(len(report.moved))
-        _sync_index(library, removed=[], added=back)
+        _sync_index(library)
     return report
 
 
@@ -209,19 +205,23 @@ def _settle_restoring(library: Library, pid: int) -> None:
         s.execute(delete(SetAside).where(SetAside.id == pid))
 
 
-def _sync_index(library: Library, removed: list[int], added: list[int]) -> None:
-    """Make the saved FAISS file follow the rows (a kill before this is repaired by the next
-    `index`, which rebuilds a file whose ids differ from the rows)."""
-    if not removed and not added:
-        return
+def _sync_index(library: Library) -> None:
+    """Make the saved FAISS file hold exactly the photo rows' ids again (the rows moved to or
+    from the journal, this run's and a killed run's); a kill before this is repaired by the
+    next run or the next `index`, which rebuilds a file whose ids differ from the rows."""
     index = library.load_index()
     if index is None:
         return
-    if removed and not vectors.remove(index, removed):
+    have, rows = vectors.index_ids(index), library.photo_ids()
+    gone = np.setdiff1d(have, rows)
+    new = np.setdiff1d(rows, have)
+    if not len(gone) and not len(new):
+        return
+    if len(gone) and not vectors.remove(index, gone.tolist()):
         index = library.build_index()  # a type that cannot remove: rebuilt from the rows
-    elif added:
+    elif len(new):
         with library.session() as s, s.begin():
-            vectors.add(index, np.asarray(added, np.int64), library.vectors_for(s, added))
+            vectors.add(index, new, library.vectors_for(s, new))
     library.save_index(index)
 
 
