@@ -17,6 +17,7 @@ photo that is aside: FAISS hits without a row are dropped by every reader.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -104,15 +105,6 @@ def restore(library_dir: Path, *, after_each: object = None) -> AsideReport:
     return report
 
 
-def aside_count(library: Library) -> int:
-    """Photos set aside now (0 for a library that never set any aside)."""
-    with library.session() as s, s.begin():
-        try:
-            return len(s.execute(select(SetAside.id)).all())
-        except LibraryError:
-            return 0
-
-
 # -- one photo ------------------------------------------------------------------------------------
 
 
@@ -142,7 +134,13 @@ def _move_one(
                 **values, dest=os.fsencode(dest), state="moving", set_at=time.time()
             )
         )
-    _transfer(src, dest, cross_fs)
+    try:
+        _transfer(src, dest, cross_fs)
+    except SetAsideError as exc:  # this file stays where it is; the others go on
+        with write_errors(library.directory), library.session() as s, s.begin():
+            s.execute(delete(SetAside).where(SetAside.id == pid))
+        report.skipped.append((values["path"], str(exc)))
+        return False
     _settle_moving(library, pid)
     report.moved.append(values["path"])
     return True
@@ -161,29 +159,46 @@ def _restore_one(library: Library, root: Path, pid: int, report: AsideReport) ->
             report.skipped.append((row.path, f"{dest} is gone"))
             return False
         s.execute(update(SetAside).where(SetAside.id == pid).values(state="restoring"))
-    _transfer(dest, src, cross_fs=True)
+    try:
+        _transfer(dest, src, cross_fs=True)
+    except SetAsideError as exc:
+        with write_errors(library.directory), library.session() as s, s.begin():
+            s.execute(update(SetAside).where(SetAside.id == pid).values(state="aside"))
+        report.skipped.append((row.path, str(exc)))
+        return False
     _settle_restoring(library, pid)
     report.moved.append(row.path)
     return True
 
 
 def _transfer(src: Path, dest: Path, cross_fs: bool) -> None:
-    """Move a file without ever overwriting: link then unlink (copy + link across devices)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    """Move a file without ever overwriting: link then unlink (copy + link across devices).
+    SetAsideError (the file left where it was) if it cannot be placed at `dest`."""
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         os.link(src, dest, follow_symlinks=False)
     except OSError as exc:
         if exc.errno != errno.EXDEV or not cross_fs:
             raise SetAsideError(f"cannot move {src} to {dest}: {exc.strerror}") from exc
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        _copy_into_place(src, dest)
+    _fsync_dir(dest.parent)
+    os.unlink(src)
+    _fsync_dir(src.parent)
+
+
+def _copy_into_place(src: Path, dest: Path) -> None:
+    """Across file systems: a durable copy under a temp name, then linked to `dest`."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
         shutil.copy2(src, tmp, follow_symlinks=False)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.link(tmp, dest)  # FileExistsError rather than overwrite
-        os.unlink(tmp)
-    _fsync_dir(dest.parent)
-    os.unlink(src)
-    _fsync_dir(src.parent)
+    except OSError as exc:
+        raise SetAsideError(f"cannot copy {src} to {dest}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _settle_moving(library: Library, pid: int) -> None:

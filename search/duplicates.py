@@ -203,19 +203,20 @@ def _knn_pairs(table: Table, options: DuplicateOptions, knn) -> np.ndarray:
     floor = min(options.threshold, options.confirm)
     if options.kind == "identical":
         return np.zeros((0, 2), np.int64)
-    row_of = {int(pid): i for i, pid in enumerate(table.ids)}
+    order = np.argsort(table.ids)
+    sorted_ids = table.ids[order]
     out = []
     k = min(options.neighbours + 1, len(table.ids))
     for start in range(0, len(table.ids), 4096):
-        queries = table.vectors[start : start + 4096]
-        scores, ids = knn(queries, k)
+        scores, ids = knn(table.vectors[start : start + 4096], k)
         qi, col = np.nonzero((scores >= floor) & (ids >= 0))
-        for q, c in zip(qi.tolist(), col.tolist(), strict=True):
-            j = row_of.get(int(ids[q, c]))
-            i = start + q
-            if j is not None and j != i:
-                out.append((min(i, j), max(i, j)))
-    return np.array(out, np.int64).reshape(-1, 2)
+        hit = ids[qi, col]
+        pos = np.minimum(np.searchsorted(sorted_ids, hit), len(sorted_ids) - 1)
+        known = sorted_ids[pos] == hit  # photos outside --under (or stale ids) drop out
+        i, j = qi[known] + start, order[pos[known]]
+        keep = i != j
+        out.append(np.sort(np.stack([i[keep], j[keep]], 1), axis=1))
+    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
 
 
 def band_pairs(phash: np.ndarray, has_hash: np.ndarray) -> np.ndarray:
@@ -228,13 +229,13 @@ def band_pairs(phash: np.ndarray, has_hash: np.ndarray) -> np.ndarray:
         order = np.argsort(key, kind="stable")
         sorted_key = key[order]
         starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
-        ends = np.r_[starts[1:], len(order)]
-        for a, z in zip(starts.tolist(), ends.tolist(), strict=True):
-            if z - a < 2 or z - a > 256:  # a huge bucket is a flat hash (blank frames): skip
-                continue
-            members = rows[order[a:z]]
-            ii, jj = np.triu_indices(len(members), 1)
-            out.append(np.stack([members[ii], members[jj]], 1))
+        sizes = np.diff(np.r_[starts, len(order)])
+        # a huge bucket is a flat hash (blank frames, one colour): it says nothing, skip it
+        for size in np.unique(sizes[(sizes >= 2) & (sizes <= 256)]).tolist():
+            first = starts[sizes == size]
+            ii, jj = np.triu_indices(size, 1)
+            members = rows[order[first[:, None] + np.arange(size)[None, :]]]  # (buckets, size)
+            out.append(np.stack([members[:, ii].ravel(), members[:, jj].ravel()], 1))
     if not out:
         return np.zeros((0, 2), np.int64)
     pairs = np.concatenate(out)

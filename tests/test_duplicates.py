@@ -246,3 +246,32 @@ def _other_dev(st: os.stat_result, other: bool) -> os.stat_result:
     fields = list(st)
     fields[2] = st.st_dev + 1  # st_dev
     return os.stat_result(fields)
+
+
+def test_set_aside_across_file_systems_when_told(
+    small_set: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import errno
+
+    import indexer.aside as aside
+
+    real_link = os.link
+
+    def link(src, dst, **kw):  # the photo folder and the review folder on other devices
+        if "review" in str(dst) and not Path(src).name.startswith("."):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, **kw)
+
+    monkeypatch.setattr(aside.os, "link", link)
+    review = tmp_path / "review"
+    with open_lib(small_set) as lib:
+        extras = [
+            p.id for g in find_duplicates(lib, DuplicateOptions(kind="same")) for p in g.extras
+        ]
+    report = set_aside(db.default_library_dir(small_set), extras, review)
+    assert report.moved == [] and len(report.skipped) == len(extras)
+    assert not review.exists() or _files(review) == set()
+    report = set_aside(db.default_library_dir(small_set), extras, review, cross_filesystem=True)
+    assert len(report.moved) == len(extras) and not list(review.rglob(".*.tmp"))
+    with open_lib(small_set) as lib:
+        assert_consistent(lib)
