@@ -5,9 +5,8 @@
 
 No photos and no model: unit vectors (dim 512) in clusters, perceptual hashes and thumbnails
 with planted renditions (1 in 10 photos has a near-identical twin: a few hash bits flipped, a
-noisy thumbnail, a close vector). The FAISS index is the library's IVF-SQ8 type; grouping runs
-the same code as `koclip-search duplicates` (search.duplicates: k-NN + hash-band candidates,
-then scoring and union-find). Prints one row per stage, wall-clock seconds.
+noisy thumbnail, a close vector). Grouping runs the same code as `koclip-search duplicates`
+(search.duplicates: FAISS k-NN + hash-band candidates, then scoring and union-find). Prints one row per stage, wall-clock seconds.
 """
 
 from __future__ import annotations
@@ -22,9 +21,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from db import vectors  # noqa: E402
 from koclip.perceptual import THUMB_SIDE  # noqa: E402
-from search import ann  # noqa: E402
 from search import duplicates as dup  # noqa: E402
 
 
@@ -67,13 +64,9 @@ def main() -> None:
     t = time.perf_counter()
     table, thumbs = synthetic(args.n, args.dim, rng)
     rows.append(("make synthetic library", time.perf_counter() - t))
-    t = time.perf_counter()
-    index = vectors.build_index("ivf-sq8", args.dim, iter([(table.ids, table.vectors)]), args.n)
-    ann.tune(index)
-    rows.append(("build IVF-SQ8 index (once, by the indexer)", time.perf_counter() - t))
     options = dup.DuplicateOptions()
     t = time.perf_counter()
-    knn = dup._knn_pairs(table, options, lambda q, k: vectors.search(index, q, k))
+    knn = dup._knn_pairs(table, options, dup.neighbour_search(table.vectors))
     rows.append((f"k-NN candidates ({len(knn):,} pairs)", time.perf_counter() - t))
     t = time.perf_counter()
     bands = dup.band_pairs(table.phash, table.has_hash)

@@ -9,10 +9,10 @@ renditions, and similar shots of one moment.
   cosine of at least `confirm`), so the decision holds whatever the model's weights.
 - similar: embedding cosine of at least `threshold`, and not the same picture.
 
-Candidates never come from an all-pairs loop: each photo's k nearest neighbours in the FAISS
-index (kept when their cosine passes the lowest threshold in play), plus photos whose hashes
-agree exactly on one of four 16-bit bands (any pair within 3 bits shares one; most pairs within
-SAME_BITS do). Only those pairs are scored.
+Candidates never come from an all-pairs loop: each photo's k nearest neighbours by FAISS over
+the stored embeddings (kept when their cosine passes the lowest threshold in play), plus photos
+whose hashes agree exactly on one of four 16-bit bands (any pair within 3 bits shares one; most
+pairs within SAME_BITS do), plus equal content hashes. Only those pairs are scored.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from sqlalchemy import select
 
 import db
 from koclip.perceptual import hamming, residual
-from search.engine import IndexView, top_k
 from search.filters import Filter
 from search.results import json_path
 
@@ -41,6 +40,8 @@ SAME_RESIDUAL = 0.45  # koclip.perceptual.residual of two renditions of one pict
 SIMILAR_COS = 0.90
 CONFIRM_COS = 0.80
 NEIGHBOURS = 16
+EXACT_MAX = 20_000  # up to this many photos, neighbours are found exactly
+PROBES = 4  # inverted lists searched per photo above EXACT_MAX
 _BANDS = 4
 
 
@@ -140,7 +141,6 @@ def find_duplicates(library: db.Library, options: DuplicateOptions) -> list[Dupl
     if manifest is None:
         return []
     flt = Filter(under=options.under or None)
-    loaded = IndexView(library, manifest.index_type, manifest.dim).refresh()
     with library.session() as s, s.begin():
         rows = s.execute(
             select(
@@ -162,7 +162,7 @@ def find_duplicates(library: db.Library, options: DuplicateOptions) -> list[Dupl
         ids = np.fromiter((r.id for r in rows), np.int64, len(rows))
         vecs = library.vectors_for(s, ids)
         table = _table(rows, vecs)
-        pairs = _candidates(table, options, lambda q, k: top_k(loaded, s, flt, q, k))
+        pairs = _candidates(table, options, neighbour_search(table.vectors))
         groups = group(table, pairs, options, lambda ids: _thumbnails(s, ids))
     root = library.photo_root()
     info = {r.id: r for r in rows}
@@ -187,6 +187,25 @@ def _table(rows: list, vecs: np.ndarray) -> Table:
     )
 
 
+def neighbour_search(vecs: np.ndarray) -> Callable[[np.ndarray, int], tuple]:
+    """k-NN by inner product over `vecs` (row numbers as ids): exact up to EXACT_MAX photos,
+    else an inverted-file index probing a few lists (near duplicates share a list or a
+    neighbouring one; searching everything at 100k+ would take minutes)."""
+    import faiss
+
+    n, dim = vecs.shape
+    if n <= EXACT_MAX:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = int(4 * np.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)
+        index.train(vecs[np.sort(sample)])
+        index.nprobe = PROBES
+    index.add(vecs)
+    return index.search
+
+
 # -- candidates ---------------------------------------------------------------------------------
 
 
@@ -203,17 +222,12 @@ def _knn_pairs(table: Table, options: DuplicateOptions, knn) -> np.ndarray:
     floor = min(options.threshold, options.confirm)
     if options.kind == "identical":
         return np.zeros((0, 2), np.int64)
-    order = np.argsort(table.ids)
-    sorted_ids = table.ids[order]
     out = []
     k = min(options.neighbours + 1, len(table.ids))
     for start in range(0, len(table.ids), 4096):
-        scores, ids = knn(table.vectors[start : start + 4096], k)
-        qi, col = np.nonzero((scores >= floor) & (ids >= 0))
-        hit = ids[qi, col]
-        pos = np.minimum(np.searchsorted(sorted_ids, hit), len(sorted_ids) - 1)
-        known = sorted_ids[pos] == hit  # photos outside --under (or stale ids) drop out
-        i, j = qi[known] + start, order[pos[known]]
+        scores, rows = knn(table.vectors[start : start + 4096], k)
+        qi, col = np.nonzero((scores >= floor) & (rows >= 0))
+        i, j = qi + start, rows[qi, col]
         keep = i != j
         out.append(np.sort(np.stack([i[keep], j[keep]], 1), axis=1))
     return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
