@@ -65,9 +65,10 @@ def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
     return np.unpackbits(as_bytes, axis=-1).sum(axis=-1)
 
 
-def residual(a: bytes, b: bytes) -> float:
+def residual(a: bytes, b: bytes, *, good_enough: float = 0.0) -> float:
     """How differently two thumbnails look at their best alignment: the largest mean absolute
-    difference over 4x4 cells, in standard deviations (0 = the same picture)."""
+    difference over 4x4 cells, in standard deviations (0 = the same picture). Stops at the
+    first alignment (of two directions) that is within `good_enough`."""
     ta, tb = _as_array(a), _as_array(b)
     best = np.inf
     for x, y in ((ta, tb), (tb, ta)):
@@ -76,6 +77,8 @@ def residual(a: bytes, b: bytes) -> float:
         n = diff.shape[1] // _BLOCK
         cells = diff.reshape(len(diff), n, _BLOCK, n, _BLOCK).mean(axis=(2, 4))
         best = min(best, float(cells.max(axis=(1, 2)).min()))
+        if best <= good_enough:
+            break
     return best
 
 

@@ -197,9 +197,10 @@ def neighbour_search(vecs: np.ndarray) -> Callable[[np.ndarray, int], tuple]:
     if n <= EXACT_MAX:
         index = faiss.IndexFlatIP(dim)
     else:
-        nlist = int(4 * np.sqrt(n))
+        nlist = int(2 * np.sqrt(n))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)
+        index.cp.niter = 10  # coarse lists are enough: near duplicates are very close
+        sample = np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False)
         index.train(vecs[np.sort(sample)])
         index.nprobe = PROBES
     index.add(vecs)
@@ -298,7 +299,7 @@ def group(
     for c in close.tolist():
         a, b = thumbs.get(int(table.ids[i[c]])), thumbs.get(int(table.ids[j[c]]))
         if a is not None and b is not None:
-            looks[c] = residual(a, b)
+            looks[c] = residual(a, b, good_enough=options.same_residual / 2)
     limit = options.same_residual
     same = identical | ((looks <= limit) & ((looks <= limit / 2) | (cos >= options.confirm)))
     n = len(table.ids)
