@@ -275,3 +275,39 @@ def test_set_aside_across_file_systems_when_told(
     assert len(report.moved) == len(extras) and not list(review.rglob(".*.tmp"))
     with open_lib(small_set) as lib:
         assert_consistent(lib)
+
+
+def test_similar_shots_are_a_kind_of_their_own() -> None:
+    """Grouping alone, on a hand-made table: a rendition pair, a burst shot, a stranger."""
+    import numpy as np
+
+    from search.duplicates import Table, group
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, 576, dtype=np.uint8)
+    moved = base.copy()
+    moved[:200] = 255 - moved[:200]  # the subject moved: a third of the thumbnail differs
+    stranger = rng.integers(0, 256, 576, dtype=np.uint8)
+    v = np.eye(4, dtype=np.float32)
+    shot = np.array([0.95, np.sqrt(1 - 0.95**2), 0, 0], np.float32)
+    table = Table(
+        ids=np.array([1, 2, 3, 4]),
+        phash=np.array([0b1011, 0b1011, 0b1111, 1 << 40], np.int64),
+        has_hash=np.ones(4, bool),
+        content=np.array(["a", "b", "c", "d"], object),
+        vectors=np.stack([v[0], v[0], shot, v[2]]),
+        pixels=np.array([100, 50, 100, 100]),
+        sizes=np.array([10, 10, 10, 10]),
+        taken=np.full(4, np.datetime64("2024-01-01T00:00:00"), "datetime64[s]"),
+        paths=np.array(["a", "b", "c", "d"], object),
+    )
+    thumbs = {1: base.tobytes(), 2: base.tobytes(), 3: moved.tobytes(), 4: stranger.tobytes()}
+    pairs = np.array([[0, 1], [0, 2], [1, 2], [0, 3], [2, 3]])
+
+    def run(**kw):
+        found = group(table, pairs, DuplicateOptions(**kw), lambda ids: thumbs)
+        return [(kind, rows) for kind, rows, _ in found]
+
+    assert run() == [("same", [0, 1]), ("similar", [0, 2])]
+    assert run(threshold=0.99) == [("same", [0, 1])]
+    assert run(kind="similar") == [("similar", [0, 2])]
