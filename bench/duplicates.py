@@ -70,6 +70,8 @@ def main() -> None:
     rows.append((f"k-NN candidates ({len(knn):,} pairs)", time.perf_counter() - t))
     t = time.perf_counter()
     bands = dup.band_pairs(table.phash, table.has_hash)
+    close = dup.hamming(table.phash[bands[:, 0]], table.phash[bands[:, 1]]) <= options.same_bits
+    bands = bands[close]
     rows.append((f"hash-band candidates ({len(bands):,} pairs)", time.perf_counter() - t))
     pairs = np.unique(np.concatenate([knn, bands]), axis=0)
     t = time.perf_counter()

@@ -213,7 +213,9 @@ def neighbour_search(vecs: np.ndarray) -> Callable[[np.ndarray, int], tuple]:
 def _candidates(table: Table, options: DuplicateOptions, knn) -> np.ndarray:
     """(m, 2) row pairs i < j worth scoring: near neighbours by embedding, hash band matches,
     equal content hashes."""
-    parts = [_knn_pairs(table, options, knn), band_pairs(table.phash, table.has_hash)]
+    bands = band_pairs(table.phash, table.has_hash)
+    bands = bands[hamming(table.phash[bands[:, 0]], table.phash[bands[:, 1]]) <= options.same_bits]
+    parts = [_knn_pairs(table, options, knn), bands]
     parts.append(_content_pairs(table.content))
     pairs = np.concatenate([p for p in parts if len(p)] or [np.zeros((0, 2), np.int64)])
     return np.unique(pairs, axis=0) if len(pairs) else pairs
@@ -289,7 +291,7 @@ def group(
     """(kind, rows keeper first, cosine with the keeper by row) per group, largest first;
     `thumbnails` gives the stored thumbnails of photo ids."""
     i, j = pairs[:, 0], pairs[:, 1]
-    cos = np.einsum("nd,nd->n", table.vectors[i], table.vectors[j]) if len(pairs) else np.zeros(0)
+    cos = _pair_cosines(table.vectors, i, j)
     identical = table.content[i] == table.content[j]
     both = table.has_hash[i] & table.has_hash[j]
     dist = hamming(table.phash[i], table.phash[j])
@@ -328,6 +330,15 @@ def group(
         out = [g for g in out if g[0] == "identical"] + _identical_inside(table, out)
     out = [g for g in out if g[0] in wanted]
     out.sort(key=lambda g: (-len(g[1]), KINDS.index(g[0]), table.paths[g[1][0]]))
+    return out
+
+
+def _pair_cosines(vecs: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Cosine of each pair (i[k], j[k]), in chunks so memory stays flat."""
+    out = np.zeros(len(i), np.float32)
+    for start in range(0, len(i), 65536):
+        a, b = vecs[i[start : start + 65536]], vecs[j[start : start + 65536]]
+        out[start : start + 65536] = np.einsum("nd,nd->n", a, b)
     return out
 
 
