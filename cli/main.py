@@ -13,7 +13,14 @@ def main() -> None:
 
 def _register() -> None:
     # Imported for their side effect of adding commands to `main`.
-    from cli import eval_cmd, index_cmd, search_cmd, serve_cmd, train_cmd  # noqa: F401
+    from cli import (  # noqa: F401
+        duplicates_cmd,
+        eval_cmd,
+        index_cmd,
+        search_cmd,
+        serve_cmd,
+        train_cmd,
+    )
 
 
 _register()

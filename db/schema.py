@@ -12,8 +12,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump when tables or column meanings change; an older library is refused (index --rebuild)
 # unless it is listed in MIGRATABLE: readers read those as they are, the writer upgrades them.
-SCHEMA_VERSION = 2
-MIGRATABLE = frozenset({1})  # 1 -> 2: photos.disk_path added
+SCHEMA_VERSION = 3
+# 1 -> 2: photos.disk_path added; 2 -> 3: photos.phash and .pthumb added (the next index run
+# fills them, decoding only).
+MIGRATABLE = frozenset({1, 2})
+# Columns added since schema 1, each NULL in an older row: (name, SQLite type).
+ADDED_COLUMNS = (("disk_path", "BLOB"), ("phash", "INTEGER"), ("pthumb", "BLOB"))
 
 
 class Base(DeclarativeBase):
@@ -52,6 +56,11 @@ class Photo(Base):
     taken_at: Mapped[datetime]  # naive local time: EXIF DateTimeOriginal, else the file's mtime
     taken_at_source: Mapped[str] = mapped_column(String)  # "exif" | "mtime"
     indexed_at: Mapped[float] = mapped_column(Float)  # unix seconds
+    # Perceptual fingerprints of the decoded, oriented pixels (koclip.perceptual): the 64-bit
+    # DCT hash as a signed int64, and a 24x24 grey thumbnail (576 bytes, deferred). NULL until
+    # the indexer has computed them (a library made before schema 3).
+    phash: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    pthumb: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     # float32 little-endian, L2-normalised; deferred so listing rows does not read the vectors.
     embedding: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
 
@@ -70,20 +79,20 @@ def disk_path_value(key: str, disk_relpath: str) -> bytes | None:
 
 
 def upgrade_photos(conn: sqlite3.Connection, *, readonly: bool) -> None:
-    """Schema 1 -> 2 on one DB-API connection: the writer adds `photos.disk_path` (O(1), NULL =
-    same as `path`; call it inside a transaction); a reader, which may not write, gets a
-    temporary view of the table with that column NULL, so it reads the stored paths."""
+    """Schema 1 or 2 -> 3 on one DB-API connection: the writer adds the columns an older
+    library lacks (ADDED_COLUMNS: O(1), NULL; call it inside a
+    transaction); a reader, which may not write, gets a temporary view of the table with
+    those columns NULL, so it reads the stored rows as they are."""
     columns = [r[1] for r in conn.execute("PRAGMA main.table_info(photos)")]
-    if not columns or "disk_path" in columns:
+    missing = [(name, kind) for name, kind in ADDED_COLUMNS if name not in columns]
+    if not columns or not missing:
         return
     if readonly:
-        names = ", ".join(f'"{c}"' for c in columns)
-        conn.execute(
-            f"CREATE TEMP VIEW IF NOT EXISTS photos AS "
-            f"SELECT {names}, NULL AS disk_path FROM main.photos"
-        )
+        names = ", ".join([f'"{c}"' for c in columns] + [f"NULL AS {n}" for n, _ in missing])
+        conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS photos AS SELECT {names} FROM main.photos")
         return
-    conn.execute("ALTER TABLE photos ADD COLUMN disk_path BLOB")
+    for name, kind in missing:
+        conn.execute(f"ALTER TABLE photos ADD COLUMN {name} {kind}")
     conn.execute("UPDATE manifest SET schema_version = ? WHERE id = 1", (SCHEMA_VERSION,))
 
 
@@ -129,3 +138,40 @@ def vector_to_blob(vector: np.ndarray) -> bytes:
 def blob_to_vector(blob: bytes) -> np.ndarray:
     """Read one embedding back from the `embedding` column."""
     return np.frombuffer(blob, dtype="<f4").astype(np.float32, copy=False)
+
+
+class SetAside(Base):
+    """The journal of `duplicates --set-aside`: one row per photo moved (or being moved) out of
+    the photo folder, holding its whole photo row so `--restore` brings it back as it was.
+
+    state "moving": the photo row is still there, the file may be at either place or both
+    (same inode); "aside": the file is at `dest` and its photo row is gone; "restoring": the
+    file may be at either place. A writer finishes or undoes a half-done move under the lock.
+    """
+
+    __tablename__ = "set_aside"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the photo's id, kept on restore
+    path: Mapped[str] = mapped_column(String, unique=True)
+    disk_path: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    dest: Mapped[bytes] = mapped_column(LargeBinary)  # absolute, os.fsencode form
+    state: Mapped[str] = mapped_column(String)  # "moving" | "aside" | "restoring"
+    set_at: Mapped[float] = mapped_column(Float)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    taken_at: Mapped[datetime]
+    taken_at_source: Mapped[str] = mapped_column(String)
+    indexed_at: Mapped[float] = mapped_column(Float)
+    phash: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pthumb: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+
+
+# The columns a SetAside row copies from (and gives back to) its Photo row.
+PHOTO_COLUMNS = (
+    "id", "path", "disk_path", "size", "mtime_ns", "content_hash", "width", "height",
+    "taken_at", "taken_at_source", "indexed_at", "phash", "pthumb", "embedding",
+)  # fmt: skip

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from db import hash_file
+from indexer.phash import fingerprints
 from indexer.plan import UNREADABLE, Task
 from koclip.errors import ImageError, ImageTooLargeError
 from koclip.preprocess import open_image, preprocess
@@ -40,6 +41,8 @@ class Loaded:
     height: int = 0
     taken_at: datetime | None = None
     taken_at_source: str = "mtime"
+    phash: int | None = None  # perceptual fingerprints of the decoded pixels (koclip.perceptual)
+    pthumb: bytes | None = None
 
 
 def load(
@@ -61,6 +64,7 @@ def load(
     try:
         image = open_image(file.path, max_pixels=max_pixels, draft=True)
         out.pixels = preprocess(image)
+        out.phash, out.pthumb = fingerprints(image)
         out.width, out.height, out.taken_at = read_metadata(file.path)
     except ImageTooLargeError as exc:
         out.error = f"{exc} (raise --max-megapixels to index it)"

@@ -35,6 +35,7 @@ from db import (
 from db.library import DB_NAME, LOCK_NAME
 from indexer.discover import discover
 from indexer.load import Loaded, load
+from indexer.phash import fill_phashes
 from indexer.plan import Plan, Task, load_known, load_known_under, make_plan
 from indexer.scope import as_relpath, discover_paths, scope_of
 from indexer.setup import open_for_indexing, prepare
@@ -197,6 +198,14 @@ class IndexSession:
         try:
             _run_stages(plan, self.encoder, writer, options, progress)
             counts = writer.finish()
+            if scope is None:
+                # Photos indexed before perceptual hashes were stored get one (decode only).
+                fill_phashes(
+                    self.library,
+                    self.photo_root,
+                    workers=self.options.workers or 2,
+                    max_pixels=int(self.options.max_megapixels * 1e6),
+                )
         except BaseException:
             self._stale = True
             raise

@@ -205,8 +205,10 @@ class Writer:
             meta = (source.width, source.height, source.taken_at, source.taken_at_source)
             if source.taken_at_source == "mtime":
                 meta = (*meta[:2], mtime_datetime(item.mtime_ns), "mtime")
+            phash, pthumb = source.phash, source.pthumb
         else:
             meta = (item.width, item.height, item.taken_at, item.taken_at_source)
+            phash, pthumb = item.phash, item.pthumb
         photo_id = s.execute(
             insert(Photo)
             .values(
@@ -221,6 +223,8 @@ class Writer:
                 taken_at_source=meta[3],
                 indexed_at=time.time(),
                 embedding=vector_to_blob(vec),
+                phash=phash,
+                pthumb=pthumb,
             )
             .returning(Photo.id)
         ).scalar_one()
@@ -243,6 +247,8 @@ class Writer:
                 Photo.taken_at,
                 Photo.taken_at_source,
                 Photo.embedding,
+                Photo.phash,
+                Photo.pthumb,
             )
             .where(Photo.content_hash == content_hash)
             .order_by(Photo.id)

@@ -1,0 +1,121 @@
+"""`koclip-search duplicates`: list duplicate groups; set the extras aside, or put them back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from cli.common import CommandError, FiniteFloat, domain_errors
+from cli.main import main
+from cli.search_cmd import OneLineCommand, _library_option
+
+_DEFAULT_DIR = "\0default"  # --set-aside given without a folder
+
+
+@main.command("duplicates", cls=OneLineCommand)
+@_library_option
+@click.option(
+    "--kind",
+    type=click.Choice(("identical", "same", "similar", "all")),
+    default="all",
+    show_default=True,
+    help="identical files, the same picture in other renditions, or similar shots.",
+)
+@click.option(
+    "--threshold",
+    type=FiniteFloat(-1.0, 1.0),
+    default=None,
+    metavar="COS",
+    help="Embedding cosine for similar shots (default 0.90; calibrate on your photos).",
+)
+@click.option("--under", metavar="SUBDIR", help="Only photos under this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--set-aside",
+    "aside_dir",
+    metavar="DIR",
+    is_flag=False,
+    flag_value=_DEFAULT_DIR,
+    default=None,
+    help="Move every non-keeper into DIR, keeping relative paths (default: set-aside/ in "
+    "the library folder, which is never indexed).",
+)
+@click.option("--restore", is_flag=True, help="Put every set-aside photo back.")
+@click.option(
+    "--cross-filesystem", is_flag=True, help="Allow --set-aside to copy to another file system."
+)
+@domain_errors
+def duplicates_command(
+    library: str | None,
+    kind: str,
+    threshold: float | None,
+    under: str | None,
+    as_json: bool,
+    aside_dir: str | None,
+    restore: bool,
+    cross_filesystem: bool,
+) -> None:
+    """Group identical files, renditions of one picture and similar shots, largest group first,
+    each with a suggested keeper (most pixels, then largest file, earliest taken, path).
+
+    Example:
+
+        koclip-search duplicates --kind same --set-aside ~/review
+    """
+    from indexer.aside import restore as restore_all
+    from indexer.aside import set_aside
+    from search import find_library
+    from search.duplicates import SIMILAR_COS, DuplicateOptions, find_duplicates
+    from search.filters import folder_filter
+    from search.library import open_read_only
+
+    if restore and aside_dir is not None:
+        raise CommandError("give --set-aside or --restore, not both", 2)
+    library_dir = find_library(library)
+    if restore:
+        _echo_report(restore_all(library_dir), "restored", as_json)
+        return
+    lib, _ = open_read_only(library_dir)
+    with lib:
+        folder = folder_filter(under, lib.photo_root()) if under else None
+        options = DuplicateOptions(
+            kind=kind,
+            threshold=SIMILAR_COS if threshold is None else threshold,
+            under=folder,
+        )
+        groups = find_duplicates(lib, options)
+    if aside_dir is None:
+        _echo_groups(groups, as_json)
+        return
+    extras = list(dict.fromkeys(p.id for g in groups for p in g.extras))
+    dest = None if aside_dir == _DEFAULT_DIR else aside_dir
+    report = set_aside(library_dir, extras, dest, cross_filesystem=cross_filesystem)
+    _echo_report(report, "set aside", as_json)
+
+
+def _echo_groups(groups: list, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"groups": [g.to_json() for g in groups]}, ensure_ascii=False))
+        return
+    if not groups:
+        click.echo("no duplicates found")
+        return
+    for g in groups:
+        click.echo(f"{g.kind} ({len(g.photos)} photos), keep: {g.keep.path}  [{g.reason}]")
+        for p in g.photos:
+            mark = "*" if p is g.keep else " "
+            click.echo(
+                f"  {mark} {p.similarity:5.3f}  {p.width}x{p.height}  {p.bytes:>10,} B  "
+                f"{p.taken_at:%Y-%m-%d %H:%M}  {p.path}"
+            )
+
+
+def _echo_report(report: Any, verb: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_json(), ensure_ascii=False))
+        return
+    for path, why in report.skipped:
+        click.echo(f"skipped {path}: {why}")
+    click.echo(f"{verb}: {len(report.moved)} photos, skipped {len(report.skipped)}")

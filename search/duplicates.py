@@ -1,0 +1,434 @@
+"""Duplicate groups of a library, of three kinds: identical files, the same picture in several
+renditions, and similar shots of one moment.
+
+- identical: equal content hashes (the indexer's blake2b of the file).
+- same picture: perceptual hashes (koclip.perceptual) within SAME_BITS bits, and stored
+  thumbnails that still match once aligned (`residual` at most SAME_RESIDUAL: a crop, a new
+  format or a colour shift pass, a subject that moved does not). The pixels decide; the
+  embedding only confirms the borderline half (a residual above SAME_RESIDUAL / 2 needs a
+  cosine of at least `confirm`), so the decision holds whatever the model's weights.
+- similar: embedding cosine of at least `threshold`, and not the same picture.
+
+Candidates never come from an all-pairs loop: each photo's k nearest neighbours by FAISS over
+the stored embeddings (kept when their cosine passes the lowest threshold in play), plus photos
+whose hashes agree exactly on one of four 16-bit bands (any pair within 3 bits shares one; most
+pairs within SAME_BITS do), plus equal content hashes. Only those pairs are scored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+import db
+from koclip.perceptual import hamming, residual
+from search.filters import Filter
+from search.results import json_path
+
+KINDS = ("identical", "same", "similar")
+SAME_BITS = 16  # perceptual-hash bits two renditions of one picture may differ by
+SAME_RESIDUAL = 0.45  # koclip.perceptual.residual of two renditions of one picture
+# Defaults to be calibrated on real weights (README, "Duplicates"): renditions of one photo
+# score above ~0.9 with KoCLIP; shots of one moment above SIMILAR_COS.
+SIMILAR_COS = 0.90
+CONFIRM_COS = 0.80
+NEIGHBOURS = 16
+EXACT_MAX = 20_000  # up to this many photos, neighbours are found exactly
+PROBES = 4  # inverted lists searched per photo above EXACT_MAX
+_BANDS = 4
+
+
+@dataclass(frozen=True)
+class DuplicateOptions:
+    """What `find_duplicates` looks for."""
+
+    kind: str = "all"  # one of KINDS, or "all"
+    threshold: float = SIMILAR_COS  # cosine for "similar"
+    confirm: float = CONFIRM_COS  # cosine confirming a borderline "same picture"
+    same_bits: int = SAME_BITS
+    same_residual: float = SAME_RESIDUAL
+    under: str | None = None  # POSIX, NFC, relative to the photo root
+    neighbours: int = NEIGHBOURS
+
+    def __post_init__(self) -> None:
+        if self.kind not in (*KINDS, "all"):
+            raise ValueError(f"kind must be one of {', '.join(KINDS)} or all, not {self.kind!r}")
+        for name in ("threshold", "confirm"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a cosine between -1 and 1")
+        if not 0 <= self.same_bits <= 32 or self.neighbours < 1:
+            raise ValueError("same_bits must be 0..32 and neighbours at least 1")
+
+
+@dataclass(frozen=True)
+class DuplicatePhoto:
+    """One member of a group."""
+
+    id: int
+    path: str  # absolute, as on disk
+    relpath: str  # the library's key
+    width: int
+    height: int
+    bytes: int
+    taken_at: datetime
+    similarity: float  # cosine with the keeper (1.0 for the keeper and identical files)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape of `duplicates --json`."""
+        return {
+            "path": json_path(self.path),
+            "width": self.width,
+            "height": self.height,
+            "bytes": self.bytes,
+            "taken_at": self.taken_at.isoformat(),
+            "similarity": round(float(self.similarity), 4),
+        }
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Photos of one kind; the first is the suggested keeper."""
+
+    kind: str
+    photos: tuple[DuplicatePhoto, ...]
+    reason: str  # why the keeper was suggested
+
+    @property
+    def keep(self) -> DuplicatePhoto:
+        """The suggested keeper."""
+        return self.photos[0]
+
+    @property
+    def extras(self) -> tuple[DuplicatePhoto, ...]:
+        """Everything but the keeper: what `--set-aside` moves."""
+        return self.photos[1:]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape of `duplicates --json`."""
+        return {
+            "kind": self.kind,
+            "keep": json_path(self.keep.path),
+            "reason": self.reason,
+            "photos": [p.to_json() for p in self.photos],
+        }
+
+
+@dataclass
+class Table:
+    """The columns grouping needs, one row per photo (arrays aligned by row)."""
+
+    ids: np.ndarray  # int64
+    phash: np.ndarray  # int64; rows without a hash hold 0 and `has_hash` False
+    has_hash: np.ndarray  # bool
+    content: np.ndarray  # object: content hash strings
+    vectors: np.ndarray  # (n, dim) float32 unit vectors
+    pixels: np.ndarray  # int64 width * height
+    sizes: np.ndarray  # int64 bytes
+    taken: np.ndarray  # datetime64[s]
+    paths: np.ndarray  # object: relpath keys
+
+
+def find_duplicates(library: db.Library, options: DuplicateOptions) -> list[DuplicateGroup]:
+    """The library's duplicate groups of `options.kind`, largest first."""
+    manifest = library.manifest()
+    if manifest is None:
+        return []
+    flt = Filter(under=options.under or None)
+    with library.session() as s, s.begin():
+        rows = s.execute(
+            select(
+                db.Photo.id,
+                db.Photo.path,
+                db.Photo.disk_path,
+                db.Photo.width,
+                db.Photo.height,
+                db.Photo.size,
+                db.Photo.taken_at,
+                db.Photo.content_hash,
+                db.Photo.phash,
+            )
+            .where(*flt.conditions())
+            .order_by(db.Photo.id)
+        ).all()
+        if len(rows) < 2:
+            return []
+        ids = np.fromiter((r.id for r in rows), np.int64, len(rows))
+        vecs = library.vectors_for(s, ids)
+        table = _table(rows, vecs)
+        pairs = _candidates(table, options, neighbour_search(table.vectors))
+        groups = group(table, pairs, options, lambda ids: _thumbnails(s, ids))
+    root = library.photo_root()
+    info = {r.id: r for r in rows}
+    return [
+        _described(kind, [int(table.ids[r]) for r in g], sims_by_id(table, sims), info, root)
+        for kind, g, sims in groups
+    ]
+
+
+def _table(rows: list, vecs: np.ndarray) -> Table:
+    phash = np.array([r.phash if r.phash is not None else 0 for r in rows], np.int64)
+    return Table(
+        ids=np.array([r.id for r in rows], np.int64),
+        phash=phash,
+        has_hash=np.array([r.phash is not None for r in rows], bool),
+        content=np.array([r.content_hash for r in rows], object),
+        vectors=np.ascontiguousarray(vecs, np.float32),
+        pixels=np.array([r.width * r.height for r in rows], np.int64),
+        sizes=np.array([r.size for r in rows], np.int64),
+        taken=np.array([r.taken_at for r in rows], "datetime64[s]"),
+        paths=np.array([r.path for r in rows], object),
+    )
+
+
+def neighbour_search(vecs: np.ndarray) -> Callable[[np.ndarray, int], tuple]:
+    """k-NN by inner product over `vecs` (row numbers as ids): exact up to EXACT_MAX photos,
+    else an inverted-file index probing a few lists (near duplicates share a list or a
+    neighbouring one; searching everything at 100k+ would take minutes)."""
+    import faiss
+
+    n, dim = vecs.shape
+    if n <= EXACT_MAX:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = int(2 * np.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10  # coarse lists are enough: near duplicates are very close
+        sample = np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False)
+        index.train(vecs[np.sort(sample)])
+        index.nprobe = PROBES
+    index.add(vecs)
+    return index.search
+
+
+# -- candidates ---------------------------------------------------------------------------------
+
+
+def _candidates(table: Table, options: DuplicateOptions, knn) -> np.ndarray:
+    """(m, 2) row pairs i < j worth scoring: near neighbours by embedding, hash band matches,
+    equal content hashes."""
+    bands = band_pairs(table.phash, table.has_hash)
+    bands = bands[hamming(table.phash[bands[:, 0]], table.phash[bands[:, 1]]) <= options.same_bits]
+    parts = [_knn_pairs(table, options, knn), bands]
+    parts.append(_content_pairs(table.content))
+    pairs = np.concatenate([p for p in parts if len(p)] or [np.zeros((0, 2), np.int64)])
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
+
+
+def _knn_pairs(table: Table, options: DuplicateOptions, knn) -> np.ndarray:
+    floor = min(options.threshold, options.confirm)
+    if options.kind == "identical":
+        return np.zeros((0, 2), np.int64)
+    out = []
+    k = min(options.neighbours + 1, len(table.ids))
+    for start in range(0, len(table.ids), 4096):
+        scores, rows = knn(table.vectors[start : start + 4096], k)
+        qi, col = np.nonzero((scores >= floor) & (rows >= 0))
+        i, j = qi + start, rows[qi, col]
+        keep = i != j
+        out.append(np.sort(np.stack([i[keep], j[keep]], 1), axis=1))
+    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
+
+
+def band_pairs(phash: np.ndarray, has_hash: np.ndarray) -> np.ndarray:
+    """(m, 2) row pairs whose hashes agree exactly on one 16-bit band (sorted per band)."""
+    rows = np.nonzero(has_hash)[0]
+    out = []
+    unsigned = phash[rows].view(np.uint64)
+    for b in range(_BANDS):
+        key = (unsigned >> np.uint64(16 * b)) & np.uint64(0xFFFF)
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+        sizes = np.diff(np.r_[starts, len(order)])
+        # a huge bucket is a flat hash (blank frames, one colour): it says nothing, skip it
+        for size in np.unique(sizes[(sizes >= 2) & (sizes <= 256)]).tolist():
+            first = starts[sizes == size]
+            ii, jj = np.triu_indices(size, 1)
+            members = rows[order[first[:, None] + np.arange(size)[None, :]]]  # (buckets, size)
+            out.append(np.stack([members[:, ii].ravel(), members[:, jj].ravel()], 1))
+    if not out:
+        return np.zeros((0, 2), np.int64)
+    pairs = np.concatenate(out)
+    return np.sort(pairs, axis=1)
+
+
+def _content_pairs(content: np.ndarray) -> np.ndarray:
+    order = np.argsort(content, kind="stable")
+    same = content[order][1:] == content[order][:-1]
+    idx = np.flatnonzero(same)
+    return np.sort(np.stack([order[idx], order[idx + 1]], 1), axis=1).astype(np.int64)
+
+
+# -- grouping -----------------------------------------------------------------------------------
+
+
+def _thumbnails(session, ids: np.ndarray) -> dict[int, bytes]:
+    """Stored perceptual thumbnails by photo id (photos without one are absent)."""
+    out: dict[int, bytes] = {}
+    wanted = [int(i) for i in ids]
+    for start in range(0, len(wanted), 900):
+        chunk = wanted[start : start + 900]
+        found = session.execute(
+            select(db.Photo.id, db.Photo.pthumb).where(db.Photo.id.in_(chunk))
+        ).all()
+        out.update((pid, raw) for pid, raw in found if raw is not None)
+    return out
+
+
+def group(
+    table: Table,
+    pairs: np.ndarray,
+    options: DuplicateOptions,
+    thumbnails: Callable[[np.ndarray], dict[int, bytes]],
+) -> list[tuple[str, list[int], dict[int, float]]]:
+    """(kind, rows keeper first, cosine with the keeper by row) per group, largest first;
+    `thumbnails` gives the stored thumbnails of photo ids."""
+    i, j = pairs[:, 0], pairs[:, 1]
+    cos = _pair_cosines(table.vectors, i, j)
+    identical = table.content[i] == table.content[j]
+    both = table.has_hash[i] & table.has_hash[j]
+    dist = hamming(table.phash[i], table.phash[j])
+    close = np.flatnonzero(both & (dist <= options.same_bits) & ~identical)
+    thumbs = thumbnails(np.unique(table.ids[pairs[close]])) if len(close) else {}
+    looks = np.full(len(pairs), np.inf)
+    for c in close.tolist():
+        a, b = thumbs.get(int(table.ids[i[c]])), thumbs.get(int(table.ids[j[c]]))
+        if a is not None and b is not None:
+            looks[c] = residual(a, b, good_enough=options.same_residual / 2)
+    limit = options.same_residual
+    same = identical | ((looks <= limit) & ((looks <= limit / 2) | (cos >= options.confirm)))
+    n = len(table.ids)
+    clusters = _components(n, pairs[same])
+    out: list[tuple[str, list[int], dict[int, float]]] = []
+    keepers: dict[int, int] = {}  # row -> its cluster's keeper row
+    for members in clusters:
+        ordered = _keeper_first(table, members)
+        for m in ordered:
+            keepers[m] = ordered[0]
+        if len(ordered) < 2:
+            continue
+        kind = "identical" if len(set(table.content[ordered])) == 1 else "same"
+        out.append((kind, ordered, _cosines(table, ordered)))
+    if options.kind in ("similar", "all"):
+        similar = (~same) & (cos >= options.threshold)
+        ki = np.array([keepers.get(int(a), int(a)) for a in i[similar]], np.int64)
+        kj = np.array([keepers.get(int(b), int(b)) for b in j[similar]], np.int64)
+        distinct = ki != kj
+        for members in _components(n, np.stack([ki[distinct], kj[distinct]], 1)):
+            if len(members) >= 2:
+                ordered = _keeper_first(table, members)
+                out.append(("similar", ordered, _cosines(table, ordered)))
+    wanted = KINDS if options.kind == "all" else (options.kind,)
+    if options.kind == "identical":
+        out = [g for g in out if g[0] == "identical"] + _identical_inside(table, out)
+    out = [g for g in out if g[0] in wanted]
+    out.sort(key=lambda g: (-len(g[1]), KINDS.index(g[0]), table.paths[g[1][0]]))
+    return out
+
+
+def _pair_cosines(vecs: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Cosine of each pair (i[k], j[k]), in chunks so memory stays flat."""
+    out = np.zeros(len(i), np.float32)
+    for start in range(0, len(i), 65536):
+        a, b = vecs[i[start : start + 65536]], vecs[j[start : start + 65536]]
+        out[start : start + 65536] = np.einsum("nd,nd->n", a, b)
+    return out
+
+
+def _identical_inside(table: Table, groups: list) -> list:
+    """Identical sub-groups of the same-picture groups (for --kind identical)."""
+    out = []
+    for kind, rows, _ in groups:
+        if kind != "same":
+            continue
+        by_hash: dict[str, list[int]] = {}
+        for r in rows:
+            by_hash.setdefault(table.content[r], []).append(r)
+        for members in by_hash.values():
+            if len(members) >= 2:
+                ordered = _keeper_first(table, members)
+                out.append(("identical", ordered, {r: 1.0 for r in ordered}))
+    return out
+
+
+def _components(n: int, edges: np.ndarray) -> list[list[int]]:
+    """Connected components (of size >= 1 among rows in `edges`) by union-find."""
+    parent = np.arange(n)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges.tolist():
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    touched = np.unique(edges) if len(edges) else np.zeros(0, np.int64)
+    comps: dict[int, list[int]] = {}
+    for r in touched.tolist():
+        comps.setdefault(find(r), []).append(r)
+    return list(comps.values())
+
+
+def _keeper_first(table: Table, rows: list[int]) -> list[int]:
+    """Largest pixel count, then largest file, then earliest taken, then path."""
+    return sorted(
+        rows, key=lambda r: (-table.pixels[r], -table.sizes[r], table.taken[r], table.paths[r])
+    )
+
+
+def _cosines(table: Table, ordered: list[int]) -> dict[int, float]:
+    keeper = table.vectors[ordered[0]]
+    sims = table.vectors[ordered] @ keeper
+    return {
+        r: 1.0 if table.content[r] == table.content[ordered[0]] else float(s)
+        for r, s in zip(ordered, sims, strict=True)
+    }
+
+
+def keeper_reason(photos: list[DuplicatePhoto]) -> str:
+    """Why the first photo is suggested over the second."""
+    keep, other = photos[0], photos[1]
+    if keep.width * keep.height != other.width * other.height:
+        return f"most pixels ({keep.width}x{keep.height})"
+    if keep.bytes != other.bytes:
+        return f"largest file ({keep.bytes} bytes)"
+    if keep.taken_at != other.taken_at:
+        return "taken first"
+    return "first by path"
+
+
+def sims_by_id(table: Table, sims: dict[int, float]) -> dict[int, float]:
+    """Row-keyed cosines re-keyed by photo id."""
+    return {int(table.ids[r]): s for r, s in sims.items()}
+
+
+def _described(
+    kind: str, ids: list[int], sims: dict[int, float], info: dict, root: Path
+) -> DuplicateGroup:
+    photos = []
+    for pid in ids:
+        r = info[pid]
+        on_disk = r.path if r.disk_path is None else os.fsdecode(r.disk_path)
+        photos.append(
+            DuplicatePhoto(
+                id=pid,
+                path=str(root / on_disk),
+                relpath=r.path,
+                width=r.width,
+                height=r.height,
+                bytes=r.size,
+                taken_at=r.taken_at,
+                similarity=sims[pid],
+            )
+        )
+    return DuplicateGroup(kind, tuple(photos), keeper_reason(photos))
