@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +135,47 @@ def assert_matches(
         assert abs(scores[hit.photo_id] - hit.score) <= tol, (hit, scores[hit.photo_id])
     found = [h.photo_id for h in hits]
     assert len(set(found)) == len(found)
+
+
+def synthetic_photos(vecs: np.ndarray, folders: list[str], start: int = 0) -> list[db.Photo]:
+    """Rows for `vecs` without photos behind them: photo i is `folders[i % n]/i.jpg`, taken
+    every 7 hours from 2020-01-01, content hash `h<i>`."""
+    return [
+        db.Photo(
+            path=f"{folders[i % len(folders)]}/{i:05d}.jpg",
+            size=1,
+            mtime_ns=0,
+            content_hash=f"h{i}",
+            width=1,
+            height=1,
+            taken_at=datetime(2020, 1, 1) + timedelta(hours=7 * i),
+            taken_at_source="exif",
+            indexed_at=0.0,
+            embedding=db.vector_to_blob(v),
+        )
+        for i, v in enumerate(vecs, start)
+    ]
+
+
+def synthetic_library(root: Path, vecs: np.ndarray, folders: list[str]) -> np.ndarray:
+    """A library of `vecs` written through db/ (no model, `synthetic_photos` rows) with a flat
+    index saved; returns the photo ids in row order."""
+    library_dir = db.default_library_dir(root)
+    with db.LibraryLock(library_dir), db.Library.create(library_dir) as lib:
+        with lib.session() as s, s.begin():
+            lib.set_manifest(
+                s,
+                db.Manifest(
+                    model_id="synthetic",
+                    fingerprint="0",
+                    dim=vecs.shape[1],
+                    preprocess_version="-",
+                    index_type="flat",
+                    photo_root=db.relative_photo_root(library_dir, root),
+                ),
+            )
+            s.add_all(synthetic_photos(vecs, folders))
+        lib.write_manifest_json()
+        lib.save_index(lib.build_index())
+    with db.Library.open(library_dir) as lib:
+        return lib.photo_ids()

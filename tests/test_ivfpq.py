@@ -17,6 +17,7 @@ import db
 from db import vectors
 from search import Searcher, ann, reindex
 from search.engine import LoadedIndex
+from tests.search_fixtures import synthetic_library, synthetic_photos
 
 DIM = 32
 N = 4000
@@ -35,50 +36,15 @@ def _clustered(n: int, seed: int) -> np.ndarray:
     return _unit(centres[rng.integers(0, CLUSTERS, n)] + 0.2 * rng.standard_normal((n, DIM)))
 
 
-def _photos(vecs: np.ndarray, start: int = 0) -> list[db.Photo]:
-    return [
-        db.Photo(
-            path=f"{FOLDERS[i % len(FOLDERS)]}/{i:05d}.jpg",
-            size=1,
-            mtime_ns=0,
-            content_hash=f"h{i}",
-            width=1,
-            height=1,
-            taken_at=datetime(2020, 1, 1) + timedelta(hours=7 * i),
-            taken_at_source="exif",
-            indexed_at=0.0,
-            embedding=db.vector_to_blob(v),
-        )
-        for i, v in enumerate(vecs, start)
-    ]
-
-
 @pytest.fixture(scope="module")
 def pq_library(tmp_path_factory: pytest.TempPathFactory):
     """A library of N clustered vectors, indexed as ivf-pq: (root, ids, vectors)."""
     root = tmp_path_factory.mktemp("pq")
     library_dir = db.default_library_dir(root)
     vecs = _clustered(N, 0)
-    with db.LibraryLock(library_dir), db.Library.create(library_dir) as lib:
-        with lib.session() as s, s.begin():
-            lib.set_manifest(
-                s,
-                db.Manifest(
-                    model_id="synthetic",
-                    fingerprint="0",
-                    dim=DIM,
-                    preprocess_version="-",
-                    index_type="flat",
-                    photo_root=db.relative_photo_root(library_dir, root),
-                ),
-            )
-            s.add_all(_photos(vecs))
-        lib.write_manifest_json()
-        lib.save_index(lib.build_index())
+    ids = synthetic_library(root, vecs, FOLDERS)
     report = reindex(library_dir, "ivf-pq")
     assert (report.previous_type, report.index_type, report.vectors) == ("flat", "ivf-pq", N)
-    with db.Library.open(library_dir) as lib:
-        ids = lib.photo_ids()
     return root, ids, vecs
 
 
@@ -187,7 +153,7 @@ def test_rows_added_or_deleted_after_the_save_are_searched_exactly(pq_library, t
     nearest = _exact(vecs, ids, q, 5)[0]
     with db.LibraryLock(library_dir), db.Library.create(library_dir) as lib:
         with lib.session() as s, s.begin():
-            s.add_all(_photos(new, start=N))
+            s.add_all(synthetic_photos(new, FOLDERS, start=N))
             s.execute(delete(db.Photo).where(db.Photo.id.in_(nearest.tolist())))
         all_ids = lib.photo_ids()
         with lib.session() as s, s.begin():

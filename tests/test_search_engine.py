@@ -15,6 +15,7 @@ import pytest
 import db
 from db import vectors
 from search import Searcher, ann, reindex
+from tests.search_fixtures import synthetic_library
 
 DIM = 16
 N = 3000
@@ -30,42 +31,10 @@ def _vectors(n: int, seed: int) -> np.ndarray:
 def synthetic(tmp_path_factory: pytest.TempPathFactory):
     """A library of N random unit vectors under FOLDERS with spread-out dates."""
     root = tmp_path_factory.mktemp("synthetic")
-    library_dir = db.default_library_dir(root)
     vecs = _vectors(N, 0)
+    ids = synthetic_library(root, vecs, FOLDERS)
     paths = [f"{FOLDERS[i % len(FOLDERS)]}/{i:05d}.jpg" for i in range(N)]
     dates = [datetime(2020, 1, 1) + timedelta(hours=7 * i) for i in range(N)]
-    with db.LibraryLock(library_dir), db.Library.create(library_dir) as lib:
-        with lib.session() as s, s.begin():
-            lib.set_manifest(
-                s,
-                db.Manifest(
-                    model_id="synthetic",
-                    fingerprint="0",
-                    dim=DIM,
-                    preprocess_version="-",
-                    index_type="flat",
-                    photo_root=db.relative_photo_root(library_dir, root),
-                ),
-            )
-            s.add_all(
-                db.Photo(
-                    path=p,
-                    size=1,
-                    mtime_ns=0,
-                    content_hash=f"h{i}",
-                    width=1,
-                    height=1,
-                    taken_at=d,
-                    taken_at_source="exif",
-                    indexed_at=0.0,
-                    embedding=db.vector_to_blob(v),
-                )
-                for i, (p, d, v) in enumerate(zip(paths, dates, vecs, strict=True))
-            )
-        lib.write_manifest_json()
-        lib.save_index(lib.build_index())
-    with db.Library.open(library_dir) as lib, lib.session() as s, s.begin():
-        ids = lib.photo_ids(s)
     return root, ids, vecs, paths, dates
 
 
