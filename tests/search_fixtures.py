@@ -179,3 +179,13 @@ def synthetic_library(root: Path, vecs: np.ndarray, folders: list[str]) -> np.nd
         lib.save_index(lib.build_index())
     with db.Library.open(library_dir) as lib:
         return lib.photo_ids()
+
+
+def one_line_error(result, exit_code: int = 2) -> str:
+    """The one `Error: ...` line a CliRunner result reported, after checking the exit code and
+    that it was reported (SystemExit), not a traceback."""
+    assert result.exit_code == exit_code, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception  # reported, no traceback
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]

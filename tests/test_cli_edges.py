@@ -26,7 +26,7 @@ import db
 from cli.main import main
 from search import QueryError, QueryImageError, Searcher
 from search.encode import combine
-from tests.search_fixtures import index_folder, indexed_photos
+from tests.search_fixtures import index_folder, indexed_photos, one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,14 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def photo_root(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
     return indexed_photos(tmp_path_factory, tiny_checkpoint)
-
-
-def _one_line_error(result, exit_code: int = 2) -> str:
-    assert result.exit_code == exit_code, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception  # reported, no traceback
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
 
 
 def _invoke(*args: str | Path):
@@ -91,10 +83,10 @@ def specials(tmp_path: Path):
 
 def test_similar_names_what_a_non_regular_file_is(photo_root: Path, specials) -> None:
     for kind, (path, words) in specials.items():
-        line = _one_line_error(_invoke("similar", path, "--library", photo_root))
+        line = one_line_error(_invoke("similar", path, "--library", photo_root))
         assert words in line and "no such file" not in line, (kind, line)
     fifo, words = specials["fifo"]
-    line = _one_line_error(_invoke("search", fifo, "+", "바다", "--library", photo_root))
+    line = one_line_error(_invoke("search", fifo, "+", "바다", "--library", photo_root))
     assert words in line
 
 
@@ -113,7 +105,7 @@ def test_python_api_refuses_non_regular_query_images(photo_root: Path, specials)
 @pytest.mark.parametrize("query", ["\udcff바다", "바다\ud800"])
 def test_undecodable_argv_text_is_one_line(photo_root: Path, query: str) -> None:
     # Bytes that are not UTF-8 reach Python's argv as lone surrogates.
-    line = _one_line_error(_invoke("search", query, "--library", photo_root))
+    line = one_line_error(_invoke("search", query, "--library", photo_root))
     assert "not valid Unicode" in line
 
 
@@ -156,11 +148,11 @@ def test_train_refuses_a_batch_larger_than_the_data_before_loading_a_model(tmp_p
     captions = _captions(tmp_path / "data", 3)
     # No model of that name exists: the refusal comes before any model is looked at.
     args = ["train", captions, "--images", tmp_path / "data", "--from", "no-such-model"]
-    line = _one_line_error(_invoke(*args, "--out", tmp_path / "out", "--batch-size", "8"))
+    line = one_line_error(_invoke(*args, "--out", tmp_path / "out", "--batch-size", "8"))
     assert "--batch-size 8" in line and "3 training images" in line, line
     assert not (tmp_path / "out").exists()
 
-    line = _one_line_error(
+    line = one_line_error(
         _invoke(*args, "--out", tmp_path / "o2", "--batch-size", "3", "--val-split", "0.5")
     )
     assert "1 training image" in line and "held out" in line, line
@@ -261,5 +253,5 @@ def test_unreachable_hub_names_the_model_flag(tmp_path: Path, monkeypatch) -> No
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (32, 32), (10, 20, 30)).save(photos / "a.jpg")
-    line = _one_line_error(_invoke("index", photos, "--model", "koclip-base"), 1)
+    line = one_line_error(_invoke("index", photos, "--model", "koclip-base"), 1)
     assert "cannot be reached" in line and "--model DIR" in line, line

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cli.main import main
-from tests.search_fixtures import index_folder
+from tests.search_fixtures import index_folder, one_line_error
 
 DAMAGE = {
     # What a half-finished download or a stray edit leaves behind; neither is a model mismatch.
@@ -55,14 +55,6 @@ def _invoke(args: list) -> object:
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def _one_line_error(result, exit_code: int) -> str:
-    assert result.exit_code == exit_code, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit)  # reported, not a traceback
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
-
-
 def test_a_damaged_checkpoint_is_a_model_failure_in_every_command(damaged, tmp_path) -> None:
     photos, checkpoint, kind = damaged
     captions = tmp_path / "captions.jsonl"
@@ -92,7 +84,7 @@ def test_a_damaged_checkpoint_is_a_model_failure_in_every_command(damaged, tmp_p
     if kind == "no tokenizer":
         del commands["index"]  # indexing photos needs no tokenizer, and succeeds
     for name, args in commands.items():
-        line = _one_line_error(_invoke(args), 1)
+        line = one_line_error(_invoke(args), 1)
         assert DAMAGE[kind][1] in line, (name, line)
         assert "built with" not in line and "mismatch" not in line, (name, line)
 
@@ -129,14 +121,14 @@ def test_another_model_is_bad_input_in_every_command(
         "index": ["index", photos, "--model", other],
     }
     for name, args in commands.items():
-        line = _one_line_error(_invoke(args), 2)
+        line = one_line_error(_invoke(args), 2)
         assert re.search("built with|made with|--rebuild", line), (name, line)
 
 
 def test_no_library_is_bad_input_in_every_command(tmp_path: Path) -> None:
     nowhere = tmp_path / "nowhere"
     for args in (["search", "바다"], ["similar", "a.jpg"], ["info"], ["reindex"]):
-        line = _one_line_error(_invoke([*args, "--library", nowhere]), 2)
+        line = one_line_error(_invoke([*args, "--library", nowhere]), 2)
         assert "no library" in line, (args, line)
 
 

@@ -18,20 +18,13 @@ import db
 from cli.main import main
 from db import vectors
 from tests.indexer_fixtures import assert_consistent, index, open_lib, write_jpeg
+from tests.search_fixtures import one_line_error
 
 N_PHOTOS = 6
 
 
 def _invoke(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_line_error(result, exit_code: int = 2) -> str:
-    assert result.exit_code == exit_code, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception  # reported, no traceback
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
 
 
 def _sql(library_dir: Path, statement: str) -> None:
@@ -120,7 +113,7 @@ def test_a_damaged_library_is_one_line_naming_the_file(damaged, tiny_checkpoint)
     root, kind = damaged
     _, named, repairable = DAMAGE[kind]
     for args in (["search", "바다", "--library", root], ["info", "--library", root]):
-        line = _one_line_error(_invoke(*args))
+        line = one_line_error(_invoke(*args))
         if kind == "zero-byte database":  # an empty file: nothing was ever finished there
             assert "never finished" in line and "koclip-search index" in line, line
             continue
@@ -147,7 +140,7 @@ def test_a_damaged_library_is_one_line_naming_the_file(damaged, tiny_checkpoint)
 
     result = _invoke("index", root, "--model", tiny_checkpoint)
     if not repairable:
-        line = _one_line_error(result)
+        line = one_line_error(result)
         assert named in line and "--rebuild" in line, line
         result = _invoke("index", root, "--model", tiny_checkpoint, "--rebuild")
     assert result.exit_code == 0, (result.output, result.exception)
@@ -170,7 +163,7 @@ def test_a_short_embedding_is_reported_and_indexed_again(pristine, tmp_path, tin
             relpath = s.get(db.Photo, victim).path
         path = lib.resolve(relpath)
     _sql(library_dir, f"UPDATE photos SET embedding = substr(embedding, 1, 6) WHERE id = {victim}")
-    line = _one_line_error(_invoke("similar", path, "--library", root))
+    line = one_line_error(_invoke("similar", path, "--library", root))
     assert "library.sqlite3" in line and "damaged embedding" in line, line
     with (
         pytest.raises(db.LibraryCorruptError, match="koclip-search index"),
@@ -204,10 +197,10 @@ def test_a_first_run_that_failed_is_told_apart_from_one_running(tmp_path, tiny_c
     library_dir = root / db.LIBRARY_DIRNAME
     with db.LibraryLock(library_dir), db.Library.create(library_dir):
         pass  # tables, no manifest: what a run killed before its first commit leaves
-    line = _one_line_error(_invoke("search", "바다", "--library", root))
+    line = one_line_error(_invoke("search", "바다", "--library", root))
     assert "never finished" in line and f"koclip-search index {root}" in line, line
     with db.LibraryLock(library_dir):
-        line = _one_line_error(_invoke("info", "--library", root))
+        line = one_line_error(_invoke("info", "--library", root))
         assert "being created right now" in line, line
     index(root, tiny_checkpoint)  # the command the message names finishes it
     assert _invoke("search", "바다", "--library", root).exit_code == 0
@@ -229,7 +222,7 @@ def test_a_first_run_failing_before_any_photo_leaves_no_library(
         assert sorted(p.name for p in library_dir.iterdir()) == ["lock", "notes.txt"]
     else:
         assert not library_dir.exists()
-    line = _one_line_error(_invoke("search", "바다", "--library", library_dir))
+    line = one_line_error(_invoke("search", "바다", "--library", library_dir))
     assert "no library" in line, line
     index(root, tiny_checkpoint, library=library_dir)
     with pytest.raises(Exception):  # noqa: B017 - a later failure keeps what was indexed

@@ -341,14 +341,9 @@ def _write_slowly(path: Path, data: bytes, chunks: int = 5, pause: float = 0.3) 
             time.sleep(pause)
 
 
-@pytest.mark.slow
-def test_index_watch_end_to_end(tmp_path, tiny_checkpoint):
-    root, src = tmp_path / "p", tmp_path / "src"
-    for i in range(3):
-        write_jpeg(root / f"old/{i}.jpg", i)
-    for i in range(10, 16):
-        write_jpeg(src / f"{i}.jpg", i, (320, 240))
-    proc = subprocess.Popen(
+def _spawn_watcher(root, checkpoint, settle: str, *extra: str, stdout) -> subprocess.Popen:
+    """`koclip-search index ROOT --watch` as its own process (batches of 2), stderr piped."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-c",
@@ -357,19 +352,29 @@ def test_index_watch_end_to_end(tmp_path, tiny_checkpoint):
             str(root),
             "--watch",
             "--model",
-            str(tiny_checkpoint),
+            str(checkpoint),
             "--settle",
-            "1",
+            settle,
             "--batch-size",
             "2",
-            "--json",
+            *extra,
         ],
         cwd=REPO,
         env=os.environ | {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.mark.slow
+def test_index_watch_end_to_end(tmp_path, tiny_checkpoint):
+    root, src = tmp_path / "p", tmp_path / "src"
+    for i in range(3):
+        write_jpeg(root / f"old/{i}.jpg", i)
+    for i in range(10, 16):
+        write_jpeg(src / f"{i}.jpg", i, (320, 240))
+    proc = _spawn_watcher(root, tiny_checkpoint, "1", "--json", stdout=subprocess.PIPE)
     stack = contextlib.ExitStack()
     try:
         expect = {f"old/{i}.jpg" for i in range(3)}
@@ -428,27 +433,7 @@ def test_index_watch_end_to_end(tmp_path, tiny_checkpoint):
 def test_kill9_of_a_watcher_loses_nothing_committed(tmp_path, tiny_checkpoint):
     root = tmp_path / "p"
     write_jpeg(root / "a.jpg", 1)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from cli import main; main()",
-            "index",
-            str(root),
-            "--watch",
-            "--model",
-            str(tiny_checkpoint),
-            "--settle",
-            "0.2",
-            "--batch-size",
-            "2",
-        ],
-        cwd=REPO,
-        env=os.environ | {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _spawn_watcher(root, tiny_checkpoint, "0.2", stdout=subprocess.DEVNULL)
     try:
         _eventually(lambda: _paths(root) == {"a.jpg"}, "the first pass", proc)
         for i in range(2, 12):
