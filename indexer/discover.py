@@ -75,8 +75,10 @@ def discover(
     exclude: Sequence[str] = (),
     skip: Iterable[Path] = (),
     follow_links: bool = False,
+    under: str = "",
 ) -> Iterator[FoundFile | UnreadableDir | OutsideLink]:
-    """Depth-first, name-sorted walk of `root`.
+    """Depth-first, name-sorted walk of `root`, or of its subfolder `under` (relative,
+    os-native; the paths yielded stay relative to `root`).
 
     Hidden files and folders and those in `skip` (the library) are left out, as are
     `exclude` globs. Symlinks inside the root are followed, those leading out of it only
@@ -86,9 +88,12 @@ def discover(
     exclude = _lower(exclude)
     skip_ids = {_dir_id(p) for p in skip if os.path.isdir(p)}
     root_real = os.path.realpath(root)
-    seen = {_dir_id(root)}
+    start = os.path.join(os.fspath(root), under) if under else os.fspath(root)
+    seen = {_dir_id(start)}
+    prefix = f"{path_key(under.replace(os.sep, '/'))}/" if under else ""
+    disk_prefix = f"{under.replace(os.sep, '/')}/" if under else ""
     # (folder to list, its key prefix, its on-disk relative prefix)
-    stack: list[tuple[str, str, str]] = [(os.fspath(root), "", "")]
+    stack: list[tuple[str, str, str]] = [(start, prefix, disk_prefix)]
     while stack:
         dirpath, rel, disk_rel = stack.pop()
         try:
@@ -112,7 +117,7 @@ def discover(
                 if (
                     not follow_links
                     and entry.is_symlink()
-                    and not _inside(os.path.realpath(entry.path), root_real)
+                    and not inside(os.path.realpath(entry.path), root_real)
                 ):
                     if is_dir or entry.is_file():
                         yield OutsideLink(entry_rel, is_dir)
@@ -133,7 +138,7 @@ def discover(
         stack.extend(reversed(subdirs))
 
 
-def _inside(real: str, root_real: str) -> bool:
+def inside(real: str, root_real: str) -> bool:
     return real == root_real or real.startswith(root_real.rstrip("/") + "/")
 
 

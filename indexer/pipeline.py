@@ -177,7 +177,13 @@ class IndexSession:
                 follow_links=self.options.follow_links,
             )
         else:
-            found = discover_paths(self.photo_root, scope, exclude=self.options.exclude, skip=skip)
+            found = discover_paths(
+                self.photo_root,
+                scope,
+                exclude=self.options.exclude,
+                skip=skip,
+                follow_links=self.options.follow_links,
+            )
         plan_scope = None if scope is None else [as_relpath(p) for p in scope]
         plan = make_plan(found, known, self._hashes, scope=plan_scope)
         writer = Writer(

@@ -1,7 +1,7 @@
 """Stage 1 for a watcher's pass: discovery limited to the paths that changed.
 
-The same rules as `discover` (hidden names, --exclude, the library folder left out, symlinks
-followed), applied to a few files and folders instead of the whole tree.
+The same rules as `discover` (hidden names, --exclude, the library folder left out, links out
+of the root not followed unless asked), applied to a few files and folders instead of the whole tree.
 """
 
 from __future__ import annotations
@@ -10,9 +10,15 @@ import os
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from db import IMAGE_SUFFIXES
-from indexer.discover import FoundFile, UnreadableDir, discover, is_excluded
-from koclip.preprocess import nfc
+from db import IMAGE_SUFFIXES, path_key
+from indexer.discover import (
+    FoundFile,
+    OutsideLink,
+    UnreadableDir,
+    discover,
+    inside,
+    is_excluded,
+)
 
 
 def scope_of(paths: Iterable[str]) -> tuple[str, ...]:
@@ -26,8 +32,8 @@ def scope_of(paths: Iterable[str]) -> tuple[str, ...]:
 
 
 def as_relpath(path: str) -> str:
-    """A relative, os-native path as the library stores it: POSIX and NFC."""
-    return nfc(path.replace(os.sep, "/"))
+    """A relative, os-native path as the library keys it: POSIX and NFC (db.path_key)."""
+    return path_key(path.replace(os.sep, "/"))
 
 
 def discover_paths(
@@ -36,16 +42,20 @@ def discover_paths(
     *,
     exclude: Sequence[str] = (),
     skip: Iterable[Path] = (),
-) -> Iterator[FoundFile | UnreadableDir]:
+    follow_links: bool = False,
+) -> Iterator[FoundFile | UnreadableDir | OutsideLink]:
     """Image files at or under `paths` (relative to `root`, os-native, see `scope_of`).
 
-    A path that is gone yields nothing: what the library holds there is gone too.
+    A path that is gone yields nothing: what the library holds there is gone too. A path
+    that leads out of the root through a symlink (itself or a folder above it) is an
+    OutsideLink unless `follow_links`, as in a full pass.
     """
     if not os.path.isdir(root):
         # The root went away (unmounted): its photos are not gone, only out of sight.
         yield UnreadableDir(".", "the photo folder is not there")
         return
     skip = [Path(p).resolve() for p in skip]
+    root_real = os.path.realpath(root)
     for path in scope_of(paths):
         rel = as_relpath(path)
         if _hidden_or_excluded(rel, exclude):
@@ -57,25 +67,21 @@ def discover_paths(
             st = full.stat()
         except OSError:
             continue  # gone (or a broken link): nothing to index
-        if full.is_dir():
-            yield from _walk(full, rel, exclude, skip)
-        elif os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES and full.is_file():
-            yield FoundFile(rel, os.fspath(full), st.st_size, st.st_mtime_ns)
-
-
-def _walk(
-    folder: Path, rel: str, exclude: Sequence[str], skip: list[Path]
-) -> Iterator[FoundFile | UnreadableDir]:
-    """`discover` of a subfolder, its paths made relative to the photo root again."""
-    for item in discover(folder, skip=skip):
-        if isinstance(item, UnreadableDir):
-            sub = rel if item.relpath == "." else f"{rel}/{item.relpath}"
-            yield UnreadableDir(sub, item.reason)
+        is_dir = full.is_dir()
+        is_image = os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES and full.is_file()
+        if not (is_dir or is_image):
             continue
-        full_rel = f"{rel}/{item.relpath}"
-        # --exclude globs match paths from the photo root, so they are checked here.
-        if not _hidden_or_excluded(full_rel, exclude):
-            yield FoundFile(full_rel, item.path, item.size, item.mtime_ns)
+        if not follow_links and not inside(os.path.realpath(full), root_real):
+            yield OutsideLink(rel, is_dir)
+        elif is_dir:
+            yield from discover(
+                root, exclude=exclude, skip=skip, follow_links=follow_links, under=path
+            )
+        else:
+            disk = path.replace(os.sep, "/")
+            yield FoundFile(
+                rel, os.fspath(full), st.st_size, st.st_mtime_ns, "" if disk == rel else disk
+            )
 
 
 def _hidden_or_excluded(rel: str, exclude: Sequence[str]) -> bool:

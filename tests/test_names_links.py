@@ -273,3 +273,37 @@ def test_follow_links_indexes_them_through_the_cli(tmp_path, tiny_checkpoint):
         with lib.session() as s, s.begin():
             assert not s.scalars(select(db.Failure)).all()
     assert index(root, tiny_checkpoint).deleted == 2  # without the flag they go again
+
+
+def test_scoped_passes_judge_links_and_names_like_a_full_pass(tmp_path, tiny_checkpoint):
+    """A watcher's pass over changed paths records the same links and keys as a full pass."""
+    from indexer import IndexOptions, IndexSession
+
+    root = tmp_path / "p"
+    write_jpeg(root / "keep.jpg", 1)
+    with IndexSession(root, IndexOptions(model=str(tiny_checkpoint))) as s:
+        s.run()
+        linked = _linked_tree(tmp_path / "t")  # in.jpg, real/z.jpg and the links, made anew
+        os.rename(linked, root / "new")
+        (root / "new/inside-link.jpg").symlink_to(root / "keep.jpg")  # inside: followed
+        write_jpeg(disk(root, b"new/caf\xe9.jpg"), 5)
+        scoped = s.run(["new"])
+    with open_lib(root) as lib:
+        keys = set(rows(lib))
+        with lib.session() as sess, sess.begin():
+            links = {f.path for f in sess.scalars(select(db.Failure))}
+    assert keys == {
+        "keep.jpg",
+        "new/in.jpg",
+        "new/real/z.jpg",
+        "new/inside-link.jpg",
+        "new/caf\\xe9.jpg",
+    }
+    assert links == {"new/outfile.jpg", "new/outdir"}
+    assert {path for path, _ in scoped.failures} == {"new/outfile.jpg", "new/outdir/"}
+    # A link given by itself (a watcher sees the link's own path change) is judged the same.
+    (root / "solo.jpg").symlink_to(tmp_path / "t/outside/x.jpg")
+    with IndexSession(root, IndexOptions(model=str(tiny_checkpoint))) as s:
+        assert [p for p, _ in s.run(["solo.jpg"]).failures] == ["solo.jpg"]
+        full = s.run()
+    assert full.new == 0 and full.deleted == 0
