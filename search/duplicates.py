@@ -18,7 +18,7 @@ pairs within SAME_BITS do), plus equal content hashes. Only those pairs are scor
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -393,6 +393,36 @@ def _cosines(table: Table, ordered: list[int]) -> dict[int, float]:
         r: 1.0 if table.content[r] == table.content[ordered[0]] else float(s)
         for r, s in zip(ordered, sims, strict=True)
     }
+
+
+def choose_keepers(
+    groups: list[DuplicateGroup], keep: Collection[str]
+) -> tuple[list[DuplicateGroup], list[str]]:
+    """`groups` with the photo of each library key in `keep` moved first as its groups'
+    keeper ("chosen"), and the keys found in no group. ValueError if two chosen photos
+    share a group."""
+    wanted = set(keep)
+    found: set[str] = set()
+    out = []
+    for g in groups:
+        chosen = [p for p in g.photos if p.relpath in wanted]
+        if len(chosen) > 1:
+            names = " and ".join(p.relpath for p in chosen)
+            raise ValueError(f"{names} are in one group: keep only one of them")
+        if not chosen:
+            out.append(g)
+            continue
+        found.add(chosen[0].relpath)
+        rest = tuple(p for p in g.photos if p is not chosen[0])
+        out.append(DuplicateGroup(g.kind, (chosen[0], *rest), "chosen"))
+    return out, sorted(wanted - found)
+
+
+def extras_to_move(groups: list[DuplicateGroup]) -> list[int]:
+    """Ids of every group's non-keepers, keepers of other groups left out (a keeper of a
+    "same" group may be a non-keeper of a "similar" one: that picture keeps one copy)."""
+    keepers = {g.keep.id for g in groups}
+    return list(dict.fromkeys(p.id for g in groups for p in g.extras if p.id not in keepers))
 
 
 def keeper_reason(photos: list[DuplicatePhoto]) -> str:

@@ -205,6 +205,39 @@ def test_set_aside_and_restore(small_set: Path, tmp_path: Path, tiny_checkpoint:
         assert lib.photo_ids().tolist() == ids_before  # the same ids, no re-encoding
 
 
+def test_keep_chooses_another_keeper_per_group(small_set: Path, tmp_path: Path) -> None:
+    root = small_set
+    run = lambda *a: CliRunner().invoke(main, ["duplicates", "--library", str(root), *a])  # noqa: E731
+    keep = ["--kind", "same", "--keep", "trip/1/small.jpg", "--keep", str(root / "trip/0/big.jpg")]
+    listed = run(*keep)
+    assert listed.exit_code == 0, listed.output
+    assert f"keep: {root / 'trip/1/small.jpg'}  [chosen]" in listed.output
+    assert f"keep: {root / 'trip/0/big.jpg'}  [chosen]" in listed.output
+    review = tmp_path / "review"
+    result = run(*keep, "--set-aside", str(review))
+    assert result.exit_code == 0, result.output
+    assert _files(review) == {"trip/0/small.jpg", "copy.jpg", "trip/1/big.jpg", "trip/2/small.jpg"}
+    assert {"trip/0/big.jpg", "trip/1/small.jpg", "trip/2/big.jpg"} <= _files(root)
+    run("--restore")
+    for bad in (["--keep", "nowhere.jpg"], ["--keep", "copy.jpg", "--keep", "trip/0/small.jpg"]):
+        refused = run("--kind", "same", *bad, "--set-aside", str(review))
+        assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused
+    assert _files(review) == set()
+
+
+def test_a_keeper_is_never_moved_as_another_groups_extra() -> None:
+    from datetime import datetime
+
+    from search.duplicates import DuplicateGroup, DuplicatePhoto, extras_to_move
+
+    def photo(pid: int) -> DuplicatePhoto:
+        return DuplicatePhoto(pid, f"/p/{pid}", f"{pid}", 10, 10, 5, datetime(2024, 1, 1), 1.0)
+
+    same = DuplicateGroup("same", (photo(1), photo(2)), "most pixels")
+    similar = DuplicateGroup("similar", (photo(3), photo(1)), "most pixels")  # 1 keeps "same"
+    assert extras_to_move([same, similar]) == [2]
+
+
 def test_set_aside_default_folder_never_overwrites(small_set: Path) -> None:
     root = small_set
     aside = db.default_library_dir(root) / "set-aside"
