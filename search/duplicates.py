@@ -3,8 +3,9 @@ renditions, and similar shots of one moment.
 
 - identical: equal content hashes (the indexer's blake2b of the file).
 - same picture: perceptual hashes (koclip.perceptual) within SAME_BITS bits, and stored
-  thumbnails that still match once aligned (`residual` at most SAME_RESIDUAL: a crop, a new
-  format or a colour shift pass, a subject that moved does not). The pixels decide; the
+  thumbnails that still match once aligned (`residuals` at most SAME_RESIDUAL, every pair
+  in one vectorised pass: a crop, a new format or a colour shift pass, a subject that
+  moved does not). The pixels decide; the
   embedding only confirms the borderline half (a residual above SAME_RESIDUAL / 2 needs a
   cosine of at least `confirm`), so the decision holds whatever the model's weights.
 - similar: embedding cosine of at least `threshold`, and not the same picture.
@@ -28,7 +29,7 @@ import numpy as np
 from sqlalchemy import select
 
 import db
-from koclip.perceptual import hamming, residual
+from koclip.perceptual import hamming, residuals
 from search.filters import Filter
 from search.results import json_path
 
@@ -298,10 +299,14 @@ def group(
     close = np.flatnonzero(both & (dist <= options.same_bits) & ~identical)
     thumbs = thumbnails(np.unique(table.ids[pairs[close]])) if len(close) else {}
     looks = np.full(len(pairs), np.inf)
-    for c in close.tolist():
-        a, b = thumbs.get(int(table.ids[i[c]])), thumbs.get(int(table.ids[j[c]]))
-        if a is not None and b is not None:
-            looks[c] = residual(a, b, good_enough=options.same_residual / 2)
+    scored = [c for c in close.tolist() if int(table.ids[i[c]]) in thumbs]
+    scored = [c for c in scored if int(table.ids[j[c]]) in thumbs]
+    if scored:
+        rows = np.array(scored)
+        a = _thumb_stack(thumbs, table.ids[i[rows]])
+        b = _thumb_stack(thumbs, table.ids[j[rows]])
+        # every pair at once; a pair within limit / 2 uncut is not cropped at all
+        looks[rows] = residuals(a, b, good_enough=options.same_residual / 2)
     limit = options.same_residual
     same = identical | ((looks <= limit) & ((looks <= limit / 2) | (cos >= options.confirm)))
     n = len(table.ids)
@@ -331,6 +336,11 @@ def group(
     out = [g for g in out if g[0] in wanted]
     out.sort(key=lambda g: (-len(g[1]), KINDS.index(g[0]), table.paths[g[1][0]]))
     return out
+
+
+def _thumb_stack(thumbs: dict[int, bytes], ids: np.ndarray) -> np.ndarray:
+    """The stored thumbnails of `ids` as one (n, side * side) uint8 array."""
+    return np.frombuffer(b"".join(thumbs[int(x)] for x in ids), np.uint8).reshape(len(ids), -1)
 
 
 def _pair_cosines(vecs: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:

@@ -119,6 +119,31 @@ def test_renditions_hash_close_and_strangers_far(tmp_path: Path) -> None:
     assert hamming(h0, phash(other)) > 16 or residual(t0, thumbnail(other)) > 0.45
 
 
+def test_batched_alignment_is_the_per_pair_one() -> None:
+    """`residuals` (every pair at once, crops from matrices) against `residual` (PIL crops,
+    one pair at a time): the same crops to the pixel, the same values, the same decisions."""
+    import numpy as np
+
+    from koclip.perceptual import THUMB_SIDE, _crops, crop_stack, residual, residuals, thumbnail
+
+    rng = np.random.default_rng(5)
+    side = THUMB_SIDE
+    a = rng.integers(0, 256, (40, side, side), dtype=np.uint8)
+    a[:8] = [
+        np.frombuffer(thumbnail(frame(scene(k))), np.uint8).reshape(side, side) for k in range(8)
+    ]
+    assert (crop_stack(a) == np.stack([_crops(t) for t in a])).all()
+    b = np.clip(a.astype(int) + rng.integers(-25, 26, a.shape), 0, 255).astype(np.uint8)
+    b[::3] = rng.integers(0, 256, b[::3].shape, dtype=np.uint8)  # strangers
+    b[1] = np.roll(a[1], 2, axis=1)  # a shift: only a crop aligns it
+    one = np.array([residual(x.tobytes(), y.tobytes()) for x, y in zip(a, b, strict=True)])
+    np.testing.assert_allclose(residuals(a, b, chunk=7), one, rtol=1e-5, atol=1e-6)
+    staged = residuals(a, b, good_enough=0.225)
+    for limit in (0.225, 0.45):
+        assert ((staged <= limit) == (one <= limit)).all()
+    assert (one <= 0.45).any() and (one > 0.45).any()
+
+
 def test_old_library_gets_fingerprints_without_encoding(
     tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
