@@ -686,6 +686,10 @@ async function setAsideGroup(group, li, list, actions, note, button) {
       item.classList.toggle("aside", moved.has(Number(item.dataset.id)));
       item.querySelector("input").disabled = true;
     }
+    // The same photos in other groups (a "similar" group may hold them) are gone too.
+    for (const item of els.dupesList.querySelectorAll(".dupe-photo")) {
+      if (!list.contains(item) && moved.has(Number(item.dataset.id))) item.classList.add("aside");
+    }
     li.classList.add("done");
     button.hidden = true;
     let text = `${report.ids.length}장을 치웠어요 / set aside → ${report.folder}`;
