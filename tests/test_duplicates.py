@@ -144,6 +144,29 @@ def test_batched_alignment_is_the_per_pair_one() -> None:
     assert (one <= 0.45).any() and (one > 0.45).any()
 
 
+def test_neighbours_list_by_list_match_the_exact_ones() -> None:
+    """Above EXACT_MAX photos candidates come from k-means lists (`inverted_pairs`): they
+    find the exact k-NN pairs above the floor, never a pair below it, never a photo itself."""
+    import numpy as np
+
+    from search.duplicates import inverted_pairs, neighbour_search
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 48)).astype(np.float32)
+    vecs = centres[rng.integers(0, 40, 3000)] + rng.standard_normal((3000, 48)).astype(np.float32)
+    vecs[1::7] = vecs[::7][: len(vecs[1::7])] + 0.05 * rng.standard_normal((len(vecs[1::7]), 48))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    scores, rows = neighbour_search(vecs)(vecs, 17)
+    qi, col = np.nonzero(scores >= 0.8)
+    pairs_found = zip(qi.tolist(), rows[qi, col].tolist(), strict=True)
+    exact = {tuple(sorted(p)) for p in pairs_found if p[0] != p[1]}
+    found = inverted_pairs(vecs, 0.8, 16)
+    pairs = {tuple(p) for p in found.tolist()}
+    assert len(exact) >= 400 and len(exact & pairs) / len(exact) >= 0.99
+    assert (found[:, 0] < found[:, 1]).all()
+    assert (np.einsum("nd,nd->n", vecs[found[:, 0]], vecs[found[:, 1]]) >= 0.8 - 1e-6).all()
+
+
 def test_old_library_gets_fingerprints_without_encoding(
     tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
