@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import click
@@ -42,6 +44,14 @@ _DEFAULT_DIR = "\0default"  # --set-aside given without a folder
     help="Move every non-keeper into DIR, keeping relative paths (default: set-aside/ in "
     "the library folder, which is never indexed).",
 )
+@click.option(
+    "--keep",
+    "keep",
+    metavar="PATH",
+    multiple=True,
+    help="Keep this photo instead of the suggested one in its group (repeatable; absolute, "
+    "from the current folder, or relative to the photo folder).",
+)
 @click.option("--restore", is_flag=True, help="Put every set-aside photo back.")
 @click.option(
     "--cross-filesystem", is_flag=True, help="Allow --set-aside to copy to another file system."
@@ -54,6 +64,7 @@ def duplicates_command(
     under: str | None,
     as_json: bool,
     aside_dir: str | None,
+    keep: tuple[str, ...],
     restore: bool,
     cross_filesystem: bool,
 ) -> None:
@@ -63,16 +74,24 @@ def duplicates_command(
     Example:
 
         koclip-search duplicates --kind same --set-aside ~/review
+        koclip-search duplicates --keep 2024/bada.jpg --set-aside
     """
     from indexer.aside import restore as restore_all
     from indexer.aside import set_aside
     from search import find_library
-    from search.duplicates import SIMILAR_COS, DuplicateOptions, find_duplicates
+    from search.duplicates import (
+        SIMILAR_COS,
+        DuplicateOptions,
+        extras_to_move,
+        find_duplicates,
+    )
     from search.filters import folder_filter
     from search.library import open_read_only
 
-    if restore and aside_dir is not None:
-        raise CommandError("give --set-aside or --restore, not both", 2)
+    if restore and (aside_dir is not None or keep):
+        raise CommandError(
+            "--restore puts everything back: give it without --set-aside or --keep", 2
+        )
     library_dir = find_library(library)
     if restore:
         _echo_report(restore_all(library_dir), "restored", as_json)
@@ -86,13 +105,42 @@ def duplicates_command(
             under=folder,
         )
         groups = find_duplicates(lib, options)
+        if keep:
+            groups = _with_keepers(groups, keep, lib.photo_root())
     if aside_dir is None:
         _echo_groups(groups, as_json)
         return
-    extras = list(dict.fromkeys(p.id for g in groups for p in g.extras))
+    extras = extras_to_move(groups)
     dest = None if aside_dir == _DEFAULT_DIR else aside_dir
     report = set_aside(library_dir, extras, dest, cross_filesystem=cross_filesystem)
     _echo_report(report, "set aside", as_json)
+
+
+def _with_keepers(groups: list, keep: tuple[str, ...], root: Path) -> list:
+    """The groups with each --keep photo as its group's keeper; exit 2 for one in no group."""
+    from search.duplicates import choose_keepers
+    from search.filters import find_on_disk, relative_to_root
+
+    keys = {}
+    for text in keep:
+        given = Path(text).expanduser()
+        found = find_on_disk(given)
+        if given.is_absolute() or os.path.lexists(found):
+            key = relative_to_root(found, root)
+        else:  # relative to the photo folder
+            key = relative_to_root(find_on_disk(root / given), root)
+        if key is None:
+            raise CommandError(f"--keep {text}: not inside the library's photo folder {root}", 2)
+        keys[key] = text
+    try:
+        chosen, missing = choose_keepers(groups, keys)
+    except ValueError as exc:
+        raise CommandError(f"--keep: {exc}", 2) from None
+    if missing:
+        raise CommandError(
+            f"--keep {keys[missing[0]]}: not in any of the duplicate groups listed", 2
+        )
+    return chosen
 
 
 def _echo_groups(groups: list, as_json: bool) -> None:

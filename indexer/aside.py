@@ -49,6 +49,7 @@ class AsideReport:
     """What one set-aside or restore run did."""
 
     moved: list[str] = field(default_factory=list)  # library keys
+    ids: list[int] = field(default_factory=list)  # the moved photos' ids, in `moved`'s order
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
     recovered: int = 0  # half-done moves of an interrupted run, finished or undone
 
@@ -73,11 +74,13 @@ def set_aside(
     *,
     cross_filesystem: bool = False,
     after_each: object = None,
+    lock_held: bool = False,
 ) -> AsideReport:
-    """Move the given photos under `dest_root`, keeping their relative paths."""
+    """Move the given photos under `dest_root`, keeping their relative paths. `lock_held`: the
+    caller already holds the writer lock (a watcher of this process, between two passes)."""
     library_dir = Path(library_dir)
     dest_root = Path(dest_root or default_aside_dir(library_dir)).expanduser().absolute()
-    with LibraryLock(library_dir), Library.create(library_dir) as library:
+    with _writer(library_dir, lock_held), Library.create(library_dir) as library:
         report = AsideReport(recovered=recover(library))
         root = library.photo_root()
         _check_destination(root, library_dir, dest_root, cross_filesystem)
@@ -89,20 +92,35 @@ def set_aside(
     return report
 
 
-def restore(library_dir: Path, *, after_each: object = None) -> AsideReport:
-    """Put every set-aside photo back where it was (skipping any whose place is taken)."""
+def restore(
+    library_dir: Path,
+    photo_ids: Iterable[int] | None = None,
+    *,
+    after_each: object = None,
+    lock_held: bool = False,
+) -> AsideReport:
+    """Put the set-aside photos back where they were: those of `photo_ids` (ids no longer
+    aside are passed over), or all of them; skips any whose place is taken."""
     library_dir = Path(library_dir)
-    with LibraryLock(library_dir), Library.create(library_dir) as library:
+    with _writer(library_dir, lock_held), Library.create(library_dir) as library:
         report = AsideReport(recovered=recover(library))
         root = library.photo_root()
         with library.session() as s, s.begin():
             rows = s.execute(select(SetAside.id).order_by(SetAside.id)).scalars().all()
+        if photo_ids is not None:
+            wanted = {int(i) for i in photo_ids}
+            rows = [pid for pid in rows if pid in wanted]
         for pid in rows:
             _restore_one(library, root, pid, report)
             if callable(after_each):
                 after_each(len(report.moved))
         _sync_index(library)
     return report
+
+
+def _writer(library_dir: Path, lock_held: bool) -> contextlib.AbstractContextManager:
+    """The writer lock, unless the caller holds it already."""
+    return contextlib.nullcontext() if lock_held else LibraryLock(library_dir)
 
 
 # -- one photo ------------------------------------------------------------------------------------
@@ -143,6 +161,7 @@ def _move_one(
         return False
     _settle_moving(library, pid)
     report.moved.append(values["path"])
+    report.ids.append(pid)
     return True
 
 
@@ -168,6 +187,7 @@ def _restore_one(library: Library, root: Path, pid: int, report: AsideReport) ->
         return False
     _settle_restoring(library, pid)
     report.moved.append(row.path)
+    report.ids.append(pid)
     return True
 
 

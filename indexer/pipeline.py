@@ -229,6 +229,12 @@ class IndexSession:
             seconds=time.perf_counter() - start,
         )
 
+    def library_changed(self) -> None:
+        """Another writer of this process changed the rows and index file while this session
+        held the lock (set-aside, restore): the next pass starts from them again."""
+        self._stale = True
+        self._hashes = None
+
     def close(self) -> None:
         """Close the library and release the lock."""
         self._stack.close()

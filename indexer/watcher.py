@@ -22,14 +22,17 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from indexer.pipeline import IndexOptions, IndexSession
 from indexer.summary import Summary
 from koclip import KoCLIPEncoder
 
 log = logging.getLogger("koclip_search.watch")
+T = TypeVar("T")
 
 Stat = tuple[int, int, bool] | None  # (size, mtime_ns, is_dir), None when absent
 # During a pass the index file is saved whenever that costs at most this share of the time,
@@ -307,19 +310,76 @@ def watch(
     on_state: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
     encoder: KoCLIPEncoder | None = None,
+    mailbox: Mailbox | None = None,
 ) -> None:
     """Index `photo_dir` now, then keep indexing what changes until `stop` is set (or Ctrl-C).
 
     Holds the library's lock (as a watcher) throughout; `on_pass` gets each pass's summary
     (those that changed something), `on_state` a line when the watcher's state changes
-    ("watching", "photo folder gone", ...). Raises what `index_photos` raises.
+    ("watching", "photo folder gone", ...). Work put in `mailbox` runs between two passes.
+    Raises what `index_photos` raises.
     """
     stop = stop or threading.Event()
     options = _stoppable(options or IndexOptions(), stop)
     with IndexSession(
         photo_dir, options, encoder=encoder, kind="watcher", save_share=SAVE_SHARE
     ) as session:
-        _Watcher(session, watch_options or WatchOptions(), on_pass, on_state, stop).run()
+        watcher = _Watcher(session, watch_options or WatchOptions(), on_pass, on_state, stop)
+        watcher.mailbox = mailbox or Mailbox()
+        watcher.mailbox.open.set()
+        try:
+            watcher.run()
+        finally:
+            watcher.mailbox.close()
+
+
+class Mailbox:
+    """Writes of this process (set-aside, restore) handed to the watcher that holds the
+    library's writer lock, to run on its thread between two passes."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()  # set while the watcher holds the lock and answers
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
+
+    def post(self, fn: Callable[[], T], timeout: float) -> T:
+        """Run `fn` on the watcher's thread and return what it returns; TimeoutError if the
+        watcher does not take it within `timeout` seconds (a long pass: it is not run then)."""
+        future: Future = Future()
+        self._jobs.put((fn, future))
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            if future.cancel():
+                raise
+            return future.result()  # taken in the meantime: it finishes, never abandoned
+
+    def serve(self, session: IndexSession) -> None:
+        """Run what was posted (on the watcher's thread); the session then reloads what
+        those writes changed before its next pass."""
+        while True:
+            try:
+                fn, future = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                session.library_changed()
+
+    def close(self) -> None:
+        """The watcher stopped: refuse what is still waiting (the poster takes the lock itself)."""
+        self.open.clear()
+        while True:
+            try:
+                _, future = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                future.set_exception(TimeoutError("the watcher stopped"))
 
 
 class Stopped(Exception):
@@ -353,6 +413,7 @@ class _Watcher:
         self.on_pass = on_pass
         self.on_state = on_state or (lambda _line: None)
         self.stop = stop
+        self.mailbox = Mailbox()
         self.identity = _probe(self.root)[0]
         self.debouncer = Debouncer(
             options.quiet, options.max_wait, options.max_paths, stat=self._stat
@@ -418,11 +479,12 @@ class _Watcher:
         """Take in events for `timeout` seconds (or until stopped)."""
         deadline = time.monotonic() + timeout
         while not self.stop.is_set():
+            self.mailbox.serve(self.session)
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             try:
-                self.debouncer.add(events.paths.get(timeout=min(left, 0.5)))
+                self.debouncer.add(events.paths.get(timeout=min(left, 0.2)))
             except queue.Empty:
                 continue
             # The first change of a quiet spell: look again as soon as it may be settled.
@@ -432,7 +494,12 @@ class _Watcher:
         """Wait until the photo folder is back; nothing is indexed meanwhile, so its photos
         are not taken for deleted."""
         self.on_state(f"photo folder {self.root} is gone; waiting for it to come back")
-        while not self.stop.wait(self.options.root_check):
+        next_check = time.monotonic() + self.options.root_check
+        while not self.stop.wait(0.2):
+            self.mailbox.serve(self.session)
+            if time.monotonic() < next_check:
+                continue
+            next_check = time.monotonic() + self.options.root_check
             if self._present() is not None:
                 self.on_state(f"photo folder {self.root} is back")
                 return
@@ -476,12 +543,23 @@ class WatchThread:
         self.options = options
         self.watch_options = watch_options
         self.error: BaseException | None = None
+        self.mailbox = Mailbox()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="koclip-watch", daemon=True)
 
     def start(self) -> None:
         """Index what changed since the last run, then keep watching."""
         self._thread.start()
+
+    def holds_lock(self) -> bool:
+        """Whether the watcher runs and holds the library's writer lock (so a write of this
+        process must go through `exclusive`)."""
+        return self._thread.is_alive() and self.mailbox.open.is_set()
+
+    def exclusive(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
+        """Run `fn` on the watcher's thread between two passes, under its writer lock;
+        TimeoutError if no pass ends within `timeout` seconds (then `fn` did not run)."""
+        return self.mailbox.post(fn, timeout)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop at the next committed batch and wait for it (at most `timeout` seconds)."""
@@ -500,6 +578,7 @@ class WatchThread:
                 on_pass=lambda summary, _full: log.info("%s", summary.to_text()),
                 on_state=lambda line: log.warning("%s", line),
                 stop=self._stop,
+                mailbox=self.mailbox,
             )
         except KoclipSearchError as exc:
             self.error = exc

@@ -82,6 +82,133 @@ def residual(a: bytes, b: bytes, *, good_enough: float = 0.0) -> float:
     return best
 
 
+def residuals(
+    a: np.ndarray, b: np.ndarray, *, good_enough: float = 0.0, chunk: int = 512
+) -> np.ndarray:
+    """`residual` of each pair of thumbnails (row k of `a` with row k of `b`; rows hold
+    THUMB_SIDE * THUMB_SIDE uint8), every pair at once. Alignments are tried in stages: both
+    uncut, then `a`'s crops, then `b`'s; a pair leaves at the first stage within
+    `good_enough` (its value is then an upper bound, as `residual`'s early stop gives), so
+    renditions cost one comparison and only the doubtful pairs are cropped."""
+    a = np.asarray(a, np.uint8).reshape(-1, THUMB_SIDE, THUMB_SIDE)
+    b = np.asarray(b, np.uint8).reshape(-1, THUMB_SIDE, THUMB_SIDE)
+    na, nb = _normalised_stack(a[:, None]), _normalised_stack(b[:, None])
+    out = _worst_cells(na, nb[:, 0]).astype(np.float64)
+    todo = np.flatnonzero(out > good_enough)
+    for cut, target in ((a, nb), (b, na)):
+        for start in range(0, len(todo), chunk):
+            rows = todo[start : start + chunk]
+            crops = _normalised_stack(_cut(cut[rows]))
+            out[rows] = np.minimum(out[rows], _worst_cells(crops, target[rows, 0]))
+        todo = todo[out[todo] > good_enough]
+    return out
+
+
+def _normalised_stack(stack: np.ndarray) -> np.ndarray:
+    """`_normalised` over the last two axes of an (n, crops, side, side) stack."""
+    x = stack.astype(np.float32)
+    x -= x.mean(axis=(2, 3), keepdims=True)
+    return x / (x.std(axis=(2, 3), keepdims=True) + 1e-3)
+
+
+def _worst_cells(crops: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per pair: the best crop's worst BLOCK x BLOCK cell of |crop - target| (margins cut)."""
+    diff = np.abs(crops[:, :, 2:-2, 2:-2] - target[:, None, 2:-2, 2:-2])
+    m, c, side = diff.shape[0], diff.shape[1], diff.shape[2]
+    n = side // _BLOCK
+    cells = diff.reshape(m, c, n, _BLOCK, n, _BLOCK).mean(axis=(3, 5))
+    return cells.max(axis=(2, 3)).min(axis=1)
+
+
+def crop_stack(thumbs: np.ndarray) -> np.ndarray:
+    """`_crops` of each THUMB_SIDE x THUMB_SIDE uint8 thumbnail of an (n, side, side) stack,
+    as (n, crops, side, side) uint8: equal, pixel for pixel, to PIL's bilinear resize of each
+    box (the same coefficients, the same 8-bit fixed point between its two passes)."""
+    thumbs = np.asarray(thumbs, np.uint8)
+    return np.concatenate([thumbs[:, None], _cut(thumbs)], axis=1)
+
+
+def _cut(thumbs: np.ndarray) -> np.ndarray:
+    """The cut crops of `crop_stack` (all but the thumbnail itself)."""
+    rows, cols = _crop_matrices()
+    n, side, crops = len(thumbs), THUMB_SIDE, len(cols)
+    t = thumbs.astype(np.float64)  # integer sums stay exact in float64
+    # horizontal pass, every crop at once: (n * side, side) @ (side, crops * side)
+    h = t.reshape(n * side, side) @ cols.transpose(2, 0, 1).reshape(side, crops * side)
+    h = _fixed_to_u8(h).reshape(n, side, crops, side).transpose(0, 2, 1, 3)
+    return _fixed_to_u8(np.matmul(rows[None], h.astype(np.float64)))  # vertical pass
+
+
+_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images (libImaging/Resample.c)
+
+
+def _fixed_to_u8(sums: np.ndarray) -> np.ndarray:
+    """Pillow's clip8, (sum + half) >> PRECISION_BITS, in place on exact float64 sums. The
+    bilinear weights are never negative, so the sums lie in 0..255 << PRECISION_BITS and
+    truncating to uint8 is the floor Pillow's shift takes."""
+    sums += float(1 << (_PRECISION_BITS - 1))
+    sums *= 1.0 / float(1 << _PRECISION_BITS)
+    return sums.astype(np.uint8)
+
+
+_MATRICES: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _crop_matrices() -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols): per cut crop of `_crops` (in its order), the (side x side) fixed-point
+    weights of the vertical and horizontal bilinear passes."""
+    global _MATRICES
+    if _MATRICES is None:
+        side = THUMB_SIDE
+        rows, cols = [], []
+        for box in _crop_boxes():
+            cols.append(_bilinear_weights(side, box[0], box[2], side))
+            rows.append(_bilinear_weights(side, box[1], box[3], side))
+        _MATRICES = (np.stack(rows), np.stack(cols))
+    return _MATRICES
+
+
+def _crop_boxes() -> list[tuple[float, float, float, float]]:
+    """The boxes `_crops` cuts (after the uncut thumbnail itself)."""
+    side = THUMB_SIDE
+    boxes = []
+    for scale in _SCALES[1:]:
+        w = side / scale
+        margin = (side - w) / 2
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                ox, oy = margin + dx * margin, margin + dy * margin
+                boxes.append((ox, oy, ox + w, oy + w))
+    return boxes
+
+
+def _bilinear_weights(in_size: int, in0: float, in1: float, out_size: int) -> np.ndarray:
+    """Pillow's precompute_coeffs for the bilinear filter, as an (out, in) matrix of its
+    fixed-point integer weights (normalize_coeffs_8bpc); the box arrives there as C floats."""
+    lo, hi = np.float32(in0), np.float32(in1)
+    in0 = float(lo)
+    scale = float(hi - lo) / out_size  # the width too is a C float
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    out = np.zeros((out_size, in_size))
+    for xx in range(out_size):
+        center = in0 + (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        x = np.arange(xmin, xmax)
+        w = np.maximum(0.0, 1.0 - np.abs((x - center + 0.5) / filterscale))
+        total = w.sum()
+        if total != 0.0:
+            w = w / total
+        fixed = np.where(
+            w < 0,
+            np.trunc(-0.5 + w * (1 << _PRECISION_BITS)),
+            np.trunc(0.5 + w * (1 << _PRECISION_BITS)),
+        )
+        out[xx, xmin:xmax] = fixed
+    return out
+
+
 def _as_array(raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(THUMB_SIDE, THUMB_SIDE)
 

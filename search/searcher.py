@@ -17,6 +17,7 @@ import db
 from koclip.preprocess import nfc
 from search import ann
 from search.dates import parse_range
+from search.duplicates import DuplicateGroup, DuplicateOptions, find_duplicates
 from search.encode import QueryEncoder, combine, open_query_image, query_image_path
 from search.engine import IndexView, candidate_limit, top_k
 from search.errors import QueryError, QueryImageError
@@ -228,6 +229,10 @@ class Searcher:
         with self.library.session() as s, s.begin():
             row = photo_at(s, rel)
             return None if row is None else self._info(row)
+
+    def duplicates(self, options: DuplicateOptions | None = None) -> list[DuplicateGroup]:
+        """The library's duplicate groups (search.duplicates), largest first."""
+        return find_duplicates(self.library, options or DuplicateOptions())
 
     def folders(self) -> list[tuple[str, int]]:
         """Every folder holding photos (relative to the photo root) with its photo count,

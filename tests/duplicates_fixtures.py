@@ -140,3 +140,32 @@ def write_set(root: Path, n_scenes: int, *, burst_every: int = 2) -> dict[str, s
                 shot.save(shot_path, "JPEG", quality=90)
                 truth[shot_path.relative_to(root).as_posix()] = f"s{k}-b{i}"
     return truth
+
+
+# A small album for the web view: Korean names (one stored NFD, as macOS writes them).
+SEA = "여행/바다.jpg"
+SEA_SMALL = "여행/바다-작게.jpg"
+SEA_PNG = "백업/바다.png"
+SEA_COPY = "백업/바다-사본.jpg"  # the same bytes as SEA; its file name is NFD on disk
+HILL = "산/산.jpg"
+HILL_SMALL = "산/산-작게.jpg"
+ALONE = "기타/숲.jpg"
+
+
+def write_duplicate_album(root: Path) -> None:
+    """Two pictures in several renditions and one photo alone: one four-photo "same" group
+    (SEA first, whose PNG is the suggested keeper: as many pixels, the largest file), one pair."""
+    import shutil
+    import unicodedata
+
+    sea, hill = frame(scene(71)), frame(scene(72))
+    for path in (SEA, HILL, ALONE):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+    sea.save(root / SEA, "JPEG", quality=90)
+    write_rendition(sea, "resized", root / SEA_SMALL)
+    write_rendition(sea, "png", root / SEA_PNG)
+    folder, name = SEA_COPY.rsplit("/", 1)
+    shutil.copy2(root / SEA, root / folder / unicodedata.normalize("NFD", name))
+    hill.save(root / HILL, "JPEG", quality=90)
+    write_rendition(hill, "resized", root / HILL_SMALL)
+    frame(scene(73)).save(root / ALONE, "JPEG", quality=90)

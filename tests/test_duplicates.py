@@ -119,6 +119,54 @@ def test_renditions_hash_close_and_strangers_far(tmp_path: Path) -> None:
     assert hamming(h0, phash(other)) > 16 or residual(t0, thumbnail(other)) > 0.45
 
 
+def test_batched_alignment_is_the_per_pair_one() -> None:
+    """`residuals` (every pair at once, crops from matrices) against `residual` (PIL crops,
+    one pair at a time): the same crops to the pixel, the same values, the same decisions."""
+    import numpy as np
+
+    from koclip.perceptual import THUMB_SIDE, _crops, crop_stack, residual, residuals, thumbnail
+
+    rng = np.random.default_rng(5)
+    side = THUMB_SIDE
+    a = rng.integers(0, 256, (40, side, side), dtype=np.uint8)
+    a[:8] = [
+        np.frombuffer(thumbnail(frame(scene(k))), np.uint8).reshape(side, side) for k in range(8)
+    ]
+    assert (crop_stack(a) == np.stack([_crops(t) for t in a])).all()
+    b = np.clip(a.astype(int) + rng.integers(-25, 26, a.shape), 0, 255).astype(np.uint8)
+    b[::3] = rng.integers(0, 256, b[::3].shape, dtype=np.uint8)  # strangers
+    b[1] = np.roll(a[1], 2, axis=1)  # a shift: only a crop aligns it
+    one = np.array([residual(x.tobytes(), y.tobytes()) for x, y in zip(a, b, strict=True)])
+    np.testing.assert_allclose(residuals(a, b, chunk=7), one, rtol=1e-5, atol=1e-6)
+    staged = residuals(a, b, good_enough=0.225)
+    for limit in (0.225, 0.45):
+        assert ((staged <= limit) == (one <= limit)).all()
+    assert (one <= 0.45).any() and (one > 0.45).any()
+
+
+def test_neighbours_list_by_list_match_the_exact_ones() -> None:
+    """Above EXACT_MAX photos candidates come from k-means lists (`inverted_pairs`): they
+    find the exact k-NN pairs above the floor, never a pair below it, never a photo itself."""
+    import numpy as np
+
+    from search.duplicates import inverted_pairs, neighbour_search
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 48)).astype(np.float32)
+    vecs = centres[rng.integers(0, 40, 3000)] + rng.standard_normal((3000, 48)).astype(np.float32)
+    vecs[1::7] = vecs[::7][: len(vecs[1::7])] + 0.05 * rng.standard_normal((len(vecs[1::7]), 48))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    scores, rows = neighbour_search(vecs)(vecs, 17)
+    qi, col = np.nonzero(scores >= 0.8)
+    pairs_found = zip(qi.tolist(), rows[qi, col].tolist(), strict=True)
+    exact = {tuple(sorted(p)) for p in pairs_found if p[0] != p[1]}
+    found = inverted_pairs(vecs, 0.8, 16)
+    pairs = {tuple(p) for p in found.tolist()}
+    assert len(exact) >= 400 and len(exact & pairs) / len(exact) >= 0.99
+    assert (found[:, 0] < found[:, 1]).all()
+    assert (np.einsum("nd,nd->n", vecs[found[:, 0]], vecs[found[:, 1]]) >= 0.8 - 1e-6).all()
+
+
 def test_old_library_gets_fingerprints_without_encoding(
     tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,6 +251,39 @@ def test_set_aside_and_restore(small_set: Path, tmp_path: Path, tiny_checkpoint:
     with open_lib(root) as lib:
         assert_consistent(lib)
         assert lib.photo_ids().tolist() == ids_before  # the same ids, no re-encoding
+
+
+def test_keep_chooses_another_keeper_per_group(small_set: Path, tmp_path: Path) -> None:
+    root = small_set
+    run = lambda *a: CliRunner().invoke(main, ["duplicates", "--library", str(root), *a])  # noqa: E731
+    keep = ["--kind", "same", "--keep", "trip/1/small.jpg", "--keep", str(root / "trip/0/big.jpg")]
+    listed = run(*keep)
+    assert listed.exit_code == 0, listed.output
+    assert f"keep: {root / 'trip/1/small.jpg'}  [chosen]" in listed.output
+    assert f"keep: {root / 'trip/0/big.jpg'}  [chosen]" in listed.output
+    review = tmp_path / "review"
+    result = run(*keep, "--set-aside", str(review))
+    assert result.exit_code == 0, result.output
+    assert _files(review) == {"trip/0/small.jpg", "copy.jpg", "trip/1/big.jpg", "trip/2/small.jpg"}
+    assert {"trip/0/big.jpg", "trip/1/small.jpg", "trip/2/big.jpg"} <= _files(root)
+    run("--restore")
+    for bad in (["--keep", "nowhere.jpg"], ["--keep", "copy.jpg", "--keep", "trip/0/small.jpg"]):
+        refused = run("--kind", "same", *bad, "--set-aside", str(review))
+        assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused
+    assert _files(review) == set()
+
+
+def test_a_keeper_is_never_moved_as_another_groups_extra() -> None:
+    from datetime import datetime
+
+    from search.duplicates import DuplicateGroup, DuplicatePhoto, extras_to_move
+
+    def photo(pid: int) -> DuplicatePhoto:
+        return DuplicatePhoto(pid, f"/p/{pid}", f"{pid}", 10, 10, 5, datetime(2024, 1, 1), 1.0)
+
+    same = DuplicateGroup("same", (photo(1), photo(2)), "most pixels")
+    similar = DuplicateGroup("similar", (photo(3), photo(1)), "most pixels")  # 1 keeps "same"
+    assert extras_to_move([same, similar]) == [2]
 
 
 def test_set_aside_default_folder_never_overwrites(small_set: Path) -> None:

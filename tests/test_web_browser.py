@@ -508,3 +508,76 @@ def test_korean_ime_search_thumbnails_and_similar_photos(album_library, browser,
         message = browser.js("document.getElementById('message').textContent")
         assert "사진으로 읽을 수 없어요" in message and "cannot be read as a photo" in message
         assert browser.errors() == []
+
+
+def _files_under(root: Path) -> set[str]:
+    """Files under `root` by library key (NFC), the library folder left out."""
+    import db
+
+    found = (p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    return {db.path_key(p.as_posix()) for p in found if db.LIBRARY_DIRNAME not in p.parts}
+
+
+def test_duplicates_view_another_keeper_set_aside_and_undo(browser, tmp_path, tiny_checkpoint):
+    import db
+    from tests.duplicates_fixtures import SEA, SEA_COPY, SEA_PNG, SEA_SMALL, write_duplicate_album
+    from tests.search_fixtures import index_folder
+    from web import create_app
+
+    root = tmp_path / "사진"
+    write_duplicate_album(root)
+    library = index_folder(root, tiny_checkpoint)
+    before = _files_under(root)
+    moved = {SEA_SMALL, SEA_PNG, SEA_COPY}
+    first = ".dupe-group:nth-child(1)"
+    with serve(create_app(library, warm=False)) as url:
+        browser.send("Page.navigate", url=url + "/")
+        browser.wait_js("document.body && document.body.dataset.ready === '1'", "the page")
+        browser.click("#dupes-open")
+        browser.wait_js("document.querySelectorAll('.dupe-group').length >= 2", "the groups")
+        browser.js(
+            "(() => { const el = document.getElementById('dupes-kind'); el.value = 'same';"
+            " el.dispatchEvent(new Event('change')); })()"
+        )
+        browser.wait_js(
+            "(() => { const g = [...document.querySelectorAll('.dupe-group')];"
+            " return g.length === 2 && g.every(x => x.dataset.kind === 'same'); })()",
+            "the same-picture groups",
+        )
+        browser.wait_js(_loaded_images(f"{first} img") + " === 4", "the group's thumbnails")
+        relpaths = browser.js(
+            f"[...document.querySelectorAll('{first} .dupe-photo')].map(li => li.dataset.relpath)"
+        )
+        assert set(relpaths) == {SEA, SEA_SMALL, SEA_PNG, SEA_COPY} and relpaths[0] == SEA_PNG
+        text = browser.js(f"document.querySelector('{first}').textContent")
+        assert (
+            "같은 사진" in text
+            and "추천" in text
+            and "largest file" in text
+            and "400 × 300" in text
+        )
+        assert "kind=same" in browser.js("location.search")
+
+        # Keep the JPEG instead of the suggested PNG, then set the other three aside.
+        browser.click(f"{first} .dupe-photo:nth-child({relpaths.index(SEA) + 1}) input")
+        assert (
+            browser.js(f"document.querySelector('{first} .dupe-photo.keep').dataset.relpath") == SEA
+        )
+        browser.click(f"{first} .dupe-aside")
+        browser.wait_js(f"!!document.querySelector('{first} .dupe-undo')", "the undo button")
+        assert browser.js(f"document.querySelectorAll('{first} .dupe-photo.aside').length") == 3
+        assert "set-aside" in browser.js(f"document.querySelector('{first} .note').textContent")
+        assert _files_under(root) == before - moved
+        assert _files_under(library / "set-aside") == moved
+
+        browser.click(f"{first} .dupe-undo")
+        browser.wait_js(
+            f"!document.querySelector('.dupe-undo') &&"
+            f" document.querySelectorAll('{first} .dupe-photo').length === 4",
+            "the group back after undo",
+        )
+        assert _files_under(root) == before
+        assert _files_under(library / "set-aside") == set()
+        with db.Library.open(library) as lib:
+            assert len(lib.photo_ids()) == len(before)
+        assert browser.errors() == []

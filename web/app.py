@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -28,7 +28,8 @@ from starlette.responses import Response
 
 from koclip import ImageError, KoclipSearchError
 from search import PhotoInfo, SearchResults, display_path, json_path
-from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, Options
+from search.duplicates import DuplicateGroup
+from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, DuplicateQuery, Options
 from web.errors import ApiError, install_handlers
 from web.files import read_chunks
 from web.hosts import HostGuard
@@ -151,6 +152,81 @@ class ComposeRequest(BaseModel):
         return Options(**self.model_dump(exclude={"terms"}))
 
 
+class DuplicatePhoto(BaseModel):
+    """A member of a group: the CLI's --json fields, plus its id and links."""
+
+    path: str
+    width: int
+    height: int
+    bytes: int
+    taken_at: str
+    similarity: float = Field(description="cosine with the suggested keeper")
+    id: int
+    relpath: str
+    thumbnail: str
+    preview: str
+    original: str
+
+
+class DuplicateGroupModel(BaseModel):
+    """One group, the suggested keeper first (the CLI's --json, plus `keep_id`)."""
+
+    kind: Literal["identical", "same", "similar"]
+    keep: str
+    keep_id: int
+    reason: str
+    photos: list[DuplicatePhoto]
+
+
+class DuplicatesResponse(BaseModel):
+    """A page of groups, largest first."""
+
+    groups: list[DuplicateGroupModel]
+    total: int = Field(description="groups in all")
+    offset: int
+    limit: int
+    aside_folder: str = Field(description="where set-aside photos go")
+
+
+Kind = Literal["identical", "same", "similar", "all"]
+MAX_GROUP = 1000  # photos a set-aside request may name
+MAX_GROUPS = 500
+
+
+class SetAsideRequest(BaseModel):
+    """One group as the page shows it (its photo ids), the photo to keep, and the list's
+    filters, so the server can check that it is still that group."""
+
+    photos: list[PhotoId] = Field(min_length=2, max_length=MAX_GROUP)
+    keep: PhotoId
+    kind: Kind = "all"
+    threshold: float | None = Field(None, ge=-1.0, le=1.0, allow_inf_nan=False)
+    under: Text | None = None
+
+
+class RestoreRequest(BaseModel):
+    """The photos to put back (ids a set-aside answered with); none: every set-aside photo."""
+
+    photos: list[PhotoId] | None = Field(None, max_length=100_000)
+
+
+class Skipped(BaseModel):
+    """A photo left where it was, and why."""
+
+    path: str
+    reason: str
+
+
+class AsideResponse(BaseModel):
+    """What a set-aside or restore did (the CLI's --json, plus the ids moved)."""
+
+    moved: list[str]
+    ids: list[int]
+    skipped: list[Skipped]
+    recovered: int
+    folder: str
+
+
 def search_options(
     k: Annotated[int, Query(ge=1, le=MAX_K, description="results per page")] = DEFAULT_K,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip")] = 0,
@@ -201,6 +277,14 @@ def shape(results: SearchResults, opts: Options, upload: str | None = None) -> d
     return body
 
 
+def _group_json(group: DuplicateGroup) -> dict[str, Any]:
+    body = group.to_json()
+    body["keep_id"] = group.keep.id
+    for photo, item in zip(group.photos, body["photos"], strict=True):
+        item.update({"id": photo.id, "relpath": photo.relpath, **_links(photo.id)})
+    return body
+
+
 def _photo_json(photo: PhotoInfo) -> dict[str, Any]:
     return {
         "id": photo.id,
@@ -235,7 +319,7 @@ def create_app(
     `watcher` (serve --watch: an `indexer.WatchThread`) is started with the app and stopped
     at its shutdown.
     """
-    backend = Backend(library_dir, model)
+    backend = Backend(library_dir, model, watcher=watcher)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -278,6 +362,7 @@ def create_app(
         return HTMLResponse((static / "index.html").read_text("utf-8"))
 
     _add_api_routes(app, backend)
+    _add_duplicate_routes(app, backend)
     return app
 
 
@@ -396,6 +481,53 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
         )
         headers = {"Content-Length": str(size), "Content-Disposition": disposition}
         return StreamingResponse(read_chunks(f), media_type=media_type, headers=headers)
+
+
+def _add_duplicate_routes(app: FastAPI, backend: Backend) -> None:
+    @app.get("/api/duplicates", response_model=DuplicatesResponse, tags=["duplicates"])
+    async def duplicates(
+        kind: Annotated[Kind, Query(description="identical, same, similar or all")] = "all",
+        threshold: Annotated[
+            float | None, Query(ge=-1.0, le=1.0, description="cosine for similar shots")
+        ] = None,
+        under: Annotated[
+            Text | None, Query(description="folder, relative to the photo folder")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_GROUPS, description="groups per page")] = 50,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="groups to skip")] = 0,
+    ) -> dict[str, Any]:
+        """Duplicate groups (`koclip-search duplicates`), largest first, each with its
+        suggested keeper and why."""
+        query = DuplicateQuery(kind, threshold, under)
+        groups = await run_in_threadpool(backend.duplicates, query)
+        folder = await run_in_threadpool(backend.aside_folder)
+        return {
+            "groups": [_group_json(g) for g in groups[offset : offset + limit]],
+            "total": len(groups),
+            "offset": offset,
+            "limit": limit,
+            "aside_folder": json_path(folder),
+        }
+
+    @app.post("/api/duplicates/set-aside", response_model=AsideResponse, tags=["duplicates"])
+    async def set_aside(body: SetAsideRequest) -> dict[str, Any]:
+        """Move a group's photos but `keep` into the set-aside folder (as `duplicates
+        --set-aside`: never deleted, never overwritten, journaled). 409 `stale_group` if they
+        are no longer that group; 423 `library_busy` while another process writes."""
+        query = DuplicateQuery(body.kind, body.threshold, body.under)
+        report = await run_in_threadpool(backend.set_aside, body.photos, body.keep, query)
+        return await _aside_json(report)
+
+    @app.post("/api/duplicates/restore", response_model=AsideResponse, tags=["duplicates"])
+    async def restore(body: RestoreRequest) -> dict[str, Any]:
+        """Put set-aside photos back where they were, with their ids (as `duplicates
+        --restore`): those named, or all."""
+        report = await run_in_threadpool(backend.restore, body.photos)
+        return await _aside_json(report)
+
+    async def _aside_json(report: Any) -> dict[str, Any]:
+        folder = await run_in_threadpool(backend.aside_folder)
+        return {**report.to_json(), "ids": report.ids, "folder": json_path(folder)}
 
 
 _IMAGE_BODY = {

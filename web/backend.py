@@ -24,6 +24,8 @@ from typing import Any, BinaryIO, TypeVar
 
 from PIL import Image
 
+import db
+from indexer.aside import AsideReport, restore, set_aside
 from koclip import ImageError
 from search import (
     PhotoInfo,
@@ -34,6 +36,8 @@ from search import (
     Term,
     parse_query,
 )
+from search.duplicates import SIMILAR_COS, DuplicateGroup, DuplicateOptions
+from search.filters import folder_filter
 from web.errors import ApiError
 from web.files import image_type, open_photo
 from web.thumbnails import ThumbnailCache
@@ -50,6 +54,8 @@ WARMUP_QUERY = "사진"
 # Threads that touch the library's engine: these plus the search thread stay within the
 # five of its SingletonThreadPool (see the module docstring).
 DB_THREADS = 2
+# How long a set-aside or restore waits for this server's watcher to finish its pass.
+WRITE_WAIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -61,12 +67,32 @@ class Options(SearchOptions):
     prompt: bool = True
 
 
-class Backend:
-    """The library behind the web page: opened on first use, then kept open with its model warm."""
+@dataclass(frozen=True)
+class DuplicateQuery:
+    """Which duplicate groups the page shows (the CLI's --kind, --threshold, --under)."""
 
-    def __init__(self, library: str | os.PathLike[str] | None, model: str | None = None) -> None:
+    kind: str = "all"
+    threshold: float | None = None
+    under: str | None = None  # relative to the photo root, POSIX
+
+
+class Backend:
+    """The library behind the web page: opened on first use, then kept open with its model warm.
+
+    `watcher` (serve --watch) holds the library's writer lock in this process; set-aside and
+    restore then run on its thread between two passes instead of taking the lock.
+    """
+
+    def __init__(
+        self,
+        library: str | os.PathLike[str] | None,
+        model: str | None = None,
+        watcher: Any = None,
+    ) -> None:
         self.library_arg = library
         self.model = model
+        self.watcher = watcher
+        self._write_lock = threading.Lock()  # one set-aside or restore at a time
         self.uploads = UploadStore()
         self._searcher: Searcher | None = None
         # One thread owns the Searcher: opened, used and closed there.
@@ -224,3 +250,89 @@ class Backend:
     def folders(self) -> list[dict[str, Any]]:
         """Every folder holding photos (relative to the root) with its photo count, subfolders included."""
         return [{"folder": f, "photos": n} for f, n in self.read(Searcher.folders)]
+
+    # -- duplicates -------------------------------------------------------------------------
+
+    def duplicates(self, query: DuplicateQuery) -> list[DuplicateGroup]:
+        """The duplicate groups `query` selects, largest first."""
+        options = self._duplicate_options(query)
+        return self.call(lambda s: s.duplicates(options))
+
+    def aside_folder(self) -> Path:
+        """Where set-aside photos go (the CLI's default: set-aside/ in the library folder)."""
+        from indexer.aside import default_aside_dir
+
+        return default_aside_dir(self.searcher().directory)
+
+    def set_aside(self, photo_ids: list[int], keep: int, query: DuplicateQuery) -> AsideReport:
+        """Move a group's photos but `keep` to the default set-aside folder (the CLI's journal),
+        after checking, under the writer lock, that they are still one group as `query`
+        finds them (ApiError 409 `stale_group` if not: the page is out of date)."""
+        wanted = set(photo_ids)
+        if keep not in wanted:
+            raise ApiError(422, "bad_request", "keep: must be one of the group's photos")
+        extras = [i for i in dict.fromkeys(photo_ids) if i != keep]
+        directory = self.searcher().directory
+
+        def move(lock_held: bool) -> AsideReport:
+            if not any({p.id for p in g.photos} == wanted for g in self.duplicates(query)):
+                raise ApiError(
+                    409,
+                    "stale_group",
+                    "these photos are no longer one duplicate group (the library changed "
+                    "since the page was loaded); reload the duplicates and choose again",
+                )
+            return set_aside(directory, extras, lock_held=lock_held)
+
+        return self._write(move)
+
+    def restore(self, photo_ids: list[int] | None) -> AsideReport:
+        """Put set-aside photos back (those of `photo_ids`, or all): the CLI's --restore."""
+        directory = self.searcher().directory
+        return self._write(lambda held: restore(directory, photo_ids, lock_held=held))
+
+    def _write(self, fn: Callable[[bool], T]) -> T:
+        """Run `fn(lock_held)` as the library's one writer: on this server's watcher thread
+        when it holds the lock, else under the lock taken here; ApiError 423 `library_busy`
+        (naming the holder) when another process holds it."""
+        with self._write_lock:
+            watcher = self.watcher
+            if watcher is not None and getattr(watcher, "holds_lock", lambda: False)():
+                try:
+                    return watcher.exclusive(lambda: fn(True), WRITE_WAIT)
+                except TimeoutError:
+                    if watcher.holds_lock():
+                        raise ApiError(
+                            423,
+                            "library_busy",
+                            "this server's watcher is indexing new photos; try again when "
+                            "its pass is done",
+                        ) from None
+            try:
+                return fn(False)
+            except db.LibraryLockedError:
+                raise self._busy() from None
+
+    def _busy(self) -> ApiError:
+        directory = self.searcher().directory
+        holder, held = db.lock_holder(directory)
+        if holder is None or not held:
+            who = "another process"
+        elif holder.kind == "watcher":
+            who = f"a watcher (pid {holder.pid}: index --watch or serve --watch)"
+        else:
+            who = f"an indexer (pid {holder.pid})"
+        return ApiError(
+            423,
+            "library_busy",
+            f"{who} is writing to the library at {directory}; try again when it is done",
+        )
+
+    def _duplicate_options(self, query: DuplicateQuery) -> DuplicateOptions:
+        under = None
+        if query.under and query.under.strip("/"):
+            root = self.searcher().photo_root
+            # From the photo root, as for searches: a URL never names a folder from the cwd.
+            under = folder_filter(os.fspath(root / query.under.lstrip("/")), root)
+        threshold = SIMILAR_COS if query.threshold is None else query.threshold
+        return DuplicateOptions(kind=query.kind, threshold=threshold, under=under)

@@ -1,5 +1,6 @@
 // koclip-search web page: search box (IME-safe), thumbnail grid with infinite scroll,
-// photo detail with similar photos, search by a dropped or picked photo, folder/date filters.
+// photo detail with similar photos, search by a dropped or picked photo, folder/date filters,
+// and the Duplicates view (choose a keeper, set the rest aside, undo).
 "use strict";
 
 const PAGE = 40;
@@ -20,6 +21,9 @@ const els = {
   detailName: $("detail-name"), detailPath: $("detail-path"), detailDate: $("detail-date"),
   detailSize: $("detail-size"), detailOriginal: $("detail-original"), detailMore: $("detail-more"),
   similar: $("similar"), similarStatus: $("similar-status"),
+  searchView: $("search-view"), dupesView: $("dupes-view"), dupesOpen: $("dupes-open"),
+  dupesBack: $("dupes-back"), dupesKind: $("dupes-kind"), dupesStatus: $("dupes-status"),
+  dupesMessage: $("dupes-message"), dupesList: $("dupes-list"), dupesMore: $("dupes-more"),
 };
 
 // Friendly text per error code: Korean first, then English.
@@ -48,6 +52,12 @@ const MESSAGES = {
   not_found: ["사진을 찾을 수 없어요.", "The photo was not found."],
   unreadable: ["사진 파일을 읽을 수 없어요.", "The photo file cannot be read."],
   network: ["서버에 연결할 수 없어요.", "Cannot reach the server."],
+  stale_group: ["그새 라이브러리가 바뀌어 이 묶음이 달라졌어요. 목록을 새로 불러왔어요.",
+                "The library changed and this group is no longer the same; the list was reloaded."],
+  library_busy: ["다른 프로그램이 라이브러리에 쓰는 중이에요. 끝난 뒤 다시 해 주세요.",
+                 "Another program is writing to the library; try again when it is done."],
+  set_aside_refused: ["사진을 옮길 수 없어요.", "The photos cannot be moved."],
+  no_duplicates: ["중복 사진이 없어요.", "No duplicates found."],
   internal: ["서버에 문제가 생겼어요.", "Something went wrong on the server."],
 };
 
@@ -146,6 +156,11 @@ function showMessage(code, detail) {
 
 function hideMessage() {
   els.message.hidden = true;
+}
+
+function messageText(code) {
+  const [ko, en] = MESSAGES[code] || MESSAGES.internal;
+  return `${ko} ${en}`;
 }
 
 function setStatus(text) {
@@ -280,6 +295,7 @@ function runText(force) {
     return;
   }
   clearCurrent();
+  if (dupes.open) closeDupes();
   startSearch({ kind: "text", q }, { force });
 }
 
@@ -313,7 +329,8 @@ let filterTimer = null;
 function filtersChanged() {
   clearTimeout(filterTimer);
   filterTimer = setTimeout(() => {
-    if (state.mode) startSearch(state.mode);
+    if (dupes.open) loadDupes();
+    else if (state.mode) startSearch(state.mode);
   }, DEBOUNCE_MS);
 }
 for (const name of ["under", "after", "before"]) {
@@ -322,13 +339,15 @@ for (const name of ["under", "after", "before"]) {
     if (event.key === "Enter" && !event.isComposing && event.keyCode !== 229) {
       event.preventDefault();
       clearTimeout(filterTimer);
-      if (state.mode) startSearch(state.mode);
+      if (dupes.open) loadDupes();
+      else if (state.mode) startSearch(state.mode);
     }
   });
 }
 els.clearFilters.addEventListener("click", () => {
   els.under.value = els.after.value = els.before.value = "";
-  if (state.mode) startSearch(state.mode);
+  if (dupes.open) loadDupes();
+  else if (state.mode) startSearch(state.mode);
 });
 
 // -- search by photo: drop, pick, paste ---------------------------------------------------
@@ -356,6 +375,7 @@ async function searchByFile(file) {
     showMessage("bad_image", file.name);
     return;
   }
+  if (dupes.open) closeDupes();
   state.gen += 1;
   const gen = state.gen;
   setStatus("사진을 보내는 중… / Sending the photo…");
@@ -476,6 +496,249 @@ els.detail.addEventListener("click", (event) => {
   if (event.target === els.detail) els.detail.close(); // a click on the backdrop
 });
 
+// -- duplicates -------------------------------------------------------------------------
+// Groups come largest first, the suggested keeper first. The user may pick another keeper;
+// "set aside" sends the group as shown (its ids, the keeper, the list's filters) so the
+// server can refuse a group that changed meanwhile; undo restores exactly what was moved.
+
+const DUPES_PAGE = 50;
+const KIND_LABELS = {
+  identical: "똑같은 파일 / identical",
+  same: "같은 사진 / same picture",
+  similar: "비슷한 사진 / similar shots",
+};
+const dupes = { open: false, gen: 0, next: 0, total: 0, folder: "" };
+
+function dupesQuery(extra) {
+  const p = new URLSearchParams({ kind: els.dupesKind.value, ...extra });
+  const under = els.under.value.trim();
+  if (under) p.set("under", under);
+  return p.toString();
+}
+
+function showDupesMessage(code, detail) {
+  const box = els.dupesMessage;
+  const [ko, en] = MESSAGES[code] || MESSAGES.internal;
+  const p1 = document.createElement("p");
+  p1.textContent = ko;
+  const p2 = document.createElement("p");
+  p2.className = "en";
+  p2.textContent = en;
+  box.replaceChildren(p1, p2);
+  if (detail) {
+    const d = document.createElement("p");
+    d.className = "detail-text";
+    d.textContent = detail;
+    box.append(d);
+  }
+  box.className = `message ${code}`;
+  box.hidden = false;
+}
+
+function openDupes() {
+  dupes.open = true;
+  els.searchView.hidden = true;
+  els.dupesView.hidden = false;
+  els.dupesOpen.setAttribute("aria-pressed", "true");
+  loadDupes();
+}
+
+function closeDupes() {
+  dupes.open = false;
+  dupes.gen += 1;
+  els.dupesView.hidden = true;
+  els.searchView.hidden = false;
+  els.dupesOpen.setAttribute("aria-pressed", "false");
+  syncUrl();
+}
+
+async function loadDupes({ append = false } = {}) {
+  dupes.gen += 1;
+  const gen = dupes.gen;
+  if (!append) {
+    dupes.next = 0;
+    els.dupesList.replaceChildren();
+    els.dupesMessage.hidden = true;
+    els.dupesMore.hidden = true;
+    els.dupesStatus.textContent = "찾는 중… / Looking for duplicates…";
+  }
+  syncUrl();
+  try {
+    const page = await api(`/api/duplicates?${dupesQuery({ limit: DUPES_PAGE, offset: dupes.next })}`);
+    if (gen !== dupes.gen) return;
+    dupes.total = page.total;
+    dupes.folder = page.aside_folder;
+    const start = dupes.next;
+    els.dupesList.append(...page.groups.map((g, i) => dupeGroup(g, start + i)));
+    dupes.next = start + page.groups.length;
+    els.dupesMore.hidden = dupes.next >= page.total;
+    els.dupesStatus.textContent = page.total
+      ? `${page.total.toLocaleString()}묶음 / groups`
+      : "";
+    if (!page.total) showDupesMessage("no_duplicates");
+  } catch (err) {
+    if (gen !== dupes.gen) return;
+    els.dupesStatus.textContent = "";
+    showDupesMessage(err.code, err.message);
+  } finally {
+    if (gen === dupes.gen) els.dupesList.dataset.loaded = String(dupes.gen);
+  }
+}
+
+function dupePhoto(photo, group, n) {
+  const li = document.createElement("li");
+  li.className = "dupe-photo";
+  li.dataset.id = photo.id;
+  li.dataset.relpath = photo.relpath;
+  const label = document.createElement("label");
+  const radio = document.createElement("input");
+  radio.type = "radio";
+  radio.name = `keep-${n}`;
+  radio.value = photo.id;
+  radio.checked = photo.id === group.keep_id;
+  radio.setAttribute("aria-label", `남기기 / Keep ${photo.relpath}`);
+  const img = document.createElement("img");
+  img.loading = "lazy";
+  img.decoding = "async";
+  img.alt = photo.relpath;
+  img.src = photo.thumbnail;
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = photo.relpath;
+  name.title = photo.path;
+  const facts = document.createElement("span");
+  facts.className = "facts";
+  facts.textContent = `${photo.width} × ${photo.height} · ${humanSize(photo.bytes)} · `
+    + `${formatDate(photo.taken_at)} · ${photo.similarity.toFixed(3)}`;
+  label.append(img, name, facts);
+  if (photo.id === group.keep_id) {
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = `추천 / suggested: ${group.reason}`;
+    label.append(badge);
+  }
+  const keepRow = document.createElement("span");
+  keepRow.append(radio, document.createTextNode(" 남기기 / keep"));
+  label.prepend(keepRow);
+  li.append(label);
+  return li;
+}
+
+function dupeGroup(group, n) {
+  const li = document.createElement("li");
+  li.className = "dupe-group";
+  li.dataset.kind = group.kind;
+  const h = document.createElement("h3");
+  const kind = document.createElement("span");
+  kind.className = "kind";
+  kind.textContent = KIND_LABELS[group.kind] || group.kind;
+  const why = document.createElement("span");
+  why.className = "why";
+  why.textContent = ` ${group.photos.length}장 / photos`;
+  h.append(kind, why);
+  const list = document.createElement("ul");
+  list.className = "dupe-photos";
+  list.append(...group.photos.map((p) => dupePhoto(p, group, n)));
+  const actions = document.createElement("p");
+  actions.className = "dupe-actions";
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "dupe-aside";
+  const others = group.photos.length - 1;
+  button.textContent = `나머지 ${others}장 치우기 / Set the other ${others} aside`;
+  const note = document.createElement("span");
+  note.className = "note";
+  actions.append(button, note);
+  li.append(h, list, actions);
+
+  const markKeeper = () => {
+    const keep = Number(list.querySelector("input:checked").value);
+    for (const item of list.children) {
+      item.classList.toggle("keep", Number(item.dataset.id) === keep);
+    }
+  };
+  list.addEventListener("change", markKeeper);
+  markKeeper();
+  button.addEventListener("click", () => setAsideGroup(group, li, list, actions, note, button));
+  return li;
+}
+
+async function setAsideGroup(group, li, list, actions, note, button) {
+  const keep = Number(list.querySelector("input:checked").value);
+  const body = {
+    photos: group.photos.map((p) => p.id),
+    keep,
+    kind: els.dupesKind.value,
+  };
+  const under = els.under.value.trim();
+  if (under) body.under = under;
+  button.disabled = true;
+  note.className = "note";
+  note.textContent = "옮기는 중… / Moving…";
+  try {
+    const report = await api("/api/duplicates/set-aside", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const moved = new Set(report.ids);
+    for (const item of list.children) {
+      item.classList.toggle("aside", moved.has(Number(item.dataset.id)));
+      item.querySelector("input").disabled = true;
+    }
+    // The same photos in other groups (a "similar" group may hold them) are gone too.
+    for (const item of els.dupesList.querySelectorAll(".dupe-photo")) {
+      if (!list.contains(item) && moved.has(Number(item.dataset.id))) item.classList.add("aside");
+    }
+    li.classList.add("done");
+    button.hidden = true;
+    let text = `${report.ids.length}장을 치웠어요 / set aside → ${report.folder}`;
+    if (report.skipped.length) {
+      text += ` · 그대로 둔 사진 / left in place: `
+        + report.skipped.map((s) => `${s.path} (${s.reason})`).join(", ");
+    }
+    note.textContent = text;
+    const undo = document.createElement("button");
+    undo.type = "button";
+    undo.className = "dupe-undo";
+    undo.textContent = "되돌리기 / Undo";
+    undo.addEventListener("click", () => undoAside(report.ids, undo, note));
+    actions.append(undo);
+  } catch (err) {
+    button.disabled = false;
+    note.className = "note error";
+    note.textContent = `${messageText(err.code)} ${err.code === "internal" ? "" : err.message}`;
+    if (err.code === "stale_group") {
+      await loadDupes();
+      showDupesMessage("stale_group");
+    }
+  }
+}
+
+async function undoAside(ids, undo, note) {
+  undo.disabled = true;
+  note.className = "note";
+  note.textContent = "되돌리는 중… / Putting back…";
+  try {
+    const report = await api("/api/duplicates/restore", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ photos: ids }),
+    });
+    await loadDupes();
+    els.dupesStatus.textContent += ` · ${report.ids.length}장을 되돌렸어요 / put back`;
+  } catch (err) {
+    undo.disabled = false;
+    note.className = "note error";
+    note.textContent = `${messageText(err.code)} ${err.message}`;
+  }
+}
+
+els.dupesOpen.addEventListener("click", () => (dupes.open ? closeDupes() : openDupes()));
+els.dupesBack.addEventListener("click", closeDupes);
+els.dupesKind.addEventListener("change", () => loadDupes());
+els.dupesMore.addEventListener("click", () => loadDupes({ append: true }));
+
 // -- start ----------------------------------------------------------------------------------
 
 function resetToWelcome() {
@@ -492,6 +755,12 @@ function resetToWelcome() {
 
 function syncUrl() {
   const p = new URLSearchParams(filters());
+  if (dupes.open) {
+    p.set("view", "duplicates");
+    if (els.dupesKind.value !== "all") p.set("kind", els.dupesKind.value);
+    history.replaceState(null, "", `?${p.toString()}`);
+    return;
+  }
   if (state.mode && state.mode.kind === "text") p.set("q", state.mode.q);
   if (state.mode && state.mode.kind === "similar") p.set("similar", state.mode.id);
   const query = p.toString();
@@ -529,6 +798,11 @@ async function main() {
   document.body.dataset.ready = "1";
   if (!ok) {
     setStatus("");
+    return;
+  }
+  if (url.get("view") === "duplicates") {
+    if (KIND_LABELS[url.get("kind")]) els.dupesKind.value = url.get("kind");
+    openDupes();
     return;
   }
   if (url.get("q")) {
