@@ -39,7 +39,7 @@ from koclip.hub import CheckpointFiles, resolve
 from koclip.registry import model_id_for
 
 PRECISIONS = ("auto", "fp32", "int8")
-QUANT_FORMAT = 1  # bump when the graph or the quantisation recipe changes
+QUANT_FORMAT = 2  # bump when the graph or the quantisation recipe changes
 MIN_COSINE = 0.998  # int8 vs fp32 embedding agreement a tower must reach to be used
 CHECK_IMAGES = 12
 CHECK_TEXTS = 12
@@ -152,7 +152,8 @@ def quantize_tower(config: KoCLIPConfig, params: Any, tower: str) -> bytes:
             per_channel=True,
             op_types_to_quantize=["MatMul"],
             nodes_to_exclude=activation_products,
-            extra_options={"MatMulConstBOnly": True},
+            # all float32; ONNX's type inference stops at the contrib (com.microsoft) nodes
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         return target.read_bytes()
 
