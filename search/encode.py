@@ -182,11 +182,12 @@ class QueryEncoder:
         if tower not in self._encoders:
             # A damaged or missing checkpoint raises koclip's CheckpointError as it is: that is
             # a model failure, not a mismatch. Only weights that changed since indexing are one.
-            if self.backend == "numpy":
+            enc = self._int8_text() if tower == "text" else None
+            if enc is None and self.backend == "numpy":
                 from koclip import load_numpy_encoder
 
                 enc = load_numpy_encoder(self.manifest.model_id, towers=(tower,))
-            else:
+            elif enc is None:
                 from koclip import load_encoder
 
                 enable_compilation_cache()
@@ -198,6 +199,29 @@ class QueryEncoder:
                 )
             self._encoders[tower] = enc
         return self._encoders[tower]
+
+    def _int8_text(self) -> Any | None:
+        """The int8 text encoder where the precision setting resolves to int8, else None.
+
+        The setting is `index`'s (`$KOCLIP_PRECISION`, else koclip's default); a library whose
+        vectors were all made in fp32 keeps fp32 queries, and `auto` falls back to the other
+        backends where the int8 tower is absent or missed its check against fp32.
+        """
+        from koclip import quantized
+
+        asked = quantized.requested_precision(None)
+        if "int8" not in self.manifest.precision.split("+") and asked != "int8":
+            return None
+        if quantized.resolve_precision(asked) != "int8":
+            return None
+        if asked == "auto" and os.environ.get("KOCLIP_NO_CONVERTED_CACHE"):
+            return None  # each process would quantise again
+        try:
+            return quantized.load_int8_encoder(self.manifest.model_id, towers=("text",))
+        except quantized.PrecisionError:
+            if asked == "int8":
+                raise
+            return None
 
     def texts(self, texts: Sequence[str], prompt: bool = True) -> np.ndarray:
         """(n, dim) unit vectors; repeated texts come from the caches, the rest in one batch."""

@@ -232,3 +232,84 @@ def test_auto_stays_fp32_without_the_cache(realistic, monkeypatch):
     monkeypatch.setenv("KOCLIP_NO_CONVERTED_CACHE", "1")
     assert load_encoder_at(realistic, "auto").precision == "fp32"
     assert load_encoder_at(realistic, "int8").precision == "int8"  # asked for: built in memory
+
+
+def test_text_tower_is_weight_only_int8(realistic):
+    """Batch-1 queries read int8 weights (a quarter of the bytes) and compute in float32."""
+    import onnx
+
+    from koclip.hub import resolve
+    from koclip.weights import load_params
+
+    files = resolve(realistic)
+    params = load_params(files, ("text",))
+    model = onnx.load_from_string(quantized.quantize_tower(files.config, params, "text"))
+    ops = {n.op_type for n in model.graph.node}
+    assert "MatMulNBits" in ops and not ops & {"DynamicQuantizeLinear", "MatMulInteger"}
+    weights = {t.name: t for t in model.graph.initializer}
+    products = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert all(weights.get(n.input[1]) is None for n in products)  # no fp32 weight matrix left
+    packed = [weights[n.input[1]] for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert all(t.data_type == onnx.TensorProto.UINT8 for t in packed)
+
+
+def test_weight_only_int8_is_close_to_the_float_product():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    kernel = (rng.standard_normal((80, 24)) / 9).astype(np.float32)  # 80: not a block multiple
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 80])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 24])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "mm",
+        [x],
+        [y],
+        [numpy_helper.from_array(kernel, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model = quantized.weight_only_int8(model)
+    assert [n.op_type for n in model.graph.node] == ["MatMulNBits"]
+    a = rng.standard_normal((5, 80)).astype(np.float32)
+    got = quantized.session(model.SerializeToString()).run(None, {"x": a})[0]
+    want = a @ kernel
+    # each weight off by at most half a step of its block's scale
+    step = np.abs(kernel).max() / 127
+    assert np.abs(got - want).max() <= 0.5 * step * np.abs(a).sum(axis=1).max() + 1e-5
+    assert np.abs(got - want).max() > 0  # it really was rounded
+
+
+def test_queries_use_the_int8_text_tower_where_the_library_allows(
+    realistic_clip, tmp_path, monkeypatch
+):
+    from search import QueryEncoder
+    from tests.indexer_fixtures import index, open_lib, write_jpeg
+
+    monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: True)
+    root = tmp_path / "photos"
+    write_jpeg(root / "a.jpg", 1)
+    index(root, realistic_clip, precision="fp32")
+    with open_lib(root) as lib:
+        fp32_manifest = lib.manifest()
+    index(root, realistic_clip, precision="int8", rebuild=True)
+    with open_lib(root) as lib:
+        int8_manifest = lib.manifest()
+    monkeypatch.setenv("KOCLIP_PRECISION", "auto")
+    for backend in ("numpy", "jax"):
+        q = QueryEncoder(int8_manifest, persistent=False, backend=backend)
+        assert q.encoder("text").precision == "int8"
+        # an all-fp32 library keeps fp32 queries unless int8 is asked for outright
+        assert (
+            QueryEncoder(fp32_manifest, persistent=False, backend=backend).encoder("text").precision
+            == "fp32"
+        )
+    vec = QueryEncoder(int8_manifest, persistent=False, backend="numpy").texts(["바다"])
+    ref = QueryEncoder(fp32_manifest, persistent=False, backend="numpy").texts(["바다"])
+    assert float(vec[0] @ ref[0]) >= MIN_COSINE
+    monkeypatch.setenv("KOCLIP_PRECISION", "int8")
+    q = QueryEncoder(fp32_manifest, persistent=False, backend="numpy")
+    assert q.encoder("text").precision == "int8"
+    monkeypatch.setenv("KOCLIP_PRECISION", "fp32")
+    q = QueryEncoder(int8_manifest, persistent=False, backend="numpy")
+    assert q.encoder("text").precision == "fp32"
