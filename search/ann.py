@@ -4,22 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from db.vectors import FLAT, IVF_PQ, IVF_SQ8
+from db.vectors import IVF_PQ
+from db.vectors import auto_index_type as auto_index_type  # re-exported: the old home
+from db.vectors import retrain_at as retrain_at
 
 if TYPE_CHECKING:
     import faiss
 
 AUTO = "auto"
 
-# Exact search over 200k x 512 float32 (400 MB) is ~25 ms on one core: cheap next to
-# the text encoder. Above it an ANN index keeps queries under 10 ms. The indexes themselves
-# are built by db/vectors.INDEX_FACTORIES; this module chooses and tunes them.
-FLAT_MAX = 200_000
-# Above this, ivf-pq: ivf-sq8 holds ~560 bytes a 512-d photo in RAM (1.1 GB at 2M), ivf-pq
-# 91.5 measured at 1M (bench/bigindex.py; flat 2,105). Up to 2M the SQ8 codes fit a desktop's spare memory and need no
-# re-rank reads; past it they would not (51 GB at 100M), and PQ's re-rank costs the same
-# few ms whatever the size.
-SQ8_MAX = 2_000_000
+# The indexes are built by db/vectors.INDEX_FACTORIES, which also says which type a library
+# gets by its size (FLAT_MAX, SQ8_MAX: the indexer switches types itself); this module tunes
+# them for searching.
+
 # ivf-pq proposes k x RERANK_FACTOR candidates (at least RERANK_MIN), re-ranked exactly from
 # the stored vectors. bench/bigindex.py, 1M clustered vectors, recall@10 / p50 on 2 busy
 # cores: r=5 0.944 / 18.7 ms, r=10 0.992 / 18.9 ms, r=20 0.998 / 27.1 ms.
@@ -49,28 +46,6 @@ RECALL = {
     "ivf-sq8": "recall@10 >= 0.95 (0.988 measured at 1M)",
     IVF_PQ: "recall@10 >= 0.95, exact scores (re-ranked; 0.992 measured at 1M)",
 }
-
-
-def auto_index_type(n: int) -> str:
-    """The index type a collection of `n` photos gets when none is asked for."""
-    if n <= FLAT_MAX:
-        return FLAT
-    return IVF_SQ8 if n <= SQ8_MAX else IVF_PQ
-
-
-def retrain_at(index: faiss.Index) -> int | None:
-    """Library size past which an IVF index should be rebuilt (`reindex`), or None.
-
-    The list count follows ~2 sqrt(n) (db.vectors.ivf_nlist), so `nlist` lists suit
-    ~nlist**2 / 4 photos; at 4x that (nlist**2) the lists are 4x longer than planned and
-    each query scans 4x the codes for the same recall.
-    """
-    import faiss
-
-    from db.vectors import inner_index
-
-    inner = inner_index(index)
-    return inner.nlist**2 if isinstance(inner, faiss.IndexIVF) else None
 
 
 def rerank_candidates(k: int) -> int:

@@ -311,7 +311,10 @@ def test_incremental_runs_keep_an_approximate_index(tmp_path, tiny_checkpoint, i
     with db.LibraryLock(lib_dir), db.Library.create(lib_dir) as lib:  # what reindex does
         lib.save_index(lib.build_index(index_type), index_type)
         with lib.session() as s, s.begin():
-            lib.set_manifest(s, dataclasses.replace(lib.manifest(s), index_type=index_type))
+            chosen = dataclasses.replace(
+                lib.manifest(s), index_type=index_type, index_choice=db.INDEX_CHOSEN
+            )
+            lib.set_manifest(s, chosen)
     (root / "0.jpg").unlink()
     write_jpeg(root / "5.jpg", 5)
     s = index(root, tiny_checkpoint)
@@ -381,6 +384,7 @@ def test_cli_json_summary_and_exit_codes(tmp_path, tiny_checkpoint):
         "failed",
         "failures",
         "seconds",
+        "index_rebuilds",
     ]
     assert (out["new"], out["failed"]) == (1, 1)
     assert out["failures"] == [{"path": "bad.jpg", "reason": "empty file (0 bytes)"}]

@@ -188,7 +188,10 @@ def test_reindex_round_trip_and_info(pq_library, tmp_path) -> None:
     assert (info.index_type, info.indexed_vectors) == ("ivf-pq", N)
     assert "re-ranked" in info.recall_target and info.to_json()["index_memory"] > 0
     nlist = vectors.inner_index(searcher.index.faiss_index).nlist
-    assert info.retrain_at == nlist**2 > N  # a 4x bigger library than the lists were made for
+    # A 4x bigger library than the lists were made for: here nlist is capped at N / 39
+    # (faiss's training floor), so they suit ~39 nlist photos; uncapped, nlist**2 / 4.
+    assert nlist == N // 39 and info.retrain_at == 4 * 39 * nlist > N
+    assert not info.index_automatic and info.switch_at is None  # `reindex --index ivf-pq`
     # Codes (3 bytes) + one id (8) per photo plus the ids kept for reconciling (8): far
     # below flat's 4 * DIM + id map.
     assert info.index_memory < N * (4 * DIM)
