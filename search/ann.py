@@ -33,6 +33,12 @@ IVF_NPROBE_MIN = 16
 # recall@10 0.857 at nlist/32, 0.912 at nlist/16, 0.968 at nlist/8, 0.990 at nlist/4; the
 # candidates past 100 added nothing (0.969 at 200 and 400).
 IVF_PQ_NPROBE_FRACTION = 1 / 8
+# ... but never more than this many lists: with a share, a query would scan n/8 codes (12.5M
+# at 100M photos, ~1 s); a fixed count scans n * IVF_PQ_NPROBE_MAX / nlist, which grows as
+# sqrt(n). It holds recall because the rule's lists only get fuller as n grows (nlist ~
+# 2 sqrt(n): n / nlist >= nlist / 8 photos a list), and a query's neighbours then sit in no
+# more lists than at 2M (bench/bigindex.py --nlist: see the README's "Millions of photos").
+IVF_PQ_NPROBE_MAX = 256
 # From this many queries on, a flat batch is one sgemm; below, query by query (SIMD). Over
 # 100k x 512 on 2 cores, idle: 4 queries 14 ms seq / 16 ms sgemm, 8: 32 / 23, 16: 70 / 20,
 # 64: 254 / 45; under load sgemm still wins from 16 on but not always at 8.
@@ -65,7 +71,10 @@ def tune(index: faiss.Index) -> None:
     elif isinstance(inner, faiss.IndexIVF):
         pq = isinstance(inner, faiss.IndexIVFPQ)
         fraction = IVF_PQ_NPROBE_FRACTION if pq else IVF_NPROBE_FRACTION
-        inner.nprobe = min(inner.nlist, max(IVF_NPROBE_MIN, round(inner.nlist * fraction)))
+        nprobe = round(inner.nlist * fraction)
+        if pq:
+            nprobe = min(nprobe, IVF_PQ_NPROBE_MAX)
+        inner.nprobe = min(inner.nlist, max(IVF_NPROBE_MIN, nprobe))
 
 
 def enable_blas_for_batches(dim: int) -> None:
