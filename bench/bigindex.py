@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bigindex.py --n 1000000          # ~10 min on 2 cores
     .venv/bin/python bench/bigindex.py --n 200000 --r 2,5,10
+    .venv/bin/python bench/bigindex.py --n 2000000 --r 10 --nprobe 64,128,256 --nlist 4096
+    .venv/bin/python bench/bigindex.py --n 1000000 --r 10 --spread cone
 
 A synthetic library of `--n` 512-d clustered unit vectors (bench/search.py's CLIP-like
 spread) is written into SQLite once, under --work. Each index type is then built from the
@@ -9,6 +11,11 @@ library as `reindex` builds it (sample-trained, vectors streamed from SQLite) in
 process, whose peak RSS is the build's; a second child loads the saved file and answers
 single queries through search.engine.top_k, re-rank reads included. Recall@10 is against
 the flat index's exact answers from the same run.
+
+`--nprobe` adds rows at fixed probe counts (the rule's own is always measured); `--nlist`
+builds further ivf-pq indexes with that many lists, to see a bigger library's lists on this
+one (n / nlist vectors a list, as the rule gives nlist**2 / 8 photos). `--spread cone` swaps
+the clustered vectors for `cone`'s anisotropic ones (a real model's shape).
 """
 
 from __future__ import annotations
@@ -33,14 +40,73 @@ from bench.search import DIM, Table, clustered  # noqa: E402
 
 CHUNK = 20_000
 
+# `cone`: what CLIP-like image embeddings look like, as opposed to `clustered`'s even clusters
+# in a 64-d subspace. Real ones share a strong mean direction (the "cone": two random photos'
+# cosine is ~0.5, not ~0), their variance decays smoothly over the dimensions (a low
+# effective rank, no hard subspace), and a photo collection's topics are very uneven in size
+# (a few hold most photos: children, pets, food), which makes some IVF lists crowded.
+CONE_TOPICS = 2048  # topic centres, drawn with Zipf popularity (exponent CONE_ZIPF)
+CONE_ZIPF = 1.0
+CONE_DECAY = 1.0  # variance of the i-th principal direction ~ i ** -CONE_DECAY
+CONE_MEAN = 1.0  # weight of the shared direction against a residual of unit norm
+CONE_SPREAD = 0.6  # a photo's offset from its topic centre, relative to the centres' spread
 
-def make_library(work: Path, n: int) -> Path:
-    """A library of `n` clustered vectors (written once, streamed: never all in RAM)."""
+
+def cone(n: int, seed: int, queries: bool = False) -> np.ndarray:
+    """Anisotropic unit vectors (see CONE_*): normalise(CONE_MEAN * mean + L (topic + noise)),
+    L a random rotation scaled by the decaying spectrum so the residual has unit norm.
+
+    Queries come from the same topics, popularity-weighted, but sit in their own cone (a mean
+    direction orthogonal to the photos', as CLIP's text embeddings sit across the modality
+    gap), so a query's cosine with its best photos is ~0.3, as with CLIP text queries.
+    """
+    fixed = np.random.default_rng(4321)
+    spectrum = np.arange(1, DIM + 1, dtype=np.float64) ** -CONE_DECAY
+    rotation = np.linalg.qr(fixed.standard_normal((DIM, DIM)))[0]
+    scale = (rotation * np.sqrt(spectrum / spectrum.sum())).T.astype(np.float32)
+    centres = fixed.standard_normal((CONE_TOPICS, DIM)).astype(np.float32)
+    means = np.linalg.qr(fixed.standard_normal((DIM, 2)))[0].T.astype(np.float32)
+    popularity = np.arange(1, CONE_TOPICS + 1, dtype=np.float64) ** -CONE_ZIPF
+    popularity /= popularity.sum()
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, DIM), np.float32)
+    for lo in range(0, n, 100_000):
+        m = min(100_000, n - lo)
+        z = centres[rng.choice(CONE_TOPICS, m, p=popularity)]
+        z = (z + CONE_SPREAD * rng.standard_normal((m, DIM), dtype=np.float32)) / np.sqrt(
+            1 + CONE_SPREAD**2
+        )
+        out[lo : lo + m] = _unit(CONE_MEAN * means[1 if queries else 0] + z @ scale)
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+SPREADS = {"clustered": clustered, "cone": cone}
+
+
+def spread_stats(make, n: int = 20_000) -> str:
+    """Mean cosine of two random photos, their effective rank (participation ratio of the
+    covariance's eigenvalues) and a query's cosine with its nearest photo."""
+    x = make(n, seed=99)
+    q = make(200, seed=98, queries=True)
+    pairs = float(np.mean(np.sum(x[: n // 2] * x[n // 2 :], axis=1)))
+    eig = np.linalg.eigvalsh(np.cov(x, rowvar=False))
+    rank = float(eig.sum() ** 2 / (eig**2).sum())
+    best = float(np.mean(np.max(q @ x.T, axis=1)))
+    return f"pair cosine {pairs:.2f}, effective rank {rank:.0f}, query's best cosine {best:.2f}"
+
+
+def make_library(work: Path, n: int, spread: str = "clustered") -> Path:
+    """A library of `n` vectors of `spread` (written once, streamed: never all in RAM)."""
     from sqlalchemy import insert
 
     import db
 
-    library_dir = work / f"big-{n}" / db.LIBRARY_DIRNAME
+    name = f"big-{n}" if spread == "clustered" else f"big-{n}-{spread}"
+    library_dir = work / name / db.LIBRARY_DIRNAME
     if (library_dir / "manifest.json").is_file():
         return library_dir
     start = datetime(2015, 1, 1)
@@ -58,7 +124,7 @@ def make_library(work: Path, n: int) -> Path:
                 ),
             )
             for lo in range(0, n, CHUNK):
-                vecs = clustered(min(CHUNK, n - lo), seed=lo)
+                vecs = SPREADS[spread](min(CHUNK, n - lo), seed=lo)
                 s.execute(
                     insert(db.Photo),
                     [
@@ -84,13 +150,16 @@ def make_library(work: Path, n: int) -> Path:
 # -- children ------------------------------------------------------------------------------------
 
 
-def child_build(library_dir: str, kind: str) -> dict:
+def child_build(library_dir: str, kind: str, nlist: int = 0) -> dict:
     """Build `kind` from the library as `reindex` does, save it: seconds (training apart)
-    and peak RSS. Also written beside the library as <kind>-build.json."""
+    and peak RSS. Also written beside the library as <kind>-build.json. `nlist` > 0 forces
+    the list count (the file is then index-<kind>-<nlist>.faiss)."""
     import db
     from db import vectors
     from search import ann
 
+    if nlist:
+        vectors.ivf_nlist = lambda n: nlist
     build = vectors.build_index
     marks: dict[str, float] = {}
 
@@ -107,32 +176,45 @@ def child_build(library_dir: str, kind: str) -> dict:
         index = lib.build_index(kind)
         ann.tune(index)
         added = time.perf_counter()
-        lib.save_index(index, kind)
+        path = _index_file(lib, kind, nlist)
+        vectors.write_index(index, path)
     result = {
         "build_s": time.perf_counter() - t,
         "train_s": marks.get("trained", t) - t,
         "add_s": added - marks.get("trained", t),
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "file_bytes": lib.index_path(kind).stat().st_size,
+        "file_bytes": path.stat().st_size,
     }
-    (Path(library_dir).parent / f"{kind}-build.json").write_text(json.dumps(result))
+    (path.parent.parent / f"{path.stem}-build.json").write_text(json.dumps(result))
     return result
 
 
-def child_query(library_dir: str, kind: str, n_queries: int, factor: int) -> dict:
-    """Load `kind`'s file cold and answer single queries through search.engine.top_k."""
+def _index_file(lib, kind: str, nlist: int) -> Path:
+    path = lib.index_path(kind)
+    return path.with_name(f"{path.stem}-{nlist}.faiss") if nlist else path
+
+
+def child_query(
+    library_dir: str, kind: str, n_queries: int, factor: int, spread: str, nlist: int, nprobe: int
+) -> dict:
+    """Load `kind`'s file cold and answer single queries through search.engine.top_k
+    (`nprobe` > 0: that many lists probed instead of the rule's)."""
     import db
+    from db import vectors
     from search import ann
     from search.engine import LoadedIndex, top_k
     from search.filters import Filter
 
     ann.RERANK_FACTOR, ann.RERANK_MIN = factor, 0  # k x r candidates exactly, for the table
-    queries = clustered(n_queries, seed=7, queries=True)
+    queries = SPREADS[spread](n_queries, seed=7, queries=True)
     lib = db.Library.open(Path(library_dir))
     before = _rss_now()
     t = time.perf_counter()
-    loaded = LoadedIndex.read(lib.index_path(kind), DIM)
+    loaded = LoadedIndex.read(_index_file(lib, kind, nlist), DIM)
     load_s = time.perf_counter() - t
+    inner = vectors.inner_index(loaded.index)
+    if nprobe and hasattr(inner, "nprobe"):
+        inner.nprobe = nprobe
     resident = _rss_now() - before
     loaded = loaded.caught_up(lib)  # nothing to add: the file is whole
     found, lat = [], []
@@ -149,6 +231,8 @@ def child_query(library_dir: str, kind: str, n_queries: int, factor: int) -> dic
         "counted_bytes": loaded.resident_bytes(),
         "p50_ms": 1000 * statistics.median(lat),
         "best_ms": 1000 * min(lat),
+        "nlist": getattr(inner, "nlist", 0),
+        "nprobe": getattr(inner, "nprobe", 0),
         "found": found,
     }
 
@@ -182,36 +266,58 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--r", default="5,10,20", help="re-rank factors to measure")
     parser.add_argument("--kinds", default="flat,ivf-pq", help="flat first: it is the truth")
+    parser.add_argument("--spread", choices=sorted(SPREADS), default="clustered")
+    parser.add_argument(
+        "--nprobe", default="", help="fixed probe counts to measure ivf-pq at (first --r)"
+    )
+    parser.add_argument("--nlist", default="", help="further ivf-pq builds with these list counts")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         what, *rest = args.child
         if what == "build":
-            result = child_build(*rest)
+            result = child_build(rest[0], rest[1], int(rest[2]))
         else:
-            result = child_query(rest[0], rest[1], int(rest[2]), int(rest[3]))
+            result = child_query(
+                rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4], int(rest[5]), int(rest[6])
+            )
         print(json.dumps(result))
         return
 
     table = Table()
     n = args.n
     t = time.perf_counter()
-    library_dir = make_library(args.work, n)
+    library_dir = make_library(args.work, n, args.spread)
     print(f"library of {n:,} ready in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     db_bytes = (library_dir / "library.sqlite3").stat().st_size
     table.add(f"library.sqlite3, {n:,} photos", f"{db_bytes / n:,.0f} B/photo on disk")
+    table.add(f"{args.spread} vectors", spread_stats(SPREADS[args.spread]))
+    factors = [int(r) for r in args.r.split(",")]
+    probes = [int(p) for p in args.nprobe.split(",") if p]
+    builds = [(kind, 0) for kind in args.kinds.split(",")]
+    builds += [("ivf-pq", int(nl)) for nl in args.nlist.split(",") if nl]
     truth = None
-    for kind in args.kinds.split(","):
-        built = run_child("build", str(library_dir), kind)
+    for kind, nlist in builds:
+        name = kind + (f" (nlist {nlist})" if nlist else "")
+        built = run_child("build", str(library_dir), kind, str(nlist))
         table.add(
-            f"{kind}: build from SQLite",
+            f"{name}: build from SQLite",
             f"{built['build_s']:.0f} s (train {built.get('train_s', 0):.0f} s, add "
             f"{built.get('add_s', 0):.0f} s), peak RSS {built['peak_mb']:,.0f} MB",
             f"file {built['file_bytes'] / n:,.1f} B/photo",
         )
-        for factor in [int(r) for r in args.r.split(",")] if kind == "ivf-pq" else [1]:
-            got = run_child("query", str(library_dir), kind, str(args.queries), str(factor))
-            tag = f"{kind}" + (f", r={factor}" if kind == "ivf-pq" else "")
+        runs = [(1, 0)]
+        if kind == "ivf-pq":
+            runs = [(f, 0) for f in (factors[:1] if nlist else factors)]
+            runs += [(factors[0], p) for p in probes]
+        for factor, nprobe in runs:
+            got = run_child(
+                "query", str(library_dir), kind, str(args.queries), str(factor), args.spread,
+                str(nlist), str(nprobe),
+            )  # fmt: skip
+            tag = name
+            if kind == "ivf-pq":
+                tag += f", r={factor}, nprobe {got['nprobe']}/{got['nlist']}"
             if truth is None:
                 truth = got["found"]
             recall = float(
@@ -226,15 +332,20 @@ def main() -> None:
                 "<= 20 ms",
                 got["p50_ms"] <= 20,
             )
+            print(
+                f"{tag}: recall {recall:.3f}, p50 {got['p50_ms']:.2f} ms, load "
+                f"{os.getloadavg()[0]:.1f}",
+                file=sys.stderr,
+            )
         table.add(
-            f"{kind}: resident after load",
+            f"{name}: resident after load",
             f"{got['resident_bytes'] / n:,.1f} B/photo (RSS growth), "
             f"{got['counted_bytes'] / n:,.1f} counted by info",
             f"cold load {got['load_s']:.2f} s",
         )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"\nbench/bigindex.py, {n:,} x {DIM}-d clustered vectors, on {os.cpu_count()} CPUs "
+        f"\nbench/bigindex.py, {n:,} x {DIM}-d {args.spread} vectors, on {os.cpu_count()} CPUs "
         f"(load average {load}), {datetime.now():%Y-%m-%d}\n"
     )
     table.print()

@@ -96,7 +96,7 @@ def index_command(
         koclip-search index ~/Pictures --watch
     """
     # Imported here: jax and friends cost every other command their start-up time otherwise.
-    from cli.progress import ProgressBar
+    from cli.progress import ProgressBar, RebuildBar
     from indexer import IndexOptions, index_photos
 
     if (poll is not None or settle != 2.0) and not watch:
@@ -106,12 +106,17 @@ def index_command(
 
         polling = {"poll": True, "poll_interval": poll} if poll is not None else {}
         watch_options = WatchOptions(quiet=settle, **polling)
-        _watch(photo_dir, IndexOptions(**options), watch_options, as_json=as_json)
+        rebuilding = RebuildBar(sys.stderr, live=False, prefix="koclip-search: ")
+        index_options = IndexOptions(**options, on_index_rebuild=rebuilding)
+        _watch(photo_dir, index_options, watch_options, as_json=as_json)
         return
 
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    rebuilding = RebuildBar(sys.stderr, live=bar is not None, interrupts=bar)
     try:
-        summary = index_photos(photo_dir, IndexOptions(**options), progress=bar)
+        summary = index_photos(
+            photo_dir, IndexOptions(**options, on_index_rebuild=rebuilding), progress=bar
+        )
     except KeyboardInterrupt:
         if bar:
             bar.close()

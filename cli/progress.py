@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from indexer import IndexRebuild
     from train import TrainProgress
 
 
@@ -86,3 +87,42 @@ class TrainBar(LineBar):
             self.stream.write(f"\n  epoch {p.epoch}/{p.epochs}: loss {p.loss:.4f}{val}\n")
             self.stream.flush()
             self._drawn = False
+
+
+class RebuildBar(LineBar):
+    """An index rebuilt because the library outgrew it (`index`'s `on_index_rebuild`): a bar
+    of vectors added on a terminal, else a line when it starts and one when it is done.
+    `interrupts`, a bar already on the line (the files bar), is ended first."""
+
+    def __init__(
+        self, stream: TextIO, *, live: bool, interrupts: LineBar | None = None, prefix: str = ""
+    ) -> None:
+        super().__init__(stream)
+        self.live = live
+        self.interrupts = interrupts
+        self.prefix = prefix
+        self._began = 0.0
+
+    def __call__(self, event: IndexRebuild) -> None:
+        what = f"{self.prefix}index: {event.describe()}"
+        if event.added is None:
+            self._began = time.monotonic()
+            if self.interrupts is not None:
+                self.interrupts.close()
+            text = f"{what}: training on a sample of the stored vectors"
+            if self.live:
+                self.draw(0, 1, text)
+            else:
+                self.stream.write(text + "\n")
+                self.stream.flush()
+            return
+        if event.done:
+            text = f"{what}: done in {clock(time.monotonic() - self._began)}"
+            if self.live:
+                self.draw(1, 1, text)
+                self.close()
+            else:
+                self.stream.write(text + "\n")
+                self.stream.flush()
+        elif self.live and self.due():
+            self.draw(event.added, max(event.photos, 1), f"{what}: {event.added:,} added")

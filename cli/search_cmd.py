@@ -173,8 +173,9 @@ def info_command(library: str | None, as_json: bool) -> None:
     type=click.Choice(INDEX_CHOICES),
     default="auto",
     show_default=True,
-    help="flat: exact; hnsw / ivf-sq8: approximate, for large libraries; ivf-pq: compressed, "
-    "re-ranked exactly, for millions of photos.",
+    help="auto: by the library's size, switched by `index` as it grows; flat: exact; hnsw / "
+    "ivf-sq8: approximate, for large libraries; ivf-pq: compressed, re-ranked exactly, for "
+    "millions of photos. A named type is kept at any size.",
 )
 @domain_errors
 def reindex_command(library: str | None, index_type: str) -> None:
@@ -184,9 +185,22 @@ def reindex_command(library: str | None, index_type: str) -> None:
 
         koclip-search reindex --index ivf-sq8
     """
+    import sys
+
+    from cli.progress import LineBar
     from search import find_library, reindex
 
-    report = reindex(find_library(library), index_type)
+    bar = LineBar(sys.stderr) if sys.stderr.isatty() else None
+
+    def progress(added: int, total: int) -> None:
+        if bar is not None and (bar.due(final=added >= total)):
+            bar.draw(added, max(total, 1), f"{added:,}/{total:,} vectors added")
+
+    try:
+        report = reindex(find_library(library), index_type, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
     click.echo(
         f"index: {report.previous_type} -> {report.index_type}, {report.vectors:,} vectors, "
         f"{_human_size(report.size_bytes)}"
@@ -237,11 +251,11 @@ def format_info(info: LibraryInfo) -> str:
         ("library", str(info.library)),
         ("photos", f"{info.photo_root} — {info.photos:,} indexed, {info.failed:,} failed"),
         ("model", f"{info.model} ({info.precision})"),
-        ("index", f"{info.index_type}{vectors}"),
+        ("index", f"{info.index_type}{vectors}, {_index_choice(info)}"),
         ("index memory", _human_size(info.index_memory)),
         ("recall", info.recall_target or "-"),
         *(
-            [("retrain at", f"{info.retrain_at:,} photos (then run `koclip-search reindex`)")]
+            [("retrain at", f"{info.retrain_at:,} photos (the next `index` past it retrains)")]
             if info.retrain_at
             else []
         ),
@@ -250,6 +264,16 @@ def format_info(info: LibraryInfo) -> str:
         ("writer", _writer(info)),
     ]
     return "\n".join(f"{k + ':':<14}{v}" for k, v in pairs)
+
+
+def _index_choice(info: LibraryInfo) -> str:
+    """Whether `index` switches the type by size, and when it next does."""
+    if not info.index_automatic:
+        return "chosen with `reindex --index` (kept at any size; `reindex` hands it back)"
+    if info.switch_at is None:
+        return "automatic"
+    photos, kind = info.switch_at
+    return f"automatic ({kind} past {photos:,} photos)"
 
 
 def _writer(info: LibraryInfo) -> str:

@@ -14,6 +14,8 @@ from db.errors import (
     SchemaVersionError,
 )
 from db.library import (
+    INDEX_AUTO,
+    INDEX_CHOSEN,
     LIBRARY_DIRNAME,
     Library,
     LibraryLock,
@@ -36,6 +38,8 @@ from db.schema import (
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "INDEX_AUTO",
+    "INDEX_CHOSEN",
     "LIBRARY_DIRNAME",
     "SCHEMA_VERSION",
     "Failure",

@@ -26,7 +26,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,9 @@ from koclip.files import atomic_path
 DB_NAME = "library.sqlite3"
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "lock"
+# Manifest.index_choice: the type follows the library's size, or was chosen by the user.
+INDEX_AUTO = "auto"
+INDEX_CHOSEN = "chosen"
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,21 @@ class Manifest:
     # The arithmetic of the towers that made the vectors ("fp32", "int8", or both as
     # "fp32+int8"); koclip only uses int8 where it agrees with fp32, so they mix.
     precision: str = "fp32"
+    # Whether the index type follows the library's size: INDEX_AUTO, INDEX_CHOSEN (by
+    # `reindex --index`), or "" where not recorded (a library from before it was).
+    index_choice: str = ""
     schema_version: int = SCHEMA_VERSION
     created_at: float = 0.0
     updated_at: float = 0.0
+
+    @property
+    def automatic_index(self) -> bool:
+        """Whether `index` may switch the type as the library grows or shrinks. Where the
+        choice was not recorded, a type the size rule gives (flat, ivf-sq8, ivf-pq) counts as
+        automatic, any other (hnsw) as chosen."""
+        if self.index_choice:
+            return self.index_choice == INDEX_AUTO
+        return self.index_type in vectors.AUTO_LADDER
 
     def to_json(self) -> str:
         """The manifest.json text."""
@@ -410,10 +425,16 @@ class Library:
             return None
         return vectors.read_index(path)
 
-    def build_index(self, index_type: str | None = None) -> faiss.Index:
+    def build_index(
+        self,
+        index_type: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> faiss.Index:
         """A fresh index of every stored embedding (one read snapshot); does not save it.
 
-        Types that train (IVF) train on a random sample spread over the whole collection.
+        Types that train (IVF) train on a random sample spread over the whole collection;
+        the vectors are then streamed in chunks, so memory holds the index, the sample and
+        one chunk. `progress(added, total)`: see `vectors.build_index`.
         """
         manifest = self.manifest()
         if manifest is None:
@@ -427,7 +448,41 @@ class Library:
                 self.iter_embeddings(s),
                 len(ids),
                 sample=lambda rows: self.vectors_for(s, ids[rows]),
+                progress=progress,
             )
+
+    def switch_index(
+        self,
+        index_type: str,
+        *,
+        automatic: bool,
+        progress: Callable[[int, int], None] | None = None,
+        before_switch: Callable[[faiss.Index], None] | None = None,
+    ) -> faiss.Index:
+        """Rebuild the index as `index_type` from the stored vectors and make it the library's,
+        recording whether the type is automatic (Manifest.index_choice). Hold the lock.
+
+        The new file is written whole (atomically) first, then the manifest names it, then
+        the old type's file goes: a reader always finds a whole index of the type the manifest
+        names, and a crash at any point leaves the previous index usable (a new file the
+        manifest does not name yet is a leftover that the next writer removes and redoes).
+        `before_switch(index)` runs on the built index before it is saved (search tunes it).
+        """
+        manifest = self.manifest()
+        if manifest is None:
+            raise LibraryError(f"the library at {self.directory} has no manifest yet")
+        index = self.build_index(index_type, progress)
+        if before_switch is not None:
+            before_switch(index)
+        self.save_index(index, index_type)
+        choice = INDEX_AUTO if automatic else INDEX_CHOSEN
+        if (index_type, choice) != (manifest.index_type, manifest.index_choice):
+            with write_errors(self.directory), self.session() as s, s.begin():
+                self.set_manifest(s, replace(manifest, index_type=index_type, index_choice=choice))
+            self.write_manifest_json()
+        if index_type != manifest.index_type:
+            self.index_path(manifest.index_type).unlink(missing_ok=True)
+        return index
 
     def vectors_for(self, session: Session, ids: np.ndarray | list[int]) -> np.ndarray:
         """Stored embeddings (n, dim) for existing ids, in the order given (LibraryError if one is missing)."""
@@ -450,10 +505,14 @@ class Library:
         vectors.write_index(index, self.index_path(index_type))
 
     def reconcile_index(self) -> tuple[faiss.Index, bool]:
-        """The saved index if its ids equal the database's, else one rebuilt (and saved) from it.
+        """The saved index, brought up to the database's ids and saved; one rebuilt from the
+        database if the file is unreadable, of another size, or cannot drop the ids it must.
 
-        Returns (index, rebuilt). The caller holds the lock, so no row changes meanwhile.
-        Row embeddings never change under an id, so equal id sets mean equal contents.
+        Returns (index, changed). The caller holds the lock, so no row changes meanwhile.
+        Row embeddings never change under an id, so equal id sets mean equal contents, and a
+        file that lags the database (a run killed between a commit and its next save) only
+        needs the rows it lacks added and the deleted ones removed: no retraining, however
+        big the library.
         """
         manifest = self.manifest()
         if manifest is None:
@@ -462,12 +521,21 @@ class Library:
             index = self.load_index()
         except LibraryError:
             index = None  # unreadable file: rebuilding it is the repair
-        if (
-            index is not None
-            and index.d == manifest.dim
-            and np.array_equal(np.sort(vectors.index_ids(index)), self.photo_ids())
-        ):
-            return index, False
+        if index is not None and index.d == manifest.dim and index.is_trained:
+            held = np.sort(vectors.index_ids(index))
+            ids = self.photo_ids()
+            if np.array_equal(held, ids):
+                return index, False
+            if len(np.unique(held)) == len(held) and vectors.remove(
+                index, np.setdiff1d(held, ids, assume_unique=True)
+            ):
+                missing = np.setdiff1d(ids, held, assume_unique=True)
+                with self.session() as s, s.begin():
+                    for start in range(0, len(missing), 4096):
+                        chunk = missing[start : start + 4096]
+                        vectors.add(index, chunk, self.vectors_for(s, chunk))
+                self.save_index(index)
+                return index, True
         index = self.build_index()
         self.save_index(index)
         return index, True
@@ -718,6 +786,8 @@ def manifest_problems(manifest: Manifest) -> list[str]:
         or manifest.index_type not in vectors.INDEX_FACTORIES
     ):
         problems.append(f"unknown index type {manifest.index_type!r}")
+    if manifest.index_choice not in ("", INDEX_AUTO, INDEX_CHOSEN):
+        problems.append(f"unknown index type choice {manifest.index_choice!r}")
     dim = manifest.dim
     if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= 65536:
         problems.append(f"dim {dim!r}")
@@ -779,12 +849,21 @@ SQLITE_RESOURCE_ERRORS = frozenset({3, 5, 6, 7, 8, 10, 13, 14})
 
 
 def _add_new_columns(engine: Engine) -> None:
-    """Add the manifest columns newer than schema 1 to an older library (writers only)."""
+    """Add the manifest columns newer than schema 1 to an older library (writers only).
+
+    Each has a default that means "as before" and every reader reads the row by name
+    (`Library.manifest`), so an older program still reads a library that has them and this
+    one reads a library that lacks them: no schema version bump, no refusal either way.
+    """
     with engine.begin() as conn:
         present = {r[1] for r in conn.execute(text("PRAGMA table_info(manifest)"))}
         if present and "precision" not in present:
             conn.execute(
                 text("ALTER TABLE manifest ADD COLUMN precision VARCHAR NOT NULL DEFAULT 'fp32'")
+            )
+        if present and "index_choice" not in present:
+            conn.execute(
+                text("ALTER TABLE manifest ADD COLUMN index_choice VARCHAR NOT NULL DEFAULT ''")
             )
 
 

@@ -126,6 +126,9 @@ class ManifestRow(Base):
     photo_root: Mapped[str] = mapped_column(String)  # relative to the library folder, or absolute
     # "fp32", "int8" or "fp32+int8"; added after schema 1 shipped (db.library adds the column).
     precision: Mapped[str] = mapped_column(String, default="fp32", server_default="fp32")
+    # "auto" (the indexer switches the type by size), "chosen" (`reindex --index`: kept at any
+    # size), or "" in a library made before it was recorded (see Manifest.automatic_index).
+    index_choice: Mapped[str] = mapped_column(String, default="", server_default="")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

@@ -29,11 +29,37 @@ DEFAULT_INDEX_TYPE = FLAT
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 
+# Which type a library gets by its size, unless the user chose one (`reindex --index`).
+# Exact search over 200k x 512 float32 (400 MB) is ~25 ms on one core: cheap next to the
+# text encoder; above it an ANN index keeps queries under 10 ms.
+FLAT_MAX = 200_000
+# Above this, ivf-pq: ivf-sq8 holds ~560 bytes a 512-d photo in RAM (1.1 GB at 2M), ivf-pq
+# ~90 (bench/bigindex.py; flat 2,105). Up to 2M the SQ8 codes fit a desktop's spare memory
+# and need no re-rank reads; past it they would not (51 GB at 100M), and PQ's re-rank costs
+# the same few ms whatever the size.
+SQ8_MAX = 2_000_000
+# The automatic types, smallest library first. A library switches up the ladder as soon as
+# it passes a threshold, and back down only once it has shrunk to half of it, so a library
+# hovering at a threshold is not rebuilt on every run.
+AUTO_LADDER = (FLAT, IVF_SQ8, IVF_PQ)
+
+
+def auto_index_type(n: int) -> str:
+    """The index type a collection of `n` photos gets when none was chosen."""
+    if n <= FLAT_MAX:
+        return FLAT
+    return IVF_SQ8 if n <= SQ8_MAX else IVF_PQ
+
+
+# faiss's floor of training points per centroid (it warns below it): caps a small library's
+# IVF lists and PQ centroids.
+MIN_POINTS_PER_CENTROID = 39
+
 
 def ivf_nlist(n: int) -> int:
     """~2 sqrt(n) IVF cells, a power of two, with >= 39 training points per cell."""
     nlist = 2 ** round(math.log2(max(2 * math.sqrt(max(n, 1)), 1)))
-    return max(1, min(nlist, n // 39))
+    return max(1, min(nlist, n // MIN_POINTS_PER_CENTROID))
 
 
 def _hnsw(dim: int, n: int) -> faiss.Index:
@@ -62,7 +88,7 @@ def pq_params(dim: int, n: int) -> tuple[int, int]:
     >= 39 training points per centroid (faiss's floor); a tiny library gets fewer bits.
     """
     m = max(d for d in range(1, max(dim // 8, 1) + 1) if dim % d == 0)
-    bits = int(math.floor(math.log2(max(n, 2) / 39))) if n >= 2 else 1
+    bits = int(math.floor(math.log2(max(n, 2) / MIN_POINTS_PER_CENTROID))) if n >= 2 else 1
     return m, max(1, min(8, bits))
 
 
@@ -127,6 +153,7 @@ def build_index(
     chunks: Iterable[tuple[np.ndarray, np.ndarray]],
     n_vectors: int = 0,
     sample: Callable[[np.ndarray], np.ndarray] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> faiss.IndexIDMap2:
     """A new index holding every (ids, vectors) chunk of a collection of `n_vectors`.
 
@@ -134,18 +161,59 @@ def build_index(
     database (see `Library.iter_embeddings`) to keep memory to the index itself. A type that
     trains is trained on `sample(rows)`, the vectors at the given sorted positions of the
     collection: a seeded random sample spread over all of it (see `training_size`). Without
-    `sample` it trains on the first chunk.
+    `sample` it trains on the first chunk. `progress(added, n_vectors)` is called once the
+    index is trained (added 0) and after each chunk.
     """
     index = make_index(index_type, dim, n_vectors)
     if not index.is_trained and sample is not None and n_vectors:
         take = training_size(index, n_vectors)
         rows = np.sort(np.random.default_rng(0).choice(n_vectors, take, replace=False))
         index.train(np.ascontiguousarray(sample(rows), dtype=np.float32))
+    if progress:
+        progress(0, n_vectors)
     for ids, vectors in chunks:
         if not index.is_trained:
             index.train(np.ascontiguousarray(vectors, dtype=np.float32))
         add(index, ids, vectors)
+        if progress:
+            progress(index.ntotal, n_vectors)
     return index
+
+
+def retrain_at(index: faiss.Index) -> int | None:
+    """Library size past which an IVF index is rebuilt (retrained), or None if it trains not.
+
+    The list count follows ~2 sqrt(n) (`ivf_nlist`), so `nlist` lists suit ~nlist**2 / 4
+    photos; at 4x that (nlist**2) the lists are 4x longer than planned and each query scans
+    4x the codes for the same recall. A small library's lists are capped at n / 39 (faiss's
+    training floor), so they suit ~39 nlist photos: 4x that is the mark there.
+    """
+    inner = inner_index(index)
+    if not isinstance(inner, faiss.IndexIVF):
+        return None
+    return max(inner.nlist**2, 4 * MIN_POINTS_PER_CENTROID * inner.nlist)
+
+
+def due_rebuild(index_type: str, automatic: bool, index: faiss.Index, n: int) -> str | None:
+    """The type a library's index should be rebuilt as now, or None if it is fit as it is.
+
+    `index_type` is the library's type and `index` its index (for what it was trained on);
+    `n` the photos it holds. An automatic type follows `auto_index_type` (up at once, down
+    only at half the threshold: see AUTO_LADDER); any IVF is retrained past `retrain_at`.
+    """
+    target = index_type
+    if automatic:
+        wanted = auto_index_type(n)
+        rank = {kind: i for i, kind in enumerate(AUTO_LADDER)}
+        here = rank.get(index_type)
+        up = here is None or rank[wanted] > here
+        down = here is not None and rank[auto_index_type(2 * n)] < here  # at half the threshold
+        if up or down:
+            target = wanted
+    if target != index_type:
+        return target
+    limit = retrain_at(index)
+    return index_type if limit is not None and n > limit and index.is_trained else None
 
 
 def training_size(index: faiss.Index, n_vectors: int) -> int:

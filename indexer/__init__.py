@@ -9,11 +9,13 @@ from indexer.pipeline import IndexOptions, IndexSession, index_photos
 from indexer.setup import DEFAULT_MODEL
 from indexer.summary import Summary
 from indexer.watcher import Debouncer, WatchOptions, WatchThread, watch
+from indexer.writer import IndexRebuild
 
 __all__ = [
     "DEFAULT_MODEL",
     "Debouncer",
     "IndexOptions",
+    "IndexRebuild",
     "IndexSession",
     "Summary",
     "WatchOptions",

@@ -40,7 +40,7 @@ from indexer.plan import Plan, Task, load_known, load_known_under, make_plan
 from indexer.scope import as_relpath, discover_paths, scope_of
 from indexer.setup import open_for_indexing, prepare
 from indexer.summary import Summary
-from indexer.writer import Writer
+from indexer.writer import IndexRebuild, RebuildCallback, Writer, due_rebuild, rebuild
 from koclip import PRECISIONS, KoCLIPEncoder
 from koclip.preprocess import MAX_PIXELS
 
@@ -67,6 +67,9 @@ class IndexOptions:
     # Called with the number of batches committed so far, after each commit (before the
     # FAISS file catches up): a place to watch a run, or to stop it there.
     on_batch_committed: Callable[[int], None] | None = None
+    # Called while the index is rebuilt because the library outgrew it (a switch of its
+    # automatic type, or a retraining): once before, during the adding, once when done.
+    on_index_rebuild: RebuildCallback | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_megapixels) and self.max_megapixels > 0):
@@ -144,6 +147,14 @@ class IndexSession:
             self.library.remove_leftovers()
             self.library.write_manifest_json()
             self._index, _ = self.library.reconcile_index()
+            # A library that outgrew its index before this run (or before the type switched
+            # by itself) gets the index it should have now, before anything is added to it.
+            self._rebuilt: list[IndexRebuild] = []
+            due = due_rebuild(self.library, self._index)
+            if due is not None:
+                self._index = None
+                self._index = rebuild(self.library, due, options.on_index_rebuild)
+                self._rebuilt.append(due)
         except BaseException:
             # The exception reaches the stack's managers: a failed first run is undone.
             self._stack.__exit__(*sys.exc_info())
@@ -192,7 +203,9 @@ class IndexSession:
             plan,
             save_interval=self.options.save_interval,
             save_share=self.save_share,
+            on_rebuild=self.options.on_index_rebuild,
         )
+        self._index = None  # the writer's now: a rebuild during the pass frees the old one
         hook = self.options.on_batch_committed
 
         def committed(batches: int) -> None:
@@ -219,6 +232,7 @@ class IndexSession:
         self._hashes = plan.known_hashes
         if counts.deleted:
             self.lock.note_commit()
+        rebuilt, self._rebuilt = [*self._rebuilt, *writer.rebuilds], []
         return Summary(
             new=counts.new,
             updated=counts.updated,
@@ -227,6 +241,7 @@ class IndexSession:
             unchanged=counts.unchanged,
             failures=tuple(sorted(counts.failures)),
             seconds=time.perf_counter() - start,
+            index_rebuilds=tuple(r.describe() for r in rebuilt),
         )
 
     def library_changed(self) -> None:

@@ -19,7 +19,7 @@ from db import (
     write_errors,
 )
 from db.errors import index_command
-from db.library import manifest_problems
+from db.library import INDEX_AUTO, INDEX_CHOSEN, manifest_problems
 from db.vectors import DEFAULT_INDEX_TYPE, INDEX_FACTORIES
 from koclip import KoCLIPEncoder, checkpoint_fingerprint, load_encoder_at
 from koclip.preprocess import PREPROCESS_VERSION
@@ -78,6 +78,8 @@ def prepare(
         index_type=old.index_type if old else DEFAULT_INDEX_TYPE,
         photo_root=relative_photo_root(library.directory, photo_root),
         precision=_precisions(old if same_vectors else None, encoder.precision),
+        # A new library's type follows its size; an older one's unrecorded choice is settled.
+        index_choice=_index_choice(old),
     )
     if rebuild or old is None or _differs(old, new):
         with write_errors(library.directory), library.session() as s, s.begin():
@@ -108,8 +110,18 @@ def _old_manifest(library: Library, rebuild: bool) -> Manifest | None:
             f"the model of its vectors is unknown: run `{index_command(library.directory, rebuild=True)}`"
         )
     index_type = old.index_type if old.index_type in INDEX_FACTORIES else DEFAULT_INDEX_TYPE
+    choice = old.index_choice if old.index_choice in (INDEX_AUTO, INDEX_CHOSEN) else ""
     # dim 0 differs from any model's: the row is rewritten with the encoder's.
-    return dataclasses.replace(old, index_type=index_type, dim=0, created_at=0.0, updated_at=0.0)
+    return dataclasses.replace(
+        old, index_type=index_type, index_choice=choice, dim=0, created_at=0.0, updated_at=0.0
+    )
+
+
+def _index_choice(old: Manifest | None) -> str:
+    """INDEX_AUTO for a new library; else the old one's, settled where it was not recorded."""
+    if old is None:
+        return INDEX_AUTO
+    return old.index_choice or (INDEX_AUTO if old.automatic_index else INDEX_CHOSEN)
 
 
 def _precisions(old: Manifest | None, used: str) -> str:

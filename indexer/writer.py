@@ -3,12 +3,19 @@
 Order of operations is what makes a kill -9 harmless: a batch's rows and embeddings commit
 together; only then are its vectors added to the in-memory index, which is saved (atomically)
 now and then and at the end. At the next start the saved file is reconciled with the rows.
+
+Each save also checks that the index still fits the library (`db.vectors.due_rebuild`): an
+automatic type is switched as the library crosses a size threshold, an IVF index is
+retrained once the library has outgrown its lists. The rebuild reads the committed rows
+(`db.Library.switch_index`: a training sample, then chunks), so it costs the index and the
+sample in memory, not the library, and a crash during it leaves the saved index in use.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import faiss
 import numpy as np
@@ -26,6 +33,7 @@ from db import (
     write_errors,
 )
 from db import vectors as faiss_ops
+from db.errors import LibraryError
 from indexer.load import Loaded, mtime_datetime
 from indexer.plan import Plan, in_scope
 
@@ -42,6 +50,68 @@ class Counts:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
 
 
+@dataclass(frozen=True)
+class IndexRebuild:
+    """An index being rebuilt because it no longer fits the library (progress and summary)."""
+
+    previous: str  # the type before
+    index_type: str  # the type being built (the same one when retraining)
+    photos: int  # vectors the new index holds
+    added: int | None = None  # vectors added so far; None while it trains on its sample
+    done: bool = False
+
+    @property
+    def retrain(self) -> bool:
+        """Same type, trained again for a grown library (not a switch)."""
+        return self.previous == self.index_type
+
+    def describe(self) -> str:
+        """`flat -> ivf-sq8 for 250,000 photos` or `ivf-pq retrained for 4,200,000 photos`."""
+        what = (
+            f"{self.index_type} retrained"
+            if self.retrain
+            else f"{self.previous} -> {self.index_type}"
+        )
+        return f"{what} for {self.photos:,} photos"
+
+
+RebuildCallback = Callable[[IndexRebuild], None]
+
+
+def due_rebuild(library: Library, index: faiss.Index) -> IndexRebuild | None:
+    """The rebuild the library's index needs now (a switch of its automatic type by size, or a
+    retraining of a grown IVF index), or None. `index` must hold every committed photo."""
+    manifest = library.manifest()
+    if manifest is None:
+        return None
+    kind = faiss_ops.due_rebuild(manifest.index_type, manifest.automatic_index, index, index.ntotal)
+    return None if kind is None else IndexRebuild(manifest.index_type, kind, index.ntotal)
+
+
+def rebuild(
+    library: Library, due: IndexRebuild, on_rebuild: RebuildCallback | None = None
+) -> faiss.Index:
+    """Carry out `due` (see `db.Library.switch_index`), reporting progress; hold the lock.
+    The caller drops its own index first, so memory never holds both."""
+    if on_rebuild:
+        on_rebuild(due)
+
+    def progress(added: int, total: int) -> None:
+        on_rebuild(replace(due, added=added))
+
+    manifest = library.manifest()
+    if manifest is None:
+        raise LibraryError(f"the library at {library.directory} has no manifest yet")
+    index = library.switch_index(
+        due.index_type,
+        automatic=manifest.automatic_index,
+        progress=progress if on_rebuild else None,
+    )
+    if on_rebuild:
+        on_rebuild(replace(due, added=index.ntotal, done=True))
+    return index
+
+
 class Writer:
     """Applies loaded/encoded files to the database and the in-memory FAISS index."""
 
@@ -53,10 +123,13 @@ class Writer:
         *,
         save_interval: float = 30.0,
         save_share: float | None = None,
+        on_rebuild: RebuildCallback | None = None,
     ) -> None:
         self.library = library
         self.index = index
         self.plan = plan
+        self.on_rebuild = on_rebuild
+        self.rebuilds: list[IndexRebuild] = []  # what this pass rebuilt, in order
         self.counts = Counts(unchanged=plan.unchanged, failures=list(plan.still_failed))
         self.save_interval = save_interval
         # A watcher saves as often as saving takes at most this share of the time, instead
@@ -143,13 +216,26 @@ class Writer:
         return self.counts
 
     def save(self) -> None:
-        """Atomically write the in-memory index (a reader then sees every committed batch)."""
+        """Atomically write the in-memory index (a reader then sees every committed batch),
+        then rebuild it if it no longer fits the library's size."""
         started = time.monotonic()
         if not self._needs_rebuild:
             self.library.save_index(self.index)
         self._dirty = False
         self._last_save = time.monotonic()
         self._save_seconds = self._last_save - started
+        if not self._needs_rebuild:
+            self.fit_index()
+
+    def fit_index(self) -> None:
+        """Switch or retrain the index if `due_rebuild` says so (the file is saved first)."""
+        due = due_rebuild(self.library, self.index)
+        if due is None:
+            return
+        self.index = None  # the saved file holds it; free it before building the new one
+        self.index = rebuild(self.library, due, self.on_rebuild)
+        self.rebuilds.append(due)
+        self._last_save = time.monotonic()
 
     # -- one file ---------------------------------------------------------------------------
 

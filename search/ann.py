@@ -4,27 +4,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from db.vectors import FLAT, IVF_PQ, IVF_SQ8
+from db.vectors import IVF_PQ
+from db.vectors import auto_index_type as auto_index_type  # re-exported: the old home
+from db.vectors import retrain_at as retrain_at
 
 if TYPE_CHECKING:
     import faiss
 
 AUTO = "auto"
 
-# Exact search over 200k x 512 float32 (400 MB) is ~25 ms on one core: cheap next to
-# the text encoder. Above it an ANN index keeps queries under 10 ms. The indexes themselves
-# are built by db/vectors.INDEX_FACTORIES; this module chooses and tunes them.
-FLAT_MAX = 200_000
-# Above this, ivf-pq: ivf-sq8 holds ~560 bytes a 512-d photo in RAM (1.1 GB at 2M), ivf-pq
-# 91.5 measured at 1M (bench/bigindex.py; flat 2,105). Up to 2M the SQ8 codes fit a desktop's spare memory and need no
-# re-rank reads; past it they would not (51 GB at 100M), and PQ's re-rank costs the same
-# few ms whatever the size.
-SQ8_MAX = 2_000_000
+# The indexes are built by db/vectors.INDEX_FACTORIES, which also says which type a library
+# gets by its size (FLAT_MAX, SQ8_MAX: the indexer switches types itself); this module tunes
+# them for searching.
+
 # ivf-pq proposes k x RERANK_FACTOR candidates (at least RERANK_MIN), re-ranked exactly from
-# the stored vectors. bench/bigindex.py, 1M clustered vectors, recall@10 / p50 on 2 busy
-# cores: r=5 0.944 / 18.7 ms, r=10 0.992 / 18.9 ms, r=20 0.998 / 27.1 ms.
-RERANK_FACTOR = 10
-RERANK_MIN = 100
+# the stored vectors. bench/bigindex.py, recall@10 / p50 on 2 busy cores: 1M clustered
+# vectors r=5 0.944 / 18.7 ms, r=10 0.992 / 18.9 ms, r=20 0.998 / 27.1 ms; 2M clustered
+# r=10 0.979 / 27 ms, r=20 1.000 / 18 ms; 1M anisotropic CLIP-like ones (--spread cone)
+# r=10 0.943 / 12 ms, r=20 0.968 / 7 ms, r=40 0.983 / 10 ms. 20 holds 0.95 on both.
+RERANK_FACTOR = 20
+RERANK_MIN = 200
 # Search-time knobs, set after loading rather than trusted from the file, so tuning them here
 # takes effect without a reindex. bench/search.py: IVF-SQ8 recall@10 0.951 at nprobe = nlist/32,
 # 0.988 at nlist/16 (1M clustered vectors, 2.1 ms); HNSW 1.000 at efSearch 128 (200k).
@@ -36,6 +35,12 @@ IVF_NPROBE_MIN = 16
 # recall@10 0.857 at nlist/32, 0.912 at nlist/16, 0.968 at nlist/8, 0.990 at nlist/4; the
 # candidates past 100 added nothing (0.969 at 200 and 400).
 IVF_PQ_NPROBE_FRACTION = 1 / 8
+# ... but never more than this many lists: with a share, a query would scan n/8 codes (12.5M
+# at 100M photos, ~1 s); a fixed count scans n * IVF_PQ_NPROBE_MAX / nlist, which grows as
+# sqrt(n). It holds recall because the rule's lists only get fuller as n grows (nlist ~
+# 2 sqrt(n): n / nlist >= nlist / 8 photos a list), and a query's neighbours then sit in no
+# more lists than at 2M (bench/bigindex.py --nlist: see the README's "Millions of photos").
+IVF_PQ_NPROBE_MAX = 256
 # From this many queries on, a flat batch is one sgemm; below, query by query (SIMD). Over
 # 100k x 512 on 2 cores, idle: 4 queries 14 ms seq / 16 ms sgemm, 8: 32 / 23, 16: 70 / 20,
 # 64: 254 / 45; under load sgemm still wins from 16 on but not always at 8.
@@ -47,30 +52,8 @@ RECALL = {
     "flat": "exact",
     "hnsw": "recall@10 >= 0.95 (1.000 measured at 200k)",
     "ivf-sq8": "recall@10 >= 0.95 (0.988 measured at 1M)",
-    IVF_PQ: "recall@10 >= 0.95, exact scores (re-ranked; 0.992 measured at 1M)",
+    IVF_PQ: "recall@10 >= 0.95, exact scores (re-ranked; 0.998 at 1M, 0.968 on CLIP-like vectors)",
 }
-
-
-def auto_index_type(n: int) -> str:
-    """The index type a collection of `n` photos gets when none is asked for."""
-    if n <= FLAT_MAX:
-        return FLAT
-    return IVF_SQ8 if n <= SQ8_MAX else IVF_PQ
-
-
-def retrain_at(index: faiss.Index) -> int | None:
-    """Library size past which an IVF index should be rebuilt (`reindex`), or None.
-
-    The list count follows ~2 sqrt(n) (db.vectors.ivf_nlist), so `nlist` lists suit
-    ~nlist**2 / 4 photos; at 4x that (nlist**2) the lists are 4x longer than planned and
-    each query scans 4x the codes for the same recall.
-    """
-    import faiss
-
-    from db.vectors import inner_index
-
-    inner = inner_index(index)
-    return inner.nlist**2 if isinstance(inner, faiss.IndexIVF) else None
 
 
 def rerank_candidates(k: int) -> int:
@@ -90,7 +73,10 @@ def tune(index: faiss.Index) -> None:
     elif isinstance(inner, faiss.IndexIVF):
         pq = isinstance(inner, faiss.IndexIVFPQ)
         fraction = IVF_PQ_NPROBE_FRACTION if pq else IVF_NPROBE_FRACTION
-        inner.nprobe = min(inner.nlist, max(IVF_NPROBE_MIN, round(inner.nlist * fraction)))
+        nprobe = round(inner.nlist * fraction)
+        if pq:
+            nprobe = min(nprobe, IVF_PQ_NPROBE_MAX)
+        inner.nprobe = min(inner.nlist, max(IVF_NPROBE_MIN, nprobe))
 
 
 def enable_blas_for_batches(dim: int) -> None:

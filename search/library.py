@@ -90,7 +90,11 @@ class LibraryInfo:
     precision: str = "fp32"  # the towers' arithmetic that made the vectors (db.Manifest)
     index_memory: int | None = None  # bytes the loaded index holds (None: not loaded)
     recall_target: str | None = None  # what the index type promises (search.ann.RECALL)
-    retrain_at: int | None = None  # photos past which `reindex` should retrain an IVF index
+    retrain_at: int | None = None  # photos past which `index` retrains an IVF index
+    # Whether `index` switches the type by size (False: chosen with `reindex --index`), and
+    # the next switch up: (photos past which, type), None at the top or when chosen.
+    index_automatic: bool = True
+    switch_at: tuple[int, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (paths as strings, the time as ISO 8601)."""
@@ -119,6 +123,10 @@ class LibraryInfo:
             "index_memory": self.index_memory,
             "recall_target": self.recall_target,
             "retrain_at": self.retrain_at,
+            "index_automatic": self.index_automatic,
+            "switch_at": None
+            if self.switch_at is None
+            else {"photos": self.switch_at[0], "index_type": self.switch_at[1]},
         }
 
 
@@ -165,7 +173,20 @@ def describe_library(
         index_memory=index_memory,
         retrain_at=retrain_at,
         recall_target=RECALL.get(manifest.index_type),
+        index_automatic=manifest.automatic_index,
+        switch_at=_next_switch(manifest.index_type) if manifest.automatic_index else None,
     )
+
+
+def _next_switch(index_type: str) -> tuple[int, str] | None:
+    """(photos past which, type) of an automatic type's next switch up, or None at the top."""
+    from db import vectors
+
+    ladder = vectors.AUTO_LADDER
+    if index_type not in ladder or index_type == ladder[-1]:
+        return None
+    limit = {vectors.FLAT: vectors.FLAT_MAX, vectors.IVF_SQ8: vectors.SQ8_MAX}[index_type]
+    return limit, vectors.auto_index_type(limit + 1)
 
 
 def _size_on_disk(library: db.Library) -> int:

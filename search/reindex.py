@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +21,18 @@ class ReindexReport:
     size_bytes: int
 
 
-def reindex(directory: Path, index_type: str = ann.AUTO) -> ReindexReport:
-    """Rebuild the index as `index_type` ("auto": by collection size) without re-encoding.
+def reindex(
+    directory: Path,
+    index_type: str = ann.AUTO,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReindexReport:
+    """Rebuild the index as `index_type` without re-encoding: "auto" picks the type by the
+    library's size and lets `index` switch it as the library grows (db.INDEX_AUTO); a named
+    type is kept at any size (db.INDEX_CHOSEN; `index` still retrains it as it grows).
 
-    Takes the writer lock (db.LibraryLockedError if an indexer runs), writes the new file
-    atomically, then switches the manifest, then removes the old file, so a concurrent
-    search always finds a complete index of the type its manifest names.
+    Takes the writer lock (db.LibraryLockedError if an indexer runs) and switches as
+    `db.Library.switch_index` does, so a concurrent search always finds a complete index of
+    the type its manifest names. `progress(added, total)` follows the build.
     """
     if index_type != ann.AUTO and index_type not in INDEX_TYPES:
         raise db.LibraryError(
@@ -37,16 +43,10 @@ def reindex(directory: Path, index_type: str = ann.AUTO) -> ReindexReport:
         if manifest is None:
             raise db.LibraryNotFoundError(f"the library at {directory} has nothing indexed yet")
         library.remove_leftovers()  # an interrupted reindex's file of another type, temp files
-        kind = index_type
-        if kind == ann.AUTO:
-            kind = ann.auto_index_type(len(library.photo_ids()))
-        index = library.build_index(kind)
-        ann.tune(index)
-        library.save_index(index, kind)
-        if kind != manifest.index_type:
-            with db.write_errors(library.directory), library.session() as s, s.begin():
-                library.set_manifest(s, dataclasses.replace(manifest, index_type=kind))
-            library.write_manifest_json()
-            library.index_path(manifest.index_type).unlink(missing_ok=True)
+        automatic = index_type == ann.AUTO
+        kind = ann.auto_index_type(len(library.photo_ids())) if automatic else index_type
+        index = library.switch_index(
+            kind, automatic=automatic, progress=progress, before_switch=ann.tune
+        )
         size = library.index_path(kind).stat().st_size
     return ReindexReport(manifest.index_type, kind, index.ntotal, size)

@@ -311,7 +311,10 @@ def test_incremental_runs_keep_an_approximate_index(tmp_path, tiny_checkpoint, i
     with db.LibraryLock(lib_dir), db.Library.create(lib_dir) as lib:  # what reindex does
         lib.save_index(lib.build_index(index_type), index_type)
         with lib.session() as s, s.begin():
-            lib.set_manifest(s, dataclasses.replace(lib.manifest(s), index_type=index_type))
+            chosen = dataclasses.replace(
+                lib.manifest(s), index_type=index_type, index_choice=db.INDEX_CHOSEN
+            )
+            lib.set_manifest(s, chosen)
     (root / "0.jpg").unlink()
     write_jpeg(root / "5.jpg", 5)
     s = index(root, tiny_checkpoint)
@@ -381,6 +384,7 @@ def test_cli_json_summary_and_exit_codes(tmp_path, tiny_checkpoint):
         "failed",
         "failures",
         "seconds",
+        "index_rebuilds",
     ]
     assert (out["new"], out["failed"]) == (1, 1)
     assert out["failures"] == [{"path": "bad.jpg", "reason": "empty file (0 bytes)"}]
@@ -407,6 +411,39 @@ def test_summary_text_and_progress_bar():
     bar.close()
     assert "4/4 files" in out.getvalue() and "img/s" in out.getvalue()
     assert out.getvalue().endswith("\n")
+
+
+def test_index_rebuild_progress_on_a_terminal_and_in_a_log():
+    import io
+
+    from cli.progress import ProgressBar, RebuildBar
+    from indexer import IndexRebuild
+
+    start = IndexRebuild("flat", "ivf-sq8", 250_000)
+    events = [start, dataclasses.replace(start, added=120_000)]
+    events.append(dataclasses.replace(start, added=250_000, done=True))
+    out = io.StringIO()
+    files = ProgressBar(out, width=10, min_interval=0)
+    files(3, 10)
+    bar = RebuildBar(out, live=True, interrupts=files)
+    bar.min_interval = 0
+    for event in events:
+        bar(event)
+    text = out.getvalue()
+    assert "3/10 files" in text.split("\n")[0]  # the files bar ends its line first
+    assert "index: flat -> ivf-sq8 for 250,000 photos: training" in text
+    assert "120,000 added" in text and "done in 0:00" in text and text.endswith("\n")
+    log = io.StringIO()
+    quiet = RebuildBar(log, live=False, prefix="koclip-search: ")
+    for event in events:
+        quiet(event)
+    assert log.getvalue().splitlines() == [
+        "koclip-search: index: flat -> ivf-sq8 for 250,000 photos: training on a sample of "
+        "the stored vectors",
+        "koclip-search: index: flat -> ivf-sq8 for 250,000 photos: done in 0:00",
+    ]
+    retrain = IndexRebuild("ivf-pq", "ivf-pq", 4_200_000)
+    assert retrain.retrain and retrain.describe() == "ivf-pq retrained for 4,200,000 photos"
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):

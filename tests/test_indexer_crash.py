@@ -19,6 +19,8 @@ from sqlalchemy import event
 
 import db
 from db import library as library_mod
+from db import vectors
+from search import Searcher
 from tests.indexer_fixtures import assert_consistent, index, open_lib, rows, write_jpeg
 
 pytestmark = pytest.mark.slow
@@ -133,6 +135,89 @@ def test_kill9_at_a_random_moment_then_resume(tmp_path, tiny_checkpoint):
         summary = index(root, tiny_checkpoint)
         assert summary.new + summary.unchanged == n and summary.failed == 0, summary
         _assert_each_file_once(root, n)
+
+
+# The same, with flat kept up to 8 photos only, paused for a kill at one point of the index
+# switch that the library's growth calls for: while the new index trains ("training"), once
+# its file is written but the manifest still names the old one ("written"), once the
+# manifest names it but the old file is not yet removed ("switched").
+SWITCH_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+import db
+from db import vectors
+from indexer import IndexOptions, index_photos
+root, ckpt, point, marker = sys.argv[1:]
+vectors.FLAT_MAX = 8
+
+def pause():
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(3600)
+
+def on_rebuild(event):
+    if point == "training" and event.added is None:
+        pause()
+
+real_save, real_json = db.Library.save_index, db.Library.write_manifest_json
+
+def save_index(self, index, index_type=None):
+    real_save(self, index, index_type)
+    if point == "written" and index_type == "ivf-sq8":
+        pause()
+
+def write_manifest_json(self):
+    real_json(self)
+    if point == "switched" and self.manifest().index_type == "ivf-sq8":
+        pause()
+
+db.Library.save_index, db.Library.write_manifest_json = save_index, write_manifest_json
+options = IndexOptions(model=ckpt, batch_size=4, workers=2, on_index_rebuild=on_rebuild)
+index_photos(Path(root), options)
+"""
+
+
+@pytest.mark.parametrize("point", ["training", "written", "switched"])
+def test_kill9_during_an_index_switch_keeps_an_index_then_finishes(
+    tmp_path, tiny_checkpoint, point, monkeypatch
+):
+    root = tmp_path / "p"
+    _photos(root, 6)
+    index(root, tiny_checkpoint)  # flat
+    _photos(root, 6, start=6)  # 12 photos: past flat's 8
+    marker = tmp_path / "paused"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SWITCH_SCRIPT, str(root), str(tiny_checkpoint), point, str(marker)],
+        cwd=REPO,
+        env=os.environ | {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(marker, proc)
+    finally:
+        _kill(proc)
+    # Every committed photo is searchable through the index the manifest names: the old one
+    # until the new file is whole and named, the new one after.
+    live = "ivf-sq8" if point == "switched" else "flat"
+    with open_lib(root) as lib:
+        assert lib.manifest().index_type == live
+        assert_consistent(lib)
+        stored = {p.id: p.vector() for p in rows(lib).values()}
+    assert len(stored) == 12
+    with Searcher(root) as searcher:
+        for photo_id, vector in list(stored.items())[:3]:
+            hits = searcher.vector(vector, k=12)
+            assert len(hits) == 12 and hits[0].photo_id == photo_id
+    # The next run (same rules) removes what the killed one left and finishes the switch.
+    monkeypatch.setattr(vectors, "FLAT_MAX", 8)
+    summary = index(root, tiny_checkpoint)
+    assert (summary.new, summary.unchanged) == (0, 12)
+    redone = () if point == "switched" else ("flat -> ivf-sq8 for 12 photos",)
+    assert summary.index_rebuilds == redone
+    with open_lib(root) as lib:
+        assert lib.manifest().index_type == "ivf-sq8" and lib.leftovers() == []
+        assert sorted(p.name for p in lib.directory.glob("index-*")) == ["index-ivf-sq8.faiss"]
+        assert_consistent(lib)
 
 
 @contextlib.contextmanager

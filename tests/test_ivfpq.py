@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from datetime import datetime, timedelta
 
+import faiss
 import numpy as np
 import pytest
 from sqlalchemy import delete
@@ -188,7 +189,10 @@ def test_reindex_round_trip_and_info(pq_library, tmp_path) -> None:
     assert (info.index_type, info.indexed_vectors) == ("ivf-pq", N)
     assert "re-ranked" in info.recall_target and info.to_json()["index_memory"] > 0
     nlist = vectors.inner_index(searcher.index.faiss_index).nlist
-    assert info.retrain_at == nlist**2 > N  # a 4x bigger library than the lists were made for
+    # A 4x bigger library than the lists were made for: here nlist is capped at N / 39
+    # (faiss's training floor), so they suit ~39 nlist photos; uncapped, nlist**2 / 4.
+    assert nlist == N // 39 and info.retrain_at == 4 * 39 * nlist > N
+    assert not info.index_automatic and info.switch_at is None  # `reindex --index ivf-pq`
     # Codes (3 bytes) + one id (8) per photo plus the ids kept for reconciling (8): far
     # below flat's 4 * DIM + id map.
     assert info.index_memory < N * (4 * DIM)
@@ -215,6 +219,19 @@ def test_index_choice_by_size() -> None:
     assert ann.auto_index_type(2_000_001) == "ivf-pq"
     assert ann.rerank_candidates(10) == 10 * ann.RERANK_FACTOR
     assert ann.rerank_candidates(1) == ann.RERANK_MIN
+
+
+def test_pq_probes_a_share_of_the_lists_then_a_fixed_count() -> None:
+    """nlist / 8 lists while that is at most IVF_PQ_NPROBE_MAX, then that many: a 100M
+    library's query scans ~1.6M codes, not 12.5M."""
+    probes = {}
+    for nlist in (256, 2048, 4096, 16384):
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(64), 64, nlist, 8, 8, faiss.METRIC_INNER_PRODUCT)
+        ann.tune(index)
+        probes[nlist] = index.nprobe
+    cap = ann.IVF_PQ_NPROBE_MAX
+    assert probes == {256: 32, 2048: 256, 4096: min(512, cap), 16384: cap}
+    assert cap < 16384 // 8
 
 
 def test_pq_parameters_follow_the_rule() -> None:

@@ -565,6 +565,10 @@ def test_info(searcher, reference, tiny_checkpoint) -> None:
         "index_memory",
         "recall_target",
         "retrain_at",
+        "index_automatic",
+        "switch_at",
     }
     assert info.writer is None  # no indexer or watcher holds it
     assert info.index_memory > 0 and info.recall_target == "exact" and info.retrain_at is None
+    assert info.to_json()["switch_at"] == {"photos": 200_000, "index_type": "ivf-sq8"}
+    assert info.index_automatic
