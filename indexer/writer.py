@@ -69,13 +69,12 @@ class Writer:
         self._needs_rebuild = False
         self._last_save = time.monotonic()
 
-    def write_batch(self, items: list[Loaded], embeddings: np.ndarray | None) -> list[Loaded]:
+    def write_batch(self, items: list[Loaded]) -> list[Loaded]:
         """Commit one batch; returns items that turned out to need encoding after all.
 
-        `embeddings` has one row per item with pixels, in order. The whole batch commits or,
-        on any error (disk full, ...), none of it does and LibraryWriteError is raised.
+        A decoded item carries its `embedding`. The whole batch commits or, on any error
+        (disk full, ...), none of it does and LibraryWriteError is raised.
         """
-        encoded = iter(embeddings if embeddings is not None else ())
         added: list[tuple[int, np.ndarray]] = []
         removed: list[int] = []
         retry: list[Loaded] = []
@@ -83,8 +82,7 @@ class Writer:
         new_hashes: set[str] = set()
         with write_errors(self.library.directory), self.library.session() as s, s.begin():
             for item in items:
-                vec = next(encoded) if item.pixels is not None else None
-                if not self._apply(s, item, vec, added, removed, counts, new_hashes):
+                if not self._apply(s, item, item.embedding, added, removed, counts, new_hashes):
                     retry.append(item)
         # Committed: now the in-memory index and the totals may follow.
         self._merge(counts)

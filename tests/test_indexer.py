@@ -18,6 +18,7 @@ from PIL import Image
 import db
 from db import vectors
 from indexer import Summary
+from indexer import executor as executor_mod
 from indexer import pipeline as pipeline_mod
 from indexer.discover import FoundFile, UnreadableDir, discover, is_excluded
 from koclip import load_encoder
@@ -83,7 +84,7 @@ class Spy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.loaded: list[str] = []
         self.encoded = 0
-        real_load, real_encode = pipeline_mod.load, KoCLIPEncoder.encode_pixels
+        real_load, real_encode = executor_mod.load, KoCLIPEncoder.encode_pixels
 
         def load(task, **kw):
             self.loaded.append(task.file.relpath)
@@ -93,7 +94,7 @@ class Spy:
             self.encoded += len(pixels)
             return real_encode(enc, pixels)
 
-        monkeypatch.setattr(pipeline_mod, "load", load)
+        monkeypatch.setattr(executor_mod, "load", load)
         monkeypatch.setattr(KoCLIPEncoder, "encode_pixels", encode)
 
 
