@@ -33,7 +33,7 @@ from indexer.discover import discover
 from indexer.executor import Executor, Feed, Job, LocalExecutor, pil_bomb_check_off
 from indexer.phash import fill_phashes
 from indexer.plan import Plan, load_known, load_known_under, make_plan
-from indexer.ray_executor import RayExecutor, RayOptions
+from indexer.ray_executor import RayExecutor, RayOptions, require_ray
 from indexer.scope import as_relpath, discover_paths, scope_of
 from indexer.setup import open_for_indexing, prepare
 from indexer.summary import Summary
@@ -119,6 +119,8 @@ class IndexSession:
             raise LibraryError(f"{photo_dir} is not a folder")
         if options.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if options.ray is not None:
+            require_ray()  # before the lock and the model: the install line comes at once
         self.options = options
         self.save_share = save_share  # see Writer: a watcher saves by cost, not by the clock
         library_dir = Path(options.library).expanduser().resolve() if options.library else None

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import socket
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,10 +121,7 @@ class RayExecutor:
         batch_size: int,
         encoder_factory: EncoderFactory | None = None,
     ) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise ClusterSetupError(f"--ray needs Ray on this machine: {INSTALL_LINE}") from None
+        ray = require_ray()
         self._ray = ray
         self.options = options
         self.spec = WorkerSpec(
@@ -144,13 +142,14 @@ class RayExecutor:
             # Up to one batch queued behind each running one, so a worker never waits for the
             # driver; no more running at once than `--ray-workers`.
             self.max_in_flight = self.workers if self.workers < self.capacity else 2 * self.workers
-            self._remote = ray.remote(_read_and_encode).options(
-                num_cpus=options.cpus_per_worker,
-                num_gpus=options.gpus_per_worker,
-                max_retries=MAX_RETRIES,
-                retry_exceptions=False,
-                runtime_env={"env_vars": worker_env(options.gpus_per_worker)},
-            )
+            self._task = ray.remote(_read_and_encode)
+            self._task_options = {
+                "num_cpus": options.cpus_per_worker,
+                "num_gpus": options.gpus_per_worker,
+                "max_retries": MAX_RETRIES,
+                "retry_exceptions": False,
+                "runtime_env": {"env_vars": worker_env(options.gpus_per_worker)},
+            }
             self._check_nodes()
         except BaseException:
             self.close()
@@ -188,11 +187,7 @@ class RayExecutor:
             )
             if node.get("Alive") and room:
                 strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                probes.append(
-                    self._remote.options(scheduling_strategy=strategy).remote(
-                        self.spec, [], None, None
-                    )
-                )
+                probes.append(self._submit(strategy, [], None, None))
         self._get(probes)
 
     # -- the run -----------------------------------------------------------------------------
@@ -207,9 +202,7 @@ class RayExecutor:
                 while feed.queue and len(in_flight) < self.max_in_flight:
                     n = min(feed.batch_size, len(feed.queue))
                     jobs = [feed.queue.popleft() for _ in range(n)]
-                    ref = self._remote.options(scheduling_strategy="SPREAD").remote(
-                        self.spec, jobs, known, feed.max_pixels
-                    )
+                    ref = self._submit("SPREAD", jobs, known, feed.max_pixels)
                     in_flight[ref] = n
                     self._in_flight += n
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
@@ -220,6 +213,10 @@ class RayExecutor:
             for ref in in_flight:  # an error or Ctrl-C: the batches in flight are dropped
                 ray.cancel(ref, force=True)
             self._in_flight = 0
+
+    def _submit(self, strategy: Any, jobs: list[Job], known: Any, max_pixels: int | None) -> Any:
+        task = self._task.options(scheduling_strategy=strategy, **self._task_options)
+        return task.remote(self.spec, jobs, known, max_pixels)
 
     def _get(self, refs: Any) -> Any:
         """ray.get, with a worker's own error raised as such and Ray's failures as ClusterError."""
@@ -246,6 +243,15 @@ class RayExecutor:
             self._ray.shutdown()
 
 
+def require_ray() -> Any:
+    """The `ray` module, or ClusterSetupError with the line that installs it."""
+    try:
+        import ray
+    except ImportError:
+        raise ClusterSetupError(f"--ray needs Ray on this machine: {INSTALL_LINE}") from None
+    return ray
+
+
 def worker_env(gpus_per_worker: float) -> dict[str, str]:
     """Environment of every worker: JAX takes GPU memory as it needs it (no 75% grab each),
     and at most its share of the card where several workers share one."""
@@ -257,7 +263,7 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
 
 def _connect(ray: Any, options: RayOptions) -> None:
     kw: dict[str, Any] = {
-        "logging_level": logging.WARNING,
+        "logging_level": logging.ERROR,
         "log_to_driver": False,
         "include_dashboard": False,
     }
@@ -265,7 +271,10 @@ def _connect(ray: Any, options: RayOptions) -> None:
     if address == "local" and options.workers:
         kw["num_cpus"] = math.ceil(options.workers * options.cpus_per_worker)
     try:
-        ray.init(address=address, **kw)
+        with warnings.catch_warnings():
+            # Ray starts its processes with fork+exec, which JAX (already loaded) warns about.
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+            ray.init(address=address, **kw)
     except ConnectionError as exc:
         where = "RAY_ADDRESS or this machine" if address in (None, "auto") else address
         raise ClusterSetupError(
