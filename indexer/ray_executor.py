@@ -205,10 +205,14 @@ class RayExecutor:
                     ref = self._submit("SPREAD", jobs, known, feed.max_pixels)
                     in_flight[ref] = n
                     self._in_flight += n
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                ray.wait(list(in_flight), num_returns=1)
+                # Every result already here goes into one commit: at a high rate the driver
+                # pays SQLite's durable commit once for several batches, not once each.
+                ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
+                items = [item for part in self._get(ready) for item in part]
                 for ref in ready:
                     self._in_flight -= in_flight.pop(ref)
-                    yield self._get(ref)
+                yield items
         finally:
             for ref in in_flight:  # an error or Ctrl-C: the batches in flight are dropped
                 ray.cancel(ref, force=True)

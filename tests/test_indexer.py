@@ -423,3 +423,26 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["index", str(tmp_path)])
     assert result.exit_code == 130
     assert "run the same command again to resume" in result.output
+
+
+def test_a_deleted_photos_id_is_never_handed_out_again(tmp_path, tiny_checkpoint):
+    """The writer gives ids itself (one insert per batch): past every id ever used, like
+    AUTOINCREMENT, even when the newest photo was deleted."""
+    root = tmp_path / "p"
+    for i in range(3):
+        write_jpeg(root / f"{i}.jpg", i)
+    index(root, tiny_checkpoint)
+    with open_lib(root) as lib:
+        ids = {p: row.id for p, row in rows(lib).items()}
+    newest = max(ids, key=ids.get)
+    (root / newest).unlink()
+    index(root, tiny_checkpoint)
+    write_jpeg(root / "new.jpg", 9)
+    index(root, tiny_checkpoint)
+    with open_lib(root) as lib:
+        after = {p: row.id for p, row in rows(lib).items()}
+        assert_consistent(lib)
+    assert after["new.jpg"] == max(ids.values()) + 1
+    assert {p: i for p, i in after.items() if p != "new.jpg"} == {
+        p: i for p, i in ids.items() if p != newest
+    }

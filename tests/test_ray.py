@@ -233,10 +233,11 @@ def test_ray_local_matches_the_local_pipeline_and_survives_a_killed_driver(
 ):
     out = _in_namespace(tmp_path, LOCAL_SCRIPT, tiny_checkpoint)
     # (c) kill -9 after two committed batches: kept, and the rerun does only the rest.
-    assert out["committed_before_kill"] == 8
+    kept = out["committed_before_kill"]
+    assert 8 <= kept < 24  # two commits of one batch or more each (results that arrive together)
     code, rerun = out["rerun"]
     assert code == 0, rerun
-    assert (rerun["new"], rerun["unchanged"], rerun["failed"]) == (16, 8, 0)
+    assert (rerun["new"], rerun["unchanged"], rerun["failed"]) == (24 - kept, kept, 0)
     assert out["crash_paths"] == sorted(f"d{i % 3}/{i:03d}.jpg" for i in range(24))
     # (a) the same photos, failures (with reasons), moves and duplicates, and vectors.
     local, ray = out["runs"]["local"], out["runs"]["ray"]
