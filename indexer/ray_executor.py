@@ -31,6 +31,8 @@ from koclip import KoCLIPEncoder
 from koclip.errors import KoclipSearchError
 
 INSTALL_LINE = "pip install 'koclip-search[ray]'"
+# At most this many batches' results go into one commit (when they arrive together).
+GROUP_COMMIT = 16
 # A batch whose worker (or node) dies is tried again this many times, then the run stops.
 MAX_RETRIES = 5
 
@@ -209,6 +211,7 @@ class RayExecutor:
                 # Every result already here goes into one commit: at a high rate the driver
                 # pays SQLite's durable commit once for several batches, not once each.
                 ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
+                ready = ready[:GROUP_COMMIT]
                 items = [item for part in self._get(ready) for item in part]
                 for ref in ready:
                     self._in_flight -= in_flight.pop(ref)
