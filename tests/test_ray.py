@@ -289,6 +289,27 @@ def test_ray_not_installed_prints_the_install_line(tmp_path):
     assert not (tmp_path / "p/.koclip-search").exists()
 
 
+@pytest.mark.slow
+def test_ray_auto_without_a_cluster_says_how_to_start_one(tmp_path, tiny_checkpoint):
+    write_jpeg(tmp_path / "p/a.jpg", 1)
+    (tmp_path / "ray").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from cli import main; main()", "index", str(tmp_path / "p")]
+        + ["--model", str(tiny_checkpoint), "--ray", "auto"],
+        cwd=REPO,
+        # An empty Ray temp dir: no cluster started on this machine can be found.
+        env=env | {"PYTHONPATH": str(REPO), "RAY_TMPDIR": str(tmp_path / "ray")},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("Error:")]
+    assert "no Ray cluster found" in line and "ray start --head" in line and "--ray local" in line
+    assert not (tmp_path / "p/.koclip-search").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
