@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -287,14 +287,34 @@ class _Batch:
         if not self.rows:
             return
         # The ids are handed out here, as AUTOINCREMENT would (past every id ever used; the
-        # writer lock makes this the only writer), so the rows go in as one executemany of
-        # Core (SQLite's RETURNING would take one statement a row).
+        # writer lock makes this the only writer), so the rows go in as one executemany
+        # (SQLite's RETURNING would take one statement a row).
         last = s.execute(_LAST_ID).scalar_one()
         ids = range(last + 1, last + 1 + len(self.rows))
         for photo_id, row in zip(ids, self.rows, strict=True):
             row["id"] = photo_id
-        s.connection().execute(insert(Photo.__table__), self.rows)
+        _insert_many(s, self.rows)
         self.added = list(zip(ids, self.vectors, strict=True))
+
+
+def _insert_many(s: Session, rows: list[dict]) -> None:
+    """Photo rows (dicts with the same keys) as one DB-API executemany; each value goes
+    through its column type's conversion, as SQLAlchemy would, without its per-row machinery
+    (most of a batch's cost once the commit is shared by many photos)."""
+    conn = s.connection()
+    table = Photo.__table__
+    names = list(rows[0])
+    convert = [(i, table.c[n].type.bind_processor(conn.dialect)) for i, n in enumerate(names)]
+    convert = [(i, f) for i, f in convert if f is not None]
+    values = []
+    for row in rows:
+        v = [row[n] for n in names]
+        for i, f in convert:
+            if v[i] is not None:
+                v[i] = f(v[i])
+        values.append(tuple(v))
+    sql = f"INSERT INTO photos ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    conn.exec_driver_sql(sql, values)
 
 
 # The largest photo id ever handed out (sqlite_sequence keeps it past deletions).
