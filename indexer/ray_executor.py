@@ -212,7 +212,7 @@ class RayExecutor:
                 # pays SQLite's durable commit once for several batches, not once each.
                 ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
                 ready = ready[:GROUP_COMMIT]
-                items = [item for part in self._get(ready) for item in part]
+                items = [item for part in self._get(ready) for item in _unpacked(*part)]
                 for ref in ready:
                     self._in_flight -= in_flight.pop(ref)
                 yield items
@@ -298,15 +298,32 @@ _encoders: dict[WorkerSpec, KoCLIPEncoder] = {}
 
 def _read_and_encode(
     spec: WorkerSpec, jobs: list[Job], known: Any, max_pixels: int | None
-) -> list[Loaded]:
+) -> tuple[list[Loaded], list[int], np.ndarray | None]:
     """A Ray task: check the worker sees the photos and the model, then read and encode `jobs`
-    (none for the start-up probe). The items come back without pixels."""
+    (none for the start-up probe). The items come back without pixels (see `_packed`)."""
     encoder = _worker_encoder(spec)
     if not jobs:
-        return []
+        return _packed([])
     with pil_bomb_check_off():
         items = load_chunk(jobs, known, max_pixels, spec.threads)
     encode(encoder, items)
+    return _packed(items)
+
+
+def _packed(items: list[Loaded]) -> tuple[list[Loaded], list[int], np.ndarray | None]:
+    """A batch's result for the trip back: its vectors as one array, not one array an item
+    (unpickling thousands of small arrays was most of the driver's receiving time)."""
+    rows = [i for i, item in enumerate(items) if item.embedding is not None]
+    matrix = np.stack([items[i].embedding for i in rows]) if rows else None
+    for i in rows:
+        items[i].embedding = None
+    return items, rows, matrix
+
+
+def _unpacked(items: list[Loaded], rows: list[int], matrix: np.ndarray | None) -> list[Loaded]:
+    """The driver's side of `_packed`."""
+    for i, vector in zip(rows, matrix if matrix is not None else (), strict=True):
+        items[i].embedding = vector
     return items
 
 
