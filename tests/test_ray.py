@@ -373,3 +373,13 @@ def test_a_known_hash_false_positive_costs_time_not_photos(tmp_path, tiny_checkp
                 np.frombuffer(want[path].embedding, np.float32),
                 atol=1e-6,
             )
+
+
+def test_workers_sharing_a_gpu_do_not_each_take_most_of_it():
+    from indexer.ray_executor import worker_env
+
+    assert worker_env(0.0) == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    assert worker_env(1.0) == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    shared = worker_env(0.25)
+    assert shared["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert float(shared["XLA_PYTHON_CLIENT_MEM_FRACTION"]) <= 0.25
