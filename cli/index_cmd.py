@@ -78,6 +78,36 @@ from cli.main import main
     metavar="SECONDS",
     help="With --watch: how long a file must stay unchanged before it is read.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Read and encode on a Ray cluster: auto (RAY_ADDRESS or the cluster started here), "
+    "local (a private Ray on this machine) or HOST:PORT; alone: the first of RAY_ADDRESS, "
+    "this machine's cluster, a private one. PHOTO_DIR must be at the same path on every node.",
+)
+@click.option(
+    "--ray-workers",
+    type=click.IntRange(min=1),
+    help="With --ray: workers at once, each with its own model (default: as many as fit).",
+)
+@click.option(
+    "--cpus-per-worker",
+    type=FiniteFloat(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="With --ray: CPUs each worker takes (and decoding threads it runs).",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=FiniteFloat(min=0),
+    default=0.0,
+    show_default=True,
+    help="With --ray: GPUs each worker takes; a fraction lets several share one card.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @domain_errors
 def index_command(
@@ -86,6 +116,10 @@ def index_command(
     watch: bool,
     poll: float | None,
     settle: float,
+    ray_address: str | None,
+    ray_workers: int | None,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
     **options: Any,
 ) -> None:
     """Index PHOTO_DIR (recursively) so its photos can be searched; only changes are re-read.
@@ -94,13 +128,31 @@ def index_command(
 
         koclip-search index ~/Pictures --exclude '*/screenshots/*'
         koclip-search index ~/Pictures --watch
+        koclip-search index /mnt/photos --ray auto
     """
     # Imported here: jax and friends cost every other command their start-up time otherwise.
     from cli.progress import ProgressBar, RebuildBar
     from indexer import IndexOptions, index_photos
+    from indexer.ray_executor import RayOptions
 
     if (poll is not None or settle != 2.0) and not watch:
         raise click.UsageError("--poll and --settle go with --watch")
+    ray_flags = ray_workers is not None or cpus_per_worker != 1.0 or gpus_per_worker != 0.0
+    if ray_address is None and ray_flags:
+        raise click.UsageError(
+            "--ray-workers, --cpus-per-worker and --gpus-per-worker go with --ray"
+        )
+    if ray_address is not None:
+        if watch:
+            raise click.UsageError(
+                "--watch runs on this machine only; index once with --ray, then --watch without it"
+            )
+        options["ray"] = RayOptions(
+            address=_ray_address(ray_address),
+            workers=ray_workers,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+        )
     if watch:
         from indexer import WatchOptions
 
@@ -129,6 +181,16 @@ def index_command(
         if bar:
             bar.close()
     echo_summary(summary, as_json)
+
+
+def _ray_address(value: str) -> str | None:
+    """--ray's ADDRESS: auto, local, HOST:PORT (or ray://HOST:PORT); "" (bare --ray): None."""
+    if value in ("", "auto", "local") or ":" in value:
+        return value or None
+    raise click.BadParameter(
+        f"{value!r} is not auto, local or HOST:PORT (put PHOTO_DIR before a bare --ray)",
+        param_hint="--ray",
+    )
 
 
 def _watch(photo_dir: Path, options: Any, watch_options: Any, *, as_json: bool) -> None:

@@ -6,17 +6,21 @@ watch(Path("~/Pictures"))      # then keep it current until Ctrl-C
 """
 
 from indexer.pipeline import IndexOptions, IndexSession, index_photos
+from indexer.ray_executor import ClusterError, ClusterSetupError, RayOptions
 from indexer.setup import DEFAULT_MODEL
 from indexer.summary import Summary
 from indexer.watcher import Debouncer, WatchOptions, WatchThread, watch
 from indexer.writer import IndexRebuild
 
 __all__ = [
+    "ClusterError",
+    "ClusterSetupError",
     "DEFAULT_MODEL",
     "Debouncer",
     "IndexOptions",
     "IndexRebuild",
     "IndexSession",
+    "RayOptions",
     "Summary",
     "WatchOptions",
     "WatchThread",

@@ -1,7 +1,8 @@
-"""Stage 2: read one file in a worker thread: content hash, metadata, decode, preprocess.
+"""Stage 2: read one file: content hash, metadata, decode, preprocess.
 
-Runs in a thread pool: hashlib and PIL release the GIL on large buffers, so threads overlap
-with each other and with the encoder.
+Runs in a thread pool (of this process, or of a Ray worker: see indexer.executor): hashlib
+and PIL release the GIL on large buffers, so threads overlap with each other and with the
+encoder.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Loaded:
     error: str | None = None
     touched: bool = False  # same content as indexed (only size/mtime to refresh)
     reuse: bool = False  # content already has a stored embedding: no decode, no encode
-    pixels: np.ndarray | None = None  # (224, 224, 3) float32
+    pixels: np.ndarray | None = None  # (224, 224, 3) float32, until encoded
+    embedding: np.ndarray | None = None  # (dim,) unit vector, once encoded (pixels then dropped)
     width: int = 0
     height: int = 0
     taken_at: datetime | None = None

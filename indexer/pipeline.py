@@ -1,8 +1,9 @@
-"""The orchestrator: discover -> load/preprocess (thread pool) -> encode -> write.
+"""The orchestrator: discover -> plan -> load/preprocess -> encode -> write.
 
-Only here do the stages meet. Loading runs `workers` threads ahead of the encoder with at
-most `2 * batch_size + workers` files in flight, so memory stays flat whatever the
-collection size; the encoder and the writer run on the calling thread.
+Only here do the stages meet. Planning and writing run on the calling thread (the driver);
+an executor (indexer.executor) decides where loading and encoding run: a thread pool of this
+process ahead of the encoder (the default), or Ray workers (`IndexOptions.ray`). Either way
+the files in flight are bounded, so memory stays flat whatever the collection size.
 """
 
 from __future__ import annotations
@@ -10,19 +11,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import shutil
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-from PIL import Image
 
 from db import (
     Library,
@@ -34,9 +30,10 @@ from db import (
 )
 from db.library import DB_NAME, LOCK_NAME
 from indexer.discover import discover
-from indexer.load import Loaded, load
+from indexer.executor import Executor, Feed, Job, LocalExecutor, pil_bomb_check_off
 from indexer.phash import fill_phashes
-from indexer.plan import Plan, Task, load_known, load_known_under, make_plan
+from indexer.plan import Plan, load_known, load_known_under, make_plan
+from indexer.ray_executor import RayExecutor, RayOptions, require_ray
 from indexer.scope import as_relpath, discover_paths, scope_of
 from indexer.setup import open_for_indexing, prepare
 from indexer.summary import Summary
@@ -45,6 +42,9 @@ from koclip import PRECISIONS, KoCLIPEncoder
 from koclip.preprocess import MAX_PIXELS
 
 ProgressCallback = Callable[[int, int], None]  # (files done, files to read)
+# Makes the executor of a session from its loaded encoder and photo root (default: from the
+# options, see `make_executor`); a benchmark passes one with a stand-in encoder.
+ExecutorFactory = Callable[["KoCLIPEncoder", Path, "IndexOptions"], Executor]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ class IndexOptions:
     # Called while the index is rebuilt because the library outgrew it (a switch of its
     # automatic type, or a retraining): once before, during the adding, once when done.
     on_index_rebuild: RebuildCallback | None = None
+    # Read and encode on a Ray cluster instead of this process (indexer.ray_executor).
+    ray: RayOptions | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_megapixels) and self.max_megapixels > 0):
@@ -85,13 +87,14 @@ def index_photos(
     options: IndexOptions = IndexOptions(),
     progress: ProgressCallback | None = None,
     encoder: KoCLIPEncoder | None = None,
+    make_executor: ExecutorFactory | None = None,
 ) -> Summary:
     """Bring the library of `photo_dir` up to date; raises LibraryError (and koclip errors) if it cannot run.
 
     `encoder` (a loaded vision tower) replaces `options.model` when a caller already holds one.
     """
     start = time.perf_counter()
-    with IndexSession(photo_dir, options, encoder=encoder) as session:
+    with IndexSession(photo_dir, options, encoder=encoder, make_executor=make_executor) as session:
         summary = session.run(progress=progress)
     return dataclasses.replace(summary, seconds=time.perf_counter() - start)
 
@@ -112,12 +115,15 @@ class IndexSession:
         encoder: KoCLIPEncoder | None = None,
         kind: str = "indexer",
         save_share: float | None = None,
+        make_executor: ExecutorFactory | None = None,
     ) -> None:
         self.photo_root = Path(photo_dir).expanduser().resolve()
         if not self.photo_root.is_dir():
             raise LibraryError(f"{photo_dir} is not a folder")
         if options.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if options.ray is not None:
+            require_ray()  # before the lock and the model: the install line comes at once
         self.options = options
         self.save_share = save_share  # see Writer: a watcher saves by cost, not by the clock
         library_dir = Path(options.library).expanduser().resolve() if options.library else None
@@ -155,6 +161,10 @@ class IndexSession:
                 self._index = None
                 self._index = rebuild(self.library, due, options.on_index_rebuild)
                 self._rebuilt.append(due)
+            self.executor = (make_executor or default_executor)(
+                self.encoder, self.photo_root, options
+            )
+            self._stack.callback(self.executor.close)
         except BaseException:
             # The exception reaches the stack's managers: a failed first run is undone.
             self._stack.__exit__(*sys.exc_info())
@@ -215,7 +225,7 @@ class IndexSession:
 
         options = dataclasses.replace(self.options, on_batch_committed=committed)
         try:
-            _run_stages(plan, self.encoder, writer, options, progress)
+            _run_stages(plan, self.executor, writer, options, progress)
             counts = writer.finish()
             if scope is None:
                 # Photos indexed before perceptual hashes were stored get one (decode only).
@@ -259,6 +269,13 @@ class IndexSession:
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.__exit__(*exc)
+
+
+def default_executor(encoder: KoCLIPEncoder, photo_root: Path, options: IndexOptions) -> Executor:
+    """Ray workers if `options.ray` asks for them, else this process's threads."""
+    if options.ray is not None:
+        return RayExecutor(options.ray, encoder, photo_root, batch_size=options.batch_size)
+    return LocalExecutor(encoder, options.workers)
 
 
 @contextlib.contextmanager
@@ -323,98 +340,24 @@ def _remove_unfinished(library_dir: Path, before: set[str], *, made_dir: bool) -
 
 def _run_stages(
     plan: Plan,
-    encoder: KoCLIPEncoder,
+    executor: Executor,
     writer: Writer,
     options: IndexOptions,
     progress: ProgressCallback | None,
 ) -> None:
-    batch_size = options.batch_size
-    workers = options.workers or os.cpu_count() or 1
+    """The driver: hands the plan's files to the executor and commits each batch it returns."""
+    queue: deque[Job] = deque((t, False) for t in plan.tasks)
     max_pixels = int(options.max_megapixels * 1e6)
-    cap = 2 * batch_size + workers
-    queue: deque[tuple[Task, bool]] = deque((t, False) for t in plan.tasks)
-    total = len(plan.tasks)
-    pending: list[Loaded] = []
-    futures: set[Future[Loaded]] = set()
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="koclip-load")
-
-    def fill() -> None:
-        while queue and len(futures) < cap:
-            task, force = queue.popleft()
-            load_kw = {
-                "known_hashes": plan.known_hashes,
-                "max_pixels": max_pixels,
-                "force_decode": force,
-            }
-            futures.add(pool.submit(load, task, **load_kw))
-
-    def flush(items: list[Loaded]) -> None:
-        pixels = [i.pixels for i in items if i.pixels is not None]
-        embeddings = encoder.encode_pixels(np.stack(pixels)) if pixels else None
-        retry = writer.write_batch(items, embeddings)
-        for item in items:
-            item.pixels = None  # let the batch's memory go
-        queue.extend((item.task, True) for item in retry)
-        if options.on_batch_committed:
-            options.on_batch_committed(writer.batches_committed)
-
+    feed = Feed(queue, plan.known_hashes, max_pixels, options.batch_size)
+    total = feed.total
     if progress:
         progress(0, total)
-    try:
-        with _pil_bomb_check_off():
-            fill()
-            while futures or pending:
-                if futures:
-                    finished, _ = wait(futures, return_when=FIRST_COMPLETED)
-                    futures.difference_update(finished)
-                    pending.extend(f.result() for f in finished)
-                    fill()
-                last = not futures and not queue
-                while (batch := _take_batch(pending, batch_size, last)) is not None:
-                    flush(batch)
-                    fill()
-                if progress:
-                    progress(total - len(queue) - len(futures) - len(pending), total)
-    finally:
-        # On an error (or Ctrl-C) drop the queued reads instead of finishing them first.
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _take_batch(pending: list[Loaded], batch_size: int, last: bool) -> list[Loaded] | None:
-    """Cut a batch off `pending`: the items up to `batch_size` images to encode (all, if `last`).
-
-    Items that need no encoder (failures, moves, duplicates) ride along; a long run of them
-    is flushed on its own so a rename of 10,000 files still commits as it goes.
-    """
-    if last and pending:
-        batch = pending[:]
-        pending.clear()
-        return batch
-    n_pixels = 0
-    for i, item in enumerate(pending):
-        if item.pixels is not None:
-            n_pixels += 1
-            if n_pixels == batch_size:
-                batch = pending[: i + 1]
-                del pending[: i + 1]
-                return batch
-    if len(pending) - n_pixels >= 8 * batch_size:
-        batch = [i for i in pending if i.pixels is None]
-        pending[:] = [i for i in pending if i.pixels is not None]
-        return batch
-    return None
-
-
-@contextlib.contextmanager
-def _pil_bomb_check_off() -> Iterator[None]:
-    """Our limit (--max-megapixels, checked from the header before decoding) replaces PIL's.
-
-    PIL's own check would refuse images below a raised limit and warn (print) between its
-    two thresholds. It is process-wide, so it is put back after the run.
-    """
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+    with pil_bomb_check_off(), contextlib.closing(executor.batches(feed)) as batches:
+        for batch in batches:
+            if batch:
+                retry = writer.write_batch(batch)
+                queue.extend((item.task, True) for item in retry)
+                if options.on_batch_committed:
+                    options.on_batch_committed(writer.batches_committed)
+            if progress:
+                progress(total - len(queue) - executor.in_flight(), total)

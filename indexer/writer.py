@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import faiss
 import numpy as np
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -142,23 +142,20 @@ class Writer:
         self._needs_rebuild = False
         self._last_save = time.monotonic()
 
-    def write_batch(self, items: list[Loaded], embeddings: np.ndarray | None) -> list[Loaded]:
+    def write_batch(self, items: list[Loaded]) -> list[Loaded]:
         """Commit one batch; returns items that turned out to need encoding after all.
 
-        `embeddings` has one row per item with pixels, in order. The whole batch commits or,
-        on any error (disk full, ...), none of it does and LibraryWriteError is raised.
+        A decoded item carries its `embedding`. The whole batch commits or, on any error
+        (disk full, ...), none of it does and LibraryWriteError is raised.
         """
-        encoded = iter(embeddings if embeddings is not None else ())
-        added: list[tuple[int, np.ndarray]] = []
-        removed: list[int] = []
+        batch = _Batch()
         retry: list[Loaded] = []
-        counts = Counts()
-        new_hashes: set[str] = set()
         with write_errors(self.library.directory), self.library.session() as s, s.begin():
             for item in items:
-                vec = next(encoded) if item.pixels is not None else None
-                if not self._apply(s, item, vec, added, removed, counts, new_hashes):
+                if not self._apply(s, item, item.embedding, batch):
                     retry.append(item)
+            batch.execute(s)
+        added, removed, counts, new_hashes = batch.added, batch.removed, batch.counts, batch.hashes
         # Committed: now the in-memory index and the totals may follow.
         self._merge(counts)
         self.plan.known_hashes.update(new_hashes)
@@ -239,16 +236,9 @@ class Writer:
 
     # -- one file ---------------------------------------------------------------------------
 
-    def _apply(
-        self,
-        s: Session,
-        item: Loaded,
-        vec: np.ndarray | None,
-        added: list[tuple[int, np.ndarray]],
-        removed: list[int],
-        counts: Counts,
-        new_hashes: set[str],
-    ) -> bool:
+    def _apply(self, s: Session, item: Loaded, vec: np.ndarray | None, batch: _Batch) -> bool:
+        """Apply one file (its new row goes into `batch`); False: decode it after all."""
+        counts, removed = batch.counts, batch.removed
         relpath = item.task.file.relpath
         disk_path = disk_path_value(relpath, item.task.file.on_disk)
         known = item.task.known
@@ -268,11 +258,11 @@ class Writer:
         if known is not None and known.photo_id is not None:
             s.execute(delete(Photo).where(Photo.id == known.photo_id))
             removed.append(known.photo_id)
-        s.execute(delete(Failure).where(Failure.path == relpath))
-        if item.error is not None:
+        if item.error is not None:  # recorded over any older failure of the path
             _record_failure(s, relpath, "file", item.size, item.mtime_ns, item.error)
             counts.failures.append((relpath, item.error))
             return True
+        batch.cleared.append(relpath)  # an older failure of the path goes
         was_known = known is not None
         if item.reuse and source.path in self.plan.gone:  # a move: same row, same id, new path
             self.plan.gone.discard(source.path)
@@ -295,27 +285,25 @@ class Writer:
         else:
             meta = (item.width, item.height, item.taken_at, item.taken_at_source)
             phash, pthumb = item.phash, item.pthumb
-        photo_id = s.execute(
-            insert(Photo)
-            .values(
-                path=relpath,
-                disk_path=disk_path,
-                size=item.size,
-                mtime_ns=item.mtime_ns,
-                content_hash=item.content_hash,
-                width=meta[0],
-                height=meta[1],
-                taken_at=meta[2],
-                taken_at_source=meta[3],
-                indexed_at=time.time(),
-                embedding=vector_to_blob(vec),
-                phash=phash,
-                pthumb=pthumb,
-            )
-            .returning(Photo.id)
-        ).scalar_one()
-        added.append((photo_id, vec))
-        new_hashes.add(item.content_hash)
+        batch.rows.append(
+            {
+                "path": relpath,
+                "disk_path": disk_path,
+                "size": item.size,
+                "mtime_ns": item.mtime_ns,
+                "content_hash": item.content_hash,
+                "width": meta[0],
+                "height": meta[1],
+                "taken_at": meta[2],
+                "taken_at_source": meta[3],
+                "indexed_at": time.time(),
+                "embedding": vector_to_blob(vec),
+                "phash": phash,
+                "pthumb": pthumb,
+            }
+        )
+        batch.vectors.append(vec)
+        batch.hashes.add(item.content_hash)
         if was_known:
             counts.updated += 1
         else:
@@ -364,6 +352,62 @@ class Writer:
         t.moved += c.moved
         t.unchanged += c.unchanged
         t.failures += c.failures
+
+
+@dataclass
+class _Batch:
+    """One batch's changes: deletions run at once (in file order); the new rows and the
+    clearing of old failures are written together at the end, one statement each."""
+
+    counts: Counts = field(default_factory=Counts)
+    removed: list[int] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # new photo rows, in file order
+    vectors: list[np.ndarray] = field(default_factory=list)  # their embeddings
+    cleared: list[str] = field(default_factory=list)  # paths whose failure rows go
+    hashes: set[str] = field(default_factory=set)
+    added: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (new id, vector)
+
+    def execute(self, s: Session) -> None:
+        for chunk in _chunks(self.cleared, 500):
+            s.execute(delete(Failure).where(Failure.path.in_(chunk)))
+        if not self.rows:
+            return
+        # The ids are handed out here, as AUTOINCREMENT would (past every id ever used; the
+        # writer lock makes this the only writer), so the rows go in as one executemany
+        # (SQLite's RETURNING would take one statement a row).
+        last = s.execute(_LAST_ID).scalar_one()
+        ids = range(last + 1, last + 1 + len(self.rows))
+        for photo_id, row in zip(ids, self.rows, strict=True):
+            row["id"] = photo_id
+        _insert_many(s, self.rows)
+        self.added = list(zip(ids, self.vectors, strict=True))
+
+
+def _insert_many(s: Session, rows: list[dict]) -> None:
+    """Photo rows (dicts with the same keys) as one DB-API executemany; each value goes
+    through its column type's conversion, as SQLAlchemy would, without its per-row machinery
+    (most of a batch's cost once the commit is shared by many photos)."""
+    conn = s.connection()
+    table = Photo.__table__
+    names = list(rows[0])
+    convert = [(i, table.c[n].type.bind_processor(conn.dialect)) for i, n in enumerate(names)]
+    convert = [(i, f) for i, f in convert if f is not None]
+    values = []
+    for row in rows:
+        v = [row[n] for n in names]
+        for i, f in convert:
+            if v[i] is not None:
+                v[i] = f(v[i])
+        values.append(tuple(v))
+    sql = f"INSERT INTO photos ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    conn.exec_driver_sql(sql, values)
+
+
+# The largest photo id ever handed out (sqlite_sequence keeps it past deletions).
+_LAST_ID = text(
+    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'photos'), 0), "
+    "coalesce((SELECT max(id) FROM photos), 0))"
+)
 
 
 def _record_failure(

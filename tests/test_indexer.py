@@ -18,6 +18,7 @@ from PIL import Image
 import db
 from db import vectors
 from indexer import Summary
+from indexer import executor as executor_mod
 from indexer import pipeline as pipeline_mod
 from indexer.discover import FoundFile, UnreadableDir, discover, is_excluded
 from koclip import load_encoder
@@ -83,7 +84,7 @@ class Spy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.loaded: list[str] = []
         self.encoded = 0
-        real_load, real_encode = pipeline_mod.load, KoCLIPEncoder.encode_pixels
+        real_load, real_encode = executor_mod.load, KoCLIPEncoder.encode_pixels
 
         def load(task, **kw):
             self.loaded.append(task.file.relpath)
@@ -93,7 +94,7 @@ class Spy:
             self.encoded += len(pixels)
             return real_encode(enc, pixels)
 
-        monkeypatch.setattr(pipeline_mod, "load", load)
+        monkeypatch.setattr(executor_mod, "load", load)
         monkeypatch.setattr(KoCLIPEncoder, "encode_pixels", encode)
 
 
@@ -459,3 +460,26 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["index", str(tmp_path)])
     assert result.exit_code == 130
     assert "run the same command again to resume" in result.output
+
+
+def test_a_deleted_photos_id_is_never_handed_out_again(tmp_path, tiny_checkpoint):
+    """The writer gives ids itself (one insert per batch): past every id ever used, like
+    AUTOINCREMENT, even when the newest photo was deleted."""
+    root = tmp_path / "p"
+    for i in range(3):
+        write_jpeg(root / f"{i}.jpg", i)
+    index(root, tiny_checkpoint)
+    with open_lib(root) as lib:
+        ids = {p: row.id for p, row in rows(lib).items()}
+    newest = max(ids, key=ids.get)
+    (root / newest).unlink()
+    index(root, tiny_checkpoint)
+    write_jpeg(root / "new.jpg", 9)
+    index(root, tiny_checkpoint)
+    with open_lib(root) as lib:
+        after = {p: row.id for p, row in rows(lib).items()}
+        assert_consistent(lib)
+    assert after["new.jpg"] == max(ids.values()) + 1
+    assert {p: i for p, i in after.items() if p != "new.jpg"} == {
+        p: i for p, i in ids.items() if p != newest
+    }

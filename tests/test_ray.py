@@ -1,0 +1,385 @@
+"""`index --ray`: the same library from Ray workers, through node and driver deaths.
+
+The Ray runs happen inside their own network and pid namespace (`unshare -n -p -f`), so every
+Ray connection stays on loopback and every Ray process ends with the test; Ray's temp dir
+and HOME (its auth token) are private to the test. Scenario scripts run there and print
+what they saw as one JSON line; the assertions are here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from indexer import IndexOptions, index_photos
+from indexer.executor import LocalExecutor
+from indexer.ray_executor import HashPrefixes
+from tests.indexer_fixtures import assert_consistent, open_lib, rows, write_jpeg
+
+REPO = Path(__file__).resolve().parents[1]
+
+# -- scenario scripts (run inside the namespace; argv: work folder, checkpoint) ---------------
+
+COMMON = r"""
+import json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+from click.testing import CliRunner
+from cli import main
+from indexer import IndexOptions, index_photos
+from indexer.ray_executor import RayOptions
+from tests.indexer_fixtures import assert_consistent, open_lib, rows, write_jpeg
+work, ckpt = Path(sys.argv[1]), sys.argv[2]
+out = {}
+
+def photos(root, n):
+    for i in range(n):
+        write_jpeg(root / f"d{i % 3}/{i:03d}.jpg", i)
+
+def library(root, lib=None):
+    with open_lib(root, lib) as l:
+        assert_consistent(l)
+        r = rows(l)
+        return {p: (row.content_hash, row.width, row.height, row.taken_at_source) for p, row in r.items()}, {
+            p: np.frombuffer(row.embedding, np.float32) for p, row in r.items()}
+
+def cli(*args):
+    result = CliRunner().invoke(main, ["index", *map(str, args), "--model", ckpt, "--batch-size", "4"])
+    return result.exit_code, result.output
+"""
+
+# (c) a `--ray local` driver killed with kill -9 after its second batch, then a rerun;
+# (a) `--ray` and the local pipeline on the same folder, twice (a corrupt file, then a move
+# and a duplicate).
+LOCAL_SCRIPT = (
+    COMMON
+    + r"""
+DRIVER = '''
+import os, sys, time
+from pathlib import Path
+from indexer import IndexOptions, index_photos
+from indexer.ray_executor import RayOptions
+root, ckpt, marker = sys.argv[1:]
+def committed(batches):
+    if batches == 2:
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(3600)
+index_photos(Path(root), IndexOptions(model=ckpt, batch_size=4, save_interval=0,
+    ray=RayOptions(address="local", workers=2), on_batch_committed=committed))
+'''
+crash = work / "crash"
+photos(crash, 24)
+marker = work / "paused"
+proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(crash), ckpt, str(marker)],
+                        stderr=subprocess.PIPE)
+deadline = time.monotonic() + 120
+while not marker.exists():
+    assert proc.poll() is None, proc.stderr.read().decode()
+    assert time.monotonic() < deadline, "the driver never committed two batches"
+    time.sleep(0.05)
+os.kill(proc.pid, signal.SIGKILL)
+proc.wait()
+with open_lib(crash) as l:
+    out["committed_before_kill"] = len(l.photo_ids())
+code, text = cli(crash, "--ray", "local", "--ray-workers", "2", "--json")
+out["rerun"] = [code, json.loads(text.splitlines()[-1]) if code == 0 else text]
+out["crash_paths"] = sorted(library(crash)[0])
+
+root = work / "same"
+photos(root, 10)
+(root / "broken.jpg").write_bytes(b"not a jpeg")
+runs = {}
+for name, flags in (("local", ["--workers", "2"]), ("ray", ["--ray", "local", "--ray-workers", "2"])):
+    code, text = cli(root, "--library", work / f"lib-{name}", "--json", *flags)
+    runs[name] = [json.loads(text.splitlines()[-1]) if code == 0 else text]
+shutil.move(root / "d0/000.jpg", root / "moved.jpg")
+shutil.copy(root / "d1/001.jpg", root / "copy-of-001.jpg")
+for name, flags in (("local", ["--workers", "2"]), ("ray", ["--ray", "local", "--ray-workers", "2"])):
+    code, text = cli(root, "--library", work / f"lib-{name}", "--json", *flags)
+    runs[name].append(json.loads(text.splitlines()[-1]) if code == 0 else text)
+for run in runs.values():
+    for summary in run:
+        if isinstance(summary, dict):
+            summary.pop("seconds")
+out["runs"] = runs
+meta_local, vec_local = library(root, work / "lib-local")
+meta_ray, vec_ray = library(root, work / "lib-ray")
+out["same_rows"] = meta_local == meta_ray
+out["paths"] = sorted(meta_ray)
+out["max_diff"] = max(float(np.abs(vec_local[p] - vec_ray[p]).max()) for p in vec_local)
+print(json.dumps(out))
+"""
+)
+
+# A head (no CPUs: every batch runs on the workers) and two 1-CPU worker nodes; node A runs
+# in its own mount namespace where the folder `hidden` is an empty tmpfs.
+# (d) indexing `hidden`: one clear message, nothing recorded;
+# (b) indexing `shown`, node A killed after the first committed batch: the run finishes.
+CLUSTER_SCRIPT = (
+    COMMON
+    + r"""
+import ray
+env = dict(os.environ)  # RAY_AUTH_MODE=token, from the test: the token is under $HOME/.ray
+subprocess.run(["ray", "get-auth-token", "--generate"], check=True, env=env, capture_output=True)
+subprocess.run(["ray", "start", "--head", "--num-cpus", "0", "--port", "6379",
+                "--include-dashboard", "false", "--disable-usage-stats"],
+               check=True, env=env, capture_output=True)
+address = "127.0.0.1:6379"
+hidden, shown = work / "hidden", work / "shown"
+photos(hidden, 8)
+photos(shown, 40)
+
+def join(name, i):
+    # Two nodes on one machine: each its own temp dir (sockets) and ports.
+    ports = " ".join(f"--{flag}-port {6400 + 10 * i + k}" for k, flag in enumerate((
+        "node-manager", "object-manager", "metrics-export", "dashboard-agent-listen",
+        "dashboard-agent-grpc", "runtime-env-agent")))
+    return (f"ray start --address {address} --num-cpus 1 --disable-usage-stats --block "
+            f"--temp-dir {os.environ['RAY_TMPDIR']}/{name} {ports}")
+
+quiet = {"env": env, "start_new_session": True, "stdout": subprocess.DEVNULL,
+         "stderr": subprocess.DEVNULL}
+node_a = subprocess.Popen(
+    ["unshare", "-m", "sh", "-c", f"mount -t tmpfs none {hidden} && exec {join('a', 0)}"], **quiet)
+node_b = subprocess.Popen(join("b", 1).split(), **quiet)
+ray.init(address=address)
+deadline = time.monotonic() + 90
+while sum(n["Alive"] for n in ray.nodes()) < 3:
+    assert time.monotonic() < deadline, "the worker nodes never joined"
+    time.sleep(0.2)
+ray.shutdown()
+
+out["hidden"] = cli(hidden, "--ray", address)
+out["hidden_library_left"] = (hidden / ".koclip-search").exists()
+
+def kill_node_a(batches):
+    if batches == 1:
+        from ray._private.state import available_resources_per_node
+        node = next(n["NodeID"] for n in ray.nodes()
+                    if n["Alive"] and "/a/session" in n["ObjectStoreSocketName"])
+        # Node A holds a batch when it dies: its CPU is taken (a hint that may be stale).
+        out["a_busy"] = available_resources_per_node().get(node, {}).get("CPU", 0) == 0
+        os.killpg(node_a.pid, signal.SIGKILL)
+        out["killed_after"] = batches
+
+summary = index_photos(shown, IndexOptions(model=ckpt, batch_size=4,
+    ray=RayOptions(address=address), on_batch_committed=kill_node_a))
+out["summary"] = [summary.new, summary.failed]
+meta, _ = library(shown)
+out["paths"] = sorted(meta)
+print(json.dumps(out))
+"""
+)
+
+
+def _in_namespace(
+    tmp_path: Path, script: str, ckpt: Path, timeout: float = 300, **env_vars: str
+) -> dict:
+    """Run `script` as pid 1 of a new network + pid namespace; its last stdout line as JSON."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    probe = subprocess.run(
+        ["unshare", "-n", "-p", "-f", "--mount-proc", "true"], capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a network namespace (unshare -n): {probe.stderr.strip()}")
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "home").mkdir()
+    (tmp_path / "scenario.py").write_text(script)
+    # Ray's unix sockets live under its temp dir, and a socket path may not exceed 107 bytes:
+    # pytest's tmp_path is too deep for them, so Ray gets a short private folder instead.
+    ray_tmp = tempfile.mkdtemp(prefix="kr-", dir="/tmp")
+    env = os.environ | {
+        "HOME": str(tmp_path / "home"),  # Ray writes its auth token under ~/.ray
+        "RAY_TMPDIR": ray_tmp,
+        "PYTHONPATH": str(REPO),
+        "JAX_PLATFORMS": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        **env_vars,
+    }
+    command = 'ip link set lo up && exec "$0" "$@"'
+    try:
+        done = subprocess.run(
+            ["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c", command, sys.executable]
+            + [str(tmp_path / "scenario.py"), str(work), str(ckpt)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_ray_local_matches_the_local_pipeline_and_survives_a_killed_driver(
+    tmp_path, tiny_checkpoint
+):
+    out = _in_namespace(tmp_path, LOCAL_SCRIPT, tiny_checkpoint)
+    # (c) kill -9 after two committed batches: kept, and the rerun does only the rest.
+    kept = out["committed_before_kill"]
+    assert 8 <= kept < 24  # two commits of one batch or more each (results that arrive together)
+    code, rerun = out["rerun"]
+    assert code == 0, rerun
+    assert (rerun["new"], rerun["unchanged"], rerun["failed"]) == (24 - kept, kept, 0)
+    assert out["crash_paths"] == sorted(f"d{i % 3}/{i:03d}.jpg" for i in range(24))
+    # (a) the same photos, failures (with reasons), moves and duplicates, and vectors.
+    local, ray = out["runs"]["local"], out["runs"]["ray"]
+    assert all(isinstance(s, dict) for s in local + ray), (local, ray)
+    assert ray == local
+    assert local[0]["new"] == 10 and local[0]["failures"][0]["path"] == "broken.jpg"
+    assert (local[1]["new"], local[1]["moved"]) == (1, 1)  # the copy, and the move
+    assert out["same_rows"] and "moved.jpg" in out["paths"] and "copy-of-001.jpg" in out["paths"]
+    assert out["max_diff"] <= 1e-5
+
+
+@pytest.mark.slow
+def test_cluster_checks_every_node_and_outlives_a_dead_node(tmp_path, tiny_checkpoint):
+    # Every node and the driver find the cluster's token in $HOME/.ray (one machine here; on
+    # several, it is copied to each: see the README).
+    out = _in_namespace(tmp_path, CLUSTER_SCRIPT, tiny_checkpoint, RAY_AUTH_MODE="token")
+    # (d) a node that does not see PHOTO_DIR: one line, exit 2, nothing recorded.
+    code, text = out["hidden"]
+    assert code == 2, text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: a Ray worker on "), text
+    assert "does not see the photo folder" in lines[0] and "same path" in lines[0]
+    assert not out["hidden_library_left"]
+    # (b) node A died after the first commit: its batches ran on node B, each photo once.
+    assert out["killed_after"] == 1 and out["a_busy"]
+    assert out["summary"] == [40, 0]
+    assert out["paths"] == sorted(f"d{i % 3}/{i:03d}.jpg" for i in range(40))
+
+
+# -- without a cluster --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ray_not_installed_prints_the_install_line(tmp_path):
+    write_jpeg(tmp_path / "p/a.jpg", 1)
+    code = "import sys; sys.modules['ray'] = None; from cli import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "index", str(tmp_path / "p"), "--ray", "local"],
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "Error: --ray needs Ray on this machine: pip install 'koclip-search[ray]'"
+    ]
+    assert not (tmp_path / "p/.koclip-search").exists()
+
+
+@pytest.mark.slow
+def test_ray_auto_without_a_cluster_says_how_to_start_one(tmp_path, tiny_checkpoint):
+    write_jpeg(tmp_path / "p/a.jpg", 1)
+    (tmp_path / "ray").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from cli import main; main()", "index", str(tmp_path / "p")]
+        + ["--model", str(tiny_checkpoint), "--ray", "auto"],
+        cwd=REPO,
+        # An empty Ray temp dir: no cluster started on this machine can be found.
+        env=env | {"PYTHONPATH": str(REPO), "RAY_TMPDIR": str(tmp_path / "ray")},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("Error:")]
+    assert "no Ray cluster found" in line and "ray start --head" in line and "--ray local" in line
+    assert not (tmp_path / "p/.koclip-search").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ray-workers", "2"], "go with --ray"),
+        (["--gpus-per-worker", "0.5"], "go with --ray"),
+        (["--ray", "local", "--watch"], "--watch runs on this machine only"),
+        (["--ray", "somewhere"], "is not auto, local or HOST:PORT"),
+    ],
+)
+def test_ray_flags_are_checked(tmp_path, args, message):
+    (tmp_path / "p").mkdir()
+    result = CliRunner().invoke(main, ["index", str(tmp_path / "p"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_hash_prefixes_hold_exactly_the_hashes_prefixes():
+    hashes = {f"{i * 0x9E3779B97F4A7C15 % 2**64:016x}{i:016x}" for i in range(0, 3000, 3)}
+    known = HashPrefixes(hashes)
+    assert all(h in known for h in hashes)
+    assert not any(
+        f"{i * 0x9E3779B97F4A7C15 % 2**64:016x}{i:016x}" in known for i in range(1, 3000, 3)
+    )
+    # Only the first 64 bits count: another hash with a stored one's prefix is a (safe) yes.
+    assert next(iter(hashes))[:16] + "f" * 16 in known
+    assert "" not in known and None not in known
+
+
+class _EverythingKnown:
+    """A known-hashes set that says yes to every hash: a prefix collision, on every file."""
+
+    def __contains__(self, _: object) -> bool:
+        return True
+
+
+class _CollidingExecutor(LocalExecutor):
+    def batches(self, feed):
+        feed.known_hashes = _EverythingKnown()
+        return super().batches(feed)
+
+
+def test_a_known_hash_false_positive_costs_time_not_photos(tmp_path, tiny_checkpoint):
+    """The Ray executor's compact hash set may collide; the writer hands such a file back
+    and it is decoded after all, as without the collision."""
+    root, reference = tmp_path / "p", tmp_path / "q"
+    for i in range(6):
+        write_jpeg(root / f"{i}.jpg", i)
+    shutil.copytree(root, reference)
+    options = IndexOptions(model=str(tiny_checkpoint), batch_size=4, workers=2)
+    summary = index_photos(
+        root, options, make_executor=lambda enc, _root, opts: _CollidingExecutor(enc, 2)
+    )
+    assert (summary.new, summary.failed) == (6, 0)
+    index_photos(reference, options)
+    with open_lib(root) as lib, open_lib(reference) as ref:
+        assert_consistent(lib)
+        got, want = rows(lib), rows(ref)
+        assert sorted(got) == sorted(want)
+        for path, row in got.items():
+            np.testing.assert_allclose(
+                np.frombuffer(row.embedding, np.float32),
+                np.frombuffer(want[path].embedding, np.float32),
+                atol=1e-6,
+            )
+
+
+def test_workers_sharing_a_gpu_do_not_each_take_most_of_it():
+    from indexer.ray_executor import worker_env
+
+    assert worker_env(0.0) == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    assert worker_env(1.0) == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    shared = worker_env(0.25)
+    assert shared["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert float(shared["XLA_PYTHON_CLIENT_MEM_FRACTION"]) <= 0.25
