@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from cli.common import FiniteFloat, domain_errors, echo_summary
-from cli.main import main
+from cli.main import ARGV_KEY, main
 
 
 @main.command("index")
@@ -130,11 +130,6 @@ def index_command(
         koclip-search index ~/Pictures --watch
         koclip-search index /mnt/photos --ray auto
     """
-    # Imported here: jax and friends cost every other command their start-up time otherwise.
-    from cli.progress import ProgressBar, RebuildBar
-    from indexer import IndexOptions, index_photos
-    from indexer.ray_executor import RayOptions
-
     if (poll is not None or settle != 2.0) and not watch:
         raise click.UsageError("--poll and --settle go with --watch")
     ray_flags = ray_workers is not None or cpus_per_worker != 1.0 or gpus_per_worker != 0.0
@@ -147,8 +142,22 @@ def index_command(
             raise click.UsageError(
                 "--watch runs on this machine only; index once with --ray, then --watch without it"
             )
+        address = _ray_address(ray_address)
+        # Ray ends a driver whose node went away without a word: a watchdog says so.
+        from cli import supervise
+
+        if supervise.can_supervise():
+            supervise.run_supervised(click.get_current_context().meta[ARGV_KEY])
+        supervise.mark_normal_end()
+
+    # Imported here: jax and friends cost every other command their start-up time otherwise.
+    from cli.progress import ProgressBar, RebuildBar
+    from indexer import IndexOptions, index_photos
+    from indexer.ray_executor import RayOptions
+
+    if ray_address is not None:
         options["ray"] = RayOptions(
-            address=_ray_address(ray_address),
+            address=address,
             workers=ray_workers,
             cpus_per_worker=cpus_per_worker,
             gpus_per_worker=gpus_per_worker,

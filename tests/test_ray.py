@@ -182,6 +182,59 @@ print(json.dumps(out))
 )
 
 
+# A CLI run whose process is killed without a word, then a resumed run under which the cluster
+# goes away (the head, the driver's own node, stopped once a batch is committed).
+GONE_SCRIPT = (
+    COMMON
+    + r"""
+import sqlite3
+env = dict(os.environ)
+subprocess.run(["ray", "start", "--head", "--num-cpus", "1", "--port", "6379",
+                "--include-dashboard", "false", "--disable-usage-stats"],
+               check=True, env=env, capture_output=True)
+root = work / "gone"
+photos(root, 400)
+command = [sys.executable, "-c", "from cli import main; main()", "index", str(root), "--model",
+           ckpt, "--batch-size", "4", "--ray", "127.0.0.1:6379"]
+db_file = root / ".koclip-search" / "library.sqlite3"
+
+def count():
+    try:
+        with sqlite3.connect(f"file:{db_file}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT count(*) FROM photos").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+def run_until_more_than(n, stop):
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while count() <= n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no batch was ever committed"
+        time.sleep(0.02)
+    stop()
+    _, err = proc.communicate(timeout=180)
+    return proc.returncode, [line for line in err.splitlines() if line.strip()][-1]
+
+# The run's own process (the watchdog's child) killed as Ray kills a driver: no word of its own.
+out["killed"] = run_until_more_than(0, lambda: subprocess.run(["pkill", "-9", "-f", "prog_name="]))
+out["kept_1"] = count()
+
+def cluster_gone():
+    subprocess.run(["pkill", "-STOP", "-f", "ray::"])  # frozen first: the run cannot end before
+    subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
+
+out["gone"] = run_until_more_than(out["kept_1"], cluster_gone)
+with open_lib(root) as l:
+    out["kept"] = len(l.photo_ids())
+code, text = cli(root, "--json")  # resumed here, without the cluster
+out["rerun"] = [code, json.loads(text.splitlines()[-1]) if code == 0 else text]
+out["paths"] = len(library(root)[0])
+print(json.dumps(out))
+"""
+)
+
+
 def _in_namespace(
     tmp_path: Path, script: str, ckpt: Path, timeout: float = 300, **env_vars: str
 ) -> dict:
@@ -383,3 +436,24 @@ def test_workers_sharing_a_gpu_do_not_each_take_most_of_it():
     shared = worker_env(0.25)
     assert shared["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     assert float(shared["XLA_PYTHON_CLIENT_MEM_FRACTION"]) <= 0.25
+
+
+@pytest.mark.slow
+def test_a_cluster_gone_under_a_run_ends_it_with_one_line_and_keeps_the_commits(
+    tmp_path, tiny_checkpoint
+):
+    out = _in_namespace(tmp_path, GONE_SCRIPT, tiny_checkpoint, RAY_AUTH_MODE="disabled")
+    # Killed without a word (as Ray ends a driver whose node died): the watchdog's one line.
+    code, line = out["killed"]
+    assert code == 1 and line.startswith("Error: the indexing process was ended from outside")
+    assert "(signal 9)" in line and "run the same command again to resume" in line
+    # The cluster stopped under the resumed run: ours or the watchdog's line, exit 1.
+    code, line = out["gone"]
+    assert code == 1 and line.startswith("Error: "), line
+    assert "run the same command again to resume" in line
+    kept = out["kept"]
+    assert 0 < out["kept_1"] < kept < 400
+    code, rerun = out["rerun"]
+    assert code == 0, rerun
+    assert (rerun["new"], rerun["unchanged"], rerun["failed"]) == (400 - kept, kept, 0)
+    assert out["paths"] == 400
