@@ -35,6 +35,8 @@ INSTALL_LINE = "pip install 'koclip-search[ray]'"
 GROUP_COMMIT = 16
 # A batch whose worker (or node) dies is tried again this many times, then the run stops.
 MAX_RETRIES = 5
+# Seconds to wait for a cluster's head to accept a connection before saying there is none.
+CONNECT_TIMEOUT = 10.0
 
 
 class ClusterError(KoclipSearchError):
@@ -277,17 +279,43 @@ def _connect(ray: Any, options: RayOptions) -> None:
     address = options.address
     if address == "local" and options.workers:
         kw["num_cpus"] = math.ceil(options.workers * options.cpus_per_worker)
+    where = "RAY_ADDRESS or this machine" if address in (None, "auto") else address
+    hint = "start one with `ray start --head`, or index with --ray local"
+    # Ray waits minutes for a cluster that does not answer (a stale address, a head that is
+    # down): a plain connection to its port first, bounded.
+    gcs = _bootstrap_address(ray, address)
+    if gcs is not None:
+        host, _, port = gcs.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+        except (OSError, ValueError) as exc:
+            raise ClusterSetupError(
+                f"no Ray cluster found at {where} (nothing answers at {gcs}: "
+                f"{getattr(exc, 'strerror', None) or exc}); {hint}"
+            ) from None
     try:
         with warnings.catch_warnings():
             # Ray starts its processes with fork+exec, which JAX (already loaded) warns about.
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
             ray.init(address=address, **kw)
     except ConnectionError as exc:
-        where = "RAY_ADDRESS or this machine" if address in (None, "auto") else address
-        raise ClusterSetupError(
-            f"no Ray cluster found at {where} ({exc}); start one with `ray start --head`, "
-            "or index with --ray local"
-        ) from None
+        raise ClusterSetupError(f"no Ray cluster found at {where} ({exc}); {hint}") from None
+
+
+def _bootstrap_address(ray: Any, address: str | None) -> str | None:
+    """The HOST:PORT `ray.init(address)` would connect to; None for a private Ray (or when
+    Ray does not say: then its own waiting applies)."""
+    if address == "local" or (address is not None and address.startswith("ray://")):
+        return None
+    if address is not None and address != "auto":
+        return address
+    try:  # Ray's own rule: RAY_ADDRESS, the cluster started here, a running one
+        from ray._private.services import get_ray_address_from_environment
+
+        found = get_ray_address_from_environment(address, None)
+    except Exception:
+        return None
+    return found if found and found not in ("auto", "local") and ":" in found else None
 
 
 # -- on a worker --------------------------------------------------------------------------------

@@ -457,3 +457,27 @@ def test_a_cluster_gone_under_a_run_ends_it_with_one_line_and_keeps_the_commits(
     assert code == 0, rerun
     assert (rerun["new"], rerun["unchanged"], rerun["failed"]) == (400 - kept, kept, 0)
     assert out["paths"] == 400
+
+
+@pytest.mark.slow
+def test_an_address_where_nothing_answers_fails_fast_with_one_line(tmp_path, tiny_checkpoint):
+    """Ray itself would wait minutes for a head that does not answer (a stale address)."""
+    import socket
+
+    with socket.socket() as s:  # a loopback port that was free a moment ago: nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_jpeg(tmp_path / "p/a.jpg", 1)
+    done = subprocess.run(
+        [sys.executable, "-c", "from cli import main; main()", "index", str(tmp_path / "p")]
+        + ["--model", str(tiny_checkpoint), "--ray", f"127.0.0.1:{port}"],
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO), "RAY_TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("Error:")]
+    assert f"nothing answers at 127.0.0.1:{port}" in line and "ray start --head" in line
+    assert not (tmp_path / "p/.koclip-search").exists()
