@@ -315,7 +315,9 @@ def test_cluster_checks_every_node_and_outlives_a_dead_node(tmp_path, tiny_check
     assert "does not see the photo folder" in lines[0] and "same path" in lines[0]
     assert not out["hidden_library_left"]
     # (b) node A died after the first commit: its batches ran on node B, each photo once.
-    assert out["killed_after"] == 1 and out["a_busy"]
+    # (Node A almost always holds a batch then, but Ray's resource view that would tell is
+    # only a hint, so it is not asserted: the run must finish either way.)
+    assert out["killed_after"] == 1
     assert out["summary"] == [40, 0]
     assert out["paths"] == sorted(f"d{i % 3}/{i:03d}.jpg" for i in range(40))
 
