@@ -224,16 +224,8 @@ def _crops(t: np.ndarray) -> np.ndarray:
     """`t` itself and cut down by each of _SCALES (centred and shifted), resized back."""
     im = Image.fromarray(t)
     side = THUMB_SIDE
-    out = [t]
-    for scale in _SCALES[1:]:
-        w = side / scale
-        margin = (side - w) / 2
-        for dx in (-1, 0, 1):
-            for dy in (-1, 0, 1):
-                ox, oy = margin + dx * margin, margin + dy * margin
-                box = (ox, oy, ox + w, oy + w)
-                out.append(np.asarray(im.resize((side, side), Image.Resampling.BILINEAR, box=box)))
-    return np.stack(out)
+    crops = (im.resize((side, side), Image.Resampling.BILINEAR, box=b) for b in _crop_boxes())
+    return np.stack([t, *(np.asarray(c) for c in crops)])
 
 
 def _trim_border(grey: np.ndarray) -> np.ndarray:

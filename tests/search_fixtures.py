@@ -189,3 +189,19 @@ def one_line_error(result, exit_code: int = 2) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     return lines[0]
+
+
+def ok_json(response) -> dict:
+    """A web response's JSON body, after checking it is a 200."""
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def error_json(response, status: int, code: str) -> str:
+    """A web error's message, after checking its status and its `{"error", "code"}` body."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "code"}, body
+    assert body["code"] == code, body
+    assert "Traceback" not in body["error"]
+    return body["error"]

@@ -15,7 +15,14 @@ from PIL import Image
 
 import db
 from search import Searcher
-from tests.search_fixtures import DUPLICATE, DUPLICATE_OF, index_folder, write_photos
+from tests.search_fixtures import (
+    DUPLICATE,
+    DUPLICATE_OF,
+    error_json,
+    index_folder,
+    ok_json,
+    write_photos,
+)
 from web import create_app
 from web.uploads import MAX_UPLOAD_BYTES
 
@@ -80,20 +87,6 @@ def ids(library: Path) -> dict[str, int]:
         return {row.path: row.id for row in s.query(db.Photo)}
 
 
-def _ok(response) -> dict:
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def _error(response, status: int, code: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "code"}, body
-    assert body["code"] == code, body
-    assert "Traceback" not in body["error"]
-    return body["error"]
-
-
 def _cli_shape(results: list[dict]) -> list[dict]:
     keys = ("rank", "score", "path", "width", "height", "taken_at")
     return [{k: r[k] for k in keys} for r in results]
@@ -103,7 +96,7 @@ def _cli_shape(results: list[dict]) -> list[dict]:
 
 
 def test_text_search_is_the_cli_json_plus_links(client, searcher, ids):
-    body = _ok(client.get("/api/search", params={"q": "바닷가의 강아지", "k": 5}))
+    body = ok_json(client.get("/api/search", params={"q": "바닷가의 강아지", "k": 5}))
     expected = searcher.compose("바닷가의 강아지", k=5).to_json()
     assert body["query"] == expected["query"]
     assert _cli_shape(body["results"]) == expected["results"]
@@ -116,16 +109,18 @@ def test_text_search_is_the_cli_json_plus_links(client, searcher, ids):
 
 def test_composed_query_syntax_and_nfd_input(client, searcher):
     query = "바다 + 노을 - 0.5:사람"
-    body = _ok(client.get("/api/search", params={"q": query, "k": 6}))
+    body = ok_json(client.get("/api/search", params={"q": query, "k": 6}))
     assert _cli_shape(body["results"]) == searcher.compose(query, k=6).to_json()["results"]
     import unicodedata
 
-    nfd = _ok(client.get("/api/search", params={"q": unicodedata.normalize("NFD", query), "k": 6}))
+    nfd = ok_json(
+        client.get("/api/search", params={"q": unicodedata.normalize("NFD", query), "k": 6})
+    )
     assert nfd["results"] == body["results"]
 
 
 def test_image_terms_in_the_box_are_library_photos(client, searcher, photos):
-    body = _ok(client.get("/api/search", params={"q": f"{DUPLICATE_OF} + 노을", "k": 20}))
+    body = ok_json(client.get("/api/search", params={"q": f"{DUPLICATE_OF} + 노을", "k": 20}))
     expected = searcher.compose([f"{photos / DUPLICATE_OF}", "+", "노을"], k=20)
     assert _cli_shape(body["results"]) == expected.to_json()["results"]
     # The photo itself and its exact duplicate are not results of a query made from it.
@@ -134,7 +129,7 @@ def test_image_terms_in_the_box_are_library_photos(client, searcher, photos):
 
 @pytest.mark.parametrize("query", ["/etc/hosts.jpg + 바다", "../../x.jpg", "없는/사진.jpg"])
 def test_image_terms_outside_the_library_are_refused(client, query):
-    _error(client.get("/api/search", params={"q": query}), 400, "bad_image")
+    error_json(client.get("/api/search", params={"q": query}), 400, "bad_image")
 
 
 @pytest.mark.parametrize(
@@ -147,7 +142,7 @@ def test_image_terms_outside_the_library_are_refused(client, query):
     ],
 )
 def test_bad_queries_are_400_json(client, params, code):
-    _error(client.get("/api/search", params=params), 400, code)
+    error_json(client.get("/api/search", params=params), 400, code)
 
 
 @pytest.mark.parametrize(
@@ -155,13 +150,13 @@ def test_bad_queries_are_400_json(client, params, code):
     [{"q": ""}, {"q": "바다", "k": 0}, {"q": "바다", "k": 100000}, {"q": "바다", "offset": -1}, {}],
 )
 def test_invalid_parameters_are_422_json(client, params):
-    _error(client.get("/api/search", params=params), 422, "bad_request")
+    error_json(client.get("/api/search", params=params), 422, "bad_request")
 
 
 def _walk(client, q: str, k: int) -> list[dict]:
     seen, offset = [], 0
     while offset is not None:
-        page = _ok(client.get("/api/search", params={"q": q, "k": k, "offset": offset}))
+        page = ok_json(client.get("/api/search", params={"q": q, "k": k, "offset": offset}))
         assert page["offset"] == offset and len(page["results"]) <= k
         seen += page["results"]
         offset = page["next_offset"]
@@ -188,10 +183,10 @@ def test_paging_walks_the_whole_ranking_once(client, searcher, ids):
 
 
 def test_folder_and_date_filters(client):
-    body = _ok(client.get("/api/search", params={"q": "바다", "k": 50, "under": "2023/여행"}))
+    body = ok_json(client.get("/api/search", params={"q": "바다", "k": 50, "under": "2023/여행"}))
     assert body["results"]
     assert all(h["relpath"].startswith("2023/여행/") for h in body["results"])  # not 여행ab/
-    body = _ok(
+    body = ok_json(
         client.get(
             "/api/search", params={"q": "바다", "k": 50, "after": "2024-07", "before": "2024-08"}
         )
@@ -201,18 +196,18 @@ def test_folder_and_date_filters(client):
         "2024/바다/모래.jpg",
         "2024/바다/사람들.jpg",
     }
-    body = _ok(client.get("/api/search", params={"q": "바다", "under": "없는폴더"}))
+    body = ok_json(client.get("/api/search", params={"q": "바다", "under": "없는폴더"}))
     assert body["results"] == [] and body["next_offset"] is None
 
 
 def test_folders(client):
-    folders = {f["folder"]: f["photos"] for f in _ok(client.get("/api/folders"))}
+    folders = {f["folder"]: f["photos"] for f in ok_json(client.get("/api/folders"))}
     assert folders["2023/여행"] == 4 and folders["2023/여행ab"] == 1
     assert folders["2024/바다"] == 4 and "." not in folders
 
 
 def test_compose_endpoint_with_photo_ids(client, searcher, photos, ids):
-    body = _ok(
+    body = ok_json(
         client.post(
             "/api/compose",
             json={
@@ -229,14 +224,14 @@ def test_compose_endpoint_with_photo_ids(client, searcher, photos, ids):
         ["바다", "+", f"2:{photos / '2023/여행/노을.jpg'}", "-", "0.5:사람"], k=5
     )
     assert _cli_shape(body["results"]) == expected.to_json()["results"]
-    _error(
+    error_json(
         client.post("/api/compose", json={"terms": [{"text": "a", "photo_id": 1}]}),
         422,
         "bad_request",
     )
-    _error(client.post("/api/compose", json={"terms": []}), 422, "bad_request")
-    _error(client.post("/api/compose", json={"terms": [{"photo_id": 99999}]}), 404, "not_found")
-    _error(
+    error_json(client.post("/api/compose", json={"terms": []}), 422, "bad_request")
+    error_json(client.post("/api/compose", json={"terms": [{"photo_id": 99999}]}), 404, "not_found")
+    error_json(
         client.post(
             "/api/compose",
             json={"terms": [{"text": "바다", "weight": 1}, {"text": "바다", "weight": -1}]},
@@ -248,12 +243,12 @@ def test_compose_endpoint_with_photo_ids(client, searcher, photos, ids):
 
 def test_similar_leaves_out_the_photo_and_its_duplicates(client, searcher, photos, ids):
     pid = ids[DUPLICATE_OF]
-    body = _ok(client.get(f"/api/photos/{pid}/similar", params={"k": 50}))
+    body = ok_json(client.get(f"/api/photos/{pid}/similar", params={"k": 50}))
     expected = searcher.image(photos / DUPLICATE_OF, k=50).to_json()
     assert _cli_shape(body["results"]) == expected["results"]
     assert {DUPLICATE_OF, DUPLICATE}.isdisjoint(h["relpath"] for h in body["results"])
     assert len(body["results"]) == len(ids) - 2
-    _error(client.get("/api/photos/99999/similar"), 404, "not_found")
+    error_json(client.get("/api/photos/99999/similar"), 404, "not_found")
 
 
 def test_similar_uses_the_stored_vector_even_when_the_file_is_gone(photos, tmp_path, ids):
@@ -261,7 +256,7 @@ def test_similar_uses_the_stored_vector_even_when_the_file_is_gone(photos, tmp_p
     shutil.copytree(photos, root)
     (root / DUPLICATE_OF).unlink()
     with TestClient(create_app(root, warm=False), base_url=BASE) as c:
-        body = _ok(c.get(f"/api/photos/{ids[DUPLICATE_OF]}/similar", params={"k": 50}))
+        body = ok_json(c.get(f"/api/photos/{ids[DUPLICATE_OF]}/similar", params={"k": 50}))
         assert not c.app.state.backend.searcher().encoder._encoders  # no decode, no tower
     assert len(body["results"]) == len(ids) - 2
     assert {DUPLICATE_OF, DUPLICATE}.isdisjoint(h["relpath"] for h in body["results"])
@@ -272,14 +267,14 @@ def test_similar_uses_the_stored_vector_even_when_the_file_is_gone(photos, tmp_p
 
 def test_photo_metadata(client, photos, ids):
     pid = ids["2023/여행/노을.jpg"]
-    body = _ok(client.get(f"/api/photos/{pid}"))
+    body = ok_json(client.get(f"/api/photos/{pid}"))
     assert body["path"] == str(photos.resolve() / "2023/여행/노을.jpg")
     assert body["relpath"] == "2023/여행/노을.jpg"
     assert body["taken_at"] == "2023-05-02T19:30:00" and body["taken_at_source"] == "exif"
     assert (body["width"], body["height"]) == (64, 48)
     assert body["similar"] == f"/api/photos/{pid}/similar"
-    _error(client.get("/api/photos/424242"), 404, "not_found")
-    _error(client.get("/api/photos/abc"), 422, "bad_request")
+    error_json(client.get("/api/photos/424242"), 404, "not_found")
+    error_json(client.get("/api/photos/abc"), 422, "bad_request")
 
 
 def test_thumbnails_are_oriented_cached_and_keyed_by_content(client, library, ids):
@@ -307,7 +302,7 @@ def test_thumbnails_are_oriented_cached_and_keyed_by_content(client, library, id
 def test_large_thumbnail_is_never_enlarged_and_big_photos_shrink(client, photos, library):
     small = client.get("/api/photos/1/thumbnail?size=large")
     assert Image.open(io.BytesIO(small.content)).size == (64, 48)
-    _error(client.get("/api/photos/1/thumbnail?size=huge"), 422, "bad_request")
+    error_json(client.get("/api/photos/1/thumbnail?size=huge"), 422, "bad_request")
     from web.thumbnails import make_thumbnail
 
     big = photos.parent / "big.jpg"
@@ -322,7 +317,7 @@ def test_broken_photo_file_is_a_json_404(client, photos, library, ids, tmp_path)
     saved = path.read_bytes()
     try:
         path.write_bytes(b"\xff\xd8garbage")
-        msg = _error(client.get(f"/api/photos/{pid}/thumbnail?size=large"), 404, "unreadable")
+        msg = error_json(client.get(f"/api/photos/{pid}/thumbnail?size=large"), 404, "unreadable")
         assert "cannot be read" in msg
     finally:
         path.write_bytes(saved)
@@ -353,27 +348,27 @@ def test_originals_by_id_only(client, photos, ids):
 def test_upload_raw_and_multipart_search_like_the_searcher(client, searcher, photos):
     before = _listing(photos)
     data = (photos / "2023/여행/산.jpg").read_bytes()
-    raw = _ok(
+    raw = ok_json(
         client.post(
             "/api/image", content=data, params={"k": 5}, headers={"Content-Type": "image/jpeg"}
         )
     )
-    form = _ok(
+    form = ok_json(
         client.post("/api/image", params={"k": 5}, files={"image": ("산.jpg", data, "image/jpeg")})
     )
     expected = searcher.image(Image.open(io.BytesIO(data)).convert("RGB"), k=5).to_json()
     assert _cli_shape(raw["results"]) == _cli_shape(form["results"]) == expected["results"]
     assert "2023/여행/산.jpg" not in {h["relpath"] for h in raw["results"]}  # itself: left out
     # Paging by token, without sending the photo again.
-    page2 = _ok(client.get(f"/api/image/{raw['upload']}", params={"k": 5, "offset": 5}))
+    page2 = ok_json(client.get(f"/api/image/{raw['upload']}", params={"k": 5, "offset": 5}))
     assert [h["rank"] for h in page2["results"]] == list(range(6, 6 + len(page2["results"])))
-    _error(client.get("/api/image/not-a-token"), 404, "upload_expired")
+    error_json(client.get("/api/image/not-a-token"), 404, "upload_expired")
     assert _listing(photos) == before  # nothing written into the photo folder
 
 
 def test_upload_composed_with_text(client, searcher):
     data = _jpeg()
-    body = _ok(
+    body = ok_json(
         client.post(
             "/api/image",
             content=data,
@@ -401,11 +396,11 @@ def test_upload_composed_with_text(client, searcher):
 )
 def test_bad_uploads_are_400(client, content, code):
     response = client.post("/api/image", content=content, headers={"Content-Type": "image/jpeg"})
-    _error(response, 400, code)
+    error_json(response, 400, code)
 
 
 def test_upload_without_the_image_field(client):
-    _error(
+    error_json(
         client.post("/api/image", files={"other": ("a.jpg", _jpeg(), "image/jpeg")}),
         400,
         "no_image",
@@ -414,7 +409,7 @@ def test_upload_without_the_image_field(client):
 
 def test_oversized_uploads_are_413_declared_or_streamed(client):
     big = b"\xff" * (MAX_UPLOAD_BYTES + 1)
-    _error(
+    error_json(
         client.post("/api/image", content=big, headers={"Content-Type": "image/jpeg"}),
         413,
         "too_large",
@@ -424,12 +419,12 @@ def test_oversized_uploads_are_413_declared_or_streamed(client):
         for _ in range(21):
             yield b"\xff" * (1024 * 1024)
 
-    _error(
+    error_json(
         client.post("/api/image", content=chunks(), headers={"Content-Type": "image/jpeg"}),
         413,
         "too_large",
     )
-    _error(
+    error_json(
         client.post("/api/image", files={"image": ("big.jpg", big, "image/jpeg")}), 413, "too_large"
     )
 
@@ -438,7 +433,7 @@ def test_decompression_bombs_are_refused(client, monkeypatch):
     import web.uploads
 
     monkeypatch.setattr(web.uploads, "MAX_PIXELS", 64 * 48 - 1)
-    msg = _error(
+    msg = error_json(
         client.post("/api/image", content=_jpeg(), headers={"Content-Type": "image/jpeg"}),
         400,
         "bad_image",
@@ -461,7 +456,7 @@ def test_page_and_static_files(client):
 
 
 def test_openapi_describes_the_api(client):
-    spec = _ok(client.get("/api/openapi.json"))
+    spec = ok_json(client.get("/api/openapi.json"))
     paths = spec["paths"]
     for path in (
         "/api/search",
@@ -479,14 +474,14 @@ def test_openapi_describes_the_api(client):
 
 
 def test_info(client, ids):
-    body = _ok(client.get("/api/info"))
+    body = ok_json(client.get("/api/info"))
     assert body["photos"] == len(ids) and body["failed"] == 1
     assert body["index_type"] == "flat"
 
 
 def test_unknown_route_and_method_are_json(client):
-    _error(client.get("/api/nothing"), 404, "not_found")
-    _error(client.delete("/api/search?q=a"), 405, "method_not_allowed")
+    error_json(client.get("/api/nothing"), 404, "not_found")
+    error_json(client.delete("/api/search?q=a"), 405, "method_not_allowed")
 
 
 def test_foreign_host_header_is_refused(client):
@@ -504,21 +499,21 @@ def test_internal_errors_are_json_without_traceback(library, monkeypatch):
     monkeypatch.setattr(app.state.backend, "search", boom)
     with TestClient(app, base_url=BASE, raise_server_exceptions=False) as c:
         response = c.get("/api/search", params={"q": "바다"})
-    msg = _error(response, 500, "internal")
+    msg = error_json(response, 500, "internal")
     assert "secret" not in msg
 
 
 def test_no_library_and_empty_library_messages(tmp_path, tiny_checkpoint):
     with TestClient(create_app(tmp_path / "nowhere", warm=False), base_url=BASE) as c:
-        _error(c.get("/api/info"), 503, "no_library")
-        _error(c.get("/api/search", params={"q": "바다"}), 503, "no_library")
+        error_json(c.get("/api/info"), 503, "no_library")
+        error_json(c.get("/api/search", params={"q": "바다"}), 503, "no_library")
         assert c.get("/").status_code == 200  # the page still loads and explains
     empty = tmp_path / "empty"
     empty.mkdir()
     library = index_folder(empty, tiny_checkpoint)
     with TestClient(create_app(library, warm=False), base_url=BASE) as c:
-        assert _ok(c.get("/api/info"))["photos"] == 0
-        body = _ok(c.get("/api/search", params={"q": "바다"}))
+        assert ok_json(c.get("/api/info"))["photos"] == 0
+        body = ok_json(c.get("/api/search", params={"q": "바다"}))
         assert body["results"] == [] and body["next_offset"] is None
 
 
@@ -526,10 +521,10 @@ def test_library_indexed_after_start_is_picked_up(tmp_path, tiny_checkpoint):
     root = tmp_path / "later"
     root.mkdir()
     with TestClient(create_app(root, warm=False), base_url=BASE) as c:
-        _error(c.get("/api/info"), 503, "no_library")
+        error_json(c.get("/api/info"), 503, "no_library")
         Image.new("RGB", (32, 32), (1, 2, 3)).save(root / "a.jpg")
         index_folder(root, tiny_checkpoint)
-        assert _ok(c.get("/api/info"))["photos"] == 1
+        assert ok_json(c.get("/api/info"))["photos"] == 1
 
 
 def test_model_loaded_once_and_work_runs_off_the_event_loop(library, monkeypatch):
@@ -551,7 +546,7 @@ def test_model_loaded_once_and_work_runs_off_the_event_loop(library, monkeypatch
         # Queries no other test asks: the session's text-embedding cache must not answer them.
         fresh = [f"웹 처음 묻는 말 {i}" for i in range(3)]
         for q in (*fresh, fresh[0]):
-            _ok(c.get("/api/search", params={"q": q}))
+            ok_json(c.get("/api/search", params={"q": q}))
     assert [k.get("towers") for k in loads] == [("text",)]
     # Model work ran on the one search thread, never on the event loop's thread.
     assert len(threads) >= 4  # the four searches, and the warm-up if it ran before them
@@ -574,7 +569,7 @@ def test_serve_command_defaults_to_loopback(library, monkeypatch):
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8123
     assert "http://127.0.0.1:8123/" in result.output
     with TestClient(app, base_url=BASE) as c:
-        assert _ok(c.get("/api/info"))["photos"] > 0
+        assert ok_json(c.get("/api/info"))["photos"] > 0
 
 
 def test_serve_command_refuses_another_model(library, tiny_checkpoint_other, monkeypatch):
@@ -612,7 +607,7 @@ def test_library_engine_is_reached_from_few_threads(library, ids):
     backend = app.state.backend
     users = set()
     with TestClient(app, base_url=BASE) as c:
-        _ok(c.get("/api/info"))
+        ok_json(c.get("/api/info"))
         lib = backend.searcher().library
         real_session = lib.session
 

@@ -24,7 +24,7 @@ from tests.duplicates_fixtures import (
     write_duplicate_album,
 )
 from tests.indexer_fixtures import assert_consistent, open_lib
-from tests.search_fixtures import index_folder
+from tests.search_fixtures import error_json, index_folder, ok_json
 from web import create_app
 
 BASE = "http://127.0.0.1"
@@ -46,31 +46,19 @@ def client(album: Path) -> TestClient:
         yield c
 
 
-def _ok(response) -> dict:
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def _error(response, status: int, code: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "code"} and body["code"] == code, body
-    return body["error"]
-
-
 def _files(root: Path) -> set[str]:
     found = (p.relative_to(root) for p in root.rglob("*") if p.is_file())
     return {db.path_key(p.as_posix()) for p in found if db.LIBRARY_DIRNAME not in p.parts}
 
 
 def _sea(client: TestClient, **params) -> dict:
-    groups = _ok(client.get("/api/duplicates", params={"kind": "same", **params}))["groups"]
+    groups = ok_json(client.get("/api/duplicates", params={"kind": "same", **params}))["groups"]
     return next(g for g in groups if SEA in {p["relpath"] for p in g["photos"]})
 
 
 def _searchable(library: Path, client: TestClient) -> set[str]:
     """What a search finds, through the app's own long-lived Searcher and a fresh one."""
-    body = _ok(client.get("/api/search", params={"q": "사진", "k": 100}))
+    body = ok_json(client.get("/api/search", params={"q": "사진", "k": 100}))
     found = {hit["relpath"] for hit in body["results"]}
     with Searcher(library) as s:
         assert {hit.relpath for hit in s.text("사진", k=100)} == found
@@ -78,7 +66,7 @@ def _searchable(library: Path, client: TestClient) -> set[str]:
 
 
 def test_list_groups_largest_first_with_keeper_links_and_filters(client, album):
-    body = _ok(client.get("/api/duplicates", params={"kind": "same"}))
+    body = ok_json(client.get("/api/duplicates", params={"kind": "same"}))
     assert body["total"] == 2 and body["offset"] == 0
     assert body["aside_folder"].endswith(f"{db.LIBRARY_DIRNAME}/set-aside")
     first, second = body["groups"]
@@ -96,12 +84,12 @@ def test_list_groups_largest_first_with_keeper_links_and_filters(client, album):
     nfd = next(p for p in first["photos"] if p["relpath"] == SEA_COPY)
     assert Path(nfd["path"]).exists()  # the NFD file name on disk, its key in NFC
 
-    under = _ok(client.get("/api/duplicates", params={"kind": "same", "under": "여행"}))
+    under = ok_json(client.get("/api/duplicates", params={"kind": "same", "under": "여행"}))
     assert [{p["relpath"] for p in g["photos"]} for g in under["groups"]] == [{SEA, SEA_SMALL}]
-    paged = _ok(client.get("/api/duplicates", params={"kind": "same", "offset": 1, "limit": 1}))
+    paged = ok_json(client.get("/api/duplicates", params={"kind": "same", "offset": 1, "limit": 1}))
     assert [g["keep_id"] for g in paged["groups"]] == [second["keep_id"]]
-    _error(client.get("/api/duplicates", params={"kind": "copies"}), 422, "bad_request")
-    _error(client.get("/api/duplicates", params={"under": "../밖"}), 400, "bad_query")
+    error_json(client.get("/api/duplicates", params={"kind": "copies"}), 422, "bad_request")
+    error_json(client.get("/api/duplicates", params={"under": "../밖"}), 400, "bad_query")
 
 
 def test_set_aside_another_keeper_then_undo(client, album):
@@ -112,7 +100,7 @@ def test_set_aside_another_keeper_then_undo(client, album):
     assert _searchable(library, client) >= SEA_GROUP
 
     body = {"photos": list(ids.values()), "keep": ids[SEA], "kind": "same"}
-    report = _ok(client.post("/api/duplicates/set-aside", json=body))
+    report = ok_json(client.post("/api/duplicates/set-aside", json=body))
     assert set(report["moved"]) == SEA_GROUP - {SEA} and report["skipped"] == []
     assert set(report["ids"]) == {ids[p] for p in SEA_GROUP - {SEA}}
     aside = library / "set-aside"
@@ -123,10 +111,10 @@ def test_set_aside_another_keeper_then_undo(client, album):
     assert SEA in _searchable(library, client) and not _searchable(library, client) & (
         SEA_GROUP - {SEA}
     )
-    _error(client.get(f"/api/photos/{ids[SEA_PNG]}"), 404, "not_found")
+    error_json(client.get(f"/api/photos/{ids[SEA_PNG]}"), 404, "not_found")
     assert all(SEA_PNG not in {p["relpath"] for p in g["photos"]} for g in _groups(client))
 
-    undo = _ok(client.post("/api/duplicates/restore", json={"photos": report["ids"]}))
+    undo = ok_json(client.post("/api/duplicates/restore", json={"photos": report["ids"]}))
     assert set(undo["moved"]) == SEA_GROUP - {SEA} and set(undo["ids"]) == set(report["ids"])
     assert _files(album) == before and _files(aside) == set()
     with open_lib(album) as lib:
@@ -137,17 +125,17 @@ def test_set_aside_another_keeper_then_undo(client, album):
 
 
 def _groups(client: TestClient) -> list[dict]:
-    return _ok(client.get("/api/duplicates", params={"kind": "all"}))["groups"]
+    return ok_json(client.get("/api/duplicates", params={"kind": "all"}))["groups"]
 
 
 def test_a_stale_or_invented_group_moves_nothing(client, album, tiny_checkpoint):
     before = _files(album)
     group = _sea(client)
     ids = [p["id"] for p in group["photos"]]
-    hill = _ok(client.get("/api/duplicates", params={"kind": "same"}))["groups"][1]
+    hill = ok_json(client.get("/api/duplicates", params={"kind": "same"}))["groups"][1]
     # a subset, a union with another group, and a group the page no longer matches
     for photos in (ids[:2], ids + [hill["keep_id"]]):
-        message = _error(
+        message = error_json(
             client.post(
                 "/api/duplicates/set-aside",
                 json={"photos": photos, "keep": photos[0], "kind": "same"},
@@ -158,17 +146,17 @@ def test_a_stale_or_invented_group_moves_nothing(client, album, tiny_checkpoint)
         assert "reload" in message
     (album / SEA_SMALL).unlink()  # indexed again: the group shrinks under the page
     index_folder(album, tiny_checkpoint)
-    _error(
+    error_json(
         client.post("/api/duplicates/set-aside", json={"photos": ids, "keep": ids[0]}),
         409,
         "stale_group",
     )
-    _error(
+    error_json(
         client.post("/api/duplicates/set-aside", json={"photos": ids[1:], "keep": ids[0]}),
         422,
         "bad_request",
     )
-    _error(
+    error_json(
         client.post("/api/duplicates/set-aside", json={"photos": [1, 2**63], "keep": 1}),
         422,
         "bad_request",
@@ -197,14 +185,16 @@ def test_another_writer_holding_the_lock_is_named(client, album):
     try:
         assert holder.stdout.readline().strip() == "held"
         body = {"photos": ids, "keep": ids[1], "kind": "same"}
-        message = _error(client.post("/api/duplicates/set-aside", json=body), 423, "library_busy")
+        message = error_json(
+            client.post("/api/duplicates/set-aside", json=body), 423, "library_busy"
+        )
         assert f"an indexer (pid {holder.pid})" in message
-        _error(client.post("/api/duplicates/restore", json={}), 423, "library_busy")
+        error_json(client.post("/api/duplicates/restore", json={}), 423, "library_busy")
     finally:
         holder.stdin.close()
         holder.wait(30)
     assert _files(album) == before
-    assert _ok(client.post("/api/duplicates/set-aside", json=body))["moved"]
+    assert ok_json(client.post("/api/duplicates/set-aside", json=body))["moved"]
 
 
 def test_host_guard_covers_the_writes(client, album):
@@ -215,7 +205,7 @@ def test_host_guard_covers_the_writes(client, album):
         json={"photos": ids, "keep": ids[0]},
         headers={"Host": "evil.example"},
     )
-    _error(response, 400, "bad_host")
+    error_json(response, 400, "bad_host")
     assert _files(album) == before
 
 
@@ -232,12 +222,14 @@ def test_serve_watch_sets_aside_through_its_own_watcher(album, tiny_checkpoint):
         assert watcher.holds_lock()
         ids = {p["relpath"]: p["id"] for p in _sea(client)["photos"]}
         body = {"photos": list(ids.values()), "keep": ids[SEA_SMALL], "kind": "same"}
-        report = _ok(client.post("/api/duplicates/set-aside", json=body))
+        report = ok_json(client.post("/api/duplicates/set-aside", json=body))
         assert set(report["moved"]) == SEA_GROUP - {SEA_SMALL}
         assert _files(album) == before - set(report["moved"])
         time.sleep(1.0)  # the watcher sees the files go: nothing of it is indexed again
         assert watcher.holds_lock() and watcher.error is None
-        assert _ok(client.post("/api/duplicates/restore", json={}))["ids"] == sorted(report["ids"])
+        assert ok_json(client.post("/api/duplicates/restore", json={}))["ids"] == sorted(
+            report["ids"]
+        )
         assert _files(album) == before
         time.sleep(1.0)  # and come back: the same rows, nothing re-encoded
         with open_lib(album) as lib:

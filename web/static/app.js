@@ -130,17 +130,19 @@ function modeKey(mode) {
 // -- messages -----------------------------------------------------------------------------
 
 function showMessage(code, detail) {
+  fillMessage(els.message, code, detail, true);
+}
+
+// One message box: Korean, English, the command that helps (if asked for), the detail.
+function fillMessage(box, code, detail, withCommand) {
   const [ko, en, command] = MESSAGES[code] || MESSAGES.internal;
-  const box = els.message;
-  box.replaceChildren();
-  box.className = `message ${code}`;
   const p1 = document.createElement("p");
   p1.textContent = ko;
   const p2 = document.createElement("p");
   p2.className = "en";
   p2.textContent = en;
-  box.append(p1, p2);
-  if (command) {
+  box.replaceChildren(p1, p2);
+  if (withCommand && command) {
     const pre = document.createElement("code");
     pre.textContent = command;
     box.append(pre);
@@ -151,6 +153,7 @@ function showMessage(code, detail) {
     d.textContent = detail;
     box.append(d);
   }
+  box.className = `message ${code}`;
   box.hidden = false;
 }
 
@@ -517,22 +520,7 @@ function dupesQuery(extra) {
 }
 
 function showDupesMessage(code, detail) {
-  const box = els.dupesMessage;
-  const [ko, en] = MESSAGES[code] || MESSAGES.internal;
-  const p1 = document.createElement("p");
-  p1.textContent = ko;
-  const p2 = document.createElement("p");
-  p2.className = "en";
-  p2.textContent = en;
-  box.replaceChildren(p1, p2);
-  if (detail) {
-    const d = document.createElement("p");
-    d.className = "detail-text";
-    d.textContent = detail;
-    box.append(d);
-  }
-  box.className = `message ${code}`;
-  box.hidden = false;
+  fillMessage(els.dupesMessage, code, detail, false);
 }
 
 function openDupes() {
