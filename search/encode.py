@@ -201,27 +201,18 @@ class QueryEncoder:
         return self._encoders[tower]
 
     def _int8_text(self) -> Any | None:
-        """The int8 text encoder where the precision setting resolves to int8, else None.
+        """The int8 text encoder where int8 is asked for outright (`$KOCLIP_PRECISION=int8`),
+        else None.
 
-        The setting is `index`'s (`$KOCLIP_PRECISION`, else koclip's default); a library whose
-        vectors were all made in fp32 keeps fp32 queries, and `auto` falls back to the other
-        backends where the int8 tower is absent or missed its check against fp32.
+        `auto` keeps fp32 queries: at batch 1 the weight-only int8 text tower measured slower
+        than the numpy one on a quiet machine (523 against 249 ms a query, `bench/int8.py`).
         """
         from koclip import quantized
 
-        asked = quantized.requested_precision(None)
-        if "int8" not in self.manifest.precision.split("+") and asked != "int8":
+        if quantized.requested_precision(None) != "int8":
             return None
-        if quantized.resolve_precision(asked) != "int8":
-            return None
-        if asked == "auto" and os.environ.get("KOCLIP_NO_CONVERTED_CACHE"):
-            return None  # each process would quantise again
-        try:
-            return quantized.load_int8_encoder(self.manifest.model_id, towers=("text",))
-        except quantized.PrecisionError:
-            if asked == "int8":
-                raise
-            return None
+        quantized.resolve_precision("int8")  # raises where int8 cannot run here
+        return quantized.load_int8_encoder(self.manifest.model_id, towers=("text",))
 
     def texts(self, texts: Sequence[str], prompt: bool = True) -> np.ndarray:
         """(n, dim) unit vectors; repeated texts come from the caches, the rest in one batch."""
