@@ -133,11 +133,11 @@ def checkpoint(cache: Path) -> Path:
 def library(cache: Path, ckpt: Path, n: int, index_type: str | None) -> Path:
     """A library of `n` photos with random unit vectors, through db/ (written once per n)."""
     import db
+    from db import vectors
     from koclip import checkpoint_fingerprint
     from koclip.preprocess import PREPROCESS_VERSION
-    from search import ann
 
-    index_type = index_type or ann.auto_index_type(n)
+    index_type = index_type or vectors.auto_index_type(n)
     directory = cache / f"library-{n}-{index_type}"
     if (directory / "manifest.json").is_file():
         return directory

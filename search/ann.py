@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from db.vectors import IVF_PQ
-from db.vectors import auto_index_type as auto_index_type  # re-exported: the old home
-from db.vectors import retrain_at as retrain_at
 
 if TYPE_CHECKING:
     import faiss

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import db
-from db.vectors import INDEX_TYPES
+from db.vectors import INDEX_TYPES, auto_index_type
 from search import ann
 
 
@@ -44,7 +44,7 @@ def reindex(
             raise db.LibraryNotFoundError(f"the library at {directory} has nothing indexed yet")
         library.remove_leftovers()  # an interrupted reindex's file of another type, temp files
         automatic = index_type == ann.AUTO
-        kind = ann.auto_index_type(len(library.photo_ids())) if automatic else index_type
+        kind = auto_index_type(len(library.photo_ids())) if automatic else index_type
         index = library.switch_index(
             kind, automatic=automatic, progress=progress, before_switch=ann.tune
         )

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 import db
+from db.vectors import retrain_at
 from koclip.preprocess import nfc
-from search import ann
 from search.dates import parse_range
 from search.duplicates import DuplicateGroup, DuplicateOptions, find_duplicates
 from search.encode import QueryEncoder, combine, open_query_image, query_image_path
@@ -203,7 +203,7 @@ class Searcher:
                 held = np.concatenate([loaded.ids, loaded.extra_ids])
                 indexed = int(np.isin(held, self.library.photo_ids()).sum())
                 memory = loaded.resident_bytes()
-                retrain = ann.retrain_at(loaded.index)
+                retrain = retrain_at(loaded.index)
         return describe_library(
             self.library,
             indexed_vectors=indexed,

@@ -214,9 +214,9 @@ def test_reindex_round_trip_and_info(pq_library, tmp_path) -> None:
 
 
 def test_index_choice_by_size() -> None:
-    assert ann.auto_index_type(200_000) == "flat"
-    assert ann.auto_index_type(2_000_000) == "ivf-sq8"
-    assert ann.auto_index_type(2_000_001) == "ivf-pq"
+    assert vectors.auto_index_type(200_000) == "flat"
+    assert vectors.auto_index_type(2_000_000) == "ivf-sq8"
+    assert vectors.auto_index_type(2_000_001) == "ivf-pq"
     assert ann.rerank_candidates(10) == 10 * ann.RERANK_FACTOR
     assert ann.rerank_candidates(1) == ann.RERANK_MIN
 

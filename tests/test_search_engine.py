@@ -151,9 +151,9 @@ def test_ann_recall_on_clustered_vectors(kind, tmp_path) -> None:
 
 def test_index_choice_follows_the_collection() -> None:
     # The README's promise: exact search up to 200,000 photos, IVF-SQ8 above.
-    assert ann.auto_index_type(10) == "flat"
-    assert ann.auto_index_type(200_000) == "flat"
-    assert ann.auto_index_type(200_001) == "ivf-sq8"
+    assert vectors.auto_index_type(10) == "flat"
+    assert vectors.auto_index_type(200_000) == "flat"
+    assert vectors.auto_index_type(200_001) == "ivf-sq8"
 
 
 def test_enabling_the_batch_path_twice_changes_nothing() -> None:
