@@ -9,7 +9,8 @@ is tiny because indexing never loads it). Each measurement runs in its own proce
 RSS is per measurement. Rows:
 
 * ours: `indexer.index_photos` end to end, once per `--precisions` entry (fp32: the jitted
-  tower; int8: ONNX Runtime, koclip.quantized) (hash, draft decode, preprocess, encode, SQLite, FAISS);
+  tower; bf16: OpenVINO, koclip.bf16; int8: ONNX Runtime, koclip.quantized) (hash, draft
+  decode, preprocess, encode, SQLite, FAISS);
   img/s over the pipeline stages, after the encoder is loaded and compiled (setup shown apart).
 * pytorch: PIL open -> CLIPImageProcessor -> VisionTextDualEncoderModel.get_image_features, batch 32.
 * encoder only: our `encode_pixels` on ready pixels (the ceiling if decoding were free).
@@ -278,7 +279,9 @@ def main() -> None:
     )
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument(
-        "--precisions", default="fp32,int8", help="our runs, each a row: fp32, int8 or auto"
+        "--precisions",
+        default="fp32,bf16,int8",
+        help="our runs, each a row: fp32, bf16, int8 or auto",
     )
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "koclip-bench")

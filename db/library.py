@@ -80,8 +80,9 @@ class Manifest:
     preprocess_version: str  # koclip.preprocess.PREPROCESS_VERSION
     index_type: str  # a key of db.vectors.INDEX_FACTORIES (one of INDEX_TYPES, or registered)
     photo_root: str  # relative to the library folder ("..") or absolute
-    # The arithmetic of the towers that made the vectors ("fp32", "int8", or both as
-    # "fp32+int8"); koclip only uses int8 where it agrees with fp32, so they mix.
+    # The arithmetic of the towers that made the vectors ("fp32", "bf16", "int8", or several
+    # "+"-joined, e.g. "bf16+fp32"); koclip only uses a fast path where it agrees with fp32,
+    # so they mix.
     precision: str = "fp32"
     # Whether the index type follows the library's size: INDEX_AUTO, INDEX_CHOSEN (by
     # `reindex --index`), or "" where not recorded (a library from before it was).

@@ -124,7 +124,7 @@ class ManifestRow(Base):
     preprocess_version: Mapped[str] = mapped_column(String)
     index_type: Mapped[str] = mapped_column(String)
     photo_root: Mapped[str] = mapped_column(String)  # relative to the library folder, or absolute
-    # "fp32", "int8" or "fp32+int8"; added after schema 1 shipped (db.library adds the column).
+    # "fp32", "bf16", "int8" or several "+"-joined; added after schema 1 shipped (db.library adds the column).
     precision: Mapped[str] = mapped_column(String, default="fp32", server_default="fp32")
     # "auto" (the indexer switches the type by size), "chosen" (`reindex --index`: kept at any
     # size), or "" in a library made before it was recorded (see Manifest.automatic_index).

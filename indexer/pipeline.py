@@ -62,7 +62,8 @@ class IndexOptions:
     # and leave them; see indexer.discover). The web never serves files outside the folder.
     follow_links: bool = False
     save_interval: float = 30.0  # seconds between index saves during a run
-    # "fp32", "int8" or "auto" (int8 where it is fast and exact); None: $KOCLIP_PRECISION or fp32
+    # "auto" (bf16 where the CPU has it, else fp32), "fp32", "bf16" or "int8"
+    # (koclip.precision); None: $KOCLIP_PRECISION, else auto
     precision: str | None = None
     # Called with the number of batches committed so far, after each commit (before the
     # FAISS file catches up): a place to watch a run, or to stop it there.

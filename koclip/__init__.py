@@ -24,8 +24,8 @@ from koclip.errors import (
 )
 from koclip.hub import CheckpointFiles, checkpoint_fingerprint, resolve
 from koclip.numpy_encoder import load_numpy_encoder
+from koclip.precision import PRECISIONS, PrecisionError, load_encoder_at
 from koclip.preprocess import DEFAULT_PROMPT, PREPROCESS_VERSION, open_image, preprocess
-from koclip.quantized import PRECISIONS, PrecisionError, load_encoder_at
 from koclip.registry import CHECKPOINTS, is_local, model_id_for
 from koclip.save import save_checkpoint
 from koclip.tokenizer import TOKENIZER_FILES, WordPieceTokenizer, load_wordpiece

@@ -96,7 +96,7 @@ class Encoder:
 
     @property
     def precision(self) -> str:
-        """The arithmetic of the backend's towers: "fp32" (jitted or numpy) or "int8"."""
+        """The arithmetic of the backend's towers: "fp32" (jitted or numpy), "bf16" or "int8"."""
         return getattr(self.model, "precision", "fp32")
 
     def _rows(self, n: int) -> int:

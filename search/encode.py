@@ -182,7 +182,7 @@ class QueryEncoder:
         if tower not in self._encoders:
             # A damaged or missing checkpoint raises koclip's CheckpointError as it is: that is
             # a model failure, not a mismatch. Only weights that changed since indexing are one.
-            enc = self._int8_text() if tower == "text" else None
+            enc = self._fast(tower)
             if enc is None and self.backend == "numpy":
                 from koclip import load_numpy_encoder
 
@@ -200,19 +200,30 @@ class QueryEncoder:
             self._encoders[tower] = enc
         return self._encoders[tower]
 
-    def _int8_text(self) -> Any | None:
-        """The int8 text encoder where int8 is asked for outright (`$KOCLIP_PRECISION=int8`),
-        else None.
+    def _fast(self, tower: str) -> Any | None:
+        """The tower on a fast path (bf16 or int8, `koclip.precision`) where it is chosen, else
+        None (the numpy or jitted fp32 tower).
 
-        `auto` keeps fp32 queries: at batch 1 the weight-only int8 text tower measured slower
-        than the numpy one on a quiet machine (523 against 249 ms a query, `bench/int8.py`).
+        An explicit $KOCLIP_PRECISION of bf16 or int8 is used by every backend (and raises
+        where it cannot run). `auto` takes bf16 in long-lived processes (serve, the Python API:
+        51 against 325 ms a text query at koclip-base size, `bench/precision.py`) but not in the
+        one-shot CLI, whose single query is faster on the memory-mapped numpy tower than
+        compiling a graph first.
         """
-        from koclip import quantized
+        from koclip import precision
 
-        if quantized.requested_precision(None) != "int8":
+        asked = precision.requested_precision(None)
+        if asked == "fp32" or (asked == "auto" and self.backend == "numpy"):
             return None
-        quantized.resolve_precision("int8")  # raises where int8 cannot run here
-        return quantized.load_int8_encoder(self.manifest.model_id, towers=("text",))
+        chosen = precision.resolve_precision(asked)
+        if chosen == "fp32":
+            return None
+        try:
+            return precision.load_fast_encoder(self.manifest.model_id, chosen, towers=(tower,))
+        except precision.PrecisionError:
+            if asked != "auto":
+                raise
+            return None
 
     def texts(self, texts: Sequence[str], prompt: bool = True) -> np.ndarray:
         """(n, dim) unit vectors; repeated texts come from the caches, the rest in one batch."""

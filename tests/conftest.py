@@ -10,8 +10,8 @@ import pytest
 # Nothing at test time may reach the hub; set before huggingface_hub is imported anywhere.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Indexing runs in fp32 (the reference) unless a test asks for int8: tests compare vectors
-# across encoders at 1e-5, and `auto` would pick int8 on a VNNI machine only.
+# Indexing runs in fp32 (the reference) unless a test asks for bf16 or int8: tests compare vectors
+# across encoders at 1e-5, and `auto` would pick bf16 where the CPU has it.
 os.environ.setdefault("KOCLIP_PRECISION", "fp32")
 
 

@@ -1,20 +1,21 @@
-"""The int8 towers (issue 16): graph exactness, agreement with fp32, rankings, choice, cache."""
+"""The int8 towers (issue 16): graph exactness, agreement with fp32, rankings, cache; opt-in only."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from koclip import quantized
+from koclip import precision, quantized
 from koclip.errors import KoclipSearchError
-from koclip.quantized import MIN_COSINE, PrecisionError, int8_dot_cpu, resolve_precision
+from koclip.precision import MIN_COSINE, PrecisionError, resolve_precision
+from koclip.quantized import int8_dot_cpu
 from koclip.synthetic import photo_like
-from koclip.testing import KOREAN_VOCAB, build_tiny_checkpoint
+from koclip.testing import build_tiny_checkpoint
+from tests.precision_fixtures import min_cosine, queries, top10_overlap
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -35,29 +36,12 @@ def realistic_clip(tmp_path_factory) -> Path:
     return build_tiny_checkpoint(directory, vision="clip", seed=2, realistic=True)
 
 
-def queries(n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    words = [w for w in KOREAN_VOCAB if not w.startswith("##") and len(w) > 1]
-    return [" ".join(rng.choice(words, rng.integers(1, 5))) for _ in range(n)]
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.min(np.sum(a * b, axis=1)))  # both are unit rows
-
-
-def top10_overlap(library_a: np.ndarray, library_b: np.ndarray, q: np.ndarray) -> float:
-    """Mean |top-10 of a ∩ top-10 of b| / 10 over the queries `q` (brute-force inner product)."""
-    a = np.argsort(-(q @ library_a.T), axis=1)[:, :10]
-    b = np.argsort(-(q @ library_b.T), axis=1)[:, :10]
-    return float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b, strict=True)]))
-
-
 @pytest.fixture(scope="module")
 def encoders(realistic):
     from koclip import load_numpy_encoder
 
     fp32 = load_numpy_encoder(realistic, towers=("text", "vision"))
-    int8 = quantized.load_int8_encoder(realistic, towers=("text", "vision"))
+    int8 = precision.load_fast_encoder(realistic, "int8", towers=("text", "vision"))
     return fp32, int8
 
 
@@ -69,11 +53,11 @@ def test_graph_in_fp32_is_the_numpy_tower(realistic):
 
     files = resolve(realistic)
     params = load_params(files, ("text", "vision"))
-    pixels = quantized.check_pixels(files.config, n=3, seed=5)
+    pixels = precision.check_pixels(files.config, n=3, seed=5)
     sess = quantized.session(tower_graph(files.config, params, "vision").SerializeToString())
     want = numpy_encoder.image_features(files.config, params, pixels)
     np.testing.assert_allclose(sess.run(None, {"pixels": pixels})[0], want, atol=1e-4)
-    ids, mask = quantized.check_texts(files.config.text, n=4, seed=5)
+    ids, mask = precision.check_texts(files.config.text, n=4, seed=5)
     sess = quantized.session(tower_graph(files.config, params, "text").SerializeToString())
     want = numpy_encoder.text_features(files.config, params, ids, mask)
     got = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
@@ -110,128 +94,59 @@ def test_precision_rule_from_cpu_flags():
     assert not int8_dot_cpu(set(), "riscv64")
 
 
-def test_precision_choice(monkeypatch):
+def test_int8_is_used_only_when_asked(monkeypatch):
     monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: True)
-    assert resolve_precision("auto") == "int8"
-    assert resolve_precision("fp32") == "fp32"
+    from koclip import bf16
+
+    monkeypatch.setattr(bf16, "bf16_cpu", lambda: False)
+    assert resolve_precision("auto") == "fp32"  # even with VNNI: it misses the ranking bound
+    assert resolve_precision("int8") == "int8"
     monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: False)
-    assert resolve_precision("auto") == "fp32"
     assert resolve_precision("int8") == "int8"  # asked for: used even without VNNI
     monkeypatch.setattr(quantized, "runtime_available", lambda: False)
-    assert resolve_precision("auto") == "fp32"
     with pytest.raises(PrecisionError, match=r"koclip-search\[int8\]") as info:
         resolve_precision("int8")
     assert isinstance(info.value, KoclipSearchError) and info.value.exit_code == 2
-    monkeypatch.setenv("KOCLIP_PRECISION", "fp32")
-    assert resolve_precision(None) == "fp32"
-    with pytest.raises(ValueError):
-        resolve_precision("int4")
 
 
-def test_cache_is_built_once_checked_and_rebuilt_when_damaged(realistic, tmp_path, monkeypatch):
+def test_cache_is_built_once_checked_and_rebuilt_when_damaged(realistic, tmp_path):
     from koclip.hub import resolve
 
     files = resolve(realistic)
-    sess, cosine = quantized.int8_session(files, "vision", tmp_path)
-    assert sess is not None and cosine >= MIN_COSINE
-    model_path, verdict_path = quantized.quantized_paths(files.fingerprint, "vision", tmp_path)
-    assert json.loads(verdict_path.read_text())["min_cosine"] == cosine
+    run, cosine = precision.checked_tower(files, "vision", quantized.PATH, tmp_path)
+    assert run is not None and cosine >= MIN_COSINE
+    stem = precision.cache_stem(files.fingerprint, "vision", quantized.PATH, tmp_path)
+    model_path = stem.with_name(stem.name + ".onnx")
+    assert json.loads(stem.with_name(stem.name + ".json").read_text())["min_cosine"] == cosine
 
     def no_build(*_a, **_k):
         raise AssertionError("rebuilt although cached")
 
-    real_build = quantized.quantize_tower
-    monkeypatch.setattr(quantized, "quantize_tower", no_build)
-    assert quantized.int8_session(files, "vision", tmp_path)[0] is not None
+    cached = precision.FastPath(**{**quantized.PATH.__dict__, "build": no_build})
+    assert precision.checked_tower(files, "vision", cached, tmp_path)[0] is not None
     model_path.write_bytes(b"not an onnx model")
-    monkeypatch.setattr(quantized, "quantize_tower", real_build)
-    sess, _ = quantized.int8_session(files, "vision", tmp_path)
-    assert sess is not None and model_path.stat().st_size > 1000
+    run, _ = precision.checked_tower(files, "vision", quantized.PATH, tmp_path)
+    assert run is not None and model_path.stat().st_size > 1000
 
 
-def test_a_tower_under_the_bound_is_never_used_in_int8(realistic, monkeypatch):
-    from koclip import load_encoder_at
-    from koclip.hub import resolve
-
-    files = resolve(realistic)
-    quantized.int8_session(files, "vision")  # into the default (test-private) cache
-    _, verdict_path = quantized.quantized_paths(files.fingerprint, "vision", None)
-    good = verdict_path.read_text()
-    try:
-        verdict_path.write_text(json.dumps({"format": quantized.QUANT_FORMAT, "min_cosine": 0.9}))
-        monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: True)
-        assert load_encoder_at(realistic, "auto").precision == "fp32"
-        with pytest.raises(PrecisionError, match="cosine 0.9000"):
-            load_encoder_at(realistic, "int8")
-    finally:
-        verdict_path.write_text(good)
-
-
-def test_index_records_precision_and_info_shows_it(realistic_clip, tmp_path):
-    import db
+def test_index_with_int8_records_it(realistic_clip, tmp_path):
     from cli import main
     from tests.indexer_fixtures import index, open_lib, rows, write_jpeg
 
     root = tmp_path / "photos"
-    for i in range(5):
+    for i in range(4):
         write_jpeg(root / f"a{i}.jpg", i)
-    index(root, realistic_clip, precision="int8")
+    out = CliRunner().invoke(
+        main, ["index", str(root), "--model", str(realistic_clip), "--precision", "int8"]
+    )
+    assert out.exit_code == 0, out.output
     with open_lib(root) as lib:
         assert lib.manifest().precision == "int8"
         first = {p: r.vector() for p, r in rows(lib).items()}
-    write_jpeg(root / "b.jpg", 99)
-    index(root, realistic_clip, precision="fp32")  # interchangeable: both kinds in one library
-    with open_lib(root) as lib:
-        assert lib.manifest().precision == "fp32+int8"
-    out = CliRunner().invoke(main, ["info", "--library", str(root / db.LIBRARY_DIRNAME)])
-    assert out.exit_code == 0, out.output
-    assert "(fp32+int8)" in out.output
     index(root, realistic_clip, precision="fp32", rebuild=True)
     with open_lib(root) as lib:
-        assert lib.manifest().precision == "fp32"
         again = {p: r.vector() for p, r in rows(lib).items()}
     assert min(float(first[p] @ again[p]) for p in first) >= MIN_COSINE
-
-
-def test_cli_precision_flag(realistic_clip, tmp_path):
-    from cli import main
-    from tests.indexer_fixtures import open_lib, write_jpeg
-
-    root = tmp_path / "photos"
-    write_jpeg(root / "a.jpg", 1)
-    args = ["index", str(root), "--model", str(realistic_clip), "--json"]
-    out = CliRunner().invoke(main, [*args, "--precision", "int4"])
-    assert out.exit_code == 2
-    out = CliRunner().invoke(main, [*args, "--precision", "int8"])
-    assert out.exit_code == 0, out.output
-    with open_lib(root) as lib:
-        assert lib.manifest().precision == "int8"
-
-
-def test_library_from_before_the_precision_column(tiny_checkpoint, tmp_path):
-    import db
-    from tests.indexer_fixtures import index, open_lib, write_jpeg
-
-    root = tmp_path / "photos"
-    write_jpeg(root / "a.jpg", 1)
-    index(root, tiny_checkpoint)
-    path = root / db.LIBRARY_DIRNAME / "library.sqlite3"
-    with sqlite3.connect(path) as conn:
-        conn.execute("ALTER TABLE manifest DROP COLUMN precision")
-    with open_lib(root) as lib:  # a reader cannot add it: the default stands in
-        assert lib.manifest().precision == "fp32"
-    index(root, tiny_checkpoint)  # a writer adds it
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT precision FROM manifest").fetchone() == ("fp32",)
-
-
-def test_auto_stays_fp32_without_the_cache(realistic, monkeypatch):
-    from koclip import load_encoder_at
-
-    monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: True)
-    monkeypatch.setenv("KOCLIP_NO_CONVERTED_CACHE", "1")
-    assert load_encoder_at(realistic, "auto").precision == "fp32"
-    assert load_encoder_at(realistic, "int8").precision == "int8"  # asked for: built in memory
 
 
 def test_text_tower_is_weight_only_int8(realistic):
@@ -281,31 +196,27 @@ def test_weight_only_int8_is_close_to_the_float_product():
 
 
 def test_queries_use_the_int8_text_tower_only_when_asked(realistic_clip, tmp_path, monkeypatch):
+    from koclip import bf16
     from search import QueryEncoder
     from tests.indexer_fixtures import index, open_lib, write_jpeg
 
     monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: True)
+    monkeypatch.setattr(bf16, "bf16_cpu", lambda: False)
     root = tmp_path / "photos"
     write_jpeg(root / "a.jpg", 1)
-    index(root, realistic_clip, precision="fp32")
+    index(root, realistic_clip, precision="int8")
     with open_lib(root) as lib:
-        fp32_manifest = lib.manifest()
-    index(root, realistic_clip, precision="int8", rebuild=True)
-    with open_lib(root) as lib:
-        int8_manifest = lib.manifest()
-    # auto and fp32 keep fp32 queries (the int8 text tower is slower at batch 1), whatever
-    # precision made the library
-    for setting in ("auto", "fp32"):
+        manifest = lib.manifest()
+    for setting in ("auto", "fp32"):  # whatever precision made the library
         monkeypatch.setenv("KOCLIP_PRECISION", setting)
         for backend in ("numpy", "jax"):
-            for manifest in (int8_manifest, fp32_manifest):
-                q = QueryEncoder(manifest, persistent=False, backend=backend)
-                assert q.encoder("text").precision == "fp32", (setting, backend)
+            q = QueryEncoder(manifest, persistent=False, backend=backend)
+            assert q.encoder("text").precision == "fp32", (setting, backend)
     monkeypatch.setenv("KOCLIP_PRECISION", "int8")
     for backend in ("numpy", "jax"):
-        q = QueryEncoder(fp32_manifest, persistent=False, backend=backend)
+        q = QueryEncoder(manifest, persistent=False, backend=backend)
         assert q.encoder("text").precision == "int8"
-    vec = QueryEncoder(int8_manifest, persistent=False, backend="numpy").texts(["바다"])
+    vec = QueryEncoder(manifest, persistent=False, backend="numpy").texts(["바다"])
     monkeypatch.setenv("KOCLIP_PRECISION", "fp32")
-    ref = QueryEncoder(fp32_manifest, persistent=False, backend="numpy").texts(["바다"])
+    ref = QueryEncoder(manifest, persistent=False, backend="numpy").texts(["바다"])
     assert float(vec[0] @ ref[0]) >= MIN_COSINE

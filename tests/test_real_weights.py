@@ -76,3 +76,30 @@ def test_numpy_towers_match_the_jitted_ones(koclip_base):
 
         images.append(open_image(CATS))
     np.testing.assert_allclose(plain.encode_images(images), jitted.encode_images(images), atol=1e-4)
+
+
+def test_bf16_towers_agree_with_fp32_on_the_real_weights(koclip_base):
+    """The issue-16 bounds on the real checkpoint, for `auto`'s fast path: cosine >= 0.998 and
+    top-10 overlap >= 0.95."""
+    from koclip import load_numpy_encoder
+    from koclip import precision as precisions
+    from koclip.synthetic import photo_like
+
+    precision = "bf16"
+    if precisions.fast_path(precision).available() is not None:
+        pytest.skip(precisions.fast_path(precision).available())
+    fp32 = load_numpy_encoder("koclip-base", towers=("text", "vision"))
+    fast = precisions.load_fast_encoder("koclip-base", precision, towers=("text", "vision"))
+    images = photo_like(120, size=256, seed=5)
+    library_fp32, library_fast = fp32.encode_images(images), fast.encode_images(images)
+    assert float(np.min(np.sum(library_fp32 * library_fast, axis=1))) >= precisions.MIN_COSINE
+    words = ["고양이", "강아지", "바다", "자동차", "사람", "음식", "산", "하늘", "기차", "꽃"]
+    q = fp32.encode_texts(words)
+    top = lambda lib: np.argsort(-(q @ lib.T), axis=1)[:, :10]  # noqa: E731
+    overlap = np.mean(
+        [
+            len(set(a) & set(b)) / 10
+            for a, b in zip(top(library_fp32), top(library_fast), strict=True)
+        ]
+    )
+    assert overlap >= 0.95
