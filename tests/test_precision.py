@@ -90,6 +90,19 @@ def test_a_photo_vector_does_not_depend_on_its_batch(encoders):
     assert min_cosine(together[:3], alone) >= 0.99999
 
 
+def test_compiled_towers_leave_cores_unpinned(realistic, tmp_path):
+    """Pinned, two encoder processes on one machine share the same cores (a third the speed)."""
+    from koclip.hub import resolve
+    from koclip.weights import load_params
+
+    files = resolve(realistic)
+    stem = tmp_path / "vision"
+    bf16.build(files.config, load_params(files, ("vision",)), "vision", stem)
+    compiled = bf16.compile_tower(stem.with_name("vision.xml"), threads=1)
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
 def test_precision_choice(monkeypatch):
     monkeypatch.delenv("KOCLIP_PRECISION")
     assert precision.DEFAULT_PRECISION == "auto"
