@@ -477,6 +477,7 @@ def test_info(client, ids):
     body = ok_json(client.get("/api/info"))
     assert body["photos"] == len(ids) and body["failed"] == 1
     assert body["index_type"] == "flat"
+    assert body["precision"] == "fp32"  # the fixtures index in fp32 (tests/conftest.py)
 
 
 def test_unknown_route_and_method_are_json(client):

@@ -111,6 +111,7 @@ class InfoResponse(BaseModel):
     photos: int
     failed: int
     model: str
+    precision: str  # the towers' arithmetic that made the vectors: "fp32", "bf16", "bf16+fp32", ...
     index_type: str
 
 

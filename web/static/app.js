@@ -758,7 +758,7 @@ function syncUrl() {
 async function loadLibrary() {
   try {
     const info = await api("/api/info");
-    els.library.textContent = `사진 ${info.photos.toLocaleString()}장 · ${info.model.split("/").pop()}`;
+    els.library.textContent = `사진 ${info.photos.toLocaleString()}장 · ${info.model.split("/").pop()} (${info.precision})`;
     if (!info.photos) {
       showMessage("empty_library");
       return false;
