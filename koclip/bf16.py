@@ -136,5 +136,5 @@ PATH = FastPath(
     build=build,
     open=open_tower,
     available=unavailable,
-    chosen_by_auto=lambda: True,
+    chosen_by_auto=True,
 )

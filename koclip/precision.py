@@ -90,7 +90,7 @@ class FastPath:
     build: Callable[[KoCLIPConfig, Any, str, Path], None]
     open: Callable[[Path], Runner]
     available: Callable[[], str | None]
-    chosen_by_auto: Callable[[], bool]
+    chosen_by_auto: bool  # False: used only when asked for by name
 
 
 def _paths() -> dict[str, FastPath]:
@@ -124,13 +124,22 @@ def resolve_precision(precision: str | None) -> str:
         return "fp32"
     if precision == "auto":
         for name, path in _paths().items():
-            if path.available() is None and path.chosen_by_auto():
+            if path.chosen_by_auto and path.available() is None:
                 return name
         return "fp32"
     reason = fast_path(precision).available()
     if reason is not None:
         raise PrecisionError(reason)
     return precision
+
+
+def chosen_precision(precision: str | None) -> str:
+    """`resolve_precision`, except that `auto` stays fp32 without the converted-weights cache
+    ($KOCLIP_NO_CONVERTED_CACHE): every process would build and check its fast towers again."""
+    precision = requested_precision(precision)
+    if precision == "auto" and os.environ.get("KOCLIP_NO_CONVERTED_CACHE"):
+        return "fp32"
+    return resolve_precision(precision)
 
 
 # --- checking a fast tower against fp32 -----------------------------------------------------
@@ -328,9 +337,7 @@ def load_encoder_at(
     tower is not exact enough for this checkpoint.
     """
     precision = requested_precision(precision)
-    # Without the cache every process would build and check again: `auto` is not worth that.
-    uncached = bool(os.environ.get("KOCLIP_NO_CONVERTED_CACHE")) and precision == "auto"
-    chosen = "fp32" if uncached else resolve_precision(precision)
+    chosen = chosen_precision(precision)
     if chosen != "fp32":
         try:
             return load_fast_encoder(name_or_path, chosen, towers, batch_size, cache_dir)

@@ -197,5 +197,5 @@ PATH = FastPath(
     build=_build,
     open=_open,
     available=unavailable,
-    chosen_by_auto=lambda: False,
+    chosen_by_auto=False,
 )

@@ -215,7 +215,7 @@ class QueryEncoder:
         asked = precision.requested_precision(None)
         if asked == "fp32" or (asked == "auto" and self.backend == "numpy"):
             return None
-        chosen = precision.resolve_precision(asked)
+        chosen = precision.chosen_precision(asked)
         if chosen == "fp32":
             return None
         try:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from koclip.testing import KOREAN_VOCAB
+import numpy as np
+import pytest
+
+from koclip.testing import KOREAN_VOCAB, build_tiny_checkpoint
+
+
+def realistic_checkpoint(factory: pytest.TempPathFactory, kind: str, seed: int, tag: str) -> Path:
+    """A tiny checkpoint whose kernels keep activation scale, as trained towers do."""
+    directory = factory.mktemp(f"tiny-{kind}-realistic-{tag}")
+    return build_tiny_checkpoint(directory, vision=kind, seed=seed, realistic=True)
 
 
 def queries(n: int, seed: int = 0) -> list[str]:

@@ -14,8 +14,7 @@ from koclip.errors import KoclipSearchError
 from koclip.precision import MIN_COSINE, PrecisionError, resolve_precision
 from koclip.quantized import int8_dot_cpu
 from koclip.synthetic import photo_like
-from koclip.testing import build_tiny_checkpoint
-from tests.precision_fixtures import min_cosine, queries, top10_overlap
+from tests.precision_fixtures import min_cosine, queries, realistic_checkpoint, top10_overlap
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -24,16 +23,13 @@ KINDS = ("clip", "vit")
 
 @pytest.fixture(scope="module", params=KINDS)
 def realistic(request, tmp_path_factory) -> Path:
-    """A tiny checkpoint whose kernels keep activation scale, as trained towers do."""
-    directory = tmp_path_factory.mktemp(f"tiny-{request.param}-realistic")
-    return build_tiny_checkpoint(directory, vision=request.param, seed=2, realistic=True)
+    return realistic_checkpoint(tmp_path_factory, request.param, seed=2, tag="int8")
 
 
 @pytest.fixture(scope="module")
 def realistic_clip(tmp_path_factory) -> Path:
     """The koclip-base-shaped one alone, for the indexing tests."""
-    directory = tmp_path_factory.mktemp("tiny-clip-realistic-index")
-    return build_tiny_checkpoint(directory, vision="clip", seed=2, realistic=True)
+    return realistic_checkpoint(tmp_path_factory, "clip", seed=2, tag="int8-index")
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,7 @@ from koclip import bf16, precision
 from koclip.errors import KoclipSearchError
 from koclip.precision import MIN_COSINE, PrecisionError, resolve_precision
 from koclip.synthetic import photo_like
-from koclip.testing import build_tiny_checkpoint
-from tests.precision_fixtures import min_cosine, queries, top10_overlap
+from tests.precision_fixtures import min_cosine, queries, realistic_checkpoint, top10_overlap
 
 pytest.importorskip("openvino")
 
@@ -37,15 +36,13 @@ def bf16_here(monkeypatch):
 
 @pytest.fixture(scope="module", params=KINDS)
 def realistic(request, tmp_path_factory) -> Path:
-    """A tiny checkpoint whose kernels keep activation scale, as trained towers do."""
-    directory = tmp_path_factory.mktemp(f"tiny-{request.param}-realistic-bf16")
-    return build_tiny_checkpoint(directory, vision=request.param, seed=3, realistic=True)
+    return realistic_checkpoint(tmp_path_factory, request.param, seed=3, tag="bf16")
 
 
 @pytest.fixture(scope="module")
 def realistic_clip(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-clip-realistic-bf16-index")
-    return build_tiny_checkpoint(directory, vision="clip", seed=3, realistic=True)
+    """The koclip-base-shaped one alone, for the indexing tests."""
+    return realistic_checkpoint(tmp_path_factory, "clip", seed=3, tag="bf16-index")
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +272,9 @@ def test_queries_take_bf16_in_long_lived_processes(realistic_clip, tmp_path, mon
     assert text_precision("auto", "numpy") == "fp32"  # the one-shot CLI: no graph to compile
     assert text_precision("bf16", "numpy") == "bf16"  # asked for outright: every backend
     assert text_precision("fp32", "jax") == "fp32"
+    monkeypatch.setenv("KOCLIP_NO_CONVERTED_CACHE", "1")  # auto would rebuild it each process
+    assert text_precision("auto", "jax") == "fp32"
+    monkeypatch.delenv("KOCLIP_NO_CONVERTED_CACHE")
     monkeypatch.setattr(bf16, "bf16_cpu", lambda: False)
     assert text_precision("auto", "jax") == "fp32"
     monkeypatch.setenv("KOCLIP_PRECISION", "bf16")
