@@ -1,8 +1,9 @@
 """The bf16 towers: OpenVINO over graphs of our own parameters, products in bfloat16.
 
 A tower's ONNX graph (`koclip.onnx_export`) is converted once per checkpoint into OpenVINO's
-own format and compiled with bfloat16 inference: matrix products take bf16 inputs and accumulate in float32 (AMX tiles or
-AVX512-BF16 dot products), while OpenVINO keeps LayerNorm, softmax and the like in float32.
+own format and compiled with bfloat16 inference: matrix products take bf16 inputs and sum in
+float32 (AMX tiles or AVX512-BF16 dot products), while LayerNorm, softmax and the like stay
+float32.
 Nothing is scaled per batch, so a photo's vector does not depend on the photos beside it.
 
 bf16 rounds each product's inputs to 8 significant bits: ~0.2% relative error per value, about

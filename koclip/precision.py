@@ -252,14 +252,13 @@ def checked_tower(
     with tempfile.TemporaryDirectory(prefix=f".koclip-{path.name}-", dir=scratch) as tmp:
         built = Path(tmp) / "tower"
         path.build(files.config, params, tower, built)
+        # The runtimes hold what they read (ONNX Runtime a copy, OpenVINO its own weights and
+        # a mapping the files' move or removal leaves intact), so this runner outlives them.
         run = path.open(built)
         cosine = agreement(files.config, params, tower, run)
         del params
         if use_cache:
             _publish(built, stem, path, cosine, tower)
-            if cosine >= MIN_COSINE and verdict.is_file():
-                with contextlib.suppress(Exception):
-                    run = path.open(stem)
     return (run if cosine >= MIN_COSINE else None), cosine
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from koclip.precision import MIN_COSINE
+from koclip.synthetic import photo_like
 from koclip.testing import KOREAN_VOCAB, build_tiny_checkpoint
 
 
@@ -32,3 +34,24 @@ def top10_overlap(library_a: np.ndarray, library_b: np.ndarray, q: np.ndarray) -
     a = np.argsort(-(q @ library_a.T), axis=1)[:, :10]
     b = np.argsort(-(q @ library_b.T), axis=1)[:, :10]
     return float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b, strict=True)]))
+
+
+def check_agreement(fp32, fast, name: str) -> None:
+    """`fast` (an encoder on a fast path) agrees with `fp32` to MIN_COSINE on images and texts
+    other than the build-time check's."""
+    assert fast.precision == name and fp32.precision == "fp32"
+    images = photo_like(40, size=288, seed=7)
+    assert min_cosine(fp32.encode_images(images), fast.encode_images(images)) >= MIN_COSINE
+    texts = queries(40, seed=7)
+    assert min_cosine(fp32.encode_texts(texts), fast.encode_texts(texts)) >= MIN_COSINE
+
+
+def check_rankings(fp32, fast) -> tuple[np.ndarray, np.ndarray]:
+    """Top-10 overlap >= 0.95 for `fast`'s image vectors among fp32 ones (fp32 text queries)
+    and for `fast`'s text queries on an fp32 library; returns both libraries."""
+    images = photo_like(120, size=256, seed=11)
+    library_fp32, library_fast = fp32.encode_images(images), fast.encode_images(images)
+    texts = queries(40, seed=12)
+    assert top10_overlap(library_fp32, library_fast, fp32.encode_texts(texts)) >= 0.95
+    assert top10_overlap(library_fp32, library_fp32, fast.encode_texts(texts)) >= 0.95
+    return library_fp32, library_fast

@@ -13,8 +13,7 @@ from koclip import precision, quantized
 from koclip.errors import KoclipSearchError
 from koclip.precision import MIN_COSINE, PrecisionError, resolve_precision
 from koclip.quantized import int8_dot_cpu
-from koclip.synthetic import photo_like
-from tests.precision_fixtures import min_cosine, queries, realistic_checkpoint, top10_overlap
+from tests.precision_fixtures import check_agreement, check_rankings, realistic_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -61,24 +60,11 @@ def test_graph_in_fp32_is_the_numpy_tower(realistic):
 
 
 def test_int8_embeddings_agree_with_fp32(encoders):
-    fp32, int8 = encoders
-    assert int8.precision == "int8" and fp32.precision == "fp32"
-    images = photo_like(40, size=288, seed=7)  # not the set the build-time check used
-    assert min_cosine(fp32.encode_images(images), int8.encode_images(images)) >= MIN_COSINE
-    texts = queries(40, seed=7)
-    assert min_cosine(fp32.encode_texts(texts), int8.encode_texts(texts)) >= MIN_COSINE
+    check_agreement(*encoders, "int8")
 
 
 def test_int8_library_keeps_fp32_rankings(encoders):
-    fp32, int8 = encoders
-    images = photo_like(120, size=256, seed=11)
-    library_fp32, library_int8 = fp32.encode_images(images), int8.encode_images(images)
-    texts = queries(40, seed=12)
-    q_fp32 = fp32.encode_texts(texts)
-    # int8 image vectors among fp32 ones, searched by fp32 queries
-    assert top10_overlap(library_fp32, library_int8, q_fp32) >= 0.95
-    # int8 queries (serve, one-shot search) against an fp32 library
-    assert top10_overlap(library_fp32, library_fp32, int8.encode_texts(texts)) >= 0.95
+    check_rankings(*encoders)
 
 
 def test_precision_rule_from_cpu_flags():

@@ -21,7 +21,13 @@ from koclip import bf16, precision
 from koclip.errors import KoclipSearchError
 from koclip.precision import MIN_COSINE, PrecisionError, resolve_precision
 from koclip.synthetic import photo_like
-from tests.precision_fixtures import min_cosine, queries, realistic_checkpoint, top10_overlap
+from tests.precision_fixtures import (
+    check_agreement,
+    check_rankings,
+    min_cosine,
+    realistic_checkpoint,
+    top10_overlap,
+)
 
 pytest.importorskip("openvino")
 
@@ -57,25 +63,13 @@ def encoders(realistic):
 
 
 def test_bf16_embeddings_agree_with_fp32(encoders):
-    fp32, fast = encoders
-    assert fast.precision == "bf16" and fp32.precision == "fp32"
-    images = photo_like(40, size=288, seed=7)  # not the set the build-time check used
-    assert min_cosine(fp32.encode_images(images), fast.encode_images(images)) >= MIN_COSINE
-    texts = queries(40, seed=7)
-    assert min_cosine(fp32.encode_texts(texts), fast.encode_texts(texts)) >= MIN_COSINE
+    check_agreement(*encoders, "bf16")
 
 
 def test_bf16_library_keeps_fp32_rankings(encoders):
-    fp32, fast = encoders
-    images = photo_like(120, size=256, seed=11)
-    library_fp32, library_bf16 = fp32.encode_images(images), fast.encode_images(images)
-    texts = queries(40, seed=12)
-    q_fp32 = fp32.encode_texts(texts)
-    # bf16 image vectors among fp32 ones, searched by fp32 queries; image queries too
-    assert top10_overlap(library_fp32, library_bf16, q_fp32) >= 0.95
+    library_fp32, library_bf16 = check_rankings(*encoders)
+    # image queries too
     assert top10_overlap(library_fp32, library_bf16, library_fp32[:40]) >= 0.95
-    # bf16 queries (serve) against an fp32 library
-    assert top10_overlap(library_fp32, library_fp32, fast.encode_texts(texts)) >= 0.95
 
 
 def test_a_photo_vector_does_not_depend_on_its_batch(encoders):
