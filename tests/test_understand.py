@@ -410,3 +410,15 @@ def test_the_module_imports_nothing_heavy():
     assert ours and all(m == "search.errors" or m.startswith("search.understand") for m in ours)
     others = {m.split(".")[0] for m in imported - ours}
     assert others <= set(sys.stdlib_module_names)
+
+
+def test_particles_that_end_ordinary_words_need_a_longer_word():
+    assert u("설경").text == "설경"  # a snowy landscape, not 설 + 경
+    assert span("5월경") == ("2026-05-01", "2026-05-31")
+
+
+def test_common_nouns_are_not_short_forms():
+    vocabulary = Vocabulary.build(places=[(("서울특별시", "강서구", "공항동"), 3)])
+    assert u("공항", vocabulary=vocabulary).places == ()
+    assert u("공항동", vocabulary=vocabulary).places == ("서울특별시 강서구 공항동",)
+    assert u("강서", vocabulary=vocabulary).places == ("서울특별시 강서구",)

@@ -6,7 +6,8 @@ the photos below it. Each node is found by:
 - its own name (제주특별자치도, 서귀포시; case-insensitive for Latin names);
 - its short form, derived by rule: one administrative suffix stripped (특별자치도, 특별자치시,
   특별시, 광역시, 도, 시, 군, 구, 읍, 면, 동, 리) where at least two syllables are left
-  (서귀포시 -> 서귀포, 강남구 -> 강남, 제주특별자치도 -> 제주; 중구 keeps its name);
+  (서귀포시 -> 서귀포, 강남구 -> 강남, 제주특별자치도 -> 제주; 중구 keeps its name) and they
+  are not a common noun (COMMON_WORDS: 공항동 is not found by 공항);
 - the alias table below: official short forms (충북, 전남), former names (강원도), and Korean
   and English names of places abroad (도쿄 = 동경 = Tokyo).
 A short form or alias shared by places that are not one inside the other (광주 for 광주광역시
@@ -67,6 +68,12 @@ ALIASES: tuple[tuple[str, ...], ...] = (
 )
 # fmt: on
 
+# Common nouns that are also short forms of 동 names (공항동, 대학동, 중앙동...): as a query
+# word they mean the thing, so they never become a short form (the full name still works).
+COMMON_WORDS = frozenset({"공항", "대학", "중앙", "신사", "사직", "시장", "온천", "해안", "항구",
+                          "학교", "공원", "역전", "수영", "사랑", "대신",
+                          "장안", "평화", "행복", "교대", "시청", "도청"})  # fmt: skip
+
 MAX_WORDS = 4  # the longest alias in words ("united states of america")
 
 
@@ -76,11 +83,13 @@ def key(text: str) -> str:
 
 
 def short_form(name: str) -> str | None:
-    """`name` with one administrative suffix stripped, if two or more syllables remain."""
+    """`name` with one administrative suffix stripped, if two or more syllables remain and
+    they are not a common noun (공항동 keeps its name)."""
     for suffix in _SUFFIXES:
         if name.endswith(suffix) and len(name) - len(suffix) >= 2:
             rest = name[: -len(suffix)]
-            return rest if all("가" <= ch <= "힣" for ch in rest[-1:]) else None
+            hangul = all("가" <= ch <= "힣" for ch in rest[-1:])
+            return rest if hangul and rest not in COMMON_WORDS else None
     return None
 
 

@@ -24,6 +24,11 @@ PARTICLES: tuple[str, ...] = tuple(
     )
 )
 
+# Particles that also end ordinary words (설경, 강서): stripped only when two or more
+# characters are left (5월경 -> 5월, but 설경 stays a snowy landscape).
+_LONG_ONLY = frozenset({"경", "경에", "께", "쯤", "쯤에", "즈음", "무렵", "때", "때의", "동안",
+                        "중에", "서"})  # fmt: skip
+
 # Words after a fact that only joined it to the query (dropped when they follow a fact).
 AFTER_FACT: frozenset[str] = frozenset(
     {
@@ -56,10 +61,11 @@ MAX_WORD = 40
 
 def variants(word: str) -> list[str]:
     """`word` as typed, then with one particle stripped (longest particle first), when
-    something of at least one character is left."""
+    something is left (two characters for the particles in _LONG_ONLY)."""
     out = [word]
     for particle in PARTICLES:
-        if word.endswith(particle) and len(word) > len(particle):
+        left = len(word) - len(particle)
+        if word.endswith(particle) and left >= (2 if particle in _LONG_ONLY else 1):
             out.append(word[: -len(particle)])
     return out
 
