@@ -117,6 +117,9 @@ def main() -> None:
         print(f"{group:<24}{hits[group]:>12}{totals[group]:>6}{hits[group] / totals[group]:>10.1%}")
     total, right = sum(totals.values()), sum(hits.values())
     print(f"{'all':<24}{right:>12}{total:>6}{right / total:>10.1%}")
+    known = sum(1 for m in misses if m[2])
+    print(f"{'in scope':<24}{right:>12}{total - known:>6}{right / (total - known):>10.1%}"
+          f"   (the {known} known misses left out)")  # fmt: skip
     print(f"\nmisses: {len(misses)}")
     for query, problem, reason in misses:
         print(f"  {query!r}: {problem}" + (f" (known: {reason})" if reason else ""))

@@ -422,3 +422,24 @@ def test_common_nouns_are_not_short_forms():
     assert u("공항", vocabulary=vocabulary).places == ()
     assert u("공항동", vocabulary=vocabulary).places == ("서울특별시 강서구 공항동",)
     assert u("강서", vocabulary=vocabulary).places == ("서울특별시 강서구",)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("최근 일주일", ("2026-12-01", "2026-12-07")),
+        ("최근 3일", ("2026-12-05", "2026-12-07")),
+        ("지난 3일간", ("2026-12-05", "2026-12-07")),
+        ("지난 2주 동안", ("2026-11-24", "2026-12-07")),
+        ("최근 한 달", ("2026-11-08", "2026-12-07")),
+        ("past 3 days", ("2026-12-05", "2026-12-07")),
+        ("지난 주", ("2026-11-30", "2026-12-06")),  # a calendar week, not the last 7 days
+    ],
+)
+def test_the_last_days_up_to_today(query, expected):
+    assert span(query) == expected
+
+
+def test_a_place_row_must_be_a_path():
+    with pytest.raises(TypeError):
+        Vocabulary.build(places=[("제주특별자치도 서귀포시", 1)])

@@ -15,7 +15,14 @@ from search.understand import Vocabulary, understand
 DATA = Path(__file__).resolve().parent / "data"
 
 # Phrasings judged out of scope, with the reason; the test checks they still miss.
-KNOWN_MISSES: dict[str, str] = {}
+KNOWN_MISSES: dict[str, str] = {
+    "작년 말": "a year's 말 / 초 has no agreed span (December? November–December?): "
+    "작년 is read, 말 stays text",
+    "올해 초 눈": "a year's 초 has no agreed span (January? January–February?)",
+    "작년 이맘때": "'about this time last year' is fuzzy (how many weeks either side?)",
+    "소니 a7으로 찍은 강릉": "a model word the library spells otherwise (a7 for ILCE-7M3) stays "
+    "text, with its particle and the 찍은 after it",
+}
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ Rules (documented for users in the README's "Asking in Korean"):
   recent one that has begun (today's month counts); with 지난/last, the most recent one that
   has ended; with 이번/this, this year's.
 - 지난주 / 이번 주: Monday to Sunday; 지난 주말: the last Saturday–Sunday that has ended.
+- 최근 일주일 / 최근 3일 / 지난 3일간 / past 3 days: the last days up to today, today included
+  (최근 한 달: from the day after the same day a month ago).
 - 설날 and 추석: the day with the day before and after (lunar table, 1900–2050); 크리스마스:
-  12-25 (이브: 12-24); 어린이날: 05-05; 신정 / new year: 01-01.
+  12-25 (이브: 12-24); 어린이날: 05-05; 신정 / 새해 / new year: 01-01.
 - 초 / 초순: days 1–10, 중순: 11–20, 말 / 하순: 21–end; early/mid/late the same.
 - 24년: 2024 (a two-digit year is 20xx unless that is after this year, then 19xx).
 - X부터 / X 이후 / since X: from X's first day; X까지 / X 이전 / until X: to X's last day;
@@ -80,7 +82,7 @@ _HOLIDAYS = {
     "추석연휴": "chuseok", "추석": "chuseok", "한가위": "chuseok", "chuseok": "chuseok",
     "크리스마스 이브": "eve", "크리스마스이브": "eve", "christmas eve": "eve",
     "크리스마스": "christmas", "성탄절": "christmas", "성탄": "christmas", "christmas": "christmas",
-    "xmas": "christmas", "어린이날": "children", "신정": "newyear", "새해 첫날": "newyear",
+    "xmas": "christmas", "어린이날": "children", "신정": "newyear", "새해 첫날": "newyear", "새해": "newyear",
     "new year's day": "newyear", "new year": "newyear", "new years": "newyear",
 }  # fmt: skip
 _RELATIVE = {
@@ -129,6 +131,10 @@ _ATOM = re.compile(
             rf"(?P<holiday>{_alternation(_HOLIDAYS)})",
             rf"(?P<relative>{_alternation(_RELATIVE)})",
             rf"(?P<yearword>{_alternation(_YEAR_WORDS)})",
+            # after `relative` and `yearword`: 지난 주 is last week, 지난 3주 the last 21 days
+            rf"(?P<recent>(?P<rc_w>최근|지난|last|past)\s?(?P<rc_n>\d{{1,4}}|{_NUM_WORD}|{_EN_NUM})?"
+            r"\s?(?P<rc_u>일주일|주일|주|일|달|개월|년|days?|weeks?|months?|years?)(?:\s?간|\s?동안)?"
+            r"(?![가-힣A-Za-z]))",
             r"(?P<y4>(?:19|20)\d{2})(?:\s?년도?)?",
             r"(?P<y2>\d{2})\s?년도?",
             r"(?P<month>\d{1,3})\s?월",
@@ -166,7 +172,7 @@ def lex(phrase: str) -> list[tuple[str, re.Match[str]]] | None:
             return None
         kind = match.lastgroup or ""
         # lastgroup names the innermost group that matched last; map sub-groups to their atom.
-        for outer in ("numdate", "ago", "days_ago", "eago"):
+        for outer in ("numdate", "ago", "days_ago", "eago", "recent"):
             if match.group(outer) is not None:
                 kind = outer
                 break
@@ -264,6 +270,17 @@ def _add(seg: _Segment, kind: str, match: re.Match[str], key: str, today: date) 
             _set_year(seg, today.year - n, key)
         else:
             _set_unit(seg, ("ago", (unit[0] if unit.isascii() else unit, n)))
+    elif kind == "recent":
+        word, raw = match.group("rc_w").lower(), (match.group("rc_n") or "").lower()
+        unit = match.group("rc_u").lower()
+        if unit == "일주일":
+            if raw:
+                raise NotADate
+            raw, unit = "1", "주"
+        if not raw and word != "최근":
+            raise NotADate  # 지난 주, last week: a calendar week (relative), not 7 days
+        n = int(raw) if raw.isdigit() else _F_NUMBERS.get(raw, 1)
+        _set_unit(seg, ("recent", (unit[0] if unit.isascii() else unit, n)))
     elif kind == "yearword":
         _set_year(seg, today.year + _F_YEARS[key], key)
     elif kind == "y4":
@@ -367,6 +384,8 @@ def _span(seg: _Segment, today: date) -> tuple[date, date]:
     if kind == "relative":
         return _relative(str(value), part, today)
     unit_name, n = value  # type: ignore[misc]
+    if kind == "recent":
+        return _last_days(unit_name, n, today), today
     return _ago(unit_name, n, today)
 
 
@@ -475,6 +494,22 @@ def _relative(name: str, part: tuple[int, int] | None, today: date) -> tuple[dat
     if part is None:
         return date(year, month, 1), date(year, month, last)
     return date(year, month, part[0]), date(year, month, min(part[1], last))
+
+
+def _last_days(unit: str, n: int, today: date) -> date:
+    """The first day of the last `n` units up to today: 최근 3일 -> today and the 2 days before."""
+    try:
+        if unit in ("일", "d"):
+            return today - timedelta(days=n - 1)
+        if unit in ("주", "주일", "w"):
+            return today - timedelta(days=7 * n - 1)
+        months = 12 * n if unit in ("년", "y") else n
+        index = today.year * 12 + today.month - 1 - months
+        year, month = divmod(index, 12)
+        day = min(today.day, _last_day(year, month + 1))
+        return date(year, month + 1, day) + timedelta(days=1)
+    except (OverflowError, ValueError):
+        raise DateError(f"최근 {n}{unit}: 달력 밖입니다 (before the calendar begins)") from None
 
 
 def _ago(unit: str, n: int, today: date) -> tuple[date, date]:

@@ -99,6 +99,8 @@ class PlaceIndex:
     def __init__(self, rows: Iterable[tuple[Sequence[str], int]]) -> None:
         counts: dict[Path, int] = {}
         for names, count in rows:
+            if isinstance(names, str):  # a place is a path of names, never one joined string
+                raise TypeError(f"a place row holds a sequence of names, not {names!r}")
             if count <= 0:
                 continue
             path: Path = ()
