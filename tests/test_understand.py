@@ -443,3 +443,10 @@ def test_the_last_days_up_to_today(query, expected):
 def test_a_place_row_must_be_a_path():
     with pytest.raises(TypeError):
         Vocabulary.build(places=[("제주특별자치도 서귀포시", 1)])
+
+
+def test_date_words_apart_read_as_one_phrase():
+    got = u("2023년 제주 여름 바다")
+    assert (got.after, got.before) == (date(2023, 6, 1), date(2023, 8, 31))
+    assert (got.places, got.text) == (("제주특별자치도",), "바다")
+    assert span("작년 제주 크리스마스") == ("2025-12-25", "2025-12-25")

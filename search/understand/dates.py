@@ -170,13 +170,8 @@ def lex(phrase: str) -> list[tuple[str, re.Match[str]]] | None:
         last = match.group(0)[-1:]
         if last.isascii() and last.isalpha() and not _WORD_END.match(phrase, match.end()):
             return None
-        kind = match.lastgroup or ""
-        # lastgroup names the innermost group that matched last; map sub-groups to their atom.
-        for outer in ("numdate", "ago", "days_ago", "eago", "recent"):
-            if match.group(outer) is not None:
-                kind = outer
-                break
-        atoms.append((kind, match))
+        # The group that closed last is the atom's outer group (numdate, not nd_y).
+        atoms.append((match.lastgroup or "", match))
         pos = match.end()
     return atoms
 

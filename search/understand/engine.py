@@ -139,6 +139,7 @@ class _Found:
     start: int
     end: int
     value: Any  # DateFact, tuple of place paths, or (label, cameras)
+    phrase: str = ""  # a date's words as read (its particle stripped)
 
 
 def understand(query: str, *, today: date, vocabulary: Vocabulary) -> Understood:
@@ -165,7 +166,16 @@ def understand(query: str, *, today: date, vocabulary: Vocabulary) -> Understood
             taken[k] = True
     for hit in found:
         _take_filler(tokens, eligible, taken, hit)
-    return _assemble(tokens, taken, found)
+    return _assemble(tokens, taken, found, _joined_date(found, today))
+
+
+def _joined_date(found: list[_Found], today: date) -> DateFact | None:
+    """Date words apart in the query read as one phrase when they make one: 2023년 제주 여름
+    is the summer of 2023, not 2023 and this year's summer."""
+    phrases = [hit.phrase for hit in found if hit.kind == "date"]
+    if len(phrases) < 2:
+        return None
+    return understand_date(" ".join(phrases), today)
 
 
 def _eligible(tokens: list[str]) -> list[bool]:
@@ -201,7 +211,7 @@ def _match_at(
         for phrase in _phrases(tokens, i, end):
             fact = understand_date(phrase, today)
             if fact is not None:
-                return _Found("date", i, end, fact)
+                return _Found("date", i, end, fact, phrase)
     if len(vocabulary.cameras):
         for end in range(min(run_end, i + _cameras.MAX_WORDS), i, -1):
             for phrase in _phrases(tokens, i, end):
@@ -236,7 +246,9 @@ def _take_filler(tokens: list[str], eligible: list[bool], taken: list[bool], hit
     hit.start = k + 1
 
 
-def _assemble(tokens: list[str], taken: list[bool], found: list[_Found]) -> Understood:
+def _assemble(
+    tokens: list[str], taken: list[bool], found: list[_Found], joined: DateFact | None
+) -> Understood:
     after: date | None = None
     before: date | None = None
     place_groups: list[tuple[_places.Path, ...]] = []
@@ -261,7 +273,9 @@ def _assemble(tokens: list[str], taken: list[bool], found: list[_Found]) -> Unde
                 camera_labels.append(label)
             camera_set.update(dict.fromkeys(cams))
             facts.append(Fact("camera", words, label))
-    if after is not None and before is not None and after > before:
+    if joined is not None:
+        after, before = joined.after, joined.before
+    elif after is not None and before is not None and after > before:
         said = " / ".join(f.words for f in facts if f.kind == "date")
         raise DateError(
             f"{said}: 겹치는 날이 없습니다 (these dates do not overlap; ask for one period)"
