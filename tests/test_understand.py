@@ -450,3 +450,21 @@ def test_date_words_apart_read_as_one_phrase():
     assert (got.after, got.before) == (date(2023, 6, 1), date(2023, 8, 31))
     assert (got.places, got.text) == (("제주특별자치도",), "바다")
     assert span("작년 제주 크리스마스") == ("2025-12-25", "2025-12-25")
+
+
+def test_punctuation_around_fact_words():
+    got = u("(제주) 바다, 작년!")
+    assert (got.places, got.after, got.text) == (("제주특별자치도",), date(2025, 1, 1), "바다,")
+
+
+def test_datetime_range_matches_the_search_filters():
+    from datetime import datetime
+
+    got = u("작년 여름")
+    assert got.datetime_range() == (datetime(2025, 6, 1), datetime(2025, 9, 1))
+    assert u("2023년부터").datetime_range() == (datetime(2023, 1, 1), None)
+    assert u("바다").datetime_range() == (None, None)
+    # today may be a datetime
+    assert understand("어제", today=datetime(2026, 12, 7, 9, 30), vocabulary=VOCAB).after == date(
+        2026, 12, 6
+    )

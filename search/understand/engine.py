@@ -9,7 +9,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from search.errors import DateError
@@ -103,6 +103,13 @@ class Understood:
             return None
         return DateFact(self.after, self.before).label()
 
+    def datetime_range(self) -> tuple[datetime | None, datetime | None]:
+        """The day range as search filters take it (search.dates.parse_range): the first
+        day's midnight inclusive, the midnight after the last day exclusive (local wall time)."""
+        lo = datetime.combine(self.after, time()) if self.after else None
+        hi = datetime.combine(self.before + timedelta(days=1), time()) if self.before else None
+        return lo, hi
+
     def describe(self) -> str:
         """One line: "understood: 2025-06-01–2025-08-31 · 제주특별자치도 · 바다"."""
         parts = [self.date_label(), *self.places, self.camera, self.text or None]
@@ -146,6 +153,8 @@ def understand(query: str, *, today: date, vocabulary: Vocabulary) -> Understood
     """Split `query` into dates, places, cameras and the rest; see the module docs.
 
     Raises DateError (exit 2, HTTP 400) for a date that does not exist (13월, 2월 30일)."""
+    if isinstance(today, datetime):  # a datetime would not compare with the dates below
+        today = today.date()
     text = unicodedata.normalize("NFC", query)
     tokens = text.split()
     eligible = _eligible(tokens)
@@ -195,8 +204,9 @@ def _eligible(tokens: list[str]) -> list[bool]:
 
 def _phrases(tokens: list[str], start: int, end: int) -> Iterable[str]:
     """tokens[start:end] joined, its last word as typed and then without a particle."""
-    head = tokens[start : end - 1]
-    last = tokens[end - 1].rstrip(_PUNCTUATION) or tokens[end - 1]
+    words = tokens[start:end]
+    words[0] = words[0].lstrip(_PUNCTUATION) or words[0]  # (제주, "Tokyo
+    head, last = words[:-1], words[-1].rstrip(_PUNCTUATION) or words[-1]
     for variant in variants(last):
         yield " ".join([*head, variant])
 
