@@ -253,6 +253,9 @@ class IndexSession:
             failures=tuple(sorted(counts.failures)),
             seconds=time.perf_counter() - start,
             index_rebuilds=tuple(r.describe() for r in rebuilt),
+            notes=tuple(
+                f"Ray node skipped: {node}" for node in getattr(self.executor, "skipped_nodes", ())
+            ),
         )
 
     def library_changed(self) -> None:
