@@ -42,7 +42,8 @@ from cli.main import ARGV_KEY, main
 )
 @click.option(
     "--max-megapixels",
-    type=FiniteFloat(min=0, min_open=True),
+    # Above 100,000 megapixels the limit means nothing (and 1e308 pixels overflow).
+    type=FiniteFloat(min=0, min_open=True, max=100_000),
     default=100.0,
     show_default=True,
     help="Larger images are recorded as failed (decompression-bomb guard).",
