@@ -386,6 +386,7 @@ def test_cli_json_summary_and_exit_codes(tmp_path, tiny_checkpoint):
         "failures",
         "seconds",
         "index_rebuilds",
+        "notes",
     ]
     assert (out["new"], out["failed"]) == (1, 1)
     assert out["failures"] == [{"path": "bad.jpg", "reason": "empty file (0 bytes)"}]
