@@ -54,6 +54,12 @@ from cli.main import ARGV_KEY, main
     help="Follow symlinks that lead out of PHOTO_DIR (default: record them as failed).",
 )
 @click.option(
+    "--allow-empty-root",
+    is_flag=True,
+    help="Let a PHOTO_DIR that holds none of the library's photos empty the library "
+    "(refused by default: an unmounted card looks just like that).",
+)
+@click.option(
     "--rebuild", is_flag=True, help="Drop every vector and re-encode all photos (e.g. new model)."
 )
 @click.option(
