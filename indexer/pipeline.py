@@ -226,8 +226,12 @@ class IndexSession:
             )
         plan_scope = None if scope is None else [as_relpath(p) for p in scope]
         plan = make_plan(found, known, self._hashes, scope=plan_scope)
-        if refuse_all_gone and scope is None and plan.gone and not plan.tasks and not (
-            plan.unchanged or plan.still_failed
+        if (
+            refuse_all_gone
+            and scope is None
+            and plan.gone
+            and not plan.tasks
+            and not (plan.unchanged or plan.still_failed)
         ):
             raise PhotosGoneError(
                 f"{self.photo_root} has none of the library's {len(plan.gone):,} photos (a "
