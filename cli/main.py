@@ -26,6 +26,7 @@ def main() -> None:
 def _register() -> None:
     # Imported for their side effect of adding commands to `main`.
     from cli import (  # noqa: F401
+        download_cmd,
         duplicates_cmd,
         eval_cmd,
         index_cmd,

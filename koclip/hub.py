@@ -112,7 +112,7 @@ def _resolve_hub(named: NamedCheckpoint, cache_dir: str | None) -> CheckpointFil
     cached = _from_hub_cache(named, cache_dir)
     if cached is not None:
         return cached
-    _check_hub_reachable(named)
+    check_hub_reachable(named)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -148,7 +148,7 @@ def _resolve_hub(named: NamedCheckpoint, cache_dir: str | None) -> CheckpointFil
 HUB_CHECK_SECONDS = 3.0
 
 
-def _check_hub_reachable(named: NamedCheckpoint) -> None:
+def check_hub_reachable(named: NamedCheckpoint) -> None:
     """Fail at once, with the line that says what to do, when the hub cannot be reached.
 
     Without this, the hub client spends half a minute in retries (each with its own warning)
