@@ -69,6 +69,15 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return super().convert(number, param, ctx)
 
+    def _describe_range(self) -> str:
+        # click describes an unbounded range as "x<=None"; there is nothing to say then.
+        if self.min is None and self.max is None:
+            return ""
+        return super()._describe_range()
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "FLOAT" if self.min is None and self.max is None else "FLOAT RANGE"
+
 
 def captions_arguments(command: Callable[..., Any]) -> Callable[..., Any]:
     """CAPTIONS (JSON Lines) and --images, as `eval` and `train` take them."""

@@ -131,8 +131,9 @@ def index_command(
 ) -> None:
     """Index PHOTO_DIR (recursively) so its photos can be searched; only changes are re-read.
 
-    Example:
+    Examples:
 
+    \b
         koclip-search index ~/Pictures --exclude '*/screenshots/*'
         koclip-search index ~/Pictures --watch
         koclip-search index /mnt/photos --ray auto

@@ -82,12 +82,13 @@ def serve_command(
 ) -> None:
     """Search and browse the library in a web browser.
 
-    The page searches as you type (Korean input methods included), shows results as
-    thumbnails, similar photos on click, and searches by a photo dropped on it. JSON API
-    and its OpenAPI description: /api/docs.
+    The page searches as you type (Korean input methods included; Enter searches at once),
+    shows results as thumbnails, similar photos on click, and searches by a photo dropped on
+    it. The JSON API is described at /api/docs (its OpenAPI document: /api/openapi.json).
 
-    Example:
+    Examples:
 
+    \b
         koclip-search serve --library ~/Pictures --port 8000
         koclip-search serve --library ~/Pictures --watch
     """
