@@ -159,7 +159,9 @@ def check_hub_reachable(named: NamedCheckpoint) -> None:
 
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE:
+    # As huggingface_hub reads it, but now (its constant is read once, at its import).
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    if flag.strip().upper() in ("1", "ON", "YES", "TRUE"):
         why = "downloads are off (HF_HUB_OFFLINE)"
     else:
         url = urlsplit(constants.ENDPOINT)

@@ -250,6 +250,10 @@ def test_unreachable_hub_names_the_model_flag(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr(koclip.hub, "_from_hub_cache", lambda *a: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with socket.socket() as s:  # a closed loopback port: the hub "cannot be reached"
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (32, 32), (10, 20, 30)).save(photos / "a.jpg")
