@@ -64,10 +64,19 @@ class FiniteFloat(click.FloatRange):
     """A float option that refuses nan and inf (click's FloatRange lets both through)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):  # before the range, which would call inf "out of range"
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
+        return super().convert(number, param, ctx)
+
+    def _describe_range(self) -> str:
+        # click describes an unbounded range as "x<=None"; there is nothing to say then.
+        if self.min is None and self.max is None:
+            return ""
+        return super()._describe_range()
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "FLOAT" if self.min is None and self.max is None else "FLOAT RANGE"
 
 
 def captions_arguments(command: Callable[..., Any]) -> Callable[..., Any]:

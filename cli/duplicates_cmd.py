@@ -71,8 +71,9 @@ def duplicates_command(
     """Group identical files, renditions of one picture and similar shots, largest group first,
     each with a suggested keeper (most pixels, then largest file, earliest taken, path).
 
-    Example:
+    Examples:
 
+    \b
         koclip-search duplicates --kind same --set-aside ~/review
         koclip-search duplicates --keep 2024/bada.jpg --set-aside
     """

@@ -42,7 +42,8 @@ from cli.main import ARGV_KEY, main
 )
 @click.option(
     "--max-megapixels",
-    type=FiniteFloat(min=0, min_open=True),
+    # Above 100,000 megapixels the limit means nothing (and 1e308 pixels overflow).
+    type=FiniteFloat(min=0, min_open=True, max=100_000),
     default=100.0,
     show_default=True,
     help="Larger images are recorded as failed (decompression-bomb guard).",
@@ -51,6 +52,12 @@ from cli.main import ARGV_KEY, main
     "--follow-links",
     is_flag=True,
     help="Follow symlinks that lead out of PHOTO_DIR (default: record them as failed).",
+)
+@click.option(
+    "--allow-empty-root",
+    is_flag=True,
+    help="Let a PHOTO_DIR that holds none of the library's photos empty the library "
+    "(refused by default: an unmounted card looks just like that).",
 )
 @click.option(
     "--rebuild", is_flag=True, help="Drop every vector and re-encode all photos (e.g. new model)."
@@ -124,8 +131,9 @@ def index_command(
 ) -> None:
     """Index PHOTO_DIR (recursively) so its photos can be searched; only changes are re-read.
 
-    Example:
+    Examples:
 
+    \b
         koclip-search index ~/Pictures --exclude '*/screenshots/*'
         koclip-search index ~/Pictures --watch
         koclip-search index /mnt/photos --ray auto

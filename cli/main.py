@@ -9,7 +9,37 @@ import click
 ARGV_KEY = "koclip_search.argv"
 
 
+# The commands in the order of the work, each with a whole one-line description (click would
+# cut the docstrings' first sentences to the terminal's width).
+COMMANDS = {
+    "index": "Index a photo folder (again: only what changed).",
+    "search": "Find photos by Korean or English text, or by a photo.",
+    "similar": "Find photos that look like a photo.",
+    "serve": "Search and browse in a web browser.",
+    "duplicates": "Find duplicate photos; set the extras aside, or undo.",
+    "info": "What a library holds: photos, model, index, size.",
+    "reindex": "Rebuild the search index as another type.",
+    "download": "Fetch a model (and its tokenizer) for offline use.",
+    "eval": "Recall@1/5/10 of a model on captioned images.",
+    "train": "Fine-tune a KoCLIP checkpoint on captioned images.",
+}
+
+
 class _Root(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        known = [name for name in COMMANDS if name in self.commands]
+        return known + sorted(set(self.commands) - set(known))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, COMMANDS.get(name) or command.get_short_help_str(80)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[no-untyped-def]
         argv = list(args)
         ctx = super().make_context(info_name, args, parent=parent, **extra)
@@ -26,6 +56,7 @@ def main() -> None:
 def _register() -> None:
     # Imported for their side effect of adding commands to `main`.
     from cli import (  # noqa: F401
+        download_cmd,
         duplicates_cmd,
         eval_cmd,
         index_cmd,

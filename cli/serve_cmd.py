@@ -5,7 +5,10 @@ FastAPI, uvicorn and the model are imported only when the command runs.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,13 @@ def _allowed_hosts(host: str) -> list[str]:
     show_default=True,
 )
 @click.option(
+    "--access-log",
+    type=click.Choice(["requests", "all", "off"]),
+    default="requests",
+    show_default=True,
+    help="Log every request (all), every request but thumbnails (requests), or none.",
+)
+@click.option(
     "--watch",
     is_flag=True,
     help="Also index the photo folder's changes as they land (this process then holds the "
@@ -62,16 +72,23 @@ def _allowed_hosts(host: str) -> list[str]:
 )
 @domain_errors
 def serve_command(
-    library: str | None, model: str | None, host: str, port: int, log_level: str, watch: bool
+    library: str | None,
+    model: str | None,
+    host: str,
+    port: int,
+    log_level: str,
+    access_log: str,
+    watch: bool,
 ) -> None:
     """Search and browse the library in a web browser.
 
-    The page searches as you type (Korean input methods included), shows results as
-    thumbnails, similar photos on click, and searches by a photo dropped on it. JSON API
-    and its OpenAPI description: /api/docs.
+    The page searches as you type (Korean input methods included; Enter searches at once),
+    shows results as thumbnails, similar photos on click, and searches by a photo dropped on
+    it. The JSON API is described at /api/docs (its OpenAPI document: /api/openapi.json).
 
-    Example:
+    Examples:
 
+    \b
         koclip-search serve --library ~/Pictures --port 8000
         koclip-search serve --library ~/Pictures --watch
     """
@@ -97,12 +114,57 @@ def serve_command(
         click.echo(
             f"Warning: listening on {host}: anyone who can reach it can see your photos.", err=True
         )
+    sock = _bind(host, port)  # before the URL is printed: a port in use is one line
     app = create_app(directory, model, allowed_hosts=_allowed_hosts(host), watcher=watcher)
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"koclip-search: http://{shown}:{port}/  (Ctrl+C to stop)", err=True)
-    uvicorn.run(
-        app, host=host, port=port, log_level=log_level, server_header=False, proxy_headers=False
+    click.echo(
+        f"koclip-search: http://{shown}:{sock.getsockname()[1]}/  (Ctrl+C to stop)", err=True
     )
+    _quiet_thumbnail_log(access_log)
+    config = uvicorn.Config(
+        app, log_level=log_level, server_header=False, proxy_headers=False, access_log=True
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, made here so that a port in use or an address this machine does
+    not have is one line (exit 1), not uvicorn's log after the URL was already printed."""
+    from cli.common import CommandError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            why = f"port {port} on {host} is already in use (another serve?); pick one with --port"
+        else:
+            why = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise CommandError(why, 1) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class _NotThumbnails(logging.Filter):
+    """Drops the access-log lines of thumbnails: a page of results asks for dozens."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (len(args) >= 3 and "/thumbnail" in str(args[2]))
+
+
+def _quiet_thumbnail_log(access_log: str) -> None:
+    if access_log == "all":
+        return
+    target = logging.getLogger("uvicorn.access")
+    if access_log == "off":
+        target.disabled = True
+    else:
+        target.addFilter(_NotThumbnails())
 
 
 def _watcher(photo_root: str | Path | None, directory: str | Path, model: str | None) -> Any:

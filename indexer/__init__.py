@@ -5,7 +5,7 @@ summary = index_photos(Path("~/Pictures"), IndexOptions(batch_size=32))
 watch(Path("~/Pictures"))      # then keep it current until Ctrl-C
 """
 
-from indexer.pipeline import IndexOptions, IndexSession, index_photos
+from indexer.pipeline import IndexOptions, IndexSession, PhotosGoneError, index_photos
 from indexer.ray_executor import ClusterError, ClusterSetupError, RayOptions
 from indexer.setup import DEFAULT_MODEL
 from indexer.summary import Summary
@@ -20,6 +20,7 @@ __all__ = [
     "IndexOptions",
     "IndexRebuild",
     "IndexSession",
+    "PhotosGoneError",
     "RayOptions",
     "Summary",
     "WatchOptions",

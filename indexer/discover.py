@@ -3,8 +3,11 @@
 Symlinks: by default a link whose target lies outside the photo root (a file, or a folder)
 is not followed; it is reported as an `OutsideLink`, which the run records as a failure with
 the reason, so nothing is left out silently. `follow_links=True` (`index --follow-links`)
-follows every link. Links that stay inside the root are followed either way, and a folder
-reached twice (by its device and inode) is entered once, so loops end.
+follows every link. A link to a file inside the root is indexed as a photo of its own (an
+alias). A link to a folder inside the root is never entered: that folder is indexed once, at
+its own path, whichever pass sees it first (a watcher's pass over the link included), so no
+photo gets a second path through a link and loops end. A folder reached twice (by its device
+and inode, e.g. a bind mount) is entered once.
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ def discover(
     Hidden files and folders and those in `skip` (the library) are left out, as are
     `exclude` globs. Symlinks inside the root are followed, those leading out of it only
     with `follow_links` (else an OutsideLink is yielded); a folder already visited (by its
-    device and inode) is not entered again, so loops end.
+    device and inode) is not entered again, and a link to a folder inside the root is not
+    entered at all (its folder is walked at its own path), so loops end.
     """
     exclude = _lower(exclude)
     skip_ids = {_dir_id(p) for p in skip if os.path.isdir(p)}
@@ -114,14 +118,14 @@ def discover(
                 is_dir = entry.is_dir()
                 if is_excluded(entry_rel, exclude) or not (is_dir or _is_image(entry.name)):
                     continue
-                if (
-                    not follow_links
-                    and entry.is_symlink()
-                    and not inside(os.path.realpath(entry.path), root_real)
-                ):
-                    if is_dir or entry.is_file():
-                        yield OutsideLink(entry_rel, is_dir)
-                    continue
+                if entry.is_symlink():
+                    leads_in = inside(os.path.realpath(entry.path), root_real)
+                    if is_dir and leads_in:
+                        continue  # an alias of a folder that is walked at its own path
+                    if not follow_links and not leads_in:
+                        if is_dir or entry.is_file():
+                            yield OutsideLink(entry_rel, is_dir)
+                        continue
                 if is_dir:
                     st = entry.stat()
                     ident = (st.st_dev, st.st_ino)
@@ -136,6 +140,14 @@ def discover(
             except OSError:
                 continue  # vanished or a broken link while we looked: nothing to index
         stack.extend(reversed(subdirs))
+
+
+def through_inner_link(root_real: str, path: str) -> bool:
+    """True if `path` (relative to the root, os-native) passes through a link to a folder
+    inside the root: an alias that `discover` never enters."""
+    full = os.path.join(root_real, path)
+    real = os.path.realpath(full)
+    return real != os.path.normpath(full) and inside(real, root_real)
 
 
 def inside(real: str, root_real: str) -> bool:

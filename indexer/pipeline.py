@@ -71,6 +71,9 @@ class IndexOptions:
     # Called while the index is rebuilt because the library outgrew it (a switch of its
     # automatic type, or a retraining): once before, during the adding, once when done.
     on_index_rebuild: RebuildCallback | None = None
+    # A full pass that finds none of the library's photos (a card or disk not mounted: an
+    # empty folder in its place) removes them from the library only when this is set.
+    allow_empty_root: bool = False
     # Read and encode on a Ray cluster instead of this process (indexer.ray_executor).
     ray: RayOptions | None = None
 
@@ -81,6 +84,14 @@ class IndexOptions:
             raise ValueError(f"save_interval must be a number >= 0, not {self.save_interval}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+
+
+class PhotosGoneError(LibraryError):
+    """A full `index` found none of the library's photos in the photo folder: refused, since
+    an unmounted disk looks just like that (`--allow-empty-root` asks for it)."""
+
+    http_status = 409
+    code = "photos_gone"
 
 
 def index_photos(
@@ -96,7 +107,7 @@ def index_photos(
     """
     start = time.perf_counter()
     with IndexSession(photo_dir, options, encoder=encoder, make_executor=make_executor) as session:
-        summary = session.run(progress=progress)
+        summary = session.run(progress=progress, refuse_all_gone=not options.allow_empty_root)
     return dataclasses.replace(summary, seconds=time.perf_counter() - start)
 
 
@@ -174,10 +185,17 @@ class IndexSession:
         self._stale = False
 
     def run(
-        self, paths: Collection[str] | None = None, progress: ProgressCallback | None = None
+        self,
+        paths: Collection[str] | None = None,
+        progress: ProgressCallback | None = None,
+        *,
+        refuse_all_gone: bool = False,
     ) -> Summary:
         """One incremental pass over the tree, or over `paths` (relative to the photo root,
-        files or folders, os-native) only: their new, changed and gone photos."""
+        files or folders, os-native) only: their new, changed and gone photos.
+
+        `refuse_all_gone`: a full pass that finds not one image file while the library holds
+        photos raises PhotosGoneError before anything is changed (an unmounted card)."""
         start = time.perf_counter()
         if self._stale:
             # The last pass stopped half-way (an error, Ctrl-C): the in-memory index may
@@ -208,6 +226,18 @@ class IndexSession:
             )
         plan_scope = None if scope is None else [as_relpath(p) for p in scope]
         plan = make_plan(found, known, self._hashes, scope=plan_scope)
+        if (
+            refuse_all_gone
+            and scope is None
+            and plan.gone
+            and not plan.tasks
+            and not (plan.unchanged or plan.still_failed)
+        ):
+            raise PhotosGoneError(
+                f"{self.photo_root} has none of the library's {len(plan.gone):,} photos (a "
+                "card or disk not mounted?); nothing was changed. If they are gone for good, "
+                "run again with --allow-empty-root to remove them from the library"
+            )
         writer = Writer(
             self.library,
             self._index,
@@ -253,6 +283,9 @@ class IndexSession:
             failures=tuple(sorted(counts.failures)),
             seconds=time.perf_counter() - start,
             index_rebuilds=tuple(r.describe() for r in rebuilt),
+            notes=tuple(
+                f"Ray node skipped: {node}" for node in getattr(self.executor, "skipped_nodes", ())
+            ),
         )
 
     def library_changed(self) -> None:

@@ -35,6 +35,9 @@ INSTALL_LINE = "pip install 'koclip-search[ray]'"
 GROUP_COMMIT = 16
 # A batch whose worker (or node) dies is tried again this many times, then the run stops.
 MAX_RETRIES = 5
+# How long the start-up probe waits for a node that Ray lists (a model load included) before
+# the run goes on without it.
+PROBE_SECONDS = 600.0
 # Seconds to wait for a cluster's head to accept a connection before saying there is none.
 CONNECT_TIMEOUT = 10.0
 
@@ -137,6 +140,8 @@ class RayExecutor:
             threads=max(1, math.floor(options.cpus_per_worker)),
             encoder_factory=encoder_factory,
         )
+        # Nodes Ray still listed that failed or never answered the start-up probe (gone).
+        self.skipped_nodes: list[str] = []
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             _connect(ray, options)
@@ -180,19 +185,44 @@ class RayExecutor:
 
     def _check_nodes(self) -> None:
         """Every node that can hold a worker sees PHOTO_DIR and loads the same model, or the
-        run stops here with one message (instead of recording every file as failed)."""
+        run stops here with one message (instead of recording every file as failed).
+
+        A node that Ray still lists but that is gone (it died moments ago: Ray notices a dead
+        node only after missed health checks) fails its probe with Ray's own error, or never
+        answers it: the run goes on without it (`skipped_nodes`), as long as one node passed.
+        A node that answers with a problem of its own (no photo folder, other weights) stops
+        the run, since its workers would fail every batch."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        probes = []
-        for node in self._ray.nodes():
+        ray = self._ray
+        probes: dict[Any, str] = {}
+        for node in ray.nodes():
             res = node.get("Resources", {})
             room = res.get("CPU", 0) >= self.options.cpus_per_worker and (
                 res.get("GPU", 0) >= self.options.gpus_per_worker
             )
             if node.get("Alive") and room:
                 strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                probes.append(self._submit(strategy, [], None, None))
-        self._get(probes)
+                name = node.get("NodeManagerAddress") or node["NodeID"][:12]
+                probes[self._submit(strategy, [], None, None)] = name
+        ready, pending = ray.wait(list(probes), num_returns=len(probes), timeout=PROBE_SECONDS)
+        passed = 0
+        for ref in ready:
+            try:
+                self._get(ref)
+                passed += 1
+            except ClusterSetupError:
+                raise
+            except ClusterError as exc:
+                self.skipped_nodes.append(f"{probes[ref]} ({_first_line(exc.__cause__)})")
+        for ref in pending:
+            ray.cancel(ref, force=True)
+            self.skipped_nodes.append(f"{probes[ref]} (no answer in {PROBE_SECONDS:g} s)")
+        if probes and not passed:
+            raise ClusterError(
+                "no node of the Ray cluster answered the start-up check: "
+                + "; ".join(self.skipped_nodes)
+            )
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -238,7 +268,7 @@ class RayExecutor:
                 raise cause from None
             raise
         except ray.exceptions.RayError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = _first_line(exc)
             raise ClusterError(
                 f"the Ray cluster failed ({first}); every committed batch is kept: run the "
                 "same command again to resume"
@@ -250,6 +280,11 @@ class RayExecutor:
     def close(self) -> None:
         if self._owns_ray and self._ray.is_initialized():
             self._ray.shutdown()
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def require_ray() -> Any:

@@ -18,6 +18,7 @@ from indexer.discover import (
     discover,
     inside,
     is_excluded,
+    through_inner_link,
 )
 
 
@@ -70,6 +71,10 @@ def discover_paths(
         is_dir = full.is_dir()
         is_image = os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES and full.is_file()
         if not (is_dir or is_image):
+            continue
+        # Through a link to a folder inside the root (the folder itself for a folder, the
+        # folder above for a file): an alias a full pass never enters.
+        if through_inner_link(root_real, path if is_dir else os.path.dirname(path)):
             continue
         if not follow_links and not inside(os.path.realpath(full), root_real):
             yield OutsideLink(rel, is_dir)

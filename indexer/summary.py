@@ -24,6 +24,8 @@ class Summary:
     # Index rebuilds the library's growth called for: "flat -> ivf-sq8 for 250,000 photos",
     # "ivf-pq retrained for 4,200,000 photos".
     index_rebuilds: tuple[str, ...] = ()
+    # What the user should know about how the run went ("Ray node skipped: ...").
+    notes: tuple[str, ...] = ()
 
     @property
     def failed(self) -> int:
@@ -42,6 +44,7 @@ class Summary:
             "failures": [{"path": p, "reason": r} for p, r in self.failures],
             "seconds": round(self.seconds, 3),
             "index_rebuilds": list(self.index_rebuilds),
+            "notes": list(self.notes),
         }
 
     def to_text(self, max_reasons: int = 5) -> str:
@@ -52,6 +55,7 @@ class Summary:
             f"{self.failed} failed"
         ]
         lines += [f"  index: {what}" for what in self.index_rebuilds]
+        lines += [f"  note: {note}" for note in self.notes]
         for path, reason in self.failures[:max_reasons]:
             lines.append(f"  failed: {path}: {reason}")
         if self.failed > max_reasons:

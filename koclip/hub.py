@@ -112,6 +112,7 @@ def _resolve_hub(named: NamedCheckpoint, cache_dir: str | None) -> CheckpointFil
     cached = _from_hub_cache(named, cache_dir)
     if cached is not None:
         return cached
+    check_hub_reachable(named)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -141,6 +142,38 @@ def _resolve_hub(named: NamedCheckpoint, cache_dir: str | None) -> CheckpointFil
     except Exception as exc:  # the hub client raises many types; one message for all
         raise CheckpointError(f"cannot fetch {named.repo_id}: {exc}") from None
     return _hub_files(named, config_path, weights)
+
+
+# How long the one connection that tells whether the hub answers may take, before the download.
+HUB_CHECK_SECONDS = 3.0
+
+
+def check_hub_reachable(named: NamedCheckpoint) -> None:
+    """Fail at once, with the line that says what to do, when the hub cannot be reached.
+
+    Without this, the hub client spends half a minute in retries (each with its own warning)
+    before its error. One bounded TCP connection to the endpoint (HF_ENDPOINT, else the hub)
+    tells; HF_HUB_OFFLINE skips even that."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    # As huggingface_hub reads it, but now (its constant is read once, at its import).
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    if flag.strip().upper() in ("1", "ON", "YES", "TRUE"):
+        why = "downloads are off (HF_HUB_OFFLINE)"
+    else:
+        url = urlsplit(constants.ENDPOINT)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname or "", port), timeout=HUB_CHECK_SECONDS).close()
+            return
+        except OSError as exc:
+            why = f"the hub cannot be reached ({url.hostname}:{port}: {exc.strerror or exc})"
+    raise ModelUnavailableError(
+        f"the weights of {named.name} ({named.repo_id}) are not in the Hugging Face cache and {why}"
+    )
 
 
 def _from_hub_cache(named: NamedCheckpoint, cache_dir: str | None) -> CheckpointFiles | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -31,6 +32,33 @@ def test_unknown_name_lists_the_valid_ones():
 def test_named_checkpoint_without_cache_is_a_clear_offline_error(tmp_path):
     with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):
         resolve("koclip-base", cache_dir=str(tmp_path))
+
+
+def test_an_unreachable_hub_is_found_out_at_once_not_after_retries(tmp_path):
+    """One bounded connection tells the hub does not answer (here: a closed loopback port)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path)}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    code = (
+        "from koclip.hub import resolve\n"
+        "try:\n    resolve('koclip-base')\nexcept Exception as e:\n"
+        "    print(type(e).__name__, e)"
+    )
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    took = time.monotonic() - start
+    assert out.stdout.startswith("ModelUnavailableError "), out.stdout + out.stderr
+    assert f"127.0.0.1:{port}" in out.stdout and "cannot be reached" in out.stdout
+    assert "Retrying" not in out.stderr, out.stderr  # the hub client's retries never start
+    print(f"answered in {took:.1f} s")  # not asserted: machines differ
 
 
 def test_one_tower_loads_only_its_weights(tiny_checkpoint):

@@ -250,8 +250,31 @@ def test_unreachable_hub_names_the_model_flag(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr(koclip.hub, "_from_hub_cache", lambda *a: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with socket.socket() as s:  # a closed loopback port: the hub "cannot be reached"
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (32, 32), (10, 20, 30)).save(photos / "a.jpg")
     line = one_line_error(_invoke("index", photos, "--model", "koclip-base"), 1)
     assert "cannot be reached" in line and "--model DIR" in line, line
+
+
+def test_help_lists_commands_in_the_order_of_the_work_whole_and_keeps_examples_apart():
+    from click.testing import CliRunner
+
+    from cli import main
+    from cli.main import COMMANDS
+
+    runner = CliRunner()
+    top = runner.invoke(main, ["--help"], terminal_width=80).output
+    listed = [line.split()[0] for line in top.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed[:4] == ["index", "search", "similar", "serve"]
+    assert set(listed) == set(COMMANDS) and "..." not in top.split("Commands:")[1]
+    for name in COMMANDS:
+        text = runner.invoke(main, [name, "--help"], terminal_width=80).output
+        assert "None]" not in text, (name, text)
+        # Each example stays on its own line (click re-wraps a paragraph without \b).
+        examples = [line.strip() for line in text.splitlines() if "koclip-search " in line]
+        assert all(line.count("koclip-search ") == 1 for line in examples), (name, examples)

@@ -112,12 +112,13 @@ def test_another_model_is_bad_input_in_every_command(
 ) -> None:
     import uvicorn
 
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("must not start"))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **kw: pytest.fail("must not start"))
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda config: None)
     photos = photo_library.parent
     other = tiny_checkpoint_other
     commands = {
         "search": ["search", "바다", "--library", photos, "--model", other],
-        "serve": ["serve", "--library", photos, "--model", other],
+        "serve": ["serve", "--library", photos, "--model", other, "--port", "0"],
         "index": ["index", photos, "--model", other],
     }
     for name, args in commands.items():

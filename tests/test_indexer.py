@@ -386,6 +386,7 @@ def test_cli_json_summary_and_exit_codes(tmp_path, tiny_checkpoint):
         "failures",
         "seconds",
         "index_rebuilds",
+        "notes",
     ]
     assert (out["new"], out["failed"]) == (1, 1)
     assert out["failures"] == [{"path": "bad.jpg", "reason": "empty file (0 bytes)"}]
@@ -483,3 +484,29 @@ def test_a_deleted_photos_id_is_never_handed_out_again(tmp_path, tiny_checkpoint
     assert {p: i for p, i in after.items() if p != "new.jpg"} == {
         p: i for p, i in ids.items() if p != newest
     }
+
+
+def test_a_root_that_lost_every_photo_is_refused_until_asked(tmp_path, tiny_checkpoint):
+    """An unmounted card leaves an empty folder: `index` must not read that as 8 deletions."""
+    runner, main = _cli()
+    card = tmp_path / "card"
+    for i in range(8):
+        write_jpeg(card / f"DCIM/{i:03d}.jpg", i + 1)
+    index(card, tiny_checkpoint)
+    shutil.rmtree(card / "DCIM")  # the card's files gone: only the mount point is left
+    args = ["index", str(card), "--model", str(tiny_checkpoint)]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "none of the library's 8 photos" in lines[0], result.output
+    assert "--allow-empty-root" in lines[0] and "Traceback" not in result.output
+    with open_lib(card) as lib:
+        assert len(rows(lib)) == 8  # nothing removed
+    result = runner.invoke(main, [*args, "--allow-empty-root", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["deleted"] == 8
+    with open_lib(card) as lib:
+        assert not rows(lib)
+    # A library with nothing in it, and a folder still holding some photos, run as always.
+    write_jpeg(card / "new.jpg", 9)
+    assert runner.invoke(main, args).exit_code == 0

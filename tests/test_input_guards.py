@@ -44,6 +44,14 @@ def test_index_refuses_non_finite_max_megapixels(tmp_path: Path, value: str) -> 
     assert not (tmp_path / db.LIBRARY_DIRNAME).exists()  # refused before anything is made
 
 
+@pytest.mark.parametrize("value", ["1e308", "100001"])
+def test_index_refuses_a_max_megapixels_beyond_any_photo(tmp_path: Path, value: str) -> None:
+    result = run("index", tmp_path, "--max-megapixels", value)
+    assert result.exit_code == 2, result.output
+    assert "--max-megapixels" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / db.LIBRARY_DIRNAME).exists()
+
+
 @pytest.mark.parametrize("value", NOT_FINITE)
 def test_search_refuses_non_finite_threshold(photo_root: Path, value: str) -> None:
     result = run("search", "바다", "--library", photo_root, "--threshold", value)

@@ -126,8 +126,9 @@ def test_a_damaged_library_is_one_line_naming_the_file(damaged, tiny_checkpoint)
     from web import create_app
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(uvicorn, "run", lambda app, **kw: None)
-        served = _invoke("serve", "--library", root)
+        m.setattr(uvicorn.Server, "run", lambda server, sockets=(): [s.close() for s in sockets])
+        m.setattr(uvicorn.Config, "configure_logging", lambda config: None)
+        served = _invoke("serve", "--library", root, "--port", "0")
     # serve starts anyway (the page explains); a library it cannot open is warned of at once.
     assert served.exit_code == 0 and served.exception is None, served.output
     if named == "library.sqlite3":

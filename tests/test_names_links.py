@@ -307,3 +307,24 @@ def test_scoped_passes_judge_links_and_names_like_a_full_pass(tmp_path, tiny_che
         assert [p for p, _ in s.run(["solo.jpg"]).failures] == ["solo.jpg"]
         full = s.run()
     assert full.new == 0 and full.deleted == 0
+
+
+def test_links_to_folders_inside_the_root_give_no_photo_a_second_path(tmp_path, tiny_checkpoint):
+    """A watcher's pass over a new link to a folder inside the root (or a loop) adds nothing
+    that a full pass would remove again: the folder is indexed once, at its own path."""
+    from indexer import IndexOptions, IndexSession
+
+    root = tmp_path / "p"
+    write_jpeg(root / "a/x.jpg", 1)
+    write_jpeg(root / "b/y.jpg", 2)
+    with IndexSession(root, IndexOptions(model=str(tiny_checkpoint))) as s:
+        s.run()
+        (root / "a/loop").symlink_to("..")  # a loop made while watching
+        (root / "c").symlink_to("b")  # a second path to b's photos
+        (root / "0-first").symlink_to("b")  # sorts before b: still not its path
+        scoped = s.run(["a/loop", "c", "0-first", "c/y.jpg", "a/loop/b/y.jpg"])
+        assert (scoped.new, scoped.deleted, scoped.failed) == (0, 0, 0)
+        with open_lib(root) as lib:
+            assert set(rows(lib)) == {"a/x.jpg", "b/y.jpg"}
+        full = s.run()
+    assert (full.new, full.deleted, full.unchanged) == (0, 0, 2)

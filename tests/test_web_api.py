@@ -557,45 +557,85 @@ def test_model_loaded_once_and_work_runs_off_the_event_loop(library, monkeypatch
 # -- the command ------------------------------------------------------------------------------
 
 
-def test_serve_command_defaults_to_loopback(library, monkeypatch):
+def _served(monkeypatch) -> list:
+    """uvicorn's server run replaced by a note of its config and the socket it was given."""
     import uvicorn
 
+    calls: list = []
+
+    def run(server, sockets=None):
+        calls.append((server.config, sockets))
+        for sock in sockets or ():
+            sock.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    # Its logging set-up would keep CliRunner's captured stderr after the test closed it.
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda config: None)
+    return calls
+
+
+def test_serve_command_defaults_to_loopback(library, monkeypatch):
     from cli import main
 
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
-    result = CliRunner().invoke(main, ["serve", "--library", str(library), "--port", "8123"])
+    calls = _served(monkeypatch)
+    result = CliRunner().invoke(main, ["serve", "--library", str(library), "--port", "0"])
     assert result.exit_code == 0, result.output
-    app, kw = calls[0]
-    assert kw["host"] == "127.0.0.1" and kw["port"] == 8123
-    assert "http://127.0.0.1:8123/" in result.output
-    with TestClient(app, base_url=BASE) as c:
+    config, sockets = calls[0]
+    assert "http://127.0.0.1:" in result.output
+    assert config.access_log
+    with TestClient(config.app, base_url=BASE) as c:
         assert ok_json(c.get("/api/info"))["photos"] > 0
 
 
-def test_serve_command_refuses_another_model(library, tiny_checkpoint_other, monkeypatch):
-    import uvicorn
+def test_serve_on_a_port_in_use_is_one_line_and_exit_1(library, monkeypatch):
+    import socket
 
     from cli import main
 
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("must not start"))
+    calls = _served(monkeypatch)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", "--library", str(library), "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [
+        f"Error: port {port} on 127.0.0.1 is already in use (another serve?); pick one with --port"
+    ], result.output
+    assert not calls and "http://" not in result.output  # no URL printed for nothing
+
+
+def test_serve_command_refuses_another_model(library, tiny_checkpoint_other, monkeypatch):
+    from cli import main
+
+    calls = _served(monkeypatch)
     result = CliRunner().invoke(
         main, ["serve", "--library", str(library), "--model", str(tiny_checkpoint_other)]
     )
     assert result.exit_code == 2
-    assert "built with" in result.output
+    assert "built with" in result.output and not calls
 
 
 def test_serve_command_warns_off_loopback(library, monkeypatch):
-    import uvicorn
+    import socket
 
-    from cli import main
+    from cli import main, serve_cmd
 
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    # Tests listen on loopback only: the socket for 0.0.0.0 is made on 127.0.0.1 here.
+    asked = []
+
+    def bind(host, port):
+        asked.append(host)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        return sock
+
+    monkeypatch.setattr(serve_cmd, "_bind", bind)
+    calls = _served(monkeypatch)
     result = CliRunner().invoke(main, ["serve", "--library", str(library), "--host", "0.0.0.0"])
     assert result.exit_code == 0 and "anyone who can reach it" in result.output
-    assert calls[0]["host"] == "0.0.0.0"
+    assert asked == ["0.0.0.0"] and calls
 
 
 def test_library_engine_is_reached_from_few_threads(library, ids):
@@ -627,3 +667,20 @@ def test_library_engine_is_reached_from_few_threads(library, ids):
             codes = list(pool.map(lambda u: c.get(u).status_code, urls * 2))
     assert set(codes) == {200}
     assert users <= {"koclip-search_0", "koclip-db_0", "koclip-db_1"}, users
+
+
+def test_the_access_log_leaves_out_thumbnails_by_default():
+    import logging
+
+    from cli.serve_cmd import _NotThumbnails
+
+    def record(path: str) -> logging.LogRecord:
+        # uvicorn's access record: client, method, path, HTTP version, status
+        args = ("127.0.0.1:5000", "GET", path, "1.1", 200)
+        return logging.LogRecord(
+            "uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d', args, None
+        )
+
+    keep = _NotThumbnails()
+    assert not keep.filter(record("/api/photos/3/thumbnail?size=large"))
+    assert keep.filter(record("/api/search?q=%EB%B0%94%EB%8B%A4"))
