@@ -41,6 +41,7 @@ EARTH_KM = 6371.0088
 CITY_KM = 50.0  # the nearest city is named within this distance
 COUNTRY_KM = 150.0  # its country is given within this distance; beyond, no place
 KOREA = "KR"
+KOREA_KO = "대한민국"  # CLDR's Korean name of KR, so a point in Korea needs no city table
 # South Korea's bounding box with a margin (Marado 33.1°N, Baengnyeongdo 124.6°E, Dokdo
 # 131.87°E): only points inside it pay for the polygons.
 _KOREA_BOX = (32.9, 38.9, 124.3, 132.1)
@@ -85,6 +86,11 @@ class Places:
             root = default_cache_root() / "places"
         return root / f"cities15000-v{TABLE_FORMAT}-{_sources_version()}.npz"
 
+    def prepare(self) -> None:
+        """Load (or build, the first time on this machine) the city table now, e.g. on a
+        background thread before an indexing run, rather than on the first photo abroad."""
+        self._table_or_load()
+
     def place_of(self, lat: float, lon: float) -> Place | None:
         """The place of a WGS84 position; None for an invalid position or far from any city."""
         try:
@@ -123,7 +129,7 @@ class Places:
         if region is None or not region.sido:
             return None
         levels = korean_levels(region.sido, region.sigungu, region.emd)
-        return Place(self._table_or_load().country_ko(KOREA), KOREA, levels, " ".join(levels))
+        return Place(KOREA_KO, KOREA, levels, " ".join(levels))
 
     # -- abroad -------------------------------------------------------------------------------
 
@@ -321,7 +327,7 @@ class _CityTable:
         found = self._by_code.get(code)
         if found is not None:
             return found[1]
-        return "대한민국" if code == KOREA else code
+        return KOREA_KO if code == KOREA else code
 
     def country_en(self, code: str) -> str:
         found = self._by_code.get(code)

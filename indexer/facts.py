@@ -46,9 +46,16 @@ _GPS_ALT_REF, _GPS_ALT = 5, 6
 _TIFF_XMP = 700
 # IPTC datasets (record, number).
 _IPTC_CHARSET, _IPTC_KEYWORDS, _IPTC_CAPTION = (1, 90), (2, 25), (2, 120)
+# Where a person said the photo was taken, broad to narrow: Country, Province-State, City,
+# Sub-location.
+_IPTC_PLACES = ((2, 101), (2, 95), (2, 90), (2, 92))
 
 _RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
 _DC = "{http://purl.org/dc/elements/1.1/}"
+_PHOTOSHOP = "{http://ns.adobe.com/photoshop/1.0/}"
+_IPTC_CORE = "{http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/}"
+_XMP_PLACES = (_PHOTOSHOP + "Country", _PHOTOSHOP + "State", _PHOTOSHOP + "City")
+_XMP_PLACES += (_IPTC_CORE + "Location",)
 _XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -67,7 +74,15 @@ class PhotoFacts:
     lens: str | None = None
     keywords: tuple[str, ...] = ()  # XMP dc:subject, IPTC Keywords, Windows tags; deduplicated
     caption: str | None = None  # XMP dc:description, else IPTC Caption-Abstract
+    # place names a person or an app wrote (XMP photoshop:Country/State/City and
+    # Iptc4xmpCore:Location, else IPTC's), broad to narrow; for photos without GPS
+    place_names: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()  # "field: reason" for each fact present but unreadable
+
+    @property
+    def unreadable(self) -> tuple[str, ...]:
+        """The fields with a problem ("gps", "xmp", ...), for `info`'s counts."""
+        return tuple(dict.fromkeys(p.split(":", 1)[0] for p in self.problems))
 
     @property
     def has_position(self) -> bool:
@@ -115,22 +130,20 @@ def _read(image: Image.Image, max_xmp_bytes: int) -> PhotoFacts:
         fields["camera_make"] = _guard(problems, "camera", _name, exif.get(_MAKE))
         fields["camera_model"] = _guard(problems, "camera", _name, exif.get(_MODEL))
         fields["lens"] = _guard(problems, "lens", _lens, exif_ifd)
-    keywords: list[str] = []
-    captions: list[str] = []
+    tags: list[Tags] = []
     xmp = _guard(problems, "xmp", _xmp_bytes, image)
     if xmp:
-        parsed = parse_xmp(xmp, max_bytes=max_xmp_bytes)
-        problems.extend(parsed.problems)
-        keywords.extend(parsed.keywords)
-        captions.extend([parsed.caption] if parsed.caption else [])
+        tags.append(parse_xmp(xmp, max_bytes=max_xmp_bytes))
+        problems.extend(tags[-1].problems)
     iptc = _guard(problems, "iptc", _iptc, image)
     if iptc is not None:
-        keywords.extend(iptc[0])
-        captions.extend([iptc[1]] if iptc[1] else [])
+        tags.append(iptc)
+    keywords = [k for t in tags for k in t.keywords]
     if exif is not None:
         keywords.extend(_guard(problems, "keywords", _xp_keywords, exif.get(_XP_KEYWORDS)) or ())
     fields["keywords"] = _unique(keywords)
-    fields["caption"] = captions[0] if captions else None
+    fields["caption"] = next((t.caption for t in tags if t.caption), None)
+    fields["place_names"] = next((t.place_names for t in tags if t.place_names), ())
     return PhotoFacts(**fields, problems=tuple(dict.fromkeys(problems)))  # type: ignore[arg-type]
 
 
@@ -306,9 +319,12 @@ def _xp_keywords(value: object) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class XmpFacts:
+class Tags:
+    """What a person or an app wrote about a photo in its XMP or IPTC."""
+
     keywords: tuple[str, ...] = ()
     caption: str | None = None
+    place_names: tuple[str, ...] = ()  # country, state, city, location: those given
     problems: tuple[str, ...] = ()
 
 
@@ -327,8 +343,9 @@ def _xmp_bytes(image: Image.Image) -> bytes | None:
     return raw
 
 
-def parse_xmp(data: bytes, *, max_bytes: int = MAX_XMP_BYTES) -> XmpFacts:
-    """dc:subject and dc:description of an XMP packet; hardened, never raises.
+def parse_xmp(data: bytes, *, max_bytes: int = MAX_XMP_BYTES) -> Tags:
+    """dc:subject, dc:description and the place names of an XMP packet; hardened, never
+    raises.
 
     DTDs are refused outright (XMP has no use for one): no entity is declared, so none
     expands, and no external entity or local file is ever read.
@@ -338,35 +355,41 @@ def parse_xmp(data: bytes, *, max_bytes: int = MAX_XMP_BYTES) -> XmpFacts:
 
     if len(data) > max_bytes:
         size = f"{len(data) / (1 << 20):.1f} MB" if len(data) >= 1 << 20 else f"{len(data)} bytes"
-        return XmpFacts(problems=(f"xmp: too large ({size}, limit {max_bytes} bytes)",))
+        return Tags(problems=(f"xmp: too large ({size}, limit {max_bytes} bytes)",))
     data = data.strip(b"\x00 \t\r\n")
     try:
         root = fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
-        return XmpFacts(problems=(f"xmp: refused ({type(exc).__name__})",))
+        return Tags(problems=(f"xmp: refused ({type(exc).__name__})",))
     except (ParseError, ValueError, UnicodeError):
-        return XmpFacts(problems=("xmp: not well-formed XML",))
+        return Tags(problems=("xmp: not well-formed XML",))
     except (RecursionError, MemoryError):
-        return XmpFacts(problems=("xmp: nested too deep",))
+        return Tags(problems=("xmp: nested too deep",))
     keywords: list[str] = []
     captions: list[tuple[str, str]] = []  # (xml:lang, text)
+    places: dict[str, str] = {}
     try:
         for element in root.iter():
             if element.tag == _DC + "subject":
                 keywords.extend(text for _, text in _rdf_values(element))
             elif element.tag == _DC + "description":
                 captions.extend(_rdf_values(element))
+            elif element.tag in _XMP_PLACES and element.text:
+                places.setdefault(element.tag, element.text)
             for name, value in element.attrib.items():  # the attribute shorthand
                 if name == _DC + "description":
                     captions.append(("", value))
                 elif name == _DC + "subject":
                     keywords.append(value)
+                elif name in _XMP_PLACES:
+                    places.setdefault(name, value)
     except RecursionError:
-        return XmpFacts(problems=("xmp: nested too deep",))
+        return Tags(problems=("xmp: nested too deep",))
     caption = next((t for lang, t in captions if lang == "x-default"), None)
     if caption is None and captions:
         caption = captions[0][1]
-    return XmpFacts(keywords=_unique(keywords), caption=_caption(caption))
+    place_names = _unique(places.get(tag, "") for tag in _XMP_PLACES)
+    return Tags(keywords=_unique(keywords), caption=_caption(caption), place_names=place_names)
 
 
 def _rdf_values(element) -> Iterator[tuple[str, str]]:
@@ -381,7 +404,7 @@ def _rdf_values(element) -> Iterator[tuple[str, str]]:
 # -- IPTC -------------------------------------------------------------------------------------
 
 
-def _iptc(image: Image.Image) -> tuple[tuple[str, ...], str | None] | None:
+def _iptc(image: Image.Image) -> Tags | None:
     if image.format not in ("JPEG", "TIFF", "MPO", "IPTC"):
         return None
     info = IptcImagePlugin.getiptcinfo(image)  # type: ignore[arg-type]
@@ -398,9 +421,12 @@ def _iptc(image: Image.Image) -> tuple[tuple[str, ...], str | None] | None:
                 out.append(v.decode("utf-8", "replace") if utf8 else _decode(v))
         return out
 
-    keywords = strings(info.get(_IPTC_KEYWORDS, []))
     captions = strings(info.get(_IPTC_CAPTION, []))
-    return tuple(keywords), _caption(captions[0]) if captions else None
+    return Tags(
+        keywords=_unique(strings(info.get(_IPTC_KEYWORDS, []))),
+        caption=_caption(captions[0]) if captions else None,
+        place_names=_unique(n for tag in _IPTC_PLACES for n in strings(info.get(tag, []))[:1]),
+    )
 
 
 # -- cleaning ---------------------------------------------------------------------------------

@@ -65,7 +65,18 @@ def make_exif(
     return exif
 
 
-def xmp_packet(subjects: Iterable[str] = (), description: str | None = None) -> bytes:
+def xmp_packet(
+    subjects: Iterable[str] = (),
+    description: str | None = None,
+    *,
+    city: str | None = None,
+    country: str | None = None,
+) -> bytes:
+    places = "".join(
+        f"<photoshop:{tag}>{value}</photoshop:{tag}>"
+        for tag, value in (("Country", country), ("City", city))
+        if value is not None
+    )
     items = "".join(f"<rdf:li>{s}</rdf:li>" for s in subjects)
     desc = (
         f'<dc:description><rdf:Alt><rdf:li xml:lang="x-default">{description}</rdf:li>'
@@ -77,15 +88,20 @@ def xmp_packet(subjects: Iterable[str] = (), description: str | None = None) -> 
         '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
         '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
         '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/">'
-        f"<dc:subject><rdf:Bag>{items}</rdf:Bag></dc:subject>{desc}"
+        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+        'xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/">'
+        f"<dc:subject><rdf:Bag>{items}</rdf:Bag></dc:subject>{desc}{places}"
         "</rdf:Description></rdf:RDF></x:xmpmeta>"
         '<?xpacket end="w"?>'
     ).encode()
 
 
 def iptc_segment(
-    keywords: Iterable[str] = (), caption: str | None = None, *, utf8: bool = True
+    keywords: Iterable[str] = (),
+    caption: str | None = None,
+    *,
+    utf8: bool = True,
+    city: str | None = None,
 ) -> bytes:
     """A JPEG APP13 segment: Photoshop image resource 0x0404 holding IPTC-IIM datasets."""
 
@@ -97,6 +113,8 @@ def iptc_segment(
     iim += b"".join(dataset(2, 25, k.encode(encoding)) for k in keywords)
     if caption is not None:
         iim += dataset(2, 120, caption.encode(encoding))
+    if city is not None:
+        iim += dataset(2, 90, city.encode(encoding))
     resource = b"8BIM" + struct.pack(">H", 0x0404) + b"\x00\x00" + struct.pack(">I", len(iim))
     resource += iim + (b"\x00" if len(iim) % 2 else b"")
     payload = b"Photoshop 3.0\x00" + resource

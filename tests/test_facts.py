@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 from PIL.TiffImagePlugin import IFDRational
 
-from indexer.facts import MAX_XMP_BYTES, PhotoFacts, parse_xmp, read_facts
+from indexer.facts import MAX_KEYWORDS, MAX_XMP_BYTES, PhotoFacts, parse_xmp, read_facts
 from tests.facts_fixtures import (
     exif_segment,
     gps_tags,
@@ -340,3 +340,24 @@ def test_xmp_in_its_own_app1_segment_and_bad_iptc_text():
     facts = facts_of(data)
     assert facts.keywords == ("꽃", "벚꽃")  # the IPTC in CP949, as older Korean tools wrote
     assert facts.caption == "봄 나들이"
+
+
+def test_place_names_written_by_people():
+    xmp = xmp_packet(["바다"], city="서귀포", country="대한민국")
+    facts = facts_of(jpeg_bytes(xmp=xmp, segments=[iptc_segment(["꽃"], city="제주")]))
+    assert facts.place_names == ("대한민국", "서귀포")  # XMP's, broad to narrow
+    assert facts.keywords == ("바다", "꽃")
+    facts = facts_of(jpeg_bytes(segments=[iptc_segment(city="제주시")]))
+    assert facts.place_names == ("제주시",)  # IPTC's when XMP has none
+
+
+def test_keywords_are_bounded():
+    facts = facts_of(jpeg_bytes(xmp=xmp_packet([f"k{i}" for i in range(1000)] + ["x" * 500])))
+    assert len(facts.keywords) == MAX_KEYWORDS
+    assert facts.keywords[:2] == ("k0", "k1")
+
+
+def test_unreadable_names_the_fields_with_problems():
+    tags = {**gps_tags(37.5, 127.0), 2: (IFDRational(37, 0), IFDRational(0, 1), IFDRational(0, 1))}
+    data = jpeg_bytes(exif=make_exif(gps=tags, taken="2024:99:99 00:00:00"), xmp=BILLION_LAUGHS)
+    assert set(facts_of(data).unreadable) == {"gps", "taken_at", "xmp"}

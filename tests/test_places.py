@@ -107,6 +107,7 @@ def test_the_table_is_built_once_then_loaded(table_dir, monkeypatch):
     assert Places(table_dir).place_of(35.6762, 139.6503).text == "일본 도쿄"
 
 
+@pytest.mark.slow  # builds the table again: about two seconds
 def test_a_damaged_table_is_built_again(table_dir, tmp_path):
     fresh = Places(tmp_path)
     fresh.table_path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +117,7 @@ def test_a_damaged_table_is_built_again(table_dir, tmp_path):
     assert fresh.table_path.stat().st_size > 1000  # replaced by a whole one
 
 
+@pytest.mark.slow  # builds the table again: about two seconds
 def test_an_unwritable_cache_still_answers(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -138,6 +140,18 @@ def test_lookups_from_many_threads_agree(table_dir):
         t.join()
     expected = [Places(table_dir).place_of(*p) for p in points]
     assert results == expected and results[0].text == "제주특별자치도 서귀포시 성산읍"
+
+
+@pytest.mark.slow  # builds the table again: about two seconds
+def test_a_point_in_korea_needs_no_city_table(tmp_path):
+    lookup = Places(tmp_path)
+    assert lookup.place_of(33.4589, 126.9425).country == "대한민국"
+    assert not lookup.table_path.exists()
+    lookup.prepare()
+    assert lookup.table_path.exists()
+    assert lookup.place_of(33.4589, 126.9425).country == Places(
+        tmp_path
+    )._table_or_load().country_ko("KR")
 
 
 def test_importing_loads_nothing():
