@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from PIL import Image, IptcImagePlugin
+from PIL import Image, IptcImagePlugin, TiffImagePlugin
 
 # XMP above this many bytes is not parsed (real packets are a few kB; JPEG caps one at 64 kB).
 MAX_XMP_BYTES = 1 << 20
@@ -405,21 +405,28 @@ def _rdf_values(element) -> Iterator[tuple[str, str]]:
 
 
 def _iptc(image: Image.Image) -> Tags | None:
-    if image.format not in ("JPEG", "TIFF", "MPO", "IPTC"):
+    """IPTC-IIM from a JPEG's Photoshop resource 0x0404 (read from `info`, so a decoded copy
+    of the image still has it) or a TIFF's IPTC tag (through Pillow)."""
+    photoshop = image.info.get("photoshop")
+    if isinstance(photoshop, dict) and isinstance(photoshop.get(0x0404), bytes):
+        info = iim_datasets(photoshop[0x0404])
+    elif isinstance(image, TiffImagePlugin.TiffImageFile):
+        info = IptcImagePlugin.getiptcinfo(image) or {}
+    else:
         return None
-    info = IptcImagePlugin.getiptcinfo(image)  # type: ignore[arg-type]
     if not info:
         return None
     charset = info.get(_IPTC_CHARSET)
+    charset = charset[0] if isinstance(charset, list) and charset else charset
     utf8 = isinstance(charset, bytes) and charset.startswith(b"\x1b%G")
 
     def strings(value: object) -> list[str]:
         values = value if isinstance(value, list) else [value]
-        out = []
-        for v in values:
-            if isinstance(v, bytes):
-                out.append(v.decode("utf-8", "replace") if utf8 else _decode(v))
-        return out
+        return [
+            v.decode("utf-8", "replace") if utf8 else _decode(v)
+            for v in values
+            if isinstance(v, bytes)
+        ]
 
     captions = strings(info.get(_IPTC_CAPTION, []))
     return Tags(
@@ -427,6 +434,28 @@ def _iptc(image: Image.Image) -> Tags | None:
         caption=_caption(captions[0]) if captions else None,
         place_names=_unique(n for tag in _IPTC_PLACES for n in strings(info.get(tag, []))[:1]),
     )
+
+
+def iim_datasets(data: bytes) -> dict[tuple[int, int], list[bytes]]:
+    """IPTC-IIM datasets, (record, number) -> values, in order; reading stops at the first byte
+    that does not start a whole dataset (garbage or truncation keeps what came before)."""
+    out: dict[tuple[int, int], list[bytes]] = {}
+    pos = 0
+    while pos + 5 <= len(data) and data[pos] == 0x1C:
+        record, number = data[pos + 1], data[pos + 2]
+        size = int.from_bytes(data[pos + 3 : pos + 5], "big")
+        pos += 5
+        if size & 0x8000:  # an extended dataset: the next (size & 0x7FFF) bytes hold the length
+            width = size & 0x7FFF
+            if not 0 < width <= 4 or pos + width > len(data):
+                break
+            size = int.from_bytes(data[pos : pos + width], "big")
+            pos += width
+        if pos + size > len(data):
+            break
+        out.setdefault((record, number), []).append(data[pos : pos + size])
+        pos += size
+    return out
 
 
 # -- cleaning ---------------------------------------------------------------------------------

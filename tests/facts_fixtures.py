@@ -102,8 +102,10 @@ def iptc_segment(
     *,
     utf8: bool = True,
     city: str | None = None,
+    cut: int = 0,
 ) -> bytes:
-    """A JPEG APP13 segment: Photoshop image resource 0x0404 holding IPTC-IIM datasets."""
+    """A JPEG APP13 segment: Photoshop image resource 0x0404 holding IPTC-IIM datasets, the
+    last `cut` bytes of the datasets left out (sizes kept consistent around them)."""
 
     def dataset(record: int, number: int, value: bytes) -> bytes:
         return struct.pack(">BBBH", 0x1C, record, number, len(value)) + value
@@ -115,6 +117,7 @@ def iptc_segment(
         iim += dataset(2, 120, caption.encode(encoding))
     if city is not None:
         iim += dataset(2, 90, city.encode(encoding))
+    iim = iim[: len(iim) - cut]
     resource = b"8BIM" + struct.pack(">H", 0x0404) + b"\x00\x00" + struct.pack(">I", len(iim))
     resource += iim + (b"\x00" if len(iim) % 2 else b"")
     payload = b"Photoshop 3.0\x00" + resource

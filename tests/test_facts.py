@@ -12,7 +12,14 @@ import pytest
 from PIL import Image, PngImagePlugin
 from PIL.TiffImagePlugin import IFDRational
 
-from indexer.facts import MAX_KEYWORDS, MAX_XMP_BYTES, PhotoFacts, parse_xmp, read_facts
+from indexer.facts import (
+    MAX_KEYWORDS,
+    MAX_XMP_BYTES,
+    PhotoFacts,
+    iim_datasets,
+    parse_xmp,
+    read_facts,
+)
 from tests.facts_fixtures import (
     exif_segment,
     gps_tags,
@@ -361,3 +368,30 @@ def test_unreadable_names_the_fields_with_problems():
     tags = {**gps_tags(37.5, 127.0), 2: (IFDRational(37, 0), IFDRational(0, 1), IFDRational(0, 1))}
     data = jpeg_bytes(exif=make_exif(gps=tags, taken="2024:99:99 00:00:00"), xmp=BILLION_LAUGHS)
     assert set(facts_of(data).unreadable) == {"gps", "taken_at", "xmp"}
+
+
+def test_the_decoded_copy_the_indexer_holds_keeps_every_fact(tmp_path):
+    from koclip.preprocess import open_image
+
+    data = jpeg_bytes(
+        exif=make_exif(gps=gps_tags(33.4589, 126.9425), make="Apple", model="iPhone 15"),
+        xmp=xmp_packet(["바다"], "해돋이"),
+        segments=[iptc_segment(["가족"], city="서귀포")],
+        image=Image.new("RGB", (64, 48), (10, 20, 30)),
+    )
+    path = tmp_path / "a.jpg"
+    path.write_bytes(data)
+    assert read_facts(open_image(path)) == read_facts(path)
+
+
+def test_iim_garbage_and_truncation_keep_what_came_before():
+    whole = iptc_segment(["하나", "둘"], "설명")
+    iim = whole[whole.index(b"\x1c") :]
+    assert iim_datasets(iim)[(2, 25)] == ["하나".encode(), "둘".encode()]
+    for cut in range(len(iim)):
+        datasets = iim_datasets(iim[:cut])
+        assert all(isinstance(v, bytes) for values in datasets.values() for v in values)
+    assert iim_datasets(b"\x1c\x02\x19\x80\x09" + b"\xff" * 20) == {}  # a 9-byte length
+    assert iim_datasets(b"\x1c\x02\x19\xff\xff") == {}
+    facts = facts_of(jpeg_bytes(segments=[iptc_segment(["하나", "둘"], "설명", cut=3)]))
+    assert facts.keywords == ("하나", "둘") and facts.caption is None
