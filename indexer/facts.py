@@ -228,10 +228,13 @@ def _taken_at(exif_ifd: dict) -> datetime | None:
     if raw is None:
         return None
     text = _text(raw)
-    if text is None or text.startswith("0000"):
-        return None  # cameras write blanks or zeros when the clock was never set
+    if text is None or text.startswith("0000") or not text.strip(": "):
+        return None  # the standard's "unknown" (blanks and colons) or zeros: an unset clock
+    stamp = text[:19]
+    if stamp[4:5] == stamp[7:8] == "-":  # ISO dashes, as some apps write: 2024-07-15T10:30:00
+        stamp = f"{stamp[:4]}:{stamp[5:7]}:{stamp[8:10]} {stamp[11:]}"
     try:
-        taken = datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
+        taken = datetime.strptime(stamp, "%Y:%m:%d %H:%M:%S")
     except ValueError:
         raise _Unreadable(f"not an EXIF date ({text[:30]!r})") from None
     offset = exif_ifd.get(_OFFSET_TIME_ORIGINAL)

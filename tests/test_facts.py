@@ -180,7 +180,9 @@ def test_wrong_types_cost_their_own_field_only():
     [
         ("2024:13:45 10:00:00", None, "taken_at: not an EXIF date"),
         ("0000:00:00 00:00:00", None, None),  # an unset clock: absent, not a problem
-        ("    :  :     :  :  ", None, "taken_at: not an EXIF date"),
+        ("    :  :     :  :  ", None, None),  # the standard's "unknown"
+        ("2024-07-15T10:30:00", datetime(2024, 7, 15, 10, 30), None),
+        ("작년 여름", None, "taken_at: not an EXIF date"),
         ("2023:09:29 18:00:00\x00", datetime(2023, 9, 29, 18), None),
     ],
 )
