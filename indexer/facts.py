@@ -1,15 +1,17 @@
 """A photo's facts from its metadata: when, where, with what camera, and its keywords and caption.
 
 `read_facts` reads EXIF (DateTimeOriginal with OffsetTimeOriginal, the GPS IFD, make, model,
-lens, Windows XPKeywords), XMP (dc:subject, dc:description) and IPTC (Keywords 2:25,
-Caption-Abstract 2:120) from a path or from an image the caller already opened (the indexer's
-load stage: no second open, no pixel decode).
+lens, Windows XPKeywords), XMP (dc:subject, dc:description, photoshop:Country/State/City,
+Iptc4xmpCore:Location) and IPTC-IIM (Keywords 2:25, Caption-Abstract 2:120, the location
+datasets) from a path, from an image the caller opened (not decoded here), or from the decoded
+copy `koclip.preprocess.open_image` returns (its `info` keeps the metadata bytes): the
+indexer's load stage needs no second open.
 
 Metadata is untrusted input. Every field falls back to None (or empty) on its own, with a short
 reason in `PhotoFacts.problems` ("field: why") when the fact was present but unreadable, so
 `info` can count them; nothing here raises for a photo's metadata. XMP is parsed by defusedxml
 with DTDs refused (so no entity expands, none is fetched, no local file is read) and only up
-to `MAX_XMP_BYTES`.
+to `MAX_XMP_BYTES`; IPTC by a reader bounded by its bytes.
 """
 
 from __future__ import annotations
