@@ -4,9 +4,9 @@ a summary is printed."""
 from __future__ import annotations
 
 import functools
-import sys
 import json
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
