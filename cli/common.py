@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,14 +30,17 @@ class CommandError(click.ClickException):
 
 def domain_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Report the product's errors by their class's row (`koclip.errors`): bad input or an
-    unusable library exits 2, a failure of the work 1; anything else is a bug and a traceback."""
+    unusable library exits 2, a failure of the work 1; anything else is a bug and a traceback.
+    While the command runs, its long set-up phases (`koclip.phases`) are shown on stderr."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from cli.progress import phases_shown
         from koclip.errors import KoclipSearchError, ModelUnavailableError
 
         try:
-            return command(*args, **kwargs)
+            with phases_shown(sys.stderr):
+                return command(*args, **kwargs)
         except KoclipSearchError as exc:
             flag = _model_flag()
             if isinstance(exc, ModelUnavailableError) and flag:

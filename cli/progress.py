@@ -1,13 +1,27 @@
-"""Terminal progress bars for long commands: one line redrawn in place on stderr."""
+"""What long commands show while they work, on stderr: progress bars and phase spinners
+(rich draws them, fits them to the terminal's width and keeps printed lines above them).
+
+On a terminal a bar is redrawn in place; elsewhere (a log, a pipe) the callers show no bar,
+and a phase longer than a second is one line when it starts and one when it ends.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 
 if TYPE_CHECKING:
     from indexer import IndexRebuild
     from train import TrainProgress
+
+# A phase quicker than this shows nothing.
+PHASE_AFTER = 1.0
 
 
 def clock(seconds: float) -> str:
@@ -18,16 +32,30 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-class LineBar:
-    """`[####....] text`, redrawn at most every `min_interval` seconds."""
+def console(stream: TextIO, *, terminal: bool | None = None) -> Console:
+    """A rich console on `stream`; `terminal` forces (or denies) live drawing."""
+    return Console(file=stream, force_terminal=terminal, highlight=False, soft_wrap=False)
 
-    def __init__(self, stream: TextIO, *, width: int = 28, min_interval: float = 0.2) -> None:
+
+class LineBar:
+    """`[━━━━━    ] text`, redrawn in place at most every `min_interval` seconds."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        width: int = 28,
+        min_interval: float = 0.2,
+        terminal: bool | None = None,
+    ) -> None:
         self.stream = stream
         self.width = width
         self.min_interval = min_interval
+        self.console = console(stream, terminal=terminal)
         self._start = time.monotonic()
         self._last_draw = float("-inf")  # the first call always draws
-        self._drawn = False
+        self._progress: Progress | None = None
+        self._task = 0
 
     def due(self, final: bool = False) -> bool:
         now = time.monotonic()
@@ -40,18 +68,30 @@ class LineBar:
         return max(time.monotonic() - self._start, 1e-9)
 
     def draw(self, done: int, total: int, text: str) -> None:
-        filled = self.width * done // total if total else self.width
-        bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {text} ")
-        self.stream.flush()
-        self._drawn = True
+        if self._progress is None:
+            self._progress = Progress(
+                BarColumn(bar_width=self.width),
+                TextColumn("{task.fields[text]}"),
+                console=self.console,
+                auto_refresh=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("", total=total, text=text)
+        self._progress.update(self._task, completed=done, total=total, text=text, refresh=True)
+
+    def print(self, line: str) -> None:
+        """A line kept above the bar."""
+        if self._progress is not None:
+            self._progress.console.print(line, markup=False)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         """End the bar's line so what follows starts on a fresh one."""
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
 
 class ProgressBar(LineBar):
@@ -68,8 +108,8 @@ class ProgressBar(LineBar):
 class TrainBar(LineBar):
     """Epoch, step, loss, images/s, ETA; one kept line per finished epoch."""
 
-    def __init__(self, stream: TextIO, *, width: int = 24, min_interval: float = 0.2) -> None:
-        super().__init__(stream, width=width, min_interval=min_interval)
+    def __init__(self, stream: TextIO, *, width: int = 24, **kwargs: object) -> None:
+        super().__init__(stream, width=width, **kwargs)  # type: ignore[arg-type]
 
     def __call__(self, p: TrainProgress) -> None:
         """Progress callback for `train.train`."""
@@ -84,9 +124,7 @@ class TrainBar(LineBar):
         )
         if p.epoch_done:
             val = f", validation mean recall {100 * p.validation.mean:.1f}" if p.validation else ""
-            self.stream.write(f"\n  epoch {p.epoch}/{p.epochs}: loss {p.loss:.4f}{val}\n")
-            self.stream.flush()
-            self._drawn = False
+            self.print(f"  epoch {p.epoch}/{p.epochs}: loss {p.loss:.4f}{val}")
 
 
 class RebuildBar(LineBar):
@@ -95,9 +133,15 @@ class RebuildBar(LineBar):
     `interrupts`, a bar already on the line (the files bar), is ended first."""
 
     def __init__(
-        self, stream: TextIO, *, live: bool, interrupts: LineBar | None = None, prefix: str = ""
+        self,
+        stream: TextIO,
+        *,
+        live: bool,
+        interrupts: LineBar | None = None,
+        prefix: str = "",
+        terminal: bool | None = None,
     ) -> None:
-        super().__init__(stream)
+        super().__init__(stream, terminal=terminal)
         self.live = live
         self.interrupts = interrupts
         self.prefix = prefix
@@ -113,8 +157,7 @@ class RebuildBar(LineBar):
             if self.live:
                 self.draw(0, 1, text)
             else:
-                self.stream.write(text + "\n")
-                self.stream.flush()
+                self.print(text)
             return
         if event.done:
             text = f"{what}: done in {clock(time.monotonic() - self._began)}"
@@ -122,7 +165,73 @@ class RebuildBar(LineBar):
                 self.draw(1, 1, text)
                 self.close()
             else:
-                self.stream.write(text + "\n")
-                self.stream.flush()
+                self.print(text)
         elif self.live and self.due():
             self.draw(event.added, max(event.photos, 1), f"{what}: {event.added:,} added")
+
+
+class PhaseReporter:
+    """Shows `koclip.phases` phases on `stream`: nothing for a phase quicker than `after`
+    seconds; then a spinner with the elapsed time on a terminal, one line elsewhere; and a
+    line with the time taken when it ends."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        after: float = PHASE_AFTER,
+        prefix: str = "koclip-search: ",
+        terminal: bool | None = None,
+    ) -> None:
+        self.console = console(stream, terminal=terminal)
+        self.stream = stream
+        self.after = after
+        self.prefix = prefix
+
+    @contextlib.contextmanager
+    def __call__(self, text: str) -> Iterator[None]:
+        start = time.monotonic()
+        shown = threading.Event()
+        done = threading.Event()
+        lock = threading.Lock()
+        status = None
+
+        def show() -> None:
+            nonlocal status
+            with lock:
+                if done.is_set():
+                    return
+                shown.set()
+                if self.console.is_terminal:
+                    status = self.console.status(f"{self.prefix}{text}...")
+                    status.start()
+                else:
+                    self.stream.write(f"{self.prefix}{text}...\n")
+                    self.stream.flush()
+
+        timer = threading.Timer(self.after, show)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            with lock:
+                done.set()
+                timer.cancel()
+                if status is not None:
+                    status.stop()
+                if shown.is_set():
+                    took = time.monotonic() - start
+                    self.console.print(f"{self.prefix}{text}: done in {took:.1f} s", markup=False)
+
+
+@contextlib.contextmanager
+def phases_shown(stream: TextIO, **kwargs: object) -> Iterator[None]:
+    """Show `koclip.phases` on `stream` while the block runs."""
+    from koclip.phases import set_reporter
+
+    previous = set_reporter(PhaseReporter(stream, **kwargs))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        set_reporter(previous)

@@ -1,11 +1,22 @@
-"""The terminal progress bars of `index`, `eval` and `train`."""
+"""What long commands show while they work: the bars of `index`, `eval` and `train`, and the
+phases of set-up work (koclip.phases) that take longer than a second."""
 
 from __future__ import annotations
 
 import io
+import re
+import threading
+import time
 
-from cli.progress import ProgressBar, TrainBar, clock
+from cli.progress import PhaseReporter, ProgressBar, TrainBar, clock, phases_shown
+from koclip.phases import phase
 from train import TrainProgress
+
+
+def plain(text: str) -> str:
+    """What the terminal shows at the end: escape codes dropped, each line's last redraw."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    return "\n".join(line.split("\r")[-1] for line in text.split("\n"))
 
 
 def test_clock():
@@ -14,22 +25,74 @@ def test_clock():
 
 def test_train_bar_keeps_one_line_per_epoch():
     out = io.StringIO()
-    bar = TrainBar(out, width=8, min_interval=0)
+    bar = TrainBar(out, width=8, min_interval=0, terminal=True)
     bar(TrainProgress(1, 2, 1, 4, 2.5, 3.0, seconds_left=65))
     bar(TrainProgress(1, 2, 2, 4, 2.0, 3.0, seconds_left=30, epoch_done=True))
     bar(TrainProgress(2, 2, 3, 4, 1.5, 3.0))
     bar.close()
     text = out.getvalue()
-    assert "[####....] epoch 1/2  step 2/4  loss 2.0000" in text and "ETA 1:05" in text
-    assert "\n  epoch 1/2: loss 2.0000\n" in text
-    assert text.endswith("\n") and text.count("\n") == 3
+    assert "epoch 1/2  step 2/4  loss 2.0000" in text and "ETA 1:05" in text
+    shown = plain(text).splitlines()
+    assert shown[0] == "  epoch 1/2: loss 2.0000"  # kept above the bar
+    assert "epoch 2/2  step 3/4" in shown[1] and plain(text).endswith("\n")
 
 
 def test_progress_bar_throttles_but_always_draws_the_end():
     out = io.StringIO()
-    bar = ProgressBar(out, width=4, min_interval=3600)
+    bar = ProgressBar(out, width=4, min_interval=3600, terminal=True)
     bar(1, 10)
     bar(2, 10)  # too soon: not drawn
     bar(10, 10)
     bar.close()
-    assert out.getvalue().count("\r") == 2 and "10/10 files" in out.getvalue()
+    text = out.getvalue()
+    assert "1/10 files" in text and "2/10 files" not in text and "10/10 files" in text
+
+
+def test_a_bar_fits_a_narrow_terminal():
+    out = io.StringIO()
+    bar = ProgressBar(out, width=10, min_interval=0, terminal=True)
+    bar.console.width = 40
+    bar(3, 10)
+    bar.close()
+    assert max(len(line) for line in plain(out.getvalue()).splitlines()) <= 40
+
+
+def test_phases_show_only_when_they_last(monkeypatch):
+    log = io.StringIO()
+    with phases_shown(log, after=0.05, terminal=False):
+        with phase("quick"):
+            pass
+        with phase("tracing the text tower"):
+            time.sleep(0.3)
+            with phase("an inner step"):  # nested: the outer one already says it
+                time.sleep(0.1)
+    text = log.getvalue()
+    assert "quick" not in text and "an inner step" not in text
+    assert "koclip-search: tracing the text tower...\n" in text
+    assert "tracing the text tower: done in " in text
+    with phase("with no reporter installed"):  # library code runs the same without one
+        pass
+
+
+def test_a_phase_on_a_terminal_is_a_spinner_then_one_line():
+    out = io.StringIO()
+    reporter = PhaseReporter(out, after=0.05, terminal=True)
+    with reporter("building the bf16 vision tower"):
+        time.sleep(0.3)
+    text = out.getvalue()
+    assert "building the bf16 vision tower..." in text  # the spinner's text
+    assert "building the bf16 vision tower: done in " in text
+
+
+def test_phases_of_other_threads_are_shown_too():
+    log = io.StringIO()
+    with phases_shown(log, after=0.01, terminal=False):
+
+        def work() -> None:
+            with phase("compiling in a thread"):
+                time.sleep(0.1)
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    assert "compiling in a thread: done in " in log.getvalue()
