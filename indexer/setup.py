@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete
 
 from db import (
     Failure,
@@ -15,11 +15,12 @@ from db import (
     ManifestMismatchError,
     Photo,
     SchemaVersionError,
+    photos,
     relative_photo_root,
     write_errors,
 )
 from db.errors import index_command
-from db.library import INDEX_AUTO, INDEX_CHOSEN, manifest_problems
+from db.manifest import INDEX_AUTO, INDEX_CHOSEN, manifest_problems
 from db.vectors import DEFAULT_INDEX_TYPE, INDEX_FACTORIES
 from koclip import KoCLIPEncoder, checkpoint_fingerprint, load_encoder_at
 from koclip.preprocess import PREPROCESS_VERSION
@@ -141,7 +142,7 @@ def _differs(old: Manifest, new: Manifest) -> bool:
 
 def _photo_count(library: Library) -> int:
     with library.session() as s, s.begin():
-        return s.scalar(select(func.count()).select_from(Photo)) or 0
+        return photos.photo_count(s)
 
 
 def _mismatch_message(old: Manifest, model: str, fingerprint: str) -> str:
