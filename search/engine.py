@@ -301,9 +301,8 @@ def few_query_threads(n_queries: int) -> Iterator[None]:
 
     faiss parallelises IVF/HNSW search over queries, so one query keeps one thread busy and
     the others only join its barrier; on a loaded machine a descheduled idle thread stalls
-    that barrier for a scheduler tick. bench/search.py measured, on 2 busy cores: one IVF
-    query 16 ms with 2 threads, 0.27 ms with 1; one flat query over 200k, 100 ms vs 32 ms.
-    Batches (>= one query per thread) keep every thread.
+    that barrier for a scheduler tick, many times the query's own cost on a busy machine
+    (bench/search.py measures it). Batches (>= one query per thread) keep every thread.
     """
     import faiss
 
