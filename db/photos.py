@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import ColumnElement, func, select
@@ -138,6 +138,28 @@ def failures_for_plan(session: Session, where: ColumnElement[bool]) -> Iterator[
         )
     )
     return (FailureRow(*row) for row in rows)
+
+
+def reuse_sources(session: Session, content_hash: str) -> list[Any]:
+    """The rows holding these bytes, by id, with what a new row copies from one (its
+    embedding, size in pixels, date and fingerprints) and its path."""
+    return list(
+        session.execute(
+            select(
+                Photo.id,
+                Photo.path,
+                Photo.width,
+                Photo.height,
+                Photo.taken_at,
+                Photo.taken_at_source,
+                Photo.embedding,
+                Photo.phash,
+                Photo.pthumb,
+            )
+            .where(Photo.content_hash == content_hash)
+            .order_by(Photo.id)
+        )
+    )
 
 
 def missing_phashes(session: Session) -> list[tuple[int, str]]:

@@ -9,9 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sqlalchemy import update
-
-from db import Library, Photo, photos, write_errors
+from db import Library, photo_writes, photos, write_errors
 from koclip.perceptual import grey_trimmed, phash, thumbnail
 from koclip.preprocess import open_image
 
@@ -49,7 +47,7 @@ def fill_phashes(
             ]
             if values:
                 with write_errors(library.directory), library.session() as s, s.begin():
-                    s.execute(update(Photo), values)
+                    photo_writes.update_photos(s, values)
                 filled += len(values)
     return filled
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from sqlalchemy import delete
-
 from db import (
-    Failure,
     Library,
     LibraryCorruptError,
     Manifest,
     ManifestMismatchError,
-    Photo,
     SchemaVersionError,
+    photo_writes,
     photos,
     relative_photo_root,
     write_errors,
@@ -86,8 +83,7 @@ def prepare(
         with write_errors(library.directory), library.session() as s, s.begin():
             if rebuild or (old is not None and old.fingerprint != new.fingerprint):
                 # Every vector goes (an empty library may switch models freely).
-                s.execute(delete(Photo))
-                s.execute(delete(Failure))
+                photo_writes.delete_everything(s)
             library.set_manifest(s, new)
         library.write_manifest_json()
     return encoder
