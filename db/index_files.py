@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
-from sqlalchemy import delete, func, select
 
-from db import photos, vectors
+from db import photo_writes, photos, vectors
 from db.engine import write_errors
 from db.errors import LibraryError
 from db.manifest import INDEX_AUTO, INDEX_CHOSEN
-from db.schema import Photo
 
 if TYPE_CHECKING:
     from db.library import Library
@@ -152,11 +150,8 @@ class IndexFiles:
         """Delete rows whose stored embedding is not `dim` float32s; returns their paths, which
         the indexer then reads again as new files. Hold the lock."""
         with write_errors(self.directory), self.session() as s, s.begin():
-            bad = s.execute(
-                select(Photo.id, Photo.path).where(func.length(Photo.embedding) != 4 * dim)
-            ).all()
-            if bad:
-                s.execute(delete(Photo).where(Photo.id.in_([pid for pid, _ in bad])))
+            bad = photos.damaged_embeddings(s, dim)
+            photo_writes.delete_photos(s, [pid for pid, _ in bad])
         return [path for _, path in bad]
 
     def leftovers(self: Library) -> list[Path]:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -97,9 +97,7 @@ class Library(IndexFiles):
         return cls._opened(directory, False, _create_tables)
 
     @classmethod
-    def _opened(
-        cls, directory: Path, readonly: bool, setup: Callable[[Library], None]
-    ) -> Library:
+    def _opened(cls, directory: Path, readonly: bool, setup: Callable[[Library], None]) -> Library:
         """The library with its engine, after `setup(library)`; the engine is let go if that fails."""
         engine = sqlite_engine.make_engine(directory / DB_NAME, readonly=readonly)
         library = cls(directory, engine, readonly=readonly)
@@ -173,23 +171,16 @@ class Library(IndexFiles):
         """Raise SchemaVersionError if the database was written by another schema version."""
         try:
             with self.engine.connect() as conn:
-                has_manifest = conn.execute(
-                    text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='manifest'")
-                ).first()
-                row = None
-                if has_manifest:
-                    row = conn.execute(
-                        text("SELECT schema_version FROM manifest WHERE id = 1")
-                    ).first()
+                version = migrate.stored_version(conn.exec_driver_sql)
         except OperationalError as exc:
             if not self.readonly:
                 raise  # create() reports it as a write error
             raise LibraryError(f"cannot read the library at {self.directory}: {exc.orig}") from exc
-        if row is None and self.readonly:
+        if version is None and self.readonly:
             raise self._unfinished()
-        if row is not None and row[0] != SCHEMA_VERSION and row[0] not in migrate.MIGRATABLE:
+        if version is not None and version != SCHEMA_VERSION and version not in migrate.MIGRATABLE:
             raise SchemaVersionError(
-                f"the library at {self.directory} has schema version {row[0]}, this program "
+                f"the library at {self.directory} has schema version {version}, this program "
                 f"uses {SCHEMA_VERSION}; run `koclip-search index --rebuild` to rebuild it"
             )
 

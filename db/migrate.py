@@ -76,10 +76,23 @@ def _missing(execute: Execute) -> dict[str, tuple[list[str], list[Column]]]:
     out: dict[str, tuple[list[str], list[Column]]] = {}
     for table in dict.fromkeys(c.table for step in STEPS for c in step.columns):
         present = [r[1] for r in execute(f"PRAGMA main.table_info({table})")]
-        lacking = [c for s in STEPS for c in s.columns if c.table == table and c.name not in present]
+        lacking = [
+            c for s in STEPS for c in s.columns if c.table == table and c.name not in present
+        ]
         if present and lacking:  # an absent table is made whole by create_all
             out[table] = (present, lacking)
     return out
+
+
+def stored_version(execute: Execute) -> int | None:
+    """The library's schema version (None while it has no manifest row)."""
+    has_manifest = execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'manifest'"
+    ).fetchone()
+    if not has_manifest:
+        return None
+    row = execute("SELECT schema_version FROM manifest WHERE id = 1").fetchone()
+    return None if row is None else row[0]
 
 
 def upgrade(execute: Execute) -> None:
@@ -88,11 +101,11 @@ def upgrade(execute: Execute) -> None:
     for table, (_, lacking) in _missing(execute).items():
         for column in lacking:
             execute(f"ALTER TABLE {table} ADD COLUMN {column.name} {column.kind}")
-    row = execute("SELECT schema_version FROM manifest WHERE id = 1").fetchone()
-    if row is None or row[0] == SCHEMA_VERSION:
+    version = stored_version(execute)
+    if version is None or version == SCHEMA_VERSION:
         return
     for step in STEPS:
-        if step.version > row[0]:
+        if step.version > version:
             for statement in step.backfill:
                 execute(statement)
     execute("UPDATE manifest SET schema_version = ? WHERE id = 1", (SCHEMA_VERSION,))

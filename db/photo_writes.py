@@ -73,6 +73,12 @@ def delete_photo(session: Session, photo_id: int) -> None:
     session.execute(delete(Photo).where(Photo.id == photo_id))
 
 
+def delete_photos(session: Session, ids: Sequence[int]) -> None:
+    """Remove the photo rows of these ids."""
+    for chunk in chunks(ids, CHUNK):
+        session.execute(delete(Photo).where(Photo.id.in_(chunk)))
+
+
 def delete_photos_at(session: Session, paths: Iterable[str]) -> list[int]:
     """Remove the photo rows of these key paths; returns the ids removed."""
     removed: list[int] = []

@@ -96,7 +96,6 @@ def photos_by_id(session: Session, ids: np.ndarray | list[int]) -> dict[int, Pho
     return {row.id: row for row in rows}
 
 
-
 class PlanRow(NamedTuple):
     """What planning an indexing run needs of one photo row."""
 
@@ -202,8 +201,7 @@ def rows_for_duplicates(session: Session, *where: ColumnElement[bool]) -> list[D
         .order_by(Photo.id)
     )
     return [
-        DuplicateRow(pid, path, disk_relpath(path, disk), *more)
-        for pid, path, disk, *more in rows
+        DuplicateRow(pid, path, disk_relpath(path, disk), *more) for pid, path, disk, *more in rows
     ]
 
 
@@ -257,10 +255,7 @@ def iter_embeddings(
         yield ids, vecs
 
 
-
-def stored_vectors(
-    session: Session, ids: np.ndarray, dim: int
-) -> tuple[np.ndarray, np.ndarray]:
+def stored_vectors(session: Session, ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(sorted ids, vectors (n, dim)) of those of the given ids that have a row (others are
     left out), for search's re-rank of a few hundred candidates; LibraryCorruptError if a
     stored vector is not `dim` float32s.
@@ -288,7 +283,6 @@ def stored_vectors(
     return ids_found, vecs.astype(np.float32)
 
 
-
 def vectors_for(session: Session, ids: np.ndarray | list[int]) -> np.ndarray:
     """Stored embeddings (n, dim) for existing ids, in the order given (LibraryError if one is missing)."""
     wanted = [int(i) for i in ids]
@@ -304,7 +298,6 @@ def vectors_for(session: Session, ids: np.ndarray | list[int]) -> np.ndarray:
     if not wanted:
         return np.zeros((0, 0), np.float32)
     return np.stack([found[i] for i in wanted])
-
 
 
 def _blob_bytes(session: Session) -> int | None:

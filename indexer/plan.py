@@ -74,7 +74,9 @@ def load_known_under(session: Session, scope: Collection[str] | None) -> dict[st
     for where in in_scope(Failure.path, scope):
         for fail in photos.failures_for_plan(session, where):
             if fail.kind == "file":
-                known.setdefault(fail.path, Known(None, fail.size, fail.mtime_ns, None, fail.reason))
+                known.setdefault(
+                    fail.path, Known(None, fail.size, fail.mtime_ns, None, fail.reason)
+                )
     return known
 
 
