@@ -1,9 +1,10 @@
 """The library on disk: SQLite schema and sessions, manifest, writer lock, FAISS files.
 
 Knows nothing of the model; each module's docstring describes its part: `library` (the
-folder, engine and sessions), `schema` (the tables) and `migrate` (their upgrades), `photos`
-(every read of photo rows), `manifest`, `lock`, `index_files` (the FAISS file's life) and
-`vectors` (FAISS itself), `engine` (SQLite and its errors), `content` (file names, hashes).
+folder, engine and sessions), `schema` (the tables) and `migrate` (their upgrades),
+`photos` (every read of photo rows) and `photo_writes` (the indexer's writes), `manifest`,
+`lock`, `index_files` (the FAISS file's life) and `vectors` (FAISS itself), `engine`
+(SQLite and its errors), `content` (file names, hashes).
 """
 
 from db.content import IMAGE_SUFFIXES, content_hash, hash_file, path_key
