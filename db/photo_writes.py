@@ -42,12 +42,14 @@ def insert_photos(session: Session, rows: list[dict[str, Any]]) -> range:
     ids = range(last + 1, last + 1 + len(rows))
     conn = session.connection()
     table = Photo.__table__
-    names = ["id", *(n for n in rows[0] if n != "id")]
-    convert = [(i, table.c[n].type.bind_processor(conn.dialect)) for i, n in enumerate(names)]
+    keys = list(rows[0])
+    names = [*keys, "id"]
+    convert = [(i, table.c[n].type.bind_processor(conn.dialect)) for i, n in enumerate(keys)]
     convert = [(i, f) for i, f in convert if f is not None]
     values = []
     for photo_id, row in zip(ids, rows, strict=True):
-        v = [photo_id, *(row[n] for n in names[1:])]
+        v = [row[n] for n in keys]
+        v.append(photo_id)
         for i, f in convert:
             if v[i] is not None:
                 v[i] = f(v[i])
