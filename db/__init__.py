@@ -1,10 +1,16 @@
-"""The library on disk: SQLite schema and sessions, manifest, writer lock, FAISS wrapper.
+"""The library on disk: SQLite schema and sessions, manifest, writer lock, FAISS files.
 
-Knows nothing of the model; each module's docstring describes its part.
+Knows nothing of the model; each module's docstring describes its part: `library` (the
+folder, engine and sessions), `schema` (the tables) and `migrate` (their upgrades),
+`photos` (every read of photo rows) and `photo_writes` (the indexer's writes), `manifest`,
+`lock`, `index_files` (the FAISS file's life) and `vectors` (FAISS itself), `engine`
+(SQLite and its errors), `content` (file names, hashes).
 """
 
 from db.content import IMAGE_SUFFIXES, content_hash, hash_file, path_key
+from db.engine import write_errors
 from db.errors import (
+    LIBRARY_DIRNAME,
     LibraryCorruptError,
     LibraryError,
     LibraryLockedError,
@@ -13,20 +19,9 @@ from db.errors import (
     ManifestMismatchError,
     SchemaVersionError,
 )
-from db.library import (
-    INDEX_AUTO,
-    INDEX_CHOSEN,
-    LIBRARY_DIRNAME,
-    Library,
-    LibraryLock,
-    LockHolder,
-    Manifest,
-    default_library_dir,
-    is_library,
-    lock_holder,
-    relative_photo_root,
-    write_errors,
-)
+from db.library import Library, default_library_dir, is_library, relative_photo_root
+from db.lock import LibraryLock, LockHolder, holder_text, lock_holder
+from db.manifest import INDEX_AUTO, INDEX_CHOSEN, Manifest
 from db.schema import (
     SCHEMA_VERSION,
     Failure,
@@ -60,6 +55,7 @@ __all__ = [
     "default_library_dir",
     "disk_path_value",
     "hash_file",
+    "holder_text",
     "is_library",
     "lock_holder",
     "path_key",

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from datetime import datetime
 
 import numpy as np
 from sqlalchemy import Float, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# Bump when tables or column meanings change; an older library is refused (index --rebuild)
-# unless it is listed in MIGRATABLE: readers read those as they are, the writer upgrades them.
+# Bump when tables or column meanings change, with its step in db.migrate (which upgrades an
+# older library, or lets a reader read it as it is); any other version is refused (index --rebuild).
 SCHEMA_VERSION = 3
-# 1 -> 2: photos.disk_path added; 2 -> 3: photos.phash and .pthumb added (the next index run
-# fills them, decoding only).
-MIGRATABLE = frozenset({1, 2})
-# Columns added since schema 1, each NULL in an older row: (name, SQLite type).
-ADDED_COLUMNS = (("disk_path", "BLOB"), ("phash", "INTEGER"), ("pthumb", "BLOB"))
 
 
 class Base(DeclarativeBase):
@@ -70,30 +64,17 @@ class Photo(Base):
 
     def disk_relpath(self) -> str:
         """The relative path to open (os.fsdecode form: exact bytes survive as surrogates)."""
-        return self.path if self.disk_path is None else os.fsdecode(self.disk_path)
+        return disk_relpath(self.path, self.disk_path)
+
+
+def disk_relpath(path: str, disk_path: bytes | None) -> str:
+    """The relative path to open for a row's `path` and `disk_path` columns (see Photo)."""
+    return path if disk_path is None else os.fsdecode(disk_path)
 
 
 def disk_path_value(key: str, disk_relpath: str) -> bytes | None:
     """What `photos.disk_path` stores for a file found at `disk_relpath` under the key `key`."""
     return None if disk_relpath == key else os.fsencode(disk_relpath)
-
-
-def upgrade_photos(conn: sqlite3.Connection, *, readonly: bool) -> None:
-    """Schema 1 or 2 -> 3 on one DB-API connection: the writer adds the columns an older
-    library lacks (ADDED_COLUMNS: O(1), NULL; call it inside a
-    transaction); a reader, which may not write, gets a temporary view of the table with
-    those columns NULL, so it reads the stored rows as they are."""
-    columns = [r[1] for r in conn.execute("PRAGMA main.table_info(photos)")]
-    missing = [(name, kind) for name, kind in ADDED_COLUMNS if name not in columns]
-    if not columns or not missing:
-        return
-    if readonly:
-        names = ", ".join([f'"{c}"' for c in columns] + [f"NULL AS {n}" for n, _ in missing])
-        conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS photos AS SELECT {names} FROM main.photos")
-        return
-    for name, kind in missing:
-        conn.execute(f"ALTER TABLE photos ADD COLUMN {name} {kind}")
-    conn.execute("UPDATE manifest SET schema_version = ? WHERE id = 1", (SCHEMA_VERSION,))
 
 
 class Failure(Base):
@@ -117,14 +98,16 @@ class ManifestRow(Base):
     __tablename__ = "manifest"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    schema_version: Mapped[int] = mapped_column(Integer)
+    schema_version: Mapped[int] = mapped_column(Integer)  # db.schema.SCHEMA_VERSION
+    # The checkpoint as given (a name or an absolute path), and its weights' fingerprint.
     model_id: Mapped[str] = mapped_column(String)
     fingerprint: Mapped[str] = mapped_column(String)
-    dim: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)  # values per stored embedding
+    # koclip.preprocess.PREPROCESS_VERSION, and the FAISS index type (its file's name).
     preprocess_version: Mapped[str] = mapped_column(String)
     index_type: Mapped[str] = mapped_column(String)
     photo_root: Mapped[str] = mapped_column(String)  # relative to the library folder, or absolute
-    # "fp32", "bf16", "int8" or several "+"-joined; added after schema 1 shipped (db.library adds the column).
+    # "fp32", "bf16", "int8" or several "+"-joined; added after schema 1 shipped (db.migrate adds the column).
     precision: Mapped[str] = mapped_column(String, default="fp32", server_default="fp32")
     # "auto" (the indexer switches the type by size), "chosen" (`reindex --index`: kept at any
     # size), or "" in a library made before it was recorded (see Manifest.automatic_index).

@@ -5,14 +5,11 @@ New photos get theirs in the load stage; `fill_phashes` decodes (never encodes) 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sqlalchemy import select, update
-
-from db import Library, Photo, write_errors
+from db import Library, photo_writes, photos, write_errors
 from koclip.perceptual import grey_trimmed, phash, thumbnail
 from koclip.preprocess import open_image
 
@@ -29,10 +26,7 @@ def fingerprints(image) -> tuple[int, bytes]:
 def missing_phashes(library: Library) -> list[tuple[int, str]]:
     """(id, on-disk relative path) of every photo without a perceptual hash yet."""
     with library.session() as s, s.begin():
-        rows = s.execute(
-            select(Photo.id, Photo.path, Photo.disk_path).where(Photo.phash.is_(None))
-        ).all()
-    return [(pid, path if disk is None else _fsdecode(disk)) for pid, path, disk in rows]
+        return photos.missing_phashes(s)
 
 
 def fill_phashes(
@@ -53,7 +47,7 @@ def fill_phashes(
             ]
             if values:
                 with write_errors(library.directory), library.session() as s, s.begin():
-                    s.execute(update(Photo), values)
+                    photo_writes.update_photos(s, values)
                 filled += len(values)
     return filled
 
@@ -68,7 +62,3 @@ def _hash_file(path: Path, max_pixels: int | None) -> tuple[int, bytes] | None:
 def _chunks(items: list, n: int) -> Iterator[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
-
-
-def _fsdecode(raw: bytes) -> str:
-    return os.fsdecode(raw)

@@ -28,7 +28,8 @@ from db import (
     LibraryWriteError,
     default_library_dir,
 )
-from db.library import DB_NAME, LOCK_NAME
+from db.engine import DB_NAME
+from db.lock import LOCK_NAME
 from indexer.discover import discover
 from indexer.executor import Executor, Feed, Job, LocalExecutor, pil_bomb_check_off
 from indexer.phash import fill_phashes

@@ -3,14 +3,13 @@ files that could not be read are tried again on every run."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, and_, or_, select, true
+from sqlalchemy import ColumnElement, and_, or_, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from db import Failure, Photo
+from db import Failure, Photo, photos
 from indexer.discover import FoundFile, OutsideLink, UnreadableDir
 
 # How a failure to open or read a file begins; such failures are retried on every run.
@@ -68,26 +67,16 @@ def load_known_under(session: Session, scope: Collection[str] | None) -> dict[st
     """The indexed or failed paths at or under the `scope` paths (None: all of them)."""
     known: dict[str, Known] = {}
     for where in in_scope(Photo.path, scope):
-        for pid, path, size, mtime, chash, disk in session.execute(
-            select(
-                Photo.id,
-                Photo.path,
-                Photo.size,
-                Photo.mtime_ns,
-                Photo.content_hash,
-                Photo.disk_path,
-            ).where(where)
-        ):
-            on_disk = None if disk is None else os.fsdecode(disk)
-            known[path] = Known(pid, size, mtime, chash, on_disk=on_disk)
+        for row in photos.rows_for_plan(session, where):
+            known[row.path] = Known(
+                row.id, row.size, row.mtime_ns, row.content_hash, on_disk=row.on_disk
+            )
     for where in in_scope(Failure.path, scope):
-        for path, kind, size, mtime, reason in session.execute(
-            select(
-                Failure.path, Failure.kind, Failure.size, Failure.mtime_ns, Failure.reason
-            ).where(where)
-        ):
-            if kind == "file":
-                known.setdefault(path, Known(None, size, mtime, None, reason))
+        for fail in photos.failures_for_plan(session, where):
+            if fail.kind == "file":
+                known.setdefault(
+                    fail.path, Known(None, fail.size, fail.mtime_ns, None, fail.reason)
+                )
     return known
 
 

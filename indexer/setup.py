@@ -5,21 +5,19 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from sqlalchemy import delete, func, select
-
 from db import (
-    Failure,
     Library,
     LibraryCorruptError,
     Manifest,
     ManifestMismatchError,
-    Photo,
     SchemaVersionError,
+    photo_writes,
+    photos,
     relative_photo_root,
     write_errors,
 )
 from db.errors import index_command
-from db.library import INDEX_AUTO, INDEX_CHOSEN, manifest_problems
+from db.manifest import INDEX_AUTO, INDEX_CHOSEN, manifest_problems
 from db.vectors import DEFAULT_INDEX_TYPE, INDEX_FACTORIES
 from koclip import KoCLIPEncoder, checkpoint_fingerprint, load_encoder_at
 from koclip.preprocess import PREPROCESS_VERSION
@@ -85,8 +83,7 @@ def prepare(
         with write_errors(library.directory), library.session() as s, s.begin():
             if rebuild or (old is not None and old.fingerprint != new.fingerprint):
                 # Every vector goes (an empty library may switch models freely).
-                s.execute(delete(Photo))
-                s.execute(delete(Failure))
+                photo_writes.delete_everything(s)
             library.set_manifest(s, new)
         library.write_manifest_json()
     return encoder
@@ -141,7 +138,7 @@ def _differs(old: Manifest, new: Manifest) -> bool:
 
 def _photo_count(library: Library) -> int:
     with library.session() as s, s.begin():
-        return s.scalar(select(func.count()).select_from(Photo)) or 0
+        return photos.photo_count(s)
 
 
 def _mismatch_message(old: Manifest, model: str, fingerprint: str) -> str:

@@ -540,8 +540,8 @@ class WatchThread:
         watch_options: WatchOptions | None = None,
     ) -> None:
         self.photo_dir = photo_dir
-        self.options = options
-        self.watch_options = watch_options
+        # What `watch` gets besides this object's own stop event and mailbox.
+        self._watch_args = (photo_dir, options, watch_options)
         self.error: BaseException | None = None
         self.mailbox = Mailbox()
         self._stop = threading.Event()
@@ -572,9 +572,7 @@ class WatchThread:
 
         try:
             watch(
-                self.photo_dir,
-                self.options,
-                self.watch_options,
+                *self._watch_args,
                 on_pass=lambda summary, _full: log.info("%s", summary.to_text()),
                 on_state=lambda line: log.warning("%s", line),
                 stop=self._stop,

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field, replace
 
 import faiss
 import numpy as np
-from sqlalchemy import delete, select, text, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from db import (
@@ -29,9 +27,11 @@ from db import (
     Photo,
     blob_to_vector,
     disk_path_value,
+    photos,
     vector_to_blob,
     write_errors,
 )
+from db import photo_writes as writes
 from db import vectors as faiss_ops
 from db.errors import LibraryError
 from indexer.load import Loaded, mtime_datetime
@@ -171,30 +171,25 @@ class Writer:
     def finish(self) -> Counts:
         """Drop what is gone, record folder failures, save the index; returns the totals."""
         plan = self.plan
-        removed: list[int] = []
         with write_errors(self.library.directory), self.library.session() as s, s.begin():
-            for chunk in _chunks(sorted(plan.gone), 500):
-                ids = s.scalars(select(Photo.id).where(Photo.path.in_(chunk))).all()
-                s.execute(delete(Photo).where(Photo.id.in_(ids)))
-                removed.extend(ids)
-            for chunk in _chunks(sorted(plan.gone_failures), 500):
-                s.execute(delete(Failure).where(Failure.path.in_(chunk), Failure.kind == "file"))
+            removed = writes.delete_photos_at(s, plan.gone)
+            writes.clear_failures(s, plan.gone_failures, files_only=True)
             for where in in_scope(Failure.path, plan.scope):
-                s.execute(delete(Failure).where(Failure.kind.in_(("dir", "link")), where))
+                writes.clear_folder_failures(s, where)
             for d in plan.unreadable_dirs:
-                _record_failure(s, d.relpath, "dir", 0, 0, d.reason)
+                writes.record_failure(s, d.relpath, "dir", 0, 0, d.reason)
             for link in plan.outside_links:
-                _record_failure(s, link.relpath, "link", 0, 0, link.reason)
+                writes.record_failure(s, link.relpath, "link", 0, 0, link.reason)
             for file, reason in plan.name_clashes:
-                _record_failure(s, file.relpath, "file", file.size, file.mtime_ns, reason)
-            if plan.renamed:  # same file, its on-disk name now kept (no re-encoding)
-                s.execute(
-                    update(Photo),
-                    [
-                        {"id": pid, "disk_path": disk_path_value(key, disk)}
-                        for pid, key, disk in plan.renamed
-                    ],
-                )
+                writes.record_failure(s, file.relpath, "file", file.size, file.mtime_ns, reason)
+            # Same file, its on-disk name now kept (no re-encoding).
+            writes.update_photos(
+                s,
+                [
+                    {"id": pid, "disk_path": disk_path_value(key, disk)}
+                    for pid, key, disk in plan.renamed
+                ],
+            )
         self.counts.deleted += len(removed)
         self.counts.failures += [(d.relpath + "/", d.reason) for d in plan.unreadable_dirs]
         self.counts.failures += [
@@ -247,7 +242,7 @@ class Writer:
             row = s.get(Photo, known.photo_id)
             if row is not None and row.taken_at_source == "mtime":
                 values["taken_at"] = mtime_datetime(item.mtime_ns)
-            s.execute(update(Photo).where(Photo.id == known.photo_id).values(**values))
+            writes.update_photo(s, known.photo_id, **values)
             counts.unchanged += 1
             return True
         if item.reuse:
@@ -256,10 +251,10 @@ class Writer:
                 return False  # its twin was deleted meanwhile: decode and encode after all
         # New content at this path: the old row (or failure) goes; a new id comes.
         if known is not None and known.photo_id is not None:
-            s.execute(delete(Photo).where(Photo.id == known.photo_id))
+            writes.delete_photo(s, known.photo_id)
             removed.append(known.photo_id)
         if item.error is not None:  # recorded over any older failure of the path
-            _record_failure(s, relpath, "file", item.size, item.mtime_ns, item.error)
+            writes.record_failure(s, relpath, "file", item.size, item.mtime_ns, item.error)
             counts.failures.append((relpath, item.error))
             return True
         batch.cleared.append(relpath)  # an older failure of the path goes
@@ -270,7 +265,7 @@ class Writer:
             values |= {"size": item.size, "mtime_ns": item.mtime_ns}
             if source.taken_at_source == "mtime":
                 values["taken_at"] = mtime_datetime(item.mtime_ns)
-            s.execute(update(Photo).where(Photo.id == source.id).values(**values))
+            writes.update_photo(s, source.id, **values)
             if was_known:
                 counts.updated += 1
             else:
@@ -312,21 +307,7 @@ class Writer:
 
     def _reuse_source(self, s: Session, content_hash: str):
         """The row to take an embedding from: a gone one (a move) first, else any (a duplicate)."""
-        rows = s.execute(
-            select(
-                Photo.id,
-                Photo.path,
-                Photo.width,
-                Photo.height,
-                Photo.taken_at,
-                Photo.taken_at_source,
-                Photo.embedding,
-                Photo.phash,
-                Photo.pthumb,
-            )
-            .where(Photo.content_hash == content_hash)
-            .order_by(Photo.id)
-        ).all()
+        rows = photos.reuse_sources(s, content_hash)
         for row in rows:
             if row.path in self.plan.gone:
                 return row
@@ -368,55 +349,6 @@ class _Batch:
     added: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (new id, vector)
 
     def execute(self, s: Session) -> None:
-        for chunk in _chunks(self.cleared, 500):
-            s.execute(delete(Failure).where(Failure.path.in_(chunk)))
-        if not self.rows:
-            return
-        # The ids are handed out here, as AUTOINCREMENT would (past every id ever used; the
-        # writer lock makes this the only writer), so the rows go in as one executemany
-        # (SQLite's RETURNING would take one statement a row).
-        last = s.execute(_LAST_ID).scalar_one()
-        ids = range(last + 1, last + 1 + len(self.rows))
-        for photo_id, row in zip(ids, self.rows, strict=True):
-            row["id"] = photo_id
-        _insert_many(s, self.rows)
+        writes.clear_failures(s, self.cleared)
+        ids = writes.insert_photos(s, self.rows)  # one executemany
         self.added = list(zip(ids, self.vectors, strict=True))
-
-
-def _insert_many(s: Session, rows: list[dict]) -> None:
-    """Photo rows (dicts with the same keys) as one DB-API executemany; each value goes
-    through its column type's conversion, as SQLAlchemy would, without its per-row machinery
-    (most of a batch's cost once the commit is shared by many photos)."""
-    conn = s.connection()
-    table = Photo.__table__
-    names = list(rows[0])
-    convert = [(i, table.c[n].type.bind_processor(conn.dialect)) for i, n in enumerate(names)]
-    convert = [(i, f) for i, f in convert if f is not None]
-    values = []
-    for row in rows:
-        v = [row[n] for n in names]
-        for i, f in convert:
-            if v[i] is not None:
-                v[i] = f(v[i])
-        values.append(tuple(v))
-    sql = f"INSERT INTO photos ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-    conn.exec_driver_sql(sql, values)
-
-
-# The largest photo id ever handed out (sqlite_sequence keeps it past deletions).
-_LAST_ID = text(
-    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'photos'), 0), "
-    "coalesce((SELECT max(id) FROM photos), 0))"
-)
-
-
-def _record_failure(
-    s: Session, relpath: str, kind: str, size: int, mtime_ns: int, reason: str
-) -> None:
-    values = dict(kind=kind, size=size, mtime_ns=mtime_ns, reason=reason, recorded_at=time.time())
-    stmt = sqlite_insert(Failure).values(path=relpath, **values)
-    s.execute(stmt.on_conflict_do_update(index_elements=[Failure.path], set_=values))
-
-
-def _chunks(items: list[str], n: int) -> list[list[str]]:
-    return [items[i : i + n] for i in range(0, len(items), n)]

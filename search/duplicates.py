@@ -19,7 +19,6 @@ pairs within SAME_BITS do), plus equal content hashes. Only those pairs are scor
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 import db
+from db import photos
 from koclip.perceptual import hamming, residuals
 from search.filters import Filter
 from search.results import json_path
@@ -144,29 +143,15 @@ def find_duplicates(library: db.Library, options: DuplicateOptions) -> list[Dupl
         return []
     flt = Filter(under=options.under or None)
     with library.session() as s, s.begin():
-        rows = s.execute(
-            select(
-                db.Photo.id,
-                db.Photo.path,
-                db.Photo.disk_path,
-                db.Photo.width,
-                db.Photo.height,
-                db.Photo.size,
-                db.Photo.taken_at,
-                db.Photo.content_hash,
-                db.Photo.phash,
-            )
-            .where(*flt.conditions())
-            .order_by(db.Photo.id)
-        ).all()
+        rows = photos.rows_for_duplicates(s, *flt.conditions())
         if len(rows) < 2:
             return []
         ids = np.fromiter((r.id for r in rows), np.int64, len(rows))
-        vecs = library.vectors_for(s, ids)
+        vecs = photos.vectors_for(s, ids)
         table = _table(rows, vecs)
         exact = len(ids) <= EXACT_MAX and options.kind != "identical"
         pairs = _candidates(table, options, neighbour_search(table.vectors) if exact else None)
-        groups = group(table, pairs, options, lambda ids: _thumbnails(s, ids))
+        groups = group(table, pairs, options, lambda ids: photos.thumbnails(s, ids))
     root = library.photo_root()
     info = {r.id: r for r in rows}
     return [
@@ -313,19 +298,6 @@ def _content_pairs(content: np.ndarray) -> np.ndarray:
 
 
 # -- grouping -----------------------------------------------------------------------------------
-
-
-def _thumbnails(session, ids: np.ndarray) -> dict[int, bytes]:
-    """Stored perceptual thumbnails by photo id (photos without one are absent)."""
-    out: dict[int, bytes] = {}
-    wanted = [int(i) for i in ids]
-    for start in range(0, len(wanted), 900):
-        chunk = wanted[start : start + 900]
-        found = session.execute(
-            select(db.Photo.id, db.Photo.pthumb).where(db.Photo.id.in_(chunk))
-        ).all()
-        out.update((pid, raw) for pid, raw in found if raw is not None)
-    return out
 
 
 def group(
@@ -500,14 +472,13 @@ def sims_by_id(table: Table, sims: dict[int, float]) -> dict[int, float]:
 def _described(
     kind: str, ids: list[int], sims: dict[int, float], info: dict, root: Path
 ) -> DuplicateGroup:
-    photos = []
+    members = []
     for pid in ids:
         r = info[pid]
-        on_disk = r.path if r.disk_path is None else os.fsdecode(r.disk_path)
-        photos.append(
+        members.append(
             DuplicatePhoto(
                 id=pid,
-                path=str(root / on_disk),
+                path=str(root / r.on_disk),
                 relpath=r.path,
                 width=r.width,
                 height=r.height,
@@ -516,4 +487,4 @@ def _described(
                 similarity=sims[pid],
             )
         )
-    return DuplicateGroup(kind, tuple(photos), keeper_reason(photos))
+    return DuplicateGroup(kind, tuple(members), keeper_reason(members))

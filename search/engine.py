@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import db
-from db import vectors
+from db import photos, vectors
 from search import ann
-from search.filters import Filter, filtered_ids
+from search.filters import Filter
 
 if TYPE_CHECKING:
     import faiss
@@ -91,16 +90,16 @@ class LoadedIndex:
         grow (AUTOINCREMENT), so after the first full comparison only newer ids are read.
         """
         with library.session() as s, s.begin():
-            newest = s.scalar(select(func.max(db.Photo.id))) or 0
+            newest = photos.newest_id(s)
             if newest == self.checked_max:
                 return self
             if self.checked_max is None:
                 have = np.concatenate([self.ids, self.extra_ids])
-                missing = np.setdiff1d(library.photo_ids(s), have, assume_unique=True)
-                chunks = [(missing, library.vectors_for(s, missing))] if len(missing) else []
+                missing = np.setdiff1d(photos.photo_ids(s), have, assume_unique=True)
+                chunks = [(missing, photos.vectors_for(s, missing))] if len(missing) else []
             else:
                 newer = db.Photo.id > self.checked_max
-                chunks = list(library.iter_embeddings(s, newer))
+                chunks = list(photos.iter_embeddings(s, newer))
         if not chunks:
             return replace(self, checked_max=newest)
         ids = np.concatenate([self.extra_ids, *(c[0] for c in chunks)])
@@ -194,7 +193,7 @@ def top_k(
         # without exact vectors: scan what is committed.
         return _scan_database(session, flt, queries, k)
     if flt.active:
-        keep = filtered_ids(session, flt)
+        keep = photos.ids_where(session, *flt.conditions())
         scores, ids = _search_filtered(loaded, keep, queries, k)
         return _with_extra(loaded, scores, ids, queries, k, keep)
     ntotal = loaded.index.ntotal
@@ -235,7 +234,7 @@ def _with_extra(
 
 def candidate_limit(loaded: LoadedIndex | None, session: Session) -> int:
     """How many distinct candidates a search can return at most (committed or indexed photos)."""
-    committed = session.scalar(select(func.count()).select_from(db.Photo)) or 0
+    committed = photos.photo_count(session)
     return max(committed, 0 if loaded is None else loaded.ntotal)
 
 
@@ -261,7 +260,7 @@ def _reranked(
         return None
     with few_query_threads(len(queries)):
         _, cand = vectors.search(loaded.index, queries, fetch)
-    found, stored = db.Library.stored_vectors(session, cand[cand >= 0], loaded.index.d)
+    found, stored = photos.stored_vectors(session, cand[cand >= 0], loaded.index.d)
     if not len(found):
         return None
     pos = np.minimum(np.searchsorted(found, cand), len(found) - 1)
@@ -302,9 +301,8 @@ def few_query_threads(n_queries: int) -> Iterator[None]:
 
     faiss parallelises IVF/HNSW search over queries, so one query keeps one thread busy and
     the others only join its barrier; on a loaded machine a descheduled idle thread stalls
-    that barrier for a scheduler tick. bench/search.py measured, on 2 busy cores: one IVF
-    query 16 ms with 2 threads, 0.27 ms with 1; one flat query over 200k, 100 ms vs 32 ms.
-    Batches (>= one query per thread) keep every thread.
+    that barrier for a scheduler tick, many times the query's own cost on a busy machine
+    (bench/search.py measures it). Batches (>= one query per thread) keep every thread.
     """
     import faiss
 
@@ -325,7 +323,7 @@ def _scan_database(
     """Exact top-k over the filter's stored embeddings, a chunk at a time (bounded memory)."""
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_i = np.zeros((len(queries), 0), np.int64)
-    for ids, vecs in db.Library.iter_embeddings(session, *flt.conditions(), chunk=8192):
+    for ids, vecs in photos.iter_embeddings(session, *flt.conditions(), chunk=8192):
         scores = queries @ vecs.T
         best_s = np.concatenate([best_s, scores], axis=1)
         best_i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)

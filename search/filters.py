@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-from sqlalchemy import ColumnElement, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement
 
 import db
 from search.errors import QueryError
@@ -82,19 +80,3 @@ def find_on_disk(path: Path) -> Path:
     except (OSError, ValueError):  # not a folder, unreadable, an embedded NUL
         return path
     return parent / matches[0] if len(matches) == 1 else path
-
-
-def filtered_ids(session: Session, flt: Filter) -> np.ndarray:
-    """Sorted ids of the photos the filter lets through (ids only: reads the indexes, not the rows)."""
-    rows = session.scalars(select(db.Photo.id).where(*flt.conditions()).order_by(db.Photo.id))
-    return np.fromiter(rows, dtype=np.int64)
-
-
-def photos_with_hash(session: Session, content_hash: str) -> list[db.Photo]:
-    """Rows whose file has exactly these bytes (the query image itself and its duplicates)."""
-    return list(session.scalars(select(db.Photo).where(db.Photo.content_hash == content_hash)))
-
-
-def photo_at(session: Session, relpath: str) -> db.Photo | None:
-    """The row of a path relative to the photo root, if indexed."""
-    return session.scalars(select(db.Photo).where(db.Photo.path == relpath)).first()

@@ -8,10 +8,10 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import db
+from db import photos
 from search.ann import RECALL
 from search.errors import ModelMismatchError
 
@@ -150,9 +150,9 @@ def describe_library(
             raise db.LibraryNotFoundError(
                 f"the library at {library.directory} has nothing indexed yet"
             )
-        photos = s.scalar(select(func.count()).select_from(db.Photo)) or 0
-        failed = s.scalar(select(func.count()).select_from(db.Failure)) or 0
-        last = s.scalar(select(func.max(db.Photo.indexed_at)))
+        count = photos.photo_count(s)
+        failed = photos.failure_count(s)
+        last = photos.last_indexed_at(s)
     holder, held = db.lock_holder(library.directory)
     # The writer's last commit counts too: deletions and moves leave no newer indexed_at.
     last_commit = holder.last_commit if holder else None
@@ -161,7 +161,7 @@ def describe_library(
     return LibraryInfo(
         library=library.directory.absolute(),
         photo_root=(library.directory / manifest.photo_root).resolve(),
-        photos=photos,
+        photos=count,
         failed=failed,
         model=manifest.model_id,
         index_type=manifest.index_type,
@@ -197,16 +197,11 @@ def _size_on_disk(library: db.Library) -> int:
     )
 
 
-def library_stamp(session: Session) -> tuple[int, int | None]:
-    """(photo count, newest id): changes whenever photos are added or removed."""
-    return tuple(session.execute(select(func.count(db.Photo.id), func.max(db.Photo.id))).one())
-
-
 def folder_counts(session: Session) -> list[tuple[str, int]]:
     """Every folder holding photos (relative to the photo root) and its photo count, subfolders
     included, sorted by folder."""
     counts: dict[str, int] = {}
-    for path in session.scalars(select(db.Photo.path)):
+    for path in photos.all_paths(session):
         for parent in PurePosixPath(path).parents:
             if str(parent) != ".":
                 counts[str(parent)] = counts.get(str(parent), 0) + 1

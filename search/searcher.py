@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 import db
+from db import photos
 from db.vectors import retrain_at
 from koclip.preprocess import nfc
 from search.dates import parse_range
@@ -25,8 +26,6 @@ from search.filters import (
     Filter,
     find_on_disk,
     folder_filter,
-    photo_at,
-    photos_with_hash,
     relative_to_root,
 )
 from search.library import (
@@ -35,7 +34,6 @@ from search.library import (
     describe_library,
     find_library,
     folder_counts,
-    library_stamp,
     open_read_only,
 )
 from search.query import Term, check_text, describe, parse_query
@@ -227,7 +225,7 @@ class Searcher:
         if not rel:
             return None
         with self.library.session() as s, s.begin():
-            row = photo_at(s, rel)
+            row = photos.photo_by_relpath(s, rel)
             return None if row is None else self._info(row)
 
     def duplicates(self, options: DuplicateOptions | None = None) -> list[DuplicateGroup]:
@@ -238,7 +236,7 @@ class Searcher:
         """Every folder holding photos (relative to the photo root) with its photo count,
         subfolders included, sorted; cached (see FOLDERS_TTL)."""
         with self.library.session() as s, s.begin():
-            stamp = library_stamp(s)
+            stamp = photos.count_and_newest(s)
             cached = self._folders
             if cached and cached[0] == stamp and time.monotonic() - cached[1] < FOLDERS_TTL:
                 return cached[2]
@@ -279,11 +277,11 @@ class Searcher:
             raise QueryImageError(f"cannot read the query image {image}: {exc.strerror}") from None
         rel = relative_to_root(path, self.photo_root)
         with self.library.session() as s, s.begin():
-            same = photos_with_hash(s, digest)
+            same = photos.photos_with_hash(s, digest)
             if same:
                 # Same bytes, same embedding: no need to load the vision tower at all.
                 return (*self._stored(s, same[0]), False)
-            row = photo_at(s, rel) if rel else None
+            row = photos.photo_by_relpath(s, rel) if rel else None
             # A file changed since it was indexed is still "the image itself".
             exclude = {row.id} if row is not None else set()
         vector = self.encoder.images([open_query_image(path)])[0]
@@ -292,8 +290,8 @@ class Searcher:
     def _stored(self, session: Any, row: db.Photo) -> tuple[np.ndarray, set[int]]:
         """A library photo's stored vector (checked: LibraryCorruptError if damaged), and the
         ids that are it (itself, its exact copies)."""
-        same = {p.id for p in photos_with_hash(session, row.content_hash)}
-        return self.library.vectors_for(session, [row.id])[0], same | {row.id}
+        same = {p.id for p in photos.photos_with_hash(session, row.content_hash)}
+        return photos.vectors_for(session, [row.id])[0], same | {row.id}
 
     # -- searching ----------------------------------------------------------------------------
 
@@ -324,7 +322,7 @@ class Searcher:
                     limit = limit or candidate_limit(loaded, s) + 1
                     fetch = min(fetch, limit)
                 scores, ids = top_k(loaded, s, flt, queries, fetch)
-                rows = self.library.photos_by_id(s, np.unique(ids[ids >= 0]))
+                rows = photos.photos_by_id(s, np.unique(ids[ids >= 0]))
                 kept = [
                     self._keep(q, sc, ii, rows)
                     for q, sc, ii in zip(batch, scores, ids, strict=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import sqlite3
 from datetime import datetime
 
 import faiss
@@ -12,8 +13,9 @@ import pytest
 from sqlalchemy import select, text
 
 import db
-from db import vectors
-from db.library import DB_NAME, index_filename
+from db import photos, vectors
+from db.engine import DB_NAME
+from db.index_files import index_filename
 
 DIM = 8
 
@@ -268,9 +270,9 @@ def test_vectors_for_in_order_and_missing(library):
     vecs = _unit(rng, 3)
     ids = _add(library, vecs)
     with library.session() as s, s.begin():
-        np.testing.assert_array_equal(library.vectors_for(s, ids[::-1]), vecs[::-1])
+        np.testing.assert_array_equal(photos.vectors_for(s, ids[::-1]), vecs[::-1])
         with pytest.raises(db.LibraryError, match="no stored embedding"):
-            library.vectors_for(s, [ids[0], 999])
+            photos.vectors_for(s, [ids[0], 999])
 
 
 def test_content_hash(tmp_path):
@@ -280,3 +282,53 @@ def test_content_hash(tmp_path):
     digest, size, mtime_ns = db.hash_file(a)
     assert db.content_hash(b) == digest and len(digest) == 32
     assert (size, mtime_ns) == (3_000_000, a.stat().st_mtime_ns)
+
+
+def test_every_column_after_schema_one_has_its_migration_step():
+    """A column in db.schema that no step adds would leave older libraries without it."""
+    from db import migrate, schema
+
+    added = {(c.table, c.name) for step in migrate.STEPS for c in step.columns}
+    assert [s.version for s in migrate.STEPS] == list(range(2, db.SCHEMA_VERSION + 1))
+    assert frozenset(range(1, db.SCHEMA_VERSION)) == migrate.MIGRATABLE
+    for table, name in added:
+        assert name in schema.Base.metadata.tables[table].c, (table, name)
+
+
+def test_a_schema_one_library_is_read_as_is_then_upgraded_by_the_writer(library):
+    (pid,) = _add(library, _unit(np.random.default_rng(0), 1))
+    library.close()
+    conn = sqlite3.connect(library.db_path)
+    for table, column in [
+        ("photos", "disk_path"),
+        ("photos", "phash"),
+        ("photos", "pthumb"),
+        ("manifest", "precision"),
+        ("manifest", "index_choice"),
+    ]:
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.execute("UPDATE manifest SET schema_version = 1")
+    conn.commit()
+    conn.close()
+
+    with db.Library.open(library.directory) as reader:  # reads it as it is, writes nothing
+        m = reader.manifest()
+        assert (m.schema_version, m.precision, m.index_choice) == (1, "fp32", "")
+        with reader.session() as s, s.begin():
+            row = s.get(db.Photo, pid)
+            assert (row.disk_path, row.phash, row.disk_relpath()) == (None, None, "p0.jpg")
+    with sqlite3.connect(library.db_path) as conn:
+        assert "phash" not in [r[1] for r in conn.execute("PRAGMA table_info(photos)")]
+
+    with db.Library.open(library.directory, readonly=False) as writer:
+        assert writer.manifest().schema_version == db.SCHEMA_VERSION
+    with sqlite3.connect(library.db_path) as conn:
+        for table, wanted in [
+            ("photos", {"disk_path", "phash", "pthumb"}),
+            ("manifest", {"precision", "index_choice"}),
+        ]:
+            assert wanted <= {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        assert conn.execute("SELECT precision, index_choice FROM manifest").fetchone() == (
+            "fp32",
+            "",
+        )

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import event
 
 import db
-from db import library as library_mod
-from db import vectors
+from db import engine as engine_mod
+from db import photos, vectors
 from search import Searcher
 from tests.indexer_fixtures import assert_consistent, index, open_lib, rows, write_jpeg
 
@@ -239,7 +239,7 @@ def _committed(root: Path) -> int:
 
 def _cap_database_growth(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every new connection may not grow the file: SQLite reports a real SQLITE_FULL."""
-    real = library_mod._make_engine
+    real = engine_mod.make_engine
 
     def make_engine(db_path, *, readonly):
         engine = real(db_path, readonly=readonly)
@@ -251,7 +251,7 @@ def _cap_database_growth(monkeypatch: pytest.MonkeyPatch) -> None:
 
         return engine
 
-    monkeypatch.setattr(library_mod, "_make_engine", make_engine)
+    monkeypatch.setattr(engine_mod, "make_engine", make_engine)
 
 
 def test_database_full_is_a_clear_error_and_the_library_stays_usable(
@@ -334,5 +334,5 @@ def test_reader_ignores_stale_ids(tmp_path, tiny_checkpoint):
     with open_lib(root) as lib:
         ids = lib.photo_ids()
         with lib.session() as s, s.begin():
-            found = lib.photos_by_id(s, np.array([*ids[:2], 10_000, -1]))
+            found = photos.photos_by_id(s, np.array([*ids[:2], 10_000, -1]))
         assert sorted(found) == ids[:2].tolist()

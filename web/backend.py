@@ -315,13 +315,7 @@ class Backend:
 
     def _busy(self) -> ApiError:
         directory = self.searcher().directory
-        holder, held = db.lock_holder(directory)
-        if holder is None or not held:
-            who = "another process"
-        elif holder.kind == "watcher":
-            who = f"a watcher (pid {holder.pid}: index --watch or serve --watch)"
-        else:
-            who = f"an indexer (pid {holder.pid})"
+        who = db.holder_text(*db.lock_holder(directory))
         return ApiError(
             423,
             "library_busy",

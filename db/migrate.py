@@ -1,0 +1,121 @@
+"""Schema upgrades: one ordered list of steps, one per schema version.
+
+A step lists the columns its version added (each added in O(1) by `ALTER TABLE ... ADD
+COLUMN` with a default that means "not known yet") and, optionally, a backfill: SQL that fills
+them from what the database already holds, run once in the same transaction. What needs the
+files themselves (the perceptual hashes of schema 3) is left NULL for the next `index` run,
+which fills the rows that lack it without encoding them again.
+
+The writer (`upgrade`) adds every column it finds missing, runs the backfills of the versions
+above the stored one and records SCHEMA_VERSION. A reader may not write: `reader_views` gives
+it temporary views of the tables with the missing columns at their defaults, so it reads the
+stored rows as they are, and an older library stays searchable until the next `index`.
+
+A new schema version is one more `Step` here, with SCHEMA_VERSION and the table in db.schema
+changed to match: e.g. `Step(4, (Column("photos", "latitude", "REAL"), ...), backfill=...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from db.schema import SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column a step adds: `ALTER TABLE {table} ADD COLUMN {name} {kind}`."""
+
+    table: str
+    name: str
+    kind: str  # SQLite type and constraints, e.g. "BLOB" or "VARCHAR NOT NULL DEFAULT 'fp32'"
+    default: str = "NULL"  # what a reader sees in an older row (an SQL literal)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What schema `version` added to the one before it."""
+
+    version: int
+    columns: tuple[Column, ...]
+    # SQL statements filling the new columns from the database alone (no file is read), run
+    # by the writer once, in the upgrade's transaction, when the stored version is below.
+    backfill: tuple[str, ...] = ()
+
+
+STEPS = (
+    # photos.disk_path: the name as the file system spells it, when it is not the NFC key.
+    Step(2, (Column("photos", "disk_path", "BLOB"),)),
+    # Perceptual fingerprints (the next index run fills them, decoding only); the manifest's
+    # precision and index choice, whose defaults mean "as before" (so an older program still
+    # reads a library that has them: they came without a version of their own).
+    Step(
+        3,
+        (
+            Column("photos", "phash", "INTEGER"),
+            Column("photos", "pthumb", "BLOB"),
+            Column("manifest", "precision", "VARCHAR NOT NULL DEFAULT 'fp32'", "'fp32'"),
+            Column("manifest", "index_choice", "VARCHAR NOT NULL DEFAULT ''", "''"),
+        ),
+    ),
+)
+assert STEPS[-1].version == SCHEMA_VERSION, "a schema version without its migration step"
+# Versions this program upgrades (the writer) or reads as they are (a reader); any other is
+# refused with SchemaVersionError (index --rebuild).
+MIGRATABLE = frozenset(range(1, SCHEMA_VERSION))
+
+# Runs one SQL statement with its parameters and returns its rows (iterable, with fetchone):
+# sqlite3.Connection.execute, or SQLAlchemy's Connection.exec_driver_sql.
+Execute = Callable[..., Any]
+
+
+def _missing(execute: Execute) -> dict[str, tuple[list[str], list[Column]]]:
+    """{table: (its columns, the step columns it lacks)} for the tables that lack some."""
+    out: dict[str, tuple[list[str], list[Column]]] = {}
+    for table in dict.fromkeys(c.table for step in STEPS for c in step.columns):
+        present = [r[1] for r in execute(f"PRAGMA main.table_info({table})")]
+        lacking = [
+            c for s in STEPS for c in s.columns if c.table == table and c.name not in present
+        ]
+        if present and lacking:  # an absent table is made whole by create_all
+            out[table] = (present, lacking)
+    return out
+
+
+def stored_version(execute: Execute) -> int | None:
+    """The library's schema version (None while it has no manifest row)."""
+    has_manifest = execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'manifest'"
+    ).fetchone()
+    if not has_manifest:
+        return None
+    row = execute("SELECT schema_version FROM manifest WHERE id = 1").fetchone()
+    return None if row is None else row[0]
+
+
+def upgrade(execute: Execute) -> None:
+    """Bring a library to SCHEMA_VERSION through a writer's connection, inside the caller's
+    transaction (nothing to do for a current one)."""
+    for table, (_, lacking) in _missing(execute).items():
+        for column in lacking:
+            execute(f"ALTER TABLE {table} ADD COLUMN {column.name} {column.kind}")
+    version = stored_version(execute)
+    if version is None or version == SCHEMA_VERSION:
+        return
+    for step in STEPS:
+        if step.version > version:
+            for statement in step.backfill:
+                execute(statement)
+    execute("UPDATE manifest SET schema_version = ? WHERE id = 1", (SCHEMA_VERSION,))
+
+
+def reader_views(execute: Execute) -> None:
+    """On a reader's connection to an older library: temporary views that add the missing
+    columns at their defaults (they shadow the tables for this connection only)."""
+    for table, (present, lacking) in _missing(execute).items():
+        names = [f'"{c}"' for c in present] + [f"{c.default} AS {c.name}" for c in lacking]
+        execute(
+            f"CREATE TEMP VIEW IF NOT EXISTS {table} AS SELECT {', '.join(names)} FROM main.{table}"
+        )

@@ -1,0 +1,321 @@
+"""Reads of photo rows, named for what they are for: the one place that writes SQL against
+`photos` and `failures` for the packages above `db` (the indexer's batched writes stay in
+`indexer.writer`, on the same tables). Each takes the caller's session, so several reads
+share one snapshot.
+
+The embeddings come back as float32 arrays, checked against the manifest's size
+(LibraryCorruptError naming the photo otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import numpy as np
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session
+
+from db.errors import LibraryCorruptError, LibraryError, index_command
+from db.schema import Failure, ManifestRow, Photo, blob_to_vector, disk_relpath
+
+# SQLite caps the parameters of one statement; reads by id go in chunks of this many.
+ID_CHUNK = 900
+
+# -- ids and counts -----------------------------------------------------------------------------
+
+
+def photo_ids(session: Session) -> np.ndarray:
+    """Sorted int64 ids of every photo row."""
+    ids = session.scalars(select(Photo.id).order_by(Photo.id)).all()
+    return np.asarray(ids, dtype=np.int64)
+
+
+def ids_where(session: Session, *where: ColumnElement[bool]) -> np.ndarray:
+    """Sorted ids of the photos matching the conditions on Photo (reads the indexes, not the rows)."""
+    rows = session.scalars(select(Photo.id).where(*where).order_by(Photo.id))
+    return np.fromiter(rows, dtype=np.int64)
+
+
+def photo_count(session: Session) -> int:
+    """How many photos the library holds."""
+    return session.scalar(select(func.count()).select_from(Photo)) or 0
+
+
+def failure_count(session: Session) -> int:
+    """How many files (and folders) are recorded as failed."""
+    return session.scalar(select(func.count()).select_from(Failure)) or 0
+
+
+def has_rows(session: Session) -> bool:
+    """Whether anything was ever committed: a photo or a recorded failure."""
+    return any(session.scalar(select(t.id).limit(1)) is not None for t in (Photo, Failure))
+
+
+def newest_id(session: Session) -> int:
+    """The highest photo id (0 for none); ids only grow, so a new one means new rows."""
+    return session.scalar(select(func.max(Photo.id))) or 0
+
+
+def count_and_newest(session: Session) -> tuple[int, int | None]:
+    """(photo count, newest id): changes whenever photos are added or removed."""
+    count, newest = session.execute(select(func.count(Photo.id), func.max(Photo.id))).one()
+    return count, newest
+
+
+def last_indexed_at(session: Session) -> float | None:
+    """Unix seconds of the newest row's indexing (None for none)."""
+    return session.scalar(select(func.max(Photo.indexed_at)))
+
+
+def all_paths(session: Session) -> Iterator[str]:
+    """Every photo's key path (POSIX, NFC, relative to the photo root)."""
+    return iter(session.scalars(select(Photo.path)))
+
+
+# -- rows -------------------------------------------------------------------------------------
+
+
+def photo_by_relpath(session: Session, relpath: str) -> Photo | None:
+    """The row of a path relative to the photo root (its key), if indexed."""
+    return session.scalars(select(Photo).where(Photo.path == relpath)).first()
+
+
+def photos_with_hash(session: Session, content_hash: str) -> list[Photo]:
+    """Rows whose file has exactly these bytes (a file and its exact duplicates)."""
+    return list(session.scalars(select(Photo).where(Photo.content_hash == content_hash)))
+
+
+def photos_by_id(session: Session, ids: np.ndarray | list[int]) -> dict[int, Photo]:
+    """Rows for FAISS ids (ids without a row, e.g. -1 or stale ones, are absent)."""
+    wanted = [int(i) for i in ids if i >= 0]
+    if not wanted:
+        return {}
+    rows = session.scalars(select(Photo).where(Photo.id.in_(wanted))).all()
+    return {row.id: row for row in rows}
+
+
+class PlanRow(NamedTuple):
+    """What planning an indexing run needs of one photo row."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    on_disk: str | None  # the name on disk where it is not `path`
+
+
+class FailureRow(NamedTuple):
+    """A recorded failure, as planning reads it."""
+
+    path: str
+    kind: str
+    size: int
+    mtime_ns: int
+    reason: str
+
+
+def rows_for_plan(session: Session, where: ColumnElement[bool]) -> Iterator[PlanRow]:
+    """The photo rows matching `where` (a condition on Photo.path), as planning reads them."""
+    rows = session.execute(
+        select(
+            Photo.id, Photo.path, Photo.size, Photo.mtime_ns, Photo.content_hash, Photo.disk_path
+        ).where(where)
+    )
+    for pid, path, size, mtime, chash, disk in rows:
+        on_disk = None if disk is None else disk_relpath(path, disk)
+        yield PlanRow(pid, path, size, mtime, chash, on_disk)
+
+
+def failures_for_plan(session: Session, where: ColumnElement[bool]) -> Iterator[FailureRow]:
+    """The failure rows matching `where` (a condition on Failure.path)."""
+    rows = session.execute(
+        select(Failure.path, Failure.kind, Failure.size, Failure.mtime_ns, Failure.reason).where(
+            where
+        )
+    )
+    return (FailureRow(*row) for row in rows)
+
+
+def reuse_sources(session: Session, content_hash: str) -> list[Any]:
+    """The rows holding these bytes, by id, with what a new row copies from one (its
+    embedding, size in pixels, date and fingerprints) and its path."""
+    return list(
+        session.execute(
+            select(
+                Photo.id,
+                Photo.path,
+                Photo.width,
+                Photo.height,
+                Photo.taken_at,
+                Photo.taken_at_source,
+                Photo.embedding,
+                Photo.phash,
+                Photo.pthumb,
+            )
+            .where(Photo.content_hash == content_hash)
+            .order_by(Photo.id)
+        )
+    )
+
+
+def missing_phashes(session: Session) -> list[tuple[int, str]]:
+    """(id, on-disk relative path) of every photo without a perceptual hash yet."""
+    rows = session.execute(
+        select(Photo.id, Photo.path, Photo.disk_path).where(Photo.phash.is_(None))
+    )
+    return [(pid, disk_relpath(path, disk)) for pid, path, disk in rows]
+
+
+class DuplicateRow(NamedTuple):
+    """What grouping duplicates needs of one photo row."""
+
+    id: int
+    path: str
+    on_disk: str  # the relative path to open
+    width: int
+    height: int
+    size: int
+    taken_at: datetime
+    content_hash: str
+    phash: int | None
+
+
+def rows_for_duplicates(session: Session, *where: ColumnElement[bool]) -> list[DuplicateRow]:
+    """The photo rows matching the conditions, by id, as duplicate grouping reads them."""
+    rows = session.execute(
+        select(
+            Photo.id,
+            Photo.path,
+            Photo.disk_path,
+            Photo.width,
+            Photo.height,
+            Photo.size,
+            Photo.taken_at,
+            Photo.content_hash,
+            Photo.phash,
+        )
+        .where(*where)
+        .order_by(Photo.id)
+    )
+    return [
+        DuplicateRow(pid, path, disk_relpath(path, disk), *more) for pid, path, disk, *more in rows
+    ]
+
+
+def thumbnails(session: Session, ids: Collection[int]) -> dict[int, bytes]:
+    """Stored perceptual thumbnails by photo id (photos without one are absent)."""
+    out: dict[int, bytes] = {}
+    wanted = [int(i) for i in ids]
+    for start in range(0, len(wanted), ID_CHUNK):
+        chunk = wanted[start : start + ID_CHUNK]
+        found = session.execute(select(Photo.id, Photo.pthumb).where(Photo.id.in_(chunk)))
+        out.update((pid, raw) for pid, raw in found if raw is not None)
+    return out
+
+
+def damaged_embeddings(session: Session, dim: int) -> list[tuple[int, str]]:
+    """(id, path) of the rows whose stored embedding is not `dim` float32s."""
+    rows = session.execute(
+        select(Photo.id, Photo.path).where(func.length(Photo.embedding) != 4 * dim)
+    )
+    return [(pid, path) for pid, path in rows]
+
+
+def first_embedding_size(session: Session) -> tuple[int, int] | None:
+    """(id, bytes) of one stored embedding, for a cheap check of the manifest's dim."""
+    found = session.execute(select(Photo.id, func.length(Photo.embedding)).limit(1)).first()
+    return None if found is None else (found[0], found[1])
+
+
+# -- embeddings --------------------------------------------------------------------------------
+
+
+def iter_embeddings(
+    session: Session, *where: ColumnElement[bool], chunk: int = 4096
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) chunks of the stored embeddings of every photo (or those matching the
+    `where` conditions on Photo), by id, within `session`'s transaction."""
+    expected = _blob_bytes(session)
+    last = -1
+    while True:
+        rows = session.execute(
+            select(Photo.id, Photo.embedding)
+            .where(Photo.id > last, *where)
+            .order_by(Photo.id)
+            .limit(chunk)
+        ).all()
+        if not rows:
+            return
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.stack([_stored_vector(session, pid, blob, expected) for pid, blob in rows])
+        last = int(ids[-1])
+        yield ids, vecs
+
+
+def stored_vectors(session: Session, ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted ids, vectors (n, dim)) of those of the given ids that have a row (others are
+    left out), for search's re-rank of a few hundred candidates; LibraryCorruptError if a
+    stored vector is not `dim` float32s.
+
+    One plain statement per 900 ids on the session's connection (its errors still go
+    through the engine's hook), not the ORM: this read is on every search's path, and the
+    ORM's per-row overhead is several times its cost (bench/bigindex.py measures it).
+    """
+    conn = session.connection()
+    found: list[tuple[int, bytes]] = []
+    wanted = np.unique(np.asarray(ids, np.int64)).tolist()
+    for start in range(0, len(wanted), ID_CHUNK):
+        chunk = wanted[start : start + ID_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found += conn.exec_driver_sql(
+            f"SELECT id, embedding FROM {Photo.__tablename__} WHERE id IN ({marks})",
+            tuple(chunk),
+        ).all()
+    found.sort()
+    for pid, blob in found:
+        if len(blob) != 4 * dim:
+            _stored_vector(session, pid, blob, 4 * dim)  # raises, naming the photo
+    ids_found = np.fromiter((r[0] for r in found), np.int64, len(found))
+    vecs = np.frombuffer(b"".join(r[1] for r in found), "<f4").reshape(len(found), dim)
+    return ids_found, vecs.astype(np.float32)
+
+
+def vectors_for(session: Session, ids: np.ndarray | list[int]) -> np.ndarray:
+    """Stored embeddings (n, dim) for existing ids, in the order given (LibraryError if one is missing)."""
+    wanted = [int(i) for i in ids]
+    found: dict[int, np.ndarray] = {}
+    expected = _blob_bytes(session)
+    for start in range(0, len(wanted), ID_CHUNK):
+        chunk = wanted[start : start + ID_CHUNK]
+        rows = session.execute(select(Photo.id, Photo.embedding).where(Photo.id.in_(chunk)))
+        found.update((pid, _stored_vector(session, pid, blob, expected)) for pid, blob in rows)
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise LibraryError(f"no stored embedding for photo ids {missing[:5]}")
+    if not wanted:
+        return np.zeros((0, 0), np.float32)
+    return np.stack([found[i] for i in wanted])
+
+
+def _blob_bytes(session: Session) -> int | None:
+    """Bytes of one stored embedding, by the manifest's dim (None without a sound one)."""
+    dim = session.scalar(select(ManifestRow.dim).where(ManifestRow.id == 1))
+    return 4 * dim if isinstance(dim, int) and dim > 0 else None
+
+
+def _stored_vector(
+    session: Session, photo_id: int, blob: bytes, expected: int | None
+) -> np.ndarray:
+    """One stored embedding; LibraryCorruptError naming the file if its size is wrong."""
+    if expected is not None and len(blob) != expected:
+        where = session.info.get("directory")
+        command = index_command(where) if where else "koclip-search index PHOTO_DIR"
+        raise LibraryCorruptError(
+            f"the library database {session.info.get('db_path', '')} holds a damaged embedding "
+            f"(photo {photo_id}: {len(blob)} bytes, not {expected}); run `{command}` to "
+            "index that photo again"
+        )
+    return blob_to_vector(blob)
