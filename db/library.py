@@ -178,6 +178,13 @@ class Library(IndexFiles):
             raise LibraryError(f"cannot read the library at {self.directory}: {exc.orig}") from exc
         if version is None and self.readonly:
             raise self._unfinished()
+        if version is not None and version > SCHEMA_VERSION:
+            # Made by a newer koclip-search: a rebuild would throw its work away.
+            raise SchemaVersionError(
+                f"the library at {self.directory} was written by a newer koclip-search (schema "
+                f"{version}; this one reads up to {SCHEMA_VERSION}); upgrade koclip-search to "
+                "use it (`pip install -U koclip-search`), and keep the library as it is"
+            )
         if version is not None and version != SCHEMA_VERSION and version not in migrate.MIGRATABLE:
             raise SchemaVersionError(
                 f"the library at {self.directory} has schema version {version}, this program "

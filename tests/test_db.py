@@ -125,9 +125,21 @@ def test_open_missing_library_is_a_clear_error(tmp_path):
         db.Library.open(tmp_path / "nothing")
 
 
+def test_a_library_from_a_newer_version_says_upgrade_not_rebuild(library):
+    with library.session() as s, s.begin():
+        s.execute(text("UPDATE manifest SET schema_version = 99"))
+    for readonly in (True, False):
+        with pytest.raises(db.SchemaVersionError) as info:
+            db.Library.open(library.directory, readonly=readonly)
+        assert "newer koclip-search" in str(info.value) and "upgrade" in str(info.value)
+        assert "--rebuild" not in str(info.value)  # which would destroy the newer library
+    with library.session() as s, s.begin():
+        assert s.execute(text("SELECT schema_version FROM manifest")).scalar() == 99  # untouched
+
+
 def test_schema_version_mismatch_refused(library):
     with library.session() as s, s.begin():
-        s.execute(text("UPDATE manifest SET schema_version = 999"))
+        s.execute(text("UPDATE manifest SET schema_version = 0"))
     with pytest.raises(db.SchemaVersionError, match="--rebuild"):
         db.Library.open(library.directory)
     library.close()
