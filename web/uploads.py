@@ -16,11 +16,15 @@ from starlette.requests import Request
 from koclip import ImageError
 from koclip.preprocess import IMAGE_SIZE, MAX_PIXELS, open_image
 from search import text_problem
+from web.budget import DECODES, UPLOAD_WAIT, pixels_to_decode
 from web.errors import ApiError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # Multipart framing around the file: boundaries, headers, a few small form fields.
 _MULTIPART_SLACK = 64 * 1024
+# What the server's body limit lets through to the upload route (whose own checks, above, say
+# first why an upload is too large).
+UPLOAD_BODY_BYTES = MAX_UPLOAD_BYTES + 2 * _MULTIPART_SLACK
 UPLOAD_FIELD = "image"
 # How an upload is echoed (the `query` of its results) when it comes without a file name.
 UPLOAD_LABEL = "uploaded photo"
@@ -105,19 +109,26 @@ async def read_upload(request: Request, limit: int = MAX_UPLOAD_BYTES) -> Upload
 
 
 def decode_upload(data: bytes) -> Image.Image:
-    """Decode with the indexer's guards (format sniffing, pixel limit, EXIF orientation); 400 if bad."""
-    try:
-        image = open_image(io.BytesIO(data), max_pixels=MAX_PIXELS)
-    except ImageError as exc:
-        raise ApiError(400, "bad_image", f"cannot read the photo: {exc}") from None
-    # Kept in memory for paging: twice the model input per side is all the encoder uses
-    # (the same floor JPEG draft decoding keeps), and a 100 MP PNG would be 300 MB.
-    short = min(image.size)
-    floor = 2 * IMAGE_SIZE
-    if short > floor:
-        scale = floor / short
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    """Decode with the indexer's guards (format sniffing, pixel limit, EXIF orientation); 400 if
+    bad, 503 `busy` when the server's decode budget (web.budget) stays taken.
+
+    Only a copy at most twice the model input on its short side is returned (and kept for
+    paging); the full decode is dropped before the budget is released."""
+    with DECODES.reserve(pixels_to_decode(data), UPLOAD_WAIT):
+        try:
+            image = open_image(io.BytesIO(data), max_pixels=MAX_PIXELS)
+        except ImageError as exc:
+            raise ApiError(400, "bad_image", f"cannot read the photo: {exc}") from None
+        # Twice the model input per side is all the encoder uses (the same floor JPEG draft
+        # decoding keeps), and a 100 MP PNG would be 300 MB.
+        short = min(image.size)
+        floor = 2 * IMAGE_SIZE
+        if short > floor:
+            scale = floor / short
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            full, image = image, image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+            full.close()
+            del full
     return image
 
 
