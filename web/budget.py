@@ -28,7 +28,7 @@ from web.errors import ApiError
 
 # Seconds an upload waits for pixels before a 503 (the sender can try again), and a library
 # photo's thumbnail or check (the page asks for them itself, a few at a time per browser).
-UPLOAD_WAIT = 1.0
+UPLOAD_WAIT = 3.0
 LIBRARY_WAIT = 30.0
 RETRY_AFTER = 2
 # A decode this large hands memory back to the system when nothing else is decoding.
@@ -100,9 +100,15 @@ def _peek(source: bytes | Path | BinaryIO) -> Iterator[BinaryIO]:
         with open(source, "rb") as f:
             yield f
     else:
-        with os.fdopen(os.dup(source.fileno()), "rb") as f:
-            f.seek(0)
-            yield f
+        # The duplicate shares the file offset: put it back where the caller had it.
+        fd = source.fileno()
+        where = os.lseek(fd, 0, os.SEEK_CUR)
+        try:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                f.seek(0)
+                yield f
+        finally:
+            os.lseek(fd, where, os.SEEK_SET)
 
 
 def release_memory() -> None:
