@@ -128,6 +128,10 @@ class Searcher:
             raise
         self.index = IndexView(self.library, self.manifest.index_type, self.manifest.dim)
         self._folders: tuple[tuple[int, int | None], float, list[tuple[str, int]]] | None = None
+        self._database = _file_identity(self.library.db_path)
+        # Libraries of a database file since replaced: closed with the Searcher, not before
+        # (a lookup on another thread may still be reading one).
+        self._retired: list[db.Library] = []
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -267,6 +271,7 @@ class Searcher:
         it did. ModelMismatchError if this Searcher was opened for a named model the library
         no longer holds; db.LibraryNotFoundError if the re-index has not written its manifest
         yet."""
+        reopened = self._reopen_if_replaced()
         manifest = self.library.manifest()
         if manifest is None:
             raise db.LibraryNotFoundError(
@@ -274,6 +279,9 @@ class Searcher:
             )
         if _same_vectors(manifest, self.manifest):
             self.manifest = manifest  # index type, precision, times: the rest follows itself
+            if reopened:
+                self.photo_root = self.library.photo_root()
+                self.index = IndexView(self.library, manifest.index_type, manifest.dim)
             return False
         check_model(manifest, self._model)
         encoder = self._new_encoder(manifest)
@@ -283,6 +291,18 @@ class Searcher:
         self.index = IndexView(self.library, manifest.index_type, manifest.dim)
         self._folders = None
         old.close()
+        return True
+
+    def _reopen_if_replaced(self) -> bool:
+        """Open the library's database again if its file was replaced (`index --rebuild` of a
+        damaged or old database deletes it and starts a new one); True if it was."""
+        now = _file_identity(self.library.db_path)
+        if now is None or now == self._database:
+            return False  # unchanged, or being replaced right now: the old one stands
+        library = db.Library.open(self.directory, readonly=True)
+        self._retired.append(self.library)
+        self.library, self._database = library, now
+        self._folders = None
         return True
 
     def _new_encoder(self, manifest: db.Manifest) -> QueryEncoder:
@@ -422,12 +442,24 @@ class Searcher:
         """Release the database connections."""
         self.encoder.close()
         self.library.close()
+        for library in self._retired:
+            library.close()
+        self._retired.clear()
 
     def __enter__(self) -> Searcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, or None when it is not there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _same_vectors(a: db.Manifest, b: db.Manifest) -> bool:

@@ -405,13 +405,42 @@ def test_serve_follows_a_rebuild_with_another_model(rebuilt, tiny_checkpoint_oth
 
 def test_a_searcher_opened_for_a_named_model_refuses_after_a_rebuild(rebuilt, tiny_checkpoint):
     library_dir, rebuild = rebuilt
-    with Searcher(library_dir, model=str(tiny_checkpoint)) as searcher:
+    app = create_app(library_dir, model=str(tiny_checkpoint), warm=False)
+    with (
+        Searcher(library_dir, model=str(tiny_checkpoint)) as searcher,
+        TestClient(app, base_url=BASE) as c,
+    ):
         searcher.text("바다", k=2)
+        ok_json(c.get("/api/search", params={"q": "바다"}))
         rebuild()
         with pytest.raises(ModelMismatchError):
             searcher.text("바다", k=2)
+        error_json(c.get("/api/search", params={"q": "바다"}), 409, "model_mismatch")
     with Searcher(library_dir) as searcher:  # one that follows the library
         old_encoder = searcher.encoder
         rebuild()
         assert searcher.follow_library() is False  # the same model again: nothing to take up
         assert searcher.encoder is old_encoder
+
+
+def test_serve_follows_a_rebuild_that_replaced_the_database_file(rebuilt, tiny_checkpoint_other):
+    # `index --rebuild` of a damaged or old-schema database deletes the file and starts anew.
+    from indexer import IndexOptions, index_photos
+
+    library_dir, _ = rebuilt
+    query = {"q": "바닷가의 강아지", "k": 5}
+    with TestClient(create_app(library_dir, warm=False), base_url=BASE) as c:
+        before = ok_json(c.get("/api/search", params=query))
+        with db.LibraryLock(library_dir), db.Library.reset(library_dir):
+            pass
+        root = library_dir.parent
+        index_photos(root, IndexOptions(model=str(tiny_checkpoint_other), workers=2, batch_size=8))
+        after = ok_json(c.get("/api/search", params=query))
+        info = ok_json(c.get("/api/info"))
+    with Searcher(library_dir) as fresh:
+        expected = fresh.compose(query["q"], k=5).to_json()["results"]
+        assert info["model"] == fresh.manifest.model_id
+    assert [(h["path"], h["score"]) for h in after["results"]] == [
+        (h["path"], h["score"]) for h in expected
+    ]
+    assert [h["score"] for h in before["results"]] != [h["score"] for h in after["results"]]
