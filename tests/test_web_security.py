@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, features
 
 import db
+from koclip.preprocess import IMAGE_SIZE
 from search import ModelMismatchError, Searcher
 from tests.search_fixtures import error_json, index_folder, ok_json, write_photos
 from tests.test_web_api import BASE, client, ids, library, photos  # noqa: F401 (fixtures)
@@ -198,6 +199,20 @@ def test_a_busy_decode_budget_answers_503_with_retry_after(client):  # noqa: F81
         assert int(response.headers["retry-after"]) >= 1
     ok_json(client.post("/api/image", content=_jpeg(), headers=raw))
     assert DECODES.used == 0
+
+
+@pytest.mark.parametrize("size", [(300, 30000), (30000, 300), (6000, 4000), (20, 5000)])
+def test_an_upload_is_kept_only_as_large_as_the_model_can_use(client, size):  # noqa: F811
+    # A thin strip under the pixel limit would otherwise be kept whole for paging.
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 20, 30)).save(buf, "PNG")
+    raw = {"Content-Type": "image/png"}
+    body = ok_json(client.post("/api/image", content=buf.getvalue(), headers=raw))
+    kept = client.app.state.backend.uploads.get(body["upload"]).image
+    short, long_ = sorted(kept.size)
+    assert short <= 2 * IMAGE_SIZE and long_ <= 2 * short, kept.size
+    assert short == min(min(size), 2 * IMAGE_SIZE)
+    ok_json(client.get(f"/api/image/{body['upload']}"))  # and it still pages
 
 
 def _rss_mb() -> float:
