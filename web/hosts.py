@@ -148,7 +148,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope.get("path", ""))
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):  # served under a prefix: the route's own path
+            path = path[len(root) :]
+        limit = self.limit_for(path)
         declared = Headers(scope=scope).get("content-length", "")
         if declared.strip().isdigit() and int(declared) > limit:
             await _too_large(limit)(scope, receive, send)
