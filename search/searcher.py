@@ -96,8 +96,9 @@ class Searcher:
     when the library was re-indexed with another model since (`index --rebuild --model
     other`), it takes up that model (its towers are loaded on next use, the old ones dropped)
     before encoding anything, so a query is never encoded by a model whose vectors the
-    library no longer holds. A Searcher opened for a named `model` refuses instead
-    (ModelMismatchError), as it would have when opened.
+    library no longer holds (a database file the rebuild replaced is opened again). A
+    Searcher opened for a named `model` refuses instead (ModelMismatchError), as it would
+    have when opened.
 
     Example:
 
