@@ -90,6 +90,14 @@ class Searcher:
     `disk_cache` keeps text embeddings across processes; `backend="numpy"` encodes queries
     without JAX (quicker to a first answer, slower per query after: for one-shot scripts).
 
+    A long-lived Searcher follows its library: every query first reads the manifest, and
+    when the library was re-indexed with another model since (`index --rebuild --model
+    other`), it takes up that model (its towers are loaded on next use, the old ones dropped)
+    before encoding anything, so a query is never encoded by a model whose vectors the
+    library no longer holds (a database file the rebuild replaced is opened again). A
+    Searcher opened for a named `model` refuses instead (ModelMismatchError), as it would
+    have when opened.
+
     Example:
 
         with Searcher("~/Pictures") as searcher:
@@ -108,17 +116,21 @@ class Searcher:
     ) -> None:
         self.directory = find_library(library)
         self.library, self.manifest = open_read_only(self.directory)
+        self._model = model
+        self._encoder_args = (cache_size, disk_cache, backend)
         try:
             check_model(self.manifest, model)
             self.photo_root = self.library.photo_root()
-            self.encoder = QueryEncoder(
-                self.manifest, cache_size, persistent=disk_cache, backend=backend
-            )
+            self.encoder = self._new_encoder(self.manifest)
         except BaseException:
             self.library.close()
             raise
         self.index = IndexView(self.library, self.manifest.index_type, self.manifest.dim)
         self._folders: tuple[tuple[int, int | None], float, list[tuple[str, int]]] | None = None
+        self._database = _file_identity(self.library.db_path)
+        # Libraries of a database file since replaced: closed with the Searcher, not before
+        # (a lookup on another thread may still be reading one).
+        self._retired: list[db.Library] = []
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -186,6 +198,7 @@ class Searcher:
 
     def warm(self, towers: Sequence[str] = ("text",)) -> None:
         """Load and compile the given towers now (caches bypassed), so the first query is fast."""
+        self.follow_library()
         for tower in towers:
             self.encoder.warm(tower)
 
@@ -249,6 +262,52 @@ class Searcher:
         path = self.photo_root / row.disk_relpath()
         return PhotoInfo(row.id, path, row.path, *stored, row.content_hash)
 
+    # -- following the library ----------------------------------------------------------------
+
+    def follow_library(self) -> bool:
+        """Take up the model the library's vectors are made with now, if it changed since this
+        Searcher last looked (a re-index with another model, or other preprocessing); True if
+        it did. ModelMismatchError if this Searcher was opened for a named model the library
+        no longer holds; db.LibraryNotFoundError if the re-index has not written its manifest
+        yet."""
+        reopened = self._reopen_if_replaced()
+        manifest = self.library.manifest()
+        if manifest is None:
+            raise db.LibraryNotFoundError(
+                f"the library at {self.directory} is being re-indexed and has nothing yet"
+            )
+        if _same_vectors(manifest, self.manifest):
+            self.manifest = manifest  # index type, precision, times: the rest follows itself
+            if reopened:
+                self.photo_root = self.library.photo_root()
+                self.index = IndexView(self.library, manifest.index_type, manifest.dim)
+            return False
+        check_model(manifest, self._model)
+        encoder = self._new_encoder(manifest)
+        old, self.encoder = self.encoder, encoder
+        self.manifest = manifest
+        self.photo_root = self.library.photo_root()
+        self.index = IndexView(self.library, manifest.index_type, manifest.dim)
+        self._folders = None
+        old.close()
+        return True
+
+    def _reopen_if_replaced(self) -> bool:
+        """Open the library's database again if its file was replaced (`index --rebuild` of a
+        damaged or old database deletes it and starts a new one); True if it was."""
+        now = _file_identity(self.library.db_path)
+        if now is None or now == self._database:
+            return False  # unchanged, or being replaced right now: the old one stands
+        library = db.Library.open(self.directory, readonly=True)
+        self._retired.append(self.library)
+        self.library, self._database = library, now
+        self._folders = None
+        return True
+
+    def _new_encoder(self, manifest: db.Manifest) -> QueryEncoder:
+        cache_size, disk_cache, backend = self._encoder_args
+        return QueryEncoder(manifest, cache_size, persistent=disk_cache, backend=backend)
+
     # -- embedding ----------------------------------------------------------------------------
 
     def _compose(self, terms: list[Term], prompt: bool) -> _Query:
@@ -296,8 +355,10 @@ class Searcher:
     # -- searching ----------------------------------------------------------------------------
 
     def _options(self, options: dict[str, Any]) -> tuple[SearchOptions, Filter]:
-        """Validate options and resolve the filter before any model is loaded."""
+        """Validate options and resolve the filter before any model is loaded (the library's
+        current one: see `follow_library`)."""
         opts = SearchOptions(**options)
+        self.follow_library()
         after, before = parse_range(opts.after, opts.before)
         under = folder_filter(opts.under, self.photo_root) if opts.under is not None else None
         return opts, Filter(under=under or None, after=after, before=before)
@@ -380,12 +441,34 @@ class Searcher:
         """Release the database connections."""
         self.encoder.close()
         self.library.close()
+        for library in self._retired:
+            library.close()
+        self._retired.clear()
 
     def __enter__(self) -> Searcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, or None when it is not there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _same_vectors(a: db.Manifest, b: db.Manifest) -> bool:
+    """Whether queries encoded for manifest `b` still match the vectors of manifest `a`."""
+    return (a.model_id, a.fingerprint, a.dim, a.preprocess_version) == (
+        b.model_id,
+        b.fingerprint,
+        b.dim,
+        b.preprocess_version,
+    )
 
 
 def _settled(

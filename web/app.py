@@ -32,10 +32,10 @@ from search.duplicates import DuplicateGroup
 from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, DuplicateQuery, Options
 from web.errors import ApiError, install_handlers
 from web.files import read_chunks
-from web.hosts import HostGuard
+from web.hosts import BodyLimit, HostGuard, OriginGuard
 from web.params import PhotoId, Text
 from web.thumbnails import SIZES
-from web.uploads import MAX_UPLOAD_BYTES, decode_upload, read_upload
+from web.uploads import MAX_UPLOAD_BYTES, UPLOAD_BODY_BYTES, decode_upload, read_upload
 
 log = logging.getLogger("koclip_search.web")
 
@@ -46,6 +46,9 @@ CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 THUMB_CACHE = "private, max-age=3600"
+# Bytes of a JSON request body: a composed query of 16 terms of MAX_TEXT characters, each sent
+# as \uXXXX escapes, is under 100 KB; a set-aside names at most MAX_GROUP ids.
+MAX_BODY_BYTES = 256 * 1024
 
 
 class Background(Protocol):
@@ -205,10 +208,19 @@ class SetAsideRequest(BaseModel):
     under: Text | None = None
 
 
+MAX_RESTORE = 100_000
+# Routes whose bodies may be larger: an upload (its own checks come first), a long restore
+# (MAX_RESTORE ids of up to 19 digits each).
+BODY_LIMITS = {
+    "/api/image": UPLOAD_BODY_BYTES,
+    "/api/duplicates/restore": 24 * MAX_RESTORE + MAX_BODY_BYTES,
+}
+
+
 class RestoreRequest(BaseModel):
     """The photos to put back (ids a set-aside answered with); none: every set-aside photo."""
 
-    photos: list[PhotoId] | None = Field(None, max_length=100_000)
+    photos: list[PhotoId] | None = Field(None, max_length=MAX_RESTORE)
 
 
 class Skipped(BaseModel):
@@ -245,7 +257,7 @@ def search_options(
 
 OptionsDep = Annotated[Options, Depends(search_options)]
 PhotoIdPath = Annotated[PhotoId, FastAPIPath(description="the photo's library id")]
-QueryText = Annotated[Text, Query(min_length=1, max_length=1000, description="the query")]
+QueryText = Annotated[Text, Query(min_length=1, description="the query")]
 
 
 # -- shaping --------------------------------------------------------------------------------
@@ -344,6 +356,9 @@ def create_app(
     )
     app.state.backend = backend
     install_handlers(app)
+    # Outermost last: the Host is checked first, then the Origin, then the body's size.
+    app.add_middleware(BodyLimit, default=MAX_BODY_BYTES, limits=BODY_LIMITS)
+    app.add_middleware(OriginGuard)
     app.add_middleware(HostGuard, allowed_hosts=allowed_hosts or list(LOCAL_HOSTS))
 
     @app.middleware("http")
@@ -409,9 +424,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
     async def image_search(
         request: Request,
         opts: OptionsDep,
-        q: Annotated[
-            Text | None, Query(max_length=1000, description="text to compose with")
-        ] = None,
+        q: Annotated[Text | None, Query(description="text to compose with")] = None,
     ) -> dict[str, Any]:
         """Photos like an uploaded image (raw body or multipart field `image`, at most 20 MB),
         composed with the text `q` when given (`photo + q`, in the search box's syntax). The
@@ -426,7 +439,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
     async def image_page(
         upload: Text,
         opts: OptionsDep,
-        q: Annotated[Text | None, Query(max_length=1000)] = None,
+        q: Annotated[Text | None, Query()] = None,
     ) -> dict[str, Any]:
         """More results for an image sent before (404 `upload_expired` once forgotten)."""
         stored = backend.uploads.get(upload)

@@ -42,7 +42,9 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(KoclipSearchError)
     async def _domain(_: Request, exc: KoclipSearchError) -> JSONResponse:
         # Status and code are the class's row in the one table (koclip.errors).
-        return error_response(exc.http_status, exc.code, _first_line(exc))
+        response = error_response(exc.http_status, exc.code, _first_line(exc))
+        response.headers.update(getattr(exc, "headers", None) or {})  # Retry-After of a 503
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

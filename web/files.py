@@ -20,6 +20,7 @@ from PIL import Image
 
 from koclip import ImageError
 from koclip.preprocess import MAX_PIXELS, open_image
+from web.budget import DECODES, LIBRARY_WAIT, pixels_to_decode
 from web.errors import ApiError
 
 CHUNK = 1 << 16
@@ -44,11 +45,16 @@ def open_photo(root: Path, path: Path) -> BinaryIO:
 
 def image_type(f: BinaryIO) -> str:
     """The media type of the image in `f`, after checking that it decodes (ImageError if not);
-    `f` is left at its start, so the bytes checked are the bytes then sent."""
+    `f` is left open at its start, so the bytes checked are the bytes then sent.
+
+    Pillow reads through a duplicate of the descriptor: it closes the file it was given once
+    an image that may hold several frames (PNG, GIF, TIFF...) is loaded, and `f` must stay
+    open to be sent.
+    """
     try:
-        open_image(f, max_pixels=MAX_PIXELS, draft=True)
-        f.seek(0)
-        with Image.open(f) as image:
+        with DECODES.reserve(pixels_to_decode(f), LIBRARY_WAIT), _duplicate(f) as checked:
+            open_image(checked, max_pixels=MAX_PIXELS, draft=True).close()
+        with _duplicate(f) as checked, Image.open(checked) as image:
             kind = image.format or ""
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror or exc}") from None
@@ -56,6 +62,13 @@ def image_type(f: BinaryIO) -> str:
         with contextlib.suppress(OSError, ValueError):
             f.seek(0)
     return Image.MIME.get(kind) or f"image/{kind.lower() or 'octet-stream'}"
+
+
+def _duplicate(f: BinaryIO) -> BinaryIO:
+    """A second file object on `f`'s open file, at its start (closing it leaves `f` open)."""
+    dup = os.fdopen(os.dup(f.fileno()), "rb")
+    dup.seek(0)
+    return dup
 
 
 def read_chunks(f: BinaryIO) -> Iterator[bytes]:

@@ -14,6 +14,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from koclip.preprocess import MAX_PIXELS, open_image
+from web.budget import DECODES, LIBRARY_WAIT, pixels_to_decode
 
 log = logging.getLogger("koclip_search.web")
 
@@ -46,24 +47,29 @@ class ThumbnailCache:
         self, photo_id: int, content_hash: str, open_source: Callable[[], BinaryIO], size: str
     ) -> Path | bytes:
         """The cached thumbnail, made first if needed from the file `open_source()` opens (it
-        is opened only then); ImageError if it cannot be read.
+        is opened every time, and whatever it raises is raised: a photo no longer in the photo
+        folder has no thumbnail either); ImageError if it cannot be read.
 
         When the cache cannot be written (disk full, quota, read-only, permissions) the JPEG
         is returned as bytes instead, so the page keeps working; the cause goes to the log.
         """
         target = self.path_for(photo_id, content_hash, size)
-        if target.is_file():
-            return target
-        # One maker per file: a page asking for 40 thumbnails twice must not decode 80 photos.
-        with self._lock_for(target.name + size):
-            if not target.is_file():
-                with open_source() as source:
+        # Opened every time, cached or not: a thumbnail is shown only while its photo is still
+        # a file inside the photo folder (open_source raises otherwise), as the original is.
+        with open_source() as source:
+            if target.is_file():
+                return target
+            # One maker per file: a page asking for 40 thumbnails twice must not decode 80 photos.
+            with self._lock_for(target.name + size):
+                if not target.is_file():
                     data = _jpeg(make_thumbnail(source, SIZES[size]))
-                try:
-                    _write_atomic(data, target)
-                except OSError as exc:
-                    log.warning("cannot cache the thumbnail %s (%s)", target, exc.strerror or exc)
-                    return data
+                    try:
+                        _write_atomic(data, target)
+                    except OSError as exc:
+                        log.warning(
+                            "cannot cache the thumbnail %s (%s)", target, exc.strerror or exc
+                        )
+                        return data
         return target
 
     def _lock_for(self, key: str) -> threading.Lock:
@@ -76,8 +82,11 @@ class ThumbnailCache:
 def make_thumbnail(source: Path | BinaryIO, long_side: int) -> Image.Image:
     """The photo, EXIF-oriented, shrunk to fit `long_side` (never enlarged)."""
     # draft decoding: a 12 MP JPEG decodes at 1/4 or 1/8 scale, still >= long_side per side.
-    image = open_image(source, max_pixels=MAX_PIXELS, draft=True, size=(long_side + 1) // 2)
-    image.thumbnail((long_side, long_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    # The decode counts against the server's pixel budget (web.budget) until it is shrunk.
+    half = (long_side + 1) // 2
+    with DECODES.reserve(pixels_to_decode(source, half), LIBRARY_WAIT):
+        image = open_image(source, max_pixels=MAX_PIXELS, draft=True, size=half)
+        image.thumbnail((long_side, long_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return image
 
 

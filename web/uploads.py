@@ -16,15 +16,22 @@ from starlette.requests import Request
 from koclip import ImageError
 from koclip.preprocess import IMAGE_SIZE, MAX_PIXELS, open_image
 from search import text_problem
+from web.budget import DECODES, UPLOAD_WAIT, pixels_to_decode
 from web.errors import ApiError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # Multipart framing around the file: boundaries, headers, a few small form fields.
 _MULTIPART_SLACK = 64 * 1024
+# What the server's body limit lets through to the upload route (whose own checks, above, say
+# first why an upload is too large).
+UPLOAD_BODY_BYTES = MAX_UPLOAD_BYTES + 2 * _MULTIPART_SLACK
 UPLOAD_FIELD = "image"
 # How an upload is echoed (the `query` of its results) when it comes without a file name.
 UPLOAD_LABEL = "uploaded photo"
 _MAX_LABEL = 100
+# The longest side an upload keeps for paging, in times its short side: the model only sees
+# the centre square, and a 100000x1000 strip would otherwise be kept whole (300 MB).
+KEEP_ASPECT = 2
 
 
 class Upload(NamedTuple):
@@ -105,20 +112,46 @@ async def read_upload(request: Request, limit: int = MAX_UPLOAD_BYTES) -> Upload
 
 
 def decode_upload(data: bytes) -> Image.Image:
-    """Decode with the indexer's guards (format sniffing, pixel limit, EXIF orientation); 400 if bad."""
-    try:
-        image = open_image(io.BytesIO(data), max_pixels=MAX_PIXELS)
-    except ImageError as exc:
-        raise ApiError(400, "bad_image", f"cannot read the photo: {exc}") from None
-    # Kept in memory for paging: twice the model input per side is all the encoder uses
-    # (the same floor JPEG draft decoding keeps), and a 100 MP PNG would be 300 MB.
-    short = min(image.size)
-    floor = 2 * IMAGE_SIZE
-    if short > floor:
-        scale = floor / short
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    """Decode with the indexer's guards (format sniffing, pixel limit, EXIF orientation); 400 if
+    bad, 503 `busy` when the server's decode budget (web.budget) stays taken.
+
+    Only what the encoder can use is returned (and kept for paging): the centre of the photo at
+    most KEEP_ASPECT times as long as it is wide (the model sees its centre square), at most
+    twice the model input on its short side; the full decode is dropped before the budget is
+    released, so the upload store holds at most ~5 MB a photo."""
+    with DECODES.reserve(pixels_to_decode(data), UPLOAD_WAIT):
+        try:
+            image = open_image(io.BytesIO(data), max_pixels=MAX_PIXELS)
+        except ImageError as exc:
+            raise ApiError(400, "bad_image", f"cannot read the photo: {exc}") from None
+        box = _centre(image.size)
+        short = min(box[2] - box[0], box[3] - box[1])
+        scale = min(1.0, 2 * IMAGE_SIZE / short)
+        size = (
+            max(1, round((box[2] - box[0]) * scale)),
+            max(1, round((box[3] - box[1]) * scale)),
+        )
+        if scale < 1.0 or box != (0, 0, *image.size):
+            resample = Image.Resampling.LANCZOS if scale < 1.0 else Image.Resampling.NEAREST
+            full = image
+            image = full.resize(size, resample, box=box, reducing_gap=3.0 if scale < 1 else None)
+            full.close()
+            del full
     return image
+
+
+def _centre(size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The box of the centre of an image of `size`, at most KEEP_ASPECT:1."""
+    width, height = size
+    if width > KEEP_ASPECT * height:
+        keep = KEEP_ASPECT * height
+        left = (width - keep) // 2
+        return left, 0, left + keep, height
+    if height > KEEP_ASPECT * width:
+        keep = KEEP_ASPECT * width
+        top = (height - keep) // 2
+        return 0, top, width, top + keep
+    return 0, 0, width, height
 
 
 class UploadStore:
