@@ -27,7 +27,9 @@ from db import (
     LibraryNotFoundError,
     LibraryWriteError,
     default_library_dir,
+    photos,
 )
+from db import rebuild as staging_rebuild
 from db.engine import DB_NAME
 from db.lock import LOCK_NAME
 from indexer.discover import discover
@@ -36,10 +38,10 @@ from indexer.phash import fill_phashes
 from indexer.plan import Plan, load_known, load_known_under, make_plan
 from indexer.ray_executor import RayExecutor, RayOptions, require_ray
 from indexer.scope import as_relpath, discover_paths, scope_of
-from indexer.setup import open_for_indexing, prepare
+from indexer.setup import DEFAULT_MODEL, open_for_indexing, prepare
 from indexer.summary import Summary
 from indexer.writer import IndexRebuild, RebuildCallback, Writer, due_rebuild, rebuild
-from koclip import PRECISIONS, KoCLIPEncoder
+from koclip import PRECISIONS, KoCLIPEncoder, checkpoint_fingerprint
 from koclip.preprocess import MAX_PIXELS
 
 ProgressCallback = Callable[[int, int], None]  # (files done, files to read)
@@ -151,15 +153,19 @@ class IndexSession:
             self.library = self._stack.enter_context(
                 open_for_indexing(self.library_dir, rebuild=options.rebuild)
             )
-            self.encoder = prepare(
-                self.library,
-                self.photo_root,
-                options.model,
-                batch_size=options.batch_size,
-                rebuild=options.rebuild,
-                encoder=encoder,
-                precision=options.precision,
-            )
+            # --rebuild over a library with photos: built aside, swapped in when complete
+            # (db.rebuild), so its old vectors stay searchable until then.
+            self._rebuild_into: Library | None = None
+            prepared = False
+            if options.rebuild and self.library.has_rows():
+                # A staging library that never got its model (a wrong --model) is not kept.
+                self._stack.callback(lambda: prepared or staging_rebuild.discard(self.library_dir))
+                self._rebuild_into, self.library = (
+                    self.library,
+                    self._stack.enter_context(staging_rebuild.open_staging(self.library)),
+                )
+            self.encoder = self._prepare(options, encoder)
+            prepared = True
             # Repair what the database can rebuild: rows with a damaged vector are read again as
             # new files, the mirror and the index file follow the row, leftovers go.
             self.library.drop_damaged_embeddings(self.encoder.dim)
@@ -184,6 +190,45 @@ class IndexSession:
             raise
         self._hashes: set[str] | None = None  # stored content hashes, kept between passes
         self._stale = False
+
+    def _prepare(self, options: IndexOptions, encoder: KoCLIPEncoder | None) -> KoCLIPEncoder:
+        """The vision tower, and the manifest written for it (setup.prepare)."""
+        model, rebuild = options.model, options.rebuild
+        if self._rebuild_into is not None:
+            # The staging library: resumed when it holds the same model's vectors (a rebuild
+            # interrupted earlier), else started afresh; the model defaults to the library's.
+            main = self._rebuild_into.manifest(check=False)
+            model = model or (main.model_id if main else None)
+            staged = self.library.manifest(check=False)
+            rebuild = staged is None or (
+                (encoder.fingerprint if encoder else checkpoint_fingerprint(model or DEFAULT_MODEL))
+                != staged.fingerprint
+            )
+        return prepare(
+            self.library,
+            self.photo_root,
+            model,
+            batch_size=options.batch_size,
+            rebuild=rebuild,
+            encoder=encoder,
+            precision=options.precision,
+        )
+
+    def _finish_rebuild(self, refuse_all_gone: bool) -> None:
+        """The staging library complete: its rows replace the library's (db.rebuild.apply)."""
+        target, staging = self._rebuild_into, self.library
+        assert target is not None
+        with staging.session() as s, s.begin():
+            staged = photos.photo_count(s)
+        if refuse_all_gone and not staged and target.has_rows():
+            raise PhotosGoneError(
+                f"{self.photo_root} has none of the library's photos (a card or disk not "
+                "mounted?); the library was not rebuilt and is unchanged. If they are gone for "
+                "good, run again with --allow-empty-root"
+            )
+        staging_rebuild.apply(target, staging)
+        self.library, self._rebuild_into = target, None
+        self.lock.note_commit()
 
     def run(
         self,
@@ -267,6 +312,8 @@ class IndexSession:
                     workers=self.options.workers or 2,
                     max_pixels=int(self.options.max_megapixels * 1e6),
                 )
+            if scope is None and self._rebuild_into is not None:
+                self._finish_rebuild(refuse_all_gone)
         except BaseException:
             self._stale = True
             raise

@@ -509,3 +509,51 @@ def test_a_root_that_lost_every_photo_is_refused_until_asked(tmp_path, tiny_chec
     # A library with nothing in it, and a folder still holding some photos, run as always.
     write_jpeg(card / "new.jpg", 9)
     assert runner.invoke(main, args).exit_code == 0
+
+
+def test_an_interrupted_rebuild_keeps_the_old_vectors_searchable_and_resumes(
+    tmp_path, tiny_checkpoint, tiny_checkpoint_other
+):
+    from sqlalchemy import text
+
+    from db.rebuild import staging_dir
+
+    root = tmp_path / "p"
+    for i in range(10):
+        write_jpeg(root / f"{i:02d}.jpg", i)
+    index(root, tiny_checkpoint)
+    with open_lib(root) as lib:
+        old_ids, old_fp = lib.photo_ids(), lib.manifest().fingerprint
+    writer = db.Library.open(root / db.LIBRARY_DIRNAME, readonly=False)
+    with writer, writer.session() as s, s.begin():  # a set-aside journal row: not the run's
+        columns = [r[1] for r in s.execute(text("PRAGMA table_info(set_aside)"))]
+        values = {c: (999 if c == "id" else 0) for c in columns}
+        values |= {"path": "x.jpg", "state": "aside", "dest": b"set-aside/x.jpg"}
+        names = ", ".join(columns)
+        marks = ", ".join(f":{c}" for c in columns)
+        s.execute(text(f"INSERT INTO set_aside ({names}) VALUES ({marks})"), values)
+
+    class Stop(Exception):
+        pass
+
+    def stop(batches: int) -> None:
+        if batches == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        index(root, tiny_checkpoint_other, rebuild=True, on_batch_committed=stop)
+    with open_lib(root) as lib:  # the old model's library, whole and searchable
+        assert lib.manifest().fingerprint == old_fp
+        np.testing.assert_array_equal(lib.photo_ids(), old_ids)
+        assert_consistent(lib)
+    assert staging_dir(root / db.LIBRARY_DIRNAME).is_dir()
+    s = index(root, tiny_checkpoint_other, rebuild=True)  # resumed: only the rest is encoded
+    assert 0 < s.new < 10
+    assert not staging_dir(root / db.LIBRARY_DIRNAME).exists()
+    with open_lib(root) as lib:
+        assert lib.manifest().fingerprint != old_fp and len(lib.photo_ids()) == 10
+        assert min(lib.photo_ids()) > max(old_ids)  # no id of the old vectors names a new photo
+        assert_consistent(lib)
+        with lib.session() as s, s.begin():
+            assert s.execute(text("SELECT count(*) FROM set_aside")).scalar() == 1
+    assert index(root, None).unchanged == 10
