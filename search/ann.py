@@ -1,4 +1,7 @@
-"""Which FAISS index a collection gets, and how to search it (db.vectors builds it)."""
+"""Tune a loaded FAISS index for searching: nprobe, efSearch and the re-rank depth.
+
+Which index a library gets, and building it, belong to db.vectors.
+"""
 
 from __future__ import annotations
 
@@ -16,32 +19,26 @@ AUTO = "auto"
 # them for searching.
 
 # ivf-pq proposes k x RERANK_FACTOR candidates (at least RERANK_MIN), re-ranked exactly from
-# the stored vectors. bench/bigindex.py, recall@10 / p50 on 2 busy cores: 1M clustered
-# vectors r=5 0.944 / 18.7 ms, r=10 0.992 / 18.9 ms, r=20 0.998 / 27.1 ms; 2M clustered
-# r=10 0.979 / 27 ms, r=20 1.000 / 18 ms; 1M anisotropic CLIP-like ones (--spread cone)
-# r=10 0.943 / 12 ms, r=20 0.968 / 7 ms, r=40 0.983 / 10 ms. 20 holds 0.95 on both.
+# the stored vectors. 20 is the smallest factor that holds recall@10 >= 0.95 on clustered and
+# on anisotropic CLIP-like vectors (bench/bigindex.py --r, --spread cone).
 RERANK_FACTOR = 20
 RERANK_MIN = 200
 # Search-time knobs, set after loading rather than trusted from the file, so tuning them here
-# takes effect without a reindex. bench/search.py: IVF-SQ8 recall@10 0.951 at nprobe = nlist/32,
-# 0.988 at nlist/16 (1M clustered vectors, 2.1 ms); HNSW 1.000 at efSearch 128 (200k).
+# takes effect without a reindex. bench/search.py measures the recall each one gives.
 HNSW_EF_SEARCH = 128
 IVF_NPROBE_FRACTION = 1 / 16
 IVF_NPROBE_MIN = 16
 # ivf-pq probes twice the share: its re-rank makes the order exact, so recall is bounded by
-# the lists probed. bench/bigindex.py at 100k clustered vectors (nlist 512, 100 candidates):
-# recall@10 0.857 at nlist/32, 0.912 at nlist/16, 0.968 at nlist/8, 0.990 at nlist/4; the
-# candidates past 100 added nothing (0.969 at 200 and 400).
+# the lists probed (bench/bigindex.py --nprobe measures recall against the lists probed).
 IVF_PQ_NPROBE_FRACTION = 1 / 8
 # ... but never more than this many lists: with a share, a query would scan n/8 codes (12.5M
-# at 100M photos, ~1 s); a fixed count scans n * IVF_PQ_NPROBE_MAX / nlist, which grows as
+# at 100M photos); a fixed count scans n * IVF_PQ_NPROBE_MAX / nlist, which grows as
 # sqrt(n). It holds recall because the rule's lists only get fuller as n grows (nlist ~
 # 2 sqrt(n): n / nlist >= nlist / 8 photos a list), and a query's neighbours then sit in no
 # more lists than at 2M (bench/bigindex.py --nlist: see the README's "Millions of photos").
 IVF_PQ_NPROBE_MAX = 256
-# From this many queries on, a flat batch is one sgemm; below, query by query (SIMD). Over
-# 100k x 512 on 2 cores, idle: 4 queries 14 ms seq / 16 ms sgemm, 8: 32 / 23, 16: 70 / 20,
-# 64: 254 / 45; under load sgemm still wins from 16 on but not always at 8.
+# From this many queries on, a flat batch is one sgemm; below, query by query (SIMD): the
+# smallest batch at which sgemm wins, also on a loaded machine (bench/search.py measures both).
 BLAS_MIN_QUERIES = 16
 
 
@@ -81,8 +78,8 @@ def enable_blas_for_batches(dim: int) -> None:
     """Route batches of >= BLAS_MIN_QUERIES queries to faiss's sgemm path.
 
     faiss >= 1.9 compares `nq * dim` with a threshold of 128000, so at dim 512 a batch of up
-    to 249 queries scans the database once per query: 64 queries over 100k vectors take ~250 ms
-    that way and ~45 ms with one sgemm on an idle machine (bench/search.py measures it). Older
+    to 249 queries scans the database once per query, much slower than one sgemm for such a
+    batch (bench/search.py measures both). Older
     faiss compares `nq` with a threshold of 20.
     """
     import faiss
