@@ -126,6 +126,33 @@ def repo_env(**extra: str) -> dict[str, str]:
     return os.environ | {"PYTHONPATH": str(REPO)} | extra
 
 
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def vision_checkpoint(cache: Path) -> Path:
+    """koclip-base's vision tower (ViT-B/32 + 512-d projection), realistic random weights; tiny text."""
+    path = cache / "ckpt-base-vision-realistic"
+    if (path / "config.json").exists():
+        return path
+    from koclip.config import KoCLIPConfig, VisionConfig
+    from koclip.testing import random_params, tiny_vocab, write_checkpoint
+
+    text = KoCLIPConfig.tiny(vocab_size=len(tiny_vocab())).text
+    config = KoCLIPConfig(text=text, vision=VisionConfig(), projection_dim=512)
+    write_checkpoint(path, config, random_params(config, realistic=True))
+    return path
+
+
+def tiny_checkpoint(cache: Path) -> Path:
+    """A tiny random model: with it, a run measures the pipeline's own cost and memory."""
+    path = cache / "ckpt-tiny"
+    if not (path / "config.json").exists():
+        from koclip.testing import build_tiny_checkpoint
+
+        build_tiny_checkpoint(path)
+    return path
+
+
 # -- photos ----------------------------------------------------------------------------------------
 
 
