@@ -5,7 +5,7 @@
     .venv/bin/python bench/bigindex.py --n 2000000 --r 10 --nprobe 64,128,256 --nlist 4096
     .venv/bin/python bench/bigindex.py --n 1000000 --r 10 --spread cone
 
-A synthetic library of `--n` 512-d clustered unit vectors (bench/search.py's CLIP-like
+A synthetic library of `--n` 512-d clustered unit vectors (bench._common.clustered, CLIP-like
 spread) is written into SQLite once, under --work. Each index type is then built from the
 library as `reindex` builds it (sample-trained, vectors streamed from SQLite) in a child
 process, whose peak RSS is the build's; a second child loads the saved file and answers
