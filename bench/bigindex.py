@@ -5,7 +5,7 @@
     .venv/bin/python bench/bigindex.py --n 2000000 --r 10 --nprobe 64,128,256 --nlist 4096
     .venv/bin/python bench/bigindex.py --n 1000000 --r 10 --spread cone
 
-A synthetic library of `--n` 512-d clustered unit vectors (bench/search.py's CLIP-like
+A synthetic library of `--n` 512-d clustered unit vectors (bench._common.clustered, CLIP-like
 spread) is written into SQLite once, under --work. Each index type is then built from the
 library as `reindex` builds it (sample-trained, vectors streamed from SQLite) in a child
 process, whose peak RSS is the build's; a second child loads the saved file and answers
@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.search import DIM, Table, clustered  # noqa: E402
+from bench._common import (  # noqa: E402
+    DIM,
+    Table,
+    clustered,
+    load_average,
+    load_line,
+    peak_rss_mb,
+    repo_env,
+    rss_bytes,
+    unit_rows,
+    write_library,
+)
 
 CHUNK = 20_000
 
@@ -76,12 +85,8 @@ def cone(n: int, seed: int, queries: bool = False) -> np.ndarray:
         z = (z + CONE_SPREAD * rng.standard_normal((m, DIM), dtype=np.float32)) / np.sqrt(
             1 + CONE_SPREAD**2
         )
-        out[lo : lo + m] = _unit(CONE_MEAN * means[1 if queries else 0] + z @ scale)
+        out[lo : lo + m] = unit_rows(CONE_MEAN * means[1 if queries else 0] + z @ scale)
     return out
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 SPREADS = {"clustered": clustered, "cone": cone}
@@ -101,49 +106,14 @@ def spread_stats(make, n: int = 20_000) -> str:
 
 def make_library(work: Path, n: int, spread: str = "clustered") -> Path:
     """A library of `n` vectors of `spread` (written once, streamed: never all in RAM)."""
-    from sqlalchemy import insert
-
     import db
+    from db.testing import synthetic_manifest
 
     name = f"big-{n}" if spread == "clustered" else f"big-{n}-{spread}"
     library_dir = work / name / db.LIBRARY_DIRNAME
-    if (library_dir / "manifest.json").is_file():
-        return library_dir
-    start = datetime(2015, 1, 1)
-    with db.LibraryLock(library_dir), db.Library.reset(library_dir) as lib:
-        with lib.session() as s, s.begin():
-            lib.set_manifest(
-                s,
-                db.Manifest(
-                    model_id="synthetic",
-                    fingerprint="0",
-                    dim=DIM,
-                    preprocess_version="bench",
-                    index_type="flat",
-                    photo_root="..",
-                ),
-            )
-            for lo in range(0, n, CHUNK):
-                vecs = SPREADS[spread](min(CHUNK, n - lo), seed=lo)
-                s.execute(
-                    insert(db.Photo),
-                    [
-                        {
-                            "path": f"{(lo + i) // 1000:05d}/IMG_{lo + i:08d}.jpg",
-                            "size": 3_000_000,
-                            "mtime_ns": 0,
-                            "content_hash": f"{lo + i:032x}",
-                            "width": 4032,
-                            "height": 3024,
-                            "taken_at": start + timedelta(minutes=7 * (lo + i)),
-                            "taken_at_source": "exif",
-                            "indexed_at": 0.0,
-                            "embedding": db.vector_to_blob(v),
-                        }
-                        for i, v in enumerate(vecs)
-                    ],
-                )
-        lib.write_manifest_json()
+    if not (library_dir / "manifest.json").is_file():
+        chunks = (SPREADS[spread](min(CHUNK, n - lo), seed=lo) for lo in range(0, n, CHUNK))
+        write_library(library_dir, synthetic_manifest(DIM), chunks, build_index=False)
     return library_dir
 
 
@@ -182,7 +152,7 @@ def child_build(library_dir: str, kind: str, nlist: int = 0) -> dict:
         "build_s": time.perf_counter() - t,
         "train_s": marks.get("trained", t) - t,
         "add_s": added - marks.get("trained", t),
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": peak_rss_mb(),
         "file_bytes": path.stat().st_size,
     }
     (path.parent.parent / f"{path.stem}-build.json").write_text(json.dumps(result))
@@ -208,14 +178,14 @@ def child_query(
     ann.RERANK_FACTOR, ann.RERANK_MIN = factor, 0  # k x r candidates exactly, for the table
     queries = SPREADS[spread](n_queries, seed=7, queries=True)
     lib = db.Library.open(Path(library_dir))
-    before = _rss_now()
+    before = rss_bytes()
     t = time.perf_counter()
     loaded = LoadedIndex.read(_index_file(lib, kind, nlist), DIM)
     load_s = time.perf_counter() - t
     inner = vectors.inner_index(loaded.index)
     if nprobe and hasattr(inner, "nprobe"):
         inner.nprobe = nprobe
-    resident = _rss_now() - before
+    resident = rss_bytes() - before
     loaded = loaded.caught_up(lib)  # nothing to add: the file is whole
     found, lat = [], []
     with lib.session() as s, s.begin():
@@ -237,21 +207,13 @@ def child_query(
     }
 
 
-def _rss_now() -> int:
-    """Current resident bytes of this process (VmRSS)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def run_child(*args: str) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", *args],
         check=True,
         capture_output=True,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        env=repo_env(),
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -334,7 +296,7 @@ def main() -> None:
             )
             print(
                 f"{tag}: recall {recall:.3f}, p50 {got['p50_ms']:.2f} ms, load "
-                f"{os.getloadavg()[0]:.1f}",
+                f"{load_average():.1f}",
                 file=sys.stderr,
             )
         table.add(
@@ -343,10 +305,9 @@ def main() -> None:
             f"{got['counted_bytes'] / n:,.1f} counted by info",
             f"cold load {got['load_s']:.2f} s",
         )
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"\nbench/bigindex.py, {n:,} x {DIM}-d {args.spread} vectors, on {os.cpu_count()} CPUs "
-        f"(load average {load}), {datetime.now():%Y-%m-%d}\n"
+        f"\nbench/bigindex.py, {n:,} x {DIM}-d {args.spread} vectors ({load_line()}), "
+        f"{datetime.now():%Y-%m-%d}\n"
     )
     table.print()
 

@@ -26,6 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import load_line  # noqa: E402
 from koclip.perceptual import THUMB_SIDE, residual, residuals  # noqa: E402
 from search import duplicates as dup  # noqa: E402
 
@@ -157,7 +158,7 @@ def main() -> None:
     twins = len(range(1, args.n, 10))
     print(
         f"duplicates, {args.n:,} photos, dim {args.dim}; planted twins {twins:,}, "
-        f"same-picture groups found {found:,}"
+        f"same-picture groups found {found:,} ({load_line()})"
     )
     print(f"{'stage':<56} {'seconds':>8} {'speed-up':>9}")
     for name, secs, base in rows:

@@ -17,27 +17,18 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import load_line, runs  # noqa: E402
 from koclip.config import KoCLIPConfig  # noqa: E402
 from koclip.params import params_to_pt  # noqa: E402
 from koclip.testing import random_params  # noqa: E402
 
 QUERY = "바닷가에서 노는 강아지"
-
-
-def timed(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def torch_reference(config: KoCLIPConfig, params: dict):
@@ -70,9 +61,9 @@ def bench_towers(config: KoCLIPConfig, params: dict, batch: int, repeats: int) -
     enc.encode_pixels(pixels)  # compile
     with torch.no_grad():
         model.get_image_features(pixel_values=pixels_t)
-        ours_v = statistics.median(timed(lambda: enc.encode_pixels(pixels), repeats))
+        ours_v = statistics.median(runs(lambda: enc.encode_pixels(pixels), repeats))
         pt_v = statistics.median(
-            timed(lambda: model.get_image_features(pixel_values=pixels_t), repeats)
+            runs(lambda: model.get_image_features(pixel_values=pixels_t), repeats)
         )
 
     enc.encode_texts([QUERY])  # compile
@@ -90,8 +81,8 @@ def bench_towers(config: KoCLIPConfig, params: dict, batch: int, repeats: int) -
             position_ids=positions,
         )
         run_pt()
-        ours_t = statistics.median(timed(lambda: enc.encode_texts([QUERY]), repeats * 5))
-        pt_t = statistics.median(timed(run_pt, repeats * 5))
+        ours_t = statistics.median(runs(lambda: enc.encode_texts([QUERY]), repeats * 5))
+        pt_t = statistics.median(runs(run_pt, repeats * 5))
     return [
         (
             f"vision img/s (batch {batch})",
@@ -164,11 +155,11 @@ def bench_draft(config: KoCLIPConfig, params: dict, n: int) -> list[tuple]:
             ]
         )
 
-    exact_t = statistics.median(timed(lambda: decode(0), 2)) / n
+    exact_t = statistics.median(runs(lambda: decode(0), 2)) / n
     exact = enc.encode_pixels(decode(0))
     rows = []
     for factor in (2, DRAFT_FACTOR):
-        draft_t = statistics.median(timed(lambda f=factor: decode(f), 2)) / n
+        draft_t = statistics.median(runs(lambda f=factor: decode(f), 2)) / n
         cos = np.sum(exact * enc.encode_pixels(decode(factor)), axis=1)
         default = " (default)" if factor == DRAFT_FACTOR else ""
         rows += [
@@ -214,7 +205,7 @@ def main() -> None:
     if args.draft_check:
         rows += bench_draft(config, params, args.draft_images)
 
-    print(f"\nkoclip-{args.model} sizes, random weights, {os.cpu_count()} CPU cores, fp32")
+    print(f"\nkoclip-{args.model} sizes, random weights, {load_line()}, fp32")
     print(f"{'measure':<52} {'ours':>10} {'baseline':>10} {'ratio':>7}  target")
     print("-" * 92)
     for name, ours, base, ratio, target in rows:

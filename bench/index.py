@@ -26,20 +26,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench._common import (  # noqa: E402
+    load_average,
+    peak_rss_mb,
+    photo_folder,
+    tiny_checkpoint,
+    vision_checkpoint,
+)
 
 SIZES = {"12mp": (4000, 3000), "1024x768": (1024, 768)}
 
@@ -47,56 +52,9 @@ SIZES = {"12mp": (4000, 3000), "1024x768": (1024, 768)}
 # -- inputs -----------------------------------------------------------------------------------
 
 
-def _make_photo(args: tuple[str, int, tuple[int, int]]) -> None:
-    import numpy as np
-    from PIL import Image
-
-    path, seed, (w, h) = args
-    rng = np.random.default_rng(seed)
-    small = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
-    image = np.asarray(small.resize((w, h), Image.Resampling.BICUBIC), dtype=np.int16)
-    noise = rng.normal(0, 4, (h, w, 1)).astype(np.int16)  # grain, so JPEG sizes look like photos
-    Image.fromarray(np.clip(image + noise, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
-
-
 def photos(cache: Path, kind: str, n: int) -> Path:
-    """A folder of n generated JPEGs (cached between runs)."""
-    folder = cache / f"photos-{kind}-{n}"
-    if not (folder / ".done").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        size = SIZES.get(kind) or tuple(int(x) for x in kind.split("x"))
-        jobs = [(str(folder / f"{i:05d}.jpg"), i, size) for i in range(n)]
-        print(f"generating {n} {kind} JPEGs in {folder} ...", file=sys.stderr)
-        with ProcessPoolExecutor(
-            os.cpu_count(), mp_context=multiprocessing.get_context("spawn")
-        ) as pool:
-            list(pool.map(_make_photo, jobs, chunksize=4))
-        (folder / ".done").write_text("")
-    return folder
-
-
-def checkpoint(cache: Path) -> Path:
-    """koclip-base's vision tower (ViT-B/32 + 512-d projection), realistic random weights; tiny text."""
-    path = cache / "ckpt-base-vision-realistic"
-    if (path / "config.json").exists():
-        return path
-    from koclip.config import KoCLIPConfig, VisionConfig
-    from koclip.testing import random_params, tiny_vocab, write_checkpoint
-
-    text = KoCLIPConfig.tiny(vocab_size=len(tiny_vocab())).text
-    config = KoCLIPConfig(text=text, vision=VisionConfig(), projection_dim=512)
-    write_checkpoint(path, config, random_params(config, realistic=True))
-    return path
-
-
-def tiny_checkpoint(cache: Path) -> Path:
-    """A tiny random model: with it, a run measures the pipeline's own cost and memory."""
-    path = cache / "ckpt-tiny"
-    if not (path / "config.json").exists():
-        from koclip.testing import build_tiny_checkpoint
-
-        build_tiny_checkpoint(path)
-    return path
+    """A folder of n generated JPEGs of `kind` (a SIZES key or WxH; cached between runs)."""
+    return photo_folder(cache, n, SIZES.get(kind) or tuple(int(x) for x in kind.split("x")))
 
 
 # -- measurements (each in a child process) ------------------------------------------------------
@@ -233,7 +191,7 @@ def child(args: argparse.Namespace) -> None:
         out = run_encoder(ckpt, args.batch_size, args.n, args.precision)
     else:
         out = run_decode(folder, args.n)
-    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 
@@ -294,7 +252,7 @@ def main() -> None:
         child(args)
         return
     args.cache.mkdir(parents=True, exist_ok=True)
-    ckpt = checkpoint(args.cache)
+    ckpt = vision_checkpoint(args.cache)
     bs = args.batch_size
     sets = [(k, n) for k, n in (("12mp", args.n_large), ("1024x768", args.n_small)) if n > 0]
     if sets:
@@ -326,7 +284,7 @@ def throughput_table(args: argparse.Namespace, ckpt: Path, sets: list[tuple[str,
     bs = args.batch_size
     precisions = args.precisions.split(",")
     folders = {kind: photos(args.cache, kind, n) for kind, n in sets}
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     enc_runs: dict[str, list[dict]] = {p: [] for p in precisions}
     results = {}
     for kind, n in sets:
@@ -355,7 +313,7 @@ def throughput_table(args: argparse.Namespace, ckpt: Path, sets: list[tuple[str,
         f"\nkoclip-base-sized vision tower (random weights), {cores} CPU cores, batch {bs}, best of {args.repeat}"
     )
     print(
-        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work slows every row)"
+        f"load average {load_before:.1f} before, {load_average():.1f} after (other work slows every row)"
     )
     only = ", ".join(f"{p} {e['img_s']:.1f}" for p, e in enc.items())
     print(f"encoder only (ours, ready pixels), img/s: {only}\n")

@@ -36,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import load_average, runs  # noqa: E402
 from koclip.config import KoCLIPConfig  # noqa: E402
 from koclip.testing import random_params  # noqa: E402
 
@@ -44,12 +45,7 @@ MATMUL = (1600, 768, 3072)
 
 def median_s(fn, repeats: int) -> float:
     fn()  # warm: compile, allocate, spin up threads
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
+    return statistics.median(runs(fn, repeats))
 
 
 def vision_flops(c) -> float:
@@ -137,8 +133,7 @@ def ov_bf16_matmul_gflops(repeats: int, pairs: int = 4) -> float:
 
 
 def torch_model(config: KoCLIPConfig, params: dict):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from encode import torch_reference
+    from bench.encode import torch_reference
 
     return torch_reference(config, params)
 
@@ -218,7 +213,7 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     config = getattr(KoCLIPConfig, args.model)()
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     towers = ("vision",) if args.no_text else ("vision", "text")
     params = random_params(config, seed=0, realistic=True)
     if args.no_text:
@@ -372,7 +367,7 @@ def main() -> None:
         f"int8 dot product: {quantized.int8_dot_cpu()}"
     )
     print(
-        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; building "
+        f"load average {load_before:.1f} before, {load_average():.1f} after; building "
         f"({'+'.join(towers)}): bf16 {build_s['bf16']:.1f} s, int8 {build_s['int8']:.1f} s; "
         f"library of {args.library}, mean pair cosine {spread:.2f}; {args.queries} queries"
     )

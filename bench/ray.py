@@ -12,7 +12,7 @@ on the same two cores, are slower than that, so the run's wall rate is shown apa
 local pipeline with the same stand-in is the baseline.
 
 (ii) End to end on generated 1024x768 JPEGs with a koclip-base-sized vision tower (ViT-B/32,
-512-d, random weights; bench/index.py builds it): the local pipeline (2 decoding threads) vs
+512-d, random weights; bench/_common.py builds it): the local pipeline (2 decoding threads) vs
 `--ray local` with 2 workers of 1 CPU. Wall time includes everything a user waits for
 (starting Ray, loading and compiling the model in each worker); "stages" starts at the first
 progress report. Each measurement runs in its own process; the best of `--repeat` is kept.
@@ -23,7 +23,6 @@ Run it inside `unshare -n` (then `ip link set lo up`) to keep Ray on loopback.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import os
@@ -40,14 +39,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def _bench_index():
-    """bench/index.py (photo and checkpoint builders), loaded by path."""
-    spec = importlib.util.spec_from_file_location("bench_index", HERE / "index.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from bench._common import load_average, photo_folder, vision_checkpoint  # noqa: E402
 
 # -- the stand-in encoder ----------------------------------------------------------------------
 
@@ -87,19 +79,6 @@ def tiny_files(cache: Path, n: int) -> Path:
             sub = folder / f"{i % 100:02d}"
             sub.mkdir(parents=True, exist_ok=True)
             (sub / f"{i:07d}.jpg").write_bytes(data + str(i).encode())
-        (folder / ".done").write_text("")
-    return folder
-
-
-def photos_1024x768(bench_index, cache: Path, n: int) -> Path:
-    """bench/index.py's generated 1024x768 JPEGs (same folder, same files), made in this
-    process: its process pool cannot import a module loaded by path."""
-    folder = cache / f"photos-1024x768-{n}"
-    if not (folder / ".done").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        print(f"generating {n} 1024x768 JPEGs in {folder} ...", file=sys.stderr)
-        for i in range(n):
-            bench_index._make_photo((str(folder / f"{i:05d}.jpg"), i, (1024, 768)))
         (folder / ".done").write_text("")
     return folder
 
@@ -257,7 +236,7 @@ def main() -> None:
 
     args.cache.mkdir(parents=True, exist_ok=True)
     w = str(args.workers)
-    print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
+    print(f"load average before: {load_average():.2f} ({os.cpu_count()} CPUs)")
     if args.n_driver:
         folder = tiny_files(args.cache, args.n_driver)
         runs = {e: [] for e in ("local", "ray")}
@@ -288,9 +267,8 @@ def main() -> None:
         )
         print(f"local pipeline's own driver work: {local['driver_s']:.2f} s")
     if args.n_e2e:
-        bench_index = _bench_index()
-        folder = photos_1024x768(bench_index, args.cache, args.n_e2e)
-        ckpt = bench_index.checkpoint(args.cache)
+        folder = photo_folder(args.cache, args.n_e2e, (1024, 768))
+        ckpt = vision_checkpoint(args.cache)
         runs = {e: [] for e in ("local", "ray")}
         measure("e2e", str(folder), str(ckpt), "local", w)  # warm the compilation cache
         for _ in range(args.repeat):
@@ -311,7 +289,7 @@ def main() -> None:
                 f"| {label} | {r['wall_s']:.1f} | {n / r['wall_s']:.1f} | {r['stages_s']:.1f} | "
                 f"{n / r['stages_s']:.1f} | {ratio:.2f}x |"
             )
-    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    print(f"\nload average after: {load_average():.2f}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import REPO, load_line  # noqa: E402
+
 READERS = ("koclip-mmap", "safetensors-numpy")
 
 CHILD = r"""
@@ -70,8 +72,7 @@ def write_file(path: Path, gb: float) -> None:
 
 
 def run(reader: str, path: Path) -> list[float]:
-    root = str(Path(__file__).resolve().parents[1])
-    code = CHILD.format(root=root, reader=reader, path=str(path))
+    code = CHILD.format(root=str(REPO), reader=reader, path=str(path))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return [float(x) for x in out.stdout.split()]
 
@@ -88,7 +89,9 @@ def main() -> None:
             while fh.read(64 << 20):
                 pass
         size = os.path.getsize(path) / 2**30
-        print(f"file {size:.2f} GB; each row: best of {args.repeats} fresh processes")
+        print(
+            f"file {size:.2f} GB; each row: best of {args.repeats} fresh processes ({load_line()})"
+        )
         print(
             f"{'reader':<20}{'tower MB':>10}{'open s':>9}{'+touch s':>10}{'anon MB':>10}{'file MB':>10}"
         )

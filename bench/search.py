@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,22 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DIM = 512
+from bench._common import (  # noqa: E402
+    DIM,
+    Table,
+    cli_argv,
+    clustered,
+    load_line,
+    p50_best,
+    p50_ms,
+    peak_rss_mb,
+    random_unit_chunks,
+    repo_env,
+    timed,
+    unit_rows,
+    write_library,
+)
+
 QUERIES = [
     "바닷가에서 노는 강아지", "소파 위에 고양이", "노을 지는 바다", "빨간 자동차", "눈 덮인 산",
     "생일 케이크와 촛불", "비 오는 거리", "a dog on the beach", "가족 여행 사진", "밤하늘의 별",
@@ -51,133 +64,23 @@ def base_checkpoint(work: Path) -> Path:
     return path
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """L2-normalise rows in place-friendly float32."""
-    x = np.asarray(x, np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def vector_library(work: Path, n: int, checkpoint: Path) -> Path:
     """A library of `n` random unit vectors whose manifest names `checkpoint` (written once)."""
     import db
+    from db.testing import synthetic_manifest
     from koclip import checkpoint_fingerprint, model_id_for
 
     root = work / f"library-{n}"
     library_dir = db.default_library_dir(root)
-    if (library_dir / "manifest.json").is_file():
-        return root
-    from sqlalchemy import insert
-
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    start = datetime(2015, 1, 1)
-    with db.LibraryLock(library_dir), db.Library.create(library_dir) as lib:
-        with lib.session() as s, s.begin():
-            lib.set_manifest(
-                s,
-                db.Manifest(
-                    model_id=model_id_for(checkpoint),
-                    fingerprint=checkpoint_fingerprint(checkpoint),
-                    dim=DIM,
-                    preprocess_version="bench",
-                    index_type="flat",
-                    photo_root=db.relative_photo_root(library_dir, root),
-                ),
-            )
-            for lo in range(0, n, 20_000):
-                vecs = unit_rows(rng.standard_normal((min(20_000, n - lo), DIM)))
-                s.execute(
-                    insert(db.Photo),
-                    [
-                        {
-                            "path": f"{(lo + i) // 1000:04d}/IMG_{lo + i:07d}.jpg",
-                            "size": 3_000_000,
-                            "mtime_ns": 0,
-                            "content_hash": f"{lo + i:032x}",
-                            "width": 4032,
-                            "height": 3024,
-                            "taken_at": start + timedelta(minutes=37 * (lo + i)),
-                            "taken_at_source": "exif",
-                            "indexed_at": 0.0,
-                            "embedding": db.vector_to_blob(v),
-                        }
-                        for i, v in enumerate(vecs)
-                    ],
-                )
-        lib.write_manifest_json()
-        lib.save_index(lib.build_index())
+    if not (library_dir / "manifest.json").is_file():
+        manifest = synthetic_manifest(
+            DIM,
+            model_id=model_id_for(checkpoint),
+            fingerprint=checkpoint_fingerprint(checkpoint),
+            photo_root=db.relative_photo_root(library_dir, root),
+        )
+        write_library(library_dir, manifest, random_unit_chunks(n))
     return root
-
-
-def clustered(n: int, seed: int, queries: bool = False) -> np.ndarray:
-    """CLIP-like synthetic embeddings: 4096 clusters in a 64-d subspace plus isotropic noise.
-
-    Queries come from the same clusters but are pushed away from the images' mean direction,
-    like text embeddings across CLIP's modality gap. Real embeddings have such structure;
-    uniform random 512-d vectors (no neighbours to speak of) are ANN's worst case.
-    """
-    latent, centres_n = 64, 4096
-    fixed = np.random.default_rng(1234)
-    proj = np.linalg.qr(fixed.standard_normal((DIM, latent)))[0].T.astype(np.float32)
-    centres = fixed.standard_normal((centres_n, latent)).astype(np.float32)
-    mean = unit_rows(fixed.standard_normal((1, DIM)))[0]
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, DIM), np.float32)
-    for lo in range(0, n, 100_000):
-        m = min(100_000, n - lo)
-        z = centres[rng.integers(0, centres_n, m)] + 0.6 * rng.standard_normal(
-            (m, latent), dtype=np.float32
-        )
-        x = z @ proj / np.sqrt(latent) + 0.7 / np.sqrt(DIM) * rng.standard_normal(
-            (m, DIM), dtype=np.float32
-        )
-        out[lo : lo + m] = unit_rows(x + (-0.3 if queries else 0.9) * mean)
-    return out
-
-
-# -- measuring -----------------------------------------------------------------------------------
-
-
-def p50_ms(samples: list[float]) -> float:
-    """Median in milliseconds."""
-    return 1000 * statistics.median(samples)
-
-
-def shown(samples: list[float], digits: int = 1) -> str:
-    """`p50 (best)` in ms: on a shared machine the best run shows the uncontended cost."""
-    return f"{p50_ms(samples):.{digits}f} ms p50 (best {1000 * min(samples):.{digits}f})"
-
-
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds one call takes."""
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def rss_mb() -> float:
-    """Peak resident memory of this process so far, MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class Table:
-    """Rows of (what, value, baseline/target, verdict), printed at the end."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str, str]] = []
-
-    def add(self, what: str, value: str, against: str = "", ok: bool | None = None) -> None:
-        verdict = "" if ok is None else ("ok" if ok else "MISS")
-        self.rows.append((what, value, against, verdict))
-        print(f"  {what}: {value} {against} {verdict}", file=sys.stderr, flush=True)
-
-    def print(self) -> None:
-        header = ("measure", "value", "baseline / target", "")
-        widths = [max(len(r[i]) for r in (header, *self.rows)) for i in range(4)]
-        for i, row in enumerate((header, *self.rows)):
-            print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-            if i == 0:
-                print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
 # -- sections ------------------------------------------------------------------------------------
@@ -213,19 +116,19 @@ def bench_warm_text(table: Table, root: Path, n: int, rounds: int) -> None:
             with few_query_threads(1):
                 faiss_t.append(timed(lambda: vectors.search(searcher.index.faiss_index, vec, 20)))
     e, s = p50_ms(enc_t), p50_ms(search_t)
-    table.add("text encoder alone (koclip-base size, 1 query)", shown(enc_t), "baseline")
+    table.add("text encoder alone (koclip-base size, 1 query)", p50_best(enc_t), "baseline")
     table.add(
         f"warm text query, {n:,} photos (flat)",
         f"{s / e:.2f}x encoder (p50s)",
         "<= 1.2x encoder",
         s <= 1.2 * e,
     )
-    table.add(f"warm text query, {n:,} photos", shown(search_t), "<= 70 ms p50", s <= 70)
-    table.add("  of which FAISS flat search", shown(faiss_t))
-    table.add("repeated text query (embedding cached)", shown(cached_t))
+    table.add(f"warm text query, {n:,} photos", p50_best(search_t), "<= 70 ms p50", s <= 70)
+    table.add("  of which FAISS flat search", p50_best(faiss_t))
+    table.add("repeated text query (embedding cached)", p50_best(cached_t))
     table.add(
         "numpy text tower (one-shot CLI), 1 query",
-        shown(np_t),
+        p50_best(np_t),
         f"{p50_ms(np_t) / e:.2f}x the jitted encoder",
     )
     table.add("  max |numpy - jitted| over those queries", f"{diff:.1e}", "<= 1e-4", diff <= 1e-4)
@@ -286,7 +189,7 @@ def bench_ann(
         flat_t = [timed(lambda i=i, x=exact: x.search(queries[i : i + 1], 10)) for i in range(30)]
     table.add(
         f"exact flat search, {n:,} {data} vectors",
-        shown(flat_t),
+        p50_best(flat_t),
         f"{DIM * 4 * n / 2**20:,.0f} MB vectors",
     )
     del exact
@@ -311,10 +214,12 @@ def bench_ann(
         )
         size = faiss.serialize_index(index).nbytes / 2**20
         p50 = p50_ms(lat)
-        table.add(f"{kind} search, {n:,} {data} vectors", shown(lat, 2), "<= 10 ms p50", p50 <= 10)
+        table.add(
+            f"{kind} search, {n:,} {data} vectors", p50_best(lat, 2), "<= 10 ms p50", p50 <= 10
+        )
         table.add(
             f"  same, faiss's {faiss.omp_get_max_threads()} OpenMP threads",
-            shown(lat_omp, 2),
+            p50_best(lat_omp, 2),
         )
         table.add(
             f"{kind} recall@10 vs exact, {n:,} {data}", f"{recall:.3f}", ">= 0.95", recall >= 0.95
@@ -322,7 +227,7 @@ def bench_ann(
         table.add(
             f"{kind} memory, {n:,}",
             f"{size:,.0f} MB index, built in {build:.0f} s",
-            f"peak RSS {rss_mb():,.0f} MB",
+            f"peak RSS {peak_rss_mb():,.0f} MB",
         )
         del index
         gc.collect()
@@ -334,9 +239,9 @@ def bench_cold(table: Table, root: Path, runs: int) -> None:
     Every run asks a text never asked before (the on-disk text cache must miss, so the text
     tower is loaded); one more run repeats a query, answered from that cache.
     """
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = repo_env()
     script = shutil_which("koclip-search")
-    cli = [script] if script else [sys.executable, "-c", "from cli import main; main()"]
+    cli = [script] if script else cli_argv()
     nonce = f"{time.time_ns() % 10**8}"
 
     def wall(cmd: list[str]) -> float:
@@ -450,9 +355,8 @@ def main() -> None:
         bench_cold(table, root, args.cold_runs)
     if "ann" not in skip:
         bench_ann(table, args.ann_size, args.ann.split(","), args.data)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"\nbench/search.py on {os.cpu_count()} CPUs (load average {load}), "
+        f"\nbench/search.py ({load_line()}), "
         f"{datetime.now():%Y-%m-%d}; koclip-base-sized random weights\n"
     )
     table.print()

@@ -36,6 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench._common import DIM, cli_argv, random_unit_chunks, write_library  # noqa: E402
+
 ADJECTIVES = [
     "푸른",
     "조용한",
@@ -134,6 +136,7 @@ def library(cache: Path, ckpt: Path, n: int, index_type: str | None) -> Path:
     """A library of `n` photos with random unit vectors, through db/ (written once per n)."""
     import db
     from db import vectors
+    from db.testing import synthetic_manifest
     from koclip import checkpoint_fingerprint
     from koclip.preprocess import PREPROCESS_VERSION
 
@@ -144,59 +147,19 @@ def library(cache: Path, ckpt: Path, n: int, index_type: str | None) -> Path:
     started = time.perf_counter()
     photo_root = cache / "photos"  # empty: thumbnails and originals are not measured
     photo_root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    with db.LibraryLock(directory), db.Library.create(directory) as lib:
-        manifest = db.Manifest(
-            model_id=str(ckpt.resolve()),
-            fingerprint=checkpoint_fingerprint(str(ckpt)),
-            dim=512,
-            preprocess_version=PREPROCESS_VERSION,
-            index_type=index_type,
-            photo_root=db.relative_photo_root(directory, photo_root),
-        )
-        with lib.session() as s, s.begin():
-            lib.set_manifest(s, manifest)
-        _insert_photos(lib, n, rng)
-        lib.save_index(lib.build_index(index_type))
-        lib.write_manifest_json()
+    manifest = synthetic_manifest(
+        DIM,
+        model_id=str(ckpt.resolve()),
+        fingerprint=checkpoint_fingerprint(str(ckpt)),
+        preprocess_version=PREPROCESS_VERSION,
+        index_type=index_type,
+        photo_root=db.relative_photo_root(directory, photo_root),
+    )
+    write_library(directory, manifest, random_unit_chunks(n, chunk=5000))
     print(
         f"  wrote {n:,} photos ({index_type}) in {time.perf_counter() - started:.0f} s", flush=True
     )
     return directory
-
-
-def _insert_photos(lib, n: int, rng: np.random.Generator, chunk: int = 5000) -> None:
-    from datetime import datetime, timedelta
-
-    from sqlalchemy import insert
-
-    import db
-
-    start = datetime(2015, 1, 1)
-    for lo in range(0, n, chunk):
-        count = min(chunk, n - lo)
-        vecs = rng.standard_normal((count, 512)).astype(np.float32)
-        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        rows = []
-        for j in range(count):
-            i = lo + j
-            taken = start + timedelta(minutes=53 * i)
-            rows.append(
-                {
-                    "path": f"{taken:%Y}/{taken:%m}/IMG_{i:06d}.jpg",
-                    "size": 3_000_000 + i,
-                    "mtime_ns": int(taken.timestamp() * 1e9),
-                    "content_hash": f"{i:032x}",
-                    "width": 4000,
-                    "height": 3000,
-                    "taken_at": taken,
-                    "taken_at_source": "exif",
-                    "indexed_at": time.time(),
-                    "embedding": db.vector_to_blob(vecs[j]),
-                }
-            )
-        with lib.session() as s, s.begin():
-            s.execute(insert(db.Photo), rows)
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -301,20 +264,8 @@ def start_server(lib_dir: Path, port: int, env: dict) -> tuple[subprocess.Popen,
     """`koclip-search serve` in its own process; returns it once a first search has answered."""
     import httpx
 
-    cmd = [
-        sys.executable,
-        "-c",
-        "from cli import main; main()",
-        "serve",
-        "--library",
-        str(lib_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
+    cmd = cli_argv("serve", "--library", str(lib_dir), "--host", "127.0.0.1", "--port", str(port))
+    cmd += ["--log-level", "warning"]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env)
     base = f"http://127.0.0.1:{port}"

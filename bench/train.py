@@ -18,13 +18,13 @@ import gc
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import load_line, runs  # noqa: E402
 from koclip.config import KoCLIPConfig  # noqa: E402
 from koclip.params import params_to_pt  # noqa: E402
 from koclip.testing import random_params  # noqa: E402
@@ -59,12 +59,13 @@ def bench_jax(config: KoCLIPConfig, params: dict, inputs: dict, steps: int) -> t
     opt_state = opt.init(state)
     step = make_train_step(config, opt)
     batch = {k: jnp.asarray(v) for k, v in inputs.items()}
-    times = []
-    for _ in range(steps + 1):
-        t = time.perf_counter()
+
+    def one_step() -> None:
+        nonlocal state, opt_state
         state, opt_state, metrics = step(state, opt_state, batch)
         float(metrics["loss"])  # waits for the step
-        times.append(time.perf_counter() - t)
+
+    times = runs(one_step, steps + 1)
     del state, opt_state
     return times[0], statistics.median(times[1:])
 
@@ -92,9 +93,8 @@ def bench_torch(
         "token_type_ids": torch.from_numpy(inputs["token_type_ids"]).long(),
         "pixel_values": torch.from_numpy(inputs["pixel_values"].transpose(0, 3, 1, 2).copy()),
     }
-    times = []
-    for _ in range(steps + 1):
-        t = time.perf_counter()
+
+    def one_step() -> None:
         opt.zero_grad(set_to_none=True)
         loss = model(**batch, return_loss=True).loss
         loss.backward()
@@ -102,7 +102,8 @@ def bench_torch(
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100))
-        times.append(time.perf_counter() - t)
+
+    times = runs(one_step, steps + 1)
     return times[0], statistics.median(times[1:])
 
 
@@ -131,7 +132,7 @@ def main() -> None:
     ]
     print(
         f"\nkoclip-{args.model}, batch {b}, captions {args.max_length} tokens, "
-        f"{os.cpu_count()} CPUs, median of {args.steps} steps"
+        f"{load_line()}, median of {args.steps} steps"
     )
     print(f"{'':32}{'JAX (ours)':>12}{'PyTorch':>12}{'ours/PT':>10}")
     for name, ours, pt, ratio in rows:

@@ -42,6 +42,15 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from bench._common import (  # noqa: E402
+    cli_argv,
+    load_line,
+    print_columns,
+    repo_env,
+    tiny_checkpoint,
+    vision_checkpoint,
+    write_photo,
+)
 
 # -- the watcher process ----------------------------------------------------------------------
 
@@ -54,23 +63,11 @@ class Watcher:
         self.ready = threading.Event()
         self.ready_after: float | None = None
         self.stderr: list[str] = []
+        watch = ["index", str(root), "--watch", "--model", str(model), "--settle", str(settle)]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from cli import main; main()",
-                "index",
-                str(root),
-                "--watch",
-                "--model",
-                str(model),
-                "--settle",
-                str(settle),
-                "--json",
-                *extra,
-            ],
+            cli_argv(*watch, "--json", *extra),
             cwd=REPO,
-            env=os.environ | {"PYTHONPATH": str(REPO)},
+            env=repo_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -165,9 +162,7 @@ class Reader:
 
 
 def make_photos(folder: Path, n: int, start: int = 0) -> list[Path]:
-    from tests.indexer_fixtures import write_jpeg
-
-    return [write_jpeg(folder / f"{i:05d}.jpg", i, (1024, 768)) for i in range(start, start + n)]
+    return [write_photo(folder / f"{i:05d}.jpg", i, (1024, 768)) for i in range(start, start + n)]
 
 
 def latency(model: Path, work: Path, settle: float, singles: int, import_n: int) -> dict:
@@ -248,11 +243,9 @@ def main() -> None:
     ap.add_argument("--skip-idle", action="store_true")
     args = ap.parse_args()
 
-    from bench.index import checkpoint, tiny_checkpoint
-
     with tempfile.TemporaryDirectory(prefix="koclip-bench-watch-") as tmp:
         work = Path(tmp)
-        model = tiny_checkpoint(work) if args.model == "tiny" else checkpoint(work)
+        model = tiny_checkpoint(work) if args.model == "tiny" else vision_checkpoint(work)
         what = "tiny random model" if args.model == "tiny" else "koclip-base-sized random weights"
         rows = []
         if not args.skip_latency:
@@ -289,12 +282,9 @@ def main() -> None:
                         f"ready in {r['ready']:.1f} s{per_look}",
                     )
                 )
-    cores = os.cpu_count()
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"\n{what}, settle {args.settle:g} s, {cores} CPU cores, load average {load}")
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print(f"\n{what}, settle {args.settle:g} s, {load_line(digits=2)}")
+    if rows:
+        print_columns(rows)
     if rows and not args.skip_latency:
         print(f"(latency mean of single photos: {statistics.mean(lat['single']):.2f} s)")
 

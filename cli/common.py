@@ -1,5 +1,5 @@
-"""Pieces several commands share: domain errors as messages, the captions arguments, and how
-a summary is printed."""
+"""Pieces several commands share: domain errors as messages, option decorators (the captions
+arguments, --workers, --json), and how a summary is printed."""
 
 from __future__ import annotations
 
@@ -81,6 +81,33 @@ class FiniteFloat(click.FloatRange):
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "FLOAT" if self.min is None and self.max is None else "FLOAT RANGE"
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def shown(*decls: str, **attrs: Any) -> Decorator:
+    """`click.option` whose default is shown in --help."""
+    return click.option(*decls, show_default=True, **attrs)
+
+
+def options(*decorators: Decorator) -> Decorator:
+    """One decorator applying several options, listed in --help in the order given."""
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+workers_option = click.option(
+    "--workers", type=click.IntRange(min=1), help="Decoding threads (default: one per CPU)."
+)
+json_summary_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary as JSON."
+)
 
 
 def captions_arguments(command: Callable[..., Any]) -> Callable[..., Any]:

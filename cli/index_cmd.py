@@ -9,8 +9,72 @@ from typing import Any
 
 import click
 
-from cli.common import FiniteFloat, domain_errors, echo_summary
+from cli.common import (
+    FiniteFloat,
+    domain_errors,
+    echo_summary,
+    json_summary_option,
+    options,
+    shown,
+    workers_option,
+)
 from cli.main import ARGV_KEY, main
+
+_watch_options = options(
+    click.option(
+        "--watch",
+        is_flag=True,
+        help="Then keep running: index new, changed, moved and deleted photos as they land.",
+    ),
+    click.option(
+        "--poll",
+        type=FiniteFloat(min=0, min_open=True),
+        is_flag=False,
+        flag_value=30.0,
+        default=None,
+        metavar="[SECONDS]",
+        help="With --watch: walk the folder for changes every SECONDS (default 30) instead of "
+        "waiting for the system's events (network shares send none).",
+    ),
+    shown(
+        "--settle",
+        type=FiniteFloat(min=0),
+        default=2.0,
+        metavar="SECONDS",
+        help="With --watch: how long a file must stay unchanged before it is read.",
+    ),
+)
+
+_ray_options = options(
+    click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="",
+        default=None,
+        metavar="[ADDRESS]",
+        help="Read and encode on a Ray cluster: auto (RAY_ADDRESS or the cluster started here), "
+        "local (a private Ray on this machine) or HOST:PORT; alone: the first of RAY_ADDRESS, "
+        "this machine's cluster, a private one. PHOTO_DIR must be at the same path on every node.",
+    ),
+    click.option(
+        "--ray-workers",
+        type=click.IntRange(min=1),
+        help="With --ray: workers at once, each with its own model (default: as many as fit).",
+    ),
+    shown(
+        "--cpus-per-worker",
+        type=FiniteFloat(min=0, min_open=True),
+        default=1.0,
+        help="With --ray: CPUs each worker takes (and decoding threads it runs).",
+    ),
+    shown(
+        "--gpus-per-worker",
+        type=FiniteFloat(min=0),
+        default=0.0,
+        help="With --ray: GPUs each worker takes; a fraction lets several share one card.",
+    ),
+)
 
 
 @main.command("index")
@@ -33,19 +97,16 @@ from cli.main import ARGV_KEY, main
     "AVX512-BF16), else fp32 (the reference). int8 (ONNX Runtime) only when asked: faster "
     "still, but it moves more search results than bf16.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option(
-    "--workers", type=click.IntRange(min=1), help="Decoding threads (default: one per CPU)."
-)
+@shown("--batch-size", type=click.IntRange(min=1), default=32)
+@workers_option
 @click.option(
     "--exclude", multiple=True, metavar="GLOB", help="Skip matching paths or names; repeatable."
 )
-@click.option(
+@shown(
     "--max-megapixels",
     # Above 100,000 megapixels the limit means nothing (and 1e308 pixels overflow).
     type=FiniteFloat(min=0, min_open=True, max=100_000),
     default=100.0,
-    show_default=True,
     help="Larger images are recorded as failed (decompression-bomb guard).",
 )
 @click.option(
@@ -62,60 +123,9 @@ from cli.main import ARGV_KEY, main
 @click.option(
     "--rebuild", is_flag=True, help="Drop every vector and re-encode all photos (e.g. new model)."
 )
-@click.option(
-    "--watch",
-    is_flag=True,
-    help="Then keep running: index new, changed, moved and deleted photos as they land.",
-)
-@click.option(
-    "--poll",
-    type=FiniteFloat(min=0, min_open=True),
-    is_flag=False,
-    flag_value=30.0,
-    default=None,
-    metavar="[SECONDS]",
-    help="With --watch: walk the folder for changes every SECONDS (default 30) instead of "
-    "waiting for the system's events (network shares send none).",
-)
-@click.option(
-    "--settle",
-    type=FiniteFloat(min=0),
-    default=2.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="With --watch: how long a file must stay unchanged before it is read.",
-)
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[ADDRESS]",
-    help="Read and encode on a Ray cluster: auto (RAY_ADDRESS or the cluster started here), "
-    "local (a private Ray on this machine) or HOST:PORT; alone: the first of RAY_ADDRESS, "
-    "this machine's cluster, a private one. PHOTO_DIR must be at the same path on every node.",
-)
-@click.option(
-    "--ray-workers",
-    type=click.IntRange(min=1),
-    help="With --ray: workers at once, each with its own model (default: as many as fit).",
-)
-@click.option(
-    "--cpus-per-worker",
-    type=FiniteFloat(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="With --ray: CPUs each worker takes (and decoding threads it runs).",
-)
-@click.option(
-    "--gpus-per-worker",
-    type=FiniteFloat(min=0),
-    default=0.0,
-    show_default=True,
-    help="With --ray: GPUs each worker takes; a fraction lets several share one card.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_watch_options
+@_ray_options
+@json_summary_option
 @domain_errors
 def index_command(
     photo_dir: Path,

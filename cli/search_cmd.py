@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.common import CommandError, FiniteFloat, domain_errors
+from cli.common import CommandError, FiniteFloat, domain_errors, options, shown
 from cli.main import main
 
 if TYPE_CHECKING:
@@ -48,38 +48,21 @@ def _library_option(f: Callable) -> Callable:
     )(f)
 
 
-def _query_options(f: Callable) -> Callable:
-    """The options `search` and `similar` share."""
-    decorators = [
-        _library_option,
-        click.option("--model", help="Must be the model the library was built with (the default)."),
-        click.option(
-            "-k",
-            "k",
-            type=click.IntRange(min=1),
-            default=20,
-            show_default=True,
-            help="Number of results.",
-        ),
-        click.option(
-            "--offset",
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            help="Skip this many (paging).",
-        ),
-        click.option(
-            "--threshold", type=FiniteFloat(), help="Only results with a cosine score >= this."
-        ),
-        click.option("--under", metavar="SUBDIR", help="Only photos under this folder."),
-        click.option("--after", metavar="DATE", help="Only photos taken on or after DATE."),
-        click.option("--before", metavar="DATE", help="Only photos taken before DATE."),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON."),
-        click.option("--paths", "as_paths", is_flag=True, help="Print one absolute path per line."),
-    ]
-    for decorator in reversed(decorators):
-        f = decorator(f)
-    return f
+# The options `search` and `similar` share.
+_query_options = options(
+    _library_option,
+    click.option("--model", help="Must be the model the library was built with (the default)."),
+    shown("-k", "k", type=click.IntRange(min=1), default=20, help="Number of results."),
+    shown("--offset", type=click.IntRange(min=0), default=0, help="Skip this many (paging)."),
+    click.option(
+        "--threshold", type=FiniteFloat(), help="Only results with a cosine score >= this."
+    ),
+    click.option("--under", metavar="SUBDIR", help="Only photos under this folder."),
+    click.option("--after", metavar="DATE", help="Only photos taken on or after DATE."),
+    click.option("--before", metavar="DATE", help="Only photos taken before DATE."),
+    click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+    click.option("--paths", "as_paths", is_flag=True, help="Print one absolute path per line."),
+)
 
 
 def _open(library: str | None, model: str | None) -> Searcher:

@@ -9,7 +9,16 @@ from typing import Any
 
 import click
 
-from cli.common import FiniteFloat, captions_arguments, domain_errors, echo_summary
+from cli.common import (
+    FiniteFloat,
+    captions_arguments,
+    domain_errors,
+    echo_summary,
+    json_summary_option,
+    options,
+    shown,
+    workers_option,
+)
 from cli.main import main
 from cli.progress import TrainBar
 
@@ -35,6 +44,22 @@ class WarmupType(click.ParamType):
         return number
 
 
+# How a run keeps its progress in --out.
+_checkpoint_options = options(
+    shown(
+        "--save-every",
+        type=click.IntRange(min=0),
+        default=0,
+        help="Also checkpoint every this many steps (0: after each epoch only).",
+    ),
+    shown(
+        "--resume/--no-resume",
+        default=True,
+        help="Go on from the last checkpoint in --out, if a run left one.",
+    ),
+)
+
+
 @main.command("train", short_help="Fine-tune a KoCLIP checkpoint on captioned images.")
 @captions_arguments
 @click.option(
@@ -51,29 +76,26 @@ class WarmupType(click.ParamType):
     type=click.Path(file_okay=False, path_type=Path),
     help="Checkpoint folder to write (and to resume from).",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option(
+@shown("--epochs", type=click.IntRange(min=1), default=5)
+@shown(
     "--batch-size",
     type=click.IntRange(min=2),
     default=32,
-    show_default=True,
     help="Images per step; each is the others' negative.",
 )
-@click.option(
+@shown(
     "--lr",
     "learning_rate",
     type=FiniteFloat(min=0, min_open=True),
     default=5e-5,
-    show_default=True,
     help="Peak learning rate (AdamW).",
 )
-@click.option("--weight-decay", type=FiniteFloat(min=0), default=0.1, show_default=True)
-@click.option(
+@shown("--weight-decay", type=FiniteFloat(min=0), default=0.1)
+@shown(
     "--warmup-steps",
     "warmup",
     type=WarmupType(),
     default="0.1",
-    show_default=True,
     help="Linear warmup: a step count, or a fraction of all steps; then linear decay.",
 )
 @click.option(
@@ -87,37 +109,21 @@ class WarmupType(click.ParamType):
     type=click.Choice(["text", "vision"]),
     help="Keep this tower's weights (and its embeddings) as they are.",
 )
-@click.option(
+@shown(
     "--val-split",
     type=FiniteFloat(0, 1, max_open=True),
     default=0.0,
-    show_default=True,
     help="Fraction of images held out, evaluated after each epoch.",
 )
-@click.option(
+@shown(
     "--prompt/--no-prompt",
     default=False,
-    show_default=True,
     help="Wrap captions in the prompt template search uses by default.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--workers", type=click.IntRange(min=1), help="Decoding threads (default: one per CPU)."
-)
-@click.option(
-    "--save-every",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Also checkpoint every this many steps (0: after each epoch only).",
-)
-@click.option(
-    "--resume/--no-resume",
-    default=True,
-    show_default=True,
-    help="Go on from the last checkpoint in --out, if a run left one.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@shown("--seed", type=int, default=0)
+@workers_option
+@_checkpoint_options
+@json_summary_option
 @domain_errors
 def train_command(
     captions: Path, images_dir: Path, base_model: str, out_dir: Path, as_json: bool, **options: Any

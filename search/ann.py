@@ -1,4 +1,7 @@
-"""Which FAISS index a collection gets, and how to search it (db.vectors builds it)."""
+"""Tune a loaded FAISS index for searching: nprobe, efSearch and the re-rank depth.
+
+Which index a library gets, and building it, belong to db.vectors.
+"""
 
 from __future__ import annotations
 
@@ -16,18 +19,17 @@ AUTO = "auto"
 # them for searching.
 
 # ivf-pq proposes k x RERANK_FACTOR candidates (at least RERANK_MIN), re-ranked exactly from
-# the stored vectors: the smallest factor that holds recall@10 >= 0.95 on clustered and on
-# CLIP-like vectors alike (bench/bigindex.py; its figures are in the README).
+# the stored vectors. 20 is the smallest factor that holds recall@10 >= 0.95 on clustered and
+# on anisotropic CLIP-like vectors (bench/bigindex.py --r, --spread cone).
 RERANK_FACTOR = 20
 RERANK_MIN = 200
 # Search-time knobs, set after loading rather than trusted from the file, so tuning them here
-# takes effect without a reindex. The values hold recall@10 >= 0.95 (bench/search.py; the
-# README has its figures).
+# takes effect without a reindex. bench/search.py measures the recall each one gives.
 HNSW_EF_SEARCH = 128
 IVF_NPROBE_FRACTION = 1 / 16
 IVF_NPROBE_MIN = 16
 # ivf-pq probes twice the share: its re-rank makes the order exact, so recall is bounded by
-# the lists probed, not by the candidates re-ranked (bench/bigindex.py; figures in the README).
+# the lists probed (bench/bigindex.py --nprobe measures recall against the lists probed).
 IVF_PQ_NPROBE_FRACTION = 1 / 8
 # ... but never more than this many lists: with a share, a query would scan n/8 codes (12.5M
 # at 100M photos); a fixed count scans n * IVF_PQ_NPROBE_MAX / nlist, which grows as
@@ -36,7 +38,7 @@ IVF_PQ_NPROBE_FRACTION = 1 / 8
 # more lists than at 2M (bench/bigindex.py --nlist: see the README's "Millions of photos").
 IVF_PQ_NPROBE_MAX = 256
 # From this many queries on, a flat batch is one sgemm; below, query by query (SIMD): the
-# smallest batch at which sgemm wins on a loaded machine too (bench/search.py measures it).
+# smallest batch at which sgemm wins, also on a loaded machine (bench/search.py measures both).
 BLAS_MIN_QUERIES = 16
 
 
@@ -76,8 +78,9 @@ def enable_blas_for_batches(dim: int) -> None:
     """Route batches of >= BLAS_MIN_QUERIES queries to faiss's sgemm path.
 
     faiss >= 1.9 compares `nq * dim` with a threshold of 128000, so at dim 512 a batch of up
-    to 249 queries scans the database once per query, several times slower than one sgemm
-    (bench/search.py measures it). Older faiss compares `nq` with a threshold of 20.
+    to 249 queries scans the database once per query, much slower than one sgemm for such a
+    batch (bench/search.py measures both). Older
+    faiss compares `nq` with a threshold of 20.
     """
     import faiss
 

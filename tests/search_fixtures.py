@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 import db
+from db.testing import synthetic_manifest
 
 # (relative path, EXIF DateTimeOriginal or None -> mtime, colour)
 PHOTOS = [
@@ -163,17 +164,8 @@ def synthetic_library(root: Path, vecs: np.ndarray, folders: list[str]) -> np.nd
     library_dir = db.default_library_dir(root)
     with db.LibraryLock(library_dir), db.Library.create(library_dir) as lib:
         with lib.session() as s, s.begin():
-            lib.set_manifest(
-                s,
-                db.Manifest(
-                    model_id="synthetic",
-                    fingerprint="0",
-                    dim=vecs.shape[1],
-                    preprocess_version="-",
-                    index_type="flat",
-                    photo_root=db.relative_photo_root(library_dir, root),
-                ),
-            )
+            photo_root = db.relative_photo_root(library_dir, root)
+            lib.set_manifest(s, synthetic_manifest(vecs.shape[1], photo_root=photo_root))
             s.add_all(synthetic_photos(vecs, folders))
         lib.write_manifest_json()
         lib.save_index(lib.build_index())

@@ -16,21 +16,9 @@ import db
 from db import photos, vectors
 from db.engine import DB_NAME
 from db.index_files import index_filename
+from db.testing import synthetic_manifest
 
 DIM = 8
-
-
-def _manifest(**overrides: object) -> db.Manifest:
-    values = dict(
-        model_id="tiny",
-        fingerprint="abc123",
-        dim=DIM,
-        preprocess_version="1",
-        index_type="flat",
-        photo_root="..",
-    )
-    values.update(overrides)
-    return db.Manifest(**values)
 
 
 def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -57,7 +45,7 @@ def _photo(path: str, vec: np.ndarray, content_hash: str = "h") -> db.Photo:
 def library(tmp_path):
     lib = db.Library.create(tmp_path / "photos" / db.LIBRARY_DIRNAME)
     with lib.session() as s, s.begin():
-        lib.set_manifest(s, _manifest())
+        lib.set_manifest(s, synthetic_manifest(DIM, fingerprint="abc123"))
     lib.write_manifest_json()
     yield lib
     lib.close()
@@ -74,7 +62,7 @@ def _add(lib: db.Library, vecs: np.ndarray, prefix: str = "p") -> list[int]:
 def test_manifest_roundtrip_and_json_mirror(library):
     m = library.manifest()
     assert (m.model_id, m.dim, m.index_type, m.schema_version) == (
-        "tiny",
+        "synthetic",
         DIM,
         "flat",
         db.SCHEMA_VERSION,

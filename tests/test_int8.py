@@ -15,7 +15,10 @@ from koclip.precision import MIN_COSINE, PrecisionError, resolve_precision
 from koclip.quantized import int8_dot_cpu
 from tests.precision_fixtures import check_agreement, check_rankings, realistic_checkpoint
 
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx", reason="onnx is not installed (pip install 'koclip-search[int8]')")
+ort = pytest.importorskip(
+    "onnxruntime", reason="onnxruntime is not installed (pip install 'koclip-search[int8]')"
+)
 
 KINDS = ("clip", "vit")
 

@@ -12,7 +12,9 @@ from koclip.testing import build_tiny_checkpoint, random_params, tiny_vocab, wri
 
 pytestmark = pytest.mark.slow
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip(
+    "torch", reason="PyTorch is not installed (pip install 'koclip-search[torch]')"
+)
 transformers = pytest.importorskip("transformers")
 
 TEXTS = ["소파 위에 고양이", "강아지와 강아지 주인", "쳇바퀴를 달리는 햄스터", "자동차"]

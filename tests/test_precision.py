@@ -29,7 +29,8 @@ from tests.precision_fixtures import (
     top10_overlap,
 )
 
-pytest.importorskip("openvino")
+pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino onnx)")
+pytest.importorskip("onnx", reason="onnx is not installed (pip install openvino onnx)")
 
 KINDS = ("clip", "vit")
 REPO = Path(__file__).resolve().parents[1]

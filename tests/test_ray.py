@@ -26,6 +26,8 @@ from indexer.executor import LocalExecutor
 from indexer.ray_executor import HashPrefixes
 from tests.indexer_fixtures import assert_consistent, open_lib, rows, write_jpeg
 
+pytest.importorskip("ray", reason="Ray is not installed (pip install 'koclip-search[ray]')")
+
 REPO = Path(__file__).resolve().parents[1]
 
 # -- scenario scripts (run inside the namespace; argv: work folder, checkpoint) ---------------
