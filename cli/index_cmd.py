@@ -11,6 +11,7 @@ import click
 
 from cli.common import FiniteFloat, domain_errors, echo_summary
 from cli.main import ARGV_KEY, main
+from koclip.names import MAX_PIXELS, PRECISIONS
 
 
 @main.command("index")
@@ -25,7 +26,7 @@ from cli.main import ARGV_KEY, main
 )
 @click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default="auto",
     show_default=True,
     envvar="KOCLIP_PRECISION",
@@ -43,7 +44,7 @@ from cli.main import ARGV_KEY, main
 @click.option(
     "--max-megapixels",
     type=FiniteFloat(min=0, min_open=True),
-    default=100.0,
+    default=MAX_PIXELS / 1e6,
     show_default=True,
     help="Larger images are recorded as failed (decompression-bomb guard).",
 )

@@ -17,11 +17,12 @@ import click
 
 from cli.common import CommandError, FiniteFloat, domain_errors
 from cli.main import main
+from koclip.names import AUTO_INDEX, INDEX_TYPES
 
 if TYPE_CHECKING:
     from search import LibraryInfo, Searcher, SearchResults
 
-INDEX_CHOICES = ("auto", "flat", "hnsw", "ivf-sq8", "ivf-pq")
+INDEX_CHOICES = (AUTO_INDEX, *INDEX_TYPES)
 
 
 class OneLineCommand(click.Command):

@@ -56,7 +56,7 @@ class Photo(Base):
     taken_at: Mapped[datetime]  # naive local time: EXIF DateTimeOriginal, else the file's mtime
     taken_at_source: Mapped[str] = mapped_column(String)  # "exif" | "mtime"
     indexed_at: Mapped[float] = mapped_column(Float)  # unix seconds
-    # Perceptual fingerprints of the decoded, oriented pixels (koclip.perceptual): the 64-bit
+    # Perceptual fingerprints of the decoded, oriented pixels (koclip.images.perceptual): the 64-bit
     # DCT hash as a signed int64, and a 24x24 grey thumbnail (576 bytes, deferred). NULL until
     # the indexer has computed them (a library made before schema 3).
     phash: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)

@@ -1,4 +1,4 @@
-"""Perceptual fingerprints (koclip.perceptual) stored for photos indexed before schema 3.
+"""Perceptual fingerprints (koclip.images.perceptual) stored for photos indexed before schema 3.
 
 New photos get theirs in the load stage; `fill_phashes` decodes (never encodes) the rest.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from db import Library, Photo, write_errors
-from koclip.perceptual import grey_trimmed, phash, thumbnail
-from koclip.preprocess import open_image
+from koclip.images.perceptual import grey_trimmed, phash, thumbnail
+from koclip.images.preprocess import open_image
 
 
 def fingerprints(image) -> tuple[int, bytes]:

@@ -1,7 +1,7 @@
 """The batch encoder: texts and images in, L2-normalised float32 rows out, over any backend.
 
 The backend (`Features`) computes projected features: `koclip.api.KoCLIP` with jitted JAX
-programs, or `koclip.numpy_encoder.NumpyKoCLIP` in plain numpy. Everything else is here once:
+programs, or `koclip.fast.numpy_encoder.NumpyKoCLIP` in plain numpy. Everything else is here once:
 tokenising, prompt templates and their ensembles, batching and normalising. A jitted backend
 asks for `bucketed` batches: each is padded to a bucket of rows and tokens so XLA compiles once
 per bucket shape; the numpy one compiles nothing, so its batches are just big enough.
@@ -17,7 +17,7 @@ from PIL import Image
 
 from koclip.config import KoCLIPConfig
 from koclip.errors import KoCLIPError
-from koclip.preprocess import DEFAULT_PROMPT, apply_prompt, preprocess
+from koclip.images.preprocess import DEFAULT_PROMPT, apply_prompt, preprocess
 from koclip.tokenizer import WordPieceTokenizer
 
 # Padded text lengths. A query's cost grows with its padded length (RoBERTa-large at batch 1 on

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from koclip.cache import default_cache_root
+from koclip.checkpoints.cache import default_cache_root
 
 # Every jitted program is worth caching: a second `koclip-search search` should not
 # compile the text tower again, and XLA:CPU compiles are ~1 s while loads are ~10 ms.

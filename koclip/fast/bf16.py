@@ -1,6 +1,6 @@
 """The bf16 towers: OpenVINO over graphs of our own parameters, products in bfloat16.
 
-A tower's ONNX graph (`koclip.onnx_export`) is converted once per checkpoint into OpenVINO's
+A tower's ONNX graph (`koclip.fast.onnx_export`) is converted once per checkpoint into OpenVINO's
 own format and compiled with bfloat16 inference: matrix products take bf16 inputs and sum in
 float32 (AMX tiles or AVX512-BF16 dot products), while LayerNorm, softmax and the like stay
 float32.
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from koclip.config import KoCLIPConfig
-from koclip.precision import FastPath, Runner, cpu_threads
+from koclip.fast.paths import FastPath, Runner, cpu_threads
 
 BF16_FORMAT = 1  # bump when the graph or the conversion changes
 
@@ -89,7 +89,7 @@ def build(config: KoCLIPConfig, params: Any, tower: str, stem: Path) -> None:
     float32 or float16 per `FLOAT16_WEIGHTS`)."""
     import onnx
 
-    from koclip.onnx_export import tower_graph
+    from koclip.fast.onnx_export import tower_graph
 
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=stem.parent) as tmp:
         source = Path(tmp) / "tower.onnx"

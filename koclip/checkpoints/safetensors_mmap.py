@@ -13,7 +13,7 @@ warm, opening it and touching its 308 MB vision tower, best of 3 fresh processes
     this module           0.157     0.190             4             313
     safetensors-numpy     0.910     0.915           309               1
 
-Writing uses the package (`safetensors.numpy.save_file`, in `koclip.cache`).
+Writing uses the package (`safetensors.numpy.save_file`, in `koclip.checkpoints.cache`).
 """
 
 from __future__ import annotations
