@@ -11,7 +11,7 @@ import click
 
 from cli.common import FiniteFloat, domain_errors, echo_summary
 from cli.main import ARGV_KEY, main
-from koclip.names import MAX_PIXELS, PRECISIONS
+from koclip.names import DEFAULT_PRECISION, MAX_PIXELS, PRECISIONS
 
 
 @main.command("index")
@@ -27,7 +27,7 @@ from koclip.names import MAX_PIXELS, PRECISIONS
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    default="auto",
+    default=DEFAULT_PRECISION,
     show_default=True,
     envvar="KOCLIP_PRECISION",
     help="Vision tower arithmetic. auto: bf16 (OpenVINO) where the CPU has it (AMX or "

@@ -172,7 +172,7 @@ def info_command(library: str | None, as_json: bool) -> None:
     "--index",
     "index_type",
     type=click.Choice(INDEX_CHOICES),
-    default="auto",
+    default=AUTO_INDEX,
     show_default=True,
     help="auto: by the library's size, switched by `index` as it grows; flat: exact; hnsw / "
     "ivf-sq8: approximate, for large libraries; ivf-pq: compressed, re-ranked exactly, for "

@@ -20,9 +20,9 @@ from koclip.errors import KoCLIPError
 from koclip.images.preprocess import DEFAULT_PROMPT, apply_prompt, preprocess
 from koclip.tokenizer import WordPieceTokenizer
 
-# Padded text lengths. A query's cost grows with its padded length (RoBERTa-large at batch 1 on
-# 2 cores: 35 ms at 1 token, 52 ms at 8, 64 ms at 16), so short lengths get fine buckets; each
-# bucket compiles once (and once per machine, with the persistent compilation cache).
+# Padded text lengths. A query's cost grows with its padded length (every layer runs over every
+# padded position), so short lengths get fine buckets; each bucket compiles once (and once per
+# machine, with the persistent compilation cache).
 TEXT_LENGTH_BUCKETS = (4, 8, 12, 16, 20, 24, 28, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 

@@ -108,8 +108,8 @@ def compile_tower(xml: Path, threads: int | None = None) -> Any:
         "INFERENCE_NUM_THREADS": threads or cpu_threads(),
         "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,  # no int8 activations behind our back
         # OpenVINO pins its threads to cores by default, the same cores in every process: two
-        # 1-thread encoders on 2 cores (two Ray workers on one node) ran 18 img/s each pinned,
-        # 53 unpinned. One process runs as fast either way (83 and 85 img/s).
+        # encoder processes on one machine (two Ray workers on one node) would then share cores
+        # while others idle. One process alone runs as fast either way.
         "ENABLE_CPU_PINNING": False,
     }
     core = _core()

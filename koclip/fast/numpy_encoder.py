@@ -2,11 +2,12 @@
 
 A `koclip-search search` or `similar` process encodes one or a few queries and exits.
 Through JAX that costs importing JAX and Flax, tracing the tower and loading its compiled
-program, about 1.5 s on 2 cores, before a forward pass of 50-100 ms. The same forward pass in
-numpy (OpenBLAS, float32) over the memory-mapped converted weights needs none of that, at
-about twice the jitted per-query cost, so one-shot processes use this and long-lived ones
-(`serve`, the indexer, the Python API) keep the jitted encoders of `koclip.api`. Both are the
-same batch encoder (`koclip.encoder`) over a different features backend.
+program before the first forward pass. The same forward pass in numpy (OpenBLAS, float32) over
+the memory-mapped converted weights needs none of that, though each pass is slower than the
+jitted one (`bench/search.py`), so one-shot processes use this (`koclip.load_encoder(...,
+backend="numpy")`) and long-lived ones (`serve`, the indexer, the Python API) keep the jitted
+encoders of `koclip.api`. Both are the same batch encoder (`koclip.encoder`) over a different
+features backend.
 
 The math is `koclip.model` step for step: RoBERTa with positions 0..L-1, post-LN layers, exact
 (erf) GELU and the pooler's `tanh(dense(h[:, 0]))`; the CLIP vision transformer (pre-LN,

@@ -35,8 +35,8 @@ DEFAULT_PROMPT = "이것은 {} 이다."
 # JPEG draft decoding keeps each side >= DRAFT_FACTOR x the model input. libjpeg scales by 1/2,
 # 1/4 or 1/8, so for a 12 MP photo factor 2 decodes at 1000x750 and factor 4 at 2000x1500.
 # bench/encode.py --draft-check measured (koclip-base sizes, noisy 12 MP JPEGs): factor 2 gives
-# min cosine 0.9988 to the exact path, under the 0.999 bar; factor 4 gives 0.9994 at half the
-# cost of a full decode. So 4 is the default.
+# min cosine 0.9988 to the exact path, under the 0.999 bar; factor 4 gives 0.9994 and still
+# decodes far fewer pixels than a full decode. So 4 is the default.
 DRAFT_FACTOR = 4
 
 # Mode conversions with a wide intermediate run this many pixels at a time.
