@@ -48,6 +48,16 @@ def fast_path_fixtures(name: str, seed: int, runs_here: Callable[[pytest.MonkeyP
     return realistic, realistic_clip, encoders
 
 
+def one_photo_manifest(root: Path, checkpoint: Path, precision: str):
+    """Index one photo under `root` with `checkpoint` in `precision`; the library's manifest."""
+    from tests.indexer_fixtures import index, open_lib, write_jpeg
+
+    write_jpeg(root / "a.jpg", 1)
+    index(root, checkpoint, precision=precision)
+    with open_lib(root) as lib:
+        return lib.manifest()
+
+
 def queries(n: int, seed: int = 0) -> list[str]:
     """`n` short Korean queries of 1-4 words from the tiny vocabulary."""
     rng = np.random.default_rng(seed)

@@ -12,7 +12,12 @@ from koclip.errors import KoclipSearchError
 from koclip.fast import paths, precision, quantized
 from koclip.fast.precision import MIN_COSINE, PrecisionError, resolve_precision
 from koclip.fast.quantized import int8_dot_cpu
-from tests.precision_fixtures import check_agreement, check_rankings, fast_path_fixtures
+from tests.precision_fixtures import (
+    check_agreement,
+    check_rankings,
+    fast_path_fixtures,
+    one_photo_manifest,
+)
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -161,15 +166,10 @@ def test_weight_only_int8_is_close_to_the_float_product():
 def test_queries_use_the_int8_text_tower_only_when_asked(realistic_clip, tmp_path, monkeypatch):
     from koclip.fast import bf16
     from search import QueryEncoder
-    from tests.indexer_fixtures import index, open_lib, write_jpeg
 
     monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: True)
     monkeypatch.setattr(bf16, "bf16_cpu", lambda: False)
-    root = tmp_path / "photos"
-    write_jpeg(root / "a.jpg", 1)
-    index(root, realistic_clip, precision="int8")
-    with open_lib(root) as lib:
-        manifest = lib.manifest()
+    manifest = one_photo_manifest(tmp_path / "photos", realistic_clip, "int8")
     for setting in ("auto", "fp32"):  # whatever precision made the library
         monkeypatch.setenv("KOCLIP_PRECISION", setting)
         for backend in ("numpy", "jax"):

@@ -27,6 +27,7 @@ from tests.precision_fixtures import (
     check_rankings,
     fast_path_fixtures,
     min_cosine,
+    one_photo_manifest,
     top10_overlap,
 )
 
@@ -230,14 +231,9 @@ def test_library_from_before_the_precision_column(tiny_checkpoint, tmp_path):
 
 def test_queries_take_bf16_in_long_lived_processes(realistic_clip, tmp_path, monkeypatch):
     from search import QueryEncoder
-    from tests.indexer_fixtures import index, open_lib, write_jpeg
 
     monkeypatch.setattr(bf16, "bf16_cpu", lambda: True)
-    root = tmp_path / "photos"
-    write_jpeg(root / "a.jpg", 1)
-    index(root, realistic_clip, precision="fp32")
-    with open_lib(root) as lib:
-        manifest = lib.manifest()
+    manifest = one_photo_manifest(tmp_path / "photos", realistic_clip, "fp32")
 
     def text_precision(setting: str, backend: str) -> str:
         monkeypatch.setenv("KOCLIP_PRECISION", setting)
