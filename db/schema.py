@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import Float, Index, Integer, LargeBinary, String
@@ -178,3 +180,13 @@ PHOTO_COLUMNS = (
     "id", "path", "disk_path", "size", "mtime_ns", "content_hash", "width", "height",
     "taken_at", "taken_at_source", "indexed_at", "phash", "pthumb", "embedding",
 )  # fmt: skip
+
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], n: int) -> Iterator[Sequence[T]]:
+    """`items`, `n` at a time (the last chunk may be shorter): one statement's `IN (...)` list,
+    or one batch of updates."""
+    for start in range(0, len(items), n):
+        yield items[start : start + n]

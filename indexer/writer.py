@@ -34,6 +34,7 @@ from db import (
 )
 from db import vectors as faiss_ops
 from db.errors import LibraryError
+from db.schema import chunks
 from indexer.load import Loaded, mtime_datetime
 from indexer.plan import Plan, in_scope
 
@@ -173,11 +174,11 @@ class Writer:
         plan = self.plan
         removed: list[int] = []
         with write_errors(self.library.directory), self.library.session() as s, s.begin():
-            for chunk in _chunks(sorted(plan.gone), 500):
+            for chunk in chunks(sorted(plan.gone), 500):
                 ids = s.scalars(select(Photo.id).where(Photo.path.in_(chunk))).all()
                 s.execute(delete(Photo).where(Photo.id.in_(ids)))
                 removed.extend(ids)
-            for chunk in _chunks(sorted(plan.gone_failures), 500):
+            for chunk in chunks(sorted(plan.gone_failures), 500):
                 s.execute(delete(Failure).where(Failure.path.in_(chunk), Failure.kind == "file"))
             for where in in_scope(Failure.path, plan.scope):
                 s.execute(delete(Failure).where(Failure.kind.in_(("dir", "link")), where))
@@ -368,7 +369,7 @@ class _Batch:
     added: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (new id, vector)
 
     def execute(self, s: Session) -> None:
-        for chunk in _chunks(self.cleared, 500):
+        for chunk in chunks(self.cleared, 500):
             s.execute(delete(Failure).where(Failure.path.in_(chunk)))
         if not self.rows:
             return
@@ -416,7 +417,3 @@ def _record_failure(
     values = dict(kind=kind, size=size, mtime_ns=mtime_ns, reason=reason, recorded_at=time.time())
     stmt = sqlite_insert(Failure).values(path=relpath, **values)
     s.execute(stmt.on_conflict_do_update(index_elements=[Failure.path], set_=values))
-
-
-def _chunks(items: list[str], n: int) -> list[list[str]]:
-    return [items[i : i + n] for i in range(0, len(items), n)]
