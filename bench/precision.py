@@ -158,7 +158,6 @@ import sys, time
 t = time.perf_counter()
 sys.path.insert(0, {repo!r})
 from koclip import load_encoder
-from koclip.fast import precision
 if {path!r} == "numpy":
     enc = load_encoder({ckpt!r}, ("text",), precision="fp32", backend="numpy")
 else:
