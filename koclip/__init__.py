@@ -5,6 +5,13 @@
     inputs = processor(text=["소파 위에 고양이", "자동차"], images=image, return_tensors="jax")
     probs = jax.nn.softmax(model(**inputs).logits_per_image, axis=1)
 
+`load_encoder(name, towers, precision=..., backend=...)` is the one loader of batch encoders
+(`koclip.loader`: which towers run, fp32 jitted or numpy, bf16 or int8).
+
+The folders: `checkpoints/` (finding, reading, converting and writing checkpoints), `images/`
+(decoding, the model's transform, perceptual fingerprints), `fast/` (precisions and the numpy
+towers); `names` holds what every layer shares and imports nothing.
+
 Importing `koclip` is cheap: JAX and Flax load on first use of the jitted model objects, so
 tools that only need checkpoint ids, image decoding or the numpy towers (search's `info`,
 one-shot `search`/`similar`) never pay for them.
