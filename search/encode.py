@@ -116,7 +116,7 @@ class QueryEncoder:
 
             enc = load_encoder(
                 self.manifest.model_id,
-                (tower,),
+                towers=(tower,),
                 backend=self.backend,
                 compilation_cache=self.backend == "jax",
             )
