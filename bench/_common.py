@@ -138,7 +138,7 @@ def vision_checkpoint(cache: Path) -> Path:
     from koclip.testing import random_params, tiny_vocab, write_checkpoint
 
     text = KoCLIPConfig.tiny(vocab_size=len(tiny_vocab())).text
-    config = KoCLIPConfig(text=text, vision=VisionConfig(), projection_dim=512)
+    config = KoCLIPConfig(text=text, vision=VisionConfig.clip_base_patch32(), projection_dim=512)
     write_checkpoint(path, config, random_params(config, realistic=True))
     return path
 

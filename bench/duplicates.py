@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import load_line  # noqa: E402
-from koclip.perceptual import THUMB_SIDE, residual, residuals  # noqa: E402
+from koclip.images.perceptual import THUMB_SIDE, residual, residuals  # noqa: E402
 from search import duplicates as dup  # noqa: E402
 
 

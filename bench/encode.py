@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import load_line, runs  # noqa: E402
+from koclip.checkpoints.params import params_to_pt  # noqa: E402
 from koclip.config import KoCLIPConfig  # noqa: E402
-from koclip.params import params_to_pt  # noqa: E402
 from koclip.testing import random_params  # noqa: E402
 
 QUERY = "바닷가에서 노는 강아지"
@@ -47,12 +47,13 @@ def torch_reference(config: KoCLIPConfig, params: dict):
 def bench_towers(config: KoCLIPConfig, params: dict, batch: int, repeats: int) -> list[tuple]:
     import torch
 
-    from koclip.api import KoCLIP, KoCLIPEncoder
+    from koclip.api import KoCLIP
+    from koclip.encoder import Encoder
     from koclip.testing import tiny_vocab
     from koclip.tokenizer import WordPieceTokenizer
 
     tokenizer = WordPieceTokenizer({t: i for i, t in enumerate(tiny_vocab())})
-    enc = KoCLIPEncoder(KoCLIP(config, params), tokenizer, "bench", "bench", batch_size=batch)
+    enc = Encoder(KoCLIP(config, params), tokenizer, "bench", "bench", batch_size=batch)
     model = torch_reference(config, params)
 
     rng = np.random.default_rng(0)
@@ -125,10 +126,11 @@ def bench_draft(config: KoCLIPConfig, params: dict, n: int) -> list[tuple]:
     """JPEG draft decoding vs full decode: time per 12 MP photo, embedding cosine."""
     from PIL import Image
 
-    from koclip.api import KoCLIP, KoCLIPEncoder
-    from koclip.preprocess import DRAFT_FACTOR, open_image, preprocess
+    from koclip.api import KoCLIP
+    from koclip.encoder import Encoder
+    from koclip.images.preprocess import DRAFT_FACTOR, open_image, preprocess
 
-    enc = KoCLIPEncoder(KoCLIP(config, params), None, "bench", "bench", batch_size=8)
+    enc = Encoder(KoCLIP(config, params), None, "bench", "bench", batch_size=8)
     rng = np.random.default_rng(1)
     files = []
     for i in range(n):

@@ -73,7 +73,7 @@ def once(path: Path, what: str) -> tuple[float, float]:
 
     from indexer.facts import read_facts
     from indexer.load import read_metadata
-    from koclip.preprocess import open_image, preprocess
+    from koclip.images.preprocess import open_image, preprocess
 
     start, cpu = time.perf_counter(), time.process_time()
     if what == "facts":

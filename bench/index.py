@@ -9,7 +9,7 @@ is tiny because indexing never loads it). Each measurement runs in its own proce
 RSS is per measurement. Rows:
 
 * ours: `indexer.index_photos` end to end, once per `--precisions` entry (fp32: the jitted
-  tower; bf16: OpenVINO, koclip.bf16; int8: ONNX Runtime, koclip.quantized) (hash, draft
+  tower; bf16: OpenVINO, koclip.fast.bf16; int8: ONNX Runtime, koclip.fast.quantized) (hash, draft
   decode, preprocess, encode, SQLite, FAISS);
   img/s over the pipeline stages, after the encoder is loaded and compiled (setup shown apart).
 * pytorch: PIL open -> CLIPImageProcessor -> VisionTextDualEncoderModel.get_image_features, batch 32.
@@ -64,10 +64,10 @@ def run_ours(folder: Path, ckpt: Path, batch: int, workers: int | None, precisio
     import numpy as np
 
     from indexer import IndexOptions, index_photos
-    from koclip import load_encoder_at
+    from koclip import load_encoder
 
     n = sum(1 for p in folder.iterdir() if p.suffix == ".jpg")
-    enc = load_encoder_at(str(ckpt), precision, towers=("vision",), batch_size=batch)
+    enc = load_encoder(str(ckpt), ("vision",), precision=precision, batch_size=batch)
     for size in {batch, _bucket(n % batch or batch, batch)}:  # compile once, outside the timing
         enc.encode_pixels(np.zeros((size, 224, 224, 3), np.float32))
     in_encoder = [0.0]
@@ -144,9 +144,9 @@ def run_torch(folder: Path, batch: int) -> dict:
 def run_encoder(ckpt: Path, batch: int, n: int, precision: str) -> dict:
     import numpy as np
 
-    from koclip import load_encoder_at
+    from koclip import load_encoder
 
-    enc = load_encoder_at(str(ckpt), precision, towers=("vision",), batch_size=batch)
+    enc = load_encoder(str(ckpt), ("vision",), precision=precision, batch_size=batch)
     pixels = np.random.default_rng(0).standard_normal((batch, 224, 224, 3)).astype(np.float32)
     enc.encode_pixels(pixels)  # compile
     rounds = max(1, n // batch)

@@ -73,7 +73,7 @@ def ort_int8_matmul_gflops(repeats: int) -> float:
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from koclip.quantized import _quiet, session
+    from koclip.fast.quantized import _quiet, session
 
     m, k, n = MATMUL
     w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((k, n)).astype("f4"), "w")
@@ -102,7 +102,7 @@ def ov_bf16_matmul_gflops(repeats: int, pairs: int = 4) -> float:
     are converted once, not once per product."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from koclip import bf16
+    from koclip.fast import bf16
 
     m, k, n = MATMUL
     rng = np.random.default_rng(1)
@@ -152,12 +152,12 @@ ONE_SHOT = """
 import sys, time
 t = time.perf_counter()
 sys.path.insert(0, {repo!r})
-from koclip import load_numpy_encoder, precision
+from koclip import load_encoder
 if {path!r} == "numpy":
-    enc = load_numpy_encoder({ckpt!r}, towers=("text",))
+    enc = load_encoder({ckpt!r}, ("text",), precision="fp32", backend="numpy")
 else:
-    from koclip import bf16
-    enc = precision.load_fast_encoder({ckpt!r}, "bf16", towers=("text",))
+    from koclip.fast import bf16
+    enc = load_encoder({ckpt!r}, ("text",), precision="bf16")
 enc.encode_texts(["바닷가에서 노는 강아지"])
 print(time.perf_counter() - t)
 """
@@ -206,9 +206,9 @@ def main() -> None:
 
     import torch
 
-    from koclip import bf16, numpy_encoder, precision, quantized
     from koclip.api import KoCLIP
-    from koclip.preprocess import preprocess
+    from koclip.fast import bf16, numpy_encoder, precision, quantized
+    from koclip.images.preprocess import preprocess
     from koclip.synthetic import photo_like
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -217,13 +217,13 @@ def main() -> None:
     towers = ("vision",) if args.no_text else ("vision", "text")
     params = random_params(config, seed=0, realistic=True)
     if args.no_text:
-        from koclip.params import select
+        from koclip.checkpoints.params import select
 
         params = select(params, ("vision",))
     rows: list[tuple] = []
     scratch = tempfile.TemporaryDirectory(prefix="koclip-bench-precision-")
 
-    # --- the fast towers, built as `koclip.precision` builds them -------------------------
+    # --- the fast towers, built as `koclip.fast.precision` builds them -------------------------
     fast: dict[str, dict[str, object]] = {"bf16": {}, "int8": {}}
     build_s: dict[str, float] = {}
     for name in fast:

@@ -42,7 +42,7 @@ def rss():
 base = rss()
 t = time.perf_counter()
 if {reader!r} == "koclip-mmap":
-    from koclip.safetensors_mmap import open_mmap
+    from koclip.checkpoints.safetensors_mmap import open_mmap
     tensors = open_mmap({path!r})
     tower = {{k: v for k, v in tensors.items() if k.startswith("vision/")}}
 else:

@@ -88,12 +88,13 @@ def vector_library(work: Path, n: int, checkpoint: Path) -> Path:
 
 def bench_warm_text(table: Table, root: Path, n: int, rounds: int) -> None:
     """Warm text query at `n` photos vs the text encoder alone, interleaved query by query."""
-    from koclip import load_numpy_encoder
+    from koclip import load_encoder
     from search import Searcher
 
     with Searcher(root) as searcher:
         enc = searcher.encoder.encoder("text")
-        one_shot = load_numpy_encoder(searcher.manifest.model_id)  # what the CLI runs
+        # what the CLI runs
+        one_shot = load_encoder(searcher.manifest.model_id, ("text",), backend="numpy")
         searcher.text("워밍업", k=20)  # compile, load the index
         one_shot.encode_texts(["워밍업"])  # page its weights in
         enc_t, search_t, cached_t, faiss_t, np_t = [], [], [], [], []

@@ -138,7 +138,7 @@ def library(cache: Path, ckpt: Path, n: int, index_type: str | None) -> Path:
     from db import vectors
     from db.testing import synthetic_manifest
     from koclip import checkpoint_fingerprint
-    from koclip.preprocess import PREPROCESS_VERSION
+    from koclip.images.preprocess import PREPROCESS_VERSION
 
     index_type = index_type or vectors.auto_index_type(n)
     directory = cache / f"library-{n}-{index_type}"
@@ -319,7 +319,7 @@ def main() -> None:
     # A private koclip cache (converted weights, compiled programs, text embeddings), shared
     # with the server process; its text-embedding store is emptied so "distinct" stays distinct.
     os.environ["KOCLIP_CACHE_DIR"] = str(args.cache / "koclip-cache")
-    from koclip.cache import default_cache_root
+    from koclip.checkpoints.cache import default_cache_root
 
     for suffix in ("", "-wal", "-shm"):
         (default_cache_root() / f"text-embeddings.sqlite3{suffix}").unlink(missing_ok=True)

@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import load_line, runs  # noqa: E402
+from koclip.checkpoints.params import params_to_pt  # noqa: E402
 from koclip.config import KoCLIPConfig  # noqa: E402
-from koclip.params import params_to_pt  # noqa: E402
 from koclip.testing import random_params  # noqa: E402
 
 LR, WEIGHT_DECAY, BETAS, EPS, MAX_NORM = 1e-5, 0.1, (0.9, 0.98), 1e-6, 1.0

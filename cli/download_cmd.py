@@ -35,7 +35,7 @@ def download_command(name: str, to: str | None, as_json: bool) -> None:
     """
     from pathlib import Path
 
-    from koclip.download import download, plan_download
+    from koclip.checkpoints.download import download, plan_download
 
     plan = plan_download(name)
     if plan.missing:

@@ -12,6 +12,7 @@ import click
 from cli.common import CommandError, FiniteFloat, domain_errors
 from cli.main import main
 from cli.search_cmd import OneLineCommand, _library_option
+from koclip.names import DUPLICATE_KINDS, SIMILAR_COS
 
 _DEFAULT_DIR = "\0default"  # --set-aside given without a folder
 
@@ -20,7 +21,7 @@ _DEFAULT_DIR = "\0default"  # --set-aside given without a folder
 @_library_option
 @click.option(
     "--kind",
-    type=click.Choice(("identical", "same", "similar", "all")),
+    type=click.Choice((*DUPLICATE_KINDS, "all")),
     default="all",
     show_default=True,
     help="identical files, the same picture in other renditions, or similar shots.",
@@ -30,7 +31,8 @@ _DEFAULT_DIR = "\0default"  # --set-aside given without a folder
     type=FiniteFloat(-1.0, 1.0),
     default=None,
     metavar="COS",
-    help="Embedding cosine for similar shots (default 0.90; calibrate on your photos).",
+    help=f"Embedding cosine for similar shots (default {SIMILAR_COS:.2f}; "
+    "calibrate on your photos).",
 )
 @click.option("--under", metavar="SUBDIR", help="Only photos under this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -81,7 +83,6 @@ def duplicates_command(
     from indexer.aside import set_aside
     from search import find_library
     from search.duplicates import (
-        SIMILAR_COS,
         DuplicateOptions,
         extras_to_move,
         find_duplicates,

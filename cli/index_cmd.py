@@ -19,6 +19,7 @@ from cli.common import (
     workers_option,
 )
 from cli.main import ARGV_KEY, main
+from koclip.names import DEFAULT_PRECISION, MAX_PIXELS, PRECISIONS
 
 _watch_options = options(
     click.option(
@@ -89,8 +90,8 @@ _ray_options = options(
 )
 @click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "int8"]),
-    default="auto",
+    type=click.Choice(PRECISIONS),
+    default=DEFAULT_PRECISION,
     show_default=True,
     envvar="KOCLIP_PRECISION",
     help="Vision tower arithmetic. auto: bf16 (OpenVINO) where the CPU has it (AMX or "
@@ -106,7 +107,7 @@ _ray_options = options(
     "--max-megapixels",
     # Above 100,000 megapixels the limit means nothing (and 1e308 pixels overflow).
     type=FiniteFloat(min=0, min_open=True, max=100_000),
-    default=100.0,
+    default=MAX_PIXELS / 1e6,
     help="Larger images are recorded as failed (decompression-bomb guard).",
 )
 @click.option(

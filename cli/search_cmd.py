@@ -17,11 +17,12 @@ import click
 
 from cli.common import CommandError, FiniteFloat, domain_errors, options, shown
 from cli.main import main
+from koclip.names import AUTO_INDEX, INDEX_TYPES
 
 if TYPE_CHECKING:
     from search import LibraryInfo, Searcher, SearchResults
 
-INDEX_CHOICES = ("auto", "flat", "hnsw", "ivf-sq8", "ivf-pq")
+INDEX_CHOICES = (AUTO_INDEX, *INDEX_TYPES)
 
 
 class OneLineCommand(click.Command):
@@ -154,7 +155,7 @@ def info_command(library: str | None, as_json: bool) -> None:
     "--index",
     "index_type",
     type=click.Choice(INDEX_CHOICES),
-    default="auto",
+    default=AUTO_INDEX,
     show_default=True,
     help="auto: by the library's size, switched by `index` as it grows; flat: exact; hnsw / "
     "ivf-sq8: approximate, for large libraries; ivf-pq: compressed, re-ranked exactly, for "

@@ -8,7 +8,7 @@ import os
 import unicodedata
 
 # The files the indexer takes and the names search's query parser reads as image terms.
-# HEIC/HEIF/AVIF decode through pillow-heif (registered by koclip.preprocess.open_image);
+# HEIC/HEIF/AVIF decode through pillow-heif (registered by koclip.images.preprocess.open_image);
 # where it is missing they are recorded as failures with the reason, not silently skipped.
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}

@@ -81,7 +81,7 @@ class Places:
         if self._cache_dir is not None:
             root = self._cache_dir
         else:
-            from koclip.cache import default_cache_root
+            from koclip.checkpoints.cache import default_cache_root
 
             root = default_cache_root() / "places"
         return root / f"cities15000-v{TABLE_FORMAT}-{_sources_version()}.npz"

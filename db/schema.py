@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import Float, Index, Integer, LargeBinary, String
@@ -50,7 +52,7 @@ class Photo(Base):
     taken_at: Mapped[datetime]  # naive local time: EXIF DateTimeOriginal, else the file's mtime
     taken_at_source: Mapped[str] = mapped_column(String)  # "exif" | "mtime"
     indexed_at: Mapped[float] = mapped_column(Float)  # unix seconds
-    # Perceptual fingerprints of the decoded, oriented pixels (koclip.perceptual): the 64-bit
+    # Perceptual fingerprints of the decoded, oriented pixels (koclip.images.perceptual): the 64-bit
     # DCT hash as a signed int64, and a 24x24 grey thumbnail (576 bytes, deferred). NULL until
     # the indexer has computed them (a library made before schema 3).
     phash: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
@@ -161,3 +163,13 @@ PHOTO_COLUMNS = (
     "id", "path", "disk_path", "size", "mtime_ns", "content_hash", "width", "height",
     "taken_at", "taken_at_source", "indexed_at", "phash", "pthumb", "embedding",
 )  # fmt: skip
+
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], n: int) -> Iterator[Sequence[T]]:
+    """`items`, `n` at a time (the last chunk may be shorter): one statement's `IN (...)` list,
+    or one batch of updates."""
+    for start in range(0, len(items), n):
+        yield items[start : start + n]

@@ -20,11 +20,8 @@ import numpy as np
 
 from db.errors import LibraryCorruptError, LibraryError, LibraryWriteError, index_command
 from koclip.files import atomic_path
+from koclip.names import FLAT, HNSW, IVF_PQ, IVF_SQ8
 
-FLAT = "flat"
-HNSW = "hnsw"
-IVF_SQ8 = "ivf-sq8"
-IVF_PQ = "ivf-pq"
 DEFAULT_INDEX_TYPE = FLAT
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80

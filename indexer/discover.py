@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from db import IMAGE_SUFFIXES, path_key
-from koclip.preprocess import nfc
+from koclip.images.preprocess import nfc
 
 OUTSIDE_LINK_REASON = (
     "a link to outside the photo folder, not followed (index --follow-links follows it)"

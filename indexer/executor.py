@@ -27,7 +27,7 @@ from PIL import Image
 
 from indexer.load import Loaded, load
 from indexer.plan import Task
-from koclip import KoCLIPEncoder
+from koclip.encoder import Encoder
 
 # (task, force_decode): a forced file is decoded even if its content hash is known.
 Job = tuple[Task, bool]
@@ -64,7 +64,7 @@ class Executor(Protocol):
         ...
 
 
-def encode(encoder: KoCLIPEncoder, items: Sequence[Loaded]) -> None:
+def encode(encoder: Encoder, items: Sequence[Loaded]) -> None:
     """Stage 3: the decoded items' embeddings; their pixels are let go."""
     todo = [item for item in items if item.pixels is not None]
     if not todo:
@@ -91,7 +91,7 @@ class LocalExecutor:
     in flight, so memory stays flat whatever the collection size; encodes on the caller's
     thread while the threads read on."""
 
-    def __init__(self, encoder: KoCLIPEncoder, workers: int | None = None) -> None:
+    def __init__(self, encoder: Encoder, workers: int | None = None) -> None:
         self.encoder = encoder
         self.workers = workers or os.cpu_count() or 1
         self._in_flight = 0

@@ -18,7 +18,7 @@ from db import hash_file
 from indexer.phash import fingerprints
 from indexer.plan import UNREADABLE, Task
 from koclip.errors import ImageError, ImageTooLargeError
-from koclip.preprocess import open_image, preprocess
+from koclip.images.preprocess import open_image, preprocess
 
 _ORIENTATION = 0x0112
 _EXIF_IFD = 0x8769
@@ -43,7 +43,9 @@ class Loaded:
     height: int = 0
     taken_at: datetime | None = None
     taken_at_source: str = "mtime"
-    phash: int | None = None  # perceptual fingerprints of the decoded pixels (koclip.perceptual)
+    phash: int | None = (
+        None  # perceptual fingerprints of the decoded pixels (koclip.images.perceptual)
+    )
     pthumb: bytes | None = None
 
 

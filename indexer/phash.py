@@ -1,17 +1,17 @@
-"""Perceptual fingerprints (koclip.perceptual) stored for photos indexed before schema 3.
+"""Perceptual fingerprints (koclip.images.perceptual) stored for photos indexed before schema 3.
 
 New photos get theirs in the load stage; `fill_phashes` decodes (never encodes) the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from db import Library, photo_writes, photos, write_errors
-from koclip.perceptual import grey_trimmed, phash, thumbnail
-from koclip.preprocess import open_image
+from db.schema import chunks
+from koclip.images.perceptual import grey_trimmed, phash, thumbnail
+from koclip.images.preprocess import open_image
 
 
 def fingerprints(image) -> tuple[int, bytes]:
@@ -38,7 +38,7 @@ def fill_phashes(
     todo = missing_phashes(library)
     filled = 0
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="koclip-phash") as pool:
-        for chunk in _chunks(todo, 256):
+        for chunk in chunks(todo, 256):
             hashes = pool.map(lambda t: _hash_file(photo_root / t[1], max_pixels), chunk)
             values = [
                 {"id": pid, "phash": h[0], "pthumb": h[1]}
@@ -57,8 +57,3 @@ def _hash_file(path: Path, max_pixels: int | None) -> tuple[int, bytes] | None:
         return fingerprints(open_image(path, max_pixels=max_pixels, draft=True))
     except Exception:  # gone, unreadable or undecodable now: left for the next run
         return None
-
-
-def _chunks(items: list, n: int) -> Iterator[list]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]

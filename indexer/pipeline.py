@@ -41,13 +41,14 @@ from indexer.scope import as_relpath, discover_paths, scope_of
 from indexer.setup import DEFAULT_MODEL, open_for_indexing, prepare
 from indexer.summary import Summary
 from indexer.writer import IndexRebuild, RebuildCallback, Writer, due_rebuild, rebuild
-from koclip import PRECISIONS, KoCLIPEncoder, checkpoint_fingerprint
-from koclip.preprocess import MAX_PIXELS
+from koclip import checkpoint_fingerprint
+from koclip.encoder import Encoder
+from koclip.names import MAX_PIXELS, PRECISIONS
 
 ProgressCallback = Callable[[int, int], None]  # (files done, files to read)
 # Makes the executor of a session from its loaded encoder and photo root (default: from the
 # options, see `make_executor`); a benchmark passes one with a stand-in encoder.
-ExecutorFactory = Callable[["KoCLIPEncoder", Path, "IndexOptions"], Executor]
+ExecutorFactory = Callable[["Encoder", Path, "IndexOptions"], Executor]
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class IndexOptions:
     follow_links: bool = False
     save_interval: float = 30.0  # seconds between index saves during a run
     # "auto" (bf16 where the CPU has it, else fp32), "fp32", "bf16" or "int8"
-    # (koclip.precision); None: $KOCLIP_PRECISION, else auto
+    # (koclip.fast.precision); None: $KOCLIP_PRECISION, else auto
     precision: str | None = None
     # Called with the number of batches committed so far, after each commit (before the
     # FAISS file catches up): a place to watch a run, or to stop it there.
@@ -101,7 +102,7 @@ def index_photos(
     photo_dir: Path,
     options: IndexOptions = IndexOptions(),
     progress: ProgressCallback | None = None,
-    encoder: KoCLIPEncoder | None = None,
+    encoder: Encoder | None = None,
     make_executor: ExecutorFactory | None = None,
 ) -> Summary:
     """Bring the library of `photo_dir` up to date; raises LibraryError (and koclip errors) if it cannot run.
@@ -127,7 +128,7 @@ class IndexSession:
         photo_dir: Path,
         options: IndexOptions = IndexOptions(),
         *,
-        encoder: KoCLIPEncoder | None = None,
+        encoder: Encoder | None = None,
         kind: str = "indexer",
         save_share: float | None = None,
         make_executor: ExecutorFactory | None = None,
@@ -191,7 +192,7 @@ class IndexSession:
         self._hashes: set[str] | None = None  # stored content hashes, kept between passes
         self._stale = False
 
-    def _prepare(self, options: IndexOptions, encoder: KoCLIPEncoder | None) -> KoCLIPEncoder:
+    def _prepare(self, options: IndexOptions, encoder: Encoder | None) -> Encoder:
         """The vision tower, and the manifest written for it (setup.prepare)."""
         model, rebuild = options.model, options.rebuild
         if self._rebuild_into is not None:
@@ -353,7 +354,7 @@ class IndexSession:
         self._stack.__exit__(*exc)
 
 
-def default_executor(encoder: KoCLIPEncoder, photo_root: Path, options: IndexOptions) -> Executor:
+def default_executor(encoder: Encoder, photo_root: Path, options: IndexOptions) -> Executor:
     """Ray workers if `options.ray` asks for them, else this process's threads."""
     if options.ray is not None:
         return RayExecutor(options.ray, encoder, photo_root, batch_size=options.batch_size)

@@ -27,7 +27,7 @@ import numpy as np
 
 from indexer.executor import Feed, Job, encode, load_chunk, pil_bomb_check_off
 from indexer.load import Loaded
-from koclip import KoCLIPEncoder
+from koclip.encoder import Encoder
 from koclip.errors import KoclipSearchError
 
 INSTALL_LINE = "pip install 'koclip-search[ray]'"
@@ -80,7 +80,7 @@ class RayOptions:
 
 
 # A worker's encoder, from the spec; the default loads `spec.model` like the driver did.
-EncoderFactory = Callable[["WorkerSpec"], KoCLIPEncoder]
+EncoderFactory = Callable[["WorkerSpec"], Encoder]
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class RayExecutor:
     def __init__(
         self,
         options: RayOptions,
-        encoder: KoCLIPEncoder,
+        encoder: Encoder,
         photo_root: Path,
         *,
         batch_size: int,
@@ -356,7 +356,7 @@ def _bootstrap_address(ray: Any, address: str | None) -> str | None:
 # -- on a worker --------------------------------------------------------------------------------
 
 # One vision tower per worker process, loaded on its first batch and kept for the next ones.
-_encoders: dict[WorkerSpec, KoCLIPEncoder] = {}
+_encoders: dict[WorkerSpec, Encoder] = {}
 
 
 def _read_and_encode(
@@ -390,7 +390,7 @@ def _unpacked(items: list[Loaded], rows: list[int], matrix: np.ndarray | None) -
     return items
 
 
-def _worker_encoder(spec: WorkerSpec) -> KoCLIPEncoder:
+def _worker_encoder(spec: WorkerSpec) -> Encoder:
     encoder = _encoders.get(spec)
     if encoder is not None:
         return encoder
@@ -409,10 +409,10 @@ def _worker_encoder(spec: WorkerSpec) -> KoCLIPEncoder:
         if spec.encoder_factory is not None:
             encoder = spec.encoder_factory(spec)
         else:
-            from koclip import load_encoder_at
+            from koclip import load_encoder
 
-            encoder = load_encoder_at(
-                spec.model, spec.precision, towers=("vision",), batch_size=spec.batch_size
+            encoder = load_encoder(
+                spec.model, ("vision",), precision=spec.precision, batch_size=spec.batch_size
             )
     except KoclipSearchError as exc:
         raise ClusterSetupError(

@@ -19,8 +19,8 @@ from db import (
 from db.errors import index_command
 from db.manifest import INDEX_AUTO, INDEX_CHOSEN, manifest_problems
 from db.vectors import DEFAULT_INDEX_TYPE, INDEX_FACTORIES
-from koclip import KoCLIPEncoder, checkpoint_fingerprint, load_encoder_at
-from koclip.preprocess import PREPROCESS_VERSION
+from koclip import Encoder, checkpoint_fingerprint, load_encoder
+from koclip.images.preprocess import PREPROCESS_VERSION
 
 DEFAULT_MODEL = "koclip-base"
 
@@ -47,13 +47,13 @@ def prepare(
     *,
     batch_size: int,
     rebuild: bool,
-    encoder: KoCLIPEncoder | None = None,
+    encoder: Encoder | None = None,
     precision: str | None = None,
-) -> KoCLIPEncoder:
+) -> Encoder:
     """Refuse another model's vectors (unless rebuilding), load the vision tower, write the manifest.
 
     `encoder`, if given, is used instead of loading `model` (a long-lived process keeps one);
-    else the tower is loaded in `precision` (see `koclip.load_encoder_at`).
+    else the tower is loaded in `precision` (see `koclip.load_encoder`).
     """
     old = _old_manifest(library, rebuild)
     model = encoder.model_id if encoder else model or (old.model_id if old else DEFAULT_MODEL)
@@ -63,8 +63,8 @@ def prepare(
         fingerprint = encoder.fingerprint if encoder else checkpoint_fingerprint(model)
         if fingerprint != old.fingerprint or old.preprocess_version != PREPROCESS_VERSION:
             raise ManifestMismatchError(_mismatch_message(old, model, fingerprint))
-    encoder = encoder or load_encoder_at(
-        model, precision, towers=("vision",), batch_size=batch_size
+    encoder = encoder or load_encoder(
+        model, ("vision",), precision=precision, batch_size=batch_size
     )
     same_vectors = old is not None and has_photos and not rebuild
     same_vectors = same_vectors and old.fingerprint == encoder.fingerprint

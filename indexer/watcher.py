@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from indexer.pipeline import IndexOptions, IndexSession
 from indexer.summary import Summary
-from koclip import KoCLIPEncoder
+from koclip.encoder import Encoder
 
 log = logging.getLogger("koclip_search.watch")
 T = TypeVar("T")
@@ -309,7 +309,7 @@ def watch(
     on_pass: PassCallback | None = None,
     on_state: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
-    encoder: KoCLIPEncoder | None = None,
+    encoder: Encoder | None = None,
     mailbox: Mailbox | None = None,
 ) -> None:
     """Index `photo_dir` now, then keep indexing what changes until `stop` is set (or Ctrl-C).

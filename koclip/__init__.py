@@ -5,6 +5,13 @@
     inputs = processor(text=["소파 위에 고양이", "자동차"], images=image, return_tensors="jax")
     probs = jax.nn.softmax(model(**inputs).logits_per_image, axis=1)
 
+`load_encoder(name, towers, precision=..., backend=...)` is the one loader of batch encoders
+(`koclip.loader`: which towers run, fp32 jitted or numpy, bf16 or int8).
+
+The folders: `checkpoints/` (finding, reading, converting and writing checkpoints), `images/`
+(decoding, the model's transform, perceptual fingerprints), `fast/` (precisions and the numpy
+towers); `names` holds what every layer shares and imports nothing.
+
 Importing `koclip` is cheap: JAX and Flax load on first use of the jitted model objects, so
 tools that only need checkpoint ids, image decoding or the numpy towers (search's `info`,
 one-shot `search`/`similar`) never pay for them.
@@ -12,7 +19,11 @@ one-shot `search`/`similar`) never pay for them.
 
 from typing import TYPE_CHECKING
 
-from koclip.cache import default_cache_root
+from koclip.checkpoints.cache import default_cache_root
+from koclip.checkpoints.hub import CheckpointFiles, checkpoint_fingerprint, resolve
+from koclip.checkpoints.registry import CHECKPOINTS, is_local, model_id_for
+from koclip.checkpoints.save import save_checkpoint
+from koclip.checkpoints.weights import load_params
 from koclip.config import KoCLIPConfig, TextConfig, VisionConfig
 from koclip.encoder import Encoder
 from koclip.errors import (
@@ -22,32 +33,24 @@ from koclip.errors import (
     KoclipSearchError,
     ModelUnavailableError,
 )
-from koclip.hub import CheckpointFiles, checkpoint_fingerprint, resolve
-from koclip.numpy_encoder import load_numpy_encoder
-from koclip.precision import PRECISIONS, PrecisionError, load_encoder_at
-from koclip.preprocess import DEFAULT_PROMPT, PREPROCESS_VERSION, open_image, preprocess
-from koclip.registry import CHECKPOINTS, is_local, model_id_for
-from koclip.save import save_checkpoint
+from koclip.fast.precision import PrecisionError
+from koclip.images.preprocess import DEFAULT_PROMPT, PREPROCESS_VERSION, open_image, preprocess
+from koclip.loader import load_encoder
+from koclip.names import PRECISIONS
 from koclip.tokenizer import TOKENIZER_FILES, WordPieceTokenizer, load_wordpiece
-from koclip.weights import load_params
 
 if TYPE_CHECKING:
     from koclip.api import (
         KoCLIP,
-        KoCLIPEncoder,
         KoCLIPOutput,
         KoCLIPProcessor,
-        load_encoder,
         load_koclip,
     )
 
 _LAZY = {
     "KoCLIP",
-    "KoCLIPEncoder",
     "KoCLIPOutput",
     "KoCLIPProcessor",
-    "ModelUnavailableError",
-    "load_encoder",
     "load_koclip",
 }
 
@@ -72,7 +75,6 @@ __all__ = [
     "ImageError",
     "KoCLIP",
     "KoCLIPConfig",
-    "KoCLIPEncoder",
     "KoCLIPError",
     "KoclipSearchError",
     "KoCLIPOutput",
@@ -86,9 +88,7 @@ __all__ = [
     "default_cache_root",
     "is_local",
     "load_encoder",
-    "load_encoder_at",
     "load_koclip",
-    "load_numpy_encoder",
     "load_params",
     "load_wordpiece",
     "model_id_for",

@@ -2,8 +2,9 @@
 the jitted batch encoder.
 
 `KoCLIP` holds a config and a (possibly one-tower) parameter pytree and applies the one
-`KoCLIPModule` through jitted pure functions. `load_encoder` wraps it in `koclip.encoder`'s
-batch encoder, which pads every batch to a bucket so XLA compiles once per bucket shape.
+`KoCLIPModule` through jitted pure functions. `koclip.load_encoder` wraps it in
+`koclip.encoder`'s batch encoder, which pads every batch to a bucket so XLA compiles once per
+bucket shape.
 """
 
 from __future__ import annotations
@@ -19,17 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from koclip.checkpoints.hub import CheckpointFiles, resolve
+from koclip.checkpoints.params import loaded_towers, tower_params
+from koclip.checkpoints.registry import model_id_for
+from koclip.checkpoints.weights import load_params
 from koclip.config import KoCLIPConfig
 from koclip.encoder import Encoder
-from koclip.hub import CheckpointFiles, resolve
+from koclip.images.preprocess import nfc, preprocess
 from koclip.model import KoCLIPModule, logits
-from koclip.params import loaded_towers, tower_params
-from koclip.preprocess import nfc, preprocess
-from koclip.registry import model_id_for
 from koclip.tokenizer import WordPieceTokenizer, load_wordpiece
-from koclip.weights import load_params
-
-KoCLIPEncoder = Encoder  # the jitted encoder is the batch encoder over a `KoCLIP`
 
 
 @dataclass(frozen=True)
@@ -192,13 +191,13 @@ def load_koclip(
     return model, processor
 
 
-def load_encoder(
-    name_or_path: str | os.PathLike[str] = "koclip-base",
-    towers: Sequence[str] = ("text", "vision"),
-    batch_size: int = 32,
-    cache_dir: str | None = None,
+def _jitted_encoder(
+    name_or_path: str | os.PathLike[str],
+    towers: Sequence[str],
+    batch_size: int,
+    cache_dir: str | None,
 ) -> Encoder:
-    """Batch encoders; load only the towers you need (search: text; indexing: vision)."""
+    """The batch encoder over the jitted towers asked for (`koclip.loader.load_encoder`)."""
     files, model = _load(name_or_path, towers, cache_dir)
     tokenizer = load_wordpiece(files.directory, cache_dir) if "text" in towers else None
     return Encoder(

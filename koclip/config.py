@@ -17,17 +17,33 @@ def _check_heads(name: str, hidden: int, heads: int) -> None:
 
 
 @dataclass(frozen=True)
-class TextConfig:
-    """RoBERTa text tower as in `klue/roberta-large`."""
+class TowerSizes:
+    """The sizes every transformer tower has; each tower's config adds its own fields."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    layer_norm_eps: float = 1e-5
+
+
+def tower_sizes(hidden: int, layers: int, heads: int, intermediate: int) -> dict[str, int]:
+    """A tower's four sizes as its config's keywords: `TextConfig(**tower_sizes(...), ...)`."""
+    return {
+        "hidden_size": hidden,
+        "num_layers": layers,
+        "num_heads": heads,
+        "intermediate_size": intermediate,
+    }
+
+
+@dataclass(frozen=True)
+class TextConfig(TowerSizes):
+    """RoBERTa text tower; `TextConfig.roberta_large()` is `klue/roberta-large`."""
 
     vocab_size: int = 32000
-    hidden_size: int = 1024
-    num_layers: int = 24
-    num_heads: int = 16
-    intermediate_size: int = 4096
     max_positions: int = 514
     type_vocab_size: int = 1
-    layer_norm_eps: float = 1e-5
     pad_token_id: int = 1
 
     def __post_init__(self) -> None:
@@ -37,20 +53,20 @@ class TextConfig:
         if self.type_vocab_size < 1:
             raise ValueError("TextConfig: type_vocab_size must be >= 1")
 
+    @classmethod
+    def roberta_large(cls) -> TextConfig:
+        """`klue/roberta-large`, the text tower of both KoCLIP checkpoints."""
+        return cls(**tower_sizes(1024, 24, 16, 4096))
+
 
 @dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(TowerSizes):
     """Vision tower: CLIP ViT (`kind='clip'`) or google ViT (`kind='vit'`)."""
 
     kind: VisionKind = "clip"
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int = 3072
     image_size: int = 224
     patch_size: int = 32
     num_channels: int = 3
-    layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.kind not in ("clip", "vit"):
@@ -61,6 +77,18 @@ class VisionConfig:
                 f"VisionConfig: image_size {self.image_size} is not a multiple of "
                 f"patch_size {self.patch_size}"
             )
+
+    @classmethod
+    def clip_base_patch32(cls) -> VisionConfig:
+        """`openai/clip-vit-base-patch32`'s vision tower (`koclip-base`)."""
+        return cls(**tower_sizes(768, 12, 12, 3072))
+
+    @classmethod
+    def vit_large_patch16(cls) -> VisionConfig:
+        """`google/vit-large-patch16-224` (`koclip-large`)."""
+        return cls(
+            kind="vit", patch_size=16, layer_norm_eps=1e-12, **tower_sizes(1024, 24, 16, 4096)
+        )
 
     @property
     def num_patches(self) -> int:
@@ -74,10 +102,10 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class KoCLIPConfig:
-    """The dual encoder: both towers and the shared projection size."""
+    """The dual encoder: both towers and the shared projection size (default: `koclip-base`)."""
 
-    text: TextConfig = field(default_factory=TextConfig)
-    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig.roberta_large)
+    vision: VisionConfig = field(default_factory=VisionConfig.clip_base_patch32)
     projection_dim: int = 512
     logit_scale_init: float = 2.6592
 
@@ -88,42 +116,19 @@ class KoCLIPConfig:
     @classmethod
     def base(cls) -> KoCLIPConfig:
         """`koclip-base`: klue/roberta-large + openai/clip-vit-base-patch32."""
-        return cls(text=TextConfig(), vision=VisionConfig())
+        return cls(text=TextConfig.roberta_large(), vision=VisionConfig.clip_base_patch32())
 
     @classmethod
     def large(cls) -> KoCLIPConfig:
         """`koclip-large`: klue/roberta-large + google/vit-large-patch16-224."""
-        vision = VisionConfig(
-            kind="vit",
-            hidden_size=1024,
-            num_layers=24,
-            num_heads=16,
-            intermediate_size=4096,
-            patch_size=16,
-            layer_norm_eps=1e-12,
-        )
-        return cls(text=TextConfig(), vision=vision)
+        return cls(text=TextConfig.roberta_large(), vision=VisionConfig.vit_large_patch16())
 
     @classmethod
     def tiny(cls, vision: VisionKind = "clip", vocab_size: int = 64) -> KoCLIPConfig:
         """Test-sized model with prime-ish dimensions; 224 px input like the real ones."""
-        text = TextConfig(
-            vocab_size=vocab_size,
-            hidden_size=24,
-            num_layers=2,
-            num_heads=3,
-            intermediate_size=37,
-            max_positions=40,
-        )
-        vis = VisionConfig(
-            kind=vision,
-            hidden_size=20,
-            num_layers=2,
-            num_heads=2,
-            intermediate_size=29,
-            patch_size=32,
-            layer_norm_eps=1e-5 if vision == "clip" else 1e-12,
-        )
+        text = TextConfig(vocab_size=vocab_size, max_positions=40, **tower_sizes(24, 2, 3, 37))
+        eps = 1e-5 if vision == "clip" else 1e-12
+        vis = VisionConfig(kind=vision, layer_norm_eps=eps, **tower_sizes(20, 2, 2, 29))
         return cls(text=text, vision=vis, projection_dim=16)
 
     def replace(self, **changes: Any) -> KoCLIPConfig:
@@ -236,10 +241,10 @@ def _vision_from_json(d: dict[str, Any]) -> VisionConfig:
         d, model_type = d["vision_config"], "clip_vision_model"
     if model_type in ("clip_vision_model", "clip"):
         kind: VisionKind = "clip"
-        defaults = VisionConfig()
+        defaults = VisionConfig.clip_base_patch32()
     elif model_type == "vit":
         kind = "vit"
-        defaults = KoCLIPConfig.large().vision
+        defaults = VisionConfig.vit_large_patch16()
     else:
         raise ValueError(f"unsupported vision model_type {model_type!r}: expected 'clip' or 'vit'")
     act = d.get("hidden_act", "quick_gelu" if kind == "clip" else "gelu")

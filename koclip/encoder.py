@@ -1,7 +1,7 @@
 """The batch encoder: texts and images in, L2-normalised float32 rows out, over any backend.
 
 The backend (`Features`) computes projected features: `koclip.api.KoCLIP` with jitted JAX
-programs, or `koclip.numpy_encoder.NumpyKoCLIP` in plain numpy. Everything else is here once:
+programs, or `koclip.fast.numpy_encoder.NumpyKoCLIP` in plain numpy. Everything else is here once:
 tokenising, prompt templates and their ensembles, batching and normalising. A jitted backend
 asks for `bucketed` batches: each is padded to a bucket of rows and tokens so XLA compiles once
 per bucket shape; the numpy one compiles nothing, so its batches are just big enough.
@@ -17,12 +17,12 @@ from PIL import Image
 
 from koclip.config import KoCLIPConfig
 from koclip.errors import KoCLIPError
-from koclip.preprocess import DEFAULT_PROMPT, apply_prompt, preprocess
+from koclip.images.preprocess import DEFAULT_PROMPT, apply_prompt, preprocess
 from koclip.tokenizer import WordPieceTokenizer
 
-# Padded text lengths. A query's cost grows with its padded length (RoBERTa-large at batch 1 on
-# 2 cores: 35 ms at 1 token, 52 ms at 8, 64 ms at 16), so short lengths get fine buckets; each
-# bucket compiles once (and once per machine, with the persistent compilation cache).
+# Padded text lengths. A query's cost grows with its padded length (every layer runs over every
+# padded position), so short lengths get fine buckets; each bucket compiles once (and once per
+# machine, with the persistent compilation cache).
 TEXT_LENGTH_BUCKETS = (4, 8, 12, 16, 20, 24, 28, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 

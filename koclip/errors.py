@@ -52,3 +52,9 @@ class ImageError(KoCLIPError):
 
 class ImageTooLargeError(ImageError):
     """An image has more pixels than the caller allowed; it was not decoded."""
+
+
+def os_reason(exc: OSError) -> str:
+    """An OS error's reason as a user reads it: its strerror ("No space left on device", no
+    errno or path), else its text."""
+    return exc.strerror or str(exc)

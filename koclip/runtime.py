@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from koclip.cache import default_cache_root
+from koclip.checkpoints.cache import default_cache_root
 
-# Every jitted program is worth caching: a second `koclip-search search` should not
-# compile the text tower again, and XLA:CPU compiles are ~1 s while loads are ~10 ms.
+# Every jitted program is worth caching: a second `koclip-search search` should not compile
+# the text tower again, and loading a compiled program is far cheaper than compiling it.
 MIN_COMPILE_SECS = 0.0
 
 

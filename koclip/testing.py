@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from koclip.checkpoints.params import params_to_pt
 from koclip.config import KoCLIPConfig
-from koclip.params import params_to_pt
 from koclip.tree import unflatten
 
 FORMATS = ("msgpack", "safetensors", "safetensors-classic", "bin")
@@ -48,7 +48,7 @@ def random_params(config: KoCLIPConfig, seed: int = 0, realistic: bool = False) 
     content (std 0.2), so photos spread over the embedding space instead of sharing one
     direction.
     """
-    from koclip.cache import expected_shapes
+    from koclip.checkpoints.cache import expected_shapes
 
     rng = np.random.default_rng(seed)
     gain = 1.0 if realistic else 2.0

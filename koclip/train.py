@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from koclip.checkpoints.params import TOWER_KEYS
 from koclip.config import KoCLIPConfig
 from koclip.model import KoCLIPModule, logits
-from koclip.params import TOWER_KEYS
 from koclip.tokenizer import pad_ids
 
 Tower = Literal["text", "vision"]

@@ -12,8 +12,6 @@ from db.vectors import IVF_PQ
 if TYPE_CHECKING:
     import faiss
 
-AUTO = "auto"
-
 # The indexes are built by db/vectors.INDEX_FACTORIES, which also says which type a library
 # gets by its size (FLAT_MAX, SQ8_MAX: the indexer switches types itself); this module tunes
 # them for searching.

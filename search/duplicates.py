@@ -2,7 +2,7 @@
 renditions, and similar shots of one moment.
 
 - identical: equal content hashes (the indexer's blake2b of the file).
-- same picture: perceptual hashes (koclip.perceptual) within SAME_BITS bits, and stored
+- same picture: perceptual hashes (koclip.images.perceptual) within SAME_BITS bits, and stored
   thumbnails that still match once aligned (`residuals` at most SAME_RESIDUAL, every pair
   in one vectorised pass: a crop, a new format or a colour shift pass, a subject that
   moved does not). The pixels decide; the
@@ -29,16 +29,14 @@ import numpy as np
 
 import db
 from db import photos
-from koclip.perceptual import hamming, residuals
+from koclip.images.perceptual import hamming, residuals
+from koclip.names import DUPLICATE_KINDS as KINDS
+from koclip.names import SIMILAR_COS
 from search.filters import Filter
 from search.results import json_path
 
-KINDS = ("identical", "same", "similar")
 SAME_BITS = 16  # perceptual-hash bits two renditions of one picture may differ by
-SAME_RESIDUAL = 0.45  # koclip.perceptual.residual of two renditions of one picture
-# Defaults to be calibrated on real weights (README, "Duplicates"): renditions of one photo
-# score above ~0.9 with KoCLIP; shots of one moment above SIMILAR_COS.
-SIMILAR_COS = 0.90
+SAME_RESIDUAL = 0.45  # koclip.images.perceptual.residual of two renditions of one picture
 CONFIRM_COS = 0.80
 NEIGHBOURS = 16
 EXACT_MAX = 20_000  # up to this many photos, neighbours are found exactly

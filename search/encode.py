@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import sqlite3
 import stat
 import threading
 from collections import OrderedDict
@@ -15,17 +14,15 @@ from typing import Any
 import numpy as np
 
 import db
-from koclip.cache import default_cache_root
-from koclip.preprocess import nfc
-from koclip.runtime import enable_compilation_cache
+from db.text_cache import TEXT_CACHE_FILENAME, DiskTextCache
+from koclip.checkpoints.cache import default_cache_root
+from koclip.errors import os_reason
+from koclip.images.preprocess import nfc
+from koclip.loader import BACKENDS
 from search.errors import ModelMismatchError, QueryError, QueryImageError
 from search.query import check_text
 
 TEXT_CACHE_SIZE = 256
-# "jax": the jitted towers, fastest per query once compiled (serve, the Python API).
-# "numpy": no JAX import, tracing or compile, ~1.5 s less to a one-shot process's first answer
-# and ~2x the jitted forward pass after that (koclip/numpy_encoder.py): the CLI's choice.
-BACKENDS = ("jax", "numpy")
 
 
 class TextCache:
@@ -63,78 +60,6 @@ class TextCache:
         return len(self._items)
 
 
-class DiskTextCache:
-    """Text embeddings kept across processes, so a repeated one-shot query (paging with
-    --offset, a re-run) needs no text tower at all. Best effort: any SQLite error is a miss."""
-
-    MAX_ROWS = 20_000  # ~40 MB at dim 512
-
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path  # None: text-embeddings.sqlite3 in koclip's cache folder, found on use
-        self._conn: sqlite3.Connection | None = None
-        self._broken = False
-        # One connection shared by the Searcher's threads, one statement at a time.
-        self._lock = threading.RLock()
-
-    def _connect(self) -> sqlite3.Connection | None:
-        if self._conn is None and not self._broken:
-            try:
-                if self.path is None:
-                    self.path = default_cache_root() / "text-embeddings.sqlite3"
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    self.path, timeout=1.0, isolation_level=None, check_same_thread=False
-                )
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS embeddings (fingerprint TEXT, prompt TEXT, "
-                    "text TEXT, vector BLOB, PRIMARY KEY (fingerprint, prompt, text))"
-                )
-                self._conn = conn
-            except (sqlite3.Error, OSError):
-                self._broken = True
-        return self._conn
-
-    def get(self, fingerprint: str, prompt: str, text: str) -> np.ndarray | None:
-        """The stored vector, or None."""
-        with self._lock:
-            conn = self._connect()
-            if conn is None:
-                return None
-            try:
-                row = conn.execute(
-                    "SELECT vector FROM embeddings WHERE fingerprint=? AND prompt=? AND text=?",
-                    (fingerprint, prompt, text),
-                ).fetchone()
-            except sqlite3.Error:
-                return None
-        return None if row is None else np.frombuffer(row[0], "<f4").astype(np.float32)
-
-    def put(self, fingerprint: str, items: list[tuple[str, str, np.ndarray]]) -> None:
-        """Store (prompt, text, vector) items, dropping the oldest rows past MAX_ROWS."""
-        with self._lock:
-            conn = self._connect()
-            if conn is None:
-                return
-            try:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)",
-                    [(fingerprint, p, t, np.asarray(v, "<f4").tobytes()) for p, t, v in items],
-                )
-                conn.execute(
-                    "DELETE FROM embeddings WHERE rowid <= (SELECT MAX(rowid) FROM embeddings) - ?",
-                    (self.MAX_ROWS,),
-                )
-            except sqlite3.Error:
-                pass
-
-    def close(self) -> None:
-        """Close the connection (reopened on next use)."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-
 class QueryEncoder:
     """Turns query texts and images into unit vectors with the library's own model."""
 
@@ -145,12 +70,17 @@ class QueryEncoder:
         persistent: bool = True,
         backend: str = "jax",
     ) -> None:
+        """`backend`: where fp32 towers run (`koclip.load_encoder`): "jax", the jitted towers,
+        fastest per query once compiled (serve, the Python API), or "numpy", no JAX import,
+        tracing or compile, the one-shot CLI's choice."""
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         self.manifest = manifest
         self.backend = backend
         self.cache = TextCache(cache_size)
-        self.disk = DiskTextCache() if persistent else None
+        self.disk = (
+            DiskTextCache(default_cache_root() / TEXT_CACHE_FILENAME) if persistent else None
+        )
         self._encoders: dict[str, Any] = {}
         # Loading and running the towers, one caller at a time: a fast tokenizer raises
         # "Already borrowed" when two threads use it at once.
@@ -160,7 +90,7 @@ class QueryEncoder:
     def for_model(cls, model: str | os.PathLike[str], **kwargs: Any) -> QueryEncoder:
         """An encoder of a model on its own, no library (eval): loaded as a library's model is."""
         from koclip import model_id_for, resolve
-        from koclip.preprocess import PREPROCESS_VERSION
+        from koclip.images.preprocess import PREPROCESS_VERSION
 
         files = resolve(model)
         manifest = db.Manifest(
@@ -182,16 +112,14 @@ class QueryEncoder:
         if tower not in self._encoders:
             # A damaged or missing checkpoint raises koclip's CheckpointError as it is: that is
             # a model failure, not a mismatch. Only weights that changed since indexing are one.
-            enc = self._fast(tower)
-            if enc is None and self.backend == "numpy":
-                from koclip import load_numpy_encoder
+            from koclip import load_encoder
 
-                enc = load_numpy_encoder(self.manifest.model_id, towers=(tower,))
-            elif enc is None:
-                from koclip import load_encoder
-
-                enable_compilation_cache()
-                enc = load_encoder(self.manifest.model_id, towers=(tower,))
+            enc = load_encoder(
+                self.manifest.model_id,
+                towers=(tower,),
+                backend=self.backend,
+                compilation_cache=self.backend == "jax",
+            )
             if enc.fingerprint != self.manifest.fingerprint:
                 raise ModelMismatchError(
                     f"the weights of {self.manifest.model_id} changed since the library was "
@@ -199,31 +127,6 @@ class QueryEncoder:
                 )
             self._encoders[tower] = enc
         return self._encoders[tower]
-
-    def _fast(self, tower: str) -> Any | None:
-        """The tower on a fast path (bf16 or int8, `koclip.precision`) where it is chosen, else
-        None (the numpy or jitted fp32 tower).
-
-        An explicit $KOCLIP_PRECISION of bf16 or int8 is used by every backend (and raises
-        where it cannot run). `auto` takes bf16 in long-lived processes (serve, the Python API:
-        51 against 325 ms a text query at koclip-base size, `bench/precision.py`) but not in the
-        one-shot CLI, whose single query is faster on the memory-mapped numpy tower than
-        compiling a graph first.
-        """
-        from koclip import precision
-
-        asked = precision.requested_precision(None)
-        if asked == "fp32" or (asked == "auto" and self.backend == "numpy"):
-            return None
-        chosen = precision.chosen_precision(asked)
-        if chosen == "fp32":
-            return None
-        try:
-            return precision.load_fast_encoder(self.manifest.model_id, chosen, towers=(tower,))
-        except precision.PrecisionError:
-            if asked != "auto":
-                raise
-            return None
 
     def texts(self, texts: Sequence[str], prompt: bool = True) -> np.ndarray:
         """(n, dim) unit vectors; repeated texts come from the caches, the rest in one batch."""
@@ -294,7 +197,7 @@ def query_image_path(image: str | os.PathLike[str]) -> Path:
     except ValueError:  # an embedded NUL: no file can have that name
         why = "a file name cannot hold a NUL character"
     except OSError as exc:
-        why = exc.strerror or str(exc)
+        why = os_reason(exc)
     else:
         if stat.S_ISREG(mode):
             return path
@@ -308,12 +211,9 @@ def open_query_image(path: str | os.PathLike[str]) -> Any:
 
     try:
         return open_image(os.fspath(path))
-    except ImageError as exc:
-        raise QueryImageError(f"cannot read the query image {path}: {exc}") from None
-    except OSError as exc:
-        raise QueryImageError(
-            f"cannot read the query image {path}: {exc.strerror or exc}"
-        ) from None
+    except (ImageError, OSError) as exc:
+        why = os_reason(exc) if isinstance(exc, OSError) else str(exc)
+        raise QueryImageError(f"cannot read the query image {path}: {why}") from None
 
 
 def combine(weights: Sequence[float], vectors: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any
 
 import db
 from db import IMAGE_SUFFIXES
-from koclip.preprocess import nfc
+from koclip.images.preprocess import nfc
 from search.errors import QueryError
 
 _OPERATORS = {"+": 1.0, "-": -1.0}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import db
 from db.vectors import INDEX_TYPES, auto_index_type
+from koclip.names import AUTO_INDEX
 from search import ann
 
 
@@ -23,7 +24,7 @@ class ReindexReport:
 
 def reindex(
     directory: Path,
-    index_type: str = ann.AUTO,
+    index_type: str = AUTO_INDEX,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReindexReport:
     """Rebuild the index as `index_type` without re-encoding: "auto" picks the type by the
@@ -34,7 +35,7 @@ def reindex(
     `db.Library.switch_index` does, so a concurrent search always finds a complete index of
     the type its manifest names. `progress(added, total)` follows the build.
     """
-    if index_type != ann.AUTO and index_type not in INDEX_TYPES:
+    if index_type != AUTO_INDEX and index_type not in INDEX_TYPES:
         raise db.LibraryError(
             f"unknown index type {index_type!r}; choose auto, {', '.join(INDEX_TYPES)}"
         )
@@ -43,7 +44,7 @@ def reindex(
         if manifest is None:
             raise db.LibraryNotFoundError(f"the library at {directory} has nothing indexed yet")
         library.remove_leftovers()  # an interrupted reindex's file of another type, temp files
-        automatic = index_type == ann.AUTO
+        automatic = index_type == AUTO_INDEX
         kind = auto_index_type(len(library.photo_ids())) if automatic else index_type
         index = library.switch_index(
             kind, automatic=automatic, progress=progress, before_switch=ann.tune

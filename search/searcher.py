@@ -16,7 +16,7 @@ import numpy as np
 import db
 from db import photos
 from db.vectors import retrain_at
-from koclip.preprocess import nfc
+from koclip.images.preprocess import nfc
 from search.dates import parse_range
 from search.duplicates import DuplicateGroup, DuplicateOptions, find_duplicates
 from search.encode import QueryEncoder, combine, open_query_image, query_image_path

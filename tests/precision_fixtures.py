@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from koclip.precision import MIN_COSINE
+from koclip import load_encoder
+from koclip.fast.precision import MIN_COSINE
 from koclip.synthetic import photo_like
 from koclip.testing import KOREAN_VOCAB, build_tiny_checkpoint
 
@@ -16,6 +18,44 @@ def realistic_checkpoint(factory: pytest.TempPathFactory, kind: str, seed: int, 
     """A tiny checkpoint whose kernels keep activation scale, as trained towers do."""
     directory = factory.mktemp(f"tiny-{kind}-realistic-{tag}")
     return build_tiny_checkpoint(directory, vision=kind, seed=seed, realistic=True)
+
+
+KINDS = ("clip", "vit")
+
+
+def fast_path_fixtures(name: str, seed: int, runs_here: Callable[[pytest.MonkeyPatch], None]):
+    """The module fixtures of one fast path's tests, for the test module to bind by name:
+    `realistic` (one checkpoint per vision kind), `realistic_clip` (the koclip-base-shaped one
+    alone, for the indexing tests) and `encoders` (fp32 numpy and `name` over `realistic`;
+    `runs_here` patches what the path needs of this machine while it loads)."""
+
+    @pytest.fixture(scope="module", params=KINDS, name="realistic")
+    def realistic(request, tmp_path_factory) -> Path:
+        return realistic_checkpoint(tmp_path_factory, request.param, seed=seed, tag=name)
+
+    @pytest.fixture(scope="module", name="realistic_clip")
+    def realistic_clip(tmp_path_factory) -> Path:
+        return realistic_checkpoint(tmp_path_factory, "clip", seed=seed, tag=f"{name}-index")
+
+    @pytest.fixture(scope="module", name="encoders")
+    def encoders(realistic):
+        fp32 = load_encoder(realistic, ("text", "vision"), precision="fp32", backend="numpy")
+        with pytest.MonkeyPatch.context() as m:
+            runs_here(m)
+            fast = load_encoder(realistic, ("text", "vision"), precision=name)
+        return fp32, fast
+
+    return realistic, realistic_clip, encoders
+
+
+def one_photo_manifest(root: Path, checkpoint: Path, precision: str):
+    """Index one photo under `root` with `checkpoint` in `precision`; the library's manifest."""
+    from tests.indexer_fixtures import index, open_lib, write_jpeg
+
+    write_jpeg(root / "a.jpg", 1)
+    index(root, checkpoint, precision=precision)
+    with open_lib(root) as lib:
+        return lib.manifest()
 
 
 def queries(n: int, seed: int = 0) -> list[str]:

@@ -48,7 +48,7 @@ def test_an_unreachable_hub_is_found_out_at_once_not_after_retries(tmp_path):
     env.pop("HF_HUB_OFFLINE", None)
     env.pop("TRANSFORMERS_OFFLINE", None)
     code = (
-        "from koclip.hub import resolve\n"
+        "from koclip.checkpoints.hub import resolve\n"
         "try:\n    resolve('koclip-base')\nexcept Exception as e:\n"
         "    print(type(e).__name__, e)"
     )
@@ -180,7 +180,7 @@ def test_converted_cache_is_used_and_survives_damage(tmp_path, monkeypatch):
     cached = sorted((tmp_path / "cache" / "converted").glob("*.safetensors"))
     assert [p.name.split(".")[1] for p in cached] == ["text", "vision"]
     # The cached tower is what a second load reads: the original is never opened again.
-    import koclip.weights as ckpt
+    import koclip.checkpoints.weights as ckpt
 
     real_read = ckpt._read_original
     monkeypatch.setattr(ckpt, "_read_original", lambda *a: pytest.fail("original re-read"))
@@ -210,7 +210,7 @@ def test_bf16_safetensors_load(tmp_path):
     import json as _json
     import struct
 
-    from koclip.safetensors_mmap import open_mmap
+    from koclip.checkpoints.safetensors_mmap import open_mmap
 
     values = np.array([1.0, -2.5, 0.15625], np.float32)
     bits = (values.view(np.uint32) >> 16).astype("<u2")
@@ -273,7 +273,7 @@ def test_copying_a_checkpoint_keeps_its_fingerprint(tmp_path):
 @pytest.mark.slow  # traces the base and large modules
 @pytest.mark.parametrize("preset", ["tiny", "tiny-vit", "base", "large"])
 def test_shape_cache_stores_the_traced_module(preset, tmp_path):
-    from koclip.cache import cached_shapes, expected_shapes, shapes_path
+    from koclip.checkpoints.cache import cached_shapes, expected_shapes, shapes_path
     from koclip.config import KoCLIPConfig
     from koclip.model import param_shapes
 

@@ -242,12 +242,12 @@ def test_unreachable_hub_names_the_model_flag(tmp_path: Path, monkeypatch) -> No
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    import koclip.hub
+    import koclip.checkpoints.hub
 
     def unreachable(*args, **kwargs):
         raise LocalEntryNotFoundError("connection error and nothing cached")
 
-    monkeypatch.setattr(koclip.hub, "_from_hub_cache", lambda *a: None)
+    monkeypatch.setattr(koclip.checkpoints.hub, "_from_hub_cache", lambda *a: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     with socket.socket() as s:  # a closed loopback port: the hub "cannot be reached"

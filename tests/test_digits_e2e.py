@@ -45,19 +45,11 @@ def digits_vocab() -> list[str]:
 
 def digits_config(vocab_size: int):
     """A tiny KoCLIP for 8x8 digits at the indexer's 224 px: 112 px patches = 4x4 digit pixels."""
-    from koclip.config import KoCLIPConfig, TextConfig, VisionConfig
+    from koclip.config import KoCLIPConfig, TextConfig, VisionConfig, tower_sizes
 
-    text = TextConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=64,
-        max_positions=24,
-    )
-    vision = VisionConfig(
-        hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, patch_size=112
-    )
+    sizes = tower_sizes(hidden=32, layers=2, heads=4, intermediate=64)
+    text = TextConfig(vocab_size=vocab_size, max_positions=24, **sizes)
+    vision = VisionConfig(patch_size=112, **sizes)
     return KoCLIPConfig(text=text, vision=vision, projection_dim=32)
 
 

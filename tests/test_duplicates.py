@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import db
 from cli.main import main
 from indexer.aside import SetAsideError, restore, set_aside
-from koclip.preprocess import open_image
+from koclip.images.preprocess import open_image
 from search.duplicates import DuplicateOptions, find_duplicates
 from tests.duplicates_fixtures import frame, scene, write_rendition, write_set
 from tests.indexer_fixtures import assert_consistent, index, open_lib, rows
@@ -107,7 +107,7 @@ def test_keeper_order_and_reason() -> None:
 
 
 def test_renditions_hash_close_and_strangers_far(tmp_path: Path) -> None:
-    from koclip.perceptual import hamming, phash, residual, thumbnail
+    from koclip.images.perceptual import hamming, phash, residual, thumbnail
 
     original = frame(scene(7))
     other = frame(scene(8))
@@ -124,7 +124,14 @@ def test_batched_alignment_is_the_per_pair_one() -> None:
     one pair at a time): the same crops to the pixel, the same values, the same decisions."""
     import numpy as np
 
-    from koclip.perceptual import THUMB_SIDE, _crops, crop_stack, residual, residuals, thumbnail
+    from koclip.images.perceptual import (
+        THUMB_SIDE,
+        _crops,
+        crop_stack,
+        residual,
+        residuals,
+        thumbnail,
+    )
 
     rng = np.random.default_rng(5)
     side = THUMB_SIDE
@@ -170,7 +177,7 @@ def test_neighbours_list_by_list_match_the_exact_ones() -> None:
 def test_old_library_gets_fingerprints_without_encoding(
     tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from koclip.api import KoCLIPEncoder
+    from koclip.encoder import Encoder
 
     root = tmp_path / "p"
     original = frame(scene(3))
@@ -187,10 +194,8 @@ def test_old_library_gets_fingerprints_without_encoding(
     with open_lib(root) as lib:  # a reader sees no fingerprints, and no group yet
         assert find_duplicates(lib, DuplicateOptions(kind="same")) == []
     encoded = []
-    real = KoCLIPEncoder.encode_pixels
-    monkeypatch.setattr(
-        KoCLIPEncoder, "encode_pixels", lambda e, p: encoded.append(len(p)) or real(e, p)
-    )
+    real = Encoder.encode_pixels
+    monkeypatch.setattr(Encoder, "encode_pixels", lambda e, p: encoded.append(len(p)) or real(e, p))
     assert index(root, tiny_checkpoint).unchanged == 2 and encoded == []
     with open_lib(root) as lib:
         assert lib.manifest().schema_version == db.SCHEMA_VERSION

@@ -373,7 +373,7 @@ def test_unreadable_names_the_fields_with_problems():
 
 
 def test_the_decoded_copy_the_indexer_holds_keeps_every_fact(tmp_path):
-    from koclip.preprocess import open_image
+    from koclip.images.preprocess import open_image
 
     data = jpeg_bytes(
         exif=make_exif(gps=gps_tags(33.4589, 126.9425), make="Apple", model="iPhone 15"),

@@ -22,8 +22,8 @@ from indexer import executor as executor_mod
 from indexer import pipeline as pipeline_mod
 from indexer.discover import FoundFile, UnreadableDir, discover, is_excluded
 from koclip import load_encoder
-from koclip.api import KoCLIPEncoder
-from koclip.preprocess import open_image, preprocess
+from koclip.encoder import Encoder
+from koclip.images.preprocess import open_image, preprocess
 from tests.indexer_fixtures import assert_consistent, index, open_lib, rgb, rows, write_jpeg
 
 # -- photo makers and helpers ---------------------------------------------------------------
@@ -84,7 +84,7 @@ class Spy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.loaded: list[str] = []
         self.encoded = 0
-        real_load, real_encode = executor_mod.load, KoCLIPEncoder.encode_pixels
+        real_load, real_encode = executor_mod.load, Encoder.encode_pixels
 
         def load(task, **kw):
             self.loaded.append(task.file.relpath)
@@ -95,7 +95,7 @@ class Spy:
             return real_encode(enc, pixels)
 
         monkeypatch.setattr(executor_mod, "load", load)
-        monkeypatch.setattr(KoCLIPEncoder, "encode_pixels", encode)
+        monkeypatch.setattr(Encoder, "encode_pixels", encode)
 
 
 # -- discovery -------------------------------------------------------------------------------

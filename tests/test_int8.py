@@ -3,51 +3,37 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from koclip import precision, quantized
 from koclip.errors import KoclipSearchError
-from koclip.precision import MIN_COSINE, PrecisionError, resolve_precision
-from koclip.quantized import int8_dot_cpu
-from tests.precision_fixtures import check_agreement, check_rankings, realistic_checkpoint
+from koclip.fast import paths, precision, quantized
+from koclip.fast.precision import MIN_COSINE, PrecisionError, resolve_precision
+from koclip.fast.quantized import int8_dot_cpu
+from tests.precision_fixtures import (
+    check_agreement,
+    check_rankings,
+    fast_path_fixtures,
+    one_photo_manifest,
+)
 
 pytest.importorskip("onnx", reason="onnx is not installed (pip install 'koclip-search[int8]')")
 ort = pytest.importorskip(
     "onnxruntime", reason="onnxruntime is not installed (pip install 'koclip-search[int8]')"
 )
 
-KINDS = ("clip", "vit")
 
-
-@pytest.fixture(scope="module", params=KINDS)
-def realistic(request, tmp_path_factory) -> Path:
-    return realistic_checkpoint(tmp_path_factory, request.param, seed=2, tag="int8")
-
-
-@pytest.fixture(scope="module")
-def realistic_clip(tmp_path_factory) -> Path:
-    """The koclip-base-shaped one alone, for the indexing tests."""
-    return realistic_checkpoint(tmp_path_factory, "clip", seed=2, tag="int8-index")
-
-
-@pytest.fixture(scope="module")
-def encoders(realistic):
-    from koclip import load_numpy_encoder
-
-    fp32 = load_numpy_encoder(realistic, towers=("text", "vision"))
-    int8 = precision.load_fast_encoder(realistic, "int8", towers=("text", "vision"))
-    return fp32, int8
+# int8 runs wherever ONNX Runtime does: nothing to pretend of this machine.
+realistic, realistic_clip, encoders = fast_path_fixtures("int8", seed=2, runs_here=lambda m: None)
 
 
 def test_graph_in_fp32_is_the_numpy_tower(realistic):
-    from koclip import numpy_encoder
-    from koclip.hub import resolve
-    from koclip.onnx_export import tower_graph
-    from koclip.weights import load_params
+    from koclip.checkpoints.hub import resolve
+    from koclip.checkpoints.weights import load_params
+    from koclip.fast import numpy_encoder
+    from koclip.fast.onnx_export import tower_graph
 
     files = resolve(realistic)
     params = load_params(files, ("text", "vision"))
@@ -81,7 +67,7 @@ def test_precision_rule_from_cpu_flags():
 
 def test_int8_is_used_only_when_asked(monkeypatch):
     monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: True)
-    from koclip import bf16
+    from koclip.fast import bf16
 
     monkeypatch.setattr(bf16, "bf16_cpu", lambda: False)
     assert resolve_precision("auto") == "fp32"  # even with VNNI: it misses the ranking bound
@@ -95,7 +81,7 @@ def test_int8_is_used_only_when_asked(monkeypatch):
 
 
 def test_cache_is_built_once_checked_and_rebuilt_when_damaged(realistic, tmp_path):
-    from koclip.hub import resolve
+    from koclip.checkpoints.hub import resolve
 
     files = resolve(realistic)
     run, cosine = precision.checked_tower(files, "vision", quantized.PATH, tmp_path)
@@ -107,7 +93,7 @@ def test_cache_is_built_once_checked_and_rebuilt_when_damaged(realistic, tmp_pat
     def no_build(*_a, **_k):
         raise AssertionError("rebuilt although cached")
 
-    cached = precision.FastPath(**{**quantized.PATH.__dict__, "build": no_build})
+    cached = paths.FastPath(**{**quantized.PATH.__dict__, "build": no_build})
     assert precision.checked_tower(files, "vision", cached, tmp_path)[0] is not None
     model_path.write_bytes(b"not an onnx model")
     run, _ = precision.checked_tower(files, "vision", quantized.PATH, tmp_path)
@@ -138,8 +124,8 @@ def test_text_tower_is_weight_only_int8(realistic):
     """Batch-1 queries read int8 weights (a quarter of the bytes) and compute in float32."""
     import onnx
 
-    from koclip.hub import resolve
-    from koclip.weights import load_params
+    from koclip.checkpoints.hub import resolve
+    from koclip.checkpoints.weights import load_params
 
     files = resolve(realistic)
     params = load_params(files, ("text",))
@@ -181,17 +167,12 @@ def test_weight_only_int8_is_close_to_the_float_product():
 
 
 def test_queries_use_the_int8_text_tower_only_when_asked(realistic_clip, tmp_path, monkeypatch):
-    from koclip import bf16
+    from koclip.fast import bf16
     from search import QueryEncoder
-    from tests.indexer_fixtures import index, open_lib, write_jpeg
 
     monkeypatch.setattr(quantized, "int8_dot_cpu", lambda: True)
     monkeypatch.setattr(bf16, "bf16_cpu", lambda: False)
-    root = tmp_path / "photos"
-    write_jpeg(root / "a.jpg", 1)
-    index(root, realistic_clip, precision="int8")
-    with open_lib(root) as lib:
-        manifest = lib.manifest()
+    manifest = one_photo_manifest(tmp_path / "photos", realistic_clip, "int8")
     for setting in ("auto", "fp32"):  # whatever precision made the library
         monkeypatch.setenv("KOCLIP_PRECISION", setting)
         for backend in ("numpy", "jax"):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from koclip import load_koclip
+from koclip.checkpoints.params import params_to_pt
 from koclip.config import KoCLIPConfig
-from koclip.params import params_to_pt
 from koclip.testing import build_tiny_checkpoint, random_params, tiny_vocab, write_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -141,7 +141,8 @@ def test_batch_encoders_match_model_and_ignore_padding(tiny_checkpoint):
 
 @pytest.mark.parametrize(("vision", "fmt"), [("clip", "msgpack"), ("vit", "safetensors")])
 def test_numpy_towers_match_pytorch(tmp_path, vision, fmt):
-    from koclip.numpy_encoder import image_features, load_numpy_encoder, text_features
+    from koclip import load_encoder
+    from koclip.fast.numpy_encoder import image_features, text_features
 
     config = KoCLIPConfig.tiny(vision=vision, vocab_size=len(tiny_vocab()))
     params = random_params(config, seed=4)
@@ -152,7 +153,7 @@ def test_numpy_towers_match_pytorch(tmp_path, vision, fmt):
     assert inputs["attention_mask"].min() == 0, "the batch must exercise padding"
     ref = reference_outputs(torch_model(config, params), inputs)
 
-    enc = load_numpy_encoder(str(tmp_path), towers=("text", "vision"))
+    enc = load_encoder(str(tmp_path), ("text", "vision"), precision="fp32", backend="numpy")
     assert enc.towers == {"text", "vision"}
     got = text_features(config, enc.params, inputs["input_ids"], inputs["attention_mask"])
     assert got.dtype == np.float32
@@ -166,13 +167,12 @@ def test_numpy_towers_match_pytorch(tmp_path, vision, fmt):
 
 @pytest.mark.parametrize("vision", ["clip", "vit"])
 def test_numpy_encoder_matches_the_jitted_one(tmp_path, vision):
-    """Same vectors as `KoCLIPEncoder` for every prompt mode, batched or one by one."""
+    """Same vectors as `Encoder` for every prompt mode, batched or one by one."""
     from koclip import load_encoder
-    from koclip.numpy_encoder import load_numpy_encoder
 
     path = build_tiny_checkpoint(tmp_path, vision=vision, fmt="safetensors", seed=6)
     jitted = load_encoder(str(path))
-    plain = load_numpy_encoder(str(path), towers=("text", "vision"))
+    plain = load_encoder(str(path), ("text", "vision"), precision="fp32", backend="numpy")
     plain.batch_size = 2  # several chunks, each padded to its own longest text
     assert (plain.fingerprint, plain.dim, plain.model_id) == (
         jitted.fingerprint,
@@ -195,14 +195,13 @@ def test_numpy_encoder_matches_the_jitted_one(tmp_path, vision):
 
 
 def test_numpy_encoder_holds_only_the_towers_asked_for(tiny_checkpoint):
-    from koclip import KoCLIPError
-    from koclip.numpy_encoder import load_numpy_encoder
+    from koclip import KoCLIPError, load_encoder
 
-    text_only = load_numpy_encoder(str(tiny_checkpoint), towers=("text",))
+    text_only = load_encoder(str(tiny_checkpoint), ("text",), precision="fp32", backend="numpy")
     assert text_only.towers == {"text"} and "vision_model" not in text_only.params
     with pytest.raises(KoCLIPError, match="vision tower was not loaded"):
         text_only.encode_images(random_images(1))
-    vision_only = load_numpy_encoder(str(tiny_checkpoint), towers=("vision",))
+    vision_only = load_encoder(str(tiny_checkpoint), ("vision",), precision="fp32", backend="numpy")
     assert vision_only.towers == {"vision"} and vision_only.tokenizer is None
     with pytest.raises(KoCLIPError, match="text tower was not loaded"):
         vision_only.encode_texts(["자동차"])
@@ -213,7 +212,7 @@ def test_numpy_activations():
 
     import jax
 
-    from koclip.numpy_encoder import erf, gelu, quick_gelu
+    from koclip.fast.numpy_encoder import erf, gelu, quick_gelu
 
     x = np.linspace(-8, 8, 40_001, dtype=np.float32)
     exact = np.array([math.erf(v) for v in x.astype(np.float64)])

@@ -148,7 +148,7 @@ def test_names_equal_once_normalised_are_not_lost_silently(tmp_path, tiny_checkp
 def test_an_older_library_is_migrated_by_index_without_reencoding(
     tmp_path, tiny_checkpoint, monkeypatch
 ) -> None:
-    from koclip.api import KoCLIPEncoder
+    from koclip.encoder import Encoder
 
     root = tmp_path / "p"
     for seed, name in enumerate(NAMES.values()):
@@ -163,9 +163,9 @@ def test_an_older_library_is_migrated_by_index_without_reencoding(
     with Searcher(root) as s:  # a reader of the old library keeps working, as it did
         assert len(s.text("바다", k=10)) == len(NAMES)
     encoded = []
-    real_encode = KoCLIPEncoder.encode_pixels
+    real_encode = Encoder.encode_pixels
     monkeypatch.setattr(
-        KoCLIPEncoder, "encode_pixels", lambda e, p: encoded.append(len(p)) or real_encode(e, p)
+        Encoder, "encode_pixels", lambda e, p: encoded.append(len(p)) or real_encode(e, p)
     )
     summary = index(root, tiny_checkpoint)
     assert (summary.unchanged, summary.new, summary.updated, encoded) == (len(NAMES), 0, 0, [])

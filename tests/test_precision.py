@@ -17,22 +17,23 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from koclip import bf16, precision
+from koclip import load_encoder
 from koclip.errors import KoclipSearchError
-from koclip.precision import MIN_COSINE, PrecisionError, resolve_precision
+from koclip.fast import bf16, paths, precision
+from koclip.fast.precision import MIN_COSINE, PrecisionError, resolve_precision
 from koclip.synthetic import photo_like
 from tests.precision_fixtures import (
     check_agreement,
     check_rankings,
+    fast_path_fixtures,
     min_cosine,
-    realistic_checkpoint,
+    one_photo_manifest,
     top10_overlap,
 )
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino onnx)")
 pytest.importorskip("onnx", reason="onnx is not installed (pip install openvino onnx)")
 
-KINDS = ("clip", "vit")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,26 +42,9 @@ def bf16_here(monkeypatch):
     monkeypatch.setattr(bf16, "bf16_cpu", lambda: True)
 
 
-@pytest.fixture(scope="module", params=KINDS)
-def realistic(request, tmp_path_factory) -> Path:
-    return realistic_checkpoint(tmp_path_factory, request.param, seed=3, tag="bf16")
-
-
-@pytest.fixture(scope="module")
-def realistic_clip(tmp_path_factory) -> Path:
-    """The koclip-base-shaped one alone, for the indexing tests."""
-    return realistic_checkpoint(tmp_path_factory, "clip", seed=3, tag="bf16-index")
-
-
-@pytest.fixture(scope="module")
-def encoders(realistic):
-    from koclip import load_numpy_encoder
-
-    fp32 = load_numpy_encoder(realistic, towers=("text", "vision"))
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(bf16, "bf16_cpu", lambda: True)
-        fast = precision.load_fast_encoder(realistic, "bf16", towers=("text", "vision"))
-    return fp32, fast
+realistic, realistic_clip, encoders = fast_path_fixtures(
+    "bf16", seed=3, runs_here=lambda m: m.setattr(bf16, "bf16_cpu", lambda: True)
+)
 
 
 def test_bf16_embeddings_agree_with_fp32(encoders):
@@ -84,8 +68,8 @@ def test_a_photo_vector_does_not_depend_on_its_batch(encoders):
 
 def test_compiled_towers_leave_cores_unpinned(realistic, tmp_path):
     """Pinned, two encoder processes on one machine share the same cores (a third the speed)."""
-    from koclip.hub import resolve
-    from koclip.weights import load_params
+    from koclip.checkpoints.hub import resolve
+    from koclip.checkpoints.weights import load_params
 
     files = resolve(realistic)
     stem = tmp_path / "vision"
@@ -128,7 +112,7 @@ def test_this_machine_gets_what_openvino_reports():
 
 
 def test_cache_is_built_once_checked_and_rebuilt_when_damaged(realistic, tmp_path):
-    from koclip.hub import resolve
+    from koclip.checkpoints.hub import resolve
 
     files = resolve(realistic)
     run, cosine = precision.checked_tower(files, "vision", bf16.PATH, tmp_path)
@@ -143,7 +127,7 @@ def test_cache_is_built_once_checked_and_rebuilt_when_damaged(realistic, tmp_pat
     def no_build(*_a, **_k):
         raise AssertionError("rebuilt although cached")
 
-    cached = precision.FastPath(**{**bf16.PATH.__dict__, "build": no_build})
+    cached = paths.FastPath(**{**bf16.PATH.__dict__, "build": no_build})
     assert precision.checked_tower(files, "vision", cached, tmp_path)[0] is not None
     xml.write_text("<net>not a graph", encoding="utf-8")
     run, _ = precision.checked_tower(files, "vision", bf16.PATH, tmp_path)
@@ -151,8 +135,7 @@ def test_cache_is_built_once_checked_and_rebuilt_when_damaged(realistic, tmp_pat
 
 
 def test_a_tower_under_the_bound_is_never_used(realistic, bf16_here):
-    from koclip import load_encoder_at
-    from koclip.hub import resolve
+    from koclip.checkpoints.hub import resolve
 
     files = resolve(realistic)
     precision.checked_tower(files, "vision", bf16.PATH)  # into the (test-private) cache
@@ -161,19 +144,18 @@ def test_a_tower_under_the_bound_is_never_used(realistic, bf16_here):
     good = verdict.read_text()
     try:
         verdict.write_text(json.dumps({"format": bf16.BF16_FORMAT, "min_cosine": 0.9}))
-        assert load_encoder_at(realistic, "auto").precision == "fp32"
+        assert load_encoder(realistic, ("vision",), precision="auto").precision == "fp32"
         with pytest.raises(PrecisionError, match="cosine 0.9000"):
-            load_encoder_at(realistic, "bf16")
+            load_encoder(realistic, ("vision",), precision="bf16")
     finally:
         verdict.write_text(good)
 
 
 def test_auto_stays_fp32_without_the_cache(realistic, bf16_here, monkeypatch):
-    from koclip import load_encoder_at
-
     monkeypatch.setenv("KOCLIP_NO_CONVERTED_CACHE", "1")
-    assert load_encoder_at(realistic, "auto").precision == "fp32"
-    assert load_encoder_at(realistic, "bf16").precision == "bf16"  # asked for: built each time
+    assert load_encoder(realistic, ("vision",), precision="auto").precision == "fp32"
+    # asked for: built each time
+    assert load_encoder(realistic, ("vision",), precision="bf16").precision == "bf16"
 
 
 def test_index_records_precision_and_info_shows_it(realistic_clip, tmp_path, bf16_here):
@@ -250,14 +232,9 @@ def test_library_from_before_the_precision_column(tiny_checkpoint, tmp_path):
 
 def test_queries_take_bf16_in_long_lived_processes(realistic_clip, tmp_path, monkeypatch):
     from search import QueryEncoder
-    from tests.indexer_fixtures import index, open_lib, write_jpeg
 
     monkeypatch.setattr(bf16, "bf16_cpu", lambda: True)
-    root = tmp_path / "photos"
-    write_jpeg(root / "a.jpg", 1)
-    index(root, realistic_clip, precision="fp32")
-    with open_lib(root) as lib:
-        manifest = lib.manifest()
+    manifest = one_photo_manifest(tmp_path / "photos", realistic_clip, "fp32")
 
     def text_precision(setting: str, backend: str) -> str:
         monkeypatch.setenv("KOCLIP_PRECISION", setting)
@@ -291,9 +268,10 @@ def refuse(*a, **k):
     raise SystemExit("tried to " + str(a)[:80])
 os.fork = refuse
 socket.socket.connect = refuse
-from koclip import bf16, precision
+from koclip import load_encoder
+from koclip.fast import bf16
 bf16.bf16_cpu = lambda: True
-enc = precision.load_fast_encoder({str(realistic)!r}, "bf16", towers=("vision", "text"))
+enc = load_encoder({str(realistic)!r}, ("vision", "text"), precision="bf16")
 enc.encode_texts(["바다"])
 assert sys.modules.get("openvino_telemetry") is None
 print("quiet")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from koclip import ImageError, open_image, preprocess
-from koclip.preprocess import apply_prompt, to_rgb
+from koclip.images.preprocess import apply_prompt, to_rgb
 
 
 def photo_like(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -156,7 +156,7 @@ THIN = [
 _MEMORY_SCRIPT = """
 import io, resource, sys
 from PIL import Image
-from koclip.preprocess import open_image, preprocess, _register_heif
+from koclip.images.preprocess import open_image, preprocess, _register_heif
 
 def vm_bytes():
     with open("/proc/self/status") as f:
@@ -208,7 +208,7 @@ def whole_resize_then_crop(image: Image.Image, size: int = 224) -> np.ndarray:
 
 @pytest.mark.parametrize("size", [(4, 1000), (1000, 4), (7, 2000), (3, 900)])
 def test_thin_image_crop_matches_the_whole_resize(size):
-    from koclip.preprocess import EXACT_RESIZE_ASPECT, resize_and_crop
+    from koclip.images.preprocess import EXACT_RESIZE_ASPECT, resize_and_crop
 
     image = photo_like(*size)
     assert max(size) / min(size) > EXACT_RESIZE_ASPECT  # the cropped path, still checkable
@@ -217,7 +217,7 @@ def test_thin_image_crop_matches_the_whole_resize(size):
 
 
 def test_wide_conversions_run_in_bands():
-    from koclip.preprocess import _BAND_PIXELS
+    from koclip.images.preprocess import _BAND_PIXELS
 
     rows = 3 * (_BAND_PIXELS // 64) + 5  # several bands of a 64-pixel-wide image
     rgba = Image.new("RGBA", (64, rows), (255, 0, 0, 0))
@@ -232,7 +232,7 @@ def test_wide_conversions_run_in_bands():
 
 def test_default_pixel_limit_guards_every_caller():
     from koclip.errors import ImageTooLargeError
-    from koclip.preprocess import MAX_PIXELS
+    from koclip.images.preprocess import MAX_PIXELS
 
     assert MAX_PIXELS == 100_000_000
     # A header that claims 15000 x 8000 pixels: refused before any pixel is decoded.

@@ -63,10 +63,10 @@ def test_numpy_towers_match_the_jitted_ones(koclip_base):
     """The one-shot CLI's numpy towers give the jitted encoders' vectors on the real weights."""
     from PIL import Image
 
-    from koclip import load_encoder, load_numpy_encoder
+    from koclip import load_encoder
 
     jitted = load_encoder("koclip-base")
-    plain = load_numpy_encoder("koclip-base", towers=("text", "vision"))
+    plain = load_encoder("koclip-base", ("text", "vision"), precision="fp32", backend="numpy")
     text = list(EXPECTED)
     np.testing.assert_allclose(plain.encode_texts(text), jitted.encode_texts(text), atol=1e-4)
     rng = np.random.default_rng(0)
@@ -81,15 +81,15 @@ def test_numpy_towers_match_the_jitted_ones(koclip_base):
 def test_bf16_towers_agree_with_fp32_on_the_real_weights(koclip_base):
     """The issue-16 bounds on the real checkpoint, for `auto`'s fast path: cosine >= 0.998 and
     top-10 overlap >= 0.95."""
-    from koclip import load_numpy_encoder
-    from koclip import precision as precisions
+    from koclip import load_encoder
+    from koclip.fast import precision as precisions
     from koclip.synthetic import photo_like
 
     precision = "bf16"
     if precisions.fast_path(precision).available() is not None:
         pytest.skip(precisions.fast_path(precision).available())
-    fp32 = load_numpy_encoder("koclip-base", towers=("text", "vision"))
-    fast = precisions.load_fast_encoder("koclip-base", precision, towers=("text", "vision"))
+    fp32 = load_encoder("koclip-base", ("text", "vision"), precision="fp32", backend="numpy")
+    fast = load_encoder("koclip-base", ("text", "vision"), precision=precision)
     images = photo_like(120, size=256, seed=5)
     library_fp32, library_fast = fp32.encode_images(images), fast.encode_images(images)
     assert float(np.min(np.sum(library_fp32 * library_fast, axis=1))) >= precisions.MIN_COSINE

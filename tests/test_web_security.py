@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, features
 
 import db
-from koclip.preprocess import IMAGE_SIZE
+from koclip.images.preprocess import IMAGE_SIZE
 from search import ModelMismatchError, Searcher
 from tests.search_fixtures import error_json, index_folder, ok_json, write_photos
 from tests.test_web_api import BASE, client, ids, library, photos  # noqa: F401 (fixtures)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from koclip.errors import KoclipSearchError
-from koclip.preprocess import nfc
+from koclip.images.preprocess import nfc
 
 
 class CaptionsError(KoclipSearchError):

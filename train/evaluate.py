@@ -31,7 +31,7 @@ class TextEncoder(Protocol):
 
 
 class VisionEncoder(Protocol):
-    """What evaluation needs for images: koclip's `KoCLIPEncoder`."""
+    """What evaluation needs for images: koclip's `Encoder`."""
 
     image_size: int
 
@@ -95,7 +95,8 @@ class Recall:
 def load_pixels(record: CaptionRecord, size: int) -> np.ndarray:
     """One record's image as the model input, decoded as the indexer does."""
     from koclip import ImageError
-    from koclip.preprocess import MAX_PIXELS, open_image, preprocess
+    from koclip.images.preprocess import open_image, preprocess
+    from koclip.names import MAX_PIXELS
 
     try:
         image = open_image(record.path, max_pixels=MAX_PIXELS, draft=True, size=size)
@@ -213,7 +214,7 @@ def evaluate_records(
 
 
 class MemoryEncoders:
-    """Both towers of an in-memory `KoCLIPEncoder` (training's validation), search's text signature."""
+    """Both towers of an in-memory `Encoder` (training's validation), search's text signature."""
 
     def __init__(self, encoder: Any) -> None:
         self.encoder = encoder

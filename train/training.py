@@ -196,7 +196,7 @@ class BatchMaker:
     def __init__(
         self, tokenizer: Any, image_size: int, max_length: int, prompt: bool, workers: int | None
     ) -> None:
-        from koclip.preprocess import DEFAULT_PROMPT
+        from koclip.images.preprocess import DEFAULT_PROMPT
 
         self.tokenizer = tokenizer
         self.image_size = image_size
@@ -206,7 +206,7 @@ class BatchMaker:
 
     def tokens(self, captions: Sequence[str]) -> dict[str, np.ndarray]:
         """Captions (NFC, prompt) -> input_ids, attention_mask, token_type_ids, position_ids."""
-        from koclip.preprocess import apply_prompt
+        from koclip.images.preprocess import apply_prompt
         from koclip.train import text_batch
 
         texts = [apply_prompt(c, self.template) for c in captions]
@@ -547,10 +547,11 @@ def _validate(
     options: TrainOptions,
     maker: BatchMaker,
 ) -> Recall:
-    from koclip.api import KoCLIP, KoCLIPEncoder
+    from koclip.api import KoCLIP
+    from koclip.encoder import Encoder
 
     model = KoCLIP(run.config, run.params)
-    encoder = KoCLIPEncoder(model, run.tokenizer, model_id="", fingerprint="")
+    encoder = Encoder(model, run.tokenizer, model_id="", fingerprint="")
     both = MemoryEncoders(encoder)
     # Validation asks what search will see: captions with the prompt iff training used it.
     return evaluate_records(

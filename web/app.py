@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from koclip import ImageError, KoclipSearchError
+from koclip.names import DUPLICATE_KINDS
 from search import PhotoInfo, SearchResults, display_path, json_path
 from search.duplicates import DuplicateGroup
 from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, DuplicateQuery, Options
@@ -175,7 +176,7 @@ class DuplicatePhoto(BaseModel):
 class DuplicateGroupModel(BaseModel):
     """One group, the suggested keeper first (the CLI's --json, plus `keep_id`)."""
 
-    kind: Literal["identical", "same", "similar"]
+    kind: Literal[DUPLICATE_KINDS]
     keep: str
     keep_id: int
     reason: str
@@ -192,7 +193,7 @@ class DuplicatesResponse(BaseModel):
     aside_folder: str = Field(description="where set-aside photos go")
 
 
-Kind = Literal["identical", "same", "similar", "all"]
+Kind = Literal[(*DUPLICATE_KINDS, "all")]
 MAX_GROUP = 1000  # photos a set-aside request may name
 MAX_GROUPS = 500
 

@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from koclip.preprocess import DRAFT_FACTOR, IMAGE_SIZE, MAX_PIXELS
+from koclip.images.preprocess import DRAFT_FACTOR, IMAGE_SIZE, MAX_PIXELS
 from web.errors import ApiError
 
 # Seconds an upload waits for pixels before a 503 (the sender can try again), and a library

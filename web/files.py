@@ -19,7 +19,8 @@ from typing import BinaryIO
 from PIL import Image
 
 from koclip import ImageError
-from koclip.preprocess import MAX_PIXELS, open_image
+from koclip.images.preprocess import open_image
+from koclip.names import MAX_PIXELS
 from web.budget import DECODES, LIBRARY_WAIT, pixels_to_decode
 from web.errors import ApiError
 

@@ -13,7 +13,8 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from koclip.preprocess import MAX_PIXELS, open_image
+from koclip.images.preprocess import open_image
+from koclip.names import MAX_PIXELS
 from web.budget import DECODES, LIBRARY_WAIT, pixels_to_decode
 
 log = logging.getLogger("koclip_search.web")

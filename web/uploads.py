@@ -14,7 +14,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from koclip import ImageError
-from koclip.preprocess import IMAGE_SIZE, MAX_PIXELS, open_image
+from koclip.images.preprocess import IMAGE_SIZE, open_image
+from koclip.names import MAX_PIXELS
 from search import text_problem
 from web.budget import DECODES, UPLOAD_WAIT, pixels_to_decode
 from web.errors import ApiError

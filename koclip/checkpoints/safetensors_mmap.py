@@ -6,14 +6,11 @@ viewing those ranges means a tower is paged in from the page cache once, when it
 instead of being copied through Python first.
 
 Kept because the `safetensors` package cannot do this: its `safe_open(..., framework="numpy")`
-copies every tensor it hands out. `python bench/safetensors_read.py` (1.3 GB file, page cache
-warm, opening it and touching its 308 MB vision tower, best of 3 fresh processes, 2 cores):
+copies every tensor it hands out, into anonymous memory, where this module's views stay
+file-backed pages the kernel can share and drop (`python bench/safetensors_read.py` compares
+the two readers).
 
-    reader               open s  +touch s  anonymous MB  file-backed MB
-    this module           0.157     0.190             4             313
-    safetensors-numpy     0.910     0.915           309               1
-
-Writing uses the package (`safetensors.numpy.save_file`, in `koclip.cache`).
+Writing uses the package (`safetensors.numpy.save_file`, in `koclip.checkpoints.cache`).
 """
 
 from __future__ import annotations

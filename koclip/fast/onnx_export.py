@@ -1,6 +1,6 @@
 """KoCLIP's towers as ONNX graphs, built node by node from our own parameter tree.
 
-No torch and no tracing: each graph is `koclip.numpy_encoder`'s math written with the `onnx`
+No torch and no tracing: each graph is `koclip.fast.numpy_encoder`'s math written with the `onnx`
 helper API, step for step — the CLIP vision transformer (pre-LN, quick GELU,
 `post_layernorm(h[:, 0])`), google's ViT (pre-LN, exact GELU, final LayerNorm, tanh pooler),
 RoBERTa (post-LN, exact GELU, tanh pooler, positions 0..L-1), then the bias-free projection.

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from koclip.checkpoints.registry import CHECKPOINTS, NamedCheckpoint
 from koclip.config import KoCLIPConfig
 from koclip.errors import CheckpointError, ModelUnavailableError
-from koclip.registry import CHECKPOINTS, NamedCheckpoint
 
 
 @dataclass(frozen=True)

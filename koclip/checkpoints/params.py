@@ -6,7 +6,7 @@ maps by identity. PyTorch-layout checkpoints (`vision-text-dual-encoder`, safete
 `vision_model.vision_model.*` for CLIP, `vision_model.encoder.layer.N.attention.attention.query`
 for ViT) is our path with dots and PyTorch's leaf names; the flat layout transformers 5 saves
 differs from it by the prefixes in `FLAT_LAYOUT`. Every missing, unexpected and mis-shaped key
-is collected, then raised once. Expected shapes come from the module (`koclip.cache`).
+is collected, then raised once. Expected shapes come from the module (`koclip.checkpoints.cache`).
 """
 
 from __future__ import annotations

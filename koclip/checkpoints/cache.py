@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from koclip.checkpoints.params import Path_, params_from_flax
+from koclip.checkpoints.safetensors_mmap import SafetensorsFormatError, open_mmap
 from koclip.config import KoCLIPConfig
 from koclip.errors import CheckpointError
 from koclip.files import atomic_path
-from koclip.params import Path_, params_from_flax
-from koclip.safetensors_mmap import SafetensorsFormatError, open_mmap
 from koclip.tree import flatten, unflatten
 
 SHAPES_FORMAT = 1  # bump when the module's parameter tree changes

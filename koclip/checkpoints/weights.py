@@ -8,11 +8,16 @@ from typing import Any
 
 import numpy as np
 
-from koclip.cache import converted_paths, expected_shapes, read_converted, write_converted
+from koclip.checkpoints.cache import (
+    converted_paths,
+    expected_shapes,
+    read_converted,
+    write_converted,
+)
+from koclip.checkpoints.hub import CheckpointFiles, shard_files
+from koclip.checkpoints.params import params_from_flax, params_from_pt, select, towers_in
+from koclip.checkpoints.safetensors_mmap import SafetensorsFormatError, open_mmap
 from koclip.errors import CheckpointError
-from koclip.hub import CheckpointFiles, shard_files
-from koclip.params import params_from_flax, params_from_pt, select, towers_in
-from koclip.safetensors_mmap import SafetensorsFormatError, open_mmap
 
 
 def load_params(

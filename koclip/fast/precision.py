@@ -1,11 +1,11 @@
 """The towers' arithmetic: choosing fp32, bf16 or int8, checking a fast tower against fp32.
 
 fp32 (the jitted towers of `koclip.api`) is the reference and the fallback. The two fast paths
-run a graph of our own parameters (`koclip.onnx_export`) on an inference runtime:
+run a graph of our own parameters (`koclip.fast.onnx_export`) on an inference runtime:
 
-* bf16 (`koclip.bf16`): OpenVINO, products in bfloat16 on CPUs that have it (AMX or
+* bf16 (`koclip.fast.bf16`): OpenVINO, products in bfloat16 on CPUs that have it (AMX or
   AVX512-BF16), weights rounded once, no activation scales to guess.
-* int8 (`koclip.quantized`): ONNX Runtime, weights int8 per channel, each batch's activations
+* int8 (`koclip.fast.quantized`): ONNX Runtime, weights int8 per channel, each batch's activations
   their own uint8 scale.
 
 Each fast tower is built on first use per checkpoint and checked against the fp32 numpy tower on
@@ -25,29 +25,26 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from koclip.cache import _converted_dir
+from koclip.checkpoints.cache import _converted_dir
+from koclip.checkpoints.hub import CheckpointFiles, resolve
+from koclip.checkpoints.registry import model_id_for
 from koclip.config import KoCLIPConfig, TextConfig
 from koclip.encoder import Encoder
 from koclip.errors import KoCLIPError
+from koclip.fast import bf16, quantized
+from koclip.fast.paths import FastPath, Runner
 from koclip.files import atomic_path
-from koclip.hub import CheckpointFiles, resolve
-from koclip.registry import model_id_for
+from koclip.names import DEFAULT_PRECISION, PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
-DEFAULT_PRECISION = "auto"
 MIN_COSINE = 0.998  # a fast tower's embeddings must agree with fp32's this well to be used
 CHECK_IMAGES = 12
 CHECK_TEXTS = 12
-
-# feeds (input name -> array) -> the tower's projected features
-Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 class PrecisionError(KoCLIPError):
@@ -59,43 +56,7 @@ class PrecisionError(KoCLIPError):
     code = "precision_unavailable"
 
 
-def cpu_threads() -> int:
-    """Threads a runtime may use: $OMP_NUM_THREADS where set (Ray sets it per worker), else the
-    CPUs this process may run on."""
-    with contextlib.suppress(ValueError):
-        n = int(os.environ.get("OMP_NUM_THREADS", ""))
-        if n > 0:
-            return n
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-# --- the fast paths -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FastPath:
-    """One fast precision: how to build a tower's files, open them, and whether it runs here.
-
-    `build(config, params, tower, stem)` writes the files `stem` + each of `suffixes`;
-    `open(stem) -> Runner` loads them. `available()` is None where the path can run here, else
-    the reason it cannot (one line, said to the user when the precision is asked for outright).
-    """
-
-    name: str
-    version: int  # bump when the graph or the recipe changes: old cache files are not read
-    suffixes: tuple[str, ...]
-    build: Callable[[KoCLIPConfig, Any, str, Path], None]
-    open: Callable[[Path], Runner]
-    available: Callable[[], str | None]
-    chosen_by_auto: bool  # False: used only when asked for by name
-
-
 def _paths() -> dict[str, FastPath]:
-    from koclip import bf16, quantized
-
     return {"bf16": bf16.PATH, "int8": quantized.PATH}
 
 
@@ -163,7 +124,7 @@ def check_texts(
 
 def check_pixels(config: KoCLIPConfig, n: int = CHECK_IMAGES, seed: int = 0) -> np.ndarray:
     """`n` preprocessed photo-like generated images (`koclip.synthetic`), not noise."""
-    from koclip.preprocess import preprocess
+    from koclip.images.preprocess import preprocess
     from koclip.synthetic import photo_like
 
     size = config.vision.image_size
@@ -178,7 +139,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def agreement(config: KoCLIPConfig, params: Any, tower: str, run: Runner) -> float:
     """Min cosine between `run`'s features and the fp32 numpy tower's on the check set."""
-    from koclip import numpy_encoder
+    from koclip.fast import numpy_encoder
 
     if tower == "vision":
         pixels = check_pixels(config)
@@ -241,7 +202,7 @@ def checked_tower(
             return None, cosine
         with contextlib.suppress(Exception):  # damaged files are rebuilt below
             return path.open(stem), cosine
-    from koclip.weights import load_params
+    from koclip.checkpoints.weights import load_params
 
     params = load_params(files, (tower,), cache_root)
     scratch = None  # beside the cache where it can be written, so publishing is a rename
@@ -290,16 +251,17 @@ class GraphKoCLIP:
         return self._run("vision", {"pixels": np.asarray(pixel_values, np.float32)})
 
 
-def load_fast_encoder(
-    name_or_path: str | os.PathLike[str] = "koclip-base",
-    precision: str = "bf16",
-    towers: Sequence[str] = ("vision",),
-    batch_size: int = 32,
-    cache_dir: str | None = None,
+def _fast_encoder(
+    name_or_path: str | os.PathLike[str],
+    precision: str,
+    towers: Sequence[str],
+    batch_size: int,
+    cache_dir: str | None,
     cache_root: Path | None = None,
 ) -> Encoder:
     """Batch encoders on the fast path `precision` ("bf16" or "int8"); PrecisionError if it
-    cannot run here or a tower's embeddings miss fp32's."""
+    cannot run here or a tower's embeddings miss fp32's. `koclip.loader.load_encoder` decides
+    when to call it."""
     path = fast_path(precision)
     reason = path.available()
     if reason is not None:
@@ -321,28 +283,3 @@ def load_fast_encoder(
         tokenizer = load_wordpiece(files.directory, cache_dir)
     model = GraphKoCLIP(files.config, runners, precision)
     return Encoder(model, tokenizer, model_id_for(name_or_path), files.fingerprint, batch_size)
-
-
-def load_encoder_at(
-    name_or_path: str | os.PathLike[str] = "koclip-base",
-    precision: str | None = None,
-    towers: Sequence[str] = ("vision",),
-    batch_size: int = 32,
-    cache_dir: str | None = None,
-) -> Encoder:
-    """Batch encoders in the precision asked for (see `requested_precision`).
-
-    `auto` falls back to the jitted fp32 towers where no fast path runs here, or where its
-    tower is not exact enough for this checkpoint.
-    """
-    precision = requested_precision(precision)
-    chosen = chosen_precision(precision)
-    if chosen != "fp32":
-        try:
-            return load_fast_encoder(name_or_path, chosen, towers, batch_size, cache_dir)
-        except PrecisionError:
-            if precision != "auto":
-                raise
-    from koclip.api import load_encoder
-
-    return load_encoder(name_or_path, towers, batch_size, cache_dir)

@@ -3,8 +3,8 @@
 The vision tower is quantised dynamically (`onnxruntime.quantization`: weights int8 per output
 channel, each batch's activations their own uint8 scale, so no calibration set can be wrong for
 a photo collection), the text tower weight-only (`weight_only_int8`: a batch-1 query is bound by
-reading weights, so it reads int8 and computes in float32). `koclip.precision` checks each tower
-against fp32, caches it and loads it (`--precision int8`).
+reading weights, so it reads int8 and computes in float32). `koclip.fast.precision` checks each
+tower against fp32 and caches it; `koclip.load_encoder` loads it (`--precision int8`).
 
 int8 is only used when asked for: at koclip-base size the vision tower's rounding moves more
 search results than the issue's bound allows (README, `bench/precision.py`), where bf16 does not.
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from koclip.config import KoCLIPConfig
-from koclip.precision import FastPath, cpu_threads
+from koclip.fast.paths import FastPath, cpu_threads
 
 QUANT_FORMAT = 2  # bump when the graph or the quantisation recipe changes
 
@@ -94,7 +94,7 @@ def weight_only_int8(model: Any, block: int = WEIGHT_BLOCK) -> Any:
     """
     from onnx import helper, numpy_helper
 
-    from koclip.onnx_export import MS_DOMAIN
+    from koclip.fast.onnx_export import MS_DOMAIN
 
     weights = {t.name: t for t in model.graph.initializer}
     nodes, replaced, added = [], set(), []
@@ -145,7 +145,7 @@ def quantize_tower(config: KoCLIPConfig, params: Any, tower: str) -> bytes:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from koclip.onnx_export import is_activation_matmul, tower_graph
+    from koclip.fast.onnx_export import is_activation_matmul, tower_graph
 
     model = tower_graph(config, params, tower)
     if tower == "text":

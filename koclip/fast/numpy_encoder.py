@@ -2,11 +2,12 @@
 
 A `koclip-search search` or `similar` process encodes one or a few queries and exits.
 Through JAX that costs importing JAX and Flax, tracing the tower and loading its compiled
-program, about 1.5 s on 2 cores, before a forward pass of 50-100 ms. The same forward pass in
-numpy (OpenBLAS, float32) over the memory-mapped converted weights needs none of that, at
-about twice the jitted per-query cost, so one-shot processes use this and long-lived ones
-(`serve`, the indexer, the Python API) keep the jitted encoders of `koclip.api`. Both are the
-same batch encoder (`koclip.encoder`) over a different features backend.
+program before the first forward pass. The same forward pass in numpy (OpenBLAS, float32) over
+the memory-mapped converted weights needs none of that, though each pass is slower than the
+jitted one (`bench/search.py`), so one-shot processes use this (`koclip.load_encoder(...,
+backend="numpy")`) and long-lived ones (`serve`, the indexer, the Python API) keep the jitted
+encoders of `koclip.api`. Both are the same batch encoder (`koclip.encoder`) over a different
+features backend.
 
 The math is `koclip.model` step for step: RoBERTa with positions 0..L-1, post-LN layers, exact
 (erf) GELU and the pooler's `tanh(dense(h[:, 0]))`; the CLIP vision transformer (pre-LN,
@@ -26,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from koclip.checkpoints.hub import resolve
+from koclip.checkpoints.params import loaded_towers, tower_params
+from koclip.checkpoints.registry import model_id_for
+from koclip.checkpoints.weights import load_params
 from koclip.config import KoCLIPConfig, VisionConfig
 from koclip.encoder import Encoder
-from koclip.hub import resolve
-from koclip.params import loaded_towers, tower_params
-from koclip.registry import model_id_for
 from koclip.tokenizer import load_wordpiece
-from koclip.weights import load_params
 
 _F32 = np.float32
 _SQRT_HALF = _F32(0.7071067811865476)
@@ -216,13 +217,15 @@ class NumpyKoCLIP:
         return image_features(self.config, tower_params(self.params, "vision"), pixel_values)
 
 
-def load_numpy_encoder(
-    name_or_path: str | os.PathLike[str] = "koclip-base",
-    towers: Sequence[str] = ("text",),
-    cache_dir: str | None = None,
+def _numpy_encoder(
+    name_or_path: str | os.PathLike[str],
+    towers: Sequence[str],
+    batch_size: int,
+    cache_dir: str | None,
 ) -> Encoder:
-    """The towers asked for, memory-mapped from the converted-weights cache; imports no JAX."""
+    """The towers asked for, memory-mapped from the converted-weights cache; imports no JAX
+    (`koclip.loader.load_encoder` with `backend="numpy"`)."""
     files = resolve(name_or_path, cache_dir=cache_dir)
     model = NumpyKoCLIP(files.config, load_params(files, towers))
     tokenizer = load_wordpiece(files.directory, cache_dir) if "text" in towers else None
-    return Encoder(model, tokenizer, model_id_for(name_or_path), files.fingerprint, batch_size=8)
+    return Encoder(model, tokenizer, model_id_for(name_or_path), files.fingerprint, batch_size)

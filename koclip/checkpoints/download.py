@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from koclip.checkpoints.hub import check_hub_reachable, resolve
+from koclip.checkpoints.registry import CHECKPOINTS, NamedCheckpoint
 from koclip.errors import CheckpointError
-from koclip.hub import check_hub_reachable, resolve
-from koclip.registry import CHECKPOINTS, NamedCheckpoint
 from koclip.tokenizer import TOKENIZER_FALLBACK
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")

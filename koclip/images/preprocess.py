@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from koclip.errors import ImageError, ImageTooLargeError
+from koclip.names import MAX_PIXELS
 
 PREPROCESS_VERSION = "clip-224-bicubic-v1"
 IMAGE_SIZE = 224
@@ -31,19 +32,12 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
 DEFAULT_PROMPT = "이것은 {} 이다."
 
-# The largest image decoded by default (index's --max-megapixels, uploads, thumbnails, query
-# images): 300 MB as RGB.
-MAX_PIXELS = 100_000_000
-
 # JPEG draft decoding keeps each side >= DRAFT_FACTOR x the model input. libjpeg scales by 1/2,
 # 1/4 or 1/8, so for a 12 MP photo factor 2 decodes at 1000x750 and factor 4 at 2000x1500.
 # bench/encode.py --draft-check measured (koclip-base sizes, noisy 12 MP JPEGs): factor 2 gives
-# min cosine 0.9988 to the exact path, under the 0.999 bar; factor 4 gives 0.9994 at half the
-# cost of a full decode. So 4 is the default.
+# min cosine 0.9988 to the exact path, under the 0.999 bar; factor 4 gives 0.9994 and still
+# decodes far fewer pixels than a full decode. So 4 is the default.
 DRAFT_FACTOR = 4
-# The decompression-bomb guard every decoder of library photos uses (the indexer's default
-# --max-megapixels): a photo the indexer took is one the web and eval may decode.
-MAX_PIXELS = 100_000_000
 
 # Mode conversions with a wide intermediate run this many pixels at a time.
 _BAND_PIXELS = 1 << 22

@@ -1,6 +1,6 @@
 """The bf16 towers: OpenVINO over graphs of our own parameters, products in bfloat16.
 
-A tower's ONNX graph (`koclip.onnx_export`) is converted once per checkpoint into OpenVINO's
+A tower's ONNX graph (`koclip.fast.onnx_export`) is converted once per checkpoint into OpenVINO's
 own format and compiled with bfloat16 inference: matrix products take bf16 inputs and sum in
 float32 (AMX tiles or AVX512-BF16 dot products), while LayerNorm, softmax and the like stay
 float32.
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from koclip.config import KoCLIPConfig
-from koclip.precision import FastPath, Runner, cpu_threads
+from koclip.fast.paths import FastPath, Runner, cpu_threads
 
 BF16_FORMAT = 1  # bump when the graph or the conversion changes
 
@@ -89,7 +89,7 @@ def build(config: KoCLIPConfig, params: Any, tower: str, stem: Path) -> None:
     float32 or float16 per `FLOAT16_WEIGHTS`)."""
     import onnx
 
-    from koclip.onnx_export import tower_graph
+    from koclip.fast.onnx_export import tower_graph
 
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=stem.parent) as tmp:
         source = Path(tmp) / "tower.onnx"
@@ -108,8 +108,8 @@ def compile_tower(xml: Path, threads: int | None = None) -> Any:
         "INFERENCE_NUM_THREADS": threads or cpu_threads(),
         "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,  # no int8 activations behind our back
         # OpenVINO pins its threads to cores by default, the same cores in every process: two
-        # 1-thread encoders on 2 cores (two Ray workers on one node) ran 18 img/s each pinned,
-        # 53 unpinned. One process runs as fast either way (83 and 85 img/s).
+        # encoder processes on one machine (two Ray workers on one node) would then share cores
+        # while others idle. One process alone runs as fast either way.
         "ENABLE_CPU_PINNING": False,
     }
     core = _core()

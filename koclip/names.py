@@ -1,0 +1,29 @@
+"""The names and limits every layer shares, in one light module.
+
+The command line builds its options from these (choices, defaults, help) without importing the
+model, a runtime or FAISS: this module imports nothing.
+"""
+
+# The towers' arithmetic (`koclip.fast.precision`): auto picks bf16 where it runs, else fp32.
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+DEFAULT_PRECISION = "auto"
+
+# The FAISS index types a library may hold (`db.vectors`); "auto" follows the library's size.
+FLAT = "flat"
+HNSW = "hnsw"
+IVF_SQ8 = "ivf-sq8"
+IVF_PQ = "ivf-pq"
+INDEX_TYPES = (FLAT, HNSW, IVF_SQ8, IVF_PQ)
+AUTO_INDEX = "auto"
+
+# Duplicate groups (`search.duplicates`): identical files, the same picture in other renditions,
+# shots of one moment.
+DUPLICATE_KINDS = ("identical", "same", "similar")
+# The embedding cosine above which two shots are "similar", unless the user gives one. To be
+# calibrated on real weights (README, "Duplicates"): renditions of one photo score above ~0.9.
+SIMILAR_COS = 0.90
+
+# The decompression-bomb guard of every decoder of library photos (the indexer's default
+# --max-megapixels, uploads, thumbnails, query images, eval): 300 MB as RGB, so a photo the
+# indexer took is one the web and eval may decode.
+MAX_PIXELS = 100_000_000
