@@ -21,17 +21,27 @@ import contextlib
 import errno
 import os
 import shutil
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.orm import undefer
 
-from db import Library, LibraryError, LibraryLock, Photo, hash_file, vectors, write_errors
-from db.schema import PHOTO_COLUMNS, SetAside
+from db import Library, LibraryError, LibraryLock, hash_file, vectors
+from db.journal import (
+    ASIDE,
+    MOVING,
+    RESTORING,
+    forget_move,
+    journal_entry,
+    journal_rows_in_state,
+    mark_moving,
+    mark_state,
+    photo_id_at,
+    photo_to_move,
+    settle_moved,
+    settle_restored,
+)
 
 ASIDE_DIRNAME = "set-aside"  # default destination, inside the library folder (never indexed)
 
@@ -42,6 +52,26 @@ class SetAsideError(LibraryError):
 
     http_status = 409
     code = "set_aside_refused"
+
+
+class StaleGroupError(SetAsideError):
+    """The photos asked for are no longer one duplicate group: the library changed since they
+    were listed. Nothing was moved."""
+
+    exit_code = 1
+    code = "stale_group"
+
+
+@dataclass(frozen=True)
+class AsideGroup:
+    """One duplicate group as the caller saw it (its photo ids) and the photo it keeps."""
+
+    photos: tuple[int, ...]
+    keep: int
+
+    def __post_init__(self) -> None:
+        if self.keep not in self.photos:
+            raise ValueError("the keeper must be one of the group's photos")
 
 
 @dataclass
@@ -67,6 +97,39 @@ def default_aside_dir(library_dir: Path) -> Path:
     return Path(library_dir) / ASIDE_DIRNAME
 
 
+def set_aside_groups(
+    library_dir: Path,
+    groups: Sequence[AsideGroup],
+    current_groups: Callable[[], Iterable[Collection[int]]],
+    dest_root: Path | None = None,
+    *,
+    cross_filesystem: bool = False,
+    after_each: object = None,
+    lock_held: bool = False,
+) -> AsideReport:
+    """Move every non-keeper of `groups` under `dest_root` (default: `default_aside_dir`),
+    keeping relative paths. Under the writer lock, `current_groups()` (the duplicate groups as
+    the library has them now, each as its photo ids) must still hold each of `groups` as one
+    whole group, else StaleGroupError and nothing moves. A keeper of one group is never moved
+    as another's extra. `lock_held`: the caller already holds the writer lock (a watcher of
+    this process, between two passes)."""
+    wanted = [frozenset(g.photos) for g in groups]
+    keepers = {g.keep for g in groups}
+    extras = list(dict.fromkeys(p for g in groups for p in g.photos if p not in keepers))
+
+    def check(_: Library) -> None:
+        now = {frozenset(int(i) for i in ids) for ids in current_groups()}
+        if any(ids not in now for ids in wanted):
+            raise StaleGroupError(
+                "these photos are no longer one duplicate group (the library changed since "
+                "they were listed); reload the duplicates and choose again"
+            )
+
+    return _set_aside(
+        library_dir, extras, dest_root, cross_filesystem, after_each, lock_held, check
+    )
+
+
 def set_aside(
     library_dir: Path,
     photo_ids: Iterable[int],
@@ -76,14 +139,30 @@ def set_aside(
     after_each: object = None,
     lock_held: bool = False,
 ) -> AsideReport:
-    """Move the given photos under `dest_root`, keeping their relative paths. `lock_held`: the
-    caller already holds the writer lock (a watcher of this process, between two passes)."""
+    """Move the given photos under `dest_root`, keeping their relative paths (no group check:
+    `set_aside_groups` is the way in for duplicate groups)."""
+    return _set_aside(
+        library_dir, photo_ids, dest_root, cross_filesystem, after_each, lock_held, None
+    )
+
+
+def _set_aside(
+    library_dir: Path,
+    photo_ids: Iterable[int],
+    dest_root: Path | None,
+    cross_filesystem: bool,
+    after_each: object,
+    lock_held: bool,
+    check: Callable[[Library], None] | None,
+) -> AsideReport:
     library_dir = Path(library_dir)
     dest_root = Path(dest_root or default_aside_dir(library_dir)).expanduser().absolute()
     with _writer(library_dir, lock_held), Library.create(library_dir) as library:
         report = AsideReport(recovered=recover(library))
         root = library.photo_root()
         _check_destination(root, library_dir, dest_root, cross_filesystem)
+        if check is not None:
+            check(library)
         for pid in photo_ids:
             _move_one(library, root, dest_root, int(pid), cross_filesystem, report)
             if callable(after_each):
@@ -105,8 +184,7 @@ def restore(
     with _writer(library_dir, lock_held), Library.create(library_dir) as library:
         report = AsideReport(recovered=recover(library))
         root = library.photo_root()
-        with library.session() as s, s.begin():
-            rows = s.execute(select(SetAside.id).order_by(SetAside.id)).scalars().all()
+        rows = [e.id for e in journal_rows_in_state(library)]
         if photo_ids is not None:
             wanted = {int(i) for i in photo_ids}
             rows = [pid for pid in rows if pid in wanted]
@@ -129,64 +207,52 @@ def _writer(library_dir: Path, lock_held: bool) -> contextlib.AbstractContextMan
 def _move_one(
     library: Library, root: Path, dest_root: Path, pid: int, cross_fs: bool, report: AsideReport
 ) -> bool:
-    with write_errors(library.directory), library.session() as s, s.begin():
-        row = s.scalars(
-            select(Photo)
-            .where(Photo.id == pid)
-            .options(undefer(Photo.embedding), undefer(Photo.pthumb))
-        ).first()
-        if row is None:
-            report.skipped.append((str(pid), "no such photo (indexed again since?)"))
-            return False
-        src = root / row.disk_relpath()
-        dest = dest_root / row.disk_relpath()
-        if not os.path.lexists(src):
-            report.skipped.append((row.path, "the file is gone"))
-            return False
-        if os.path.lexists(dest):
-            report.skipped.append((row.path, f"{dest} already exists"))
-            return False
-        values = {c: getattr(row, c) for c in PHOTO_COLUMNS}
-        s.execute(
-            insert(SetAside).values(
-                **values, dest=os.fsencode(dest), state="moving", set_at=time.time()
-            )
-        )
+    row = photo_to_move(library, pid)
+    if row is None:
+        report.skipped.append((str(pid), "no such photo (indexed again since?)"))
+        return False
+    src = root / row.disk_relpath()
+    dest = dest_root / row.disk_relpath()
+    if not os.path.lexists(src):
+        report.skipped.append((row.path, "the file is gone"))
+        return False
+    if os.path.lexists(dest):
+        report.skipped.append((row.path, f"{dest} already exists"))
+        return False
+    mark_moving(library, row, dest)
     try:
         _transfer(src, dest, cross_fs)
     except SetAsideError as exc:  # this file stays where it is; the others go on
-        with write_errors(library.directory), library.session() as s, s.begin():
-            s.execute(delete(SetAside).where(SetAside.id == pid))
-        report.skipped.append((values["path"], str(exc)))
+        forget_move(library, pid)
+        report.skipped.append((row.path, str(exc)))
         return False
     _settle_moving(library, pid)
-    report.moved.append(values["path"])
+    report.moved.append(row.path)
     report.ids.append(pid)
     return True
 
 
 def _restore_one(library: Library, root: Path, pid: int, report: AsideReport) -> bool:
-    with write_errors(library.directory), library.session() as s, s.begin():
-        row = s.get(SetAside, pid)
-        src = root / (row.path if row.disk_path is None else os.fsdecode(row.disk_path))
-        dest = Path(os.fsdecode(row.dest))
-        taken = s.scalar(select(Photo.id).where(Photo.path == row.path))
-        if os.path.lexists(src) or taken is not None:
-            report.skipped.append((row.path, "another file is at its place now"))
-            return False
-        if not os.path.lexists(dest):
-            report.skipped.append((row.path, f"{dest} is gone"))
-            return False
-        s.execute(update(SetAside).where(SetAside.id == pid).values(state="restoring"))
+    entry = journal_entry(library, pid)
+    if entry is None:
+        return False
+    src = root / entry.disk_relpath()
+    dest = Path(os.fsdecode(entry.dest))
+    if os.path.lexists(src) or photo_id_at(library, entry.path) is not None:
+        report.skipped.append((entry.path, "another file is at its place now"))
+        return False
+    if not os.path.lexists(dest):
+        report.skipped.append((entry.path, f"{dest} is gone"))
+        return False
+    mark_state(library, pid, RESTORING)
     try:
         _transfer(dest, src, cross_fs=True)
     except SetAsideError as exc:
-        with write_errors(library.directory), library.session() as s, s.begin():
-            s.execute(update(SetAside).where(SetAside.id == pid).values(state="aside"))
-        report.skipped.append((row.path, str(exc)))
+        mark_state(library, pid, ASIDE)
+        report.skipped.append((entry.path, str(exc)))
         return False
     _settle_restoring(library, pid)
-    report.moved.append(row.path)
+    report.moved.append(entry.path)
     report.ids.append(pid)
     return True
 
@@ -223,21 +289,12 @@ def _copy_into_place(src: Path, dest: Path) -> None:
 
 def _settle_moving(library: Library, pid: int) -> None:
     """Step 3 of a move: the photo row goes, the journal row says "aside"."""
-    with write_errors(library.directory), library.session() as s, s.begin():
-        s.execute(delete(Photo).where(Photo.id == pid))
-        s.execute(update(SetAside).where(SetAside.id == pid).values(state="aside"))
+    settle_moved(library, pid)
 
 
 def _settle_restoring(library: Library, pid: int) -> None:
     """Step 3 of a restore: the photo row comes back as it was, the journal row goes."""
-    with write_errors(library.directory), library.session() as s, s.begin():
-        row = s.scalars(
-            select(SetAside).where(SetAside.id == pid).options(undefer(SetAside.embedding))
-        ).one()
-        values = {c: getattr(row, c) for c in PHOTO_COLUMNS}
-        if s.get(Photo, pid) is None:
-            s.execute(insert(Photo).values(**values))
-        s.execute(delete(SetAside).where(SetAside.id == pid))
+    settle_restored(library, pid)
 
 
 def _sync_index(library: Library) -> None:
@@ -267,33 +324,26 @@ def recover(library: Library) -> int:
     """Finish or undo the moves an interrupted run left half done; hold the lock. Returns how
     many journal rows it settled."""
     root = library.photo_root()
-    with library.session() as s, s.begin():
-        pending = s.execute(
-            select(
-                SetAside.id, SetAside.path, SetAside.disk_path, SetAside.dest, SetAside.state
-            ).where(SetAside.state != "aside")
-        ).all()
-    for pid, path, disk, dest_raw, state in pending:
-        src = root / (path if disk is None else os.fsdecode(disk))
-        dest = Path(os.fsdecode(dest_raw))
+    pending = journal_rows_in_state(library, MOVING, RESTORING)
+    for entry in pending:
+        src = root / entry.disk_relpath()
+        dest = Path(os.fsdecode(entry.dest))
         here, there = os.path.lexists(src), os.path.lexists(dest)
         linked = here and there and _same_file(src, dest)
-        if state == "moving":
+        if entry.state == MOVING:
             if linked:
                 src.unlink()  # the destination holds it: finish the move
-                _settle_moving(library, pid)
+                _settle_moving(library, entry.id)
             elif here:  # never got there (anything else at the destination is not ours)
-                with write_errors(library.directory), library.session() as s, s.begin():
-                    s.execute(delete(SetAside).where(SetAside.id == pid))
+                forget_move(library, entry.id)
             else:
-                _settle_moving(library, pid)
+                _settle_moving(library, entry.id)
         elif linked or (here and not there):
             if linked:
                 dest.unlink()
-            _settle_restoring(library, pid)
+            _settle_restoring(library, entry.id)
         else:  # still (only) aside
-            with write_errors(library.directory), library.session() as s, s.begin():
-                s.execute(update(SetAside).where(SetAside.id == pid).values(state="aside"))
+            mark_state(library, entry.id, ASIDE)
     return len(pending)
 
 
