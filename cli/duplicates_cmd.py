@@ -76,15 +76,10 @@ def duplicates_command(
         koclip-search duplicates --kind same --set-aside ~/review
         koclip-search duplicates --keep 2024/bada.jpg --set-aside
     """
+    from indexer.aside import AsideGroup, set_aside_groups
     from indexer.aside import restore as restore_all
-    from indexer.aside import set_aside
     from search import find_library
-    from search.duplicates import (
-        SIMILAR_COS,
-        DuplicateOptions,
-        extras_to_move,
-        find_duplicates,
-    )
+    from search.duplicates import SIMILAR_COS, DuplicateOptions, find_duplicates
     from search.filters import folder_filter
     from search.library import open_read_only
 
@@ -110,9 +105,16 @@ def duplicates_command(
     if aside_dir is None:
         _echo_groups(groups, as_json)
         return
-    extras = extras_to_move(groups)
+
+    def current_groups() -> list:  # under the writer lock: still the groups chosen from?
+        with open_read_only(library_dir)[0] as now:
+            return [[p.id for p in g.photos] for g in find_duplicates(now, options)]
+
+    chosen = [AsideGroup(tuple(p.id for p in g.photos), g.keep.id) for g in groups]
     dest = None if aside_dir == _DEFAULT_DIR else aside_dir
-    report = set_aside(library_dir, extras, dest, cross_filesystem=cross_filesystem)
+    report = set_aside_groups(
+        library_dir, chosen, current_groups, dest, cross_filesystem=cross_filesystem
+    )
     _echo_report(report, "set aside", as_json)
 
 
