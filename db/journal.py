@@ -7,15 +7,20 @@ The caller holds the writer lock: between two of these calls nobody else writes.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.orm import undefer
+from sqlalchemy.orm import Session, undefer
 
 from db.library import Library, write_errors
-from db.schema import PHOTO_COLUMNS, Photo, SetAside
+from db.schema import PHOTO_COLUMNS, KeptPhoto, Photo, SetAside
 
 MOVING, ASIDE, RESTORING = "moving", "aside", "restoring"
 
@@ -29,13 +34,28 @@ class JournalEntry:
     disk_path: bytes | None
     dest: bytes  # os.fsencode form
     state: str
+    size: int
+    content_hash: str
 
     def disk_relpath(self) -> str:
         """The relative path to open, derived as `Photo.disk_relpath` derives it."""
         return Photo.disk_relpath(self)  # type: ignore[arg-type]  # needs .path, .disk_path
 
+    def destination(self, library_dir: Path) -> Path:
+        """Where the file is (or goes) while aside: `dest` from the library folder (an absolute
+        `dest`, outside the library, stays as it is)."""
+        return Path(library_dir).absolute() / os.fsdecode(self.dest)
 
-_ENTRY_COLUMNS = (SetAside.id, SetAside.path, SetAside.disk_path, SetAside.dest, SetAside.state)
+
+_ENTRY_COLUMNS = (
+    SetAside.id,
+    SetAside.path,
+    SetAside.disk_path,
+    SetAside.dest,
+    SetAside.state,
+    SetAside.size,
+    SetAside.content_hash,
+)
 
 
 def journal_rows_in_state(library: Library, *states: str) -> list[JournalEntry]:
@@ -70,13 +90,39 @@ def photo_id_at(library: Library, key: str) -> int | None:
         return s.scalar(select(Photo.id).where(Photo.path == key))
 
 
-def mark_moving(library: Library, photo: Photo, dest: str | os.PathLike[str]) -> None:
+def photo_files(library: Library, photo_ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+    """(library key, relative path on disk) of each of `photo_ids` that has a photo row."""
+    ids = sorted({int(i) for i in photo_ids})
+    out: dict[int, tuple[str, str]] = {}
+    with library.session() as s, s.begin():
+        for start in range(0, len(ids), 500):
+            for row in s.execute(
+                select(Photo.id, Photo.path, Photo.disk_path).where(
+                    Photo.id.in_(ids[start : start + 500])
+                )
+            ):
+                out[row.id] = (row.path, Photo.disk_relpath(row))  # type: ignore[arg-type]
+    return out
+
+
+def stored_dest(library_dir: Path, dest: Path) -> bytes:
+    """The `dest` column for a destination: relative to the library folder when inside it."""
+    top, there = os.path.abspath(library_dir), os.path.abspath(dest)
+    if os.path.commonpath([top, there]) == top:
+        return os.fsencode(os.path.relpath(there, top))
+    return os.fsencode(there)
+
+
+def mark_moving(library: Library, photo: Photo, dest: Path) -> None:
     """Step 1 of a move: a "moving" row holding a copy of the photo row commits."""
     values = {c: getattr(photo, c) for c in PHOTO_COLUMNS}
     with write_errors(library.directory), library.session() as s, s.begin():
         s.execute(
             insert(SetAside).values(
-                **values, dest=os.fsencode(dest), state=MOVING, set_at=time.time()
+                **values,
+                dest=stored_dest(library.directory, dest),
+                state=MOVING,
+                set_at=time.time(),
             )
         )
 
@@ -107,6 +153,94 @@ def settle_restored(library: Library, photo_id: int) -> None:
             select(SetAside).where(SetAside.id == photo_id).options(undefer(SetAside.embedding))
         ).one()
         values = {c: getattr(row, c) for c in PHOTO_COLUMNS}
-        if s.get(Photo, photo_id) is None:
+        # Vectors of another model (dropped by a rebuild): no row, the next `index` encodes it.
+        if row.embedding and s.get(Photo, photo_id) is None:
             s.execute(insert(Photo).values(**values))
         s.execute(delete(SetAside).where(SetAside.id == photo_id))
+
+
+# -- photos kept on purpose -----------------------------------------------------------------------
+
+
+def record_kept(library: Library, kept: dict[int, str]) -> None:
+    """Remember photos (id -> library key) kept when their groups were set aside."""
+    if not kept:
+        return
+    now = time.time()
+    with write_errors(library.directory), library.session() as s, s.begin():
+        known = set(s.scalars(select(KeptPhoto.id).where(KeptPhoto.id.in_(list(kept)))))
+        for pid, key in kept.items():
+            if pid not in known:
+                s.add(KeptPhoto(id=pid, path=key, kept_at=now))
+
+
+def kept_photos(library: Library) -> tuple[set[int], set[str]]:
+    """The ids and library keys of the photos kept on purpose."""
+    with library.session() as s, s.begin():
+        rows = s.execute(select(KeptPhoto.id, KeptPhoto.path)).all()
+    return {r.id for r in rows}, {r.path for r in rows}
+
+
+def forget_kept_when_nothing_aside(library: Library) -> None:
+    """Once every photo is back, no photo is kept on purpose any more."""
+    with write_errors(library.directory), library.session() as s, s.begin():
+        if s.scalar(select(SetAside.id).limit(1)) is None:
+            s.execute(delete(KeptPhoto))
+
+
+# -- rebuilds ---------------------------------------------------------------------------------
+
+
+def drop_journal_vectors(session: Session) -> None:
+    """The library's vectors are being remade (another model, `index --rebuild`): the journal's
+    copies are another model's, so restored photos are encoded again instead."""
+    session.execute(update(SetAside).values(embedding=b""))
+
+
+@dataclass(frozen=True)
+class SavedJournal:
+    """The journal read out of a database about to be replaced (`index --rebuild`)."""
+
+    rows: list[dict]
+    kept: list[dict]
+
+
+def save_journal(db_path: Path) -> SavedJournal:
+    """Whatever the journal tables of `db_path` still hold (a damaged or newer database is read
+    as far as it can be); their vectors are left behind."""
+    columns = [c for c in PHOTO_COLUMNS if c != "embedding"] + ["dest", "state", "set_at"]
+    saved = SavedJournal([], [])
+    if not Path(db_path).is_file():
+        return saved
+    with contextlib.suppress(sqlite3.Error):
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                have = {r[1] for r in conn.execute("PRAGMA table_info(set_aside)")}
+                if set(columns) - _NULLABLE <= have:
+                    names = [c for c in columns if c in have]
+                    for r in conn.execute(f"SELECT {', '.join(names)} FROM set_aside"):
+                        saved.rows.append(dict(zip(names, r, strict=True)))
+            with contextlib.suppress(sqlite3.Error):
+                for i, p, t in conn.execute("SELECT id, path, kept_at FROM set_aside_kept"):
+                    saved.kept.append({"id": i, "path": p, "kept_at": t})
+        finally:
+            conn.close()
+    return saved
+
+
+_NULLABLE = frozenset({"disk_path", "phash", "pthumb"})
+
+
+def put_back_journal(library: Library, saved: SavedJournal) -> None:
+    """Write a saved journal into the (new) database, without vectors."""
+    if not saved.rows and not saved.kept:
+        return
+    with write_errors(library.directory), library.session() as s, s.begin():
+        for row in saved.rows:
+            values = dict.fromkeys(_NULLABLE) | row | {"embedding": b""}
+            if isinstance(values["taken_at"], str):  # as SQLAlchemy stores it
+                values["taken_at"] = datetime.fromisoformat(values["taken_at"])
+            s.execute(insert(SetAside).values(**values))
+        for row in saved.kept:
+            s.execute(insert(KeptPhoto).values(**row))

@@ -19,7 +19,8 @@ from db import (
     write_errors,
 )
 from db.errors import index_command
-from db.library import INDEX_AUTO, INDEX_CHOSEN, manifest_problems
+from db.journal import drop_journal_vectors, put_back_journal, save_journal
+from db.library import DB_NAME, INDEX_AUTO, INDEX_CHOSEN, manifest_problems
 from db.vectors import DEFAULT_INDEX_TYPE, INDEX_FACTORIES
 from koclip import KoCLIPEncoder, checkpoint_fingerprint, load_encoder_at
 from koclip.preprocess import PREPROCESS_VERSION
@@ -29,16 +30,24 @@ DEFAULT_MODEL = "koclip-base"
 
 def open_for_indexing(directory: Path, *, rebuild: bool) -> Library:
     """Open the library for writing (the caller holds its lock); --rebuild replaces an old
-    schema or a damaged database file with an empty one."""
+    schema or a damaged database file with an empty one, keeping the set-aside journal (what
+    it still holds, without vectors: restored photos are encoded again)."""
     try:
         library = Library.create(directory)
     except (SchemaVersionError, LibraryCorruptError):
         if not rebuild:
             raise
-        return Library.reset(directory)
+        return _reset(directory)
     if rebuild and not library.is_intact():
         library.close()
-        return Library.reset(directory)
+        return _reset(directory)
+    return library
+
+
+def _reset(directory: Path) -> Library:
+    saved = save_journal(Path(directory) / DB_NAME)
+    library = Library.reset(directory)
+    put_back_journal(library, saved)
     return library
 
 
@@ -87,6 +96,7 @@ def prepare(
                 # Every vector goes (an empty library may switch models freely).
                 s.execute(delete(Photo))
                 s.execute(delete(Failure))
+                drop_journal_vectors(s)  # photos set aside come back encoded anew
             library.set_manifest(s, new)
         library.write_manifest_json()
     return encoder
