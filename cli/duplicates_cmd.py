@@ -30,7 +30,7 @@ _DEFAULT_DIR = "\0default"  # --set-aside given without a folder
     type=FiniteFloat(-1.0, 1.0),
     default=None,
     metavar="COS",
-    help="Embedding cosine for similar shots (default 0.90; calibrate on your photos).",
+    help="Embedding cosine for similar shots, 0.5 to 1 (default 0.90; calibrate on your photos).",
 )
 @click.option("--under", metavar="SUBDIR", help="Only photos under this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -89,16 +89,24 @@ def duplicates_command(
         )
     library_dir = find_library(library)
     if restore:
-        _echo_report(restore_all(library_dir), "restored", as_json)
+        report = restore_all(library_dir)
+        _echo_report(report, "restored", as_json)
+        if report.skipped:  # journaled photos that could not come back: the work failed
+            raise CommandError(
+                f"{len(report.skipped)} set-aside photos could not be put back (see above)", 1
+            )
         return
     lib, _ = open_read_only(library_dir)
     with lib:
         folder = folder_filter(under, lib.photo_root()) if under else None
-        options = DuplicateOptions(
-            kind=kind,
-            threshold=SIMILAR_COS if threshold is None else threshold,
-            under=folder,
-        )
+        try:  # the one rule for the threshold's range (the web's too)
+            options = DuplicateOptions(
+                kind=kind,
+                threshold=SIMILAR_COS if threshold is None else threshold,
+                under=folder,
+            )
+        except ValueError as exc:
+            raise CommandError(f"--{exc}", 2) from None
         groups = find_duplicates(lib, options)
         if keep:
             groups = _with_keepers(groups, keep, lib.photo_root())
@@ -166,6 +174,6 @@ def _echo_report(report: Any, verb: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_json(), ensure_ascii=False))
         return
-    for path, why in report.skipped:
-        click.echo(f"skipped {path}: {why}")
+    for path, why, photo_id in report.skipped:
+        click.echo(f"skipped {path if path is not None else f'photo id {photo_id}'}: {why}")
     click.echo(f"{verb}: {len(report.moved)} photos, skipped {len(report.skipped)}")

@@ -40,6 +40,9 @@ SAME_RESIDUAL = 0.45  # koclip.perceptual.residual of two renditions of one pict
 # Defaults to be calibrated on real weights (README, "Duplicates"): renditions of one photo
 # score above ~0.9 with KoCLIP; shots of one moment above SIMILAR_COS.
 SIMILAR_COS = 0.90
+# The lowest similar-shot cosine accepted (CLI, web, API alike): below it one "group" can chain
+# most of a library together, and setting it aside would keep one photo of it.
+MIN_SIMILAR_COS = 0.5
 CONFIRM_COS = 0.80
 NEIGHBOURS = 16
 EXACT_MAX = 20_000  # up to this many photos, neighbours are found exactly
@@ -62,9 +65,10 @@ class DuplicateOptions:
     def __post_init__(self) -> None:
         if self.kind not in (*KINDS, "all"):
             raise ValueError(f"kind must be one of {', '.join(KINDS)} or all, not {self.kind!r}")
-        for name in ("threshold", "confirm"):
-            if not -1.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a cosine between -1 and 1")
+        if not MIN_SIMILAR_COS <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be a cosine between {MIN_SIMILAR_COS} and 1")
+        if not -1.0 <= self.confirm <= 1.0:
+            raise ValueError("confirm must be a cosine between -1 and 1")
         if not 0 <= self.same_bits <= 32 or self.neighbours < 1:
             raise ValueError("same_bits must be 0..32 and neighbours at least 1")
 
@@ -487,7 +491,8 @@ def keeper_reason(photos: list[DuplicatePhoto]) -> str:
         return f"most pixels ({keep.width}x{keep.height})"
     if keep.bytes != other.bytes:
         return f"largest file ({keep.bytes} bytes)"
-    if keep.taken_at != other.taken_at:
+    # Compared as the order compares them (`_keeper_first`: whole seconds).
+    if keep.taken_at.replace(microsecond=0) != other.taken_at.replace(microsecond=0):
         return "taken first"
     return "first by path"
 
