@@ -113,18 +113,26 @@ def stored_dest(library_dir: Path, dest: Path) -> bytes:
     return os.fsencode(there)
 
 
-def mark_moving(library: Library, photo: Photo, dest: Path) -> None:
-    """Step 1 of a move: a "moving" row holding a copy of the photo row commits."""
+def mark_moving(
+    library: Library, photo: Photo, dest: Path, keeper: tuple[int, str] | None = None
+) -> None:
+    """Step 1 of a move: a "moving" row holding a copy of the photo row commits, with the
+    (id, library key) of the keeper it is set aside for, if any."""
     values = {c: getattr(photo, c) for c in PHOTO_COLUMNS}
+    now = time.time()
     with write_errors(library.directory), library.session() as s, s.begin():
         s.execute(
             insert(SetAside).values(
-                **values,
-                dest=stored_dest(library.directory, dest),
-                state=MOVING,
-                set_at=time.time(),
+                **values, dest=stored_dest(library.directory, dest), state=MOVING, set_at=now
             )
         )
+        if keeper is not None:
+            s.execute(delete(KeptPhoto).where(KeptPhoto.extra_id == photo.id))
+            s.add(
+                KeptPhoto(
+                    extra_id=photo.id, keeper_id=keeper[0], keeper_path=keeper[1], kept_at=now
+                )
+            )
 
 
 def mark_state(library: Library, photo_id: int, state: str) -> None:
@@ -137,6 +145,7 @@ def forget_move(library: Library, photo_id: int) -> None:
     """Drop a journal row whose move never happened (the photo row stays as it is)."""
     with write_errors(library.directory), library.session() as s, s.begin():
         s.execute(delete(SetAside).where(SetAside.id == photo_id))
+        s.execute(delete(KeptPhoto).where(KeptPhoto.extra_id == photo_id))
 
 
 def settle_moved(library: Library, photo_id: int) -> None:
@@ -157,35 +166,17 @@ def settle_restored(library: Library, photo_id: int) -> None:
         if row.embedding and s.get(Photo, photo_id) is None:
             s.execute(insert(Photo).values(**values))
         s.execute(delete(SetAside).where(SetAside.id == photo_id))
+        s.execute(delete(KeptPhoto).where(KeptPhoto.extra_id == photo_id))
 
 
 # -- photos kept on purpose -----------------------------------------------------------------------
 
 
-def record_kept(library: Library, kept: dict[int, str]) -> None:
-    """Remember photos (id -> library key) kept when their groups were set aside."""
-    if not kept:
-        return
-    now = time.time()
-    with write_errors(library.directory), library.session() as s, s.begin():
-        known = set(s.scalars(select(KeptPhoto.id).where(KeptPhoto.id.in_(list(kept)))))
-        for pid, key in kept.items():
-            if pid not in known:
-                s.add(KeptPhoto(id=pid, path=key, kept_at=now))
-
-
 def kept_photos(library: Library) -> tuple[set[int], set[str]]:
-    """The ids and library keys of the photos kept on purpose."""
+    """The ids and library keys of the keepers whose set-aside extras are still aside."""
     with library.session() as s, s.begin():
-        rows = s.execute(select(KeptPhoto.id, KeptPhoto.path)).all()
-    return {r.id for r in rows}, {r.path for r in rows}
-
-
-def forget_kept_when_nothing_aside(library: Library) -> None:
-    """Once every photo is back, no photo is kept on purpose any more."""
-    with write_errors(library.directory), library.session() as s, s.begin():
-        if s.scalar(select(SetAside.id).limit(1)) is None:
-            s.execute(delete(KeptPhoto))
+        rows = s.execute(select(KeptPhoto.keeper_id, KeptPhoto.keeper_path)).all()
+    return {r.keeper_id for r in rows}, {r.keeper_path for r in rows}
 
 
 # -- rebuilds ---------------------------------------------------------------------------------
@@ -222,8 +213,11 @@ def save_journal(db_path: Path) -> SavedJournal:
                     for r in conn.execute(f"SELECT {', '.join(names)} FROM set_aside"):
                         saved.rows.append(dict(zip(names, r, strict=True)))
             with contextlib.suppress(sqlite3.Error):
-                for i, p, t in conn.execute("SELECT id, path, kept_at FROM set_aside_kept"):
-                    saved.kept.append({"id": i, "path": p, "kept_at": t})
+                query = "SELECT extra_id, keeper_id, keeper_path, kept_at FROM set_aside_kept"
+                for e, k, p, t in conn.execute(query):
+                    saved.kept.append(
+                        {"extra_id": e, "keeper_id": k, "keeper_path": p, "kept_at": t}
+                    )
         finally:
             conn.close()
     return saved

@@ -178,14 +178,16 @@ class SetAside(Base):
 
 
 class KeptPhoto(Base):
-    """A photo kept on purpose when its duplicate group was set aside: no later set-aside moves
-    it as another group's extra. Added after schema 3 without a version step: `Library.create`
-    (every writer) creates the table, and nothing else reads it."""
+    """Why a photo is kept: one row per photo set aside as an extra of a duplicate group, naming
+    that group's keeper. While the extra is aside, no set-aside moves the keeper (as another
+    group's extra); the row goes with the extra's journal row. Added after schema 3 without a
+    version step: `Library.create` (every writer) creates the table, nothing else reads it."""
 
     __tablename__ = "set_aside_kept"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the kept photo's id
-    path: Mapped[str] = mapped_column(String, index=True)  # its library key
+    extra_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # a `set_aside` row's id
+    keeper_id: Mapped[int] = mapped_column(Integer, index=True)
+    keeper_path: Mapped[str] = mapped_column(String)  # the keeper's library key
     kept_at: Mapped[float] = mapped_column(Float)
 
 

@@ -19,7 +19,8 @@ What moves is checked at the moment it moves (`_check_source`): the file must be
 the real photo folder through no symbolic link, be a plain file, be the file that was indexed
 (size, mtime and content hash of its row), and not be a kept photo's file (the keeper itself,
 a hard link to it, or the file a keeper's link points at). A photo kept when its group was set
-aside is never moved later as another group's extra (`db.journal.record_kept`).
+aside is never moved as another group's extra while that group's extras are aside (the
+journal names each extra's keeper: table `set_aside_kept`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from db.journal import (
     MOVING,
     RESTORING,
     JournalEntry,
-    forget_kept_when_nothing_aside,
     forget_move,
     journal_entry,
     journal_rows_in_state,
@@ -52,7 +52,6 @@ from db.journal import (
     photo_files,
     photo_id_at,
     photo_to_move,
-    record_kept,
     settle_moved,
     settle_restored,
 )
@@ -145,25 +144,30 @@ def set_aside_groups(
     """Move every non-keeper of `groups` under `dest_root` (default: `default_aside_dir`),
     keeping relative paths. Under the writer lock, `current_groups()` (the duplicate groups as
     the library has them now, each as its photo ids) must still hold each of `groups` as one
-    whole group, else StaleGroupError and nothing moves. The keepers are remembered: no
-    set-aside moves them later, and none moves a file that is a keeper's (a link to it).
+    whole group, else StaleGroupError and nothing moves. Each extra's keeper is journaled with
+    it: while the extra is aside no set-aside moves that keeper, and none ever moves a file
+    that is a keeper's (a link to it).
     `lock_held`: the caller already holds the writer lock (a watcher of this process, between
     two passes)."""
     wanted = [frozenset(g.photos) for g in groups]
     keepers = {g.keep for g in groups}
-    extras = list(dict.fromkeys(p for g in groups for p in g.photos if p not in keepers))
+    keeper_of: dict[int, int] = {}
+    for g in groups:
+        for p in g.photos:
+            if p not in keepers:
+                keeper_of.setdefault(p, g.keep)
 
-    def check(library: Library) -> set[int]:
+    def check(library: Library) -> dict[int, int]:
         now = {frozenset(int(i) for i in ids) for ids in current_groups()}
         if any(ids not in now for ids in wanted):
             raise StaleGroupError(
                 "these photos are no longer one duplicate group (the library changed since "
                 "they were listed); reload the duplicates and choose again"
             )
-        return keepers
+        return keeper_of
 
     return _set_aside(
-        library_dir, extras, dest_root, cross_filesystem, after_each, lock_held, check
+        library_dir, list(keeper_of), dest_root, cross_filesystem, after_each, lock_held, check
     )
 
 
@@ -190,7 +194,7 @@ def _set_aside(
     cross_filesystem: bool,
     after_each: object,
     lock_held: bool,
-    check: Callable[[Library], set[int]] | None,
+    check: Callable[[Library], dict[int, int]] | None,
 ) -> AsideReport:
     library_dir = Path(library_dir)
     dest_root = Path(dest_root or default_aside_dir(library_dir)).expanduser().absolute()
@@ -199,13 +203,15 @@ def _set_aside(
         report.recovered = recover(library, report)
         root = library.photo_root()
         _check_destination(root, library_dir, dest_root, cross_filesystem)
-        keepers = check(library) if check is not None else set()
+        keeper_of = check(library) if check is not None else {}
         kept_ids, kept_keys = kept_photos(library)
-        files = photo_files(library, keepers | kept_ids)
-        record_kept(library, {k: files[k][0] for k in keepers if k in files})
-        guard = _Guard(root, dest_root, kept_ids | keepers, kept_keys, files)
+        kept_ids |= set(keeper_of.values())
+        files = photo_files(library, kept_ids)
+        guard = _Guard(root, dest_root, kept_ids, kept_keys, files)
         for pid in photo_ids:
-            _move_one(library, guard, int(pid), cross_filesystem, report)
+            keeper = keeper_of.get(int(pid))
+            kept_for = (keeper, files[keeper][0]) if keeper in files else None
+            _move_one(library, guard, int(pid), cross_filesystem, report, kept_for)
             if callable(after_each):
                 after_each(len(report.moved))
         _sync_index(library)
@@ -236,7 +242,6 @@ def restore(
             _restore_one(library, root, pid, report)
             if callable(after_each):
                 after_each(len(report.moved))
-        forget_kept_when_nothing_aside(library)
         _sync_index(library)
     return report
 
@@ -321,7 +326,12 @@ def _real_folder(top: Path, folder: Path) -> None:
 
 
 def _move_one(
-    library: Library, guard: _Guard, pid: int, cross_fs: bool, report: AsideReport
+    library: Library,
+    guard: _Guard,
+    pid: int,
+    cross_fs: bool,
+    report: AsideReport,
+    kept_for: tuple[int, str] | None = None,
 ) -> bool:
     row = photo_to_move(library, pid)
     if row is None:
@@ -339,7 +349,7 @@ def _move_one(
     if os.path.lexists(dest):
         report.skip(row.path, f"{dest} already exists", pid)
         return False
-    mark_moving(library, row, dest)
+    mark_moving(library, row, dest, kept_for)
     try:
         _transfer(src, dest, cross_fs, checked, guard.dest_root)
     except SetAsideError as exc:  # this file stays where it is; the others go on
@@ -526,6 +536,7 @@ def recover(library: Library, report: AsideReport | None = None) -> int:
 
 def _recover_one(library: Library, entry: JournalEntry, src: Path, dest: Path) -> str | None:
     """Settle one half-done row; a message when it was undone rather than finished."""
+    _real_folder(library.photo_root(), _existing(src.parent))  # never unlink through a link
     here, there = os.path.lexists(src), os.path.lexists(dest)
     linked = here and there and _same_file(src, dest)
     if entry.state == MOVING:

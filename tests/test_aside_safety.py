@@ -203,6 +203,8 @@ def test_a_keeper_is_never_set_aside_later_as_another_groups_extra(pair: Path) -
     assert "kept" in report.skipped[0].reason
     assert (pair / "a/x.jpg").is_file()
     assert set_aside(_lib(pair), [a]).moved == []  # by id too
+    assert restore(_lib(pair), [b]).moved == ["b/x.jpg"]  # its extra is back: a is free again
+    assert set_aside_groups(_lib(pair), [later], lambda: [(c, a)]).moved == ["a/x.jpg"]
 
 
 def test_the_cli_keeps_a_keeper_across_two_runs(tmp_path: Path, tiny_checkpoint: Path) -> None:
@@ -342,6 +344,24 @@ def test_recovery_settles_a_move_stuck_on_a_file_that_cannot_be_removed(
     with open_lib(pair) as lib:
         assert_consistent(lib)
         assert set(rows(lib)) == {"a/x.jpg", "b/x.jpg", "c/y.jpg"}
+
+
+def test_recovery_never_unlinks_through_a_folder_swapped_for_a_link(pair: Path) -> None:
+    from db.journal import mark_moving, photo_to_move
+
+    lib_dir = _lib(pair)
+    dest = lib_dir / "set-aside/b/x.jpg"
+    with db.Library.create(lib_dir) as lib:  # a copy across file systems, killed before unlink
+        mark_moving(lib, photo_to_move(lib, _id(pair, "b/x.jpg")), dest)
+    dest.parent.mkdir(parents=True)
+    shutil.copy2(pair / "b/x.jpg", dest)
+    shutil.rmtree(pair / "b")
+    os.symlink("a", pair / "b")  # b/x.jpg now names the keeper, with the same bytes
+    report = set_aside(lib_dir, [_id(pair, "c/y.jpg")])
+    assert report.moved == ["c/y.jpg"]
+    assert [s.path for s in report.skipped] == ["b/x.jpg"]
+    assert "symbolic link" in report.skipped[0].reason
+    assert (pair / "a/x.jpg").is_file()
 
 
 KILL_IN_COPY = """
