@@ -300,7 +300,7 @@ def real_file(top: Path, rel: str) -> Path:
     _real_folder(top, path.parent)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
-        raise SetAsideError("it is a symbolic link now, not the file that was indexed")
+        raise SetAsideError("it is a symbolic link: only a file itself is set aside")
     if not stat.S_ISREG(st.st_mode):
         raise SetAsideError("it is not a plain file")
     return path
