@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session, undefer
 
 from db.library import Library, write_errors
@@ -227,10 +227,16 @@ _NULLABLE = frozenset({"disk_path", "phash", "pthumb"})
 
 
 def put_back_journal(library: Library, saved: SavedJournal) -> None:
-    """Write a saved journal into the (new) database, without vectors."""
+    """Write a saved journal into the (new) database, without vectors; new photos get ids
+    above every id it names (a journal row's id is its photo's)."""
     if not saved.rows and not saved.kept:
         return
+    top = max([r["id"] for r in saved.rows] + [k["keeper_id"] for k in saved.kept] + [0], default=0)
     with write_errors(library.directory), library.session() as s, s.begin():
+        s.execute(text("DELETE FROM sqlite_sequence WHERE name = 'photos'"))
+        s.execute(
+            text("INSERT INTO sqlite_sequence (name, seq) VALUES ('photos', :top)"), {"top": top}
+        )
         for row in saved.rows:
             values = dict.fromkeys(_NULLABLE) | row | {"embedding": b""}
             if isinstance(values["taken_at"], str):  # as SQLAlchemy stores it

@@ -30,14 +30,25 @@ import errno
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from db import Library, LibraryError, LibraryLock, Photo, hash_file, vectors
+from db import (
+    Library,
+    LibraryError,
+    LibraryLock,
+    Photo,
+    disk_path_value,
+    hash_file,
+    path_key,
+    vectors,
+)
 from db.journal import (
     ASIDE,
     MOVING,
@@ -54,6 +65,7 @@ from db.journal import (
     photo_to_move,
     settle_moved,
     settle_restored,
+    stored_dest,
 )
 
 ASIDE_DIRNAME = "set-aside"  # default destination, inside the library folder (never indexed)
@@ -507,6 +519,47 @@ def _sync_index(library: Library) -> None:
         with library.session() as s, s.begin():
             vectors.add(index, new, library.vectors_for(s, new))
     library.save_index(index)
+
+
+# -- after a database was replaced ----------------------------------------------------------------
+
+
+def journal_rows_from_folder(library_dir: Path, known: set[str], first_id: int) -> list[dict]:
+    """Journal rows (as `db.journal.SavedJournal` holds them, ids from `first_id`) for the files
+    in the default set-aside folder that no saved row names: what an unreadable database's
+    journal held there. They have no vectors: restored, the next `index` encodes them."""
+    folder = default_aside_dir(library_dir)
+    out: list[dict] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            if name.endswith(TMP_SUFFIX) or full.is_symlink() or not full.is_file():
+                continue
+            rel = os.path.relpath(full, folder)
+            key = path_key(Path(rel).as_posix())
+            if key in known:
+                continue
+            digest, size, mtime_ns = hash_file(full)
+            out.append(
+                {
+                    "id": first_id + len(out),
+                    "path": key,
+                    "disk_path": disk_path_value(key, Path(rel).as_posix()),
+                    "size": size,
+                    "mtime_ns": mtime_ns,
+                    "content_hash": digest,
+                    "width": 0,
+                    "height": 0,
+                    "taken_at": datetime.fromtimestamp(mtime_ns / 1e9),
+                    "taken_at_source": "mtime",
+                    "indexed_at": 0.0,
+                    "dest": stored_dest(library_dir, full),
+                    "state": ASIDE,
+                    "set_at": time.time(),
+                }
+            )
+    return out
 
 
 # -- recovery -------------------------------------------------------------------------------------

@@ -271,17 +271,45 @@ def test_a_rebuild_with_another_model_keeps_the_journal_and_restores_re_encode(
         np.testing.assert_allclose(got["a/x.jpg"].vector(), got["b/x.jpg"].vector(), atol=1e-5)
 
 
-def test_a_rebuild_of_a_newer_schema_keeps_the_journal(pair: Path, tiny_checkpoint: Path) -> None:
-    assert _cli(pair, "--kind", "identical", "--set-aside").exit_code == 0
-    con = sqlite3.connect(_lib(pair) / "library.sqlite3")
+def _newer_schema(db_file: Path) -> None:
+    con = sqlite3.connect(db_file)
     with con:
         con.execute("UPDATE manifest SET schema_version = 99")
     con.close()
+
+
+def _overwrite(db_file: Path, start: int, length: int) -> None:
+    con = sqlite3.connect(db_file)  # the WAL folded in: damage to the file is all there is
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.execute("PRAGMA journal_mode = DELETE")
+    con.close()
+    data = bytearray(db_file.read_bytes())
+    data[start : start + length] = bytes(range(256))[:length] * (length // 256 or 1)
+    db_file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    {
+        "newer schema": _newer_schema,
+        "not a database": lambda f: _overwrite(f, 0, 100),
+    }.items(),
+    ids=lambda d: d[0],
+)
+def test_a_rebuild_of_a_replaced_database_keeps_the_set_aside_photos(
+    pair: Path, tiny_checkpoint: Path, damage
+) -> None:
+    assert _cli(pair, "--kind", "identical", "--set-aside").exit_code == 0
+    damage[1](_lib(pair) / "library.sqlite3")
     index(pair, tiny_checkpoint, rebuild=True)
+    assert set(_journal(_lib(pair))) == {"b/x.jpg"}
+    # new photos' ids never meet a journaled one
+    assert set_aside(_lib(pair), [_id(pair, "c/y.jpg")]).moved == ["c/y.jpg"]
     result = _cli(pair, "--restore")
     assert result.exit_code == 0 and (pair / "b/x.jpg").is_file(), result.output
-    assert index(pair, tiny_checkpoint).new == 1
+    assert index(pair, tiny_checkpoint).new == 1  # b, encoded again; c came back with its row
     with open_lib(pair) as lib:
+        assert_consistent(lib)
         assert set(rows(lib)) == {"a/x.jpg", "b/x.jpg", "c/y.jpg"}
 
 
