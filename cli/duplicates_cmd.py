@@ -12,7 +12,7 @@ import click
 from cli.common import CommandError, FiniteFloat, domain_errors
 from cli.main import main
 from cli.search_cmd import OneLineCommand, _library_option
-from koclip.names import DUPLICATE_KINDS, SIMILAR_COS
+from koclip.names import DUPLICATE_KINDS, MIN_SIMILAR_COS, SIMILAR_COS
 
 _DEFAULT_DIR = "\0default"  # --set-aside given without a folder
 
@@ -31,7 +31,7 @@ _DEFAULT_DIR = "\0default"  # --set-aside given without a folder
     type=FiniteFloat(-1.0, 1.0),
     default=None,
     metavar="COS",
-    help=f"Embedding cosine for similar shots (default {SIMILAR_COS:.2f}; "
+    help=f"Embedding cosine for similar shots, {MIN_SIMILAR_COS} to 1 (default {SIMILAR_COS:.2f}; "
     "calibrate on your photos).",
 )
 @click.option("--under", metavar="SUBDIR", help="Only photos under this folder.")
@@ -79,14 +79,10 @@ def duplicates_command(
         koclip-search duplicates --kind same --set-aside ~/review
         koclip-search duplicates --keep 2024/bada.jpg --set-aside
     """
+    from indexer.aside import AsideGroup, set_aside_groups
     from indexer.aside import restore as restore_all
-    from indexer.aside import set_aside
     from search import find_library
-    from search.duplicates import (
-        DuplicateOptions,
-        extras_to_move,
-        find_duplicates,
-    )
+    from search.duplicates import DuplicateOptions, find_duplicates
     from search.filters import folder_filter
     from search.library import open_read_only
 
@@ -96,25 +92,40 @@ def duplicates_command(
         )
     library_dir = find_library(library)
     if restore:
-        _echo_report(restore_all(library_dir), "restored", as_json)
+        report = restore_all(library_dir)
+        _echo_report(report, "restored", as_json)
+        if report.skipped:  # journaled photos that could not come back: the work failed
+            raise CommandError(
+                f"{len(report.skipped)} set-aside photos could not be put back (see above)", 1
+            )
         return
     lib, _ = open_read_only(library_dir)
     with lib:
         folder = folder_filter(under, lib.photo_root()) if under else None
-        options = DuplicateOptions(
-            kind=kind,
-            threshold=SIMILAR_COS if threshold is None else threshold,
-            under=folder,
-        )
+        try:  # the one rule for the threshold's range (the web's too)
+            options = DuplicateOptions(
+                kind=kind,
+                threshold=SIMILAR_COS if threshold is None else threshold,
+                under=folder,
+            )
+        except ValueError as exc:
+            raise CommandError(f"--{exc}", 2) from None
         groups = find_duplicates(lib, options)
         if keep:
             groups = _with_keepers(groups, keep, lib.photo_root())
     if aside_dir is None:
         _echo_groups(groups, as_json)
         return
-    extras = extras_to_move(groups)
+
+    def current_groups() -> list:  # under the writer lock: still the groups chosen from?
+        with open_read_only(library_dir)[0] as now:
+            return [[p.id for p in g.photos] for g in find_duplicates(now, options)]
+
+    chosen = [AsideGroup(tuple(p.id for p in g.photos), g.keep.id) for g in groups]
     dest = None if aside_dir == _DEFAULT_DIR else aside_dir
-    report = set_aside(library_dir, extras, dest, cross_filesystem=cross_filesystem)
+    report = set_aside_groups(
+        library_dir, chosen, current_groups, dest, cross_filesystem=cross_filesystem
+    )
     _echo_report(report, "set aside", as_json)
 
 
@@ -166,6 +177,6 @@ def _echo_report(report: Any, verb: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_json(), ensure_ascii=False))
         return
-    for path, why in report.skipped:
-        click.echo(f"skipped {path}: {why}")
+    for path, why, photo_id in report.skipped:
+        click.echo(f"skipped {path if path is not None else f'photo id {photo_id}'}: {why}")
     click.echo(f"{verb}: {len(report.moved)} photos, skipped {len(report.skipped)}")

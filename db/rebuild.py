@@ -84,6 +84,9 @@ def apply(library: Library, staging: Library) -> None:
                     for table in [*tables, "manifest"]:
                         _copy_table(conn, table)
                     conn.execute("UPDATE main.manifest SET photo_root = ?", (photo_root,))
+                    # The journal's vectors are the old run's: a photo restored later is
+                    # encoded again (db.journal.drop_journal_vectors).
+                    conn.execute("UPDATE main.set_aside SET embedding = x''")
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")

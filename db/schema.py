@@ -142,7 +142,9 @@ class SetAside(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the photo's id, kept on restore
     path: Mapped[str] = mapped_column(String, unique=True)
     disk_path: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    dest: Mapped[bytes] = mapped_column(LargeBinary)  # absolute, os.fsencode form
+    # os.fsencode form; relative to the library folder when inside it (so the journal follows
+    # a library that is moved or copied), else absolute.
+    dest: Mapped[bytes] = mapped_column(LargeBinary)
     state: Mapped[str] = mapped_column(String)  # "moving" | "aside" | "restoring"
     set_at: Mapped[float] = mapped_column(Float)
     size: Mapped[int] = mapped_column(Integer)
@@ -155,7 +157,23 @@ class SetAside(Base):
     indexed_at: Mapped[float] = mapped_column(Float)
     phash: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pthumb: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # b"" once the library's vectors were remade (index --rebuild, another model): a restore
+    # then puts the file back without its old row, and the next `index` encodes it.
     embedding: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+
+
+class KeptPhoto(Base):
+    """Why a photo is kept: one row per photo set aside as an extra of a duplicate group, naming
+    that group's keeper. While the extra is aside, no set-aside moves the keeper (as another
+    group's extra); the row goes with the extra's journal row. Added after schema 3 without a
+    version step: `Library.create` (every writer) creates the table, nothing else reads it."""
+
+    __tablename__ = "set_aside_kept"
+
+    extra_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # a `set_aside` row's id
+    keeper_id: Mapped[int] = mapped_column(Integer, index=True)
+    keeper_path: Mapped[str] = mapped_column(String)  # the keeper's library key
+    kept_at: Mapped[float] = mapped_column(Float)
 
 
 # The columns a SetAside row copies from (and gives back to) its Photo row.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from db.library import Manifest
+from db.manifest import Manifest
 
 SYNTHETIC_MODEL = "synthetic"
 

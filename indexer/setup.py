@@ -16,9 +16,12 @@ from db import (
     relative_photo_root,
     write_errors,
 )
+from db.engine import DB_NAME
 from db.errors import index_command
+from db.journal import drop_journal_vectors, put_back_journal, save_journal
 from db.manifest import INDEX_AUTO, INDEX_CHOSEN, manifest_problems
 from db.vectors import DEFAULT_INDEX_TYPE, INDEX_FACTORIES
+from indexer.aside import journal_rows_from_folder
 from koclip import Encoder, checkpoint_fingerprint, load_encoder
 from koclip.images.preprocess import PREPROCESS_VERSION
 
@@ -27,16 +30,29 @@ DEFAULT_MODEL = "koclip-base"
 
 def open_for_indexing(directory: Path, *, rebuild: bool) -> Library:
     """Open the library for writing (the caller holds its lock); --rebuild replaces an old
-    schema or a damaged database file with an empty one."""
+    schema or a damaged database file with an empty one, keeping the set-aside journal (what
+    it still holds, without vectors: restored photos are encoded again)."""
     try:
         library = Library.create(directory)
     except (SchemaVersionError, LibraryCorruptError):
         if not rebuild:
             raise
-        return Library.reset(directory)
+        return _reset(directory)
     if rebuild and not library.is_intact():
         library.close()
-        return Library.reset(directory)
+        return _reset(directory)
+    return library
+
+
+def _reset(directory: Path) -> Library:
+    """A new empty database with the old one's set-aside journal: its rows as far as they can
+    be read, and a row for every other file in the default set-aside folder."""
+    saved = save_journal(Path(directory) / DB_NAME)
+    first_id = max([r["id"] for r in saved.rows] + [k["keeper_id"] for k in saved.kept] + [0])
+    known = {r["path"] for r in saved.rows}
+    saved.rows.extend(journal_rows_from_folder(Path(directory), known, first_id + 1))
+    library = Library.reset(directory)
+    put_back_journal(library, saved)
     return library
 
 
@@ -84,6 +100,7 @@ def prepare(
             if rebuild or (old is not None and old.fingerprint != new.fingerprint):
                 # Every vector goes (an empty library may switch models freely).
                 photo_writes.delete_everything(s)
+                drop_journal_vectors(s)  # photos set aside come back encoded anew
             library.set_manifest(s, new)
         library.write_manifest_json()
     return encoder

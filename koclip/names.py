@@ -22,6 +22,9 @@ DUPLICATE_KINDS = ("identical", "same", "similar")
 # The embedding cosine above which two shots are "similar", unless the user gives one. To be
 # calibrated on real weights (README, "Duplicates"): renditions of one photo score above ~0.9.
 SIMILAR_COS = 0.90
+# The lowest similar-shot cosine accepted (CLI, web, API alike): below it one "group" can chain
+# most of a library together, and setting it aside would keep one photo of it.
+MIN_SIMILAR_COS = 0.5
 
 # The decompression-bomb guard of every decoder of library photos (the indexer's default
 # --max-megapixels, uploads, thumbnails, query images, eval): 300 MB as RGB, so a photo the

@@ -31,7 +31,7 @@ import db
 from db import photos
 from koclip.images.perceptual import hamming, residuals
 from koclip.names import DUPLICATE_KINDS as KINDS
-from koclip.names import SIMILAR_COS
+from koclip.names import MIN_SIMILAR_COS, SIMILAR_COS
 from search.filters import Filter
 from search.results import json_path
 
@@ -59,9 +59,10 @@ class DuplicateOptions:
     def __post_init__(self) -> None:
         if self.kind not in (*KINDS, "all"):
             raise ValueError(f"kind must be one of {', '.join(KINDS)} or all, not {self.kind!r}")
-        for name in ("threshold", "confirm"):
-            if not -1.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a cosine between -1 and 1")
+        if not MIN_SIMILAR_COS <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be a cosine between {MIN_SIMILAR_COS} and 1")
+        if not -1.0 <= self.confirm <= 1.0:
+            raise ValueError("confirm must be a cosine between -1 and 1")
         if not 0 <= self.same_bits <= 32 or self.neighbours < 1:
             raise ValueError("same_bits must be 0..32 and neighbours at least 1")
 
@@ -457,7 +458,8 @@ def keeper_reason(photos: list[DuplicatePhoto]) -> str:
         return f"most pixels ({keep.width}x{keep.height})"
     if keep.bytes != other.bytes:
         return f"largest file ({keep.bytes} bytes)"
-    if keep.taken_at != other.taken_at:
+    # Compared as the order compares them (`_keeper_first`: whole seconds).
+    if keep.taken_at.replace(microsecond=0) != other.taken_at.replace(microsecond=0):
         return "taken first"
     return "first by path"
 

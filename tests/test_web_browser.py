@@ -581,3 +581,48 @@ def test_duplicates_view_another_keeper_set_aside_and_undo(browser, tmp_path, ti
         with db.Library.open(library) as lib:
             assert len(lib.photo_ids()) == len(before)
         assert browser.errors() == []
+
+
+def test_duplicates_view_asks_before_copying_to_another_file_system(
+    browser, tmp_path, tiny_checkpoint, monkeypatch
+):
+    import errno
+
+    from tests.duplicates_fixtures import write_duplicate_album
+    from tests.search_fixtures import index_folder
+    from web import create_app
+
+    root = tmp_path / "사진"
+    write_duplicate_album(root)
+    library = index_folder(root, tiny_checkpoint)
+    aside = library / "set-aside"
+    aside.mkdir()
+    real_stat, real_link = os.stat, os.link
+
+    def stat(p, *a, **k):  # the set-aside folder on another device than the photos
+        st = real_stat(p, *a, **k)
+        if not str(p).startswith(str(aside)):
+            return st
+        return os.stat_result([*st[:2], st.st_dev + 1, *st[3:]])
+
+    def link(src, dst, **kw):
+        if str(dst).startswith(str(aside)) and not Path(src).name.startswith("."):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, **kw)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "link", link)
+    first = ".dupe-group:nth-child(1)"
+    with serve(create_app(library, warm=False)) as url:
+        browser.send("Page.navigate", url=url + "/")
+        browser.wait_js("document.body && document.body.dataset.ready === '1'", "the page")
+        browser.js("window.confirm = (m) => { window.asked = m; return true; }")
+        browser.click("#dupes-open")
+        browser.wait_js("document.querySelectorAll('.dupe-group').length >= 2", "the groups")
+        count = browser.js(f"document.querySelectorAll('{first} .dupe-photo').length")
+        browser.click(f"{first} .dupe-aside")
+        browser.wait_js(f"!!document.querySelector('{first} .dupe-undo')", "the undo button")
+        assert "another file system" in browser.js("window.asked")
+        assert "--cross-filesystem" not in browser.js("window.asked")
+        assert len(_files_under(aside)) == count - 1
+        assert browser.errors() == []

@@ -29,7 +29,7 @@ from starlette.responses import Response
 from koclip import ImageError, KoclipSearchError
 from koclip.names import DUPLICATE_KINDS
 from search import PhotoInfo, SearchResults, display_path, json_path
-from search.duplicates import DuplicateGroup
+from search.duplicates import MIN_SIMILAR_COS, DuplicateGroup
 from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, DuplicateQuery, Options
 from web.errors import ApiError, install_handlers
 from web.files import read_chunks
@@ -205,8 +205,13 @@ class SetAsideRequest(BaseModel):
     photos: list[PhotoId] = Field(min_length=2, max_length=MAX_GROUP)
     keep: PhotoId
     kind: Kind = "all"
-    threshold: float | None = Field(None, ge=-1.0, le=1.0, allow_inf_nan=False)
+    threshold: float | None = Field(None, ge=MIN_SIMILAR_COS, le=1.0, allow_inf_nan=False)
     under: Text | None = None
+    cross_filesystem: bool = Field(
+        False,
+        description="allow copying when the set-aside folder is on another file system than "
+        "the photos (the page asks first, after a 409 `cross_filesystem`)",
+    )
 
 
 MAX_RESTORE = 100_000
@@ -225,9 +230,10 @@ class RestoreRequest(BaseModel):
 
 
 class Skipped(BaseModel):
-    """A photo left where it was, and why."""
+    """A photo left where it was, and why (`path` null: the id names no photo now)."""
 
-    path: str
+    path: str | None
+    id: int | None = None
     reason: str
 
 
@@ -503,7 +509,8 @@ def _add_duplicate_routes(app: FastAPI, backend: Backend) -> None:
     async def duplicates(
         kind: Annotated[Kind, Query(description="identical, same, similar or all")] = "all",
         threshold: Annotated[
-            float | None, Query(ge=-1.0, le=1.0, description="cosine for similar shots")
+            float | None,
+            Query(ge=MIN_SIMILAR_COS, le=1.0, description="cosine for similar shots"),
         ] = None,
         under: Annotated[
             Text | None, Query(description="folder, relative to the photo folder")
@@ -528,9 +535,12 @@ def _add_duplicate_routes(app: FastAPI, backend: Backend) -> None:
     async def set_aside(body: SetAsideRequest) -> dict[str, Any]:
         """Move a group's photos but `keep` into the set-aside folder (as `duplicates
         --set-aside`: never deleted, never overwritten, journaled). 409 `stale_group` if they
-        are no longer that group; 423 `library_busy` while another process writes."""
+        are no longer that group; 409 `cross_filesystem` if moving means copying and
+        `cross_filesystem` was not set; 423 `library_busy` while another process writes."""
         query = DuplicateQuery(body.kind, body.threshold, body.under)
-        report = await run_in_threadpool(backend.set_aside, body.photos, body.keep, query)
+        report = await run_in_threadpool(
+            backend.set_aside, body.photos, body.keep, query, body.cross_filesystem
+        )
         return await _aside_json(report)
 
     @app.post("/api/duplicates/restore", response_model=AsideResponse, tags=["duplicates"])

@@ -25,7 +25,13 @@ from typing import Any, BinaryIO, TypeVar
 from PIL import Image
 
 import db
-from indexer.aside import AsideReport, restore, set_aside
+from indexer.aside import (
+    AsideGroup,
+    AsideReport,
+    CrossFilesystemError,
+    restore,
+    set_aside_groups,
+)
 from koclip import ImageError
 from search import (
     PhotoInfo,
@@ -264,27 +270,40 @@ class Backend:
 
         return default_aside_dir(self.searcher().directory)
 
-    def set_aside(self, photo_ids: list[int], keep: int, query: DuplicateQuery) -> AsideReport:
-        """Move a group's photos but `keep` to the default set-aside folder (the CLI's journal),
-        after checking, under the writer lock, that they are still one group as `query`
-        finds them (ApiError 409 `stale_group` if not: the page is out of date)."""
-        wanted = set(photo_ids)
-        if keep not in wanted:
+    def set_aside(
+        self,
+        photo_ids: list[int],
+        keep: int,
+        query: DuplicateQuery,
+        cross_filesystem: bool = False,
+    ) -> AsideReport:
+        """Move a group's photos but `keep` to the default set-aside folder (the CLI's journal
+        and rule: still that group as `query` finds it, under the writer lock, else
+        indexer.aside.StaleGroupError, 409 `stale_group`: the page is out of date). Copying
+        to another file system only with `cross_filesystem` (else 409 `cross_filesystem`)."""
+        if keep not in photo_ids:
             raise ApiError(422, "bad_request", "keep: must be one of the group's photos")
-        extras = [i for i in dict.fromkeys(photo_ids) if i != keep]
+        group = AsideGroup(tuple(dict.fromkeys(photo_ids)), keep)
         directory = self.searcher().directory
 
-        def move(lock_held: bool) -> AsideReport:
-            if not any({p.id for p in g.photos} == wanted for g in self.duplicates(query)):
-                raise ApiError(
-                    409,
-                    "stale_group",
-                    "these photos are no longer one duplicate group (the library changed "
-                    "since the page was loaded); reload the duplicates and choose again",
-                )
-            return set_aside(directory, extras, lock_held=lock_held)
+        def current() -> list[list[int]]:
+            return [[p.id for p in g.photos] for g in self.duplicates(query)]
 
-        return self._write(move)
+        def move(held: bool) -> AsideReport:
+            return set_aside_groups(
+                directory, [group], current, cross_filesystem=cross_filesystem, lock_held=held
+            )
+
+        try:
+            return self._write(move)
+        except CrossFilesystemError:
+            raise ApiError(
+                409,
+                "cross_filesystem",
+                f"the set-aside folder {self.aside_folder()} is on another file system than "
+                "the photos: each photo would be copied there, then removed here; confirm to "
+                "copy them",
+            ) from None
 
     def restore(self, photo_ids: list[int] | None) -> AsideReport:
         """Put set-aside photos back (those of `photo_ids`, or all): the CLI's --restore."""

@@ -61,6 +61,8 @@ const MESSAGES = {
   library_busy: ["다른 프로그램이 라이브러리에 쓰는 중이에요. 끝난 뒤 다시 해 주세요.",
                  "Another program is writing to the library; try again when it is done."],
   set_aside_refused: ["사진을 옮길 수 없어요.", "The photos cannot be moved."],
+  cross_filesystem: ["치워 둘 폴더가 다른 디스크에 있어요.",
+                     "The set-aside folder is on another disk."],
   no_duplicates: ["중복 사진이 없어요.", "No duplicates found."],
   internal: ["서버에 문제가 생겼어요.", "Something went wrong on the server."],
 };
@@ -655,12 +657,13 @@ function dupeGroup(group, n) {
   return li;
 }
 
-async function setAsideGroup(group, li, list, actions, note, button) {
+async function setAsideGroup(group, li, list, actions, note, button, crossFilesystem = false) {
   const keep = Number(list.querySelector("input:checked").value);
   const body = {
     photos: group.photos.map((p) => p.id),
     keep,
     kind: els.dupesKind.value,
+    cross_filesystem: crossFilesystem,
   };
   const under = els.under.value.trim();
   if (under) body.under = under;
@@ -687,7 +690,7 @@ async function setAsideGroup(group, li, list, actions, note, button) {
     let text = `${report.ids.length}장을 치웠어요 / set aside → ${report.folder}`;
     if (report.skipped.length) {
       text += ` · 그대로 둔 사진 / left in place: `
-        + report.skipped.map((s) => `${s.path} (${s.reason})`).join(", ");
+        + report.skipped.map((s) => `${s.path ?? `#${s.id}`} (${s.reason})`).join(", ");
     }
     note.textContent = text;
     const undo = document.createElement("button");
@@ -703,6 +706,9 @@ async function setAsideGroup(group, li, list, actions, note, button) {
     if (err.code === "stale_group") {
       await loadDupes();
       showDupesMessage("stale_group");
+    } else if (err.code === "cross_filesystem" && !crossFilesystem
+               && window.confirm(`${err.message}\n\n복사해서 옮길까요? / Copy them?`)) {
+      await setAsideGroup(group, li, list, actions, note, button, true);
     }
   }
 }
