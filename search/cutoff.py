@@ -6,9 +6,8 @@ to a model's scale: the rule reads the shape of the top of the query's own score
 
 The rule (`TOP_BAND` and `MIN_DENSITY` were chosen on bench/cutoff.py's measurements):
 
-- The typical photo scores the median; the best ones score the mean of the `TOP` best scores
-  (one stray photo does not move it much). Photos in the top `TOP_BAND` (15 %) of that span
-  are kept.
+- The typical photo scores the median, the best one the maximum. Photos in the top
+  `TOP_BAND` (15 %) of that span are kept.
 - They are kept only if they stand out: the kept band must be a peak or a plateau, not the
   thin end of a tail. Its photos per unit of score must be at least `MIN_DENSITY` (3/4) of
   those in the three band-widths just below it. Where relevant photos gather at the top (a
@@ -33,8 +32,6 @@ import numpy as np
 
 from search.errors import QueryError
 
-# The best scores: the mean of this many (fewer in a smaller library).
-TOP = 3
 # Photos scoring in this top fraction of the span from the median to the best are kept...
 TOP_BAND = 0.15
 # ...when the kept band holds at least this fraction of the photos per unit of score of the
@@ -81,8 +78,7 @@ def adaptive_cutoff(scores: np.ndarray) -> Cutoff:
             float(x.min()), n, f"all {n} kept: fewer than {MIN_PHOTOS} photos cannot be judged"
         )
     median = float(np.median(x))
-    top = min(TOP, n)
-    best = float(np.partition(x, n - top)[n - top :].mean())
+    best = float(x.max())
     span = best - median
     if not span > 8 * np.finfo(np.float64).eps * max(abs(best), abs(median)):
         return Cutoff(None, 0, "nothing stands out: the best scores are the typical ones")
