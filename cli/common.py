@@ -37,8 +37,12 @@ def domain_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from cli.progress import phases_shown
         from koclip.errors import KoclipSearchError, ModelUnavailableError
+        from koclip.names import check_precision
 
         try:
+            # A precision that is none (KOCLIP_PRECISION=bogus) is one line and exit 2 in every
+            # command, before any work: the same check the Python API and the web make.
+            check_precision(kwargs.get("precision"))
             with phases_shown(sys.stderr):
                 return command(*args, **kwargs)
         except KoclipSearchError as exc:

@@ -19,7 +19,7 @@ from cli.common import (
     workers_option,
 )
 from cli.main import ARGV_KEY, main
-from koclip.names import DEFAULT_PRECISION, MAX_PIXELS, PRECISIONS
+from koclip.names import MAX_PIXELS, PRECISIONS
 
 _watch_options = options(
     click.option(
@@ -91,12 +91,9 @@ _ray_options = options(
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    default=DEFAULT_PRECISION,
-    show_default=True,
-    envvar="KOCLIP_PRECISION",
-    help="Vision tower arithmetic. auto: bf16 (OpenVINO) where the CPU has it (AMX or "
-    "AVX512-BF16), else fp32 (the reference). int8 (ONNX Runtime) only when asked: faster "
-    "still, but it moves more search results than bf16.",
+    help="Vision tower arithmetic (default: $KOCLIP_PRECISION, else auto). auto: bf16 "
+    "(OpenVINO) where the CPU has it (AMX or AVX512-BF16), else fp32 (the reference). int8 "
+    "(ONNX Runtime) only when asked: faster still, but it moves more search results than bf16.",
 )
 @shown("--batch-size", type=click.IntRange(min=1), default=32)
 @workers_option

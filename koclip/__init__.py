@@ -32,8 +32,8 @@ from koclip.errors import (
     KoCLIPError,
     KoclipSearchError,
     ModelUnavailableError,
+    PrecisionError,
 )
-from koclip.fast.precision import PrecisionError
 from koclip.images.preprocess import DEFAULT_PROMPT, PREPROCESS_VERSION, open_image, preprocess
 from koclip.loader import load_encoder
 from koclip.names import PRECISIONS

@@ -24,6 +24,15 @@ class KoCLIPError(KoclipSearchError):
     code = "model_error"
 
 
+class PrecisionError(KoCLIPError):
+    """The precision asked for cannot be used here (not a precision at all, runtime or CPU
+    support missing, or the tower misses fp32)."""
+
+    exit_code = 2
+    http_status = 400
+    code = "precision_unavailable"
+
+
 class CheckpointError(KoCLIPError):
     """A checkpoint cannot be found, read, or does not fit the model."""
 

@@ -1,12 +1,33 @@
 """The names and limits every layer shares, in one light module.
 
 The command line builds its options from these (choices, defaults, help) without importing the
-model, a runtime or FAISS: this module imports nothing.
+model, a runtime or FAISS: this module imports nothing heavy (koclip.errors at most).
 """
 
 # The towers' arithmetic (`koclip.fast.precision`): auto picks bf16 where it runs, else fp32.
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 DEFAULT_PRECISION = "auto"
+PRECISION_VARIABLE = "KOCLIP_PRECISION"
+
+
+def check_precision(precision: str | None = None) -> str:
+    """The precision asked for: `precision`, else $KOCLIP_PRECISION, else DEFAULT_PRECISION.
+    One that is not in PRECISIONS raises PrecisionError (exit 2, HTTP 400) naming where it came
+    from: the one check every command, the web and the Python API make."""
+    import os
+
+    from koclip.errors import PrecisionError
+
+    if precision:
+        where = "--precision"
+    else:
+        precision = os.environ.get(PRECISION_VARIABLE) or DEFAULT_PRECISION
+        where = f"${PRECISION_VARIABLE}"
+    if precision not in PRECISIONS:
+        raise PrecisionError(
+            f"{where} is {precision!r}: a precision is one of {', '.join(PRECISIONS)}"
+        )
+    return precision
 
 # The FAISS index types a library may hold (`db.vectors`); "auto" follows the library's size.
 FLAT = "flat"

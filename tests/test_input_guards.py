@@ -98,3 +98,43 @@ def test_web_refuses_non_finite_weights(photo_root: Path, literal: str) -> None:
         assert set(response.json()) == {"error", "code"}
         response = client.get("/api/search", params={"q": "바다", "threshold": "nan"})
         assert 400 <= response.status_code < 500, response.text
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["index", "{root}"],
+        ["search", "바다", "--library", "{root}"],
+        ["similar", "{root}/a.jpg", "--library", "{root}"],
+        ["duplicates", "--library", "{root}"],
+        ["info", "--library", "{root}"],
+        ["serve", "--library", "{root}", "--port", "0"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_a_precision_setting_that_is_none_is_one_line_everywhere(tmp_path, monkeypatch, command):
+    """KOCLIP_PRECISION=bogus: every command says so in one line and exits 2 before any work
+    (serve never starts to answer each search with a 500)."""
+    import uvicorn
+
+    monkeypatch.setenv("KOCLIP_PRECISION", "bogus")
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("must not start"))
+    root = tmp_path / "p"
+    root.mkdir()
+    result = run(*[part.format(root=root) for part in command])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "$KOCLIP_PRECISION is 'bogus'" in lines[0], result.output
+    assert not (root / db.LIBRARY_DIRNAME).exists()
+
+
+def test_a_precision_setting_that_is_none_is_refused_by_the_python_api(monkeypatch):
+    from koclip.errors import PrecisionError
+    from koclip.names import check_precision
+
+    monkeypatch.setenv("KOCLIP_PRECISION", "bogus")
+    with pytest.raises(PrecisionError, match="KOCLIP_PRECISION"):
+        check_precision()
+    assert check_precision("fp32") == "fp32"  # asked for outright: the setting is not read
+    with pytest.raises(PrecisionError, match="--precision is 'fp16'"):
+        check_precision("fp16")

@@ -36,24 +36,15 @@ from koclip.checkpoints.hub import CheckpointFiles, resolve
 from koclip.checkpoints.registry import model_id_for
 from koclip.config import KoCLIPConfig, TextConfig
 from koclip.encoder import Encoder
-from koclip.errors import KoCLIPError
+from koclip.errors import KoCLIPError, PrecisionError
 from koclip.fast import bf16, quantized
 from koclip.fast.paths import FastPath, Runner
 from koclip.files import atomic_path
-from koclip.names import DEFAULT_PRECISION, PRECISIONS
+from koclip.names import DEFAULT_PRECISION, check_precision  # noqa: F401 - DEFAULT_PRECISION re-exported
 
 MIN_COSINE = 0.998  # a fast tower's embeddings must agree with fp32's this well to be used
 CHECK_IMAGES = 12
 CHECK_TEXTS = 12
-
-
-class PrecisionError(KoCLIPError):
-    """The precision asked for cannot be used here (runtime or CPU support missing, or the
-    tower misses fp32)."""
-
-    exit_code = 2
-    http_status = 400
-    code = "precision_unavailable"
 
 
 def _paths() -> dict[str, FastPath]:
@@ -68,8 +59,9 @@ def fast_path(name: str) -> FastPath:
 
 
 def requested_precision(precision: str | None) -> str:
-    """The precision asked for: `precision`, else $KOCLIP_PRECISION, else `DEFAULT_PRECISION`."""
-    return precision or os.environ.get("KOCLIP_PRECISION") or DEFAULT_PRECISION
+    """The precision asked for: `precision`, else $KOCLIP_PRECISION, else `DEFAULT_PRECISION`;
+    PrecisionError for one that is no precision (names.check_precision)."""
+    return check_precision(precision)
 
 
 def resolve_precision(precision: str | None) -> str:
@@ -79,8 +71,6 @@ def resolve_precision(precision: str | None) -> str:
     else fp32. A fast path asked for outright that cannot run here raises PrecisionError.
     """
     precision = requested_precision(precision)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "fp32":
         return "fp32"
     if precision == "auto":
