@@ -29,6 +29,7 @@ def check_precision(precision: str | None = None) -> str:
         )
     return precision
 
+
 # The FAISS index types a library may hold (`db.vectors`); "auto" follows the library's size.
 FLAT = "flat"
 HNSW = "hnsw"

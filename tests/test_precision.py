@@ -133,6 +133,34 @@ def test_cache_is_built_once_checked_and_rebuilt_when_damaged(realistic, tmp_pat
     run, _ = precision.checked_tower(files, "vision", bf16.PATH, tmp_path)
     assert run is not None and "<net" in xml.read_text() and "not a graph" not in xml.read_text()
 
+    # 20 KB zeroed inside the weights (a disk error, a partial copy): found by the digest in
+    # the verdict, rebuilt, never used silently.
+    data = bytearray(weights.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 20_000] = bytes(20_000)
+    weights.write_bytes(bytes(data))
+    built = []
+
+    def counting_build(*a, **k):
+        built.append(1)
+        return bf16.build(*a, **k)
+
+    counted = paths.FastPath(**{**bf16.PATH.__dict__, "build": counting_build})
+    run, cosine = precision.checked_tower(files, "vision", counted, tmp_path)
+    assert built == [1] and run is not None and cosine >= MIN_COSINE
+    assert weights.read_bytes()[middle : middle + 20_000] != bytes(20_000)
+
+    # A verdict that is no number (NaN) or names no digests is no verdict: rebuilt.
+    sound = json.loads(stem.with_name(stem.name + ".json").read_text())
+    for bad in (
+        {**sound, "min_cosine": float("nan")},
+        {k: v for k, v in sound.items() if k != "sha256"},
+    ):
+        stem.with_name(stem.name + ".json").write_text(json.dumps(bad))
+        built.clear()
+        assert precision.checked_tower(files, "vision", counted, tmp_path)[0] is not None
+        assert built == [1]
+
 
 def test_a_tower_under_the_bound_is_never_used(realistic, bf16_here):
     from koclip.checkpoints.hub import resolve
@@ -143,7 +171,7 @@ def test_a_tower_under_the_bound_is_never_used(realistic, bf16_here):
     verdict = stem.with_name(stem.name + ".json")
     good = verdict.read_text()
     try:
-        verdict.write_text(json.dumps({"format": bf16.BF16_FORMAT, "min_cosine": 0.9}))
+        verdict.write_text(json.dumps({**json.loads(good), "min_cosine": 0.9}))
         assert load_encoder(realistic, ("vision",), precision="auto").precision == "fp32"
         with pytest.raises(PrecisionError, match="cosine 0.9000"):
             load_encoder(realistic, ("vision",), precision="bf16")

@@ -21,7 +21,9 @@ search results than the bound allows (README, `bench/precision.py`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -41,6 +43,7 @@ from koclip.fast import bf16, quantized
 from koclip.fast.paths import FastPath, Runner
 from koclip.files import atomic_path
 from koclip.names import DEFAULT_PRECISION, check_precision  # noqa: F401 - DEFAULT_PRECISION re-exported
+from koclip.phases import phase
 
 MIN_COSINE = 0.998  # a fast tower's embeddings must agree with fp32's this well to be used
 CHECK_IMAGES = 12
@@ -148,21 +151,43 @@ def cache_stem(fingerprint: str, tower: str, path: FastPath, cache_root: Path | 
     return _converted_dir(cache_root) / f"{fingerprint}.{tower}.{path.name}-v{path.version}"
 
 
-def _read_verdict(path: Path, version: int) -> float | None:
+def _digest(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _read_verdict(verdict: Path, stem: Path, path: FastPath, tower: str) -> float | None:
+    """The cached tower's min cosine, when its verdict is sound and every file beside it is
+    the one that was checked (its SHA-256 in the verdict); else None: build it again."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != version:
+        data = json.loads(verdict.read_text(encoding="utf-8"))
+        if data.get("format") != path.version:
             return None
-        return float(data["min_cosine"])
+        cosine = float(data["min_cosine"])
+        digests = data["sha256"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    if not (math.isfinite(cosine) and -1.0 <= cosine <= 1.0 + 1e-6):
+        return None  # a NaN (or a number no cosine is) is no verdict
+    if not isinstance(digests, dict) or set(digests) != set(path.suffixes):
+        return None
+    try:
+        with phase(f"checking the cached {path.name} {tower} tower"):
+            same = all(_digest(stem.with_name(stem.name + s)) == digests[s] for s in path.suffixes)
+    except OSError:
+        return None
+    return cosine if same else None
 
 
 def _publish(built: Path, stem: Path, path: FastPath, cosine: float, tower: str) -> None:
     """Move the built files into the cache, the verdict last: a reader that finds the verdict
-    finds every file beside it. A full disk only leaves the cache without them."""
-    verdict = json.dumps({"format": path.version, "tower": tower, "min_cosine": cosine})
+    finds every file beside it, and checks each against its digest there. A full disk only
+    leaves the cache without them."""
     try:
+        digests = {s: _digest(built.with_name(built.name + s)) for s in path.suffixes}
+        verdict = json.dumps(
+            {"format": path.version, "tower": tower, "min_cosine": cosine, "sha256": digests}
+        )
         stem.parent.mkdir(parents=True, exist_ok=True)
         for suffix in path.suffixes:
             target = stem.with_name(stem.name + suffix)
@@ -185,9 +210,9 @@ def checked_tower(
     stem = cache_stem(files.fingerprint, tower, path, cache_root)
     use_cache = not os.environ.get("KOCLIP_NO_CONVERTED_CACHE")
     verdict = stem.with_name(stem.name + ".json")
-    cosine = _read_verdict(verdict, path.version) if use_cache else None
     whole = all(stem.with_name(stem.name + s).is_file() for s in path.suffixes)
-    if cosine is not None and whole:
+    cosine = _read_verdict(verdict, stem, path, tower) if use_cache and whole else None
+    if cosine is not None:
         if cosine < MIN_COSINE:
             return None, cosine
         with contextlib.suppress(Exception):  # damaged files are rebuilt below
@@ -200,7 +225,10 @@ def checked_tower(
         with contextlib.suppress(OSError):
             stem.parent.mkdir(parents=True, exist_ok=True)
             scratch = str(stem.parent)
-    with tempfile.TemporaryDirectory(prefix=f".koclip-{path.name}-", dir=scratch) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix=f".koclip-{path.name}-", dir=scratch) as tmp,
+        phase(f"building the {path.name} {tower} tower (once per model)"),
+    ):
         built = Path(tmp) / "tower"
         path.build(files.config, params, tower, built)
         # The runtimes hold what they read (ONNX Runtime a copy, OpenVINO its own weights and
