@@ -83,6 +83,20 @@ def store_manifest(session: Session, manifest: Manifest) -> Manifest:
     return Manifest(**values)
 
 
+def add_precision(session: Session, precision: str) -> bool:
+    """Name `precision` among those that made the library's vectors ("bf16+fp32"), in the
+    caller's transaction; True if the manifest changed."""
+    row = session.get(ManifestRow, 1)
+    if row is None:
+        return False
+    names = {p for p in (row.precision or "").split("+") if p}
+    if precision in names:
+        return False
+    row.precision = "+".join(sorted(names | {precision}))
+    row.updated_at = time.time()
+    return True
+
+
 def manifest_problems(manifest: Manifest) -> list[str]:
     """What cannot be right in a manifest's values (empty when it is sound)."""
     problems = []

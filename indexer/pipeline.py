@@ -292,6 +292,7 @@ class IndexSession:
             save_interval=self.options.save_interval,
             save_share=self.save_share,
             on_rebuild=self.options.on_index_rebuild,
+            precision=self.encoder.precision,
         )
         self._index = None  # the writer's now: a rebuild during the pass frees the old one
         hook = self.options.on_batch_committed

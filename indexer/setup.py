@@ -91,7 +91,9 @@ def prepare(
         preprocess_version=PREPROCESS_VERSION,
         index_type=old.index_type if old else DEFAULT_INDEX_TYPE,
         photo_root=relative_photo_root(library.directory, photo_root),
-        precision=_precisions(old if same_vectors else None, encoder.precision),
+        # The precisions that made the stored vectors: this run's is added by the writer when
+        # it stores one (a watcher with nothing to encode relabels nothing).
+        precision=old.precision if same_vectors else encoder.precision,
         # A new library's type follows its size; an older one's unrecorded choice is settled.
         index_choice=_index_choice(old),
     )
@@ -136,12 +138,6 @@ def _index_choice(old: Manifest | None) -> str:
     if old is None:
         return INDEX_AUTO
     return old.index_choice or (INDEX_AUTO if old.automatic_index else INDEX_CHOSEN)
-
-
-def _precisions(old: Manifest | None, used: str) -> str:
-    """The manifest's precision: each one whose runs wrote the library's vectors, "+"-joined."""
-    names = {used, *(old.precision.split("+") if old else ())}
-    return "+".join(sorted(names))
 
 
 def _differs(old: Manifest, new: Manifest) -> bool:

@@ -34,6 +34,7 @@ from db import (
 from db import photo_writes as writes
 from db import vectors as faiss_ops
 from db.errors import LibraryError
+from db.manifest import add_precision
 from indexer.load import Loaded, mtime_datetime
 from indexer.plan import Plan, in_scope
 
@@ -124,8 +125,11 @@ class Writer:
         save_interval: float = 30.0,
         save_share: float | None = None,
         on_rebuild: RebuildCallback | None = None,
+        precision: str | None = None,
     ) -> None:
         self.library = library
+        # The encoder's precision, named in the manifest with the first vector it stores.
+        self.precision = precision
         self.index = index
         self.plan = plan
         self.on_rebuild = on_rebuild
@@ -155,6 +159,9 @@ class Writer:
                 if not self._apply(s, item, item.embedding, batch):
                     retry.append(item)
             batch.execute(s)
+            relabelled = bool(batch.added and self.precision) and add_precision(s, self.precision)
+        if relabelled:
+            self.library.write_manifest_json()
         added, removed, counts, new_hashes = batch.added, batch.removed, batch.counts, batch.hashes
         # Committed: now the in-memory index and the totals may follow.
         self._merge(counts)

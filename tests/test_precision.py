@@ -212,6 +212,28 @@ def test_index_records_precision_and_info_shows_it(realistic_clip, tmp_path, bf1
     assert min(float(first[p] @ again[p]) for p in first) >= MIN_COSINE
 
 
+def test_a_run_that_stores_no_vector_relabels_nothing(realistic_clip, tmp_path, bf16_here):
+    """An fp32 library opened by a bf16 writer (`serve --watch` under auto) with nothing to
+    encode stays fp32; the first bf16 vector it stores names bf16 too."""
+    from indexer import IndexOptions, IndexSession
+    from tests.indexer_fixtures import index, open_lib, write_jpeg
+
+    root = tmp_path / "photos"
+    write_jpeg(root / "a.jpg", 1)
+    index(root, realistic_clip, precision="fp32")
+    with IndexSession(root, IndexOptions(model=str(realistic_clip), precision="auto")) as s:
+        assert s.encoder.precision == "bf16"
+        s.run()  # nothing new
+        with open_lib(root) as lib:
+            assert lib.manifest().precision == "fp32"
+        assert '"precision": "fp32"' in (root / ".koclip-search/manifest.json").read_text()
+        write_jpeg(root / "b.jpg", 2)
+        assert s.run().new == 1
+    with open_lib(root) as lib:
+        assert lib.manifest().precision == "bf16+fp32"
+    assert '"precision": "bf16+fp32"' in (root / ".koclip-search/manifest.json").read_text()
+
+
 def test_cli_precision_flag(realistic_clip, tmp_path, bf16_here):
     from cli import main
     from tests.indexer_fixtures import open_lib, write_jpeg
