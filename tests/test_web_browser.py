@@ -698,6 +698,15 @@ def _open_photo(browser: Browser) -> str | None:
     )
 
 
+def _wait_photo(browser: Browser, photo_id: str, what: str) -> None:
+    """Wait until the viewer is open on this photo (in the page now loaded)."""
+    browser.wait_js(
+        "(d => !!d && d.open && d.dataset.photo === " + json.dumps(photo_id) + ")"
+        "(document.getElementById('detail'))",
+        what,
+    )
+
+
 def _url_photo(browser: Browser) -> str | None:
     return browser.js("new URLSearchParams(location.search).get('photo')")
 
@@ -762,10 +771,7 @@ def test_photo_app_grid_viewer_keys_url_and_status_time(shaped_library, browser,
         assert len(cards) == 40
         length = browser.js("history.length")
         browser.click("#grid .card:nth-child(40) .photo")
-        browser.wait_js(
-            f"document.getElementById('detail').dataset.photo === '{cards[39]['id']}'",
-            "the viewer on the 40th photo",
-        )
+        _wait_photo(browser, cards[39]["id"], "the viewer on the 40th photo")
         assert _url_photo(browser) == cards[39]["id"]
         assert browser.js("new URLSearchParams(location.search).get('q')") == "바다"
         assert browser.js("history.length") == length + 1
@@ -780,10 +786,7 @@ def test_photo_app_grid_viewer_keys_url_and_status_time(shaped_library, browser,
         )
         cards = browser.js(CARDS)
         assert len(cards) == SHAPED_COUNT
-        browser.wait_js(
-            f"document.getElementById('detail').dataset.photo === '{cards[40]['id']}'",
-            "the viewer on the 41st photo",
-        )
+        _wait_photo(browser, cards[40]["id"], "the viewer on the 41st photo")
         assert _url_photo(browser) == cards[40]["id"]
         # The status line kept the search's own time: the wait for page 2 is not in it.
         assert _status_seconds(browser) == took
@@ -803,10 +806,7 @@ def test_photo_app_grid_viewer_keys_url_and_status_time(shaped_library, browser,
         assert _url_photo(browser) is None
         assert browser.js("new URLSearchParams(location.search).get('q')") == "바다"
         browser.js("history.forward(); 1")
-        browser.wait_js(
-            f"document.getElementById('detail').dataset.photo === '{cards[-1]['id']}'",
-            "Forward to open it again",
-        )
+        _wait_photo(browser, cards[-1]["id"], "Forward to open it again")
         browser.press("Escape")
         browser.wait_js(
             "!document.getElementById('detail').open"
@@ -819,9 +819,7 @@ def test_photo_app_grid_viewer_keys_url_and_status_time(shaped_library, browser,
         # A click opens, ✕ closes; the page is where it was, the history as before.
         browser.js("window.scrollTo(0, 0)")
         browser.click("#grid .card:nth-child(3) .photo")
-        browser.wait_js(
-            f"document.getElementById('detail').dataset.photo === '{cards[2]['id']}'", "the viewer"
-        )
+        _wait_photo(browser, cards[2]["id"], "the viewer")
         browser.click("#detail-close")
         browser.wait_js(
             "!document.getElementById('detail').open"
@@ -830,12 +828,30 @@ def test_photo_app_grid_viewer_keys_url_and_status_time(shaped_library, browser,
         )
         assert browser.js("location.search") == "?q=%EB%B0%94%EB%8B%A4"
 
+        # "All similar" closes the viewer and searches like the photo; the URL says so.
+        browser.click("#grid .card:nth-child(2) .photo")
+        _wait_photo(browser, cards[1]["id"], "the viewer")
+        browser.wait_js(  # the photo's facts are in (the buttons below them stay put)
+            "document.getElementById('detail-date').textContent.includes('(')", "the facts"
+        )
+        browser.click("#detail-more")
+        browser.wait_js(
+            "document.getElementById('status').textContent.includes('≈')", "the similar photos"
+        )
+        assert browser.js("document.getElementById('detail').open") is False
+        assert browser.js("[...new URLSearchParams(location.search).keys()]") == ["similar"]
+        assert browser.js("new URLSearchParams(location.search).get('similar')") == cards[1]["id"]
+        assert browser.js("history.length") == length + 1  # one viewer entry, never more
+
+        # A shared URL of a photo beyond the first page opens it too.
+        browser.send("Page.navigate", url=f"{url}/?q=바다&photo={cards[-1]['id']}")
+        _wait_photo(browser, cards[-1]["id"], "the shared photo of page 2")
+        name = browser.js("document.getElementById('detail-name').textContent")
+        assert name == cards[-1]["relpath"].split("/")[-1]
+
         # A shared URL runs its search, then opens the photo; ← / → walk the results.
         browser.send("Page.navigate", url=f"{url}/?q=바다&photo={cards[3]['id']}")
-        browser.wait_js(
-            f"document.getElementById('detail').dataset.photo === '{cards[3]['id']}'",
-            "the shared photo",
-        )
+        _wait_photo(browser, cards[3]["id"], "the shared photo")
         name = browser.js("document.getElementById('detail-name').textContent")
         assert name == cards[3]["relpath"].split("/")[-1]
         browser.wait_js(_loaded_images("#detail-img") + " === 1", "the large preview")

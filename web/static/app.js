@@ -670,16 +670,21 @@ async function openPhotoById(id) {
 
 // Close the viewer; resolves once the URL no longer names the photo.
 function closeViewer() {
-  if (els.detail.open) els.detail.close();
+  if (els.detail.open) {
+    els.detail.close();
+    viewerClosed(); // now, not when the close event comes: the caller may change the URL next
+  }
   return viewer.leaving || Promise.resolve();
 }
 
-els.detail.addEventListener("close", () => {
-  detailGen += 1;
+// However it closed (closeViewer, Back, the browser's own Esc): the URL and the focus follow.
+function viewerClosed() {
   const hit = viewer.hit;
+  if (!hit) return;
+  detailGen += 1;
   viewer.hit = null;
   delete els.detail.dataset.photo;
-  if (hit && viewer.source === "grid") {
+  if (viewer.source === "grid") {
     const button = els.grid.querySelector(`.photo[data-id="${hit.id}"]`);
     if (button) button.focus({ preventScroll: true });
     if (button) button.scrollIntoView({ block: "nearest" });
@@ -696,19 +701,21 @@ els.detail.addEventListener("close", () => {
   } else {
     syncUrl(); // opened by a shared URL: the same entry, without the photo
   }
-});
+}
+
+els.detail.addEventListener("close", viewerClosed);
 
 window.addEventListener("popstate", () => {
   const id = Number(new URLSearchParams(location.search).get("photo")) || 0;
-  if (!id && els.detail.open) els.detail.close(); // Back while the viewer is open
+  if (!id && els.detail.open) closeViewer(); // Back while the viewer is open
   else if (id && !els.detail.open && !dupes.open) openPhotoById(id); // Forward
 });
 
-els.detailClose.addEventListener("click", () => els.detail.close());
+els.detailClose.addEventListener("click", closeViewer);
 els.detailPrev.addEventListener("click", () => step(-1));
 els.detailNext.addEventListener("click", () => step(1));
 els.detail.addEventListener("click", (event) => {
-  if (event.target === els.detail) els.detail.close(); // a click on the backdrop
+  if (event.target === els.detail) closeViewer(); // a click on the backdrop
 });
 
 // Keys: ← / → and Esc in the viewer; "/" focuses the search box unless one is typing.
@@ -730,7 +737,7 @@ document.addEventListener("keydown", (event) => {
       step(event.key === "ArrowRight" ? 1 : -1);
     } else if (event.key === "Escape") {
       event.preventDefault();
-      els.detail.close();
+      closeViewer();
     }
     return;
   }
