@@ -855,6 +855,13 @@ def test_photo_app_grid_viewer_keys_url_and_status_time(shaped_library, browser,
         name = browser.js("document.getElementById('detail-name').textContent")
         assert name == cards[3]["relpath"].split("/")[-1]
         browser.wait_js(_loaded_images("#detail-img") + " === 1", "the large preview")
+        inside = browser.js(
+            "(() => { const i = document.getElementById('detail-img').getBoundingClientRect();"
+            " const f = document.querySelector('#detail .preview').getBoundingClientRect();"
+            " return i.width > 0 && i.left >= f.left - 0.5 && i.right <= f.right + 0.5"
+            " && i.top >= f.top - 0.5 && i.bottom <= f.bottom + 0.5; })()"
+        )
+        assert inside  # the photo is shown whole, inside the viewer's frame
         browser.screenshot(tmp_path / "viewer.png")
         browser.press("ArrowRight")
         assert _open_photo(browser) == cards[4]["id"] == _url_photo(browser)

@@ -25,7 +25,7 @@ const els = {
   detailPrev: $("detail-prev"), detailNext: $("detail-next"),
   detailName: $("detail-name"), detailPath: $("detail-path"), detailDate: $("detail-date"),
   detailSize: $("detail-size"), detailOriginal: $("detail-original"), detailMore: $("detail-more"),
-  similar: $("similar"), similarStatus: $("similar-status"),
+  similar: $("similar"), similarStatus: $("similar-status"), meta: $("detail-meta"),
   searchView: $("search-view"), dupesView: $("dupes-view"), dupesOpen: $("dupes-open"),
   dupesBack: $("dupes-back"), dupesKind: $("dupes-kind"), dupesStatus: $("dupes-status"),
   dupesMessage: $("dupes-message"), dupesList: $("dupes-list"), dupesMore: $("dupes-more"),
@@ -627,7 +627,7 @@ function showPhoto(hit) {
   d.similar.replaceChildren();
   d.similar.style.height = "0px";
   d.similarStatus.textContent = "찾는 중… / Searching…";
-  d.detail.scrollTop = 0;
+  d.meta.scrollTop = 0;
   (async () => {
     try {
       const [photo, page] = await Promise.all([
