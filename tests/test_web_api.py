@@ -473,6 +473,23 @@ def test_openapi_describes_the_api(client):
     assert "image/*" in paths["/api/image"]["post"]["requestBody"]["content"]
 
 
+def test_api_docs_page_is_ours_and_loads_nothing_from_elsewhere(client):
+    import re
+
+    page = client.get("/api/docs")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "/api/docs" not in ok_json(client.get("/api/openapi.json"))["paths"]
+    # Every script and stylesheet it names is one of ours, served here.
+    assets = re.findall(r'<(?:script|link)[^>]*(?:src|href)="([^"]+)"', page.text)
+    assert assets and all(a.startswith("/static/") for a in assets), assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
+    assert "<script>" not in page.text  # the CSP would block an inline script
+    script = client.get("/static/api.js").text
+    assert 'fetch("/api/openapi.json")' in script and "http" not in script
+
+
 def test_info(client, ids):
     body = ok_json(client.get("/api/info"))
     assert body["photos"] == len(ids) and body["failed"] == 1

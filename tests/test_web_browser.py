@@ -1,5 +1,5 @@
 """End to end in a real headless Chromium: type Korean through the IME, see thumbnails, click one,
-see similar photos.
+see similar photos; the justified grid, the viewer's keys and URL; the API docs page offline.
 
 Drives Debian's `chromium` over the Chrome DevTools Protocol (a websocket; no webdriver).
 Skipped when /usr/bin/chromium is missing. `KOCLIP_SEARCH_SCREENSHOT=docs/screenshot.png`
@@ -46,6 +46,20 @@ window.__compositions = [];
 for (const type of ["compositionstart", "compositionend"]) {
   document.addEventListener(type, (e) => window.__compositions.push(`${type}:${e.data}`), true);
 }
+"""
+
+# Hold the fetches of later result pages (offset > 0) while `window.__gate` is a pending
+# promise, so a test can look at the page between the first page and the next.
+HOLD_NEXT_PAGES = """
+window.__gate = null;
+const gatedFetch = window.fetch;
+window.fetch = function (url, options) {
+  const args = arguments;
+  if (window.__gate && /[?&]offset=[1-9]/.test(String(url))) {
+    return window.__gate.then(() => gatedFetch.apply(this, args));
+  }
+  return gatedFetch.apply(this, args);
+};
 """
 
 
@@ -266,10 +280,11 @@ class Browser:
         return self._wait(lambda: self.js(expression), what, timeout)
 
     def click(self, selector: str) -> None:
-        """A real mouse click at the middle of the element."""
+        """A real mouse click at the middle of the element (scrolled into view first)."""
         box = self.js(
-            f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
-            ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+            f"(() => {{ const el = document.querySelector({json.dumps(selector)});"
+            " el.scrollIntoView({block: 'nearest'}); const r = el.getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
         )
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
             self.send(
@@ -283,8 +298,22 @@ class Browser:
 
     def press_enter(self) -> None:
         """Enter as real key events."""
-        common = {"key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13}
-        self.send("Input.dispatchKeyEvent", type="keyDown", text="\r", **common)
+        self.press("Enter")
+
+    KEYS = {  # key: (code, virtual key code, text typed)
+        "Enter": ("Enter", 13, "\r"),
+        "Escape": ("Escape", 27, None),
+        "ArrowLeft": ("ArrowLeft", 37, None),
+        "ArrowRight": ("ArrowRight", 39, None),
+        "/": ("Slash", 191, "/"),
+    }
+
+    def press(self, key: str) -> None:
+        """One key pressed and released, as real key events."""
+        code, vk, text = self.KEYS[key]
+        common = {"key": key, "code": code, "windowsVirtualKeyCode": vk}
+        down = {"text": text} if text else {}
+        self.send("Input.dispatchKeyEvent", type="keyDown", **down, **common)
         self.send("Input.dispatchKeyEvent", type="keyUp", **common)
 
     def compose(self, text: str) -> None:
@@ -626,3 +655,324 @@ def test_duplicates_view_asks_before_copying_to_another_file_system(
         assert "--cross-filesystem" not in browser.js("window.asked")
         assert len(_files_under(aside)) == count - 1
         assert browser.errors() == []
+
+
+# -- the photo app: justified grid, viewer keys and URL, status time, hints ---------------------
+
+SHAPES = [(480, 360), (360, 480), (640, 280), (400, 400), (480, 320), (300, 450)]
+SHAPED_COUNT = 45  # more than a page (40)
+ROTATED_SHAPED = "여행/세로-회전.jpg"  # stored 480x360 with EXIF orientation 6: shown 360x480
+ROW_HEIGHT = 220  # web/static/app.js's target row height
+
+
+def write_shaped_photos(root: Path) -> dict[str, tuple[int, int]]:
+    """Photos of many shapes (portrait, panorama, square, one turned by EXIF); relpath -> the
+    size it is shown at."""
+    kinds = list(NAMES)
+    shown = {}
+    for n in range(SHAPED_COUNT - 1):
+        size = SHAPES[n % len(SHAPES)]
+        relpath = f"여행/{NAMES[kinds[n % len(kinds)]]}-{n + 1:02d}.jpg"
+        path = root / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _scene(kinds[n % len(kinds)], seed=100 + n, size=size).save(path, "JPEG", quality=85)
+        shown[relpath] = size
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to show
+    _scene("mountain", seed=7, size=(480, 360)).save(root / ROTATED_SHAPED, "JPEG", exif=exif)
+    shown[ROTATED_SHAPED] = (360, 480)
+    return shown
+
+
+@pytest.fixture(scope="module")
+def shaped_library(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path):
+    from tests.search_fixtures import index_folder
+
+    root = tmp_path_factory.mktemp("shapes")
+    shown = write_shaped_photos(root)
+    return index_folder(root, tiny_checkpoint), shown
+
+
+CARDS = """[...document.querySelectorAll('#grid .card')].map(li => {
+  const r = li.getBoundingClientRect();
+  return {relpath: li.querySelector('.photo').title, id: li.querySelector('.photo').dataset.id,
+          left: r.left, right: r.right, top: r.top, width: r.width, height: r.height};
+})"""
+
+
+def _check_justified(browser: Browser, shown: dict[str, tuple[int, int]]) -> None:
+    """Every card has its photo's shape; rows share one height, fill the width, never overlap."""
+    grid = browser.js(
+        "(() => { const r = document.getElementById('grid').getBoundingClientRect();"
+        " return {left: r.left, right: r.right}; })()"
+    )
+    cards = browser.js(CARDS)
+    assert cards
+    rows: dict[int, list[dict]] = {}
+    for c in cards:
+        w, h = shown[c["relpath"]]
+        assert c["width"] / c["height"] == pytest.approx(w / h, rel=0.02), c
+        rows.setdefault(round(c["top"]), []).append(c)
+    assert len(rows) > 2
+    tops = sorted(rows)
+    for top in tops:
+        row = rows[top]
+        assert {round(c["height"], 1) for c in row} == {round(row[0]["height"], 1)}
+        assert row[0]["height"] <= ROW_HEIGHT + 0.5
+        assert row[0]["left"] == pytest.approx(grid["left"], abs=0.5)
+        for a, b in zip(row, row[1:], strict=False):
+            assert b["left"] >= a["right"] - 0.5  # side by side, in reading order
+    for top in tops[:-1]:  # every row but the last ends at the grid's right edge
+        assert rows[top][-1]["right"] == pytest.approx(grid["right"], abs=1.0)
+    for a, b in zip(tops, tops[1:], strict=False):
+        assert b >= a + rows[a][0]["height"] - 0.5  # rows never overlap
+    rotated = [c for c in cards if c["relpath"] == ROTATED_SHAPED]
+    assert not rotated or rotated[0]["height"] > rotated[0]["width"]
+
+
+def _status_seconds(browser: Browser) -> str:
+    text = browser.js("document.getElementById('status').textContent")
+    assert text.endswith(" s"), text
+    return text.rsplit("·", 1)[1].strip()
+
+
+def _open_photo(browser: Browser) -> str | None:
+    return browser.js(
+        "document.getElementById('detail').open ? document.getElementById('detail').dataset.photo"
+        " : null"
+    )
+
+
+def _wait_photo(browser: Browser, photo_id: str, what: str) -> None:
+    """Wait until the viewer is open on this photo (in the page now loaded)."""
+    browser.wait_js(
+        "(d => !!d && d.open && d.dataset.photo === " + json.dumps(photo_id) + ")"
+        "(document.getElementById('detail'))",
+        what,
+    )
+
+
+def _url_photo(browser: Browser) -> str | None:
+    return browser.js("new URLSearchParams(location.search).get('photo')")
+
+
+def test_photo_app_grid_viewer_keys_url_and_status_time(shaped_library, browser, tmp_path):
+    from web import create_app
+
+    library, shown = shaped_library
+    with serve(create_app(library)) as url:
+        browser.send(
+            "Page.addScriptToEvaluateOnNewDocument", source=RECORD_FETCHES + HOLD_NEXT_PAGES
+        )
+        browser.send("Page.navigate", url=url + "/")
+        browser.wait_js("document.body && document.body.dataset.ready === '1'", "the page")
+
+        # The date fields' placeholders read as hints (예: …, lighter and slanted), not values.
+        for field in ("after", "before"):
+            hint = browser.js(
+                f"(() => {{ const el = document.getElementById('{field}');"
+                " const ph = getComputedStyle(el, '::placeholder');"
+                " return [el.value, el.placeholder, ph.fontStyle, ph.color,"
+                " getComputedStyle(el).color]; })()"
+            )
+            value, placeholder, style, colour, ink = hint
+            assert value == "" and placeholder.startswith("예: "), hint
+            assert style == "italic" and colour != ink, hint
+
+        # "/" focuses the search box; in another field it is just typed.
+        browser.js("document.activeElement.blur()")
+        browser.press("/")
+        assert browser.js("[document.activeElement.id, document.getElementById('q').value]") == [
+            "q",
+            "",
+        ]
+        browser.click("#under")
+        browser.press("/")
+        assert browser.js(
+            "[document.activeElement.id, document.getElementById('under').value]"
+        ) == [
+            "under",
+            "/",
+        ]
+        browser.js("document.getElementById('under').value = ''")
+        browser.click("#q")
+
+        # A search; the next page is held back, so the first page can be looked at alone.
+        browser.js("window.__gate = new Promise(resolve => { window.__open = resolve; }); 1")
+        browser.commit("바다")
+        browser.press_enter()
+        browser.wait_js(
+            "document.getElementById('status').textContent.includes('40+장')", "the first page"
+        )
+        took = _status_seconds(browser)
+        browser.wait_js(_loaded_images("#grid img") + " >= 10", "thumbnails")
+        _check_justified(browser, shown)
+        browser.screenshot(tmp_path / "grid.png")
+        if os.environ.get(SCREENSHOT_ENV):
+            browser.screenshot(Path(os.environ[SCREENSHOT_ENV]).with_name("grid.png"))
+
+        # Open the page's last photo: the URL names it, and one history entry was added.
+        cards = browser.js(CARDS)
+        assert len(cards) == 40
+        length = browser.js("history.length")
+        browser.click("#grid .card:nth-child(40) .photo")
+        _wait_photo(browser, cards[39]["id"], "the viewer on the 40th photo")
+        assert _url_photo(browser) == cards[39]["id"]
+        assert browser.js("new URLSearchParams(location.search).get('q')") == "바다"
+        assert browser.js("history.length") == length + 1
+
+        # → past the last loaded photo waits for the next page, then shows its first photo.
+        browser.press("ArrowRight")
+        time.sleep(0.4)  # the page is held: the viewer stays where it is meanwhile
+        assert _open_photo(browser) == cards[39]["id"]
+        browser.js("window.__gate = null; window.__open(); 1")
+        browser.wait_js(
+            "document.getElementById('status').textContent.includes('45장')", "the second page"
+        )
+        cards = browser.js(CARDS)
+        assert len(cards) == SHAPED_COUNT
+        _wait_photo(browser, cards[40]["id"], "the viewer on the 41st photo")
+        assert _url_photo(browser) == cards[40]["id"]
+        # The status line kept the search's own time: the wait for page 2 is not in it.
+        assert _status_seconds(browser) == took
+        _check_justified(browser, shown)
+
+        browser.press("ArrowLeft")
+        assert _open_photo(browser) == cards[39]["id"] == _url_photo(browser)
+        for _ in range(SHAPED_COUNT - 40 + 1):  # to the last photo, and one more press
+            browser.press("ArrowRight")
+        assert _open_photo(browser) == cards[-1]["id"] == _url_photo(browser)
+        assert browser.js("document.getElementById('detail-next').disabled") is True
+        assert browser.js("history.length") == length + 1  # moving replaced the entry
+
+        # Back closes the viewer; Forward opens it again on the same photo; Esc closes.
+        browser.js("history.back(); 1")
+        browser.wait_js("!document.getElementById('detail').open", "Back to close the viewer")
+        assert _url_photo(browser) is None
+        assert browser.js("new URLSearchParams(location.search).get('q')") == "바다"
+        browser.js("history.forward(); 1")
+        _wait_photo(browser, cards[-1]["id"], "Forward to open it again")
+        browser.press("Escape")
+        browser.wait_js(
+            "!document.getElementById('detail').open"
+            " && !new URLSearchParams(location.search).has('photo')",
+            "Esc to close the viewer",
+        )
+        # The grid keeps its place: the closed photo's card has the focus.
+        assert browser.js("document.activeElement.dataset.id") == cards[-1]["id"]
+
+        # A click opens, ✕ closes; the page is where it was, the history as before.
+        browser.js("window.scrollTo(0, 0)")
+        browser.click("#grid .card:nth-child(3) .photo")
+        _wait_photo(browser, cards[2]["id"], "the viewer")
+        browser.click("#detail-close")
+        browser.wait_js(
+            "!document.getElementById('detail').open"
+            " && !new URLSearchParams(location.search).has('photo')",
+            "the viewer to close",
+        )
+        assert browser.js("location.search") == "?q=%EB%B0%94%EB%8B%A4"
+
+        # "All similar" closes the viewer and searches like the photo; the URL says so.
+        browser.click("#grid .card:nth-child(2) .photo")
+        _wait_photo(browser, cards[1]["id"], "the viewer")
+        browser.wait_js(  # the photo's facts are in (the buttons below them stay put)
+            "document.getElementById('detail-date').textContent.includes('(')", "the facts"
+        )
+        browser.click("#detail-more")
+        browser.wait_js(
+            "document.getElementById('status').textContent.includes('≈')", "the similar photos"
+        )
+        assert browser.js("document.getElementById('detail').open") is False
+        assert browser.js("[...new URLSearchParams(location.search).keys()]") == ["similar"]
+        assert browser.js("new URLSearchParams(location.search).get('similar')") == cards[1]["id"]
+        assert browser.js("history.length") == length + 1  # one viewer entry, never more
+
+        # A shared URL of a photo beyond the first page opens it too.
+        browser.send("Page.navigate", url=f"{url}/?q=바다&photo={cards[-1]['id']}")
+        _wait_photo(browser, cards[-1]["id"], "the shared photo of page 2")
+        name = browser.js("document.getElementById('detail-name').textContent")
+        assert name == cards[-1]["relpath"].split("/")[-1]
+
+        # A shared URL runs its search, then opens the photo; ← / → walk the results.
+        browser.send("Page.navigate", url=f"{url}/?q=바다&photo={cards[3]['id']}")
+        _wait_photo(browser, cards[3]["id"], "the shared photo")
+        name = browser.js("document.getElementById('detail-name').textContent")
+        assert name == cards[3]["relpath"].split("/")[-1]
+        browser.wait_js(_loaded_images("#detail-img") + " === 1", "the large preview")
+        inside = browser.js(
+            "(() => { const i = document.getElementById('detail-img').getBoundingClientRect();"
+            " const f = document.querySelector('#detail .preview').getBoundingClientRect();"
+            " return i.width > 0 && i.left >= f.left - 0.5 && i.right <= f.right + 0.5"
+            " && i.top >= f.top - 0.5 && i.bottom <= f.bottom + 0.5; })()"
+        )
+        assert inside  # the photo is shown whole, inside the viewer's frame
+        browser.screenshot(tmp_path / "viewer.png")
+        browser.press("ArrowRight")
+        assert _open_photo(browser) == cards[4]["id"] == _url_photo(browser)
+        browser.press("Escape")
+        browser.wait_js("!document.getElementById('detail').open", "Esc")
+        # Closed in place: still this page, its search, without the photo.
+        assert browser.js("[location.pathname, location.search]") == [
+            "/",
+            "?q=%EB%B0%94%EB%8B%A4",
+        ]
+        assert browser.js("document.querySelectorAll('#grid .card').length") >= 40
+        assert browser.errors() == []
+
+
+def test_api_docs_page_works_offline(browser, tmp_path):
+    import urllib.request
+
+    from web import create_app
+
+    with serve(create_app(tmp_path / "no-library-here", warm=False)) as url:
+        with urllib.request.urlopen(url + "/api/openapi.json") as response:
+            spec = json.load(response)
+        operations = [
+            (method.upper(), path)
+            for path, item in spec["paths"].items()
+            for method in item
+            if method in ("get", "post", "put", "patch", "delete")
+        ]
+        for domain in ("Network", "Log"):
+            browser.send(f"{domain}.enable")
+        browser.send("Page.navigate", url=url + "/api/docs")
+        browser.wait_js("document.body && document.body.dataset.ready === '1'", "the docs")
+        requested = [
+            e["params"]["request"]["url"]
+            for e in browser.events
+            if e.get("method") == "Network.requestWillBeSent"
+        ]
+        assert url + "/api/openapi.json" in requested
+        outside = [u for u in requested if not u.startswith(url + "/")]
+        assert outside == []  # nothing from a CDN or anywhere else
+
+        shown = browser.js(
+            "[...document.querySelectorAll('#api-routes .route h3')].map(h => "
+            "[h.querySelector('.method').textContent, h.querySelector('.path').textContent])"
+        )
+        assert sorted(map(tuple, shown)) == sorted(operations)
+        search = browser.js("document.getElementById('get-/api/search').innerText")
+        for text in (
+            "매개변수 / Parameters",
+            "필수 / required",
+            "응답 / Responses",
+            "바다 + 노을",
+            "SearchResponse",
+            "results per page",
+            "≤ 200",
+        ):
+            assert text in search, text
+        # A schema link leads to its fields.
+        hit = browser.js("document.getElementById('schema-Hit').innerText")
+        assert "relpath" in hit and "path relative to the library's photo folder" in hit
+        browser.screenshot(tmp_path / "api-docs.png")
+        logged = [
+            (e["params"]["entry"]["text"], e["params"]["entry"].get("url"))
+            for e in browser.events
+            if e.get("method") == "Log.entryAdded"
+            and e["params"]["entry"]["level"] == "error"
+            and e["params"]["entry"].get("url") != url + "/favicon.ico"  # the browser's own try
+        ]
+        assert logged == [] and browser.errors() == []

@@ -357,7 +357,7 @@ def create_app(
         summary="Search a photo library with Korean (or English) text, photos, or both.",
         version=_version(),
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url=None,  # FastAPI's Swagger page loads its scripts from a CDN: ours is below
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
@@ -383,6 +383,11 @@ def create_app(
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse((static / "index.html").read_text("utf-8"))
+
+    @app.get("/api/docs", include_in_schema=False)
+    async def api_docs() -> HTMLResponse:
+        """The API described from /api/openapi.json by our own page (works offline)."""
+        return HTMLResponse((static / "api.html").read_text("utf-8"))
 
     _add_api_routes(app, backend)
     _add_duplicate_routes(app, backend)

@@ -1,10 +1,14 @@
-// koclip-search web page: search box (IME-safe), thumbnail grid with infinite scroll,
-// photo detail with similar photos, search by a dropped or picked photo, folder/date filters,
-// and the Duplicates view (choose a keeper, set the rest aside, undo).
+// koclip-search web page: search box (IME-safe), a justified photo grid with infinite scroll,
+// the photo viewer (← / → / Esc, its own URL, similar photos), search by a dropped or picked
+// photo, folder/date filters, and the Duplicates view (choose a keeper, set the rest aside, undo).
 "use strict";
 
 const PAGE = 40;
 const SIMILAR_IN_DETAIL = 12;
+const ROW_HEIGHT = 220;        // the grid's target row height (px); rows are at most this tall
+const SIMILAR_ROW_HEIGHT = 96; // the viewer's similar photos
+const GAP = 6;
+const SIMILAR_GAP = 4;
 const DEBOUNCE_MS = 350;
 const MAX_UPLOAD = 20 * 1024 * 1024;
 
@@ -18,9 +22,10 @@ const els = {
   status: $("status"), message: $("message"), grid: $("grid"), sentinel: $("sentinel"),
   more: $("more"), drop: $("drop"),
   detail: $("detail"), detailClose: $("detail-close"), detailImg: $("detail-img"),
+  detailPrev: $("detail-prev"), detailNext: $("detail-next"),
   detailName: $("detail-name"), detailPath: $("detail-path"), detailDate: $("detail-date"),
   detailSize: $("detail-size"), detailOriginal: $("detail-original"), detailMore: $("detail-more"),
-  similar: $("similar"), similarStatus: $("similar-status"),
+  similar: $("similar"), similarStatus: $("similar-status"), meta: $("detail-meta"),
   searchView: $("search-view"), dupesView: $("dupes-view"), dupesOpen: $("dupes-open"),
   dupesBack: $("dupes-back"), dupesKind: $("dupes-kind"), dupesStatus: $("dupes-status"),
   dupesMessage: $("dupes-message"), dupesList: $("dupes-list"), dupesMore: $("dupes-more"),
@@ -99,7 +104,9 @@ const state = {
   loading: false,
   gen: 0,            // bumped by every new search; late answers of older ones are dropped
   count: 0,
-  started: 0,
+  hits: [],          // the results shown, in grid order (the viewer's ← / → walk them)
+  took: 0,           // seconds the first page's request took: the search's own time
+  pending: null,     // the page being fetched (a promise), so others can wait for it
 };
 
 function filters() {
@@ -177,15 +184,23 @@ function setStatus(text) {
 }
 
 // -- the grid -----------------------------------------------------------------------------
+// Justified rows, as photo apps lay them out: every photo keeps its shape (the width and
+// height the library stored, EXIF orientation applied), each row is scaled to fill the width
+// exactly and is at most ROW_HEIGHT tall; the last, unfinished row keeps ROW_HEIGHT.
 
 function formatDate(iso) {
   if (!iso) return "";
   return iso.slice(0, 16).replace("T", " ");
 }
 
+function ratioOf(hit) {
+  return hit.width > 0 && hit.height > 0 ? hit.width / hit.height : 4 / 3;
+}
+
 function card(hit, onOpen) {
   const li = document.createElement("li");
   li.className = "card";
+  li.dataset.ratio = String(ratioOf(hit));
   const button = document.createElement("button");
   button.type = "button";
   button.className = "photo";
@@ -197,11 +212,19 @@ function card(hit, onOpen) {
   img.alt = hit.relpath;
   img.src = hit.thumbnail;
   img.addEventListener("error", () => li.classList.add("broken"), { once: true });
+  if (!(hit.width > 0 && hit.height > 0)) {
+    // Not stored (an older library): the thumbnail's own shape, once it is here.
+    img.addEventListener("load", () => {
+      if (!img.naturalWidth || !img.naturalHeight) return;
+      li.dataset.ratio = String(img.naturalWidth / img.naturalHeight);
+      relayout(li.parentElement);
+    }, { once: true });
+  }
   button.append(img);
   button.addEventListener("click", () => onOpen(hit));
   const score = document.createElement("span");
   score.className = "score";
-  score.textContent = hit.score.toFixed(3);
+  score.textContent = hit.score === undefined ? "" : hit.score.toFixed(3);
   const caption = document.createElement("span");
   caption.className = "caption";
   const name = hit.relpath.split("/").pop();
@@ -210,38 +233,112 @@ function card(hit, onOpen) {
   return li;
 }
 
+const LAYOUT = new Map(); // list element -> [row height, gap]
+const laidOutWidth = new WeakMap();
+
+function justify(list) {
+  const [rowHeight, gap] = LAYOUT.get(list);
+  const width = list.clientWidth;
+  laidOutWidth.set(list, width);
+  if (!width) return;
+  const target = Math.min(rowHeight, Math.max(rowHeight / 2, width / 2.5)); // narrow screens
+  let top = 0;
+  let row = [];
+  let sum = 0;
+  const place = (height, full) => {
+    let left = 0;
+    row.forEach((li, i) => {
+      // The last photo of a full row takes what rounding left, so the row ends at the edge.
+      const w = full && i === row.length - 1 ? width - left : Number(li.dataset.ratio) * height;
+      li.style.left = `${left}px`;
+      li.style.top = `${top}px`;
+      li.style.width = `${w}px`;
+      li.style.height = `${height}px`;
+      left += w + gap;
+    });
+    top += height + gap;
+    row = [];
+    sum = 0;
+  };
+  for (const li of list.children) {
+    row.push(li);
+    sum += Number(li.dataset.ratio);
+    const height = (width - gap * (row.length - 1)) / sum;
+    if (height <= target) place(height, true);
+  }
+  if (row.length) place(Math.min(target, (width - gap * (row.length - 1)) / sum), false);
+  list.style.height = `${Math.max(0, top - gap)}px`;
+}
+
+function relayout(list) {
+  if (list && LAYOUT.has(list)) justify(list);
+}
+
+const resized = new ResizeObserver((entries) => {
+  for (const entry of entries) {
+    const list = entry.target;
+    if (list.clientWidth !== laidOutWidth.get(list)) justify(list);
+  }
+});
+for (const [list, target, gap] of [
+  [els.grid, ROW_HEIGHT, GAP],
+  [els.similar, SIMILAR_ROW_HEIGHT, SIMILAR_GAP],
+]) {
+  LAYOUT.set(list, [target, gap]);
+  list.classList.add("justified");
+  resized.observe(list);
+}
+
 function describe(mode) {
   if (mode.kind === "text") return `‘${mode.q}’`;
   return mode.label;
 }
 
-async function startSearch(mode, { force = false } = {}) {
+function clearResults() {
+  state.next = 0;
+  state.count = 0;
+  state.hits = [];
+  state.took = 0;
+  state.pending = null;
+  els.grid.replaceChildren();
+  els.grid.style.height = "0px";
+}
+
+function startSearch(mode, { force = false } = {}) {
   const key = modeKey(mode);
-  if (!force && key === state.key) return;
+  if (!force && key === state.key) return Promise.resolve();
   state.mode = mode;
   state.key = key;
   state.gen += 1;
-  state.next = 0;
-  state.count = 0;
   state.loading = false;
-  state.started = performance.now();
-  els.grid.replaceChildren();
+  clearResults();
   hideMessage();
   window.scrollTo({ top: 0 });
   syncUrl();
-  await loadMore();
+  return loadMore();
 }
 
-async function loadMore() {
-  if (!state.mode || state.loading || state.next === null) return;
+// The next page; while one is on its way, that one (the viewer's → may wait for it).
+function loadMore() {
+  if (!state.mode || state.next === null) return Promise.resolve();
+  if (state.loading) return state.pending || Promise.resolve();
+  state.pending = fetchPage();
+  return state.pending;
+}
+
+async function fetchPage() {
   const gen = state.gen;
   const mode = state.mode;
+  const first = state.count === 0;
   state.loading = true;
-  els.more.hidden = state.count === 0;
-  if (state.count === 0) setStatus("찾는 중… / Searching…");
+  els.more.hidden = first;
+  if (first) setStatus("찾는 중… / Searching…");
   try {
+    const sent = performance.now();
     const page = await api(pageUrl(mode, state.next, PAGE));
     if (gen !== state.gen) return;
+    // The status line tells the search's own time: the first page's request, nothing after.
+    if (first) state.took = (performance.now() - sent) / 1000;
     renderPage(page);
   } catch (err) {
     if (gen !== state.gen) return;
@@ -251,6 +348,7 @@ async function loadMore() {
   } finally {
     if (gen === state.gen) {
       state.loading = false;
+      state.pending = null;
       els.more.hidden = true;
     }
   }
@@ -258,18 +356,21 @@ async function loadMore() {
 }
 
 function renderPage(page) {
-  const items = page.results.map((hit) => card(hit, openDetail));
-  els.grid.append(...items);
+  const openFromGrid = (hit) => openViewer(state.hits, state.hits.indexOf(hit), "grid");
+  els.grid.append(...page.results.map((hit) => card(hit, openFromGrid)));
+  state.hits.push(...page.results);
+  justify(els.grid);
   state.count += page.results.length;
   state.next = page.next_offset;
-  const secs = ((performance.now() - state.started) / 1000).toFixed(2);
   if (state.count === 0) {
     setStatus(describe(state.mode));
     showMessage("no_results");
     return;
   }
   const more = state.next === null ? "" : "+";
+  const secs = state.took.toFixed(2);
   setStatus(`${describe(state.mode)} — ${state.count}${more}장 / photos · ${secs} s`);
+  updateViewerButtons();
 }
 
 // Keep loading while the sentinel is on screen (a tall window may need several pages).
@@ -301,11 +402,11 @@ function runText(force) {
   const q = els.q.value.trim();
   if (!q) {
     if (state.mode && state.mode.kind === "text") resetToWelcome();
-    return;
+    return Promise.resolve();
   }
   clearCurrent();
   if (dupes.open) closeDupes();
-  startSearch({ kind: "text", q }, { force });
+  return startSearch({ kind: "text", q }, { force });
 }
 
 els.q.addEventListener("compositionstart", () => {
@@ -389,6 +490,7 @@ async function searchByFile(file) {
   const gen = state.gen;
   setStatus("사진을 보내는 중… / Sending the photo…");
   try {
+    const sent = performance.now();
     const page = await api(`/api/image?${params({ k: PAGE, offset: 0 })}`, {
       method: "POST",
       headers: { "Content-Type": file.type || "application/octet-stream" },
@@ -400,10 +502,9 @@ async function searchByFile(file) {
     const mode = { kind: "image", token: page.upload, label: `📷 ${file.name}` };
     state.mode = mode;
     state.key = modeKey(mode);
-    state.next = 0;
-    state.count = 0;
-    state.started = performance.now() - 1;
-    els.grid.replaceChildren();
+    state.loading = false;
+    clearResults();
+    state.took = (performance.now() - sent) / 1000;
     syncUrl();
     renderPage(page);
     fillViewport();
@@ -452,8 +553,14 @@ els.currentClear.addEventListener("click", () => {
   resetToWelcome();
 });
 
-// -- detail view with similar photos ------------------------------------------------------
+// -- the viewer: one photo, its facts and similar photos ----------------------------------
+// ← / → walk the list the photo was opened from (the grid's results, loading the next page
+// when needed, or the similar photos it was picked among); Esc, ✕ or the backdrop close it.
+// The open photo is in the URL (?q=…&photo=ID): opening pushes one history entry, so Back
+// closes the viewer; moving between photos replaces it; a shared URL runs its search and
+// opens the photo.
 
+const viewer = { list: [], index: -1, source: "grid", hit: null, leaving: null };
 let detailGen = 0;
 
 function humanSize(bytes) {
@@ -461,7 +568,51 @@ function humanSize(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
-async function openDetail(hit) {
+function openViewer(list, index, source, { push = true } = {}) {
+  if (index < 0 || index >= list.length) return;
+  viewer.list = list;
+  viewer.index = index;
+  viewer.source = source;
+  viewer.hit = list[index];
+  const opening = !els.detail.open;
+  showPhoto(viewer.hit);
+  if (opening) {
+    els.detail.showModal();
+  }
+  const url = urlNow();
+  if (opening && push) history.pushState({ viewer: true }, "", url);
+  else history.replaceState(history.state, "", url);
+  updateViewerButtons();
+}
+
+function canStep(delta) {
+  if (!els.detail.open) return false;
+  const i = viewer.index + delta;
+  if (i < 0) return false;
+  if (i < viewer.list.length) return true;
+  return viewer.source === "grid" && viewer.list === state.hits && state.next !== null;
+}
+
+function updateViewerButtons() {
+  els.detailPrev.disabled = !canStep(-1);
+  els.detailNext.disabled = !canStep(1);
+}
+
+async function step(delta) {
+  if (!canStep(delta)) return;
+  const list = viewer.list;
+  if (viewer.index + delta >= list.length) {
+    await loadMore(); // the next page of the results (or the one already on its way)
+    if (!els.detail.open || viewer.list !== list) return;
+    if (viewer.index + delta >= list.length) {
+      updateViewerButtons();
+      return;
+    }
+  }
+  openViewer(list, viewer.index + delta, viewer.source);
+}
+
+function showPhoto(hit) {
   detailGen += 1;
   const gen = detailGen;
   const d = els;
@@ -472,37 +623,136 @@ async function openDetail(hit) {
   d.detailDate.textContent = formatDate(hit.taken_at);
   d.detailSize.textContent = hit.width && hit.height ? `${hit.width} × ${hit.height}` : "";
   d.detailOriginal.href = hit.original;
-  d.detailMore.onclick = () => {
-    d.detail.close();
+  d.detail.dataset.photo = hit.id;
+  d.detailMore.onclick = async () => {
+    await closeViewer();
     clearCurrent();
     setCurrent(hit.thumbnail, hit.relpath);
     startSearch({ kind: "similar", id: hit.id, label: `≈ ${hit.relpath}` });
   };
   d.similar.replaceChildren();
+  d.similar.style.height = "0px";
   d.similarStatus.textContent = "찾는 중… / Searching…";
-  if (!d.detail.open) d.detail.showModal();
-  d.detail.scrollTop = 0;
+  d.meta.scrollTop = 0;
+  (async () => {
+    try {
+      const [photo, page] = await Promise.all([
+        api(`/api/photos/${hit.id}`),
+        api(`/api/photos/${hit.id}/similar?${params({ k: SIMILAR_IN_DETAIL })}`),
+      ]);
+      if (gen !== detailGen) return;
+      const source = photo.taken_at_source === "exif" ? "촬영 / taken" : "파일 시각 / file time";
+      d.detailDate.textContent = `${formatDate(photo.taken_at)} (${source})`;
+      d.detailSize.textContent = `${photo.width} × ${photo.height} · ${humanSize(photo.size)}`;
+      const similar = page.results;
+      const open = (h) => openViewer(similar, similar.indexOf(h), "similar");
+      d.similar.replaceChildren(...similar.map((h) => card(h, open)));
+      justify(d.similar);
+      d.similarStatus.textContent = similar.length ? "" : MESSAGES.no_results.join(" ");
+    } catch (err) {
+      if (gen !== detailGen) return;
+      const [ko, en] = MESSAGES[err.code] || MESSAGES.internal;
+      d.similarStatus.textContent = `${ko} ${en}`;
+    }
+  })();
+}
+
+// A photo by its id (a shared URL, or Forward): from the results when it is there.
+async function openPhotoById(id) {
+  const index = state.hits.findIndex((h) => h.id === id);
+  if (index >= 0) {
+    openViewer(state.hits, index, "grid", { push: false });
+    return;
+  }
   try {
-    const [photo, page] = await Promise.all([
-      api(`/api/photos/${hit.id}`),
-      api(`/api/photos/${hit.id}/similar?${params({ k: SIMILAR_IN_DETAIL })}`),
-    ]);
-    if (gen !== detailGen) return;
-    const source = photo.taken_at_source === "exif" ? "촬영 / taken" : "파일 시각 / file time";
-    d.detailDate.textContent = `${formatDate(photo.taken_at)} (${source})`;
-    d.detailSize.textContent = `${photo.width} × ${photo.height} · ${humanSize(photo.size)}`;
-    d.similar.replaceChildren(...page.results.map((h) => card(h, openDetail)));
-    d.similarStatus.textContent = page.results.length ? "" : MESSAGES.no_results.join(" ");
+    const photo = await api(`/api/photos/${id}`);
+    if (els.detail.open && viewer.hit && viewer.hit.id === id) return;
+    openViewer([photo], 0, "single", { push: false });
   } catch (err) {
-    if (gen !== detailGen) return;
-    const [ko, en] = MESSAGES[err.code] || MESSAGES.internal;
-    d.similarStatus.textContent = `${ko} ${en}`;
+    showMessage(err.code, err.message);
+    syncUrl();
   }
 }
 
-els.detailClose.addEventListener("click", () => els.detail.close());
+// Close the viewer; resolves once the URL no longer names the photo.
+function closeViewer() {
+  if (els.detail.open) {
+    els.detail.close();
+    viewerClosed(); // now, not when the close event comes: the caller may change the URL next
+  }
+  return viewer.leaving || Promise.resolve();
+}
+
+// However it closed (closeViewer, Back, the browser's own Esc): the URL and the focus follow.
+function viewerClosed() {
+  const hit = viewer.hit;
+  if (!hit) return;
+  detailGen += 1;
+  viewer.hit = null;
+  delete els.detail.dataset.photo;
+  if (viewer.source === "grid") {
+    const button = els.grid.querySelector(`.photo[data-id="${hit.id}"]`);
+    if (button) button.focus({ preventScroll: true });
+    if (button) button.scrollIntoView({ block: "nearest" });
+  }
+  if (history.state && history.state.viewer) {
+    // The entry opening pushed: going back to the one before it is what Back would do.
+    viewer.leaving = new Promise((resolve) => {
+      window.addEventListener("popstate", () => {
+        viewer.leaving = null;
+        resolve();
+      }, { once: true });
+    });
+    history.back();
+  } else {
+    syncUrl(); // opened by a shared URL: the same entry, without the photo
+  }
+}
+
+els.detail.addEventListener("close", viewerClosed);
+
+window.addEventListener("popstate", () => {
+  const id = Number(new URLSearchParams(location.search).get("photo")) || 0;
+  if (!id && els.detail.open) closeViewer(); // Back while the viewer is open
+  else if (id && !els.detail.open && !dupes.open) openPhotoById(id); // Forward
+});
+
+els.detailClose.addEventListener("click", closeViewer);
+els.detailPrev.addEventListener("click", () => step(-1));
+els.detailNext.addEventListener("click", () => step(1));
 els.detail.addEventListener("click", (event) => {
-  if (event.target === els.detail) els.detail.close(); // a click on the backdrop
+  if (event.target === els.detail) closeViewer(); // a click on the backdrop
+});
+
+// Keys: ← / → and Esc in the viewer; "/" focuses the search box unless one is typing.
+function typing(target) {
+  if (!target || !target.tagName) return false;
+  if (target.isContentEditable) return true;
+  if (target.tagName === "TEXTAREA" || target.tagName === "SELECT") return true;
+  if (target.tagName !== "INPUT") return false;
+  return !["button", "checkbox", "radio", "range", "color", "file", "submit", "reset"]
+    .includes(target.type);
+}
+
+document.addEventListener("keydown", (event) => {
+  if (event.defaultPrevented || event.isComposing || event.altKey || event.ctrlKey
+      || event.metaKey) return;
+  if (els.detail.open) {
+    if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
+      event.preventDefault();
+      step(event.key === "ArrowRight" ? 1 : -1);
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      closeViewer();
+    }
+    return;
+  }
+  if (event.key === "/" && !typing(event.target)) {
+    event.preventDefault();
+    if (dupes.open) closeDupes();
+    els.q.focus();
+    els.q.select();
+  }
 });
 
 // -- duplicates -------------------------------------------------------------------------
@@ -743,26 +993,32 @@ function resetToWelcome() {
   state.gen += 1;
   state.mode = null;
   state.key = "";
+  state.loading = false;
+  clearResults();
   state.next = null;
-  els.grid.replaceChildren();
   hideMessage();
   setStatus("한국어로 찾아보세요. 사진을 끌어다 놓으면 비슷한 사진을 찾아요. / "
             + "Search in Korean or English, or drop a photo to find similar ones.");
   syncUrl();
 }
 
-function syncUrl() {
+// The URL of what the page shows now: the search, its filters, the photo open in the viewer.
+function urlNow() {
   const p = new URLSearchParams(filters());
   if (dupes.open) {
     p.set("view", "duplicates");
     if (els.dupesKind.value !== "all") p.set("kind", els.dupesKind.value);
-    history.replaceState(null, "", `?${p.toString()}`);
-    return;
+    return `?${p.toString()}`;
   }
   if (state.mode && state.mode.kind === "text") p.set("q", state.mode.q);
   if (state.mode && state.mode.kind === "similar") p.set("similar", state.mode.id);
+  if (els.detail.open && viewer.hit) p.set("photo", viewer.hit.id);
   const query = p.toString();
-  history.replaceState(null, "", query ? `?${query}` : location.pathname);
+  return query ? `?${query}` : location.pathname;
+}
+
+function syncUrl() {
+  history.replaceState(history.state, "", urlNow());
 }
 
 async function loadLibrary() {
@@ -803,14 +1059,20 @@ async function main() {
     openDupes();
     return;
   }
+  let searched = Promise.resolve();
   if (url.get("q")) {
     els.q.value = url.get("q");
-    runText(true);
+    searched = runText(true);
   } else if (url.get("similar")) {
     const id = Number(url.get("similar"));
-    startSearch({ kind: "similar", id, label: `≈ #${id}` });
+    searched = startSearch({ kind: "similar", id, label: `≈ #${id}` });
   }
   els.q.focus();
+  const photo = Number(url.get("photo")) || 0;
+  if (photo) {
+    await searched; // a shared URL: its search first, then the photo, among its results
+    openPhotoById(photo);
+  }
 }
 
 main();
