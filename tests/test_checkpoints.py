@@ -373,3 +373,29 @@ def test_named_checkpoint_is_read_from_the_hub_cache_without_network(tmp_path, m
     assert files.model_id == "koclip-base" and files.weights.name == "flax_model.msgpack"
     enc = load_encoder("koclip-base", towers=("text",), cache_dir=str(tmp_path))
     assert enc.model_id == "koclip-base" and enc.encode_texts(["고양이"]).shape == (1, 16)
+
+
+def test_tiny_random_is_made_locally_and_runs_every_command(tmp_path, monkeypatch):
+    """`--model tiny-random`: no download, a stable model id and fingerprint, a real library."""
+    from click.testing import CliRunner
+
+    from cli import main
+    from koclip.checkpoints.hub import checkpoint_fingerprint
+
+    monkeypatch.setenv("KOCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(photos / "a.jpg")
+    first = checkpoint_fingerprint("tiny-random")
+    assert (tmp_path / "cache/tiny-random/config.json").is_file()
+    assert checkpoint_fingerprint("tiny-random") == first  # made once, then read
+    runner = CliRunner()
+    out = runner.invoke(main, ["index", str(photos), "--model", "tiny-random", "--json"])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(main, ["search", "바다", "--library", str(photos), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["results"][0]["path"].endswith("a.jpg")
+    out = runner.invoke(main, ["info", "--library", str(photos), "--json"])
+    assert json.loads(out.stdout)["model"] == "tiny-random"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from koclip.checkpoints.registry import CHECKPOINTS, NamedCheckpoint
+from koclip.checkpoints.registry import CHECKPOINTS, TINY_RANDOM, NamedCheckpoint
 from koclip.config import KoCLIPConfig
 from koclip.errors import CheckpointError, ModelUnavailableError
 
@@ -46,12 +46,40 @@ def resolve(name_or_path: str | os.PathLike[str], cache_dir: str | None = None) 
         return _resolve_dir(str(local.resolve()), local.resolve())
     if text in CHECKPOINTS:
         return _resolve_hub(CHECKPOINTS[text], cache_dir)
+    if text == TINY_RANDOM:
+        return _resolve_dir(TINY_RANDOM, _tiny_random())
     if local.exists():
         raise CheckpointError(f"{text}: a checkpoint must be a directory holding config.json")
-    valid = ", ".join(CHECKPOINTS)
+    valid = ", ".join([*CHECKPOINTS, TINY_RANDOM])
     raise CheckpointError(
         f"unknown model {text!r}: use one of {valid}, or a local checkpoint directory"
     )
+
+
+def _tiny_random() -> Path:
+    """The tiny random model's folder, made on first use in the cache (no download): for
+    trying the tool, never for finding photos."""
+    import shutil
+    import tempfile
+
+    from koclip.checkpoints.cache import default_cache_root
+
+    folder = default_cache_root() / TINY_RANDOM
+    if not (folder / "config.json").is_file():
+        from koclip.testing import build_tiny_checkpoint
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{TINY_RANDOM}.", dir=folder.parent)
+        try:
+            build_tiny_checkpoint(tmp, seed=0)
+            shutil.rmtree(folder, ignore_errors=True)  # a half-made one from before
+            os.replace(tmp, folder)  # whole or not at all, for a concurrent first use too
+        except OSError:
+            if not (folder / "config.json").is_file():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def checkpoint_fingerprint(name_or_path: str | os.PathLike[str]) -> str:

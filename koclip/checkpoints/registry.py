@@ -43,6 +43,11 @@ CHECKPOINTS: dict[str, NamedCheckpoint] = {
 }
 
 
+# A tiny model with random weights, made locally on first use (koclip.testing): it lets a new
+# user try every command without the real weights' download. Its results mean nothing.
+TINY_RANDOM = "tiny-random"
+
+
 def is_local(name_or_path: str | os.PathLike[str]) -> bool:
     return Path(name_or_path).expanduser().is_dir()
 
@@ -50,7 +55,7 @@ def is_local(name_or_path: str | os.PathLike[str]) -> bool:
 def model_id_for(name_or_path: str | os.PathLike[str]) -> str:
     """The id a library records: a hub name as given, or an absolute local path."""
     text = os.fspath(name_or_path)
-    if text in CHECKPOINTS:
+    if text in CHECKPOINTS or text == TINY_RANDOM:
         return text
     p = Path(text).expanduser()
     if p.is_dir():
