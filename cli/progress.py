@@ -172,8 +172,9 @@ class RebuildBar(LineBar):
 
 class PhaseReporter:
     """Shows `koclip.phases` phases on `stream`: nothing for a phase quicker than `after`
-    seconds; then a spinner with the elapsed time on a terminal, one line elsewhere; and a
-    line with the time taken when it ends."""
+    seconds; then a spinner with its text on a terminal (one spinner: a phase inside another
+    replaces the text until it ends), one line elsewhere; and a line with the time taken when
+    it ends."""
 
     def __init__(
         self,
@@ -187,27 +188,42 @@ class PhaseReporter:
         self.stream = stream
         self.after = after
         self.prefix = prefix
+        self._lock = threading.Lock()
+        self._shown: list[str] = []  # the texts on show, outermost first
+        self._status = None
+
+    def _show(self, text: str) -> None:
+        line = f"{self.prefix}{text}..."
+        if not self.console.is_terminal:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        elif self._status is None:
+            self._status = self.console.status(line)
+            self._status.start()
+        else:
+            self._status.update(line)
+        self._shown.append(text)
+
+    def _end(self, text: str, took: float) -> None:
+        self._shown.remove(text)
+        if self._status is not None:
+            if self._shown:
+                self._status.update(f"{self.prefix}{self._shown[-1]}...")
+            else:
+                self._status.stop()
+                self._status = None
+        self.console.print(f"{self.prefix}{text}: done in {took:.1f} s", markup=False)
 
     @contextlib.contextmanager
     def __call__(self, text: str) -> Iterator[None]:
         start = time.monotonic()
-        shown = threading.Event()
-        done = threading.Event()
-        lock = threading.Lock()
-        status = None
+        state = {"shown": False, "done": False}
 
         def show() -> None:
-            nonlocal status
-            with lock:
-                if done.is_set():
-                    return
-                shown.set()
-                if self.console.is_terminal:
-                    status = self.console.status(f"{self.prefix}{text}...")
-                    status.start()
-                else:
-                    self.stream.write(f"{self.prefix}{text}...\n")
-                    self.stream.flush()
+            with self._lock:
+                if not state["done"]:
+                    state["shown"] = True
+                    self._show(text)
 
         timer = threading.Timer(self.after, show)
         timer.daemon = True
@@ -215,14 +231,11 @@ class PhaseReporter:
         try:
             yield
         finally:
-            with lock:
-                done.set()
+            with self._lock:
+                state["done"] = True
                 timer.cancel()
-                if status is not None:
-                    status.stop()
-                if shown.is_set():
-                    took = time.monotonic() - start
-                    self.console.print(f"{self.prefix}{text}: done in {took:.1f} s", markup=False)
+                if state["shown"]:
+                    self._end(text, time.monotonic() - start)
 
 
 @contextlib.contextmanager

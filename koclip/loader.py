@@ -43,10 +43,27 @@ def load_encoder(
     (default 32 jitted or fast, 8 numpy). `compilation_cache`: point JAX's persistent
     compilation cache at koclip's cache folder before the jitted towers compile.
     """
-    from koclip.fast import precision as fast
+    from koclip.phases import phase
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    with phase(f"loading the model {os.fspath(name_or_path)} ({' and '.join(towers)})"):
+        return _load(
+            name_or_path, towers, precision, backend, batch_size, cache_dir, compilation_cache
+        )
+
+
+def _load(
+    name_or_path: str | os.PathLike[str],
+    towers: Sequence[str],
+    precision: str | None,
+    backend: str,
+    batch_size: int | None,
+    cache_dir: str | None,
+    compilation_cache: bool,
+) -> Encoder:
+    from koclip.fast import precision as fast
+
     asked = fast.requested_precision(precision)
     one_shot_auto = asked == "auto" and backend == "numpy"
     chosen = "fp32" if one_shot_auto else fast.chosen_precision(asked)

@@ -18,23 +18,18 @@ Reporter = Callable[[str], AbstractContextManager[object]]
 
 _reporter: Reporter | None = None
 _lock = threading.Lock()
-_local = threading.local()
 
 
 @contextlib.contextmanager
 def phase(text: str) -> Iterator[None]:
-    """Mark `text` as what this thread is doing until the block ends. Nested phases are
-    shown as the outer one only (it already says what is going on)."""
+    """Mark `text` as what this thread is doing until the block ends (a phase inside another
+    says more precisely what the outer one is doing now)."""
     reporter = _reporter
-    if reporter is None or getattr(_local, "depth", 0):
+    if reporter is None:
         yield
         return
-    _local.depth = 1
-    try:
-        with reporter(text):
-            yield
-    finally:
-        _local.depth = 0
+    with reporter(text):
+        yield
 
 
 def set_reporter(reporter: Reporter | None) -> Reporter | None:

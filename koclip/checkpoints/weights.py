@@ -18,6 +18,7 @@ from koclip.checkpoints.hub import CheckpointFiles, shard_files
 from koclip.checkpoints.params import params_from_flax, params_from_pt, select, towers_in
 from koclip.checkpoints.safetensors_mmap import SafetensorsFormatError, open_mmap
 from koclip.errors import CheckpointError
+from koclip.phases import phase
 
 
 def load_params(
@@ -37,10 +38,11 @@ def load_params(
             return read_converted(cache, towers, files.config, cache_root)
         except CheckpointError:
             pass  # a damaged cache entry is rebuilt from the checkpoint below
-    params = _read_original(files, towers, cache_root)
-    if cache is not None:
-        for tower in towers_in(params):
-            write_converted(select(params, (tower,)), cache[tower])
+    with phase(f"converting {files.model_id}'s weights for fast loading (once per model)"):
+        params = _read_original(files, towers, cache_root)
+        if cache is not None:
+            for tower in towers_in(params):
+                write_converted(select(params, (tower,)), cache[tower])
     return select(params, towers)
 
 
