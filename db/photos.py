@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.errors import LibraryCorruptError, LibraryError, index_command
@@ -94,6 +94,45 @@ def photos_by_id(session: Session, ids: np.ndarray | list[int]) -> dict[int, Pho
         return {}
     rows = session.scalars(select(Photo).where(Photo.id.in_(wanted))).all()
     return {row.id: row for row in rows}
+
+
+# -- facts: where and with what ------------------------------------------------------------------
+
+
+def place_condition(labels: Collection[str]) -> ColumnElement[bool]:
+    """Photos taken at any of these places: a label is a place's names from the top level down
+    joined by spaces ("제주특별자치도 서귀포시"); a photo is there when its `place` equals it or
+    starts with it plus a space (an index range on `place`, no LIKE)."""
+    # " " + 1 is "!": [label + " ", label + "!") holds exactly the texts starting label + " ".
+    return or_(
+        *(
+            or_(Photo.place == label, and_(Photo.place >= label + " ", Photo.place < label + "!"))
+            for label in labels
+        )
+    )
+
+
+def camera_condition(cameras: Collection[tuple[str, str]]) -> ColumnElement[bool]:
+    """Photos taken with any of these (make, model) pairs."""
+    return or_(
+        *(and_(Photo.camera_make == make, Photo.camera_model == model) for make, model in cameras)
+    )
+
+
+def photos_by_date(
+    session: Session,
+    *where: ColumnElement[bool],
+    newest: bool = True,
+    offset: int = 0,
+    limit: int | None = None,
+) -> list[Photo]:
+    """The photos matching the conditions, newest (or oldest) taken first, ties by id; a page
+    of them from `offset`, at most `limit` (None: all)."""
+    order = (Photo.taken_at.desc(), Photo.id) if newest else (Photo.taken_at, Photo.id)
+    query = select(Photo).where(*where).order_by(*order).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
 
 
 class PlanRow(NamedTuple):

@@ -10,16 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import db
+from search.cutoff import Cutoff
+from search.understand import Understood
 
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One photo found: `score` is the cosine similarity between the query and the photo;
-    `path` is the file as it is on disk (an NFD name stays NFD), `relpath` the library's key
-    for it (NFC, relative to the photo root: for matching and display)."""
+    """One photo found: `score` is the cosine similarity between the query and the photo
+    (also when the photo's words brought it up: the fusion orders, the score stays the
+    cosine), None for a query of facts only (no text, nothing to compare); `path` is the file
+    as it is on disk (an NFD name stays NFD), `relpath` the library's key for it (NFC,
+    relative to the photo root: for matching and display); `place` and `camera` as read from
+    the photo (None when unknown)."""
 
     rank: int
-    score: float
+    score: float | None
     path: Path
     photo_id: int
     width: int | None = None
@@ -27,16 +32,20 @@ class SearchHit:
     taken_at: datetime | None = None
     size: int | None = None
     relpath: str = ""
+    place: str | None = None
+    camera: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The hit as the CLI's --json prints it."""
         return {
             "rank": self.rank,
-            "score": round(self.score, 4),
+            "score": None if self.score is None else round(self.score, 4),
             "path": json_path(self.path),
             "width": self.width,
             "height": self.height,
             "taken_at": self.taken_at.isoformat() if self.taken_at else None,
+            "place": self.place,
+            "camera": self.camera,
         }
 
 
@@ -57,10 +66,15 @@ class PhotoInfo:
 
 @dataclass(frozen=True)
 class SearchResults:
-    """The hits for one query, best first, after offset paging and the threshold."""
+    """The hits for one query, in the order asked (best first by default), after offset
+    paging and the threshold. `understood`: the dates, places and cameras read from a text
+    query and the rest searched (None for image queries and literal ones); `cutoff`: the
+    relevance cutoff applied (threshold auto), None otherwise."""
 
     query: str
     hits: tuple[SearchHit, ...]
+    understood: Understood | None = None
+    cutoff: Cutoff | None = None
 
     def __iter__(self) -> Iterator[SearchHit]:
         return iter(self.hits)
@@ -77,8 +91,19 @@ class SearchResults:
         return [hit.path for hit in self.hits]
 
     def to_json(self) -> dict[str, Any]:
-        """`{"query": ..., "results": [...]}` exactly as the CLI's --json prints it."""
-        return {"query": self.query, "results": [hit.to_json() for hit in self.hits]}
+        """`{"query": ..., "results": [...]}` exactly as the CLI's --json prints it, with
+        `"understood": {...}` for a text query and `"cutoff": {...}` when one applied."""
+        body: dict[str, Any] = {"query": self.query}
+        if self.understood is not None:
+            body["understood"] = self.understood.to_json()
+        if self.cutoff is not None:
+            body["cutoff"] = {
+                "threshold": self.cutoff.threshold,
+                "kept": self.cutoff.kept,
+                "how": self.cutoff.how,
+            }
+        body["results"] = [hit.to_json() for hit in self.hits]
+        return body
 
 
 def json_path(path: str | os.PathLike[str]) -> str:
