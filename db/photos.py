@@ -9,6 +9,7 @@ The embeddings come back as float32 arrays, checked against the manifest's size
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -72,6 +73,80 @@ def last_indexed_at(session: Session) -> float | None:
 def all_paths(session: Session) -> Iterator[str]:
     """Every photo's key path (POSIX, NFC, relative to the photo root)."""
     return iter(session.scalars(select(Photo.path)))
+
+
+# -- facts ------------------------------------------------------------------------------------
+
+
+def place_counts(session: Session) -> list[tuple[tuple[str, ...], int]]:
+    """(place names top-down, photos there) for every place a photo was placed at, most
+    photos first: what `search.understand.Vocabulary.build(places=...)` takes."""
+    rows = session.execute(
+        select(Photo.place_path, func.count())
+        .where(Photo.place_path.is_not(None))
+        .group_by(Photo.place_path)
+        .order_by(func.count().desc(), Photo.place_path)
+    )
+    out: dict[tuple[str, ...], int] = {}
+    for raw, count in rows:
+        path = _place_path(raw)
+        if path:
+            out[path] = out.get(path, 0) + count
+    return sorted(out.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _place_path(raw: str) -> tuple[str, ...]:
+    """A stored place_path (a JSON list of names), () if it is not one."""
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        return ()
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        return ()
+    return tuple(names)
+
+
+def camera_counts(session: Session) -> list[tuple[str, str, int]]:
+    """(make, model, photos) for every camera the photos name, most photos first; "" where
+    a photo names only the make or only the model."""
+    make, model = func.coalesce(Photo.camera_make, ""), func.coalesce(Photo.camera_model, "")
+    rows = session.execute(
+        select(make, model, func.count())
+        .where((Photo.camera_make.is_not(None)) | (Photo.camera_model.is_not(None)))
+        .group_by(make, model)
+        .order_by(func.count().desc(), make, model)
+    )
+    return [(mk, md, count) for mk, md, count in rows]
+
+
+def facts_counts(session: Session) -> dict[str, int]:
+    """How many photos have a place ("place"), a camera ("camera"), keywords ("keywords"),
+    facts that could not be read ("unreadable"), and facts not read yet ("unread": a library
+    made before schema 4, until its next index run)."""
+
+    def count(condition: ColumnElement[bool]) -> Any:
+        return func.count().filter(condition)
+
+    row = session.execute(
+        select(
+            count(Photo.place.is_not(None)),
+            count(Photo.camera_make.is_not(None) | Photo.camera_model.is_not(None)),
+            count(Photo.keywords.is_not(None)),
+            count(Photo.facts_problems.is_not(None)),
+            count(Photo.facts.is_(None)),
+        )
+    ).one()
+    return dict(zip(("place", "camera", "keywords", "unreadable", "unread"), row, strict=True))
+
+
+def missing_facts(session: Session) -> list[tuple[int, str, str]]:
+    """(id, key path, on-disk relative path) of every photo whose facts were not read yet."""
+    rows = session.execute(
+        select(Photo.id, Photo.path, Photo.disk_path)
+        .where(Photo.facts.is_(None))
+        .order_by(Photo.id)
+    )
+    return [(pid, path, disk_relpath(path, disk)) for pid, path, disk in rows]
 
 
 # -- rows -------------------------------------------------------------------------------------

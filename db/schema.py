@@ -11,7 +11,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump when tables or column meanings change, with its step in db.migrate (which upgrades an
 # older library, or lets a reader read it as it is); any other version is refused (index --rebuild).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Base(DeclarativeBase):
@@ -31,6 +31,7 @@ class Photo(Base):
     __table_args__ = (
         Index("ix_photos_content_hash", "content_hash"),
         Index("ix_photos_taken_at", "taken_at"),  # date filters; rows hold their blobs inline
+        Index("ix_photos_place", "place"),  # place filters: equal to a label or below it
         {"sqlite_autoincrement": True},
     )
 
@@ -55,6 +56,23 @@ class Photo(Base):
     # the indexer has computed them (a library made before schema 3).
     phash: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     pthumb: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    # Facts from the photo's metadata (indexer.facts.read_facts), schema 4. `facts` is the
+    # FACTS_VERSION they were read with, NULL until read (a library made before schema 4: the
+    # next index run reads them, metadata only). Each fact is NULL where the photo does not say
+    # it or says it unreadably; `facts_problems` names the unreadable fields, comma-joined.
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)  # WGS84
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
+    # db.places.Place.text of the position ("제주특별자치도 서귀포시 성산읍", "프랑스 파리"),
+    # and its names top-down as a JSON list (Place.text is them joined by one space).
+    place: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
+    place_path: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
+    camera_make: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
+    camera_model: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
+    lens: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
+    keywords: Mapped[str | None] = mapped_column(String, nullable=True, default=None)  # "\n"-joined
+    caption: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
+    facts: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    facts_problems: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
     # float32 little-endian, L2-normalised; deferred so listing rows does not read the vectors.
     embedding: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
 
@@ -65,6 +83,20 @@ class Photo(Base):
     def disk_relpath(self) -> str:
         """The relative path to open (os.fsdecode form: exact bytes survive as surrogates)."""
         return disk_relpath(self.path, self.disk_path)
+
+    @property
+    def camera(self) -> str | None:
+        """The camera as people say it ("Apple iPhone 15"), as PhotoFacts.camera builds it."""
+        return camera_label(self.camera_make, self.camera_model)
+
+
+def camera_label(make: str | None, model: str | None) -> str | None:
+    """Make and model as people say it: "Apple iPhone 15", "Canon EOS R5" (not "Canon Canon
+    EOS R5"), the make alone or the model alone when only one is known."""
+    if not make or not model:
+        return model or make or None
+    brand = make.split()[0].casefold()
+    return model if model.casefold().startswith(brand) else f"{make} {model}"
 
 
 def disk_relpath(path: str, disk_path: bytes | None) -> str:
