@@ -22,6 +22,21 @@ if TYPE_CHECKING:
     from search import LibraryInfo, Searcher, SearchResults
 
 INDEX_CHOICES = ("auto", "flat", "hnsw", "ivf-sq8", "ivf-pq")
+SORT_CHOICES = ("relevance", "newest", "oldest")
+
+
+class Threshold(FiniteFloat):
+    """--threshold: auto, none, or a finite number."""
+
+    name = "threshold"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("auto", "none"):
+            return value.strip().lower()
+        return super().convert(value, param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "auto|none|FLOAT"
 
 
 class OneLineCommand(click.Command):
@@ -69,7 +84,18 @@ def _query_options(f: Callable) -> Callable:
             help="Skip this many (paging).",
         ),
         click.option(
-            "--threshold", type=FiniteFloat(), help="Only results with a cosine score >= this."
+            "--threshold",
+            type=Threshold(),
+            help="Only results with a cosine score >= this number; auto: the photos that stand "
+            "out for the query (the default under --sort newest/oldest); none: no cutoff.",
+        ),
+        click.option(
+            "--sort",
+            type=click.Choice(SORT_CHOICES),
+            default="relevance",
+            show_default=True,
+            help="relevance: best match first; newest / oldest: by the date taken, among the "
+            "photos the threshold keeps.",
         ),
         click.option("--under", metavar="SUBDIR", help="Only photos under this folder."),
         click.option("--after", metavar="DATE", help="Only photos taken on or after DATE."),
@@ -98,6 +124,10 @@ def _check_output(as_json: bool, as_paths: bool) -> None:
 
 
 def _print_results(results: SearchResults, as_json: bool, as_paths: bool) -> None:
+    understood = results.understood
+    shown = understood is not None and understood.has_facts and not (as_json or as_paths)
+    if shown and click.get_text_stream("stdout").isatty():
+        click.echo(understood.describe())  # type: ignore[union-attr]
     if as_json:
         click.echo(json.dumps(results.to_json(), ensure_ascii=False))
     elif as_paths:
@@ -111,24 +141,32 @@ def _print_results(results: SearchResults, as_json: bool, as_paths: bool) -> Non
 @click.argument("query", nargs=-1, required=True)
 @_query_options
 @click.option("--no-prompt", is_flag=True, help="Encode text as typed, not in the prompt template.")
+@click.option(
+    "--literal",
+    is_flag=True,
+    help="Search the text as typed: no dates, places or cameras read from it, no match on "
+    "file names and keywords.",
+)
 @domain_errors
 def search_command(
     query: tuple[str, ...], as_json: bool, as_paths: bool, no_prompt: bool, **options: Any
 ) -> None:
     """Find photos matching QUERY: Korean or English text, image paths, or a composition.
 
-    Terms are joined with a lone + or -, and W:term weights one (2:강아지).
+    Terms are joined with a lone + or -, and W:term weights one (2:강아지). Dates, places
+    and cameras the query names filter the photos (작년 여름 제주, 2023년 도쿄, 아이폰), and its
+    words also find photos by file name, folder, keywords and caption.
 
     Example:
 
-        koclip-search search 바다 + 노을 - 사람 --after 2023-05 -k 10
+        koclip-search search 작년 여름 제주 바다 + 노을 - 사람 -k 10
     """
     from search import parse_query
 
     _check_output(as_json, as_paths)
-    terms = parse_query(list(query))
+    parse_query(list(query))  # a malformed query fails before the library is opened
     with _open(options.pop("library"), options.pop("model")) as searcher:
-        results = searcher.compose(terms, prompt=not no_prompt, **options)
+        results = searcher.compose(list(query), prompt=not no_prompt, **options)
     _print_results(results, as_json, as_paths)
 
 
@@ -220,7 +258,7 @@ def format_table(results: SearchResults) -> str:
     rows = [
         (
             str(h.rank),
-            f"{h.score:.3f}",
+            "-" if h.score is None else f"{h.score:.3f}",
             display_path(h.path),
             _human_size(h.size),
             _date(h.taken_at),

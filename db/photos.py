@@ -188,10 +188,10 @@ def place_condition(labels: Collection[str]) -> ColumnElement[bool]:
 
 
 def camera_condition(cameras: Collection[tuple[str, str]]) -> ColumnElement[bool]:
-    """Photos taken with any of these (make, model) pairs."""
-    return or_(
-        *(and_(Photo.camera_make == make, Photo.camera_model == model) for make, model in cameras)
-    )
+    """Photos taken with any of these (make, model) pairs ("" for a part a photo lacks, as
+    `camera_counts` gives them)."""
+    make_, model_ = func.coalesce(Photo.camera_make, ""), func.coalesce(Photo.camera_model, "")
+    return or_(*(and_(make_ == make, model_ == model) for make, model in cameras))
 
 
 def photos_by_date(

@@ -380,10 +380,13 @@ def test_unreadable_query_image(searcher, tmp_path, name: str) -> None:
 
 def test_json_shape(searcher) -> None:
     out = searcher.text("소파 위에 고양이", k=2).to_json()
-    assert list(out) == ["query", "results"]
+    assert list(out) == ["query", "understood", "results"]
     assert out["query"] == "소파 위에 고양이"
+    assert out["understood"]["text"] == "소파 위에 고양이" and out["understood"]["facts"] == []
     first = out["results"][0]
-    assert list(first) == ["rank", "score", "path", "width", "height", "taken_at"]
+    assert list(first) == [
+        "rank", "score", "path", "width", "height", "taken_at", "place", "camera"
+    ]  # fmt: skip
     assert first["rank"] == 1 and isinstance(first["score"], float)
     assert Path(first["path"]).is_absolute()
     assert isinstance(first["width"], int) and isinstance(first["height"], int)
