@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -126,7 +127,7 @@ def _check_output(as_json: bool, as_paths: bool) -> None:
 def _print_results(results: SearchResults, as_json: bool, as_paths: bool) -> None:
     understood = results.understood
     shown = understood is not None and understood.has_facts and not (as_json or as_paths)
-    if shown and click.get_text_stream("stdout").isatty():
+    if shown and sys.stdout.isatty():
         click.echo(understood.describe())  # type: ignore[union-attr]
     if as_json:
         click.echo(json.dumps(results.to_json(), ensure_ascii=False))
@@ -223,7 +224,6 @@ def reindex_command(library: str | None, index_type: str) -> None:
 
         koclip-search reindex --index ivf-sq8
     """
-    import sys
 
     from cli.progress import LineBar
     from search import find_library, reindex
