@@ -27,6 +27,13 @@ class SearchHit:
     taken_at: datetime | None = None
     size: int | None = None
     relpath: str = ""
+    # Where and with what it was taken (its metadata; None where it does not say): the place
+    # name ("제주특별자치도 서귀포시 성산읍", "프랑스 파리"), WGS84 degrees, the camera as people
+    # say it ("Apple iPhone 15").
+    place: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    camera: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The hit as the CLI's --json prints it."""
@@ -37,6 +44,7 @@ class SearchHit:
             "width": self.width,
             "height": self.height,
             "taken_at": self.taken_at.isoformat() if self.taken_at else None,
+            **facts_json(self),
         }
 
 
@@ -53,6 +61,20 @@ class PhotoInfo:
     taken_at_source: str  # "exif" | "mtime"
     size: int
     content_hash: str
+    place: str | None = None  # as in SearchHit
+    lat: float | None = None
+    lon: float | None = None
+    camera: str | None = None
+
+
+def stored_facts(row: db.Photo) -> dict[str, Any]:
+    """The facts a SearchHit or PhotoInfo carries, from a photo row (keyword arguments)."""
+    return {"place": row.place, "lat": row.lat, "lon": row.lon, "camera": row.camera}
+
+
+def facts_json(item: SearchHit | PhotoInfo) -> dict[str, Any]:
+    """A hit's or photo's facts as JSON fields (null where the photo does not say)."""
+    return {"place": item.place, "lat": item.lat, "lon": item.lon, "camera": item.camera}
 
 
 @dataclass(frozen=True)

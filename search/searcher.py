@@ -37,7 +37,7 @@ from search.library import (
     open_read_only,
 )
 from search.query import Term, check_text, describe, parse_query
-from search.results import PhotoInfo, SearchHit, SearchResults, display_path
+from search.results import PhotoInfo, SearchHit, SearchResults, display_path, stored_facts
 
 DEFAULT_K = 20
 # An in-memory image query cannot be matched to its file by bytes; a library photo whose
@@ -247,7 +247,7 @@ class Searcher:
     def _info(self, row: db.Photo) -> PhotoInfo:
         stored = (row.width, row.height, row.taken_at, row.taken_at_source, row.size)
         path = self.photo_root / row.disk_relpath()
-        return PhotoInfo(row.id, path, row.path, *stored, row.content_hash)
+        return PhotoInfo(row.id, path, row.path, *stored, row.content_hash, **stored_facts(row))
 
     # -- embedding ----------------------------------------------------------------------------
 
@@ -369,6 +369,7 @@ class Searcher:
                     taken_at=row.taken_at,
                     size=row.size,
                     relpath=row.path,
+                    **stored_facts(row),
                 )
             )
         # A label may hold a file name that is not UTF-8: shown escaped, as every path is.

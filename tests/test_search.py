@@ -567,6 +567,7 @@ def test_info(searcher, reference, tiny_checkpoint) -> None:
         "retrain_at",
         "index_automatic",
         "switch_at",
+        "facts",
     }
     assert info.writer is None  # no indexer or watcher holds it
     assert info.index_memory > 0 and info.recall_target == "exact" and info.retrain_at is None
