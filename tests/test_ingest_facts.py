@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL.TiffImagePlugin import IFDRational
+from sqlalchemy import text
 
 import db
 from db import lexical, photos
@@ -199,14 +200,8 @@ def test_moves_copies_changes_and_removals_keep_facts_and_words_in_step(indexed,
     assert index(indexed, tiny_checkpoint).deleted == 1
     with open_lib(indexed) as lib, lib.session() as s, s.begin():
         assert lexical.stored(s, [copy.id]) == {}
-        word_rows = s.execute(sqlite_text("SELECT count(*) FROM photo_words")).scalar()
+        word_rows = s.execute(text("SELECT count(*) FROM photo_words")).scalar()
         assert word_rows == photos.photo_count(s) == 3
-
-
-def sqlite_text(sql: str):
-    from sqlalchemy import text
-
-    return text(sql)
 
 
 def garbage_gps_jpeg() -> bytes:
