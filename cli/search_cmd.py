@@ -292,6 +292,7 @@ def format_info(info: LibraryInfo) -> str:
         ("index", f"{info.index_type}{vectors}, {_index_choice(info)}"),
         ("index memory", _human_size(info.index_memory)),
         ("recall", info.recall_target or "-"),
+        ("facts", _facts(info)),
         *(
             [("retrain at", f"{info.retrain_at:,} photos (the next `index` past it retrains)")]
             if info.retrain_at
@@ -302,6 +303,20 @@ def format_info(info: LibraryInfo) -> str:
         ("writer", _writer(info)),
     ]
     return "\n".join(f"{k + ':':<14}{v}" for k, v in pairs)
+
+
+def _facts(info: LibraryInfo) -> str:
+    """What the photos' metadata gave: `1,204 with a place, 1,530 with a camera, ...`."""
+    f = info.facts
+    text = ", ".join(
+        f"{f.get(key, 0):,} with {what}"
+        for key, what in (("place", "a place"), ("camera", "a camera"), ("keywords", "keywords"))
+    )
+    if f.get("unreadable"):
+        text += f"; {f['unreadable']:,} with unreadable metadata"
+    if f.get("unread"):
+        text += f"; {f['unread']:,} not read yet (the next `index` reads them)"
+    return text
 
 
 def _index_choice(info: LibraryInfo) -> str:

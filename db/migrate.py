@@ -68,7 +68,7 @@ STEPS = (
     ),
     # Facts from the photos' metadata (the next index run reads them where `facts` is NULL,
     # metadata only), the place index, and the photos' words (db.lexical), which that run
-    # fills for every photo.
+    # fills for every photo; a deleted photo row takes its words with it (a trigger).
     Step(
         4,
         (
@@ -87,6 +87,7 @@ STEPS = (
         creates=(
             "CREATE INDEX IF NOT EXISTS ix_photos_place ON photos (place)",
             lexical.CREATE,
+            lexical.FORGET_TRIGGER,
         ),
     ),
 )

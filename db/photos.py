@@ -21,6 +21,12 @@ from sqlalchemy.orm import Session
 from db.errors import LibraryCorruptError, LibraryError, index_command
 from db.schema import Failure, ManifestRow, Photo, blob_to_vector, disk_relpath
 
+# The facts columns (schema 4), as a row copies them from its exact twin.
+FACT_COLUMNS = (
+    Photo.lat, Photo.lon, Photo.place, Photo.place_path, Photo.camera_make, Photo.camera_model,
+    Photo.lens, Photo.keywords, Photo.caption, Photo.facts, Photo.facts_problems,
+)  # fmt: skip
+
 # SQLite caps the parameters of one statement; reads by id go in chunks of this many.
 ID_CHUNK = 900
 
@@ -255,7 +261,7 @@ def failures_for_plan(session: Session, where: ColumnElement[bool]) -> Iterator[
 
 def reuse_sources(session: Session, content_hash: str) -> list[Any]:
     """The rows holding these bytes, by id, with what a new row copies from one (its
-    embedding, size in pixels, date and fingerprints) and its path."""
+    embedding, size in pixels, date, fingerprints and facts) and its path."""
     return list(
         session.execute(
             select(
@@ -268,6 +274,7 @@ def reuse_sources(session: Session, content_hash: str) -> list[Any]:
                 Photo.embedding,
                 Photo.phash,
                 Photo.pthumb,
+                *FACT_COLUMNS,
             )
             .where(Photo.content_hash == content_hash)
             .order_by(Photo.id)

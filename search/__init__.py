@@ -18,7 +18,14 @@ from search.errors import (
 from search.library import LibraryInfo, find_library
 from search.query import Term, parse_query, text_problem
 from search.reindex import ReindexReport, reindex
-from search.results import PhotoInfo, SearchHit, SearchResults, display_path, json_path
+from search.results import (
+    PhotoInfo,
+    SearchHit,
+    SearchResults,
+    display_path,
+    facts_json,
+    json_path,
+)
 from search.searcher import Searcher, SearchOptions
 
 __all__ = [
@@ -37,6 +44,7 @@ __all__ = [
     "Searcher",
     "Term",
     "display_path",
+    "facts_json",
     "find_library",
     "json_path",
     "parse_query",

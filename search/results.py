@@ -20,8 +20,7 @@ class SearchHit:
     (also when the photo's words brought it up: the fusion orders, the score stays the
     cosine), None for a query of facts only (no text, nothing to compare); `path` is the file
     as it is on disk (an NFD name stays NFD), `relpath` the library's key for it (NFC,
-    relative to the photo root: for matching and display); `place` and `camera` as read from
-    the photo (None when unknown)."""
+    relative to the photo root: for matching and display)."""
 
     rank: int
     score: float | None
@@ -32,7 +31,12 @@ class SearchHit:
     taken_at: datetime | None = None
     size: int | None = None
     relpath: str = ""
+    # Where and with what it was taken (its metadata; None where it does not say): the place
+    # name ("제주특별자치도 서귀포시 성산읍", "프랑스 파리"), WGS84 degrees, the camera as people
+    # say it ("Apple iPhone 15").
     place: str | None = None
+    lat: float | None = None
+    lon: float | None = None
     camera: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -44,8 +48,7 @@ class SearchHit:
             "width": self.width,
             "height": self.height,
             "taken_at": self.taken_at.isoformat() if self.taken_at else None,
-            "place": self.place,
-            "camera": self.camera,
+            **facts_json(self),
         }
 
 
@@ -62,6 +65,20 @@ class PhotoInfo:
     taken_at_source: str  # "exif" | "mtime"
     size: int
     content_hash: str
+    place: str | None = None  # as in SearchHit
+    lat: float | None = None
+    lon: float | None = None
+    camera: str | None = None
+
+
+def stored_facts(row: db.Photo) -> dict[str, Any]:
+    """The facts a SearchHit or PhotoInfo carries, from a photo row (keyword arguments)."""
+    return {"place": row.place, "lat": row.lat, "lon": row.lon, "camera": row.camera}
+
+
+def facts_json(item: SearchHit | PhotoInfo) -> dict[str, Any]:
+    """A hit's or photo's facts as JSON fields (null where the photo does not say)."""
+    return {"place": item.place, "lat": item.lat, "lon": item.lon, "camera": item.camera}
 
 
 @dataclass(frozen=True)

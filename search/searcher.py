@@ -38,7 +38,7 @@ from search.library import (
     open_read_only,
 )
 from search.query import Term, check_text, describe, parse_query
-from search.results import PhotoInfo, SearchHit, SearchResults, display_path
+from search.results import PhotoInfo, SearchHit, SearchResults, display_path, stored_facts
 from search.understand import Understood, Vocabulary, understand
 
 DEFAULT_K = 20
@@ -366,7 +366,7 @@ class Searcher:
     def _info(self, row: db.Photo) -> PhotoInfo:
         stored = (row.width, row.height, row.taken_at, row.taken_at_source, row.size)
         path = self.photo_root / row.disk_relpath()
-        return PhotoInfo(row.id, path, row.path, *stored, row.content_hash)
+        return PhotoInfo(row.id, path, row.path, *stored, row.content_hash, **stored_facts(row))
 
     # -- embedding ----------------------------------------------------------------------------
 
@@ -594,8 +594,7 @@ class Searcher:
                     taken_at=row.taken_at,
                     size=row.size,
                     relpath=row.path,
-                    place=getattr(row, "place", None),
-                    camera=_camera(row),
+                    **stored_facts(row),
                 )
             )
         # A label may hold a file name that is not UTF-8: shown escaped, as every path is.
@@ -647,10 +646,3 @@ def _with_facts(flt: Filter, understood: Understood | None) -> Filter:
 def _date_key(row: db.Photo, newest: bool) -> tuple[float, int]:
     stamp = row.taken_at.timestamp() if row.taken_at else 0.0
     return (-stamp if newest else stamp), row.id
-
-
-def _camera(row: db.Photo) -> str | None:
-    make, model = getattr(row, "camera_make", None), getattr(row, "camera_model", None)
-    if not model:
-        return make or None
-    return model if not make or model.startswith(make) else f"{make} {model}"

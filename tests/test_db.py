@@ -345,6 +345,7 @@ def _make_schema_three(library: db.Library) -> None:
     library.close()
     conn = sqlite3.connect(library.db_path)
     conn.execute("DROP INDEX ix_photos_place")
+    conn.execute("DROP TRIGGER photos_forget_words")
     conn.execute("DROP TABLE photo_words")
     for column in FACT_COLUMNS:
         conn.execute(f"ALTER TABLE photos DROP COLUMN {column}")
@@ -385,12 +386,14 @@ def test_a_schema_three_library_is_read_as_is_then_gains_facts_columns_and_words
         assert set(FACT_COLUMNS) <= {r[1] for r in conn.execute("PRAGMA table_info(photos)")}
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(photos)")}
         assert "ix_photos_place" in indexes
+        conn.execute("DELETE FROM photos WHERE id = ?", (pid,))  # its words go with it
+        assert conn.execute("SELECT rowid FROM photo_words").fetchall() == [(99,)]
 
 
 def test_a_new_library_has_the_words_table_and_the_place_index(library):
     with sqlite3.connect(library.db_path) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    assert {"photo_words", "ix_photos_place"} <= names
+    assert {"photo_words", "ix_photos_place", "photos_forget_words"} <= names
 
 
 def test_place_camera_and_facts_counts(library):

@@ -385,7 +385,7 @@ def test_json_shape(searcher) -> None:
     assert out["understood"]["text"] == "소파 위에 고양이" and out["understood"]["facts"] == []
     first = out["results"][0]
     assert list(first) == [
-        "rank", "score", "path", "width", "height", "taken_at", "place", "camera"
+        "rank", "score", "path", "width", "height", "taken_at", "place", "lat", "lon", "camera"
     ]  # fmt: skip
     assert first["rank"] == 1 and isinstance(first["score"], float)
     assert Path(first["path"]).is_absolute()
@@ -570,6 +570,7 @@ def test_info(searcher, reference, tiny_checkpoint) -> None:
         "retrain_at",
         "index_automatic",
         "switch_at",
+        "facts",
     }
     assert info.writer is None  # no indexer or watcher holds it
     assert info.index_memory > 0 and info.recall_target == "exact" and info.retrain_at is None

@@ -88,7 +88,7 @@ def ids(library: Path) -> dict[str, int]:
 
 
 def _cli_shape(results: list[dict]) -> list[dict]:
-    keys = ("rank", "score", "path", "width", "height", "taken_at", "place", "camera")
+    keys = ("rank", "score", "path", "width", "height", "taken_at", "place", "lat", "lon", "camera")
     return [{k: r[k] for k in keys} for r in results]
 
 

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from koclip import ImageError, KoclipSearchError
-from search import PhotoInfo, SearchResults, display_path, json_path
+from search import PhotoInfo, SearchResults, display_path, facts_json, json_path
 from search.duplicates import DuplicateGroup
 from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, DuplicateQuery, Options
 from web.errors import ApiError, install_handlers
@@ -68,8 +68,12 @@ class Hit(BaseModel):
     width: int | None
     height: int | None
     taken_at: str | None
-    place: str | None = None
-    camera: str | None = None
+    place: str | None = Field(
+        None, description="where it was taken (e.g. 제주특별자치도 서귀포시 성산읍)"
+    )
+    lat: float | None = None
+    lon: float | None = None
+    camera: str | None = Field(None, description="make and model, e.g. Apple iPhone 15")
     id: int
     relpath: str = Field(description="path relative to the library's photo folder")
     thumbnail: str
@@ -130,6 +134,10 @@ class PhotoResponse(BaseModel):
     taken_at: str
     taken_at_source: str
     size: int
+    place: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    camera: str | None = None
     thumbnail: str
     preview: str
     original: str
@@ -370,6 +378,7 @@ def _photo_json(photo: PhotoInfo) -> dict[str, Any]:
         "taken_at": photo.taken_at.isoformat(),
         "taken_at_source": photo.taken_at_source,
         "size": photo.size,
+        **facts_json(photo),
         **_links(photo.id),
         "similar": f"/api/photos/{photo.id}/similar",
     }
