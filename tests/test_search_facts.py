@@ -347,3 +347,22 @@ def test_web_literal_sort_and_bad_date(client: TestClient) -> None:
     error_json(
         client.get("/api/search", params={"q": "바다", "threshold": "2"}), 422, "bad_request"
     )
+
+
+def test_terminal_shows_the_understood_line_first(searcher: Searcher, capsys, monkeypatch) -> None:
+    import sys
+
+    from cli.search_cmd import _print_results
+
+    results = searcher.text("2023년 제주 바다", today=TODAY)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    _print_results(results, as_json=False, as_paths=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "understood: 2023-01-01–2023-12-31 · 제주특별자치도 · 바다"
+    assert lines[1].split()[:3] == ["#", "score", "path"]
+    _print_results(results, as_json=False, as_paths=True)  # paths only: nothing else
+    paths = capsys.readouterr().out.splitlines()
+    assert len(paths) == len(results) and all(line.startswith("/") for line in paths)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)  # piped: the table only
+    _print_results(results, as_json=False, as_paths=False)
+    assert capsys.readouterr().out.split()[:3] == ["#", "score", "path"]
