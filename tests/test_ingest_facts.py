@@ -204,6 +204,23 @@ def test_moves_copies_changes_and_removals_keep_facts_and_words_in_step(indexed,
         assert word_rows == photos.photo_count(s) == 3
 
 
+def test_a_photo_set_aside_and_restored_keeps_its_facts_and_words(indexed, tiny_checkpoint):
+    from indexer.aside import restore, set_aside
+
+    library_dir = indexed / db.LIBRARY_DIRNAME
+    with open_lib(indexed) as lib:
+        jeju = by_name(lib)["dawn_walk.jpg"]
+        before = [getattr(jeju, c) for c in FACT_COLUMNS]
+    assert set_aside(library_dir, [jeju.id], indexed.parent / "aside").moved
+    with open_lib(indexed) as lib:
+        assert ids_for(lib, "일출봉") == []  # aside: not found
+    assert restore(library_dir).moved
+    with open_lib(indexed) as lib:
+        back = by_name(lib)["dawn_walk.jpg"]
+        assert back.id == jeju.id and [getattr(back, c) for c in FACT_COLUMNS] == before
+        assert ids_for(lib, "일출봉") == ids_for(lib, "dawn") == ids_for(lib, "성산읍") == [jeju.id]
+
+
 def garbage_gps_jpeg() -> bytes:
     gps = {**gps_tags(37.5, 127.0), 2: (IFDRational(37, 0), IFDRational(0, 1), IFDRational(0, 1))}
     exif = make_exif(gps=gps, make="Sony", model="ILCE-7M4")
@@ -282,6 +299,7 @@ def make_schema_three(library_dir: Path) -> None:
     conn.execute("DROP INDEX ix_photos_place")
     for column in FACT_COLUMNS:
         conn.execute(f"ALTER TABLE photos DROP COLUMN {column}")
+        conn.execute(f"ALTER TABLE set_aside DROP COLUMN {column}")
     conn.execute("UPDATE manifest SET schema_version = 3")
     conn.commit()
     conn.close()
