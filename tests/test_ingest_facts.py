@@ -160,6 +160,21 @@ def test_index_stores_facts_places_and_words(indexed, tiny_checkpoint) -> None:
         item = next(r for r in searcher.similar(plain.id, k=5).to_json()["results"] if r["place"])
         assert set(item) >= {"taken_at", "place", "lat", "lon", "camera"}
 
+    # The web API's search and photo JSON carry them too.
+    from fastapi.testclient import TestClient
+
+    from web import create_app
+
+    app = create_app(indexed / db.LIBRARY_DIRNAME, warm=False)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        found = client.get("/api/search", params={"q": "바다", "k": 5}).json()["results"]
+        hit = next(h for h in found if h["id"] == paris.id)
+        assert (hit["place"], hit["camera"]) == ("프랑스 파리", "Canon EOS R5")
+        assert (hit["lat"], hit["lon"]) == pytest.approx(PARIS, abs=1e-5)
+        assert hit["taken_at"] == "2023-05-02T18:00:00"
+        body = client.get(f"/api/photos/{jeju.id}").json()
+        assert (body["place"], body["camera"]) == (jeju.place, "Apple iPhone 15")
+
 
 def test_moves_copies_changes_and_removals_keep_facts_and_words_in_step(indexed, tiny_checkpoint):
     with open_lib(indexed) as lib:
