@@ -75,8 +75,9 @@ class Facts:
             return None
 
     def columns(self, facts: PhotoFacts | None) -> tuple[dict[str, Any], str]:
-        """The row's fact columns (db.schema.FACT_COLUMNS) for the facts read, and the place words of the
-        photo's words (see `words`); all NULL for None (not read: a later run reads them)."""
+        """The row's fact columns (db.schema.FACT_COLUMNS) for the facts read, and the place
+        part of the photo's words (see `words`); all NULL for None (not read: a later run
+        reads them)."""
         if facts is None:
             return dict(NOT_READ), ""
         place = self.place_of(facts)
