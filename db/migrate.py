@@ -51,6 +51,14 @@ class Step:
     creates: tuple[str, ...] = ()
 
 
+# Schema 4's facts columns, in photos and in the set-aside journal that holds photo rows.
+_FACTS = (
+    ("lat", "FLOAT"), ("lon", "FLOAT"), ("place", "VARCHAR"), ("place_path", "VARCHAR"),
+    ("camera_make", "VARCHAR"), ("camera_model", "VARCHAR"), ("lens", "VARCHAR"),
+    ("keywords", "VARCHAR"), ("caption", "VARCHAR"), ("facts", "INTEGER"),
+    ("facts_problems", "VARCHAR"),
+)  # fmt: skip
+
 STEPS = (
     # photos.disk_path: the name as the file system spells it, when it is not the NFC key.
     Step(2, (Column("photos", "disk_path", "BLOB"),)),
@@ -68,22 +76,11 @@ STEPS = (
     ),
     # Facts from the photos' metadata (the next index run reads them where `facts` is NULL,
     # metadata only), the place index, and the photos' words (db.lexical), which that run
-    # fills for every photo; a deleted photo row takes its words with it (a trigger).
+    # fills for every photo; a deleted photo row takes its words with it (a trigger). The
+    # set-aside journal keeps a photo's facts while it is aside.
     Step(
         4,
-        (
-            Column("photos", "lat", "FLOAT"),
-            Column("photos", "lon", "FLOAT"),
-            Column("photos", "place", "VARCHAR"),
-            Column("photos", "place_path", "VARCHAR"),
-            Column("photos", "camera_make", "VARCHAR"),
-            Column("photos", "camera_model", "VARCHAR"),
-            Column("photos", "lens", "VARCHAR"),
-            Column("photos", "keywords", "VARCHAR"),
-            Column("photos", "caption", "VARCHAR"),
-            Column("photos", "facts", "INTEGER"),
-            Column("photos", "facts_problems", "VARCHAR"),
-        ),
+        tuple(Column(t, name, kind) for t in ("photos", "set_aside") for name, kind in _FACTS),
         creates=(
             "CREATE INDEX IF NOT EXISTS ix_photos_place ON photos (place)",
             lexical.CREATE,

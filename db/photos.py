@@ -19,13 +19,10 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.errors import LibraryCorruptError, LibraryError, index_command
-from db.schema import Failure, ManifestRow, Photo, blob_to_vector, disk_relpath
+from db.schema import FACT_COLUMNS, Failure, ManifestRow, Photo, blob_to_vector, disk_relpath
 
 # The facts columns (schema 4), as a row copies them from its exact twin.
-FACT_COLUMNS = (
-    Photo.lat, Photo.lon, Photo.place, Photo.place_path, Photo.camera_make, Photo.camera_model,
-    Photo.lens, Photo.keywords, Photo.caption, Photo.facts, Photo.facts_problems,
-)  # fmt: skip
+FACTS = tuple(getattr(Photo, name) for name in FACT_COLUMNS)
 
 # SQLite caps the parameters of one statement; reads by id go in chunks of this many.
 ID_CHUNK = 900
@@ -274,7 +271,7 @@ def reuse_sources(session: Session, content_hash: str) -> list[Any]:
                 Photo.embedding,
                 Photo.phash,
                 Photo.pthumb,
-                *FACT_COLUMNS,
+                *FACTS,
             )
             .where(Photo.content_hash == content_hash)
             .order_by(Photo.id)

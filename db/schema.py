@@ -186,10 +186,27 @@ class SetAside(Base):
     phash: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pthumb: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     embedding: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    # The photo's facts (schema 4), as in Photo.
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    place: Mapped[str | None] = mapped_column(String, nullable=True)
+    place_path: Mapped[str | None] = mapped_column(String, nullable=True)
+    camera_make: Mapped[str | None] = mapped_column(String, nullable=True)
+    camera_model: Mapped[str | None] = mapped_column(String, nullable=True)
+    lens: Mapped[str | None] = mapped_column(String, nullable=True)
+    keywords: Mapped[str | None] = mapped_column(String, nullable=True)
+    caption: Mapped[str | None] = mapped_column(String, nullable=True)
+    facts: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    facts_problems: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
+# The facts columns of a photo (schema 4): NULL in a row until its metadata is read.
+FACT_COLUMNS = (
+    "lat", "lon", "place", "place_path", "camera_make", "camera_model", "lens", "keywords",
+    "caption", "facts", "facts_problems",
+)  # fmt: skip
 # The columns a SetAside row copies from (and gives back to) its Photo row.
 PHOTO_COLUMNS = (
     "id", "path", "disk_path", "size", "mtime_ns", "content_hash", "width", "height",
-    "taken_at", "taken_at_source", "indexed_at", "phash", "pthumb", "embedding",
+    "taken_at", "taken_at_source", "indexed_at", "phash", "pthumb", "embedding", *FACT_COLUMNS,
 )  # fmt: skip

@@ -30,8 +30,18 @@ import numpy as np
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import undefer
 
-from db import Library, LibraryError, LibraryLock, Photo, hash_file, vectors, write_errors
+from db import (
+    Library,
+    LibraryError,
+    LibraryLock,
+    Photo,
+    hash_file,
+    lexical,
+    vectors,
+    write_errors,
+)
 from db.schema import PHOTO_COLUMNS, SetAside
+from indexer.stored_facts import words
 
 ASIDE_DIRNAME = "set-aside"  # default destination, inside the library folder (never indexed)
 
@@ -237,6 +247,7 @@ def _settle_restoring(library: Library, pid: int) -> None:
         values = {c: getattr(row, c) for c in PHOTO_COLUMNS}
         if s.get(Photo, pid) is None:
             s.execute(insert(Photo).values(**values))
+            lexical.put(s, [words(pid, row.path, values, values["place"] or "")])
         s.execute(delete(SetAside).where(SetAside.id == pid))
 
 

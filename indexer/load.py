@@ -109,7 +109,7 @@ def read_header(path: str) -> tuple[int, int, PhotoFacts]:
                 orientation = im.getexif().get(_ORIENTATION)
             except Exception:  # broken EXIF: read_facts has noted it
                 orientation = None
-    except Exception as exc:  # gone or changed since the decode: indexed without its facts
+    except Exception as exc:  # gone or changed since the decode: a failure, like the decode
         raise ImageError(f"cannot read its header ({type(exc).__name__})") from None
     if orientation in _SWAPS_SIDES:
         width, height = height, width

@@ -149,7 +149,8 @@ class IndexSession:
         self.save_share = save_share  # see Writer: a watcher saves by cost, not by the clock
         # Places are looked up for every pass; their tables load meanwhile (db.places).
         self.facts = Facts()
-        self.facts.prepare()
+        if options.facts:
+            self.facts.prepare()
         library_dir = Path(options.library).expanduser().resolve() if options.library else None
         self.library_dir = library_dir or default_library_dir(self.photo_root)
         self._stack = contextlib.ExitStack()

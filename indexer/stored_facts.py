@@ -20,17 +20,14 @@ from typing import Any
 
 from db import Library, lexical, photo_writes, photos, write_errors
 from db.places import KOREA, Place, Places
+from db.schema import FACT_COLUMNS
 from indexer.facts import PhotoFacts, read_facts
 
 # Stored in `photos.facts`: bump when what is read or stored changes, and photos read with an
 # older version are read again (none yet: 1 is the first).
 FACTS_VERSION = 1
-# The columns `Facts.columns` fills (all NULL: not read yet).
-COLUMNS = (
-    "lat", "lon", "place", "place_path", "camera_make", "camera_model", "lens", "keywords",
-    "caption", "facts", "facts_problems",
-)  # fmt: skip
-NOT_READ: dict[str, Any] = dict.fromkeys(COLUMNS)
+# The facts columns `Facts.columns` fills, all NULL: not read yet.
+NOT_READ: dict[str, Any] = dict.fromkeys(FACT_COLUMNS)
 # Photos read per transaction of the backfill.
 FILL_CHUNK = 256
 
@@ -78,8 +75,9 @@ class Facts:
             return None
 
     def columns(self, facts: PhotoFacts | None) -> tuple[dict[str, Any], str]:
-        """The row's fact columns (`COLUMNS`) for the facts read, and the place words of the
-        photo's words (see `words`); all NULL for None (not read: a later run reads them)."""
+        """The row's fact columns (db.schema.FACT_COLUMNS) for the facts read, and the place
+        part of the photo's words (see `words`); all NULL for None (not read: a later run
+        reads them)."""
         if facts is None:
             return dict(NOT_READ), ""
         place = self.place_of(facts)

@@ -35,9 +35,9 @@ from db import (
 from db import photo_writes as writes
 from db import vectors as faiss_ops
 from db.errors import LibraryError
+from db.schema import FACT_COLUMNS
 from indexer.load import Loaded, mtime_datetime
 from indexer.plan import Plan, in_scope
-from indexer.stored_facts import COLUMNS as FACT_COLUMNS
 from indexer.stored_facts import Facts, moved_words, words
 
 

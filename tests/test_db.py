@@ -349,6 +349,7 @@ def _make_schema_three(library: db.Library) -> None:
     conn.execute("DROP TABLE photo_words")
     for column in FACT_COLUMNS:
         conn.execute(f"ALTER TABLE photos DROP COLUMN {column}")
+        conn.execute(f"ALTER TABLE set_aside DROP COLUMN {column}")
     conn.execute("UPDATE manifest SET schema_version = 3")
     conn.commit()
     conn.close()

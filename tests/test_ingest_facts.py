@@ -160,6 +160,21 @@ def test_index_stores_facts_places_and_words(indexed, tiny_checkpoint) -> None:
         item = next(r for r in searcher.similar(plain.id, k=5).to_json()["results"] if r["place"])
         assert set(item) >= {"taken_at", "place", "lat", "lon", "camera"}
 
+    # The web API's search and photo JSON carry them too.
+    from fastapi.testclient import TestClient
+
+    from web import create_app
+
+    app = create_app(indexed / db.LIBRARY_DIRNAME, warm=False)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        found = client.get("/api/search", params={"q": "바다", "k": 5}).json()["results"]
+        hit = next(h for h in found if h["id"] == paris.id)
+        assert (hit["place"], hit["camera"]) == ("프랑스 파리", "Canon EOS R5")
+        assert (hit["lat"], hit["lon"]) == pytest.approx(PARIS, abs=1e-5)
+        assert hit["taken_at"] == "2023-05-02T18:00:00"
+        body = client.get(f"/api/photos/{jeju.id}").json()
+        assert (body["place"], body["camera"]) == (jeju.place, "Apple iPhone 15")
+
 
 def test_moves_copies_changes_and_removals_keep_facts_and_words_in_step(indexed, tiny_checkpoint):
     with open_lib(indexed) as lib:
@@ -202,6 +217,23 @@ def test_moves_copies_changes_and_removals_keep_facts_and_words_in_step(indexed,
         assert lexical.stored(s, [copy.id]) == {}
         word_rows = s.execute(text("SELECT count(*) FROM photo_words")).scalar()
         assert word_rows == photos.photo_count(s) == 3
+
+
+def test_a_photo_set_aside_and_restored_keeps_its_facts_and_words(indexed, tiny_checkpoint):
+    from indexer.aside import restore, set_aside
+
+    library_dir = indexed / db.LIBRARY_DIRNAME
+    with open_lib(indexed) as lib:
+        jeju = by_name(lib)["dawn_walk.jpg"]
+        before = [getattr(jeju, c) for c in FACT_COLUMNS]
+    assert set_aside(library_dir, [jeju.id], indexed.parent / "aside").moved
+    with open_lib(indexed) as lib:
+        assert ids_for(lib, "일출봉") == []  # aside: not found
+    assert restore(library_dir).moved
+    with open_lib(indexed) as lib:
+        back = by_name(lib)["dawn_walk.jpg"]
+        assert back.id == jeju.id and [getattr(back, c) for c in FACT_COLUMNS] == before
+        assert ids_for(lib, "일출봉") == ids_for(lib, "dawn") == ids_for(lib, "성산읍") == [jeju.id]
 
 
 def garbage_gps_jpeg() -> bytes:
@@ -282,6 +314,7 @@ def make_schema_three(library_dir: Path) -> None:
     conn.execute("DROP INDEX ix_photos_place")
     for column in FACT_COLUMNS:
         conn.execute(f"ALTER TABLE photos DROP COLUMN {column}")
+        conn.execute(f"ALTER TABLE set_aside DROP COLUMN {column}")
     conn.execute("UPDATE manifest SET schema_version = 3")
     conn.commit()
     conn.close()
