@@ -23,6 +23,18 @@ SINO = ["영", "일", "이", "삼", "사", "오", "육", "칠", "팔", "구"]
 NATIVE = ["영", "하나", "둘", "셋", "넷", "다섯", "여섯", "일곱", "여덟", "아홉"]
 TRAIN_PER_DIGIT = 60
 HELD_OUT_PER_DIGIT = 30
+# train.TrainOptions that turn the untrained model into a digit reader in 10 epochs (180 steps):
+# what tests/test_digits_e2e.py passes to `koclip-search train` as flags.
+TRAIN_RECIPE: dict[str, Any] = {
+    "epochs": 10,
+    "batch_size": 32,
+    "learning_rate": 4e-3,
+    "weight_decay": 0.01,
+    "warmup": 0.1,
+    "max_length": 16,
+    "prompt": True,
+    "seed": 0,
+}
 
 
 def phrasings(digit: int) -> list[str]:
