@@ -27,6 +27,7 @@ from search.results import (
     json_path,
 )
 from search.searcher import Searcher, SearchOptions
+from search.understand import Understood
 
 __all__ = [
     "DateError",
@@ -42,6 +43,7 @@ __all__ = [
     "SearchOptions",
     "SearchResults",
     "Searcher",
+    "Understood",
     "Term",
     "display_path",
     "facts_json",
