@@ -18,6 +18,12 @@ RSS is per measurement. Rows:
 * in encoder: share of our run's wall time spent inside `encode_pixels` (the rest is what the
   pipeline fails to overlap: the first batch's decode, the writes, the final save).
 
+`--facts N` adds a table of the cost of storing facts (issue 21): `index_photos` with facts on
+(read_facts on the header the size is read from, the place looked up, the words written) vs
+off (`IndexOptions(facts=False)`), on N 1024x768 JPEGs carrying EXIF (date, camera, lens, GPS
+in Korea: the costlier place lookup), XMP and IPTC keywords; once with the koclip-base-sized
+tower and once with a tiny one (the pipeline's own cost: the worst case for the ratio).
+
 Other processes on the machine slow every row; the runs are interleaved and the best of
 `--repeat` kept, and the load average is printed with the table.
 """
@@ -52,6 +58,31 @@ SIZES = {"12mp": (4000, 3000), "1024x768": (1024, 768)}
 # -- inputs -----------------------------------------------------------------------------------
 
 
+def _make_photo(args: tuple[str, int, tuple[int, int]]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path, seed, (w, h) = args
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    image = np.asarray(small.resize((w, h), Image.Resampling.BICUBIC), dtype=np.int16)
+    noise = rng.normal(0, 4, (h, w, 1)).astype(np.int16)  # grain, so JPEG sizes look like photos
+    Image.fromarray(np.clip(image + noise, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+
+
+def photos_with_facts(cache: Path, n: int) -> Path:
+    """A folder of n 1024x768 JPEGs with EXIF, XMP and IPTC (cached between runs)."""
+    folder = cache / f"photos-1024x768-facts-{n}"
+    if not (folder / ".done").exists():
+        from bench.facts import make_photos
+
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"generating {n} 1024x768 JPEGs with facts in {folder} ...", file=sys.stderr)
+        make_photos(folder, n)
+        (folder / ".done").write_text("")
+    return folder
+
+
 def photos(cache: Path, kind: str, n: int) -> Path:
     """A folder of n generated JPEGs of `kind` (a SIZES key or WxH; cached between runs)."""
     return photo_folder(cache, n, SIZES.get(kind) or tuple(int(x) for x in kind.split("x")))
@@ -60,7 +91,14 @@ def photos(cache: Path, kind: str, n: int) -> Path:
 # -- measurements (each in a child process) ------------------------------------------------------
 
 
-def run_ours(folder: Path, ckpt: Path, batch: int, workers: int | None, precision: str) -> dict:
+def run_ours(
+    folder: Path,
+    ckpt: Path,
+    batch: int,
+    workers: int | None,
+    precision: str,
+    facts: bool = True,
+) -> dict:
     import numpy as np
 
     from indexer import IndexOptions, index_photos
@@ -82,7 +120,7 @@ def run_ours(folder: Path, ckpt: Path, batch: int, workers: int | None, precisio
     enc.encode_pixels = timed_encode
     marks: list[float] = []
     with tempfile.TemporaryDirectory() as lib:
-        opts = IndexOptions(library=Path(lib), batch_size=batch, workers=workers)
+        opts = IndexOptions(library=Path(lib), batch_size=batch, workers=workers, facts=facts)
         start = time.perf_counter()
         summary = index_photos(
             folder, opts, progress=lambda d, t: marks.append(time.perf_counter()), encoder=enc
@@ -184,7 +222,8 @@ def child(args: argparse.Namespace) -> None:
     folder = Path(args.folder) if args.folder else None
     ckpt = Path(args.ckpt) if args.ckpt else None
     if args.child == "ours":
-        out = run_ours(folder, ckpt, args.batch_size, args.workers, args.precision)
+        facts = args.with_facts != "off"
+        out = run_ours(folder, ckpt, args.batch_size, args.workers, args.precision, facts)
     elif args.child == "torch":
         out = run_torch(folder, args.batch_size)
     elif args.child == "encoder":
@@ -237,11 +276,19 @@ def main() -> None:
     )
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument(
+        "--facts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="facts on vs off on N 1024x768 JPEGs with EXIF (0: skip)",
+    )
+    parser.add_argument(
         "--precisions",
         default="fp32,bf16,int8",
         help="our runs, each a row: fp32, bf16, int8 or auto",
     )
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--with-facts", default="on", help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "koclip-bench")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -257,6 +304,8 @@ def main() -> None:
     sets = [(k, n) for k, n in (("12mp", args.n_large), ("1024x768", args.n_small)) if n > 0]
     if sets:
         throughput_table(args, ckpt, sets)
+    if args.facts:
+        facts_table(args, ckpt)
     if args.scale:
         scale_ckpt = ckpt if args.scale_model == "base" else tiny_checkpoint(args.cache)
         print(
@@ -340,6 +389,43 @@ def throughput_table(args: argparse.Namespace, ckpt: Path, sets: list[tuple[str,
                 f"{o_rss:>7.0f} MB{t_rss:>10}"
             )
         print(f"{'':<15}(our decode stage {dec['cpu_s'] * 1000:.0f} ms CPU/img)")
+
+
+def facts_table(args: argparse.Namespace, ckpt: Path) -> None:
+    """`index_photos` with facts on vs off, same photos, interleaved repeats, best kept."""
+    folder = photos_with_facts(args.cache, args.facts)
+    models = {"base": ckpt, "tiny": tiny_checkpoint(args.cache)}
+    precision = args.precisions.split(",")[0]
+    runs: dict[tuple[str, str], list[dict]] = {(m, f): [] for m in models for f in ("off", "on")}
+    for _ in range(args.repeat):
+        for model, path in models.items():
+            for facts in ("off", "on"):
+                runs[model, facts].append(
+                    measure(
+                        "ours",
+                        folder=folder,
+                        ckpt=path,
+                        batch_size=args.batch_size,
+                        workers=args.workers,
+                        precision=precision,
+                        with_facts=facts,
+                    )
+                )
+    print(
+        f"\nfacts on vs off: {args.facts} JPEGs 1024x768 with EXIF+GPS (Korea)+XMP+IPTC, "
+        f"{precision}, batch {args.batch_size}, {os.cpu_count()} CPU cores, best of {args.repeat}"
+    )
+    print(f"load average {os.getloadavg()[0]:.1f} (other work slows every row)")
+    header = f"{'model':<8}{'off img/s':>11}{'on img/s':>10}{'on/off time':>13}"
+    print(header)
+    print("-" * len(header))
+    for model in models:
+        off, on = best(runs[model, "off"]), best(runs[model, "on"])
+        print(
+            f"{model:<8}{off['img_s']:>11.1f}{on['img_s']:>10.1f}"
+            f"{off['img_s'] / on['img_s']:>12.1%}"
+        )
+    print("(target: facts on at most 5% slower, i.e. on/off time <= 105%)")
 
 
 if __name__ == "__main__":

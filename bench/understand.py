@@ -2,12 +2,19 @@
 
     .venv/bin/python bench/understand.py                 # ~3,000 places, a few seconds
     .venv/bin/python bench/understand.py --places 20000  # a bigger library
+    .venv/bin/python bench/understand.py --cold 3000     # + one-shot `search` processes (~1 min)
 
 The vocabulary is the accuracy set's library (tests/data/understand_vocabulary.json) plus
 generated Korean administrative names (시도 / 시군구 / 읍면동) up to --places places at every
 level, so lookups run against a library-sized table. Each query of the set is understood
 --rounds times; the timings are wall-clock p50/p99 of single calls. Accuracy is the share of
 the set read exactly (dates, places, camera and the rest), with every miss listed.
+
+--cold N indexes N small photos with the tiny test model (or --cold-model), gives them places
+(the generated names), cameras and their words, and times one-shot `koclip-search search`
+processes, each with a text never asked before (so the text tower is loaded and run), with
+understanding and the words' lookup (the default) and with --literal (search as it was before
+them), alternately; the target is the default within 10% of --literal.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -67,10 +77,106 @@ def category(case: Case) -> str:
     return " + ".join(kinds) if kinds else "neither"
 
 
+# -- cold one-shot searches ---------------------------------------------------------------------
+
+COLD_QUERIES = ["작년 여름 제주 바다", "바닷가에서 노는 강아지", "서울 강남구 카페", "가족 사진"]
+CAMERAS = [("Apple", "iPhone 13 Pro"), ("SAMSUNG", "SM-S918N"), ("Canon", "Canon EOS R5")]
+
+
+def cold_library(work: Path, count: int, model: Path) -> Path:
+    """`count` small photos indexed with `model`, with places, cameras and words (made once)."""
+    import numpy as np
+    from PIL import Image
+
+    import db
+    from db import lexical
+    from db.photo_writes import update_photos
+    from indexer import IndexOptions, index_photos
+
+    photos = work / f"photos-{count}"
+    library = db.default_library_dir(photos)
+    if (library / "manifest.json").exists():
+        return library
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        path = photos / f"{2015 + i % 10}" / f"IMG_{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        colour = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(colour).resize((32, 24)).save(path, quality=80)
+    index_photos(photos, IndexOptions(model=str(model), workers=2, batch_size=64))
+    places = [("제주특별자치도", "서귀포시", "성산읍"), ("서울특별시", "강남구", "역삼동")]
+    places += [names for names, _ in synthetic_rows(500)]
+    with (
+        db.LibraryLock(library),
+        db.Library.open(library, readonly=False) as lib,
+        lib.session() as s,
+        s.begin(),
+    ):
+        rows = {row.id: row.path for row in s.query(db.Photo)}
+        values, words = [], []
+        for pid, rel in rows.items():
+            names = places[int(rng.integers(len(places)))]
+            make, model_name = CAMERAS[int(rng.integers(len(CAMERAS)))]
+            place = " ".join(names)
+            values.append(
+                {
+                    "id": pid,
+                    "place": place,
+                    "place_path": json.dumps(names, ensure_ascii=False),
+                    "camera_make": make,
+                    "camera_model": model_name,
+                    "facts": 1,
+                }
+            )
+            words.append(lexical.PhotoWords.of(pid, rel, place=place))
+        update_photos(s, values)
+        lexical.put(s, words)
+    return library
+
+
+def cold(count: int, runs: int, model: Path | None) -> None:
+    """p50 wall time of one-shot searches with and without understanding (see the docs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+        env.setdefault("KOCLIP_CACHE_DIR", str(work / "cache"))
+        os.environ.update(env)
+        if model is None:
+            from koclip.testing import build_tiny_checkpoint
+
+            model = build_tiny_checkpoint(work / "tiny", vision="clip", fmt="safetensors")
+        library = cold_library(work, count, model)
+        cli = [sys.executable, "-c", "from cli import main; main()"]
+        times: dict[str, list[float]] = {"understood": [], "literal": []}
+        nonce = f"{time.time_ns() % 10**9:x}"
+        for n in range(runs + 1):  # the first round warms the OS's file cache, not counted
+            for query in COLD_QUERIES:
+                for mode in ("literal", "understood"):
+                    text = f"{query} {mode[0]}{nonce}{n}"  # never asked before: the tower runs
+                    cmd = [*cli, "search", *text.split(), "--library", str(library), "--paths"]
+                    if mode == "literal":
+                        cmd.append("--literal")
+                    t0 = time.perf_counter()
+                    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+                    if n:
+                        times[mode].append(time.perf_counter() - t0)
+    literal, understood = (statistics.median(times[m]) for m in ("literal", "understood"))
+    print(f"\ncold one-shot `search` on {count:,} photos with places, cameras and words "
+          f"({runs} x {len(COLD_QUERIES)} queries each, p50, {os.cpu_count()} CPUs):")  # fmt: skip
+    print(f"  --literal (no understanding, no words): {literal:.2f} s")
+    print(f"  default (understood + words fused):     {understood:.2f} s "
+          f"({(understood / literal - 1) * 100:+.1f}%, target within +10%)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--places", type=int, default=3000, help="places in the vocabulary")
     parser.add_argument("--rounds", type=int, default=20, help="timed calls per query")
+    parser.add_argument(
+        "--cold", type=int, default=0, help="photos for one-shot searches (0: none)"
+    )
+    parser.add_argument("--cold-runs", type=int, default=3, help="rounds of one-shot searches")
+    parser.add_argument("--cold-model", type=Path, help="checkpoint (default: the tiny test model)")
     args = parser.parse_args()
 
     today, base = load_vocabulary()
@@ -123,6 +229,8 @@ def main() -> None:
     print(f"\nmisses: {len(misses)}")
     for query, problem, reason in misses:
         print(f"  {query!r}: {problem}" + (f" (known: {reason})" if reason else ""))
+    if args.cold:
+        cold(args.cold, args.cold_runs, args.cold_model)
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def index_command(
         supervise.mark_normal_end()
 
     # Imported here: jax and friends cost every other command their start-up time otherwise.
-    from cli.progress import ProgressBar, RebuildBar
+    from cli.progress import FactsBar, ProgressBar, RebuildBar
     from indexer import IndexOptions, index_photos
     from indexer.ray_executor import RayOptions
 
@@ -190,9 +190,12 @@ def index_command(
 
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     rebuilding = RebuildBar(sys.stderr, live=bar is not None, interrupts=bar)
+    facts_bar = FactsBar(sys.stderr, interrupts=bar) if bar is not None else None
     try:
         summary = index_photos(
-            photo_dir, IndexOptions(**options, on_index_rebuild=rebuilding), progress=bar
+            photo_dir,
+            IndexOptions(**options, on_index_rebuild=rebuilding, on_facts_backfill=facts_bar),
+            progress=bar,
         )
     except KeyboardInterrupt:
         if bar:
@@ -205,6 +208,8 @@ def index_command(
     finally:
         if bar:
             bar.close()
+        if facts_bar:
+            facts_bar.close()
     echo_summary(summary, as_json)
 
 

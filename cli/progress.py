@@ -105,6 +105,32 @@ class ProgressBar(LineBar):
         self.draw(done, total, f"{done}/{total} files  {rate:5.1f} img/s  ETA {eta}")
 
 
+class FactsBar(LineBar):
+    """Reading the facts of photos indexed before they were stored (`index`'s
+    `on_facts_backfill`): drawn only once it has taken `after` seconds, so a small library
+    shows nothing; `interrupts`, the files bar still on the line, is ended first."""
+
+    def __init__(
+        self, stream: TextIO, *, after: float = 1.0, interrupts: LineBar | None = None, **kwargs
+    ) -> None:
+        super().__init__(stream, **kwargs)
+        self.after = after
+        self.interrupts = interrupts
+
+    def __call__(self, done: int, total: int) -> None:
+        if done == 0:
+            self._start = time.monotonic()
+        shown = self._progress is not None
+        if not shown and (done >= total or self.elapsed() < self.after):
+            return
+        if done >= total or self.due():
+            if not shown and self.interrupts is not None:
+                self.interrupts.close()
+            self.draw(done, total, f"reading the facts of indexed photos: {done:,}/{total:,}")
+        if done >= total:
+            self.close()
+
+
 class TrainBar(LineBar):
     """Epoch, step, loss, images/s, ETA; one kept line per finished epoch."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,21 @@ if TYPE_CHECKING:
     from search import LibraryInfo, Searcher, SearchResults
 
 INDEX_CHOICES = (AUTO_INDEX, *INDEX_TYPES)
+SORT_CHOICES = ("relevance", "newest", "oldest")
+
+
+class Threshold(FiniteFloat):
+    """--threshold: auto, none, or a finite number."""
+
+    name = "threshold"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("auto", "none"):
+            return value.strip().lower()
+        return super().convert(value, param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "auto|none|FLOAT"
 
 
 class OneLineCommand(click.Command):
@@ -56,7 +72,17 @@ _query_options = options(
     shown("-k", "k", type=click.IntRange(min=1), default=20, help="Number of results."),
     shown("--offset", type=click.IntRange(min=0), default=0, help="Skip this many (paging)."),
     click.option(
-        "--threshold", type=FiniteFloat(), help="Only results with a cosine score >= this."
+        "--threshold",
+        type=Threshold(),
+        help="Only results with a cosine score >= this number; auto: the photos that stand "
+        "out for the query (the default under --sort newest/oldest); none: no cutoff.",
+    ),
+    shown(
+        "--sort",
+        type=click.Choice(SORT_CHOICES),
+        default="relevance",
+        help="relevance: best match first; newest / oldest: by the date taken, among the "
+        "photos the threshold keeps.",
     ),
     click.option("--under", metavar="SUBDIR", help="Only photos under this folder."),
     click.option("--after", metavar="DATE", help="Only photos taken on or after DATE."),
@@ -82,6 +108,10 @@ def _check_output(as_json: bool, as_paths: bool) -> None:
 
 
 def _print_results(results: SearchResults, as_json: bool, as_paths: bool) -> None:
+    understood = results.understood
+    shown = understood is not None and understood.has_facts and not (as_json or as_paths)
+    if shown and sys.stdout.isatty():
+        click.echo(understood.describe())  # type: ignore[union-attr]
     if as_json:
         click.echo(json.dumps(results.to_json(), ensure_ascii=False))
     elif as_paths:
@@ -95,24 +125,32 @@ def _print_results(results: SearchResults, as_json: bool, as_paths: bool) -> Non
 @click.argument("query", nargs=-1, required=True)
 @_query_options
 @click.option("--no-prompt", is_flag=True, help="Encode text as typed, not in the prompt template.")
+@click.option(
+    "--literal",
+    is_flag=True,
+    help="Search the text as typed: no dates, places or cameras read from it, no match on "
+    "file names and keywords.",
+)
 @domain_errors
 def search_command(
     query: tuple[str, ...], as_json: bool, as_paths: bool, no_prompt: bool, **options: Any
 ) -> None:
     """Find photos matching QUERY: Korean or English text, image paths, or a composition.
 
-    Terms are joined with a lone + or -, and W:term weights one (2:강아지).
+    Terms are joined with a lone + or -, and W:term weights one (2:강아지). Dates, places
+    and cameras the query names filter the photos (작년 여름 제주, 2023년 도쿄, 아이폰), and its
+    words also find photos by file name, folder, keywords and caption.
 
     Example:
 
-        koclip-search search 바다 + 노을 - 사람 --after 2023-05 -k 10
+        koclip-search search 작년 여름 제주 바다 + 노을 - 사람 -k 10
     """
     from search import parse_query
 
     _check_output(as_json, as_paths)
-    terms = parse_query(list(query))
+    parse_query(list(query))  # a malformed query fails before the library is opened
     with _open(options.pop("library"), options.pop("model")) as searcher:
-        results = searcher.compose(terms, prompt=not no_prompt, **options)
+        results = searcher.compose(list(query), prompt=not no_prompt, **options)
     _print_results(results, as_json, as_paths)
 
 
@@ -169,7 +207,6 @@ def reindex_command(library: str | None, index_type: str) -> None:
 
         koclip-search reindex --index ivf-sq8
     """
-    import sys
 
     from cli.progress import LineBar
     from search import find_library, reindex
@@ -204,7 +241,7 @@ def format_table(results: SearchResults) -> str:
     rows = [
         (
             str(h.rank),
-            f"{h.score:.3f}",
+            "-" if h.score is None else f"{h.score:.3f}",
             display_path(h.path),
             _human_size(h.size),
             _date(h.taken_at),
@@ -238,6 +275,7 @@ def format_info(info: LibraryInfo) -> str:
         ("index", f"{info.index_type}{vectors}, {_index_choice(info)}"),
         ("index memory", _human_size(info.index_memory)),
         ("recall", info.recall_target or "-"),
+        ("facts", _facts(info)),
         *(
             [("retrain at", f"{info.retrain_at:,} photos (the next `index` past it retrains)")]
             if info.retrain_at
@@ -248,6 +286,20 @@ def format_info(info: LibraryInfo) -> str:
         ("writer", _writer(info)),
     ]
     return "\n".join(f"{k + ':':<14}{v}" for k, v in pairs)
+
+
+def _facts(info: LibraryInfo) -> str:
+    """What the photos' metadata gave: `1,204 with a place, 1,530 with a camera, ...`."""
+    f = info.facts
+    text = ", ".join(
+        f"{f.get(key, 0):,} with {what}"
+        for key, what in (("place", "a place"), ("camera", "a camera"), ("keywords", "keywords"))
+    )
+    if f.get("unreadable"):
+        text += f"; {f['unreadable']:,} with unreadable metadata"
+    if f.get("unread"):
+        text += f"; {f['unread']:,} not read yet (the next `index` reads them)"
+    return text
 
 
 def _index_choice(info: LibraryInfo) -> str:

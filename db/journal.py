@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session, undefer
 
+from db import lexical
 from db.engine import write_errors
 from db.library import Library
 from db.schema import PHOTO_COLUMNS, KeptPhoto, Photo, SetAside
@@ -166,6 +167,12 @@ def settle_restored(library: Library, photo_id: int) -> None:
         # Vectors of another model (dropped by a rebuild): no row, the next `index` encodes it.
         if row.embedding and s.get(Photo, photo_id) is None:
             s.execute(insert(Photo).values(**values))
+            keywords = (values.get("keywords") or "").split("\n")
+            words = lexical.PhotoWords.of(
+                photo_id, row.path, keywords=keywords, caption=values.get("caption"),
+                place=values.get("place") or "",
+            )  # fmt: skip
+            lexical.put(s, [words])
         s.execute(delete(SetAside).where(SetAside.id == photo_id))
         s.execute(delete(KeptPhoto).where(KeptPhoto.extra_id == photo_id))
 

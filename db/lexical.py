@@ -26,6 +26,12 @@ CREATE = (
     + ", ".join(COLUMNS)
     + ", tokenize='trigram')"
 )
+# A photo row deleted (removed, re-indexed under a new id, set aside, the library emptied)
+# takes its words with it, whichever code deletes it.
+FORGET_TRIGGER = (
+    f"CREATE TRIGGER IF NOT EXISTS photos_forget_words AFTER DELETE ON photos "
+    f"BEGIN DELETE FROM {TABLE} WHERE rowid = old.id; END"
+)
 # A word shorter than this is not looked up (one syllable matches too much).
 MIN_CHARS = 2
 MAX_WORDS = 16
@@ -85,6 +91,18 @@ def put(session: Session, words: Sequence[PhotoWords]) -> None:
         text(f"INSERT INTO {TABLE}(rowid, {names}) VALUES (:rowid, {values})"),
         [w.row() for w in words],
     )
+
+
+def stored(session: Session, photo_ids: Sequence[int]) -> dict[int, PhotoWords]:
+    """The words stored for these photos, by id (photos without words are absent)."""
+    out: dict[int, PhotoWords] = {}
+    ids = list(photo_ids)
+    names = ", ".join(COLUMNS)
+    for start in range(0, len(ids), 500):
+        marks = ", ".join(str(int(i)) for i in ids[start : start + 500])
+        rows = session.execute(text(f"SELECT rowid, {names} FROM {TABLE} WHERE rowid IN ({marks})"))
+        out.update((row[0], PhotoWords(*row)) for row in rows)
+    return out
 
 
 def forget(session: Session, photo_ids: Sequence[int]) -> None:

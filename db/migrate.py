@@ -12,7 +12,8 @@ it temporary views of the tables with the missing columns at their defaults, so 
 stored rows as they are, and an older library stays searchable until the next `index`.
 
 A new schema version is one more `Step` here, with SCHEMA_VERSION and the table in db.schema
-changed to match: e.g. `Step(4, (Column("photos", "latitude", "REAL"), ...), backfill=...)`.
+changed to match: e.g. `Step(5, (Column("photos", "altitude", "FLOAT"), ...), backfill=...)`;
+a table or index it adds goes in its `creates` (an index of a mapped table also in db.schema).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from db import lexical
 from db.schema import SCHEMA_VERSION
 
 
@@ -43,7 +45,19 @@ class Step:
     # SQL statements filling the new columns from the database alone (no file is read), run
     # by the writer once, in the upgrade's transaction, when the stored version is below.
     backfill: tuple[str, ...] = ()
+    # SQL statements making the tables and indexes it added, each "IF NOT EXISTS" (a new
+    # library gets its mapped tables from create_all, but not a virtual table): run by the
+    # writer on every open, before the backfills.
+    creates: tuple[str, ...] = ()
 
+
+# Schema 4's facts columns, in photos and in the set-aside journal that holds photo rows.
+_FACTS = (
+    ("lat", "FLOAT"), ("lon", "FLOAT"), ("place", "VARCHAR"), ("place_path", "VARCHAR"),
+    ("camera_make", "VARCHAR"), ("camera_model", "VARCHAR"), ("lens", "VARCHAR"),
+    ("keywords", "VARCHAR"), ("caption", "VARCHAR"), ("facts", "INTEGER"),
+    ("facts_problems", "VARCHAR"),
+)  # fmt: skip
 
 STEPS = (
     # photos.disk_path: the name as the file system spells it, when it is not the NFC key.
@@ -58,6 +72,19 @@ STEPS = (
             Column("photos", "pthumb", "BLOB"),
             Column("manifest", "precision", "VARCHAR NOT NULL DEFAULT 'fp32'", "'fp32'"),
             Column("manifest", "index_choice", "VARCHAR NOT NULL DEFAULT ''", "''"),
+        ),
+    ),
+    # Facts from the photos' metadata (the next index run reads them where `facts` is NULL,
+    # metadata only), the place index, and the photos' words (db.lexical), which that run
+    # fills for every photo; a deleted photo row takes its words with it (a trigger). The
+    # set-aside journal keeps a photo's facts while it is aside.
+    Step(
+        4,
+        tuple(Column(t, name, kind) for t in ("photos", "set_aside") for name, kind in _FACTS),
+        creates=(
+            "CREATE INDEX IF NOT EXISTS ix_photos_place ON photos (place)",
+            lexical.CREATE,
+            lexical.FORGET_TRIGGER,
         ),
     ),
 )
@@ -101,6 +128,9 @@ def upgrade(execute: Execute) -> None:
     for table, (_, lacking) in _missing(execute).items():
         for column in lacking:
             execute(f"ALTER TABLE {table} ADD COLUMN {column.name} {column.kind}")
+    for step in STEPS:
+        for statement in step.creates:
+            execute(statement)
     version = stored_version(execute)
     if version is None or version == SCHEMA_VERSION:
         return
@@ -119,3 +149,12 @@ def reader_views(execute: Execute) -> None:
         execute(
             f"CREATE TEMP VIEW IF NOT EXISTS {table} AS SELECT {', '.join(names)} FROM main.{table}"
         )
+    if not _has_table(execute, "main", lexical.TABLE):
+        # No words stored yet: an empty table of this connection's own, so lexical lookups
+        # find nothing rather than fail.
+        execute(lexical.CREATE.replace(f"EXISTS {lexical.TABLE}", f"EXISTS temp.{lexical.TABLE}"))
+
+
+def _has_table(execute: Execute, schema: str, name: str) -> bool:
+    found = execute(f"SELECT 1 FROM {schema}.sqlite_master WHERE name = ?", (name,)).fetchone()
+    return found is not None

@@ -9,16 +9,20 @@ The embeddings come back as float32 arrays, checked against the manifest's size
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.errors import LibraryCorruptError, LibraryError, index_command
-from db.schema import Failure, ManifestRow, Photo, blob_to_vector, disk_relpath
+from db.schema import FACT_COLUMNS, Failure, ManifestRow, Photo, blob_to_vector, disk_relpath
+
+# The facts columns (schema 4), as a row copies them from its exact twin.
+FACTS = tuple(getattr(Photo, name) for name in FACT_COLUMNS)
 
 # SQLite caps the parameters of one statement; reads by id go in chunks of this many.
 ID_CHUNK = 900
@@ -74,6 +78,80 @@ def all_paths(session: Session) -> Iterator[str]:
     return iter(session.scalars(select(Photo.path)))
 
 
+# -- facts ------------------------------------------------------------------------------------
+
+
+def place_counts(session: Session) -> list[tuple[tuple[str, ...], int]]:
+    """(place names top-down, photos there) for every place a photo was placed at, most
+    photos first: what `search.understand.Vocabulary.build(places=...)` takes."""
+    rows = session.execute(
+        select(Photo.place_path, func.count())
+        .where(Photo.place_path.is_not(None))
+        .group_by(Photo.place_path)
+        .order_by(func.count().desc(), Photo.place_path)
+    )
+    out: dict[tuple[str, ...], int] = {}
+    for raw, count in rows:
+        path = _place_path(raw)
+        if path:
+            out[path] = out.get(path, 0) + count
+    return sorted(out.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _place_path(raw: str) -> tuple[str, ...]:
+    """A stored place_path (a JSON list of names), () if it is not one."""
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        return ()
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        return ()
+    return tuple(names)
+
+
+def camera_counts(session: Session) -> list[tuple[str, str, int]]:
+    """(make, model, photos) for every camera the photos name, most photos first; "" where
+    a photo names only the make or only the model."""
+    make, model = func.coalesce(Photo.camera_make, ""), func.coalesce(Photo.camera_model, "")
+    rows = session.execute(
+        select(make, model, func.count())
+        .where((Photo.camera_make.is_not(None)) | (Photo.camera_model.is_not(None)))
+        .group_by(make, model)
+        .order_by(func.count().desc(), make, model)
+    )
+    return [(mk, md, count) for mk, md, count in rows]
+
+
+def facts_counts(session: Session) -> dict[str, int]:
+    """How many photos have a place ("place"), a camera ("camera"), keywords ("keywords"),
+    facts that could not be read ("unreadable"), and facts not read yet ("unread": a library
+    made before schema 4, until its next index run)."""
+
+    def count(condition: ColumnElement[bool]) -> Any:
+        return func.count().filter(condition)
+
+    row = session.execute(
+        select(
+            count(Photo.place.is_not(None)),
+            count(Photo.camera_make.is_not(None) | Photo.camera_model.is_not(None)),
+            count(Photo.keywords.is_not(None)),
+            count(Photo.facts_problems.is_not(None)),
+            count(Photo.facts.is_(None)),
+        )
+    ).one()
+    return dict(zip(("place", "camera", "keywords", "unreadable", "unread"), row, strict=True))
+
+
+def missing_facts(session: Session) -> list[tuple[int, str, str]]:
+    """(id, key path, on-disk relative path) of every photo whose facts were not read yet."""
+    rows = session.execute(
+        select(Photo.id, Photo.path, Photo.disk_path)
+        .where(Photo.facts.is_(None))
+        .order_by(Photo.id)
+    )
+    return [(pid, path, disk_relpath(path, disk)) for pid, path, disk in rows]
+
+
 # -- rows -------------------------------------------------------------------------------------
 
 
@@ -94,6 +172,45 @@ def photos_by_id(session: Session, ids: np.ndarray | list[int]) -> dict[int, Pho
         return {}
     rows = session.scalars(select(Photo).where(Photo.id.in_(wanted))).all()
     return {row.id: row for row in rows}
+
+
+# -- facts: where and with what ------------------------------------------------------------------
+
+
+def place_condition(labels: Collection[str]) -> ColumnElement[bool]:
+    """Photos taken at any of these places: a label is a place's names from the top level down
+    joined by spaces ("제주특별자치도 서귀포시"); a photo is there when its `place` equals it or
+    starts with it plus a space (an index range on `place`, no LIKE)."""
+    # " " + 1 is "!": [label + " ", label + "!") holds exactly the texts starting label + " ".
+    return or_(
+        *(
+            or_(Photo.place == label, and_(Photo.place >= label + " ", Photo.place < label + "!"))
+            for label in labels
+        )
+    )
+
+
+def camera_condition(cameras: Collection[tuple[str, str]]) -> ColumnElement[bool]:
+    """Photos taken with any of these (make, model) pairs ("" for a part a photo lacks, as
+    `camera_counts` gives them)."""
+    make_, model_ = func.coalesce(Photo.camera_make, ""), func.coalesce(Photo.camera_model, "")
+    return or_(*(and_(make_ == make, model_ == model) for make, model in cameras))
+
+
+def photos_by_date(
+    session: Session,
+    *where: ColumnElement[bool],
+    newest: bool = True,
+    offset: int = 0,
+    limit: int | None = None,
+) -> list[Photo]:
+    """The photos matching the conditions, newest (or oldest) taken first, ties by id; a page
+    of them from `offset`, at most `limit` (None: all)."""
+    order = (Photo.taken_at.desc(), Photo.id) if newest else (Photo.taken_at, Photo.id)
+    query = select(Photo).where(*where).order_by(*order).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
 
 
 class PlanRow(NamedTuple):
@@ -141,7 +258,7 @@ def failures_for_plan(session: Session, where: ColumnElement[bool]) -> Iterator[
 
 def reuse_sources(session: Session, content_hash: str) -> list[Any]:
     """The rows holding these bytes, by id, with what a new row copies from one (its
-    embedding, size in pixels, date and fingerprints) and its path."""
+    embedding, size in pixels, date, fingerprints and facts) and its path."""
     return list(
         session.execute(
             select(
@@ -154,6 +271,7 @@ def reuse_sources(session: Session, content_hash: str) -> list[Any]:
                 Photo.embedding,
                 Photo.phash,
                 Photo.pthumb,
+                *FACTS,
             )
             .where(Photo.content_hash == content_hash)
             .order_by(Photo.id)

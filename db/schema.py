@@ -13,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump when tables or column meanings change, with its step in db.migrate (which upgrades an
 # older library, or lets a reader read it as it is); any other version is refused (index --rebuild).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Base(DeclarativeBase):
@@ -33,6 +33,7 @@ class Photo(Base):
     __table_args__ = (
         Index("ix_photos_content_hash", "content_hash"),
         Index("ix_photos_taken_at", "taken_at"),  # date filters; rows hold their blobs inline
+        Index("ix_photos_place", "place"),  # place filters: equal to a label or below it
         {"sqlite_autoincrement": True},
     )
 
@@ -57,6 +58,23 @@ class Photo(Base):
     # the indexer has computed them (a library made before schema 3).
     phash: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     pthumb: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    # Facts from the photo's metadata (indexer.facts.read_facts), schema 4. `facts` is the
+    # FACTS_VERSION they were read with, NULL until read (a library made before schema 4: the
+    # next index run reads them, metadata only). Each fact is NULL where the photo does not say
+    # it or says it unreadably; `facts_problems` names the unreadable fields, comma-joined.
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)  # WGS84
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
+    # db.places.Place.text of the position ("제주특별자치도 서귀포시 성산읍", "프랑스 파리"),
+    # and its names top-down as a JSON list (Place.text is them joined by one space).
+    place: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
+    place_path: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
+    camera_make: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
+    camera_model: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
+    lens: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
+    keywords: Mapped[str | None] = mapped_column(String, nullable=True, default=None)  # "\n"-joined
+    caption: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
+    facts: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    facts_problems: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
     # float32 little-endian, L2-normalised; deferred so listing rows does not read the vectors.
     embedding: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
 
@@ -67,6 +85,20 @@ class Photo(Base):
     def disk_relpath(self) -> str:
         """The relative path to open (os.fsdecode form: exact bytes survive as surrogates)."""
         return disk_relpath(self.path, self.disk_path)
+
+    @property
+    def camera(self) -> str | None:
+        """The camera as people say it ("Apple iPhone 15"), as PhotoFacts.camera builds it."""
+        return camera_label(self.camera_make, self.camera_model)
+
+
+def camera_label(make: str | None, model: str | None) -> str | None:
+    """Make and model as people say it: "Apple iPhone 15", "Canon EOS R5" (not "Canon Canon
+    EOS R5"), the make alone or the model alone when only one is known."""
+    if not make or not model:
+        return model or make or None
+    brand = make.split()[0].casefold()
+    return model if model.casefold().startswith(brand) else f"{make} {model}"
 
 
 def disk_relpath(path: str, disk_path: bytes | None) -> str:
@@ -160,6 +192,18 @@ class SetAside(Base):
     # b"" once the library's vectors were remade (index --rebuild, another model): a restore
     # then puts the file back without its old row, and the next `index` encodes it.
     embedding: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    # The photo's facts (schema 4), as in Photo.
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    place: Mapped[str | None] = mapped_column(String, nullable=True)
+    place_path: Mapped[str | None] = mapped_column(String, nullable=True)
+    camera_make: Mapped[str | None] = mapped_column(String, nullable=True)
+    camera_model: Mapped[str | None] = mapped_column(String, nullable=True)
+    lens: Mapped[str | None] = mapped_column(String, nullable=True)
+    keywords: Mapped[str | None] = mapped_column(String, nullable=True)
+    caption: Mapped[str | None] = mapped_column(String, nullable=True)
+    facts: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    facts_problems: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class KeptPhoto(Base):
@@ -176,10 +220,15 @@ class KeptPhoto(Base):
     kept_at: Mapped[float] = mapped_column(Float)
 
 
+# The facts columns of a photo (schema 4): NULL in a row until its metadata is read.
+FACT_COLUMNS = (
+    "lat", "lon", "place", "place_path", "camera_make", "camera_model", "lens", "keywords",
+    "caption", "facts", "facts_problems",
+)  # fmt: skip
 # The columns a SetAside row copies from (and gives back to) its Photo row.
 PHOTO_COLUMNS = (
     "id", "path", "disk_path", "size", "mtime_ns", "content_hash", "width", "height",
-    "taken_at", "taken_at_source", "indexed_at", "phash", "pthumb", "embedding",
+    "taken_at", "taken_at_source", "indexed_at", "phash", "pthumb", "embedding", *FACT_COLUMNS,
 )  # fmt: skip
 
 

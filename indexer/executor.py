@@ -41,6 +41,7 @@ class Feed:
     known_hashes: Container[str]  # content hashes with a stored embedding: no decode for those
     max_pixels: int | None
     batch_size: int
+    facts: bool = True  # read each photo's facts (False: the benchmark's baseline)
     total: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -76,10 +77,15 @@ def encode(encoder: Encoder, items: Sequence[Loaded]) -> None:
 
 
 def load_chunk(
-    jobs: Sequence[Job], known_hashes: Container[str], max_pixels: int | None, threads: int
+    jobs: Sequence[Job],
+    known_hashes: Container[str],
+    max_pixels: int | None,
+    threads: int,
+    *,
+    facts: bool = True,
 ) -> list[Loaded]:
     """Stage 2 for a few files at once, in `threads` threads; results in the jobs' order."""
-    kw = {"known_hashes": known_hashes, "max_pixels": max_pixels}
+    kw = {"known_hashes": known_hashes, "max_pixels": max_pixels, "facts": facts}
     if threads <= 1 or len(jobs) <= 1:
         return [load(task, force_decode=force, **kw) for task, force in jobs]
     with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="koclip-load") as pool:
@@ -106,7 +112,11 @@ class LocalExecutor:
         def fill() -> None:
             while queue and len(futures) < cap:
                 task, force = queue.popleft()
-                kw = {"known_hashes": feed.known_hashes, "max_pixels": feed.max_pixels}
+                kw = {
+                    "known_hashes": feed.known_hashes,
+                    "max_pixels": feed.max_pixels,
+                    "facts": feed.facts,
+                }
                 futures.add(pool.submit(load, task, force_decode=force, **kw))
 
         try:

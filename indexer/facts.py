@@ -26,6 +26,8 @@ from datetime import datetime, timedelta, timezone
 
 from PIL import Image, IptcImagePlugin, TiffImagePlugin
 
+from db.schema import camera_label
+
 # XMP above this many bytes is not parsed (real packets are a few kB; JPEG caps one at 64 kB).
 MAX_XMP_BYTES = 1 << 20
 # Bounds on what one photo may contribute (a keyword list is not a document).
@@ -94,11 +96,7 @@ class PhotoFacts:
     def camera(self) -> str | None:
         """Make and model as people say it: "Apple iPhone 15", "Canon EOS R5" (not "Canon Canon
         EOS R5"), the make alone or the model alone when only one is known."""
-        make, model = self.camera_make, self.camera_model
-        if not make or not model:
-            return model or make
-        brand = make.split()[0].casefold()
-        return model if model.casefold().startswith(brand) else f"{make} {model}"
+        return camera_label(self.camera_make, self.camera_model)  # as stored rows say it
 
 
 def read_facts(

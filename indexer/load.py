@@ -1,4 +1,4 @@
-"""Stage 2: read one file: content hash, metadata, decode, preprocess.
+"""Stage 2: read one file: content hash, metadata (its facts: indexer.facts), decode, preprocess.
 
 Runs in a thread pool (of this process, or of a Ray worker: see indexer.executor): hashlib
 and PIL release the GIL on large buffers, so threads overlap with each other and with the
@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from db import hash_file
+from indexer.facts import PhotoFacts, read_facts
 from indexer.phash import fingerprints
 from indexer.plan import UNREADABLE, Task
 from koclip.errors import ImageError, ImageTooLargeError
@@ -47,12 +48,20 @@ class Loaded:
         None  # perceptual fingerprints of the decoded pixels (koclip.images.perceptual)
     )
     pthumb: bytes | None = None
+    facts: PhotoFacts | None = None  # what its metadata says (None: not read, see `load`)
 
 
 def load(
-    task: Task, *, known_hashes: Container[str], max_pixels: int | None, force_decode: bool = False
+    task: Task,
+    *,
+    known_hashes: Container[str],
+    max_pixels: int | None,
+    force_decode: bool = False,
+    facts: bool = True,
 ) -> Loaded:
-    """Hash the file; decode and preprocess it unless its content is already indexed."""
+    """Hash the file; decode and preprocess it unless its content is already indexed, and
+    read its facts from the header the size is read from (`facts=False` skips them: the
+    benchmark's baseline; the date is then read alone, as before facts were stored)."""
     file = task.file
     try:
         chash, size, mtime_ns = hash_file(file.path)
@@ -69,7 +78,11 @@ def load(
         image = open_image(file.path, max_pixels=max_pixels, draft=True)
         out.pixels = preprocess(image)
         out.phash, out.pthumb = fingerprints(image)
-        out.width, out.height, out.taken_at = read_metadata(file.path)
+        if facts:
+            out.width, out.height, out.facts = read_header(file.path)
+            out.taken_at = out.facts.taken_at
+        else:
+            out.width, out.height, out.taken_at = read_metadata(file.path)
     except ImageTooLargeError as exc:
         out.error = f"{exc} (raise --max-megapixels to index it)"
         return out
@@ -82,8 +95,27 @@ def load(
     if out.taken_at is None:
         out.taken_at = mtime_datetime(mtime_ns)
     else:
+        out.taken_at = out.taken_at.replace(tzinfo=None)  # its local wall time, as stored
         out.taken_at_source = "exif"
     return out
+
+
+def read_header(path: str) -> tuple[int, int, PhotoFacts]:
+    """(width, height) as displayed (after EXIF orientation), and the photo's facts: one open
+    of the header, no decode (the decode that precedes it already validated the file)."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            facts = read_facts(im)
+            try:
+                orientation = im.getexif().get(_ORIENTATION)
+            except Exception:  # broken EXIF: read_facts has noted it
+                orientation = None
+    except Exception as exc:  # gone or changed since the decode: a failure, like the decode
+        raise ImageError(f"cannot read its header ({type(exc).__name__})") from None
+    if orientation in _SWAPS_SIDES:
+        width, height = height, width
+    return width, height, facts
 
 
 def read_metadata(path: str) -> tuple[int, int, datetime | None]:

@@ -39,6 +39,7 @@ from indexer.plan import Plan, load_known, load_known_under, make_plan
 from indexer.ray_executor import RayExecutor, RayOptions, require_ray
 from indexer.scope import as_relpath, discover_paths, scope_of
 from indexer.setup import DEFAULT_MODEL, open_for_indexing, prepare
+from indexer.stored_facts import Facts, fill_facts
 from indexer.summary import Summary
 from indexer.writer import IndexRebuild, RebuildCallback, Writer, due_rebuild, rebuild
 from koclip import checkpoint_fingerprint
@@ -80,6 +81,13 @@ class IndexOptions:
     allow_empty_root: bool = False
     # Read and encode on a Ray cluster instead of this process (indexer.ray_executor).
     ray: RayOptions | None = None
+    # Read each new photo's facts (date, place, camera, keywords: indexer.facts) in this
+    # process's load stage; False only for a benchmark's baseline (bench/index.py): its
+    # photos are then stored as not read yet, and the next run with facts reads them.
+    facts: bool = True
+    # Called with (photos done, photos to read) while a library indexed before facts were
+    # stored gets them (metadata only, after the pass): a place for a progress bar.
+    on_facts_backfill: Callable[[int, int], None] | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_megapixels) and self.max_megapixels > 0):
@@ -142,6 +150,10 @@ class IndexSession:
             require_ray()  # before the lock and the model: the install line comes at once
         self.options = options
         self.save_share = save_share  # see Writer: a watcher saves by cost, not by the clock
+        # Places are looked up for every pass; their tables load meanwhile (db.places).
+        self.facts = Facts()
+        if options.facts:
+            self.facts.prepare()
         library_dir = Path(options.library).expanduser().resolve() if options.library else None
         self.library_dir = library_dir or default_library_dir(self.photo_root)
         self._stack = contextlib.ExitStack()
@@ -293,6 +305,7 @@ class IndexSession:
             save_share=self.save_share,
             on_rebuild=self.options.on_index_rebuild,
             precision=self.encoder.precision,
+            facts=self.facts,
         )
         self._index = None  # the writer's now: a rebuild during the pass frees the old one
         hook = self.options.on_batch_committed
@@ -314,6 +327,15 @@ class IndexSession:
                     workers=self.options.workers or 2,
                     max_pixels=int(self.options.max_megapixels * 1e6),
                 )
+                # Photos indexed before facts were stored get them (metadata only).
+                if self.options.facts:
+                    fill_facts(
+                        self.library,
+                        self.photo_root,
+                        self.facts,
+                        workers=self.options.workers or 2,
+                        progress=self.options.on_facts_backfill,
+                    )
             if scope is None and self._rebuild_into is not None:
                 self._finish_rebuild(refuse_all_gone)
         except BaseException:
@@ -432,7 +454,7 @@ def _run_stages(
     """The driver: hands the plan's files to the executor and commits each batch it returns."""
     queue: deque[Job] = deque((t, False) for t in plan.tasks)
     max_pixels = int(options.max_megapixels * 1e6)
-    feed = Feed(queue, plan.known_hashes, max_pixels, options.batch_size)
+    feed = Feed(queue, plan.known_hashes, max_pixels, options.batch_size, facts=options.facts)
     total = feed.total
     if progress:
         progress(0, total)

@@ -27,6 +27,7 @@ from db import (
     Photo,
     blob_to_vector,
     disk_path_value,
+    lexical,
     photos,
     vector_to_blob,
     write_errors,
@@ -35,8 +36,10 @@ from db import photo_writes as writes
 from db import vectors as faiss_ops
 from db.errors import LibraryError
 from db.manifest import add_precision
+from db.schema import FACT_COLUMNS
 from indexer.load import Loaded, mtime_datetime
 from indexer.plan import Plan, in_scope
+from indexer.stored_facts import Facts, moved_words, words
 
 
 @dataclass
@@ -126,10 +129,13 @@ class Writer:
         save_share: float | None = None,
         on_rebuild: RebuildCallback | None = None,
         precision: str | None = None,
+        facts: Facts | None = None,
     ) -> None:
         self.library = library
         # The encoder's precision, named in the manifest with the first vector it stores.
         self.precision = precision
+        # A photo's facts become its columns and words here (places looked up on this thread).
+        self.facts = facts if facts is not None else Facts()
         self.index = index
         self.plan = plan
         self.on_rebuild = on_rebuild
@@ -272,7 +278,9 @@ class Writer:
             values |= {"size": item.size, "mtime_ns": item.mtime_ns}
             if source.taken_at_source == "mtime":
                 values["taken_at"] = mtime_datetime(item.mtime_ns)
-            writes.update_photo(s, source.id, **values)
+            writes.update_photo(s, source.id, **values)  # its facts stay
+            stored = lexical.stored(s, [source.id]).get(source.id)
+            lexical.put(s, [moved_words(stored, source.id, relpath)])
             if was_known:
                 counts.updated += 1
             else:
@@ -284,9 +292,15 @@ class Writer:
             if source.taken_at_source == "mtime":
                 meta = (*meta[:2], mtime_datetime(item.mtime_ns), "mtime")
             phash, pthumb = source.phash, source.pthumb
+            # The same bytes say the same things: its facts and words are the twin's.
+            facts = {c: getattr(source, c) for c in FACT_COLUMNS}
+            stored = lexical.stored(s, [source.id]).get(source.id)
+            batch.words.append(lambda pid, r=relpath, w=stored: moved_words(w, pid, r))
         else:
             meta = (item.width, item.height, item.taken_at, item.taken_at_source)
             phash, pthumb = item.phash, item.pthumb
+            facts, place_words = self.facts.columns(item.facts)
+            batch.words.append(lambda pid, r=relpath, c=facts, p=place_words: words(pid, r, c, p))
         batch.rows.append(
             {
                 "path": relpath,
@@ -302,6 +316,7 @@ class Writer:
                 "embedding": vector_to_blob(vec),
                 "phash": phash,
                 "pthumb": pthumb,
+                **facts,
             }
         )
         batch.vectors.append(vec)
@@ -354,8 +369,11 @@ class _Batch:
     cleared: list[str] = field(default_factory=list)  # paths whose failure rows go
     hashes: set[str] = field(default_factory=set)
     added: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (new id, vector)
+    # The new rows' words, each made once its row has an id.
+    words: list[Callable[[int], lexical.PhotoWords]] = field(default_factory=list)
 
     def execute(self, s: Session) -> None:
         writes.clear_failures(s, self.cleared)
         ids = writes.insert_photos(s, self.rows)  # one executemany
         self.added = list(zip(ids, self.vectors, strict=True))
+        lexical.put(s, [make(pid) for pid, make in zip(ids, self.words, strict=True)])

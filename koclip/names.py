@@ -19,7 +19,7 @@ def check_precision(precision: str | None = None) -> str:
     from koclip.errors import PrecisionError
 
     if precision:
-        where = "--precision"
+        where = "the precision asked for"
     else:
         precision = os.environ.get(PRECISION_VARIABLE) or DEFAULT_PRECISION
         where = f"${PRECISION_VARIABLE}"

@@ -18,8 +18,16 @@ from search.errors import (
 from search.library import LibraryInfo, find_library
 from search.query import Term, parse_query, text_problem
 from search.reindex import ReindexReport, reindex
-from search.results import PhotoInfo, SearchHit, SearchResults, display_path, json_path
+from search.results import (
+    PhotoInfo,
+    SearchHit,
+    SearchResults,
+    display_path,
+    facts_json,
+    json_path,
+)
 from search.searcher import Searcher, SearchOptions
+from search.understand import Understood
 
 __all__ = [
     "DateError",
@@ -35,8 +43,10 @@ __all__ = [
     "SearchOptions",
     "SearchResults",
     "Searcher",
+    "Understood",
     "Term",
     "display_path",
+    "facts_json",
     "find_library",
     "json_path",
     "parse_query",

@@ -1,30 +1,67 @@
-"""Folder and date filters, and the photo lookups `similar` needs, as typed SQL over db.Photo."""
+"""Folder, date, place and camera filters, and the photo lookups `similar` needs, as typed SQL over db.Photo."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from sqlalchemy import ColumnElement
 
 import db
+from db import photos
 from search.errors import QueryError
 
 
 @dataclass(frozen=True)
 class Filter:
-    """Which photos a query may return: under a folder (relative to the photo root) and/or in a time range."""
+    """Which photos a query may return: under a folder (relative to the photo root), in a time
+    range, at any of some places, taken with any of some cameras (all that are set apply)."""
 
     under: str | None = None  # POSIX, NFC, relative to the photo root; None or "" = everywhere
     after: datetime | None = None  # inclusive
     before: datetime | None = None  # exclusive
+    # Place labels ("제주특별자치도 서귀포시"): the photo's place is one or lies inside one.
+    places: tuple[str, ...] = ()
+    cameras: tuple[tuple[str, str], ...] = ()  # (make, model) pairs
 
     @property
     def active(self) -> bool:
         """False when the filter lets every photo through."""
-        return bool(self.under) or self.after is not None or self.before is not None
+        return (
+            bool(self.under)
+            or self.after is not None
+            or self.before is not None
+            or bool(self.places)
+            or bool(self.cameras)
+        )
+
+    @property
+    def empty(self) -> bool:
+        """True when the time range holds no instant (an understood date outside --after/--before):
+        nothing passes."""
+        return self.after is not None and self.before is not None and self.after >= self.before
+
+    def narrowed(
+        self,
+        after: datetime | None = None,
+        before: datetime | None = None,
+        places: Sequence[str] = (),
+        cameras: Sequence[tuple[str, str]] = (),
+    ) -> Filter:
+        """This filter and more: the time ranges intersected (possibly to nothing: `empty`),
+        the places and cameras set (each a choice of several)."""
+        lo = max((d for d in (self.after, after) if d is not None), default=None)
+        hi = min((d for d in (self.before, before) if d is not None), default=None)
+        return replace(
+            self,
+            after=lo,
+            before=hi,
+            places=tuple(places) or self.places,
+            cameras=tuple(cameras) or self.cameras,
+        )
 
     def conditions(self) -> list[ColumnElement[bool]]:
         """SQL conditions on db.Photo; a folder is a range on the unique `path` index."""
@@ -36,6 +73,10 @@ class Filter:
             out.append(db.Photo.taken_at >= self.after)
         if self.before is not None:
             out.append(db.Photo.taken_at < self.before)
+        if self.places:
+            out.append(photos.place_condition(self.places))
+        if self.cameras:
+            out.append(photos.camera_condition(self.cameras))
         return out
 
 

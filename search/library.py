@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -95,6 +95,10 @@ class LibraryInfo:
     # the next switch up: (photos past which, type), None at the top or when chosen.
     index_automatic: bool = True
     switch_at: tuple[int, str] | None = None
+    # Photos with a place, a camera, keywords, with facts that could not be read
+    # ("unreadable"), and not read yet ("unread": indexed before facts were stored, until
+    # the next `index`): db.photos.facts_counts.
+    facts: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (paths as strings, the time as ISO 8601)."""
@@ -127,6 +131,7 @@ class LibraryInfo:
             "switch_at": None
             if self.switch_at is None
             else {"photos": self.switch_at[0], "index_type": self.switch_at[1]},
+            "facts": dict(self.facts),
         }
 
 
@@ -153,6 +158,7 @@ def describe_library(
         count = photos.photo_count(s)
         failed = photos.failure_count(s)
         last = photos.last_indexed_at(s)
+        facts = photos.facts_counts(s)
     holder, held = db.lock_holder(library.directory)
     # The writer's last commit counts too: deletions and moves leave no newer indexed_at.
     last_commit = holder.last_commit if holder else None
@@ -175,6 +181,7 @@ def describe_library(
         recall_target=RECALL.get(manifest.index_type),
         index_automatic=manifest.automatic_index,
         switch_at=_next_switch(manifest.index_type) if manifest.automatic_index else None,
+        facts=facts,
     )
 
 

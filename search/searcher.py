@@ -6,17 +6,18 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import db
-from db import photos
+from db import lexical, photos
 from db.vectors import retrain_at
 from koclip.images.preprocess import nfc
+from search.cutoff import Cutoff, adaptive_cutoff
 from search.dates import parse_range
 from search.duplicates import DuplicateGroup, DuplicateOptions, find_duplicates
 from search.encode import QueryEncoder, combine, open_query_image, query_image_path
@@ -37,7 +38,8 @@ from search.library import (
     open_read_only,
 )
 from search.query import Term, check_text, describe, parse_query
-from search.results import PhotoInfo, SearchHit, SearchResults, display_path
+from search.results import PhotoInfo, SearchHit, SearchResults, display_path, stored_facts
+from search.understand import Understood, Vocabulary, understand
 
 DEFAULT_K = 20
 # An in-memory image query cannot be matched to its file by bytes; a library photo whose
@@ -48,40 +50,87 @@ _CHEAP_FETCH = 4096
 # `folders` rescans at once when photos come or go, and at least this often (seconds) for
 # changes that keep the count and the newest id (a move).
 FOLDERS_TTL = 30.0
+# How results are ordered: by the query (cosine, fused with the photos' words), or by date
+# among the photos relevant to it (see `SearchOptions.threshold`).
+SORTS = ("relevance", "newest", "oldest")
+THRESHOLDS = ("auto", "none")
+# A text query's words are looked up in the photos' names, folders, keywords, captions and
+# places; the best LEXICAL_DEPTH matches are fused (reciprocal rank fusion) with at least the
+# FUSE_DEPTH nearest photos by embedding.
+LEXICAL_DEPTH = 500
+FUSE_DEPTH = 256
+# "Every candidate": a page of the whole library (bounded by its size when fetched).
+_ALL = 10**12
 
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """Paging, threshold and filters shared by every kind of query."""
+    """Paging, threshold, order and filters shared by every kind of query.
+
+    `threshold`: a number (only photos whose cosine is at least it), "auto" (the photos that
+    stand out for the query: `search.cutoff.adaptive_cutoff` over its scores), "none", or None:
+    "auto" under the date sorts, "none" under relevance. `sort`: "relevance" (the default),
+    "newest" or "oldest" (taken first, among the photos the threshold keeps). `literal`: the
+    query's text goes to the text tower as typed: no dates, places or cameras understood, no
+    match on the photos' words. `today`: the day "작년", "이번 달"... count from (default: the
+    local date now)."""
 
     k: int = DEFAULT_K
     offset: int = 0
-    threshold: float | None = None
+    threshold: float | str | None = None
     under: str | os.PathLike[str] | None = None
     after: str | datetime | None = None
     before: str | datetime | None = None
+    sort: str = "relevance"
+    literal: bool = False
+    today: date | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise QueryError(f"k must be a whole number of at least 1, not {self.k!r}")
         if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
             raise QueryError(f"offset must be a whole number of at least 0, not {self.offset!r}")
-        if self.threshold is not None and not math.isfinite(self.threshold):
+        if isinstance(self.threshold, str):
+            word = self.threshold.strip().lower()
+            if word not in THRESHOLDS:
+                raise QueryError(
+                    f"threshold must be a number, auto or none, not {self.threshold!r}"
+                )
+            object.__setattr__(self, "threshold", word)
+        elif self.threshold is not None and (
+            isinstance(self.threshold, bool) or not math.isfinite(self.threshold)
+        ):
             raise QueryError(f"threshold must be a finite number, not {self.threshold!r}")
+        if self.sort not in SORTS:
+            raise QueryError(f"sort must be one of {', '.join(SORTS)}, not {self.sort!r}")
+        if self.today is not None and not isinstance(self.today, date):
+            raise QueryError(f"today must be a date, not {self.today!r}")
         for name in ("under", "after", "before"):
             value = getattr(self, name)
             if isinstance(value, (str, os.PathLike)):
                 check_text(os.fspath(value), name)
 
+    @property
+    def cut(self) -> float | str | None:
+        """The threshold that applies: a number, "auto", or None (keep every photo)."""
+        if self.threshold is None:
+            return "auto" if self.sort != "relevance" else None
+        return None if self.threshold == "none" else self.threshold
+
 
 @dataclass
 class _Query:
-    """One query vector with what it must not return."""
+    """One query vector with what it must not return.
+
+    `vector` None: a query of facts only (every photo passing the filter, by date). `words`:
+    looked up in the photos' words and fused with the vector's ranking."""
 
     text: str
-    vector: np.ndarray
+    vector: np.ndarray | None
     exclude: set[int]
     exclude_same: bool = False  # drop hits that score as the image itself
+    words: list[str] = field(default_factory=list)
+    understood: Understood | None = None
 
 
 class Searcher:
@@ -131,23 +180,106 @@ class Searcher:
         # Libraries of a database file since replaced: closed with the Searcher, not before
         # (a lookup on another thread may still be reading one).
         self._retired: list[db.Library] = []
+        self._vocabulary: tuple[tuple[int, int | None], float, Vocabulary] | None = None
 
     # -- queries ------------------------------------------------------------------------------
 
     def text(self, query: str, *, prompt: bool = True, **options: Any) -> SearchResults:
-        """Photos matching a text, taken literally (no `+`/`-` parsing; see `compose`)."""
+        """Photos matching a text (no `+`/`-` composition; see `compose`). The dates, places
+        and cameras it names filter the photos (`understand`), the rest is encoded and also
+        looked up in the photos' words; `literal=True` encodes the whole text as typed."""
         return self.texts([query], prompt=prompt, **options)[0]
 
     def texts(
         self, queries: Sequence[str], *, prompt: bool = True, **options: Any
     ) -> list[SearchResults]:
-        """Several text queries encoded in one batch and searched in one FAISS call."""
+        """Several text queries (as `text`) encoded in one batch; those with the same
+        filters are searched in one FAISS call."""
         opts, flt = self._options(options)
         if not queries:
             return []
-        vectors = self.encoder.texts(list(queries), prompt=prompt)
-        batch = [_Query(nfc(q).strip(), v, set()) for q, v in zip(queries, vectors, strict=True)]
-        return self._search(batch, opts, flt)
+        read = [self._read_text(q, opts) for q in queries]
+        rests = [rest for _, rest in read if rest]
+        vectors = iter(self.encoder.texts(rests, prompt=prompt) if rests else ())
+        batch = []
+        for query, (understood, rest) in zip(queries, read, strict=True):
+            label = nfc(query).strip()
+            vector = next(vectors) if rest else None
+            words = [] if opts.literal else lexical.query_words(rest)
+            batch.append(_Query(label, vector, set(), words=words, understood=understood))
+        return self._grouped(batch, opts, flt)
+
+    def compose(
+        self,
+        terms: str | Sequence[str] | Sequence[Term],
+        *,
+        prompt: bool = True,
+        understood: Understood | None = None,
+        **options: Any,
+    ) -> SearchResults:
+        """A composed query such as `바다 + 노을 - 사람` or `2:강아지 + ./beach.jpg`: the weighted
+        sum of the terms' unit embeddings, renormalised.
+
+        A query given as text (a string, or argv words) is understood first (see `text`);
+        `Term`s are taken as they are, with the facts of `understood` when given (the query
+        the terms are the rest of: the web parses the rest itself). The words of the positive
+        text terms are looked up in the photos' words (unless `literal`)."""
+        opts, flt = self._options(options)
+        if isinstance(terms, str) or (terms and not isinstance(terms[0], Term)):
+            words = [terms] if isinstance(terms, str) else list(terms)  # type: ignore[list-item]
+            if understood is None and not opts.literal:
+                understood = self.understand(" ".join(words), today=opts.today)
+                if understood.has_facts:
+                    words = [understood.text] if understood.text else []
+            terms = parse_query(words) if words else []
+        terms = list(terms)  # type: ignore[arg-type]
+        if not terms and (understood is None or not understood.has_facts):
+            raise QueryError("the query is empty")
+        query = self._compose(terms, prompt) if terms else _Query("", None, set())
+        if understood is not None and understood.has_facts:
+            query.text = understood.query
+        query.understood = understood
+        if not opts.literal:
+            positive = [t.text for t in terms if t.is_text and t.weight > 0]
+            query.words = lexical.query_words(" ".join(positive))  # type: ignore[arg-type]
+        return self._grouped([query], opts, flt)[0]
+
+    def understand(self, query: str, *, today: date | None = None) -> Understood:
+        """The dates, places and cameras `query` names, and the rest (see search.understand),
+        with this library's places and cameras; DateError for a date that does not exist."""
+        return understand(query, today=today or date.today(), vocabulary=self.vocabulary())
+
+    def vocabulary(self) -> Vocabulary:
+        """The library's places and cameras with their photo counts, for `understand`;
+        cached like `folders`."""
+        with self.library.session() as s, s.begin():
+            stamp = photos.count_and_newest(s)
+            cached = self._vocabulary
+            if cached and cached[0] == stamp and time.monotonic() - cached[1] < FOLDERS_TTL:
+                return cached[2]
+            vocabulary = Vocabulary.build(
+                places=photos.place_counts(s), cameras=photos.camera_counts(s)
+            )
+        self._vocabulary = (stamp, time.monotonic(), vocabulary)
+        return vocabulary
+
+    def places(self) -> list[tuple[str, int]]:
+        """Every place of the library at every level ("제주특별자치도", "제주특별자치도
+        서귀포시") with its photo count, most photos first."""
+        return self.vocabulary().place_counts()
+
+    def _read_text(self, query: str, opts: SearchOptions) -> tuple[Understood | None, str]:
+        """(what a text query was understood as, the text left for the text tower)."""
+        text = nfc(query).strip()
+        check_text(text, "the query text")
+        if opts.literal:
+            if not text:
+                raise QueryError("the query is empty")
+            return None, text
+        understood = self.understand(text, today=opts.today)
+        if not understood.text and not understood.has_facts:
+            raise QueryError("the query is empty")
+        return understood, understood.text
 
     def image(
         self, image: str | os.PathLike[str] | Any, *, label: str | None = None, **options: Any
@@ -171,19 +303,6 @@ class Searcher:
             vector, exclude = self._stored(s, row)
             label = str(self.photo_root / row.path)
         return self._search([_Query(label, vector, exclude)], opts, flt)[0]
-
-    def compose(
-        self, terms: str | Sequence[str] | Sequence[Term], *, prompt: bool = True, **options: Any
-    ) -> SearchResults:
-        """A composed query such as `바다 + 노을 - 사람` or `2:강아지 + ./beach.jpg`: the weighted
-        sum of the terms' unit embeddings, renormalised."""
-        opts, flt = self._options(options)
-        if isinstance(terms, str) or (terms and not isinstance(terms[0], Term)):
-            terms = parse_query(terms)  # type: ignore[arg-type]
-        terms = list(terms)
-        if not terms:
-            raise QueryError("the query is empty")
-        return self._search([self._compose(terms, prompt)], opts, flt)[0]
 
     def vector(self, embedding: np.ndarray, **options: Any) -> SearchResults:
         """Photos nearest to a raw embedding of the library's model (normalised here)."""
@@ -260,7 +379,7 @@ class Searcher:
     def _info(self, row: db.Photo) -> PhotoInfo:
         stored = (row.width, row.height, row.taken_at, row.taken_at_source, row.size)
         path = self.photo_root / row.disk_relpath()
-        return PhotoInfo(row.id, path, row.path, *stored, row.content_hash)
+        return PhotoInfo(row.id, path, row.path, *stored, row.content_hash, **stored_facts(row))
 
     # -- following the library ----------------------------------------------------------------
 
@@ -363,12 +482,49 @@ class Searcher:
         under = folder_filter(opts.under, self.photo_root) if opts.under is not None else None
         return opts, Filter(under=under or None, after=after, before=before)
 
+    def _grouped(
+        self, batch: list[_Query], opts: SearchOptions, flt: Filter
+    ) -> list[SearchResults]:
+        """Search each query with its own facts applied: those sharing a filter together."""
+        filters = [_with_facts(flt, q.understood) for q in batch]
+        out: list[SearchResults | None] = [None] * len(batch)
+        for group in dict.fromkeys(filters):
+            at = [i for i, f in enumerate(filters) if f == group]
+            for i, results in zip(
+                at, self._search([batch[i] for i in at], opts, group), strict=True
+            ):
+                out[i] = results
+        return out  # type: ignore[return-value]
+
     def _search(self, batch: list[_Query], opts: SearchOptions, flt: Filter) -> list[SearchResults]:
+        if flt.empty:  # an understood date outside --after/--before: nothing to find
+            return [self._results(q, [], opts) for q in batch]
+        ranked = [q for q in batch if q.vector is not None]
+        found: dict[int, SearchResults] = {}
+        if ranked:
+            cut = opts.cut
+            want = opts.offset + opts.k
+            if cut == "auto" or opts.sort != "relevance":
+                want = _ALL  # the cutoff reads every score; a date order needs every kept photo
+            elif any(q.words for q in ranked):
+                want = max(want, FUSE_DEPTH)
+            kept = self._nearest(ranked, flt, want)
+            for q, k in zip(ranked, kept, strict=True):
+                found[id(q)] = self._ranked_results(q, k, opts, flt)
+        for q in batch:
+            if q.vector is None:
+                found[id(q)] = self._listing(q, opts, flt)
+        return [found[id(q)] for q in batch]
+
+    def _nearest(
+        self, batch: list[_Query], flt: Filter, want: int
+    ) -> list[list[tuple[float, db.Photo]]]:
+        """Each query's nearest photos passing the filter, at least `want` of them (or all
+        there are), best first."""
         queries = np.stack([q.vector for q in batch]).astype(np.float32)
-        want = opts.offset + opts.k
         # One candidate past the page, so `_settled` can see whether the page ends inside a tie.
         fetch = (
-            want
+            min(want, _ALL)
             + 1
             + max(len(q.exclude) for q in batch)
             + (1 if any(q.exclude_same for q in batch) else 0)
@@ -393,7 +549,9 @@ class Searcher:
                 ):
                     break
                 fetch *= 2
-        return [self._results(q, k, opts) for q, k in zip(batch, kept, strict=True)]
+        # Equal scores (exact duplicates) come back from FAISS in an order that depends on k;
+        # ordering them by id makes pages of one ranking agree with each other.
+        return [sorted(k, key=lambda pair: (-pair[0], pair[1].id)) for k in kept]
 
     @staticmethod
     def _keep(
@@ -408,21 +566,88 @@ class Searcher:
             out.append((score, rows[pid]))
         return out
 
-    def _results(
-        self, query: _Query, kept: list[tuple[float, db.Photo]], opts: SearchOptions
+    def _lexical(
+        self, query: _Query, flt: Filter
+    ) -> tuple[list[int], dict[int, tuple[float, db.Photo]]]:
+        """The photos whose words hold the query's words (passing the filter), best first, and
+        (cosine, row) of each."""
+        with self.library.session() as s, s.begin():
+            ranked = [i for i, _ in lexical.ranking(s, query.words, limit=LEXICAL_DEPTH)]
+            ranked = [i for i in ranked if i not in query.exclude]
+            if flt.active and ranked:
+                allowed = set(
+                    photos.ids_where(s, *flt.conditions(), db.Photo.id.in_(ranked)).tolist()
+                )
+                ranked = [i for i in ranked if i in allowed]
+            rows = photos.photos_by_id(s, ranked)
+            ranked = [i for i in ranked if i in rows]
+            vectors = photos.vectors_for(s, ranked) if ranked else np.zeros((0, 1), np.float32)
+        scores = (vectors @ query.vector).tolist() if ranked else []
+        return ranked, {i: (sc, rows[i]) for i, sc in zip(ranked, scores, strict=True)}
+
+    def _ranked_results(
+        self,
+        query: _Query,
+        kept: list[tuple[float, db.Photo]],
+        opts: SearchOptions,
+        flt: Filter,
     ) -> SearchResults:
-        # Equal scores (exact duplicates) come back from FAISS in an order that depends on k;
-        # ordering them by id makes pages of one ranking agree with each other.
-        kept = sorted(kept, key=lambda pair: (-pair[0], pair[1].id))
-        page = kept[opts.offset : opts.offset + opts.k]
+        """A ranked query's page: fused with its words' matches, cut, ordered as asked."""
+        words: list[int] = []
+        scored = {row.id: (score, row) for score, row in kept}
+        if query.words:
+            words, more = self._lexical(query, flt)
+            scored = {**more, **scored}
+        cutoff = None
+        cut = opts.cut
+        if cut == "auto":
+            cutoff = adaptive_cutoff(np.asarray([score for score, _ in kept], np.float64))
+            matched = set(words)  # a photo named for the query is relevant to it
+            survivors = [
+                i for i, (score, _) in scored.items() if cutoff.keeps(score) or i in matched
+            ]
+        elif cut is not None:
+            survivors = [i for i, (score, _) in scored.items() if score >= cut]
+        else:
+            survivors = list(scored)
+        alive = set(survivors)
+        if opts.sort != "relevance":
+            newest = opts.sort == "newest"
+            order = sorted(alive, key=lambda i: _date_key(scored[i][1], newest))
+        elif words:
+            embedding = [row.id for _, row in kept]
+            order = [i for i, _ in lexical.fuse(embedding, words) if i in alive]
+        else:
+            order = [row.id for _, row in kept if row.id in alive]
+        page = [scored[i] for i in order[opts.offset : opts.offset + opts.k]]
+        return self._results(query, page, opts, cutoff)
+
+    def _listing(self, query: _Query, opts: SearchOptions, flt: Filter) -> SearchResults:
+        """A query of facts only: every photo passing the filter, newest (or oldest) first."""
+        with self.library.session() as s, s.begin():
+            rows = photos.photos_by_date(
+                s,
+                *flt.conditions(),
+                newest=opts.sort != "oldest",
+                offset=opts.offset,
+                limit=opts.k,
+            )
+            page = [(None, row) for row in rows if row.id not in query.exclude]
+        return self._results(query, page, opts)
+
+    def _results(
+        self,
+        query: _Query,
+        page: list[tuple[float | None, db.Photo]],
+        opts: SearchOptions,
+        cutoff: Cutoff | None = None,
+    ) -> SearchResults:
         hits = []
         for i, (score, row) in enumerate(page):
-            if opts.threshold is not None and score < opts.threshold:
-                break
             hits.append(
                 SearchHit(
                     rank=opts.offset + i + 1,
-                    score=float(score),
+                    score=None if score is None else float(score),
                     path=self.photo_root / row.disk_relpath(),
                     photo_id=row.id,
                     width=row.width,
@@ -430,10 +655,16 @@ class Searcher:
                     taken_at=row.taken_at,
                     size=row.size,
                     relpath=row.path,
+                    **stored_facts(row),
                 )
             )
         # A label may hold a file name that is not UTF-8: shown escaped, as every path is.
-        return SearchResults(query=display_path(query.text), hits=tuple(hits))
+        return SearchResults(
+            query=display_path(query.text),
+            hits=tuple(hits),
+            understood=query.understood,
+            cutoff=cutoff,
+        )
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -485,3 +716,16 @@ def _settled(
     if len(kept) < want:
         return False
     return bool(scores[-1] < kept[want - 1][0])
+
+
+def _with_facts(flt: Filter, understood: Understood | None) -> Filter:
+    """The filter narrowed by what a query was understood to name."""
+    if understood is None or not understood.has_facts:
+        return flt
+    after, before = understood.datetime_range()
+    return flt.narrowed(after, before, understood.places, understood.cameras)
+
+
+def _date_key(row: db.Photo, newest: bool) -> tuple[float, int]:
+    stamp = row.taken_at.timestamp() if row.taken_at else 0.0
+    return (-stamp if newest else stamp), row.id

@@ -8,7 +8,7 @@ import re
 import threading
 import time
 
-from cli.progress import PhaseReporter, ProgressBar, TrainBar, clock, phases_shown
+from cli.progress import FactsBar, PhaseReporter, ProgressBar, TrainBar, clock, phases_shown
 from koclip.phases import phase
 from train import TrainProgress
 
@@ -46,6 +46,24 @@ def test_progress_bar_throttles_but_always_draws_the_end():
     bar.close()
     text = out.getvalue()
     assert "1/10 files" in text and "2/10 files" not in text and "10/10 files" in text
+
+
+def test_the_facts_backfill_shows_only_when_it_lasts_and_ends_the_files_bar():
+    out = io.StringIO()
+    quick = FactsBar(out, after=3600, min_interval=0, terminal=True)
+    for done in (0, 2, 5):
+        quick(done, 5)
+    assert out.getvalue() == ""  # a small library: nothing shown
+
+    files = ProgressBar(out, width=4, min_interval=0, terminal=True)
+    files(3, 3)
+    slow = FactsBar(out, after=0, min_interval=0, interrupts=files, terminal=True)
+    for done in (0, 2, 5):
+        slow(done, 5)
+    text = plain(out.getvalue())
+    assert "3/3 files" in text and "reading the facts of indexed photos: 2/5" in out.getvalue()
+    assert text.splitlines()[-1].endswith("reading the facts of indexed photos: 5/5")
+    assert files._progress is None and slow._progress is None  # both lines ended
 
 
 def test_a_bar_fits_a_narrow_terminal():

@@ -332,3 +332,103 @@ def test_a_schema_one_library_is_read_as_is_then_upgraded_by_the_writer(library)
             "fp32",
             "",
         )
+
+
+FACT_COLUMNS = (
+    "lat", "lon", "place", "place_path", "camera_make", "camera_model", "lens", "keywords",
+    "caption", "facts", "facts_problems",
+)  # fmt: skip
+
+
+def _make_schema_three(library: db.Library) -> None:
+    """Turn the library back into what a schema-3 program made: no facts, no words."""
+    library.close()
+    conn = sqlite3.connect(library.db_path)
+    conn.execute("DROP INDEX ix_photos_place")
+    conn.execute("DROP TRIGGER photos_forget_words")
+    conn.execute("DROP TABLE photo_words")
+    for column in FACT_COLUMNS:
+        conn.execute(f"ALTER TABLE photos DROP COLUMN {column}")
+        conn.execute(f"ALTER TABLE set_aside DROP COLUMN {column}")
+    conn.execute("UPDATE manifest SET schema_version = 3")
+    conn.commit()
+    conn.close()
+
+
+def test_a_schema_three_library_is_read_as_is_then_gains_facts_columns_and_words(library):
+    from db import lexical
+
+    (pid,) = _add(library, _unit(np.random.default_rng(0), 1))
+    _make_schema_three(library)
+
+    reader = db.Library.open(library.directory)  # reads it as it is, writes nothing
+    with reader, reader.session() as s, s.begin():
+        row = s.get(db.Photo, pid)
+        assert (row.place, row.lat, row.camera_make, row.facts, row.camera) == (None,) * 5
+        assert lexical.ranking(s, ["p0"]) == []  # no words stored yet: none found
+        assert photos.place_counts(s) == [] and photos.camera_counts(s) == []
+        counts = photos.facts_counts(s)
+        assert counts == {"place": 0, "camera": 0, "keywords": 0, "unreadable": 0, "unread": 1}
+    with sqlite3.connect(library.db_path) as conn:
+        assert "place" not in [r[1] for r in conn.execute("PRAGMA table_info(photos)")]
+
+    with db.Library.open(library.directory, readonly=False) as writer:
+        assert writer.manifest().schema_version == db.SCHEMA_VERSION == 4
+        with writer.session() as s, s.begin():
+            assert s.get(db.Photo, pid).facts is None  # read by the next index run
+            words = [
+                lexical.PhotoWords.of(pid, "제주/성산 일출봉.jpg"),
+                lexical.PhotoWords.of(99, "x.jpg"),
+            ]
+            lexical.put(s, words)
+        with writer.session() as s, s.begin():
+            assert [i for i, _ in lexical.ranking(s, ["일출봉"])] == [pid]
+    with sqlite3.connect(library.db_path) as conn:
+        assert set(FACT_COLUMNS) <= {r[1] for r in conn.execute("PRAGMA table_info(photos)")}
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(photos)")}
+        assert "ix_photos_place" in indexes
+        conn.execute("DELETE FROM photos WHERE id = ?", (pid,))  # its words go with it
+        assert conn.execute("SELECT rowid FROM photo_words").fetchall() == [(99,)]
+
+
+def test_a_new_library_has_the_words_table_and_the_place_index(library):
+    with sqlite3.connect(library.db_path) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"photo_words", "ix_photos_place", "photos_forget_words"} <= names
+
+
+def test_place_camera_and_facts_counts(library):
+    rng = np.random.default_rng(1)
+    facts = [
+        dict(place="제주특별자치도 서귀포시 성산읍", place_path='["제주특별자치도", "서귀포시", "성산읍"]',
+             camera_make="Apple", camera_model="iPhone 15", keywords="바다\n일출", facts=1),
+        dict(place="제주특별자치도 서귀포시 성산읍", place_path='["제주특별자치도", "서귀포시", "성산읍"]',
+             camera_make="Apple", camera_model="iPhone 15", facts=1, facts_problems="xmp"),
+        dict(place="프랑스 파리", place_path='["프랑스", "파리"]', camera_make="Canon",
+             camera_model="Canon EOS R5", facts=1),
+        dict(place="일본", place_path='["일본"]', camera_model="X100V", facts=1),
+        dict(facts=1, facts_problems="gps,xmp"),
+        dict(),  # not read yet
+    ]  # fmt: skip
+    with library.session() as s, s.begin():
+        for i, (values, vec) in enumerate(zip(facts, _unit(rng, len(facts)), strict=True)):
+            row = _photo(f"p{i}.jpg", vec)
+            for key, value in values.items():
+                setattr(row, key, value)
+            s.add(row)
+    with library.session() as s, s.begin():
+        assert photos.place_counts(s) == [
+            (("제주특별자치도", "서귀포시", "성산읍"), 2),
+            (("일본",), 1),
+            (("프랑스", "파리"), 1),
+        ]
+        assert photos.camera_counts(s) == [
+            ("Apple", "iPhone 15", 2),
+            ("", "X100V", 1),
+            ("Canon", "Canon EOS R5", 1),
+        ]
+        assert photos.facts_counts(s) == {
+            "place": 4, "camera": 4, "keywords": 1, "unreadable": 2, "unread": 1,
+        }  # fmt: skip
+        labels = [r.camera for r in s.scalars(select(db.Photo).order_by(db.Photo.id))]
+        assert labels == ["Apple iPhone 15", "Apple iPhone 15", "Canon EOS R5", "X100V", None, None]

@@ -136,5 +136,5 @@ def test_a_precision_setting_that_is_none_is_refused_by_the_python_api(monkeypat
     with pytest.raises(PrecisionError, match="KOCLIP_PRECISION"):
         check_precision()
     assert check_precision("fp32") == "fp32"  # asked for outright: the setting is not read
-    with pytest.raises(PrecisionError, match="--precision is 'fp16'"):
+    with pytest.raises(PrecisionError, match="the precision asked for is 'fp16'"):
         check_precision("fp16")

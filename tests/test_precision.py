@@ -98,7 +98,7 @@ def test_precision_choice(monkeypatch):
         resolve_precision("bf16")
     monkeypatch.setenv("KOCLIP_PRECISION", "fp32")
     assert resolve_precision(None) == "fp32"
-    with pytest.raises(PrecisionError, match="--precision is 'int4'"):
+    with pytest.raises(PrecisionError, match="the precision asked for is 'int4'"):
         resolve_precision("int4")
 
 

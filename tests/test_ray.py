@@ -52,7 +52,8 @@ def library(root, lib=None):
     with open_lib(root, lib) as l:
         assert_consistent(l)
         r = rows(l)
-        return {p: (row.content_hash, row.width, row.height, row.taken_at_source) for p, row in r.items()}, {
+        return {p: (row.content_hash, row.width, row.height, row.taken_at_source, row.taken_at.isoformat(),
+                    row.facts, row.place, row.camera, row.keywords) for p, row in r.items()}, {
             p: np.frombuffer(row.embedding, np.float32) for p, row in r.items()}
 
 def cli(*args):
@@ -100,6 +101,10 @@ out["crash_paths"] = sorted(library(crash)[0])
 root = work / "same"
 photos(root, 10)
 (root / "broken.jpg").write_bytes(b"not a jpeg")
+# One photo with facts: they come back from the workers with the embedding.
+from tests.facts_fixtures import gps_tags, jpeg_bytes, make_exif, photo_pixels, xmp_packet
+exif = make_exif(gps=gps_tags(33.4589, 126.9425), make="Apple", model="iPhone 15")
+(root / "d1/004.jpg").write_bytes(jpeg_bytes(exif=exif, xmp=xmp_packet(["바다"]), image=photo_pixels((96, 64), 4)))
 runs = {}
 for name, flags in (("local", ["--workers", "2"]), ("ray", ["--ray", "local", "--ray-workers", "2"])):
     code, text = cli(root, "--library", work / f"lib-{name}", "--json", *flags)
@@ -117,6 +122,7 @@ out["runs"] = runs
 meta_local, vec_local = library(root, work / "lib-local")
 meta_ray, vec_ray = library(root, work / "lib-ray")
 out["same_rows"] = meta_local == meta_ray
+out["facts"] = meta_ray["d1/004.jpg"][5:]
 out["paths"] = sorted(meta_ray)
 out["max_diff"] = max(float(np.abs(vec_local[p] - vec_ray[p]).max()) for p in vec_local)
 print(json.dumps(out))
@@ -315,6 +321,7 @@ def test_ray_local_matches_the_local_pipeline_and_survives_a_killed_driver(
     assert local[0]["new"] == 10 and local[0]["failures"][0]["path"] == "broken.jpg"
     assert (local[1]["new"], local[1]["moved"]) == (1, 1)  # the copy, and the move
     assert out["same_rows"] and "moved.jpg" in out["paths"] and "copy-of-001.jpg" in out["paths"]
+    assert out["facts"] == [1, "제주특별자치도 서귀포시 성산읍", "Apple iPhone 15", "바다"]
     assert out["max_diff"] <= 1e-5
 
 

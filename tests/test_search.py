@@ -79,10 +79,12 @@ def test_library_holds_every_readable_photo(reference: Reference) -> None:
     assert BROKEN not in {r.path for r in reference.rows.values()}
 
 
+# The tests comparing rankings with brute force search literally: the embedding ranking alone
+# (the words of file names fused into it are tests/test_search_facts.py's part).
 @pytest.mark.parametrize("prompt", [True, False])
 def test_text_ranking_matches_brute_force(searcher, reference, encoder, prompt: bool) -> None:
     q = _text_vector(encoder, "바닷가에서 노는 강아지", prompt)
-    results = searcher.text("바닷가에서 노는 강아지", k=5, prompt=prompt)
+    results = searcher.text("바닷가에서 노는 강아지", k=5, prompt=prompt, literal=True)
     assert isinstance(results, SearchResults)
     assert results.query == "바닷가에서 노는 강아지"
     assert_matches(results.hits, reference.ranking(q)[:5], reference.scores(q))
@@ -102,7 +104,7 @@ def test_text_ranking_matches_brute_force(searcher, reference, encoder, prompt: 
 def test_numpy_backend_ranks_as_brute_force(photo_root, reference, encoder, prompt) -> None:
     q = _text_vector(encoder, "노을 지는 바다", prompt)
     with Searcher(photo_root, backend="numpy") as s:
-        results = s.text("노을 지는 바다", k=5, prompt=prompt)
+        results = s.text("노을 지는 바다", k=5, prompt=prompt, literal=True)
         assert s.encoder.backend == "numpy"
     assert_matches(results.hits, reference.ranking(q)[:5], reference.scores(q))
 
@@ -124,15 +126,15 @@ def test_nfd_query_is_the_nfc_query(searcher) -> None:
 
 def test_composed_query_is_the_renormalised_weighted_sum(searcher, reference, encoder) -> None:
     e = {t: _text_vector(encoder, t) for t in ("바다", "노을", "사람", "강아지")}
-    results = searcher.compose("바다 + 노을 - 사람", k=6)
+    results = searcher.compose("바다 + 노을 - 사람", k=6, literal=True)
     q = _unit(e["바다"] + e["노을"] - e["사람"])
     assert results.query == "바다 + 노을 - 사람"
     assert_matches(results.hits, reference.ranking(q)[:6], reference.scores(q))
 
-    weighted = searcher.compose(["2:강아지", "-", "0.5:사람"], k=4)
+    weighted = searcher.compose(["2:강아지", "-", "0.5:사람"], k=4, literal=True)
     q = _unit(2 * e["강아지"] - 0.5 * e["사람"])
     assert_matches(weighted.hits, reference.ranking(q)[:4], reference.scores(q))
-    same = searcher.compose([Term(2.0, text="강아지"), Term(-0.5, text="사람")], k=4)
+    same = searcher.compose([Term(2.0, text="강아지"), Term(-0.5, text="사람")], k=4, literal=True)
     assert [h.photo_id for h in same] == [h.photo_id for h in weighted]
 
 
@@ -201,11 +203,15 @@ def test_folder_filter_is_exact_and_segment_aware(
 ) -> None:
     q = _text_vector(encoder, "바다")
     expected = reference.ranking(q, keep=lambda r: r.path.startswith(prefix))
-    results = searcher.text("바다", k=50, under=under)
+    results = searcher.text("바다", k=50, under=under, literal=True)
     assert_matches(results.hits, expected, reference.scores(q))
     assert all("여행ab" not in str(h.path) for h in results)
     # k smaller than the subset: still the subset's own top-k, not a post-filtered short list.
-    assert_matches(searcher.text("바다", k=2, under=under).hits, expected[:2], reference.scores(q))
+    assert_matches(
+        searcher.text("바다", k=2, under=under, literal=True).hits,
+        expected[:2],
+        reference.scores(q),
+    )
 
 
 def test_folder_filter_accepts_an_absolute_folder(searcher, photo_root) -> None:
@@ -222,7 +228,7 @@ def test_date_filter_is_exact(searcher, reference, encoder) -> None:
     q = _text_vector(encoder, "노을")
     lo, hi = datetime(2023, 5, 2), datetime(2024, 1, 1)
     expected = reference.ranking(q, keep=lambda r: lo <= r.taken_at < hi)
-    results = searcher.text("노을", k=50, after="2023-05-02", before="2024")
+    results = searcher.text("노을", k=50, after="2023-05-02", before="2024", literal=True)
     assert_matches(results.hits, expected, reference.scores(q))
     assert {h.path.name for h in results} == {
         "노을.jpg",
@@ -232,7 +238,7 @@ def test_date_filter_is_exact(searcher, reference, encoder) -> None:
         "소파.jpg",
     }
     assert_matches(
-        searcher.text("노을", k=1, after="2023-05-02", before="2024").hits,
+        searcher.text("노을", k=1, after="2023-05-02", before="2024", literal=True).hits,
         expected[:1],
         reference.scores(q),
     )
@@ -380,10 +386,13 @@ def test_unreadable_query_image(searcher, tmp_path, name: str) -> None:
 
 def test_json_shape(searcher) -> None:
     out = searcher.text("소파 위에 고양이", k=2).to_json()
-    assert list(out) == ["query", "results"]
+    assert list(out) == ["query", "understood", "results"]
     assert out["query"] == "소파 위에 고양이"
+    assert out["understood"]["text"] == "소파 위에 고양이" and out["understood"]["facts"] == []
     first = out["results"][0]
-    assert list(first) == ["rank", "score", "path", "width", "height", "taken_at"]
+    assert list(first) == [
+        "rank", "score", "path", "width", "height", "taken_at", "place", "lat", "lon", "camera"
+    ]  # fmt: skip
     assert first["rank"] == 1 and isinstance(first["score"], float)
     assert Path(first["path"]).is_absolute()
     assert isinstance(first["width"], int) and isinstance(first["height"], int)
@@ -457,7 +466,8 @@ def test_reindex_switches_type_and_filters_stay_exact(
     q = _text_vector(encoder, "바다")
     with Searcher(library_copy) as s:
         expected = reference.ranking(q, keep=lambda r: r.path.startswith("2024/"))
-        assert_matches(s.text("바다", k=3, under="2024").hits, expected[:3], reference.scores(q))
+        hits = s.text("바다", k=3, under="2024", literal=True).hits
+        assert_matches(hits, expected[:3], reference.scores(q))
         unfiltered = s.text("바다", k=5)
         assert len(unfiltered) == 5
         assert s.info().index_type == kind
@@ -567,6 +577,7 @@ def test_info(searcher, reference, tiny_checkpoint) -> None:
         "retrain_at",
         "index_automatic",
         "switch_at",
+        "facts",
     }
     assert info.writer is None  # no indexer or watcher holds it
     assert info.index_memory > 0 and info.recall_target == "exact" and info.retrain_at is None

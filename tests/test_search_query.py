@@ -168,6 +168,10 @@ def test_results_json() -> None:
         height=3,
         taken_at=datetime(2023, 5, 1, 10, 0),
         size=99,
+        place="제주특별자치도 서귀포시 성산읍",
+        lat=33.4589,
+        lon=126.9425,
+        camera="Apple iPhone 15",
     )
     results = SearchResults(query="바다", hits=(hit,))
     assert results.to_json() == {
@@ -180,6 +184,10 @@ def test_results_json() -> None:
                 "width": 4,
                 "height": 3,
                 "taken_at": "2023-05-01T10:00:00",
+                "place": "제주특별자치도 서귀포시 성산읍",
+                "lat": 33.4589,
+                "lon": 126.9425,
+                "camera": "Apple iPhone 15",
             }
         ],
     }

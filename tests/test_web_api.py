@@ -88,7 +88,7 @@ def ids(library: Path) -> dict[str, int]:
 
 
 def _cli_shape(results: list[dict]) -> list[dict]:
-    keys = ("rank", "score", "path", "width", "height", "taken_at")
+    keys = ("rank", "score", "path", "width", "height", "taken_at", "place", "lat", "lon", "camera")
     return [{k: r[k] for k in keys} for r in results]
 
 
@@ -272,6 +272,9 @@ def test_photo_metadata(client, photos, ids):
     assert body["relpath"] == "2023/여행/노을.jpg"
     assert body["taken_at"] == "2023-05-02T19:30:00" and body["taken_at_source"] == "exif"
     assert (body["width"], body["height"]) == (64, 48)
+    assert (body["place"], body["lat"], body["lon"], body["camera"]) == (
+        None,
+    ) * 4  # no GPS, camera
     assert body["similar"] == f"/api/photos/{pid}/similar"
     error_json(client.get("/api/photos/424242"), 404, "not_found")
     error_json(client.get("/api/photos/abc"), 422, "bad_request")

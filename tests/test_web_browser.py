@@ -976,3 +976,109 @@ def test_api_docs_page_works_offline(browser, tmp_path):
             and e["params"]["entry"].get("url") != url + "/favicon.ico"  # the browser's own try
         ]
         assert logged == [] and browser.errors() == []
+
+
+# -- the query, understood: chips, places, sort (issue 21) ---------------------------------------
+
+TRIPS = {  # file -> (EXIF date, (lat, lon) or None)
+    "a/001.jpg": ("2024:07:20 10:00:00", (33.4589, 126.9425)),  # 제주 서귀포시 성산읍
+    "a/002.jpg": ("2024:08:02 10:00:00", (33.4996, 126.5312)),  # 제주 제주시
+    "b/003.jpg": ("2023:04:01 10:00:00", (35.6812, 139.7671)),  # 일본 도쿄
+    "b/004.jpg": ("2024:11:11 10:00:00", (35.6812, 139.7671)),  # 일본 도쿄
+    "b/005.jpg": ("2023:05:02 10:00:00", (48.8584, 2.2945)),  # 프랑스 파리
+    "c/006.jpg": ("2024:07:21 10:00:00", None),
+}
+
+
+def _chips(browser: Browser) -> list[str]:
+    return browser.js("[...document.querySelectorAll('#understood .chip')].map(c => c.textContent)")
+
+
+def _shown(browser: Browser) -> list[str]:
+    return browser.js("[...document.querySelectorAll('#grid .photo')].map(b => b.title)")
+
+
+def test_understood_facts_are_chips_places_are_listed_and_sort_toggles(
+    browser, tmp_path, tiny_checkpoint
+):
+    from tests.facts_fixtures import gps_tags, jpeg_bytes, make_exif, photo_pixels
+    from tests.search_fixtures import index_folder
+    from web import create_app
+
+    root = tmp_path / "trips"
+    for seed, (rel, (taken, where)) in enumerate(TRIPS.items()):
+        exif = make_exif(taken=taken, gps=gps_tags(*where) if where else None)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(jpeg_bytes(exif=exif, image=photo_pixels((120, 90), seed)))
+    library = index_folder(root, tiny_checkpoint)
+
+    with serve(create_app(library, warm=False)) as url:
+        browser.send("Page.addScriptToEvaluateOnNewDocument", source=RECORD_FETCHES)
+        browser.send("Page.navigate", url=url + "/")
+        browser.wait_js("document.body && document.body.dataset.ready === '1'", "the page")
+        browser.wait_js("!document.getElementById('places-box').hidden", "the list of places")
+        places = browser.js(
+            "[...document.querySelectorAll('#places button')].map(b => b.textContent)"
+        )
+        assert places[:3] == [
+            "일본 (2)",
+            "일본 도쿄 (2)",
+            "제주특별자치도 (2)",
+        ]  # most photos first
+        assert {"프랑스 파리 (1)", "제주특별자치도 서귀포시 (1)"} <= set(places)
+
+        # A query of a date and a place: two chips, only the photo taken there and then.
+        browser.click("#q")
+        browser.commit("2023년 도쿄")
+        browser.press_enter()
+        browser.wait_js("document.querySelectorAll('#understood .chip').length === 2", "chips")
+        assert _chips(browser) == ["2023-01-01–2023-12-31 ✕", "일본 도쿄 ✕"]
+        browser.wait_js("document.querySelectorAll('#grid .photo').length === 1", "one photo")
+        assert _shown(browser) == ["b/003.jpg"]
+        assert browser.js("document.querySelector('#grid .score').textContent") == ""
+
+        # One click removes the date: the query runs again without it, every photo of Tokyo.
+        browser.click("#understood .chip[data-kind='date']")
+        browser.wait_js("document.getElementById('q').value === '도쿄'", "the query without it")
+        browser.wait_js("document.querySelectorAll('#grid .photo').length === 2", "both photos")
+        assert _chips(browser) == ["일본 도쿄 ✕"]
+        assert _shown(browser) == ["b/004.jpg", "b/003.jpg"]  # newest first
+
+        # The sort toggle: oldest first, sent as `sort`, kept in the address.
+        browser.js(
+            "(() => { const s = document.getElementById('sort'); s.value = 'oldest';"
+            " s.dispatchEvent(new Event('change')); })()"
+        )
+        browser.wait_js("location.search.includes('sort=oldest')", "the sort in the address")
+        browser.wait_js(
+            "[...document.querySelectorAll('#grid .photo')].map(b => b.title).join() ==="
+            " 'b/003.jpg,b/004.jpg'",
+            "oldest first",
+        )
+        assert _searches(browser)[-1]["sort"] == "oldest"
+
+        # A place from the list searches there.
+        browser.click("#places-box summary")
+        browser.click("#places button[data-place='프랑스 파리']")
+        browser.wait_js("document.getElementById('q').value === '프랑스 파리'", "the place's query")
+        browser.wait_js(
+            "[...document.querySelectorAll('#grid .photo')].map(b => b.title).join() === 'b/005.jpg'",
+            "the photo taken in Paris",
+        )
+        assert _chips(browser) == ["프랑스 ✕", "프랑스 파리 ✕"]  # each word a fact
+
+        # Removing the last fact of a query of facts only empties the box and the chips.
+        browser.click("#understood .chip")
+        browser.wait_js("document.getElementById('q').value === '파리'", "the query without it")
+        browser.wait_js("document.querySelectorAll('#understood .chip').length === 1", "a chip")
+        browser.click("#understood .chip")
+        browser.wait_js("document.getElementById('understood').hidden", "no chips")
+        assert browser.js("document.getElementById('q').value") == ""
+
+        # A day that does not exist: the message, no traceback, no page error.
+        browser.click("#q")
+        browser.commit("2월 30일 바다")
+        browser.press_enter()
+        browser.wait_js("!document.getElementById('message').hidden", "the error message")
+        assert "날짜" in browser.js("document.getElementById('message').textContent")
+        assert browser.errors() == []

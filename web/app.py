@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 from koclip import ImageError, KoclipSearchError
 from koclip.names import DUPLICATE_KINDS
-from search import PhotoInfo, SearchResults, display_path, json_path
+from search import PhotoInfo, SearchResults, display_path, facts_json, json_path
 from search.duplicates import MIN_SIMILAR_COS, DuplicateGroup
 from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, DuplicateQuery, Options
 from web.errors import ApiError, install_handlers
@@ -67,11 +67,17 @@ class Hit(BaseModel):
     """One result: the CLI's --json fields, plus the library id and where to fetch the picture."""
 
     rank: int
-    score: float
+    score: float | None = Field(description="cosine with the query; null for a query of facts only")
     path: str
     width: int | None
     height: int | None
     taken_at: str | None
+    place: str | None = Field(
+        None, description="where it was taken (e.g. 제주특별자치도 서귀포시 성산읍)"
+    )
+    lat: float | None = None
+    lon: float | None = None
+    camera: str | None = Field(None, description="make and model, e.g. Apple iPhone 15")
     id: int
     relpath: str = Field(description="path relative to the library's photo folder")
     thumbnail: str
@@ -79,10 +85,41 @@ class Hit(BaseModel):
     original: str
 
 
+class UnderstoodFact(BaseModel):
+    """One fact read from the query: its kind, the words it took, how it is shown."""
+
+    kind: Literal["date", "place", "camera"]
+    words: str
+    value: str
+    without: str = Field(description="the query without this fact's words (its chip's removal)")
+
+
+class Understood(BaseModel):
+    """What a text query was understood as (search.understand): the filters and the rest."""
+
+    text: str = Field(description="the rest, searched by its meaning and its words")
+    after: str | None = None
+    before: str | None = None
+    places: list[str] = []
+    camera: str | None = None
+    cameras: list[list[str]] = []
+    facts: list[UnderstoodFact] = []
+
+
+class CutoffModel(BaseModel):
+    """The relevance cutoff applied (threshold auto)."""
+
+    threshold: float | None
+    kept: int
+    how: str
+
+
 class SearchResponse(BaseModel):
-    """The CLI's --json shape (`query`, `results`) plus paging."""
+    """The CLI's --json shape (`query`, `understood`, `results`) plus paging."""
 
     query: str
+    understood: Understood | None = None
+    cutoff: CutoffModel | None = None
     results: list[Hit]
     offset: int
     k: int
@@ -101,6 +138,10 @@ class PhotoResponse(BaseModel):
     taken_at: str
     taken_at_source: str
     size: int
+    place: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    camera: str | None = None
     thumbnail: str
     preview: str
     original: str
@@ -123,6 +164,16 @@ class Folder(BaseModel):
     """A folder (relative to the photo folder) and how many photos it holds, subfolders included."""
 
     folder: str
+    photos: int
+
+
+Sort = Literal["relevance", "newest", "oldest"]
+
+
+class Place(BaseModel):
+    """A place of the library, at any level ("제주특별자치도 서귀포시"), and its photo count."""
+
+    place: str
     photos: int
 
 
@@ -150,6 +201,7 @@ class ComposeRequest(BaseModel):
     under: Text | None = None
     after: Text | None = None
     before: Text | None = None
+    sort: Sort = "relevance"
     prompt: bool = True
 
     def options(self) -> Options:
@@ -250,16 +302,42 @@ class AsideResponse(BaseModel):
 def search_options(
     k: Annotated[int, Query(ge=1, le=MAX_K, description="results per page")] = DEFAULT_K,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip")] = 0,
-    threshold: Annotated[float | None, Query(ge=-1.0, le=1.0, description="min cosine")] = None,
+    threshold: Annotated[
+        str | None,
+        Query(
+            pattern=r"^(auto|none|[-+]?(\d+(\.\d*)?|\.\d+))$",
+            description="min cosine (a number), auto (the photos that stand out; the default "
+            "when sorted by date) or none",
+        ),
+    ] = None,
     under: Annotated[Text | None, Query(description="folder, relative to the photo folder")] = None,
     after: Annotated[
         Text | None, Query(description="taken on or after (2023, 2023-05, ...)")
     ] = None,
     before: Annotated[Text | None, Query(description="taken before")] = None,
     prompt: Annotated[bool, Query(description="wrap text in the prompt template")] = True,
+    sort: Annotated[Sort, Query(description="relevance, newest or oldest")] = "relevance",
+    literal: Annotated[
+        bool, Query(description="search the text as typed: no dates, places, cameras or words")
+    ] = False,
 ) -> Options:
-    """Paging and filters shared by every search route."""
-    return Options(k, offset, threshold, under, after, before, prompt)  # its fields' order
+    """Paging, filters and order shared by every search route."""
+    cut: float | str | None = threshold
+    if threshold is not None and threshold not in ("auto", "none"):
+        cut = float(threshold)
+        if not -1.0 <= cut <= 1.0:
+            raise ApiError(422, "bad_request", "threshold: a cosine is between -1 and 1")
+    return Options(
+        k=k,
+        offset=offset,
+        threshold=cut,
+        under=under,
+        after=after,
+        before=before,
+        sort=sort,
+        literal=literal,
+        prompt=prompt,
+    )
 
 
 OptionsDep = Annotated[Options, Depends(search_options)]
@@ -280,8 +358,12 @@ def _links(photo_id: int) -> dict[str, str]:
 
 
 def shape(results: SearchResults, opts: Options, upload: str | None = None) -> dict[str, Any]:
-    """search's own JSON (as `--json` prints it), each hit given its id, relative path and links."""
+    """search's own JSON (as `--json` prints it), each hit given its id, relative path and
+    links, each understood fact the query without it."""
     body = results.to_json()
+    if results.understood is not None:
+        for i, fact in enumerate(body["understood"]["facts"]):
+            fact["without"] = results.understood.without(i)
     for hit, item in zip(results.hits, body["results"], strict=True):
         relpath = hit.relpath or display_path(hit.path.name)
         item.update({"id": hit.photo_id, "relpath": relpath, **_links(hit.photo_id)})
@@ -315,6 +397,7 @@ def _photo_json(photo: PhotoInfo) -> dict[str, Any]:
         "taken_at": photo.taken_at.isoformat(),
         "taken_at_source": photo.taken_at_source,
         "size": photo.size,
+        **facts_json(photo),
         **_links(photo.id),
         "similar": f"/api/photos/{photo.id}/similar",
     }
@@ -412,13 +495,22 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
         """Folders holding photos, for the folder filter."""
         return await run_in_threadpool(backend.folders)
 
+    @app.get("/api/places", response_model=list[Place], tags=["library"])
+    async def places() -> list[dict[str, Any]]:
+        """The library's places at every level with their photo counts, most photos first
+        (a query naming one searches there)."""
+        return await run_in_threadpool(backend.places)
+
     @app.get("/api/search", response_model=SearchResponse, tags=["search"])
     async def search(
         q: QueryText,
         opts: OptionsDep,
     ) -> dict[str, Any]:
         """Text or a composed query in the CLI's syntax: `바다 + 노을 - 사람`, `2:강아지`,
-        `2023/여행/바다.jpg + 노을` (image terms are photos of the library, by relative path)."""
+        `2023/여행/바다.jpg + 노을` (image terms are photos of the library, by relative path).
+        Dates, places and cameras it names filter the photos (`understood`; 400 `bad_date` for
+        a day that does not exist), its words also match file names and keywords; `literal`
+        turns both off."""
         return await searched(backend.search, q, opts=opts)
 
     @app.post("/api/compose", response_model=SearchResponse, tags=["search"])

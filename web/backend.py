@@ -150,10 +150,20 @@ class Backend:
     # -- searching --------------------------------------------------------------------------
 
     def search(self, query: str, opts: Options) -> SearchResults:
-        """The box's query in the CLI's composed syntax; image terms must be library photos."""
+        """The box's query in the CLI's composed syntax, understood (dates, places, cameras)
+        unless `literal`; image terms must be library photos."""
         self.searcher()  # no library: say so before judging the query
-        terms = [self._library_term(t) for t in parse_query(query)]
-        return self.call(lambda s: s.compose(terms, prompt=opts.prompt, **self._kwargs(s, opts)))
+        if opts.literal:
+            understood, rest = None, query
+        else:
+            understood = self.call(lambda s: s.understand(query))
+            rest = understood.text if understood.has_facts else query
+        terms = [self._library_term(t) for t in parse_query(rest)] if rest.strip() else []
+        return self.call(
+            lambda s: s.compose(
+                terms, prompt=opts.prompt, understood=understood, **self._kwargs(s, opts)
+            )
+        )
 
     def compose(
         self, terms: list[tuple[float, str | None, int | None]], opts: Options
@@ -198,6 +208,8 @@ class Backend:
             "under": under,
             "after": opts.after or None,
             "before": opts.before or None,
+            "sort": opts.sort,
+            "literal": opts.literal,
         }
 
     def _library_term(self, term: Term) -> Term:
@@ -252,6 +264,10 @@ class Backend:
     def info(self) -> dict[str, Any]:
         """Counts and model for the page header; cheap (no index file read, no disk walk)."""
         return self.read(lambda s: s.info(full=False)).to_json()
+
+    def places(self) -> list[dict[str, Any]]:
+        """Every place of the library at every level with its photo count, most photos first."""
+        return [{"place": p, "photos": n} for p, n in self.read(Searcher.places)]
 
     def folders(self) -> list[dict[str, Any]]:
         """Every folder holding photos (relative to the root) with its photo count, subfolders included."""

@@ -57,6 +57,8 @@ const MESSAGES = {
   upload_expired: ["사진을 다시 올려 주세요.", "Please drop the photo again."],
   model_mismatch: ["라이브러리와 다른 모델이에요.", "The model differs from the library's."],
   model_error: ["모델 파일을 읽을 수 없어요.", "The model's files cannot be read."],
+  precision_unavailable: ["이 정밀도(precision)는 여기서 쓸 수 없어요. 서버를 실행한 사람에게 알려 주세요.",
+                          "That precision cannot be used here; tell whoever runs the server."],
   library_error: ["라이브러리를 읽을 수 없어요.", "The library cannot be read."],
   not_found: ["사진을 찾을 수 없어요.", "The photo was not found."],
   unreadable: ["사진 파일을 읽을 수 없어요.", "The photo file cannot be read."],
@@ -92,6 +94,7 @@ async function api(url, options = {}) {
     throw new ApiError((body && body.code) || "internal", (body && body.error) || res.statusText,
                        res.status);
   }
+  noteUnderstood(body);
   return body;
 }
 
@@ -115,6 +118,7 @@ function filters() {
     const value = els[name].value.trim();
     if (value) out[name] = value;
   }
+  if (understoodEls.sort.value !== "relevance") out.sort = understoodEls.sort.value;
   return out;
 }
 
@@ -224,7 +228,7 @@ function card(hit, onOpen) {
   button.addEventListener("click", () => onOpen(hit));
   const score = document.createElement("span");
   score.className = "score";
-  score.textContent = hit.score === undefined ? "" : hit.score.toFixed(3);
+  score.textContent = hit.score == null ? "" : hit.score.toFixed(3);  // null: facts only
   const caption = document.createElement("span");
   caption.className = "caption";
   const name = hit.relpath.split("/").pop();
@@ -987,6 +991,72 @@ els.dupesBack.addEventListener("click", closeDupes);
 els.dupesKind.addEventListener("change", () => loadDupes());
 els.dupesMore.addEventListener("click", () => loadDupes({ append: true }));
 
+// -- what the query was understood as: chips, places, sort --------------------------------
+// A text search's first page says which dates, places and cameras the query named; each is a
+// chip, and removing one searches again with the query the server gives for it (`without`).
+
+const understoodEls = { sort: $("sort"), chips: $("understood"), places: $("places"),
+                        placesBox: $("places-box") };
+const FACT_LABELS = { date: "날짜 / date", place: "장소 / place", camera: "카메라 / camera" };
+
+// Every API answer passes here; a search's first page (re)draws the chips.
+function noteUnderstood(body) {
+  if (!body || !("results" in body) || body.offset !== 0) return;
+  showUnderstood(body.understood);  // none for a photo's search: the chips go
+}
+
+function showUnderstood(understood) {
+  const box = understoodEls.chips;
+  const facts = (understood && understood.facts) || [];
+  box.replaceChildren(...facts.map((fact) => {
+    const chip = document.createElement("button");
+    chip.type = "button";
+    chip.className = "chip";
+    chip.dataset.kind = fact.kind;
+    chip.title = `${FACT_LABELS[fact.kind] || fact.kind}: ‘${fact.words}’ — 빼고 다시 찾기 / search without it`;
+    chip.textContent = `${fact.value} ✕`;
+    chip.addEventListener("click", () => {
+      els.q.value = fact.without;
+      if (!fact.without.trim()) showUnderstood(null);  // the welcome page: no chips
+      runText(true);
+    });
+    return chip;
+  }));
+  box.hidden = facts.length === 0;
+}
+
+async function loadPlaces() {
+  let places;
+  try {
+    places = await api("/api/places");
+  } catch {
+    return;
+  }
+  understoodEls.places.replaceChildren(...places.map((p) => {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link";
+    button.dataset.place = p.place;
+    button.textContent = `${p.place} (${p.photos.toLocaleString()})`;
+    button.addEventListener("click", () => {
+      els.q.value = p.place;
+      understoodEls.placesBox.open = false;
+      runText(true);
+    });
+    li.append(button);
+    return li;
+  }));
+  understoodEls.placesBox.hidden = places.length === 0;
+}
+
+understoodEls.sort.value = new URLSearchParams(location.search).get("sort") || "relevance";
+if (!understoodEls.sort.value) understoodEls.sort.value = "relevance";  // an unknown one
+understoodEls.sort.addEventListener("change", () => {
+  if (state.mode) startSearch(state.mode);
+  else syncUrl();
+});
+
 // -- start ----------------------------------------------------------------------------------
 
 function resetToWelcome() {
@@ -1041,6 +1111,7 @@ async function loadLibrary() {
       return option;
     }));
   }).catch(() => {});
+  loadPlaces();
   return true;
 }
 
