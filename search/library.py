@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 import db
 from db import photos
+from db.settings import library_excludes
 from search.ann import RECALL
 from search.errors import ModelMismatchError
 
@@ -95,6 +96,8 @@ class LibraryInfo:
     # the next switch up: (photos past which, type), None at the top or when chosen.
     index_automatic: bool = True
     switch_at: tuple[int, str] | None = None
+    # The library's exclude patterns (db.settings): what `index` and every watcher skip.
+    excludes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (paths as strings, the time as ISO 8601)."""
@@ -127,6 +130,7 @@ class LibraryInfo:
             "switch_at": None
             if self.switch_at is None
             else {"photos": self.switch_at[0], "index_type": self.switch_at[1]},
+            "exclude": list(self.excludes),
         }
 
 
@@ -153,6 +157,7 @@ def describe_library(
         count = photos.photo_count(s)
         failed = photos.failure_count(s)
         last = photos.last_indexed_at(s)
+        excludes = library_excludes(s)
     holder, held = db.lock_holder(library.directory)
     # The writer's last commit counts too: deletions and moves leave no newer indexed_at.
     last_commit = holder.last_commit if holder else None
@@ -175,6 +180,7 @@ def describe_library(
         recall_target=RECALL.get(manifest.index_type),
         index_automatic=manifest.automatic_index,
         switch_at=_next_switch(manifest.index_type) if manifest.automatic_index else None,
+        excludes=excludes,
     )
 
 
