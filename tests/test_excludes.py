@@ -48,9 +48,7 @@ def test_an_exclude_is_remembered_by_the_next_run_until_included(tmp_path, tiny_
         assert sorted(rows(lib)) == ["a.jpg", "screens/s1.jpg", "screens/s2.jpg"]
 
 
-def test_including_what_is_not_excluded_is_refused_and_changes_nothing(
-    tmp_path, tiny_checkpoint
-):
+def test_including_what_is_not_excluded_is_refused_and_changes_nothing(tmp_path, tiny_checkpoint):
     root = tmp_path / "p"
     write_jpeg(root / "a.jpg", 1)
     write_jpeg(root / "raw/b.jpg", 2)
