@@ -10,8 +10,11 @@ defaults. `db.rebuild` replaces the run's tables only, so settings outlive `inde
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -64,6 +67,23 @@ def library_excludes(session: Session) -> tuple[str, ...]:
 def store_excludes(session: Session, patterns: Iterable[str]) -> None:
     """Replace the library's exclude patterns (in the caller's writer transaction)."""
     write_setting(session, EXCLUDE, list(dict.fromkeys(patterns)))
+
+
+def excludes_in_file(db_path: Path) -> tuple[str, ...]:
+    """The exclude patterns a database file holds, read as far as it can be (a damaged or
+    other-version database that `index --rebuild` is about to replace); () if none can be."""
+    if not Path(db_path).is_file():
+        return ()
+    with contextlib.suppress(sqlite3.Error, ValueError, TypeError):
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            row = conn.execute(f"SELECT value FROM {TABLE} WHERE key = ?", (EXCLUDE,)).fetchone()
+        finally:
+            conn.close()
+        value = json.loads(row[0]) if row else []
+        if isinstance(value, list):
+            return tuple(p for p in value if isinstance(p, str))
+    return ()
 
 
 def merge_excludes(

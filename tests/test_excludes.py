@@ -116,3 +116,22 @@ def test_cli_exclude_include_and_info(tmp_path, tiny_checkpoint):
     assert json.loads(back.stdout)["new"] == 1
     info = runner.invoke(main, ["info", *library])
     assert "excludes:     none" in info.stdout
+
+
+def test_excludes_outlive_a_rebuild_that_replaces_the_database(tmp_path, tiny_checkpoint):
+    import sqlite3
+
+    from db.engine import DB_NAME
+
+    root = tmp_path / "p"
+    write_jpeg(root / "a.jpg", 1)
+    write_jpeg(root / "raw/b.jpg", 2)
+    index(root, tiny_checkpoint, exclude=("raw",))
+    path = root / db.LIBRARY_DIRNAME / DB_NAME
+    with sqlite3.connect(path) as conn:  # a schema this program cannot upgrade
+        conn.execute("UPDATE manifest SET schema_version = 0")
+    conn.close()
+    with pytest.raises(db.SchemaVersionError):
+        index(root, tiny_checkpoint)
+    rebuilt = index(root, tiny_checkpoint, rebuild=True)
+    assert rebuilt.new == 1 and _excludes(root) == ("raw",)
