@@ -150,7 +150,7 @@ def duplicates_command(
     report = set_aside_groups(
         library_dir, chosen, current_groups, dest, cross_filesystem=cross_filesystem
     )
-    _echo_set_aside(report, aside_destination(library_dir, dest), library_dir, as_json)
+    _echo_set_aside(report, summary, aside_destination(library_dir, dest), library_dir, as_json)
 
 
 def _with_keepers(groups: list, keep: tuple[str, ...], root: Path) -> list:
@@ -253,12 +253,15 @@ def _undo_command(library_dir: Path) -> str:
     return f"koclip-search duplicates --restore --library {shlex.quote(str(Path(library_dir).absolute()))}"
 
 
-def _echo_set_aside(report: Any, folder: Path, library_dir: Path, as_json: bool) -> None:
+def _echo_set_aside(
+    report: Any, summary: Any, folder: Path, library_dir: Path, as_json: bool
+) -> None:
     undo = _undo_command(library_dir)
     if as_json:
         out = report.to_json() | {"destination": str(folder), "undo": undo}
-        click.echo(json.dumps(out, ensure_ascii=False))
+        click.echo(json.dumps(out | {"summary": summary.to_json()}, ensure_ascii=False))
         return
+    click.echo(_summary_line(summary))
     _echo_skipped(report)
     click.echo(f"set aside: {len(report.moved)} photos, skipped {len(report.skipped)}")
     if report.moved:

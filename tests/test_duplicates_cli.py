@@ -99,6 +99,7 @@ def test_set_aside_says_where_and_how_to_undo_and_restore_cleans_up(
     review = tmp_path / "review"
     done = _run(small_set, "--kind", "same", "--set-aside", str(review))
     assert done.exit_code == 0, done.output
+    assert done.output.startswith("3 groups, 7 photos: setting the 4 extras aside")
     assert f"they are in {review}\n" in done.output
     undo = done.output.split("to put them back: ")[1].strip()
     library = small_set / db.LIBRARY_DIRNAME
@@ -125,7 +126,7 @@ def test_set_aside_json_names_the_folder_and_the_undo(small_set: Path) -> None:
     library = small_set / db.LIBRARY_DIRNAME
     assert out["destination"] == str(library / "set-aside")
     assert out["undo"] == f"koclip-search duplicates --restore --library {library}"
-    assert out["moved"] == ["trip/0/big.jpg"]
+    assert out["moved"] == ["trip/0/big.jpg"] and out["summary"]["extras"] == 1
     assert _run(small_set, "--restore").exit_code == 0
     assert list((library / "set-aside").iterdir()) == []
 
