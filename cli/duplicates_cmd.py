@@ -129,9 +129,9 @@ def duplicates_command(
         except ValueError as exc:
             raise CommandError(f"--{exc}", 2) from None
         groups = find_duplicates(lib, options)
-        root = lib.photo_root()
         if keep:
-            groups = _with_keepers(groups, keep, root)
+            groups = _with_keepers(groups, keep, lib.photo_root())
+        root = lib.photo_root() if dry_run else Path()
     summary = summarize(groups)
     if aside_dir is None:
         _echo_groups(groups, summary, as_json)
