@@ -98,7 +98,18 @@ _ray_options = options(
 @shown("--batch-size", type=click.IntRange(min=1), default=32)
 @workers_option
 @click.option(
-    "--exclude", multiple=True, metavar="GLOB", help="Skip matching paths or names; repeatable."
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Skip matching paths or names, now and in every later run (the library keeps its "
+    "excludes: `info` lists them) and remove matching photos from the library; repeatable.",
+)
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Take GLOB out of the library's excludes (as `info` lists it): matching photos are "
+    "indexed again; repeatable.",
 )
 @shown(
     "--max-megapixels",
@@ -143,9 +154,13 @@ def index_command(
 
     \b
         koclip-search index ~/Pictures --exclude '*/screenshots/*'
+        koclip-search index ~/Pictures --include '*/screenshots/*'
         koclip-search index ~/Pictures --watch
         koclip-search index /mnt/photos --ray auto
     """
+    both = sorted(set(options["exclude"]) & set(options["include"]))
+    if both:
+        raise click.UsageError(f"{', '.join(both)}: given to both --exclude and --include")
     if (poll is not None or settle != 2.0) and not watch:
         raise click.UsageError("--poll and --settle go with --watch")
     ray_flags = ray_workers is not None or cpus_per_worker != 1.0 or gpus_per_worker != 0.0

@@ -282,6 +282,7 @@ def format_info(info: LibraryInfo) -> str:
             else []
         ),
         ("size", _human_size(info.size_bytes)),
+        ("excludes", ", ".join(info.excludes) or "none (index --exclude GLOB adds one)"),
         ("last indexed", last),
         ("writer", _writer(info)),
     ]

@@ -299,6 +299,7 @@ class DuplicateRow(NamedTuple):
     taken_at: datetime
     content_hash: str
     phash: int | None
+    taken_at_source: str = "mtime"  # "exif": the date is the camera's (DateTimeOriginal)
 
 
 def rows_for_duplicates(session: Session, *where: ColumnElement[bool]) -> list[DuplicateRow]:
@@ -314,6 +315,7 @@ def rows_for_duplicates(session: Session, *where: ColumnElement[bool]) -> list[D
             Photo.taken_at,
             Photo.content_hash,
             Photo.phash,
+            Photo.taken_at_source,
         )
         .where(*where)
         .order_by(Photo.id)

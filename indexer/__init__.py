@@ -5,7 +5,13 @@ summary = index_photos(Path("~/Pictures"), IndexOptions(batch_size=32))
 watch(Path("~/Pictures"))      # then keep it current until Ctrl-C
 """
 
-from indexer.pipeline import IndexOptions, IndexSession, PhotosGoneError, index_photos
+from indexer.pipeline import (
+    IndexOptions,
+    IndexSession,
+    PhotosGoneError,
+    UnknownExcludeError,
+    index_photos,
+)
 from indexer.ray_executor import ClusterError, ClusterSetupError, RayOptions
 from indexer.setup import DEFAULT_MODEL
 from indexer.summary import Summary
@@ -23,6 +29,7 @@ __all__ = [
     "PhotosGoneError",
     "RayOptions",
     "Summary",
+    "UnknownExcludeError",
     "WatchOptions",
     "WatchThread",
     "index_photos",

@@ -122,6 +122,9 @@ class AsideReport:
 
     moved: list[str] = field(default_factory=list)  # library keys
     ids: list[int] = field(default_factory=list)  # the moved photos' ids, in `moved`'s order
+    # Where each moved photo's file is now (absolute, as on disk), in `moved`'s order: in the
+    # set-aside folder after a set-aside, back in the photo folder after a restore.
+    places: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     recovered: int = 0  # half-done moves of an interrupted run, finished or undone
 
@@ -141,6 +144,24 @@ class AsideReport:
 def default_aside_dir(library_dir: Path) -> Path:
     """Where non-keepers go unless told: a folder in the library, which the indexer skips."""
     return Path(library_dir) / ASIDE_DIRNAME
+
+
+def aside_destination(library_dir: Path, dest_root: Path | str | None = None) -> Path:
+    """The absolute folder a set-aside into `dest_root` (None: the default) moves files to."""
+    return Path(dest_root or default_aside_dir(library_dir)).expanduser().absolute()
+
+
+def check_destination(
+    library_dir: Path, dest_root: Path | str | None = None, *, cross_filesystem: bool = False
+) -> Path:
+    """The destination of a set-aside into `dest_root`, checked as a set-aside checks it
+    before moving anything (SetAsideError if refused); nothing is written. What is checked
+    per photo at the moment it moves (the file unchanged, not a keeper's) is not."""
+    dest = aside_destination(library_dir, dest_root)
+    with Library.open(Path(library_dir)) as library:
+        root = library.photo_root()
+    _check_destination(root, Path(library_dir), dest, cross_filesystem)
+    return dest
 
 
 def set_aside_groups(
@@ -209,7 +230,7 @@ def _set_aside(
     check: Callable[[Library], dict[int, int]] | None,
 ) -> AsideReport:
     library_dir = Path(library_dir)
-    dest_root = Path(dest_root or default_aside_dir(library_dir)).expanduser().absolute()
+    dest_root = aside_destination(library_dir, dest_root)
     with _writer(library_dir, lock_held), Library.create(library_dir) as library:
         report = AsideReport()
         report.recovered = recover(library, report)
@@ -371,6 +392,7 @@ def _move_one(
     _settle_moving(library, pid)
     report.moved.append(row.path)
     report.ids.append(pid)
+    report.places.append(os.fspath(dest))
     return True
 
 
@@ -406,7 +428,35 @@ def _restore_one(library: Library, root: Path, pid: int, report: AsideReport) ->
     _settle_restoring(library, pid)
     report.moved.append(entry.path)
     report.ids.append(pid)
+    report.places.append(os.fspath(src))
+    _prune_empty(dest, entry.disk_relpath(), root, library.directory)
     return True
+
+
+def _prune_empty(dest: Path, rel: str, root: Path, library_dir: Path) -> None:
+    """After `dest` (a file set aside as `rel`) went back: remove the folders its set-aside
+    left empty, from its own up to (not including) the set-aside folder itself. Only empty
+    folders, only inside that set-aside folder, never the photo folder or one of its
+    folders (the library's own excepted), never through a symbolic link."""
+    depth = len(Path(rel).parts)
+    if depth < 2:
+        return
+    top = dest.parents[depth - 1]  # the set-aside folder: dest is top / rel
+    real_root = Path(os.path.realpath(root))
+    real_library = Path(os.path.realpath(library_dir))
+    folder = dest.parent
+    while folder != top and folder.is_relative_to(top):
+        if os.path.islink(folder):
+            return
+        real = Path(os.path.realpath(folder))
+        in_photos = real.is_relative_to(real_root) and not real.is_relative_to(real_library)
+        if in_photos or real_root.is_relative_to(real):
+            return
+        try:
+            os.rmdir(folder)  # fails unless empty
+        except OSError:
+            return
+        folder = folder.parent
 
 
 def _check_aside_copy(entry: JournalEntry, dest: Path) -> None:

@@ -32,6 +32,7 @@ from db import (
 from db import rebuild as staging_rebuild
 from db.engine import DB_NAME
 from db.lock import LOCK_NAME
+from db.settings import library_excludes, merge_excludes, store_excludes
 from indexer.discover import discover
 from indexer.executor import Executor, Feed, Job, LocalExecutor, pil_bomb_check_off
 from indexer.phash import fill_phashes
@@ -60,7 +61,10 @@ class IndexOptions:
     model: str | None = None  # default: the library's model, else koclip-base
     batch_size: int = 32
     workers: int | None = None  # default: one per CPU
+    # Patterns to add to the library's excludes (db.settings: kept for every later run and
+    # watcher), and patterns to take out of them; a session runs with the result.
     exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
     max_megapixels: float = MAX_PIXELS / 1e6
     rebuild: bool = False
     # Follow symlinks that lead out of the photo folder (default: record them as failures
@@ -104,6 +108,14 @@ class PhotosGoneError(LibraryError):
 
     http_status = 409
     code = "photos_gone"
+
+
+class UnknownExcludeError(LibraryError):
+    """`include` names a pattern that is not one of the library's excludes (a typo would
+    otherwise go unnoticed); nothing was changed."""
+
+    http_status = 400
+    code = "unknown_exclude"
 
 
 def index_photos(
@@ -179,6 +191,7 @@ class IndexSession:
                 )
             self.encoder = self._prepare(options, encoder)
             prepared = True
+            self.options = options = self._remember_excludes(options)
             # Repair what the database can rebuild: rows with a damaged vector are read again as
             # new files, the mirror and the index file follow the row, leftovers go.
             self.library.drop_damaged_embeddings(self.encoder.dim)
@@ -203,6 +216,24 @@ class IndexSession:
             raise
         self._hashes: set[str] | None = None  # stored content hashes, kept between passes
         self._stale = False
+
+    def _remember_excludes(self, options: IndexOptions) -> IndexOptions:
+        """The options with the library's excludes as this run applies them: the stored ones,
+        `options.exclude` added, `options.include` taken out (stored when they changed, in
+        the library itself, not the staging one of a rebuild)."""
+        home = self._rebuild_into or self.library
+        with home.session() as s, s.begin():
+            stored = library_excludes(s)
+            merged, unknown = merge_excludes(stored, options.exclude, options.include)
+            if unknown:
+                have = ", ".join(stored) if stored else "none"
+                raise UnknownExcludeError(
+                    f"{', '.join(unknown)}: not among the library's excludes ({have}); "
+                    "nothing was changed"
+                )
+            if merged != stored:
+                store_excludes(s, merged)
+        return dataclasses.replace(options, exclude=merged, include=())
 
     def _prepare(self, options: IndexOptions, encoder: Encoder | None) -> Encoder:
         """The vision tower, and the manifest written for it (setup.prepare)."""

@@ -20,6 +20,7 @@ from db.engine import DB_NAME
 from db.errors import index_command
 from db.journal import drop_journal_vectors, put_back_journal, save_journal
 from db.manifest import INDEX_AUTO, INDEX_CHOSEN, manifest_problems
+from db.settings import excludes_in_file, store_excludes
 from db.vectors import DEFAULT_INDEX_TYPE, INDEX_FACTORIES
 from indexer.aside import journal_rows_from_folder
 from koclip import Encoder, checkpoint_fingerprint, load_encoder
@@ -48,11 +49,15 @@ def _reset(directory: Path) -> Library:
     """A new empty database with the old one's set-aside journal: its rows as far as they can
     be read, and a row for every other file in the default set-aside folder."""
     saved = save_journal(Path(directory) / DB_NAME)
+    excludes = excludes_in_file(Path(directory) / DB_NAME)
     first_id = max([r["id"] for r in saved.rows] + [k["keeper_id"] for k in saved.kept] + [0])
     known = {r["path"] for r in saved.rows}
     saved.rows.extend(journal_rows_from_folder(Path(directory), known, first_id + 1))
     library = Library.reset(directory)
     put_back_journal(library, saved)
+    if excludes:  # what the user chose to leave out stays out
+        with library.session() as s, s.begin():
+            store_excludes(s, excludes)
     return library
 
 

@@ -28,6 +28,12 @@ class Summary:
     notes: tuple[str, ...] = ()
 
     @property
+    def removed(self) -> int:
+        """Photos removed from the library (their files gone, moved out or excluded); the
+        files on disk are never touched. `deleted` is the old name."""
+        return self.deleted
+
+    @property
     def failed(self) -> int:
         """Number of files (and folders) that could not be indexed."""
         return len(self.failures)
@@ -38,7 +44,8 @@ class Summary:
             "new": self.new,
             "updated": self.updated,
             "moved": self.moved,
-            "deleted": self.deleted,
+            "removed": self.removed,
+            "deleted": self.deleted,  # the old name of "removed", kept for one release
             "unchanged": self.unchanged,
             "failed": self.failed,
             "failures": [{"path": p, "reason": r} for p, r in self.failures],
@@ -51,8 +58,8 @@ class Summary:
         """A few human lines: the counts, then the first failures with their reasons."""
         lines = [
             f"Indexed in {self.seconds:.1f} s: {self.new} new, {self.updated} updated, "
-            f"{self.moved} moved, {self.deleted} deleted, {self.unchanged} unchanged, "
-            f"{self.failed} failed"
+            f"{self.moved} moved, {self.removed} removed from the library, "
+            f"{self.unchanged} unchanged, {self.failed} failed"
         ]
         lines += [f"  index: {what}" for what in self.index_rebuilds]
         lines += [f"  note: {note}" for note in self.notes]

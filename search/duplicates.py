@@ -42,6 +42,15 @@ NEIGHBOURS = 16
 EXACT_MAX = 20_000  # up to this many photos, neighbours are found exactly
 PROBES = 4  # k-means lists searched per photo above EXACT_MAX
 _BANDS = 4
+# A camera's own formats: a file in one of them whose date came from the camera (EXIF
+# DateTimeOriginal) is taken for the camera original, kept over any re-encode of it.
+ORIGINAL_SUFFIXES = frozenset({".jpg", ".jpeg", ".heic", ".heif"})
+
+
+def is_camera_original(path: str, taken_at_source: str) -> bool:
+    """Whether a photo looks like the camera's own file: the camera's date in its EXIF, and
+    an original format (JPEG, HEIC); a PNG, WebP or a JPEG saved without EXIF is a re-encode."""
+    return taken_at_source == "exif" and Path(path).suffix.lower() in ORIGINAL_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,7 @@ class DuplicatePhoto:
     bytes: int
     taken_at: datetime
     similarity: float  # cosine with the keeper (1.0 for the keeper and identical files)
+    camera_original: bool = False  # see is_camera_original
 
     def to_json(self) -> dict[str, Any]:
         """The JSON shape of `duplicates --json`."""
@@ -133,6 +143,7 @@ class Table:
     sizes: np.ndarray  # int64 bytes
     taken: np.ndarray  # datetime64[s]
     paths: np.ndarray  # object: relpath keys
+    original: np.ndarray | None = None  # bool: is_camera_original (None: none is)
 
 
 def find_duplicates(library: db.Library, options: DuplicateOptions) -> list[DuplicateGroup]:
@@ -171,6 +182,7 @@ def _table(rows: list, vecs: np.ndarray) -> Table:
         sizes=np.array([r.size for r in rows], np.int64),
         taken=np.array([r.taken_at for r in rows], "datetime64[s]"),
         paths=np.array([r.path for r in rows], object),
+        original=np.array([is_camera_original(r.path, r.taken_at_source) for r in rows], bool),
     )
 
 
@@ -406,9 +418,18 @@ def _components(n: int, edges: np.ndarray) -> list[list[int]]:
 
 
 def _keeper_first(table: Table, rows: list[int]) -> list[int]:
-    """Largest pixel count, then largest file, then earliest taken, then path."""
+    """The camera original first (over a larger re-encode of it), then the largest pixel
+    count, then largest file, then earliest taken, then path."""
+    original = table.original if table.original is not None else np.zeros(len(table.ids), bool)
     return sorted(
-        rows, key=lambda r: (-table.pixels[r], -table.sizes[r], table.taken[r], table.paths[r])
+        rows,
+        key=lambda r: (
+            not original[r],
+            -table.pixels[r],
+            -table.sizes[r],
+            table.taken[r],
+            table.paths[r],
+        ),
     )
 
 
@@ -454,6 +475,11 @@ def extras_to_move(groups: list[DuplicateGroup]) -> list[int]:
 def keeper_reason(photos: list[DuplicatePhoto]) -> str:
     """Why the first photo is suggested over the second."""
     keep, other = photos[0], photos[1]
+    if keep.camera_original and not other.camera_original:
+        fmt = Path(keep.relpath).suffix.lstrip(".").upper()
+        larger = keep.width * keep.height < other.width * other.height or keep.bytes < other.bytes
+        over = " over a larger re-encode" if larger else ""
+        return f"camera original (EXIF date, {fmt}){over}"
     if keep.width * keep.height != other.width * other.height:
         return f"most pixels ({keep.width}x{keep.height})"
     if keep.bytes != other.bytes:
@@ -485,6 +511,34 @@ def _described(
                 bytes=r.size,
                 taken_at=r.taken_at,
                 similarity=sims[pid],
+                camera_original=is_camera_original(r.path, r.taken_at_source),
             )
         )
     return DuplicateGroup(kind, tuple(members), keeper_reason(members))
+
+
+@dataclass(frozen=True)
+class DuplicateSummary:
+    """What a list of groups comes to: how many groups and photos, and the extras that a
+    set-aside would move out of the photo folder (`extras_to_move`) with their bytes."""
+
+    groups: int
+    photos: int
+    extras: int
+    extra_bytes: int
+
+    def to_json(self) -> dict[str, int]:
+        """The JSON shape of `duplicates --json`'s "summary"."""
+        return {
+            "groups": self.groups,
+            "photos": self.photos,
+            "extras": self.extras,
+            "extra_bytes": self.extra_bytes,
+        }
+
+
+def summarize(groups: list[DuplicateGroup]) -> DuplicateSummary:
+    """The groups' counts and the bytes their extras hold (each photo counted once)."""
+    sizes = {p.id: p.bytes for g in groups for p in g.photos}
+    extras = extras_to_move(groups)
+    return DuplicateSummary(len(groups), len(sizes), len(extras), sum(sizes[i] for i in extras))

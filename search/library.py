@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 import db
 from db import photos
+from db.settings import library_excludes
 from search.ann import RECALL
 from search.errors import ModelMismatchError
 
@@ -99,6 +100,8 @@ class LibraryInfo:
     # ("unreadable"), and not read yet ("unread": indexed before facts were stored, until
     # the next `index`): db.photos.facts_counts.
     facts: dict[str, int] = field(default_factory=dict)
+    # The library's exclude patterns (db.settings): what `index` and every watcher skip.
+    excludes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (paths as strings, the time as ISO 8601)."""
@@ -132,6 +135,7 @@ class LibraryInfo:
             if self.switch_at is None
             else {"photos": self.switch_at[0], "index_type": self.switch_at[1]},
             "facts": dict(self.facts),
+            "exclude": list(self.excludes),
         }
 
 
@@ -159,6 +163,7 @@ def describe_library(
         failed = photos.failure_count(s)
         last = photos.last_indexed_at(s)
         facts = photos.facts_counts(s)
+        excludes = library_excludes(s)
     holder, held = db.lock_holder(library.directory)
     # The writer's last commit counts too: deletions and moves leave no newer indexed_at.
     last_commit = holder.last_commit if holder else None
@@ -182,6 +187,7 @@ def describe_library(
         index_automatic=manifest.automatic_index,
         switch_at=_next_switch(manifest.index_type) if manifest.automatic_index else None,
         facts=facts,
+        excludes=excludes,
     )
 
 

@@ -380,6 +380,7 @@ def test_cli_json_summary_and_exit_codes(tmp_path, tiny_checkpoint):
         "new",
         "updated",
         "moved",
+        "removed",
         "deleted",
         "unchanged",
         "failed",
@@ -404,7 +405,9 @@ def test_summary_text_and_progress_bar():
 
     s = Summary(1, 2, 3, 4, 5, tuple((f"f{i}.jpg", "truncated") for i in range(7)), 1.25)
     text = s.to_text(max_reasons=2)
-    assert "1 new, 2 updated, 3 moved, 4 deleted, 5 unchanged, 7 failed" in text
+    assert "1 new, 2 updated, 3 moved, 4 removed from the library, 5 unchanged, 7 failed" in text
+    assert "deleted" not in text  # it reads as if files were deleted from disk
+    assert s.to_json()["removed"] == s.to_json()["deleted"] == 4  # the old name, one release
     assert "f0.jpg: truncated" in text and "5 more" in text
     out = io.StringIO()
     bar = ProgressBar(out, width=10, min_interval=0, terminal=True)

@@ -578,7 +578,9 @@ def test_info(searcher, reference, tiny_checkpoint) -> None:
         "index_automatic",
         "switch_at",
         "facts",
+        "exclude",
     }
+    assert info.to_json()["exclude"] == [] and info.excludes == ()
     assert info.writer is None  # no indexer or watcher holds it
     assert info.index_memory > 0 and info.recall_target == "exact" and info.retrain_at is None
     assert info.to_json()["switch_at"] == {"photos": 200_000, "index_type": "ivf-sq8"}
