@@ -283,6 +283,9 @@ def main() -> None:
         help="facts on vs off on N 1024x768 JPEGs with EXIF (0: skip)",
     )
     parser.add_argument(
+        "--facts-models", default="base,tiny", help="the towers of --facts: base, tiny or both"
+    )
+    parser.add_argument(
         "--precisions",
         default="fp32,bf16,int8",
         help="our runs, each a row: fp32, bf16, int8 or auto",
@@ -394,12 +397,14 @@ def throughput_table(args: argparse.Namespace, ckpt: Path, sets: list[tuple[str,
 def facts_table(args: argparse.Namespace, ckpt: Path) -> None:
     """`index_photos` with facts on vs off, same photos, interleaved repeats, best kept."""
     folder = photos_with_facts(args.cache, args.facts)
-    models = {"base": ckpt, "tiny": tiny_checkpoint(args.cache)}
+    every = {"base": lambda: ckpt, "tiny": lambda: tiny_checkpoint(args.cache)}
+    models = {name: every[name]() for name in args.facts_models.split(",")}
     precision = args.precisions.split(",")[0]
     runs: dict[tuple[str, str], list[dict]] = {(m, f): [] for m in models for f in ("off", "on")}
-    for _ in range(args.repeat):
+    for repeat in range(args.repeat):
         for model, path in models.items():
-            for facts in ("off", "on"):
+            # Each order in turn: the second of two runs may find the caches warmer.
+            for facts in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
                 runs[model, facts].append(
                     measure(
                         "ours",

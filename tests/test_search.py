@@ -391,8 +391,9 @@ def test_json_shape(searcher) -> None:
     assert out["understood"]["text"] == "소파 위에 고양이" and out["understood"]["facts"] == []
     first = out["results"][0]
     assert list(first) == [
-        "rank", "score", "path", "width", "height", "taken_at", "place", "lat", "lon", "camera"
+        "rank", "score", "path", "width", "height", "taken_at", "place", "lat", "lon", "camera",
     ]  # fmt: skip
+    assert first["place"] is None and first["camera"] is None  # the fixtures carry no GPS, camera
     assert first["rank"] == 1 and isinstance(first["score"], float)
     assert Path(first["path"]).is_absolute()
     assert isinstance(first["width"], int) and isinstance(first["height"], int)
