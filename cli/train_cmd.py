@@ -20,7 +20,6 @@ from cli.common import (
     workers_option,
 )
 from cli.main import main
-from cli.progress import TrainBar
 
 
 class WarmupType(click.ParamType):
@@ -142,6 +141,8 @@ def train_command(
         opts = TrainOptions(**options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    from cli.progress import TrainBar
+
     bar = TrainBar(sys.stderr) if sys.stderr.isatty() else None
     try:
         summary = train(captions, images_dir, base_model, out_dir, opts, progress=bar)

@@ -12,20 +12,13 @@ The folders: `checkpoints/` (finding, reading, converting and writing checkpoint
 (decoding, the model's transform, perceptual fingerprints), `fast/` (precisions and the numpy
 towers); `names` holds what every layer shares and imports nothing.
 
-Importing `koclip` is cheap: JAX and Flax load on first use of the jitted model objects, so
-tools that only need checkpoint ids, image decoding or the numpy towers (search's `info`,
-one-shot `search`/`similar`) never pay for them.
+Importing `koclip` is cheap: every name loads its module on first use (JAX and Flax only with
+the jitted model objects), so tools that only need checkpoint ids, image decoding or the numpy
+towers (search's `info`, one-shot `search`/`similar`) never pay for the rest.
 """
 
 from typing import TYPE_CHECKING
 
-from koclip.checkpoints.cache import default_cache_root
-from koclip.checkpoints.hub import CheckpointFiles, checkpoint_fingerprint, resolve
-from koclip.checkpoints.registry import CHECKPOINTS, is_local, model_id_for
-from koclip.checkpoints.save import save_checkpoint
-from koclip.checkpoints.weights import load_params
-from koclip.config import KoCLIPConfig, TextConfig, VisionConfig
-from koclip.encoder import Encoder
 from koclip.errors import (
     CheckpointError,
     ImageError,
@@ -34,33 +27,67 @@ from koclip.errors import (
     ModelUnavailableError,
     PrecisionError,
 )
-from koclip.images.preprocess import DEFAULT_PROMPT, PREPROCESS_VERSION, open_image, preprocess
-from koclip.loader import load_encoder
 from koclip.names import PRECISIONS
-from koclip.tokenizer import TOKENIZER_FILES, WordPieceTokenizer, load_wordpiece
 
 if TYPE_CHECKING:
-    from koclip.api import (
-        KoCLIP,
-        KoCLIPOutput,
-        KoCLIPProcessor,
-        load_koclip,
+    from koclip.api import KoCLIP, KoCLIPOutput, KoCLIPProcessor, load_koclip
+    from koclip.checkpoints.cache import default_cache_root
+    from koclip.checkpoints.hub import CheckpointFiles, checkpoint_fingerprint, resolve
+    from koclip.checkpoints.registry import CHECKPOINTS, is_local, model_id_for
+    from koclip.checkpoints.save import save_checkpoint
+    from koclip.checkpoints.weights import load_params
+    from koclip.config import KoCLIPConfig, TextConfig, VisionConfig
+    from koclip.encoder import Encoder
+    from koclip.images.preprocess import (
+        DEFAULT_PROMPT,
+        PREPROCESS_VERSION,
+        open_image,
+        preprocess,
     )
+    from koclip.loader import load_encoder
+    from koclip.tokenizer import TOKENIZER_FILES, WordPieceTokenizer, load_wordpiece
 
-_LAZY = {
-    "KoCLIP",
-    "KoCLIPOutput",
-    "KoCLIPProcessor",
-    "load_koclip",
+# Every public name but the errors and the shared names, by the module that defines it: loaded on
+# first use (PEP 562), so `import koclip.names` (what the CLI needs to build its options) loads
+# neither numpy, Pillow nor the model code, and the model half loads JAX only when asked for.
+_WHERE = {
+    "KoCLIP": "koclip.api",
+    "KoCLIPOutput": "koclip.api",
+    "KoCLIPProcessor": "koclip.api",
+    "load_koclip": "koclip.api",
+    "default_cache_root": "koclip.checkpoints.cache",
+    "CheckpointFiles": "koclip.checkpoints.hub",
+    "checkpoint_fingerprint": "koclip.checkpoints.hub",
+    "resolve": "koclip.checkpoints.hub",
+    "CHECKPOINTS": "koclip.checkpoints.registry",
+    "is_local": "koclip.checkpoints.registry",
+    "model_id_for": "koclip.checkpoints.registry",
+    "save_checkpoint": "koclip.checkpoints.save",
+    "load_params": "koclip.checkpoints.weights",
+    "KoCLIPConfig": "koclip.config",
+    "TextConfig": "koclip.config",
+    "VisionConfig": "koclip.config",
+    "Encoder": "koclip.encoder",
+    "DEFAULT_PROMPT": "koclip.images.preprocess",
+    "PREPROCESS_VERSION": "koclip.images.preprocess",
+    "open_image": "koclip.images.preprocess",
+    "preprocess": "koclip.images.preprocess",
+    "load_encoder": "koclip.loader",
+    "TOKENIZER_FILES": "koclip.tokenizer",
+    "WordPieceTokenizer": "koclip.tokenizer",
+    "load_wordpiece": "koclip.tokenizer",
 }
 
 
-def __getattr__(name: str):  # PEP 562: the model half imports JAX, only when asked for
-    if name in _LAZY:
-        from koclip import api
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'koclip' has no attribute {name!r}")
+    import importlib
 
-        return getattr(api, name)
-    raise AttributeError(f"module 'koclip' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once
+    return value
 
 
 __all__ = [

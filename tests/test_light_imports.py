@@ -61,3 +61,15 @@ def test_help_imports_nothing_heavy(command, shows):
     heavy, printed = _heavy_after(call)
     assert shows in printed  # the help was printed, with the shared names in it
     assert heavy == []
+
+
+def test_the_command_line_starts_without_numpy_pillow_or_rich():
+    """`import cli` (every command's start) loads only click and our light modules: numpy,
+    Pillow and rich come with the command that needs them."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, cli; print([m for m in ('numpy', 'PIL', 'rich') "
+         "if m in sys.modules])"],
+        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "[]"
