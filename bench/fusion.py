@@ -27,12 +27,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from koclip.testing_digit_names import SCHEMES, name_digits  # noqa: E402
-from koclip.testing_digits import NATIVE, Digits, phrasings, write_digits  # noqa: E402
+from koclip.testing_digit_names import (  # noqa: E402
+    QUERIES,
+    SCHEMES,
+    WORDY,
+    K,
+    name_digits,
+    precision_at_k,
+)
+from koclip.testing_digits import Digits, write_digits  # noqa: E402
 
-K = 10
-QUERIES = [(d, q) for d in range(10) for q in phrasings(d)]
-WORDY = {q for d, q in QUERIES if len(NATIVE[d]) >= 2 and q.endswith(NATIVE[d])}
 TRAINED = {"epochs": 10, "learning_rate": 4e-3, "seed": 0}  # tests/test_digits_e2e.py's recipe
 
 
@@ -74,11 +78,7 @@ def precision(lib: Path, labels: dict[str, int], literal: bool) -> dict[str, flo
     from search import Searcher
 
     with Searcher(lib) as searcher:
-        found = searcher.texts([q for _, q in QUERIES], k=K, literal=literal)
-    return {
-        q: float(np.mean([labels[hit.path.name] == d for hit in results]))
-        for (d, q), results in zip(QUERIES, found, strict=True)
-    }
+        return precision_at_k(searcher, labels, literal=literal)
 
 
 def main() -> None:

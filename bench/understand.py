@@ -89,8 +89,7 @@ def cold_library(work: Path, count: int, model: Path) -> Path:
     from PIL import Image
 
     import db
-    from db import lexical
-    from db.photo_writes import update_photos
+    from db.testing import Facts, set_facts
     from indexer import IndexOptions, index_photos
 
     photos = work / f"photos-{count}"
@@ -106,31 +105,13 @@ def cold_library(work: Path, count: int, model: Path) -> Path:
     index_photos(photos, IndexOptions(model=str(model), workers=2, batch_size=64))
     places = [("제주특별자치도", "서귀포시", "성산읍"), ("서울특별시", "강남구", "역삼동")]
     places += [names for names, _ in synthetic_rows(500)]
-    with (
-        db.LibraryLock(library),
-        db.Library.open(library, readonly=False) as lib,
-        lib.session() as s,
-        s.begin(),
-    ):
-        rows = {row.id: row.path for row in s.query(db.Photo)}
-        values, words = [], []
-        for pid, rel in rows.items():
-            names = places[int(rng.integers(len(places)))]
-            make, model_name = CAMERAS[int(rng.integers(len(CAMERAS)))]
-            place = " ".join(names)
-            values.append(
-                {
-                    "id": pid,
-                    "place": place,
-                    "place_path": json.dumps(names, ensure_ascii=False),
-                    "camera_make": make,
-                    "camera_model": model_name,
-                    "facts": 1,
-                }
-            )
-            words.append(lexical.PhotoWords.of(pid, rel, place=place))
-        update_photos(s, values)
-        lexical.put(s, words)
+
+    def facts_of(_rel: str) -> Facts:  # a random place and camera
+        names = places[int(rng.integers(len(places)))]
+        make, model_name = CAMERAS[int(rng.integers(len(CAMERAS)))]
+        return names, make, model_name, ()
+
+    set_facts(library, facts_of)
     return library
 
 

@@ -132,6 +132,12 @@ class AsideReport:
         """Record a photo left where it was."""
         self.skipped.append(Skipped(path, reason, photo_id))
 
+    def record_move(self, path: str, photo_id: int, place: Path) -> None:
+        """Record a photo moved, its file now at `place`."""
+        self.moved.append(path)
+        self.ids.append(photo_id)
+        self.places.append(os.fspath(place))
+
     def to_json(self) -> dict:
         """The JSON form for the CLI (`path` is null for an id that is no photo)."""
         return {
@@ -390,9 +396,7 @@ def _move_one(
         report.skip(row.path, str(exc), pid)
         return False
     _settle_moving(library, pid)
-    report.moved.append(row.path)
-    report.ids.append(pid)
-    report.places.append(os.fspath(dest))
+    report.record_move(row.path, pid, dest)
     return True
 
 
@@ -426,9 +430,7 @@ def _restore_one(library: Library, root: Path, pid: int, report: AsideReport) ->
         report.skip(entry.path, str(exc), pid)
         return False
     _settle_restoring(library, pid)
-    report.moved.append(entry.path)
-    report.ids.append(pid)
-    report.places.append(os.fspath(src))
+    report.record_move(entry.path, pid, src)
     _prune_empty(dest, entry.disk_relpath(), root, library.directory)
     return True
 

@@ -14,12 +14,28 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from koclip.testing_digits import NATIVE
+from koclip.testing_digits import NATIVE, phrasings
 
 SCHEMES = ("named", "random", "misleading")
+K = 10  # precision@K
+QUERIES = [(d, q) for d in range(10) for q in phrasings(d)]  # (digit, query)
+# The queries whose words a name can hold: the Korean digit names of two syllables or more.
+WORDY = [q for d, q in QUERIES if len(NATIVE[d]) >= 2 and q.endswith(NATIVE[d])]
+
+
+def precision_at_k(searcher: Any, labels: dict[str, int], *, literal: bool) -> dict[str, float]:
+    """query -> precision@K of each of QUERIES in `searcher` (a search.Searcher over scans
+    named by `name_digits`, whose file name -> digit is `labels`); `literal` leaves the words
+    out (the embedding ranking alone)."""
+    found = searcher.texts([q for _, q in QUERIES], k=K, literal=literal)
+    return {
+        q: float(np.mean([labels[hit.path.name] == d for hit in results]))
+        for (d, q), results in zip(QUERIES, found, strict=True)
+    }
 
 
 def name_digits(

@@ -20,7 +20,7 @@ pairs within SAME_BITS do), plus equal content hashes. Only those pairs are scor
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -528,13 +528,8 @@ class DuplicateSummary:
     extra_bytes: int
 
     def to_json(self) -> dict[str, int]:
-        """The JSON shape of `duplicates --json`'s "summary"."""
-        return {
-            "groups": self.groups,
-            "photos": self.photos,
-            "extras": self.extras,
-            "extra_bytes": self.extra_bytes,
-        }
+        """The JSON shape of `duplicates --json`'s "summary": every field by its name."""
+        return asdict(self)
 
 
 def summarize(groups: list[DuplicateGroup]) -> DuplicateSummary:

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
+import db
+
 SCENE = (480, 360)  # the world a frame is cut from (bursts move the frame in it)
 FRAME = (400, 300)
 
@@ -169,3 +171,12 @@ def write_duplicate_album(root: Path) -> None:
     hill.save(root / HILL, "JPEG", quality=90)
     write_rendition(hill, "resized", root / HILL_SMALL)
     frame(scene(73)).save(root / ALONE, "JPEG", quality=90)
+
+
+def photo_files(root: Path) -> set[str]:
+    """Every file under `root` (the library folder left out), as paths relative to it."""
+    return {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and db.LIBRARY_DIRNAME not in p.parts
+    }

@@ -1,17 +1,43 @@
 """Photos with metadata, written here byte by byte (EXIF by Pillow, XMP and IPTC segments by
-hand), for tests/test_facts.py and bench/facts.py."""
+hand), for tests/test_facts.py and bench/facts.py; and a library taken back to schema 3 (before
+photos had facts and words)."""
 
 from __future__ import annotations
 
 import io
+import sqlite3
 import struct
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
+from db.engine import DB_NAME
+
 EXIF_IFD, GPS_IFD = 0x8769, 0x8825
+
+# The photo columns schema 4 added (a photo's facts), in `photos` and `set_aside` alike.
+FACT_COLUMNS = (
+    "lat", "lon", "place", "place_path", "camera_make", "camera_model", "lens", "keywords",
+    "caption", "facts", "facts_problems",
+)  # fmt: skip
+
+
+def make_schema_three(library_dir: Path) -> None:
+    """What a schema-3 program left in the (closed) library: no facts columns, no words, no
+    place index."""
+    conn = sqlite3.connect(library_dir / DB_NAME)
+    conn.execute("DROP TRIGGER photos_forget_words")
+    conn.execute("DROP TABLE photo_words")
+    conn.execute("DROP INDEX ix_photos_place")
+    for column in FACT_COLUMNS:
+        conn.execute(f"ALTER TABLE photos DROP COLUMN {column}")
+        conn.execute(f"ALTER TABLE set_aside DROP COLUMN {column}")
+    conn.execute("UPDATE manifest SET schema_version = 3")
+    conn.commit()
+    conn.close()
 
 
 def dms(degrees: float) -> tuple[IFDRational, IFDRational, IFDRational]:

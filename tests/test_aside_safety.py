@@ -11,11 +11,9 @@ import errno
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -46,6 +44,7 @@ from tests.duplicates_fixtures import (
     write_rendition,
 )
 from tests.indexer_fixtures import assert_consistent, index, open_lib, rows, write_jpeg
+from tests.process_fixtures import kill_at_marker
 from tests.search_fixtures import error_json, index_folder, ok_json
 from web import create_app
 
@@ -425,13 +424,7 @@ def test_a_kill_during_a_copy_leaves_no_temporary_copy(pair: Path, tmp_path: Pat
         env=os.environ | {"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"},
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "never copied"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_at_marker(proc, marker, within=60, never="never copied")
     assert list(review.rglob(".*"))  # the temporary copy a kill leaves
     report = restore(_lib(pair))
     assert report.recovered == 1

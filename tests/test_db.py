@@ -17,6 +17,7 @@ from db import photos, vectors
 from db.engine import DB_NAME
 from db.index_files import index_filename
 from db.testing import synthetic_manifest
+from tests.facts_fixtures import FACT_COLUMNS, make_schema_three
 
 DIM = 8
 
@@ -334,32 +335,12 @@ def test_a_schema_one_library_is_read_as_is_then_upgraded_by_the_writer(library)
         )
 
 
-FACT_COLUMNS = (
-    "lat", "lon", "place", "place_path", "camera_make", "camera_model", "lens", "keywords",
-    "caption", "facts", "facts_problems",
-)  # fmt: skip
-
-
-def _make_schema_three(library: db.Library) -> None:
-    """Turn the library back into what a schema-3 program made: no facts, no words."""
-    library.close()
-    conn = sqlite3.connect(library.db_path)
-    conn.execute("DROP INDEX ix_photos_place")
-    conn.execute("DROP TRIGGER photos_forget_words")
-    conn.execute("DROP TABLE photo_words")
-    for column in FACT_COLUMNS:
-        conn.execute(f"ALTER TABLE photos DROP COLUMN {column}")
-        conn.execute(f"ALTER TABLE set_aside DROP COLUMN {column}")
-    conn.execute("UPDATE manifest SET schema_version = 3")
-    conn.commit()
-    conn.close()
-
-
 def test_a_schema_three_library_is_read_as_is_then_gains_facts_columns_and_words(library):
     from db import lexical
 
     (pid,) = _add(library, _unit(np.random.default_rng(0), 1))
-    _make_schema_three(library)
+    library.close()
+    make_schema_three(library.directory)
 
     reader = db.Library.open(library.directory)  # reads it as it is, writes nothing
     with reader, reader.session() as s, s.begin():

@@ -17,7 +17,7 @@ from cli.main import main
 from indexer.aside import SetAsideError, restore, set_aside
 from koclip.images.preprocess import open_image
 from search.duplicates import DuplicateOptions, find_duplicates
-from tests.duplicates_fixtures import frame, scene, write_rendition, write_set
+from tests.duplicates_fixtures import frame, photo_files, scene, write_rendition, write_set
 from tests.indexer_fixtures import assert_consistent, index, open_lib, rows
 
 N_SCENES = 40
@@ -224,17 +224,9 @@ def _mk(path: Path) -> Path:
     return path
 
 
-def _files(root: Path) -> set[str]:
-    return {
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and db.LIBRARY_DIRNAME not in p.parts
-    }
-
-
 def test_set_aside_and_restore(small_set: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
     root = small_set
-    before = _files(root)
+    before = photo_files(root)
     with open_lib(root) as lib:
         ids_before = lib.photo_ids().tolist()
     review = tmp_path / "review"
@@ -242,17 +234,17 @@ def test_set_aside_and_restore(small_set: Path, tmp_path: Path, tiny_checkpoint:
         main, ["duplicates", "--library", str(root), "--kind", "same", "--set-aside", str(review)]
     )
     assert result.exit_code == 0, result.output
-    moved = _files(review)
+    moved = photo_files(review)
     # trip/0/big.jpg and copy.jpg are the same file: the keeper is the first by path
     assert moved == {"trip/0/small.jpg", "trip/1/small.jpg", "trip/2/small.jpg", "trip/0/big.jpg"}
-    assert _files(root) == before - moved
+    assert photo_files(root) == before - moved
     with open_lib(root) as lib:
         assert_consistent(lib)
         assert set(rows(lib)) == before - moved
     assert index(root, tiny_checkpoint).deleted == 0  # the indexer sees nothing gone
     result = CliRunner().invoke(main, ["duplicates", "--library", str(root), "--restore"])
     assert result.exit_code == 0, result.output
-    assert _files(root) == before and _files(review) == set()
+    assert photo_files(root) == before and photo_files(review) == set()
     with open_lib(root) as lib:
         assert_consistent(lib)
         assert lib.photo_ids().tolist() == ids_before  # the same ids, no re-encoding
@@ -269,13 +261,18 @@ def test_keep_chooses_another_keeper_per_group(small_set: Path, tmp_path: Path) 
     review = tmp_path / "review"
     result = run(*keep, "--set-aside", str(review))
     assert result.exit_code == 0, result.output
-    assert _files(review) == {"trip/0/small.jpg", "copy.jpg", "trip/1/big.jpg", "trip/2/small.jpg"}
-    assert {"trip/0/big.jpg", "trip/1/small.jpg", "trip/2/big.jpg"} <= _files(root)
+    assert photo_files(review) == {
+        "trip/0/small.jpg",
+        "copy.jpg",
+        "trip/1/big.jpg",
+        "trip/2/small.jpg",
+    }
+    assert {"trip/0/big.jpg", "trip/1/small.jpg", "trip/2/big.jpg"} <= photo_files(root)
     run("--restore")
     for bad in (["--keep", "nowhere.jpg"], ["--keep", "copy.jpg", "--keep", "trip/0/small.jpg"]):
         refused = run("--kind", "same", *bad, "--set-aside", str(review))
         assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused
-    assert _files(review) == set()
+    assert photo_files(review) == set()
 
 
 def test_a_keeper_is_never_moved_as_another_groups_extra() -> None:
@@ -356,7 +353,7 @@ def test_set_aside_across_file_systems_when_told(
         ]
     report = set_aside(db.default_library_dir(small_set), extras, review)
     assert report.moved == [] and len(report.skipped) == len(extras)
-    assert not review.exists() or _files(review) == set()
+    assert not review.exists() or photo_files(review) == set()
     report = set_aside(db.default_library_dir(small_set), extras, review, cross_filesystem=True)
     assert len(report.moved) == len(extras) and not list(review.rglob(".*.tmp"))
     with open_lib(small_set) as lib:

@@ -17,7 +17,7 @@ import db
 from cli.main import main
 from indexer.aside import _prune_empty
 from search.duplicates import DuplicatePhoto, is_camera_original, keeper_reason
-from tests.duplicates_fixtures import frame, scene, write_rendition
+from tests.duplicates_fixtures import frame, photo_files, scene, write_rendition
 from tests.indexer_fixtures import index, open_lib, rows
 
 EXTRAS = {"trip/0/small.jpg", "trip/1/small.jpg", "trip/2/small.jpg", "trip/0/big.jpg"}
@@ -36,14 +36,6 @@ def small_set(tmp_path: Path, tiny_checkpoint: Path) -> Path:
     shutil.copy2(root / "trip/0/big.jpg", root / "copy.jpg")
     index(root, tiny_checkpoint)
     return root
-
-
-def _files(top: Path) -> set[str]:
-    return {
-        p.relative_to(top).as_posix()
-        for p in top.rglob("*")
-        if p.is_file() and db.LIBRARY_DIRNAME not in p.parts
-    }
 
 
 def _run(root: Path, *args: str):
@@ -69,7 +61,7 @@ def test_summary_comes_first_in_text_and_json(small_set: Path) -> None:
 
 
 def test_dry_run_shows_what_would_move_and_moves_nothing(small_set: Path, tmp_path: Path):
-    before = _files(small_set)
+    before = photo_files(small_set)
     review = tmp_path / "review"
     text = _run(small_set, "--kind", "same", "--set-aside", str(review), "--dry-run")
     assert text.exit_code == 0, text.output
@@ -84,7 +76,7 @@ def test_dry_run_shows_what_would_move_and_moves_nothing(small_set: Path, tmp_pa
     assert {m["path"] for m in out["would_move"]} == {str(small_set / p) for p in EXTRAS}
     moved_big = next(m for m in out["would_move"] if m["path"].endswith("trip/0/big.jpg"))
     assert moved_big["keep"] == str(small_set / "copy.jpg") and moved_big["kind"] == "same"
-    assert _files(small_set) == before and not review.exists()
+    assert photo_files(small_set) == before and not review.exists()
     # the destination is checked as a set-aside checks it
     inside = _run(small_set, "--set-aside", str(small_set / "x"), "--dry-run")
     assert inside.exit_code == 2 and "inside the photo folder" in inside.output
@@ -95,7 +87,7 @@ def test_dry_run_shows_what_would_move_and_moves_nothing(small_set: Path, tmp_pa
 def test_set_aside_says_where_and_how_to_undo_and_restore_cleans_up(
     small_set: Path, tmp_path: Path
 ) -> None:
-    before = _files(small_set)
+    before = photo_files(small_set)
     review = tmp_path / "review"
     done = _run(small_set, "--kind", "same", "--set-aside", str(review))
     assert done.exit_code == 0, done.output
@@ -104,7 +96,7 @@ def test_set_aside_says_where_and_how_to_undo_and_restore_cleans_up(
     undo = done.output.split("to put them back: ")[1].strip()
     library = small_set / db.LIBRARY_DIRNAME
     assert undo == f"koclip-search duplicates --restore --library {shlex.quote(str(library))}"
-    assert _files(review) == EXTRAS
+    assert photo_files(review) == EXTRAS
     assert (review / "trip/1").is_dir()
 
     argv = shlex.split(undo)
@@ -114,7 +106,7 @@ def test_set_aside_says_where_and_how_to_undo_and_restore_cleans_up(
     out = json.loads(back.output)
     assert out["restored"]["count"] == 4
     assert set(out["restored"]["paths"]) == {str(small_set / p) for p in EXTRAS}
-    assert _files(small_set) == before
+    assert photo_files(small_set) == before
     # the folders the set-aside made are gone with the photos; the folder itself stays
     assert review.is_dir() and list(review.iterdir()) == []
     with open_lib(small_set) as lib:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from indexer.aside import restore, set_aside
 from search.duplicates import DuplicateOptions, find_duplicates
 from tests.duplicates_fixtures import frame, scene, write_rendition
 from tests.indexer_fixtures import assert_consistent, index, open_lib
+from tests.process_fixtures import kill_at_marker
 
 pytestmark = pytest.mark.slow
 
@@ -73,14 +72,7 @@ def _run_and_kill(args: list[str], marker: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early: {proc.stderr.read().decode()}")
-        assert time.monotonic() < deadline, "never reached the stop point"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_at_marker(proc, marker, within=60, never="never reached the stop point")
 
 
 def _check(root: Path, review: Path, lib_dir: Path, files: dict[str, bytes]) -> None:

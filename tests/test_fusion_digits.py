@@ -10,13 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from koclip.testing_digit_names import name_digits
-from koclip.testing_digits import NATIVE, Digits, phrasings, write_digits
-
-K = 10
-QUERIES = [(d, q) for d in range(10) for q in phrasings(d)]
-# The queries whose words a name can hold: the Korean digit names of two syllables or more.
-WORDY = [(d, q) for d, q in QUERIES if len(NATIVE[d]) >= 2 and q.endswith(NATIVE[d])]
+from koclip.testing_digit_names import QUERIES, WORDY, K, name_digits, precision_at_k
+from koclip.testing_digits import Digits, write_digits
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +35,14 @@ def _precision(library: Path, labels: dict[str, int], literal: bool) -> dict[str
     from search import Searcher
 
     with Searcher(library) as searcher:
-        found = searcher.texts([q for _, q in QUERIES], k=K, literal=literal)
-    return {
-        q: float(np.mean([labels[hit.path.name] == d for hit in results]))
-        for (d, q), results in zip(QUERIES, found, strict=True)
-    }
+        return precision_at_k(searcher, labels, literal=literal)
 
 
 def test_names_that_carry_the_answer_lift_precision(digits: Digits) -> None:
     library, labels = _library(digits, "named")
     plain = _precision(library, labels, literal=True)
     fused = _precision(library, labels, literal=False)
-    for _, q in WORDY:
+    for q in WORDY:
         assert fused[q] >= 0.8 > plain[q], (q, fused[q], plain[q])
     assert np.mean(list(fused.values())) > np.mean(list(plain.values()))
 

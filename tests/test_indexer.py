@@ -98,6 +98,16 @@ class Spy:
         monkeypatch.setattr(Encoder, "encode_pixels", encode)
 
 
+def _indexed_folder(tmp_path: Path, ckpt: Path, n: int, name: str = "{i}.jpg") -> Path:
+    """The folder `tmp_path/p` of `n` distinct JPEGs (`name` formatted with their number i),
+    indexed once with `ckpt`."""
+    root = tmp_path / "p"
+    for i in range(n):
+        write_jpeg(root / name.format(i=i), i)
+    index(root, ckpt)
+    return root
+
+
 # -- discovery -------------------------------------------------------------------------------
 
 
@@ -264,10 +274,7 @@ def test_twin_gone_before_write_falls_back_to_encoding(tmp_path, tiny_checkpoint
 
 
 def test_moving_the_whole_folder_keeps_the_library(tmp_path, tiny_checkpoint, monkeypatch):
-    root = tmp_path / "p"
-    for i in range(3):
-        write_jpeg(root / f"{i}.jpg", i)
-    index(root, tiny_checkpoint)
+    root = _indexed_folder(tmp_path, tiny_checkpoint, 3)
     moved = tmp_path / "elsewhere"
     root.rename(moved)
     spy = Spy(monkeypatch)
@@ -304,10 +311,7 @@ def test_unreadable_folder_keeps_its_photos(tmp_path, tiny_checkpoint, monkeypat
 @pytest.mark.parametrize("index_type", ["hnsw", "ivf-sq8"])
 def test_incremental_runs_keep_an_approximate_index(tmp_path, tiny_checkpoint, index_type):
     """After `reindex` switched the type: HNSW cannot remove, IVF must stay trained."""
-    root = tmp_path / "p"
-    for i in range(5):
-        write_jpeg(root / f"{i}.jpg", i)
-    index(root, tiny_checkpoint)
+    root = _indexed_folder(tmp_path, tiny_checkpoint, 5)
     lib_dir = root / db.LIBRARY_DIRNAME
     with db.LibraryLock(lib_dir), db.Library.create(lib_dir) as lib:  # what reindex does
         lib.save_index(lib.build_index(index_type), index_type)
@@ -334,10 +338,7 @@ def test_incremental_runs_keep_an_approximate_index(tmp_path, tiny_checkpoint, i
 
 
 def test_other_model_refused_then_rebuild(tmp_path, tiny_checkpoint, tiny_checkpoint_other):
-    root = tmp_path / "p"
-    for i in range(3):
-        write_jpeg(root / f"{i}.jpg", i)
-    index(root, tiny_checkpoint)
+    root = _indexed_folder(tmp_path, tiny_checkpoint, 3)
     with open_lib(root) as lib:
         old_ids, old_fp = lib.photo_ids(), lib.manifest().fingerprint
     with pytest.raises(db.ManifestMismatchError, match="--rebuild"):
@@ -468,10 +469,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
 def test_a_deleted_photos_id_is_never_handed_out_again(tmp_path, tiny_checkpoint):
     """The writer gives ids itself (one insert per batch): past every id ever used, like
     AUTOINCREMENT, even when the newest photo was deleted."""
-    root = tmp_path / "p"
-    for i in range(3):
-        write_jpeg(root / f"{i}.jpg", i)
-    index(root, tiny_checkpoint)
+    root = _indexed_folder(tmp_path, tiny_checkpoint, 3)
     with open_lib(root) as lib:
         ids = {p: row.id for p, row in rows(lib).items()}
     newest = max(ids, key=ids.get)
@@ -521,10 +519,7 @@ def test_an_interrupted_rebuild_keeps_the_old_vectors_searchable_and_resumes(
 
     from db.rebuild import staging_dir
 
-    root = tmp_path / "p"
-    for i in range(10):
-        write_jpeg(root / f"{i:02d}.jpg", i)
-    index(root, tiny_checkpoint)
+    root = _indexed_folder(tmp_path, tiny_checkpoint, 10, "{i:02d}.jpg")
     with open_lib(root) as lib:
         old_ids, old_fp = lib.photo_ids(), lib.manifest().fingerprint
     writer = db.Library.open(root / db.LIBRARY_DIRNAME, readonly=False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from datetime import date, datetime
 from pathlib import Path
 
@@ -24,10 +23,12 @@ from search import Searcher
 from search.library import describe_library
 from search.understand import Vocabulary, understand
 from tests.facts_fixtures import (
+    FACT_COLUMNS,
     gps_tags,
     iptc_segment,
     jpeg_bytes,
     make_exif,
+    make_schema_three,
     photo_pixels,
     xmp_packet,
 )
@@ -35,11 +36,6 @@ from tests.indexer_fixtures import assert_consistent, index, open_lib, rows, wri
 
 JEJU = (33.4589, 126.9425)  # 성산일출봉
 PARIS = (48.8584, 2.2945)
-
-FACT_COLUMNS = (
-    "lat", "lon", "place", "place_path", "camera_make", "camera_model", "lens", "keywords",
-    "caption", "facts", "facts_problems",
-)  # fmt: skip
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -304,20 +300,6 @@ def test_bad_metadata_is_indexed_without_its_fact_and_counted(tmp_path, tiny_che
 
     text = format_info(info)
     assert "1 with a place, 4 with a camera, 1 with keywords; 3 with unreadable metadata" in text
-
-
-def make_schema_three(library_dir: Path) -> None:
-    """What a schema-3 program left: no facts columns, no words, no place index."""
-    conn = sqlite3.connect(library_dir / DB_NAME)
-    conn.execute("DROP TRIGGER photos_forget_words")
-    conn.execute("DROP TABLE photo_words")
-    conn.execute("DROP INDEX ix_photos_place")
-    for column in FACT_COLUMNS:
-        conn.execute(f"ALTER TABLE photos DROP COLUMN {column}")
-        conn.execute(f"ALTER TABLE set_aside DROP COLUMN {column}")
-    conn.execute("UPDATE manifest SET schema_version = 3")
-    conn.commit()
-    conn.close()
 
 
 def test_a_schema_three_library_is_upgraded_and_backfilled_without_encoding(

@@ -41,6 +41,7 @@ from cli import main
 from indexer import IndexOptions, index_photos
 from indexer.ray_executor import RayOptions
 from tests.indexer_fixtures import assert_consistent, open_lib, rows, write_jpeg
+from tests.process_fixtures import kill_at_marker
 work, ckpt = Path(sys.argv[1]), sys.argv[2]
 out = {}
 
@@ -85,13 +86,7 @@ photos(crash, 24)
 marker = work / "paused"
 proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(crash), ckpt, str(marker)],
                         stderr=subprocess.PIPE)
-deadline = time.monotonic() + 120
-while not marker.exists():
-    assert proc.poll() is None, proc.stderr.read().decode()
-    assert time.monotonic() < deadline, "the driver never committed two batches"
-    time.sleep(0.05)
-os.kill(proc.pid, signal.SIGKILL)
-proc.wait()
+kill_at_marker(proc, marker, within=120, never="the driver never committed two batches", poll=0.05)
 with open_lib(crash) as l:
     out["committed_before_kill"] = len(l.photo_ids())
 code, text = cli(crash, "--ray", "local", "--ray-workers", "2", "--json")

@@ -16,9 +16,7 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-import db
-from db import lexical
-from db.photo_writes import update_photos
+from db.testing import set_facts
 from search import DateError, QueryError, Searcher
 from tests.search_fixtures import PHOTOS, error_json, index_folder, ok_json, write_photos
 
@@ -44,31 +42,7 @@ def library(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> 
     root = tmp_path_factory.mktemp("facts-photos")
     write_photos(root)
     library = index_folder(root, tiny_checkpoint)
-    with (
-        db.LibraryLock(library),
-        db.Library.open(library, readonly=False) as lib,
-        lib.session() as s,
-        s.begin(),
-    ):
-        rows = {row.path: row.id for row in s.query(db.Photo)}
-        values, words = [], []
-        for rel, pid in rows.items():
-            path, make, model, keywords = FACTS.get(rel, (None, None, None, ()))
-            place = " ".join(path) if path else None
-            values.append(
-                {
-                    "id": pid,
-                    "place": place,
-                    "place_path": json.dumps(path, ensure_ascii=False) if path else None,
-                    "camera_make": make,
-                    "camera_model": model,
-                    "keywords": "\n".join(keywords) or None,
-                    "facts": 1,
-                }
-            )
-            words.append(lexical.PhotoWords.of(pid, rel, keywords=keywords, place=place))
-        update_photos(s, values)
-        lexical.put(s, words)
+    set_facts(library, lambda rel: FACTS.get(rel, (None, None, None, ())))
     return library
 
 

@@ -452,8 +452,10 @@ def test_page_and_static_files(client):
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert '<script src="/static/app.js"' in page.text
-    for name in ("app.js", "style.css"):
+    for name in ("app.js", "base.css", "style.css"):
         assert client.get(f"/static/{name}").status_code == 200
+    for sheet in ("style.css", "api.css"):  # both pages' palette and fonts: base.css
+        assert '@import "base.css";' in client.get(f"/static/{sheet}").text
     script = client.get("/static/app.js").text
     assert "compositionstart" in script and "compositionend" in script
 

@@ -9,6 +9,7 @@ body, declared or streamed.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -156,7 +157,8 @@ class BodyLimit:
         if declared.strip().isdigit() and int(declared) > limit:
             await _too_large(limit)(scope, receive, send)
             return
-        await self.app(scope, _counted(receive, limit), send)
+        too_large = partial(HTTPException, 413, _too_large_message(limit))
+        await self.app(scope, body_limited(receive, limit, too_large), send)
 
 
 def _too_large_message(limit: int) -> str:
@@ -169,16 +171,20 @@ def _too_large(limit: int) -> ASGIApp:
     return error_response(413, "too_large", _too_large_message(limit))
 
 
-def _counted(receive: Receive, limit: int) -> Callable[[], Awaitable[Message]]:
+def body_limited(
+    receive: Receive, limit: int, too_large: Callable[[], Exception]
+) -> Callable[[], Awaitable[Message]]:
+    """An ASGI `receive` that raises `too_large()` once more than `limit` body bytes arrived
+    (the server's limit here, the upload route's in web.uploads)."""
     seen = 0
 
-    async def receive_counted() -> Message:
+    async def receive_limited() -> Message:
         nonlocal seen
         message = await receive()
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise HTTPException(413, _too_large_message(limit))
+                raise too_large()
         return message
 
-    return receive_counted
+    return receive_limited

@@ -6,7 +6,7 @@ import io
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 from PIL import Image
@@ -19,6 +19,7 @@ from koclip.names import MAX_PIXELS
 from search import text_problem
 from web.budget import DECODES, UPLOAD_WAIT, pixels_to_decode
 from web.errors import ApiError
+from web.hosts import body_limited
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # Multipart framing around the file: boundaries, headers, a few small form fields.
@@ -56,22 +57,6 @@ class UploadTooLarge(ApiError):
         super().__init__(413, "too_large", f"the photo is larger than {limit // (1024 * 1024)} MB")
 
 
-def _limited(receive: Callable[[], Awaitable[dict]], limit: int) -> Callable[[], Awaitable[dict]]:
-    """An ASGI `receive` that raises UploadTooLarge once more than `limit` body bytes arrived."""
-    seen = 0
-
-    async def receive_limited() -> dict:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise UploadTooLarge(MAX_UPLOAD_BYTES)
-        return message
-
-    return receive_limited
-
-
 def upload_label(filename: str | None) -> str:
     """The name a client gave its file (its last path segment, shortened), or UPLOAD_LABEL."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
@@ -89,7 +74,9 @@ async def read_upload(request: Request, limit: int = MAX_UPLOAD_BYTES) -> Upload
         raise UploadTooLarge(limit)  # refuse before reading a byte
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        limited = Request(request.scope, _limited(request.receive, limit + _MULTIPART_SLACK))
+        too_large = partial(UploadTooLarge, MAX_UPLOAD_BYTES)
+        receive = body_limited(request.receive, limit + _MULTIPART_SLACK, too_large)
+        limited = Request(request.scope, receive)
         # Starlette spools big parts to the system temp folder, never near the photos.
         async with limited.form(max_files=1, max_fields=16) as form:
             field = form.get(UPLOAD_FIELD)
