@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 
 def make_photos(folder: Path, n: int) -> list[Path]:
-    from tests.facts_fixtures import (
+    from indexer.testing_facts import (
         gps_tags,
         iptc_segment,
         jpeg_bytes,

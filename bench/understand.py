@@ -4,7 +4,7 @@
     .venv/bin/python bench/understand.py --places 20000  # a bigger library
     .venv/bin/python bench/understand.py --cold 3000     # + one-shot `search` processes (~1 min)
 
-The vocabulary is the accuracy set's library (tests/data/understand_vocabulary.json) plus
+The vocabulary is the accuracy set's library (search/understand/data/vocabulary.json) plus
 generated Korean administrative names (시도 / 시군구 / 읍면동) up to --places places at every
 level, so lookups run against a library-sized table. Each query of the set is understood
 --rounds times; the timings are wall-clock p50/p99 of single calls. Accuracy is the share of
@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from search.errors import DateError  # noqa: E402
 from search.understand import Vocabulary, understand  # noqa: E402
-from tests.understand_fixtures import (  # noqa: E402
+from search.understand.testing import (  # noqa: E402
     KNOWN_MISSES,
     Case,
     load_cases,
@@ -163,7 +163,7 @@ def main() -> None:
     today, base = load_vocabulary()
     slowest: list[tuple[float, str]] = []
     cases = load_cases()
-    raw = json.loads((REPO / "tests/data/understand_vocabulary.json").read_text("utf-8"))
+    raw = json.loads((REPO / "search/understand/data/vocabulary.json").read_text("utf-8"))
     rows = [(tuple(n), c) for n, c in raw["places"]] + synthetic_rows(args.places)
     start = time.perf_counter()
     vocabulary = Vocabulary.build(places=rows, cameras=[tuple(r) for r in raw["cameras"]])

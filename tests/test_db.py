@@ -17,7 +17,7 @@ from db import photos, vectors
 from db.engine import DB_NAME
 from db.index_files import index_filename
 from db.testing import synthetic_manifest
-from tests.facts_fixtures import FACT_COLUMNS, make_schema_three
+from indexer.testing_facts import FACT_COLUMNS, make_schema_three
 
 DIM = 8
 

@@ -20,7 +20,7 @@ from indexer.facts import (
     parse_xmp,
     read_facts,
 )
-from tests.facts_fixtures import (
+from indexer.testing_facts import (
     exif_segment,
     gps_tags,
     iptc_segment,

@@ -19,10 +19,7 @@ import db
 from db import lexical, photos
 from db.engine import DB_NAME
 from indexer.stored_facts import FACTS_VERSION
-from search import Searcher
-from search.library import describe_library
-from search.understand import Vocabulary, understand
-from tests.facts_fixtures import (
+from indexer.testing_facts import (
     FACT_COLUMNS,
     gps_tags,
     iptc_segment,
@@ -32,6 +29,9 @@ from tests.facts_fixtures import (
     photo_pixels,
     xmp_packet,
 )
+from search import Searcher
+from search.library import describe_library
+from search.understand import Vocabulary, understand
 from tests.indexer_fixtures import assert_consistent, index, open_lib, rows, write_jpeg
 
 JEJU = (33.4589, 126.9425)  # 성산일출봉

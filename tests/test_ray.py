@@ -97,7 +97,7 @@ root = work / "same"
 photos(root, 10)
 (root / "broken.jpg").write_bytes(b"not a jpeg")
 # One photo with facts: they come back from the workers with the embedding.
-from tests.facts_fixtures import gps_tags, jpeg_bytes, make_exif, photo_pixels, xmp_packet
+from indexer.testing_facts import gps_tags, jpeg_bytes, make_exif, photo_pixels, xmp_packet
 exif = make_exif(gps=gps_tags(33.4589, 126.9425), make="Apple", model="iPhone 15")
 (root / "d1/004.jpg").write_bytes(jpeg_bytes(exif=exif, xmp=xmp_packet(["바다"]), image=photo_pixels((96, 64), 4)))
 runs = {}

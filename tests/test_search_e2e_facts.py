@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from indexer.testing_facts import gps_tags, jpeg_bytes, make_exif, photo_pixels
 from search import Searcher
-from tests.facts_fixtures import gps_tags, jpeg_bytes, make_exif, photo_pixels
 from tests.search_fixtures import index_folder
 
 Y = date.today().year  # the photos' years count back from the real today

@@ -1,5 +1,5 @@
 """Query understanding (search.understand): dates, places, cameras and the rest, without a
-library or a model. The accuracy set lives in tests/data/understand_queries.tsv."""
+library or a model. The accuracy set lives in search/understand/data/queries.tsv."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from search.errors import DateError, QueryError, SearchError
 from search.understand import Understood, Vocabulary, lunar, understand
 from search.understand.dates import understand_date
 from search.understand.places import short_form
-from tests.understand_fixtures import KNOWN_MISSES, load_cases, load_vocabulary, miss
+from search.understand.testing import KNOWN_MISSES, load_cases, load_vocabulary, miss
 
 TODAY = date(2026, 12, 7)  # a Monday
 VOCAB = Vocabulary.build(

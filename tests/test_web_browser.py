@@ -1001,7 +1001,7 @@ def _shown(browser: Browser) -> list[str]:
 def test_understood_facts_are_chips_places_are_listed_and_sort_toggles(
     browser, tmp_path, tiny_checkpoint
 ):
-    from tests.facts_fixtures import gps_tags, jpeg_bytes, make_exif, photo_pixels
+    from indexer.testing_facts import gps_tags, jpeg_bytes, make_exif, photo_pixels
     from tests.search_fixtures import index_folder
     from web import create_app
 

@@ -1,5 +1,5 @@
-"""The query-understanding accuracy set (tests/data/understand_queries.tsv) and its library
-(tests/data/understand_vocabulary.json), shared by tests/test_understand.py and
+"""The query-understanding accuracy set (search/understand/data/queries.tsv) and its library
+(search/understand/data/vocabulary.json), shared by tests/test_understand.py and
 bench/understand.py."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _field(value: str) -> str | None:
 def load_cases() -> list[Case]:
     """Every phrasing of the set, in file order."""
     cases = []
-    for line in (DATA / "understand_queries.tsv").read_text(encoding="utf-8").splitlines():
+    for line in (DATA / "queries.tsv").read_text(encoding="utf-8").splitlines():
         if not line.strip() or line.startswith("#"):
             continue
         query, after, before, places, camera, text = line.split("\t")
@@ -63,7 +63,7 @@ def load_cases() -> list[Case]:
 
 def load_vocabulary() -> tuple[date, Vocabulary]:
     """The set's `today` and its library's vocabulary."""
-    raw = json.loads((DATA / "understand_vocabulary.json").read_text(encoding="utf-8"))
+    raw = json.loads((DATA / "vocabulary.json").read_text(encoding="utf-8"))
     vocabulary = Vocabulary.build(
         places=[(tuple(names), count) for names, count in raw["places"]],
         cameras=[tuple(row) for row in raw["cameras"]],
