@@ -2,7 +2,8 @@
 (rich draws them, fits them to the terminal's width and keeps printed lines above them).
 
 On a terminal a bar is redrawn in place; elsewhere (a log, a pipe) the callers show no bar,
-and a phase longer than a second is one line when it starts and one when it ends.
+and a phase longer than a second is one line when it is done. A phase that fails shows nothing
+more: the error says its own one line.
 """
 
 from __future__ import annotations
@@ -199,8 +200,8 @@ class RebuildBar(LineBar):
 class PhaseReporter:
     """Shows `koclip.phases` phases on `stream`: nothing for a phase quicker than `after`
     seconds; then a spinner with its text on a terminal (one spinner: a phase inside another
-    replaces the text until it ends), one line elsewhere; and a line with the time taken when
-    it ends."""
+    replaces the text until it ends); and a line with the time taken when it is done (not when
+    it failed: the error's own line follows)."""
 
     def __init__(
         self,
@@ -221,8 +222,7 @@ class PhaseReporter:
     def _show(self, text: str) -> None:
         line = f"{self.prefix}{text}..."
         if not self.console.is_terminal:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            pass  # a log gets the one line with the time, when the phase is done
         elif self._status is None:
             self._status = self.console.status(line)
             self._status.start()
@@ -230,7 +230,7 @@ class PhaseReporter:
             self._status.update(line)
         self._shown.append(text)
 
-    def _end(self, text: str, took: float) -> None:
+    def _end(self, text: str, took: float, failed: bool) -> None:
         self._shown.remove(text)
         if self._status is not None:
             if self._shown:
@@ -238,7 +238,8 @@ class PhaseReporter:
             else:
                 self._status.stop()
                 self._status = None
-        self.console.print(f"{self.prefix}{text}: done in {took:.1f} s", markup=False)
+        if not failed:  # a failure says its own one line
+            self.console.print(f"{self.prefix}{text}: done in {took:.1f} s", markup=False)
 
     @contextlib.contextmanager
     def __call__(self, text: str) -> Iterator[None]:
@@ -254,14 +255,16 @@ class PhaseReporter:
         timer = threading.Timer(self.after, show)
         timer.daemon = True
         timer.start()
+        failed = True
         try:
             yield
+            failed = False
         finally:
             with self._lock:
                 state["done"] = True
                 timer.cancel()
                 if state["shown"]:
-                    self._end(text, time.monotonic() - start)
+                    self._end(text, time.monotonic() - start, failed)
 
 
 @contextlib.contextmanager
