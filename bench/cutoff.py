@@ -121,6 +121,7 @@ def build(work: Path) -> dict[str, tuple[Path, dict[str, int]]]:
 
 def query_scores(library: Path, labels: dict[str, int]) -> Scores:
     """Every digit's phrasings, encoded as Searcher encodes a text query, against every photo."""
+    from db import photos
     from search import Searcher
 
     queries = [(d, q) for d in range(10) for q in phrasings(d)]
@@ -129,11 +130,11 @@ def query_scores(library: Path, labels: dict[str, int]) -> Scores:
         neutral = searcher.encoder.texts(NEUTRAL, prompt=True)
         ids_all, vecs_all = [], []
         with searcher.library.session() as s, s.begin():
-            for ids, vecs in searcher.library.iter_embeddings(s):
+            for ids, vecs in photos.iter_embeddings(s):
                 ids_all.append(ids)
                 vecs_all.append(vecs)
             ids = np.concatenate(ids_all)
-            rows = searcher.library.photos_by_id(s, ids)
+            rows = photos.photos_by_id(s, ids)
             truth = np.array([labels[Path(rows[int(i)].path).name] for i in ids])
         stored = np.concatenate(vecs_all).astype(np.float32)
     return Scores(queries, vectors @ stored.T, truth, neutral @ stored.T)

@@ -1,9 +1,9 @@
 """What long commands show while they work, on stderr: progress bars and phase spinners
 (rich draws them, fits them to the terminal's width and keeps printed lines above them).
 
-On a terminal a bar is redrawn in place; elsewhere (a log, a pipe) the callers show no bar,
-and a phase longer than a second is one line when it is done. A phase that fails shows nothing
-more: the error says its own one line.
+On a terminal a bar is redrawn in place and a phase longer than a second shows a spinner, then
+one line with its time when it is done (a phase that fails shows nothing more: the error says
+its own one line); elsewhere (a log, a pipe) the commands show neither.
 """
 
 from __future__ import annotations
@@ -268,11 +268,19 @@ class PhaseReporter:
 
 
 @contextlib.contextmanager
-def phases_shown(stream: TextIO, **kwargs: object) -> Iterator[None]:
-    """Show `koclip.phases` on `stream` while the block runs."""
+def phases_shown(
+    stream: TextIO, *, terminal: bool | None = None, **kwargs: object
+) -> Iterator[None]:
+    """Show `koclip.phases` on `stream` while the block runs, when it is a terminal (a person
+    waiting; a log or a pipe gets only the command's own output, and its errors one line)."""
     from koclip.phases import set_reporter
 
-    previous = set_reporter(PhaseReporter(stream, **kwargs))  # type: ignore[arg-type]
+    if terminal is None:
+        terminal = console(stream).is_terminal
+    if not terminal:
+        yield
+        return
+    previous = set_reporter(PhaseReporter(stream, terminal=True, **kwargs))  # type: ignore[arg-type]
     try:
         yield
     finally:

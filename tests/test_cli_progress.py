@@ -3,6 +3,7 @@ phases of set-up work (koclip.phases) that take longer than a second."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import threading
@@ -19,6 +20,30 @@ def plain(text: str) -> str:
     """What the terminal shows at the end: escape codes dropped, each line's last redraw."""
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     return "\n".join(line.split("\r")[-1] for line in text.split("\n"))
+
+
+@contextlib.contextmanager
+def reporting(reporter):
+    from koclip.phases import set_reporter
+
+    previous = set_reporter(reporter)
+    try:
+        yield
+    finally:
+        set_reporter(previous)
+
+
+def test_commands_show_phases_on_a_terminal_only():
+    """A log or a pipe (and so every test's captured stderr) gets no phase lines: an error
+    stays one line there however long the model took to load."""
+    log = io.StringIO()
+    with phases_shown(log, after=0.01), phase("loading the model"):
+        time.sleep(0.1)
+    assert log.getvalue() == ""
+    out = io.StringIO()
+    with phases_shown(out, after=0.01, terminal=True), phase("loading the model"):
+        time.sleep(0.1)
+    assert "loading the model: done in " in out.getvalue()
 
 
 def test_clock():
@@ -79,7 +104,7 @@ def test_a_bar_fits_a_narrow_terminal():
 
 def test_phases_show_only_when_they_last(monkeypatch):
     log = io.StringIO()
-    with phases_shown(log, after=0.05, terminal=False):
+    with reporting(PhaseReporter(log, after=0.05, terminal=False)):
         with phase("quick"):
             pass
         with phase("loading the model"):
@@ -114,7 +139,7 @@ def test_a_phase_that_fails_leaves_the_error_its_one_line():
     for stream, terminal in ((log, False), (out, True)):
         with (
             pytest.raises(ValueError),
-            phases_shown(stream, after=0.01, terminal=terminal),
+            reporting(PhaseReporter(stream, after=0.01, terminal=terminal)),
             phase("loading the model"),
         ):
             time.sleep(0.1)
@@ -125,7 +150,7 @@ def test_a_phase_that_fails_leaves_the_error_its_one_line():
 
 def test_phases_of_other_threads_are_shown_too():
     log = io.StringIO()
-    with phases_shown(log, after=0.01, terminal=False):
+    with reporting(PhaseReporter(log, after=0.01, terminal=False)):
 
         def work() -> None:
             with phase("compiling in a thread"):
