@@ -121,7 +121,7 @@ def build(work: Path) -> dict[str, tuple[Path, dict[str, int]]]:
 
 def query_scores(library: Path, labels: dict[str, int]) -> Scores:
     """Every digit's phrasings, encoded as Searcher encodes a text query, against every photo."""
-    from db import photos
+    from db import embeddings, photos
     from search import Searcher
 
     queries = [(d, q) for d in range(10) for q in phrasings(d)]
@@ -130,7 +130,7 @@ def query_scores(library: Path, labels: dict[str, int]) -> Scores:
         neutral = searcher.encoder.texts(NEUTRAL, prompt=True)
         ids_all, vecs_all = [], []
         with searcher.library.session() as s, s.begin():
-            for ids, vecs in photos.iter_embeddings(s):
+            for ids, vecs in embeddings.iter_embeddings(s):
                 ids_all.append(ids)
                 vecs_all.append(vecs)
             ids = np.concatenate(ids_all)

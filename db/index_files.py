@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
-from db import photo_writes, photos, vectors
+from db import embeddings, photo_writes, photos, vectors
 from db.engine import write_errors
 from db.errors import LibraryError
 from db.manifest import INDEX_AUTO, INDEX_CHOSEN
@@ -67,9 +67,9 @@ class IndexFiles:
             return vectors.build_index(
                 index_type,
                 manifest.dim,
-                photos.iter_embeddings(s),
+                embeddings.iter_embeddings(s),
                 len(ids),
-                sample=lambda rows: photos.vectors_for(s, ids[rows]),
+                sample=lambda rows: embeddings.vectors_for(s, ids[rows]),
                 progress=progress,
             )
 
@@ -139,7 +139,7 @@ class IndexFiles:
                 with self.session() as s, s.begin():
                     for start in range(0, len(missing), 4096):
                         chunk = missing[start : start + 4096]
-                        vectors.add(index, chunk, photos.vectors_for(s, chunk))
+                        vectors.add(index, chunk, embeddings.vectors_for(s, chunk))
                 self.save_index(index)
                 return index, True
         index = self.build_index()

@@ -27,8 +27,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db import embeddings, migrate, photos
 from db import engine as sqlite_engine
-from db import migrate, photos
 from db.engine import DB_NAME, write_errors
 from db.errors import (
     LIBRARY_DIRNAME,
@@ -266,8 +266,8 @@ class Library(IndexFiles):
             return photos.photo_ids(s)
 
     def vectors_for(self, session: Session, ids: np.ndarray | list[int]) -> np.ndarray:
-        """db.photos.vectors_for (kept here for indexer.aside)."""
-        return photos.vectors_for(session, ids)
+        """db.embeddings.vectors_for (kept here for indexer.aside)."""
+        return embeddings.vectors_for(session, ids)
 
     def lock(self, kind: str = "indexer") -> LibraryLock:
         """The writer lock of this library (see LibraryLock)."""

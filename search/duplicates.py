@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 import db
-from db import photos
+from db import embeddings, photos
 from koclip.images.perceptual import hamming, residuals
 from koclip.names import DUPLICATE_KINDS as KINDS
 from koclip.names import MIN_SIMILAR_COS, SIMILAR_COS
@@ -157,7 +157,7 @@ def find_duplicates(library: db.Library, options: DuplicateOptions) -> list[Dupl
         if len(rows) < 2:
             return []
         ids = np.fromiter((r.id for r in rows), np.int64, len(rows))
-        vecs = photos.vectors_for(s, ids)
+        vecs = embeddings.vectors_for(s, ids)
         table = _table(rows, vecs)
         exact = len(ids) <= EXACT_MAX and options.kind != "identical"
         pairs = _candidates(table, options, neighbour_search(table.vectors) if exact else None)

@@ -27,7 +27,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 import db
-from db import photos, vectors
+from db import embeddings, photos, vectors
 from search import ann
 from search.filters import Filter
 
@@ -96,10 +96,10 @@ class LoadedIndex:
             if self.checked_max is None:
                 have = np.concatenate([self.ids, self.extra_ids])
                 missing = np.setdiff1d(photos.photo_ids(s), have, assume_unique=True)
-                chunks = [(missing, photos.vectors_for(s, missing))] if len(missing) else []
+                chunks = [(missing, embeddings.vectors_for(s, missing))] if len(missing) else []
             else:
                 newer = db.Photo.id > self.checked_max
-                chunks = list(photos.iter_embeddings(s, newer))
+                chunks = list(embeddings.iter_embeddings(s, newer))
         if not chunks:
             return replace(self, checked_max=newest)
         ids = np.concatenate([self.extra_ids, *(c[0] for c in chunks)])
@@ -260,7 +260,7 @@ def _reranked(
         return None
     with few_query_threads(len(queries)):
         _, cand = vectors.search(loaded.index, queries, fetch)
-    found, stored = photos.stored_vectors(session, cand[cand >= 0], loaded.index.d)
+    found, stored = embeddings.stored_vectors(session, cand[cand >= 0], loaded.index.d)
     if not len(found):
         return None
     pos = np.minimum(np.searchsorted(found, cand), len(found) - 1)
@@ -323,7 +323,7 @@ def _scan_database(
     """Exact top-k over the filter's stored embeddings, a chunk at a time (bounded memory)."""
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_i = np.zeros((len(queries), 0), np.int64)
-    for ids, vecs in photos.iter_embeddings(session, *flt.conditions(), chunk=8192):
+    for ids, vecs in embeddings.iter_embeddings(session, *flt.conditions(), chunk=8192):
         scores = queries @ vecs.T
         best_s = np.concatenate([best_s, scores], axis=1)
         best_i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 import db
-from db import lexical, photos
+from db import embeddings, lexical, photos
 from db.vectors import retrain_at
 from koclip.images.preprocess import nfc
 from search.cutoff import Cutoff, adaptive_cutoff
@@ -469,7 +469,7 @@ class Searcher:
         """A library photo's stored vector (checked: LibraryCorruptError if damaged), and the
         ids that are it (itself, its exact copies)."""
         same = {p.id for p in photos.photos_with_hash(session, row.content_hash)}
-        return photos.vectors_for(session, [row.id])[0], same | {row.id}
+        return embeddings.vectors_for(session, [row.id])[0], same | {row.id}
 
     # -- searching ----------------------------------------------------------------------------
 
@@ -581,7 +581,7 @@ class Searcher:
                 ranked = [i for i in ranked if i in allowed]
             rows = photos.photos_by_id(s, ranked)
             ranked = [i for i in ranked if i in rows]
-            vectors = photos.vectors_for(s, ranked) if ranked else np.zeros((0, 1), np.float32)
+            vectors = embeddings.vectors_for(s, ranked) if ranked else np.zeros((0, 1), np.float32)
         scores = (vectors @ query.vector).tolist() if ranked else []
         return ranked, {i: (sc, rows[i]) for i, sc in zip(ranked, scores, strict=True)}
 

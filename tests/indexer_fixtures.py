@@ -61,5 +61,5 @@ def assert_consistent(lib: db.Library) -> None:
     assert len(ids) == len(set(ids.tolist()))
     assert sorted(ids.tolist()) == lib.photo_ids().tolist()
     with lib.session() as s, s.begin():
-        for _ids, vecs in db.photos.iter_embeddings(s):
+        for _ids, vecs in db.embeddings.iter_embeddings(s):
             np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)

@@ -104,7 +104,7 @@ class Reference:
         with db.Library.open(library_dir) as lib:
             root = lib.photo_root()
             with lib.session() as s, s.begin():
-                chunks = list(db.photos.iter_embeddings(s))
+                chunks = list(db.embeddings.iter_embeddings(s))
                 rows = db.photos.photos_by_id(s, np.concatenate([c[0] for c in chunks]))
         ids = np.concatenate([c[0] for c in chunks])
         return cls(ids, np.concatenate([c[1] for c in chunks]), rows, root)

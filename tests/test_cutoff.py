@@ -220,7 +220,7 @@ def digits_libraries(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def digit_cutoffs(library: Path, labels: dict[str, int]) -> dict[tuple[int, str], tuple[int, int]]:
     """(digit, phrasing) -> (photos kept, of them the right digit): each phrasing encoded as
     Searcher encodes a text query (prompt on) and scored against every stored vector."""
-    from db import photos
+    from db import embeddings, photos
     from koclip.testing_digits import phrasings
     from search import Searcher
 
@@ -228,7 +228,7 @@ def digit_cutoffs(library: Path, labels: dict[str, int]) -> dict[tuple[int, str]
     with Searcher(library) as searcher:
         vectors = searcher.encoder.texts([q for _, q in queries], prompt=True)
         with searcher.library.session() as s, s.begin():
-            chunks = list(photos.iter_embeddings(s))
+            chunks = list(embeddings.iter_embeddings(s))
             ids = np.concatenate([c[0] for c in chunks])
             rows = photos.photos_by_id(s, ids)
             truth = np.array([labels[Path(rows[int(i)].path).name] for i in ids])

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select, text
 
 import db
-from db import photos, vectors
+from db import embeddings, photos, vectors
 from db.engine import DB_NAME
 from db.index_files import index_filename
 from db.testing import synthetic_manifest
@@ -271,9 +271,9 @@ def test_vectors_for_in_order_and_missing(library):
     vecs = _unit(rng, 3)
     ids = _add(library, vecs)
     with library.session() as s, s.begin():
-        np.testing.assert_array_equal(photos.vectors_for(s, ids[::-1]), vecs[::-1])
+        np.testing.assert_array_equal(embeddings.vectors_for(s, ids[::-1]), vecs[::-1])
         with pytest.raises(db.LibraryError, match="no stored embedding"):
-            photos.vectors_for(s, [ids[0], 999])
+            embeddings.vectors_for(s, [ids[0], 999])
 
 
 def test_content_hash(tmp_path):

@@ -158,7 +158,7 @@ def test_rows_added_or_deleted_after_the_save_are_searched_exactly(pq_library, t
             s.execute(delete(db.Photo).where(db.Photo.id.in_(nearest.tolist())))
         all_ids = lib.photo_ids()
         with lib.session() as s, s.begin():
-            all_vecs = db.photos.vectors_for(s, all_ids)
+            all_vecs = db.embeddings.vectors_for(s, all_ids)
     ref_ids, ref_scores = _exact(all_vecs, all_ids, q, 20)
     with Searcher(copy) as searcher:
         got = searcher.vector(q, k=20)
@@ -246,7 +246,7 @@ def test_rerank_reads_skip_missing_ids_and_name_a_damaged_vector(pq_library, tmp
     copy, ids, vecs = _copy(pq_library, tmp_path)
     library_dir = db.default_library_dir(copy)
     with db.Library.open(library_dir) as lib, lib.session() as s, s.begin():
-        found, got = db.photos.stored_vectors(s, np.array([ids[9], -1, 10**9, ids[3]]), DIM)
+        found, got = db.embeddings.stored_vectors(s, np.array([ids[9], -1, 10**9, ids[3]]), DIM)
     assert found.tolist() == [ids[3], ids[9]]
     np.testing.assert_array_equal(got, vecs[[3, 9]])
     with (
@@ -262,4 +262,4 @@ def test_rerank_reads_skip_missing_ids_and_name_a_damaged_vector(pq_library, tmp
         s.begin(),
         pytest.raises(db.LibraryCorruptError, match=f"photo {ids[3]}: 12 bytes"),
     ):
-        db.photos.stored_vectors(s, ids[:5], DIM)
+        db.embeddings.stored_vectors(s, ids[:5], DIM)

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 import db
 from cli.main import main
-from db import photos, vectors
+from db import embeddings, vectors
 from tests.indexer_fixtures import assert_consistent, index, open_lib, write_jpeg
 from tests.search_fixtures import one_line_error
 
@@ -172,7 +172,7 @@ def test_a_short_embedding_is_reported_and_indexed_again(pristine, tmp_path, tin
         lib.session() as s,
         s.begin(),
     ):
-        list(photos.iter_embeddings(s))
+        list(embeddings.iter_embeddings(s))
 
     from web import create_app
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from db import places
+from db import cities, places
 from db.places import Place, Places, korean_levels, place_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_the_table_is_built_once_then_loaded(table_dir, monkeypatch):
     def no_build():
         raise AssertionError("the stored table must be loaded, not built again")
 
-    monkeypatch.setattr(places._CityTable, "build", classmethod(lambda cls: no_build()))
+    monkeypatch.setattr(cities.CityTable, "build", classmethod(lambda cls: no_build()))
     assert Places(table_dir).place_of(35.6762, 139.6503).text == "일본 도쿄"
 
 
@@ -195,8 +195,8 @@ def test_the_packaged_table_is_what_build_makes_and_needs_neither_source(monkeyp
     a process reads it without them (they are test-time only)."""
     import sys
 
-    packaged = places._CityTable.load(places.PACKAGED_TABLE)
-    built = places._CityTable.build()
+    packaged = cities.CityTable.load(cities.PACKAGED_TABLE)
+    built = cities.CityTable.build()
     assert packaged._records == built._records and packaged._countries == built._countries
     np.testing.assert_array_equal(packaged._xyz, built._xyz)
     np.testing.assert_array_equal(packaged._country, built._country)
