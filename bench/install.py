@@ -7,9 +7,11 @@ For each revision: `git worktree add` a detached checkout in a temporary folder 
 repository, make a fresh venv (this interpreter's `venv`, its bundled pip) and time
 `pip install -q CHECKOUT`: the core install a user does, not editable, no extras. Each revision
 gets its own pip cache, empty at first, and is installed twice, into two fresh venvs: the first
-install downloads everything (cold), the second reads pip's cache (warm; pip caches only what it
-fetched over HTTP: wheels on a file:// index configured on the machine are read in place both
-times, and the download rows say how many came from there). The second venv is the one measured:
+install downloads everything (cold), the second reads pip's cache (warm). pip caches only what it
+fetched over HTTP, and only where the server allows it (a proxy that drops Cache-Control leaves
+the cache empty: the row "pip cache after both installs" shows it, and then both installs are
+cold); wheels on a file:// index configured on the machine are read in place both times (the
+download rows say how many). The second venv is the one measured:
 
 * download: the wheels `pip download` fetches for the checkout, summed;
 * site-packages: `du` of the folder (disk blocks), and its distributions (`pip list`, less
@@ -148,6 +150,9 @@ def measure(rev: str, work: Path, ckpt: Path, photos: Path, query: str) -> dict:
                 root,
                 f"pip install #{n}",
             )
+        result["pip_cache_bytes"] = (
+            du_bytes(root / "pip-cache") if (root / "pip-cache").exists() else 0
+        )
         result["pip"] = subprocess.run(
             [str(python), "-m", "pip", "--version"], check=True, capture_output=True, text=True
         ).stdout.split()[1]
@@ -227,7 +232,7 @@ def mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
 
 
-def print_report(results: list[dict], load_before: str, top: int) -> None:
+def print_report(results: list[dict], load_before: str, top: int, n_photos: int) -> None:
     print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
     print(f"Python {platform.python_version()}, pip {results[0]['pip']} (a fresh venv's own)")
@@ -243,7 +248,8 @@ def print_report(results: list[dict], load_before: str, top: int) -> None:
          *(f"{r['download_local']} of {r['download_files']}" for r in results)),
         ("pip install, empty cache", *(f"{r['install_cold_s']:.0f} s" for r in results)),
         ("pip install, warm cache", *(f"{r['install_warm_s']:.0f} s" for r in results)),
-        ("first `index` (20 photos, tiny model)", *(f"{r['index_s']:.1f} s" for r in results)),
+        ("pip cache after both installs", *(mb(r["pip_cache_bytes"]) for r in results)),
+        (f"first `index` ({n_photos} photos, tiny model)", *(f"{r['index_s']:.1f} s" for r in results)),
         ("first `search`", *(f"{r['search_s']:.1f} s" for r in results)),
         ("time to first search (index + search)",
          *(f"{r['index_s'] + r['search_s']:.1f} s" for r in results)),
@@ -302,7 +308,7 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print_report(results, load_before, args.top)
+    print_report(results, load_before, args.top, args.photos)
 
 
 if __name__ == "__main__":
