@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
+if TYPE_CHECKING:  # rich loads with the first bar or spinner, not with every command
+    from rich.console import Console
+    from rich.progress import Progress
 
-if TYPE_CHECKING:
     from indexer import IndexRebuild
     from train import TrainProgress
 
@@ -35,6 +35,8 @@ def clock(seconds: float) -> str:
 
 def console(stream: TextIO, *, terminal: bool | None = None) -> Console:
     """A rich console on `stream`; `terminal` forces (or denies) live drawing."""
+    from rich.console import Console
+
     return Console(file=stream, force_terminal=terminal, highlight=False, soft_wrap=False)
 
 
@@ -70,6 +72,8 @@ class LineBar:
 
     def draw(self, done: int, total: int, text: str) -> None:
         if self._progress is None:
+            from rich.progress import BarColumn, Progress, TextColumn
+
             self._progress = Progress(
                 BarColumn(bar_width=self.width),
                 TextColumn("{task.fields[text]}"),
@@ -276,7 +280,7 @@ def phases_shown(
     from koclip.phases import set_reporter
 
     if terminal is None:
-        terminal = console(stream).is_terminal
+        terminal = bool(getattr(stream, "isatty", lambda: False)())
     if not terminal:
         yield
         return

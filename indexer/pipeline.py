@@ -162,10 +162,9 @@ class IndexSession:
             require_ray()  # before the lock and the model: the install line comes at once
         self.options = options
         self.save_share = save_share  # see Writer: a watcher saves by cost, not by the clock
-        # Places are looked up for every pass; their tables load meanwhile (db.places).
+        # Places are looked up for every pass; their tables load (on a background thread) when
+        # the first photo with a GPS position comes, so a library without any pays nothing.
         self.facts = Facts()
-        if options.facts:
-            self.facts.prepare()
         library_dir = Path(options.library).expanduser().resolve() if options.library else None
         self.library_dir = library_dir or default_library_dir(self.photo_root)
         self._stack = contextlib.ExitStack()

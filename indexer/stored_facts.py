@@ -46,7 +46,8 @@ def place_path(place: Place) -> tuple[str, ...]:
 
 class Facts:
     """Turns facts read from a photo into the row's columns and words, with places looked up
-    in this process's tables (`prepare` loads them on a background thread)."""
+    in this process's tables (loaded on a background thread from the first photo with a
+    position on, `prepare`)."""
 
     def __init__(self, places: Places | None = None) -> None:
         self.places = places if places is not None else Places()
@@ -69,6 +70,7 @@ class Facts:
         """The place of the facts' position (None without one, or if it cannot be named)."""
         if not facts.has_position:
             return None
+        self.prepare()  # the first position: the tables start loading (a lookup waits for them)
         try:
             return self.places.place_of(facts.lat, facts.lon)
         except Exception:  # the tables cannot load here (a broken install): no place
