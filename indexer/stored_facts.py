@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from db import Library, lexical, photo_writes, photos, write_errors
 from db.places import KOREA, Place, Places
-from db.schema import FACT_COLUMNS
+from db.schema import FACT_COLUMNS, chunks
 from indexer.facts import PhotoFacts, read_facts
 
 # Stored in `photos.facts`: bump when what is read or stored changes, and photos read with an
@@ -166,7 +166,7 @@ def fill_facts(
     if progress:
         progress(0, len(todo))
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="koclip-facts") as pool:
-        for chunk in _chunks(todo, FILL_CHUNK):
+        for chunk in chunks(todo, FILL_CHUNK):
             read = list(pool.map(lambda t: read_facts(photo_root / t[2]), chunk))
             values, new_words = [], []
             for (pid, key, _), found in zip(chunk, read, strict=True):
@@ -184,8 +184,3 @@ def fill_facts(
             if progress:
                 progress(done, len(todo))
     return filled
-
-
-def _chunks(items: list, n: int) -> Iterator[list]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
