@@ -27,8 +27,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import embeddings, migrate, photos
 from db import engine as sqlite_engine
+from db import migrate, photos
 from db.engine import DB_NAME, write_errors
 from db.errors import (
     LIBRARY_DIRNAME,
@@ -264,10 +264,6 @@ class Library(IndexFiles):
         when none is given)."""
         with _maybe_session(self, session) as s:
             return photos.photo_ids(s)
-
-    def vectors_for(self, session: Session, ids: np.ndarray | list[int]) -> np.ndarray:
-        """db.embeddings.vectors_for (kept here for indexer.aside)."""
-        return embeddings.vectors_for(session, ids)
 
     def lock(self, kind: str = "indexer") -> LibraryLock:
         """The writer lock of this library (see LibraryLock)."""

@@ -45,6 +45,7 @@ from db import (
     LibraryLock,
     Photo,
     disk_path_value,
+    embeddings,
     hash_file,
     path_key,
     vectors,
@@ -569,7 +570,7 @@ def _sync_index(library: Library) -> None:
         index = library.build_index()  # a type that cannot remove: rebuilt from the rows
     elif len(new):
         with library.session() as s, s.begin():
-            vectors.add(index, new, library.vectors_for(s, new))
+            vectors.add(index, new, embeddings.vectors_for(s, new))
     library.save_index(index)
 
 

@@ -213,14 +213,6 @@ def test_an_upload_is_kept_only_as_large_as_the_model_can_use(client, size):  # 
     ok_json(client.get(f"/api/image/{body['upload']}"))  # and it still pages
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 # Run in a fresh process, so that its memory is the server's alone (in the test process,
 # whatever earlier tests left allocated moves the numbers).
 _BURST = r"""
