@@ -123,12 +123,15 @@ class TextRequest:
     """One text query of a batch (`Searcher.search_many`) with its own options.
 
     `composed`: the query is read in the composed syntax (`바다 + 노을 - 사람`, `2:강아지`,
-    image paths), as `compose` reads a string; else it is one phrase, as `text` reads it."""
+    image paths), as `compose` reads a string; else it is one phrase, as `text` reads it.
+    `files=False` (queries from the web): only an image suffix makes an image term, the
+    file system is never consulted (see `parse_query`)."""
 
     query: str
     options: SearchOptions = field(default_factory=SearchOptions)
     prompt: bool = True
     composed: bool = False
+    files: bool = True
 
 
 @dataclass(frozen=True)
@@ -326,7 +329,7 @@ class Searcher:
             understood = self.understand(request.query, today=opts.today)
             if understood.has_facts:
                 words = [understood.text] if understood.text else []
-        terms = parse_query(words) if words else []
+        terms = parse_query(words, files=request.files) if words else []
         if resolve is not None:
             terms = [t if t.is_text else resolve(t) for t in terms]
         if not terms and (understood is None or not understood.has_facts):

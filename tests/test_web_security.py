@@ -138,6 +138,22 @@ def test_reads_from_another_origin_are_still_answered(client):  # noqa: F811
     ok_json(client.get("/api/search", params={"q": "바다"}, headers=headers))
 
 
+def test_a_query_never_asks_the_servers_file_system(client):  # noqa: F811
+    # The CLI reads `a/b` as an image term when such a file exists; the web must not, or its
+    # answer would tell a visitor which paths exist on the server.
+    here = os.path.abspath(__file__)
+    missing = os.path.join(os.path.dirname(here), "no-such-file-here")
+    answers = [client.get("/api/search", params={"q": q}) for q in (here, missing)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json()["query"] != here or answers[0].json()["results"] is not None
+    raw = {"Content-Type": "image/jpeg"}
+    uploads = [
+        client.post("/api/image", params={"q": q}, content=_jpeg(), headers=raw)
+        for q in (here, missing)
+    ]
+    assert [u.status_code for u in uploads] == [200, 200]
+
+
 # -- one cap on texts, one on bodies ----------------------------------------------------------
 
 

@@ -285,7 +285,7 @@ class Backend:
             except Exception as exc:
                 out[i] = exc
                 continue
-            requests.append((i, TextRequest(query, options, prompt=opts.prompt, composed=True)))
+            requests.append((i, TextRequest(query, options, prompt=opts.prompt, composed=True, files=False)))
         answers = s.search_many([r for _, r in requests], resolve=lambda t: _library_term(s, t))
         for (i, _), answer in zip(requests, answers, strict=True):
             out[i] = answer
@@ -336,7 +336,7 @@ class Backend:
             return self.submit_image(image, label, opts).result()
         self.searcher()
         terms = [Term(weight=1.0, image=image, label=label)]
-        terms += [self._library_term(t) for t in parse_query(query)]
+        terms += [self._library_term(t) for t in parse_query(query, files=False)]
         return self.queued(lambda s: s.compose(terms, prompt=opts.prompt, **self._kwargs(s, opts)))
 
     def _kwargs(self, searcher: Searcher, opts: Options) -> dict[str, Any]:
