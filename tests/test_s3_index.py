@@ -93,6 +93,14 @@ def test_a_bucket_is_indexed_and_searched_like_a_folder(s3, tmp_path, tiny_check
     with Searcher(library, model=str(tiny_checkpoint)) as searcher:
         hit = searcher.text("바다", k=10).hits[0]
         assert str(hit.path) == f"{s3.url('trip')}/{hit.relpath}"
+        assert searcher.photo_at("2024/바다.jpg").path == f"{s3.url('trip')}/2024/바다.jpg"
+        assert searcher.photo_at(f"{s3.url('trip')}/a.jpg").relpath == "a.jpg"
+        for elsewhere in ("../trip/a.jpg", "s3://other/a.jpg", "없는.jpg"):
+            assert searcher.photo_at(elsewhere) is None, elsewhere
+        assert {h.relpath for h in searcher.text("사진", under="2024")} == {
+            "2024/바다.jpg",
+            "2024/b.png",
+        }
 
 
 def test_changes_from_the_listing_alone(s3, tmp_path, tiny_checkpoint, monkeypatch):
@@ -148,6 +156,24 @@ def test_changes_from_the_listing_alone(s3, tmp_path, tiny_checkpoint, monkeypat
         index_photos(s3.url("trip"), opts, encoder=encoder)
     emptied = dataclasses.replace(opts, allow_empty_root=True)
     assert index_photos(s3.url("trip"), emptied, encoder=encoder).deleted == 4
+
+
+def test_facts_are_read_from_the_bytes_in_memory(s3, tmp_path, tiny_checkpoint):
+    from indexer.testing_facts import gps_tags, jpeg_bytes, make_exif, photo_pixels, xmp_packet
+
+    exif = make_exif(
+        taken="2024:07:15 06:10:00", gps=gps_tags(33.4589, 126.9425), make="Apple",
+        model="iPhone 15",
+    )  # fmt: skip
+    packet = xmp_packet(["바다", "해돋이"], "성산일출봉 해돋이")
+    s3.put("f/jeju.jpg", jpeg_bytes(exif=exif, xmp=packet, image=photo_pixels((96, 64), 1)))
+    library = tmp_path / "lib"
+    assert index_photos(s3.url("f"), _options(library, tiny_checkpoint)).new == 1
+    with db.Library.open(library) as lib:
+        row = rows(lib)["jeju.jpg"]
+    assert (row.taken_at_source, str(row.taken_at)) == ("exif", "2024-07-15 06:10:00")
+    assert row.place.startswith("제주특별자치도") and row.camera_make == "Apple"
+    assert "해돋이" in row.keywords and (row.width, row.height) == (96, 64)
 
 
 def test_faults_are_retried_and_the_run_completes(s3, tmp_path, tiny_checkpoint):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import storage
@@ -184,3 +186,12 @@ def test_errors_have_rows():
     ):
         assert cls.exit_code == 2 and issubclass(cls, storage.StorageSetupError)
     assert issubclass(storage.ObjectTooLargeError, storage.ObjectError)
+
+
+def test_object_paths_join_like_paths():
+    root = storage.ObjectPath("s3://bucket/사진/")
+    photo = root / "2024/바다.jpg"
+    assert photo == "s3://bucket/사진/2024/바다.jpg" and isinstance(photo, storage.ObjectPath)
+    assert (photo.name, photo.suffix, photo.as_posix()) == ("바다.jpg", ".jpg", photo)
+    assert root / "s3://other/x.jpg" == "s3://other/x.jpg"
+    assert not isinstance(photo, os.PathLike)
