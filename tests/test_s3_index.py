@@ -249,18 +249,35 @@ def test_an_object_replaced_while_read_is_read_next_run(s3, tmp_path, tiny_check
         assert rows(lib)["a.jpg"].content_hash == db.hash_bytes(jpeg(99))
 
 
-def test_a_2_gb_object_is_refused_before_download(s3, tmp_path, tiny_checkpoint):
+def test_a_2_gb_object_is_refused_before_download_and_a_denied_one_retried(
+    s3, tmp_path, tiny_checkpoint
+):
     _upload(s3)
 
     def huge(body: bytes) -> bytes:  # the listing says f.jpg holds 2 GB
         pattern = rb"(<Key>trip/f\.jpg</Key>.*?<Size>)\d+(</Size>)"
         return re.sub(pattern, rb"\g<1>2147483648\g<2>", body, flags=re.S)
 
-    s3.proxy.fault = lambda r: Fault(transform=huge) if "list-type" in r.query else None
-    summary = index_photos(s3.url("trip"), _options(tmp_path / "lib", tiny_checkpoint))
-    assert summary.new == 4 and [f[0] for f in summary.failures] == ["f.jpg"]
-    assert "too large to read (2,147 MB; at most 268 MB), not downloaded" in summary.failures[0][1]
+    def fault(request):
+        if "list-type" in request.query:
+            return Fault(transform=huge)
+        if request.path.endswith("/trip/a.jpg"):  # this one object is not ours to read
+            return Fault(status=403, code="AccessDenied")
+        return None
+
+    s3.proxy.fault = fault
+    library = tmp_path / "lib"
+    summary = index_photos(s3.url("trip"), _options(library, tiny_checkpoint))
+    assert summary.new == 3 and [f[0] for f in summary.failures] == ["a.jpg", "f.jpg"]
+    assert "access denied to the object (AccessDenied)" in summary.failures[0][1]
+    assert "too large to read (2,147 MB; at most 268 MB), not downloaded" in summary.failures[1][1]
     assert s3.proxy.object_gets("f.jpg") == []
+    # Next run: the refused object is tried again, the too-large one is not (unchanged).
+    s3.proxy.fault = lambda r: Fault(transform=huge) if "list-type" in r.query else None
+    s3.proxy.log.clear()
+    again = index_photos(s3.url("trip"), _options(library, tiny_checkpoint))
+    assert (again.updated, again.unchanged, [f[0] for f in again.failures]) == (1, 3, ["f.jpg"])
+    assert [r.path.rsplit("/", 1)[1] for r in s3.proxy.object_gets()] == ["a.jpg"]
 
 
 def test_watch_polls_the_listing_and_outlives_an_outage(s3, tmp_path, tiny_checkpoint):
