@@ -12,9 +12,10 @@ class ObjectPath(str):
     __slots__ = ()
 
     def __truediv__(self, relpath: object) -> ObjectPath:
-        """The object at `relpath` under this one; a URL on the right stands for itself (as
-        an absolute path does for a Path)."""
-        if "://" in str(relpath):
+        """The object at `relpath` under this one; a URL or an absolute path on the right
+        stands for itself, as an absolute path does for a Path (and is then no object of
+        this root: search.filters.relative_to_root says None)."""
+        if "://" in str(relpath) or str(relpath).startswith("/"):
             return ObjectPath(str(relpath))
         rel = str(relpath).strip("/")
         return ObjectPath(f"{self.rstrip('/')}/{rel}" if rel else str(self))

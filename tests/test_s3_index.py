@@ -95,7 +95,7 @@ def test_a_bucket_is_indexed_and_searched_like_a_folder(s3, tmp_path, tiny_check
         assert str(hit.path) == f"{s3.url('trip')}/{hit.relpath}"
         assert searcher.photo_at("2024/바다.jpg").path == f"{s3.url('trip')}/2024/바다.jpg"
         assert searcher.photo_at(f"{s3.url('trip')}/a.jpg").relpath == "a.jpg"
-        for elsewhere in ("../trip/a.jpg", "s3://other/a.jpg", "없는.jpg"):
+        for elsewhere in ("../trip/a.jpg", "s3://other/a.jpg", "없는.jpg", "/a.jpg"):
             assert searcher.photo_at(elsewhere) is None, elsewhere
         assert {h.relpath for h in searcher.text("사진", under="2024")} == {
             "2024/바다.jpg",

@@ -193,7 +193,7 @@ def test_object_paths_join_like_paths():
     photo = root / "2024/바다.jpg"
     assert photo == "s3://bucket/사진/2024/바다.jpg" and isinstance(photo, storage.ObjectPath)
     assert (photo.name, photo.suffix, photo.as_posix()) == ("바다.jpg", ".jpg", photo)
-    assert root / "s3://other/x.jpg" == "s3://other/x.jpg"
+    assert root / "s3://other/x.jpg" == "s3://other/x.jpg" and root / "/x.jpg" == "/x.jpg"
     assert not isinstance(photo, os.PathLike)
 
 
