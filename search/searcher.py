@@ -36,6 +36,7 @@ from search.library import (
     find_library,
     folder_counts,
     open_read_only,
+    root_of,
 )
 from search.query import Term, check_text, describe, parse_query
 from search.results import PhotoInfo, SearchHit, SearchResults, display_path, stored_facts
@@ -207,7 +208,7 @@ class Searcher:
         self._encoder_args = (cache_size, disk_cache, backend)
         try:
             check_model(self.manifest, model)
-            self.photo_root = self.library.photo_root()
+            self.photo_root = root_of(self.library)
             self.encoder = self._new_encoder(self.manifest)
         except BaseException:
             self.library.close()
@@ -590,14 +591,14 @@ class Searcher:
         if _same_vectors(manifest, self.manifest):
             self.manifest = manifest  # index type, precision, times: the rest follows itself
             if reopened:
-                self.photo_root = self.library.photo_root()
+                self.photo_root = root_of(self.library)
                 self.index = IndexView(self.library, manifest.index_type, manifest.dim)
             return False
         check_model(manifest, self._model)
         encoder = self._new_encoder(manifest)
         old, self.encoder = self.encoder, encoder
         self.manifest = manifest
-        self.photo_root = self.library.photo_root()
+        self.photo_root = root_of(self.library)
         self.index = IndexView(self.library, manifest.index_type, manifest.dim)
         self._folders = None
         old.close()
