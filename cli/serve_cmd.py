@@ -5,6 +5,7 @@ FastAPI, uvicorn and the model are imported only when the command runs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -210,7 +211,11 @@ def _serve_on_ray(
     )
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGTERM)
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its start-up chatter
+    # Ray Serve sets up its logger when imported: its start-up chatter is quieted after that
+    # (without Ray Serve, the service says what to install).
+    with contextlib.suppress(ImportError):
+        import ray.serve  # noqa: F401
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     service = ReplicaService(directory, model, options=options, allowed_hosts=_allowed_hosts(host))
     try:
         service.start()
