@@ -12,7 +12,11 @@ shutdown, in that order.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from tests.process_fixtures import in_namespace
+from tests.process_fixtures import REPO, in_namespace
 
 pytest.importorskip(
     "ray.serve", reason="Ray Serve is not installed (pip install 'koclip-search[ray]')"
@@ -247,6 +251,27 @@ print(json.dumps(out))
 """
 )
 
+# A library whose model went away after indexing: every replica fails to load it.
+FAILING_SCRIPT = (
+    COMMON
+    + r"""
+serve = start_serve("--library", sys.argv[2], "--replicas", "1")
+try:
+    serve.wait(timeout=300)
+except subprocess.TimeoutExpired:
+    serve.kill()
+    serve.wait()
+out["exit"] = serve.returncode
+out["errors"] = [line for line in stderr_text().splitlines() if line.startswith("Error")]
+out["traceback"] = "Traceback" in stderr_text()
+deadline = time.monotonic() + 30
+while ray_processes() and time.monotonic() < deadline:
+    time.sleep(0.2)
+out["left"] = sorted(ray_processes().values())
+print(json.dumps(out))
+"""
+)
+
 
 def _reference(library: Path) -> dict[str, list[list]]:
     """The answers of a plain in-process Searcher, as the API shapes them."""
@@ -373,6 +398,24 @@ def test_the_page_searches_in_korean_through_ray_replicas(tmp_path, tiny_checkpo
     assert out["exit"] == 0 and out["left"] == []
 
 
+@pytest.mark.slow
+def test_replicas_that_cannot_start_end_the_command_with_one_line(tmp_path, tiny_checkpoint):
+    from tests.search_fixtures import index_folder, write_photos
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    root = tmp_path / "photos"
+    write_photos(root)
+    index_folder(root, model)
+    shutil.rmtree(model)  # the driver opens the library; only a replica loads the model
+    out = in_namespace(tmp_path, FAILING_SCRIPT, root, timeout=600)
+    assert out["exit"] == 1, out
+    (line,) = out["errors"]
+    assert line.startswith("Error: the replicas did not start: ") and str(model) in line, line
+    assert not out["traceback"]
+    assert out["left"] == []
+
+
 # -- refused before any cluster work -------------------------------------------------------------
 
 
@@ -418,6 +461,23 @@ def test_an_address_where_nothing_answers_fails_fast_with_one_line(
     assert (
         f"nothing answers at 127.0.0.1:{port}" in lines[0] and "serve with --ray local" in lines[0]
     )
+
+
+@pytest.mark.slow
+def test_ray_not_installed_prints_the_install_line(tmp_path):
+    code = "import sys; sys.modules['ray'] = None; from cli import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "serve", "--library", str(tmp_path), "--ray", "local"],
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "Error: --ray needs Ray on this machine: pip install 'koclip-search[ray]'"
+    ]
 
 
 def test_a_node_without_the_library_is_named(tmp_path):
