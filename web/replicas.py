@@ -213,10 +213,11 @@ class ReplicaService:
         if ray is None or not ray.is_initialized():
             return
         try:
-            if self._started_serve:
-                serve.shutdown()
-            elif self._deployed:
-                serve.delete(APP_NAME)
+            if self._deployed:
+                serve.delete(APP_NAME)  # the replicas finish what they answer, then close
+            private = self._owns_ray and self.options.address == "local"
+            if self._started_serve and not private:
+                serve.shutdown()  # (a private Ray goes whole below, Serve with it)
         except Exception:  # the cluster may be gone already: nothing left to remove
             pass
         finally:
