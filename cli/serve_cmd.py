@@ -5,7 +5,9 @@ FastAPI, uvicorn and the model are imported only when the command runs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import importlib
 import ipaddress
 import logging
 import socket
@@ -98,6 +100,34 @@ def _allowed_hosts(host: str) -> list[str]:
     help="The most searches waiting for their turn; past it a search is answered "
     "503 busy (with Retry-After) at once.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Serve from replicas on a Ray cluster (Ray Serve), one entry point at --host/--port: "
+    "auto (RAY_ADDRESS or the cluster started here), local (a private Ray on this machine) or "
+    "HOST:PORT. The library must be at the same path on every node; replicas only read it.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    help="With --ray: replicas, each with the library and the text model in memory "
+    "(default: one per node).",
+)
+@click.option(
+    "--max-ongoing",
+    type=click.IntRange(min=1),
+    help="With --ray: requests one replica works on at once (default 8).",
+)
+@click.option(
+    "--max-queued",
+    type=click.IntRange(min=1),
+    help="With --ray: requests held while every replica is busy; beyond them 503 with "
+    "Retry-After (default 128).",
+)
 @domain_errors
 def serve_command(
     library: str | None,
@@ -110,6 +140,10 @@ def serve_command(
     batch_window_ms: float,
     max_batch: int,
     queue_size: int,
+    ray_address: str | None = None,
+    replicas: int | None = None,
+    max_ongoing: int | None = None,
+    max_queued: int | None = None,
 ) -> None:
     """Search and browse the library in a web browser.
 
@@ -127,7 +161,18 @@ def serve_command(
     \b
         koclip-search serve --library ~/Pictures --port 8000
         koclip-search serve --library ~/Pictures --watch
+        koclip-search serve --library /mnt/photos --ray auto --replicas 4
     """
+    if ray_address is not None or (replicas, max_ongoing, max_queued) != (None, None, None):
+        cluster = {"address": ray_address, "replicas": replicas}
+        limits = {
+            "max_ongoing": max_ongoing,
+            "max_queued": max_queued,
+            "batch_window": batch_window_ms / 1000,
+            "max_batch": max_batch,
+            "queue_size": queue_size,
+        }
+        return _serve_on_ray(library, model, host, port, watch, cluster, limits)
     import uvicorn
 
     from db import LibraryError
@@ -169,6 +214,84 @@ def serve_command(
         app, log_level=log_level, server_header=False, proxy_headers=False, access_log=True
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _serve_on_ray(
+    library: str | None,
+    model: str | None,
+    host: str,
+    port: int,
+    watch: bool,
+    cluster: dict[str, Any],
+    limits: dict[str, float | int | None],
+) -> None:
+    """serve --ray: replicas on a Ray cluster (web.replicas) until Ctrl+C or SIGTERM."""
+    import signal
+    import threading
+
+    from cli.common import CommandError, ray_address_param
+
+    if cluster["address"] is None:
+        raise CommandError("--replicas, --max-ongoing and --max-queued go with --ray", 2)
+    if watch:
+        raise CommandError(
+            "--watch runs in one process (the library's one writer); serve with --ray without "
+            "it, and index --watch beside it",
+            2,
+        )
+    try:
+        address = ray_address_param(cluster["address"])
+    except click.BadParameter as exc:
+        raise CommandError(f"--ray: {exc.format_message()}", 2) from None
+    from indexer.ray_executor import require_ray
+
+    require_ray()  # before any model or library work: the pip line, exit 2
+    from search import Searcher
+    from web.replicas import ReplicaOptions, ReplicaService
+
+    with Searcher(library, model=model) as searcher:  # fail here, not on every replica
+        directory = searcher.directory
+    if not _is_loopback(host):
+        click.echo(
+            f"Warning: listening on {host}: anyone who can reach it can see your photos.", err=True
+        )
+    if address == "local":
+        _bind(host, port).close()  # a port in use is one line, not a proxy that never starts
+    given = {name: value for name, value in limits.items() if value is not None}
+    options = ReplicaOptions(
+        address=address, replicas=cluster["replicas"], host=host, port=port, **given
+    )
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+    # Ray Serve sets up its logger when imported: its start-up chatter is quieted after that
+    # (without Ray Serve, the service says what to install).
+    with contextlib.suppress(ImportError):
+        importlib.import_module("ray.serve")
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    service = ReplicaService(directory, model, options=options, allowed_hosts=_allowed_hosts(host))
+    try:
+        service.start()
+        # After Ray's start: its core installs a SIGTERM handler that aborts the process.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        shown = (0, 0)
+        while True:
+            ready = service.ready()
+            if ready != shown:
+                what = "ready" if shown == (0, 0) else "now ready"
+                where = "" if service.head_is_here else f" on the Ray head node {service.head}"
+                click.echo(
+                    f"koclip-search: {service.url}{where}  ({ready[0]} of {ready[1]} replicas "
+                    f"{what} on Ray; Ctrl+C to stop)",
+                    err=True,
+                )
+                shown = ready
+            if stop.wait(1.0):
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        service.close()
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -70,10 +70,12 @@ class ClientGone(ApiError):
 class SecurityHeaders:
     """Headers every answer carries (and the CSP of every HTML page). Pure ASGI, not
     Starlette's BaseHTTPMiddleware: that one hides a client's disconnect from the routes
-    (`request.is_disconnected()`), which a queued search watches."""
+    (`request.is_disconnected()`), which a queued search watches. `extra`: more headers for
+    every answer (a replica's name)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, extra: dict[str, str] | None = None) -> None:
         self.app = app
+        self.extra = dict(extra or {})
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -87,6 +89,8 @@ class SecurityHeaders:
                 headers.setdefault("Referrer-Policy", "no-referrer")
                 if headers.get("content-type", "").startswith("text/html"):
                     headers.setdefault("Content-Security-Policy", CSP)
+                for name, value in self.extra.items():
+                    headers[name] = value
             await send(message)
 
         await self.app(scope, receive, sending)
