@@ -281,6 +281,7 @@ class TowerRow:
     batches: int
     ms_per_batch: float  # median
     qps: float  # batch / median
+    best_ms: float  # the fastest batch: on a shared machine, the uncontended cost
 
 
 def tower_rows(
@@ -308,7 +309,7 @@ def tower_rows(
             enc.encode_texts(batch)
             times.append(time.perf_counter() - t)
         median = float(np.median(times))
-        rows.append(TowerRow(precision, b, n, 1e3 * median, b / median))
+        rows.append(TowerRow(precision, b, n, 1e3 * median, b / median, 1e3 * min(times)))
         say(f"tower {precision} batch {b}: {1e3 * median:.1f} ms, {b / median:.1f} queries/s")
     config = enc.config.text
     del enc
@@ -461,7 +462,9 @@ class Server:
 
         clear_text_cache()
         started = time.perf_counter()
-        self.proc = subprocess.Popen(self.cmd, cwd=self.src, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=self.src, env=self.env, stdout=sys.stderr, start_new_session=True
+        )
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -625,8 +628,9 @@ def point_at(run: ModeRun | None, clients: int) -> Point | None:
     return next((p for p in run.points if p.clients == clients and p.ok), None)
 
 
-def verdicts(runs: dict[str, ModeRun], ceiling: float) -> list[str]:
-    """The issue's two targets, one line each, from the same run's rows."""
+def verdicts(runs: dict[str, ModeRun], ceiling: float, batch1_ms: float = 0.0) -> list[str]:
+    """The issue's two targets, one line each, from the same run's rows; then what a lone
+    request costs beyond the tower's batch of one (`batch1_ms`), per mode."""
     lines = []
     b16 = point_at(runs.get("b"), 16)
     if b16 is not None and ceiling:
@@ -649,6 +653,14 @@ def verdicts(runs: dict[str, ModeRun], ceiling: float) -> list[str]:
         )
     else:
         lines.append("(c) at 1 client vs (b): not measured")
+    for run in runs.values():
+        one = point_at(run, 1)
+        if one is not None and batch1_ms:
+            lines.append(
+                f"{run.label} at 1 client: p50 {fmt(one.p50_ms)} ms = the tower's "
+                f"{fmt(batch1_ms)} ms + {fmt(one.p50_ms - batch1_ms)} ms of HTTP, search, "
+                "JSON and the load generator"
+            )
     return lines
 
 
@@ -723,12 +735,15 @@ def print_report(
     for line in setup:
         print(line)
     print()
-    print("Text tower alone (distinct queries, median ms per batch):")
+    print("Text tower alone (distinct queries; queries/s from the median batch):")
     print()
-    print("| precision | batch | ms / batch | queries/s |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| precision | batch | batches | ms / batch p50 (best) | ms / query | queries/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in tower:
-        print(f"| {r.precision} | {r.batch} | {fmt(r.ms_per_batch)} | {fmt(r.qps)} |")
+        print(
+            f"| {r.precision} | {r.batch} | {r.batches} | {fmt(r.ms_per_batch)} "
+            f"({fmt(r.best_ms)}) | {fmt(r.ms_per_batch / r.batch)} | {fmt(r.qps)} |"
+        )
     print()
     for line in ceilings:
         print(line)
@@ -761,7 +776,8 @@ def print_report(
             if p.first_failure:
                 print(f"  {run.mode} at {p.clients} clients, first failure: {p.first_failure}")
     print()
-    for line in verdicts(runs, ceiling):
+    serving = [r for r in tower if r.precision == tower[-1].precision and r.batch == 1]
+    for line in verdicts(runs, ceiling, serving[0].ms_per_batch if serving else 0.0):
         print(line)
     print()
     print("Scaling model (from this run):")
