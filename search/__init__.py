@@ -26,11 +26,12 @@ from search.results import (
     facts_json,
     json_path,
 )
-from search.searcher import Searcher, SearchOptions
+from search.searcher import ImageRequest, Searcher, SearchOptions, TextRequest
 from search.understand import Understood
 
 __all__ = [
     "DateError",
+    "ImageRequest",
     "LibraryInfo",
     "ModelMismatchError",
     "PhotoInfo",
@@ -45,6 +46,7 @@ __all__ = [
     "Searcher",
     "Understood",
     "Term",
+    "TextRequest",
     "display_path",
     "facts_json",
     "find_library",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -118,6 +118,41 @@ class SearchOptions:
         return None if self.threshold == "none" else self.threshold
 
 
+@dataclass(frozen=True)
+class TextRequest:
+    """One text query of a batch (`Searcher.search_many`) with its own options.
+
+    `composed`: the query is read in the composed syntax (`바다 + 노을 - 사람`, `2:강아지`,
+    image paths), as `compose` reads a string; else it is one phrase, as `text` reads it."""
+
+    query: str
+    options: SearchOptions = field(default_factory=SearchOptions)
+    prompt: bool = True
+    composed: bool = False
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One in-memory image query of a batch (`Searcher.search_images`): a PIL image, echoed
+    as `label` when given, with its own options."""
+
+    image: Any
+    label: str | None = None
+    options: SearchOptions = field(default_factory=SearchOptions)
+
+
+@dataclass
+class _Planned:
+    """A request of a batch once understood and parsed, before its texts are encoded."""
+
+    index: int
+    opts: SearchOptions
+    flt: Filter
+    understood: Understood | None
+    terms: list[Term] | None  # composed: the terms (none: a query of facts only)
+    rest: str = ""  # a phrase (`text`): the words left for the text tower
+
+
 @dataclass
 class _Query:
     """One query vector with what it must not return.
@@ -208,6 +243,164 @@ class Searcher:
             words = [] if opts.literal else lexical.query_words(rest)
             batch.append(_Query(label, vector, set(), words=words, understood=understood))
         return self._grouped(batch, opts, flt)
+
+    def search_many(
+        self,
+        requests: Sequence[TextRequest],
+        *,
+        resolve: Callable[[Term], Term] | None = None,
+    ) -> list[SearchResults | Exception]:
+        """Several text queries, each with its own options, answered as `text` (or `compose`
+        for a `composed` request) would answer each alone, but encoded together: every text
+        not cached goes to the text tower in one batch per prompt setting, and the queries
+        with equal options and filters are searched in one FAISS call.
+
+        A request that fails (a date that does not exist, an empty query, an image term that
+        cannot be read) gets its exception in its place; the others are answered.
+        `resolve` maps each image term of a composed query first (the web: a library photo,
+        or QueryImageError)."""
+        out: list[SearchResults | Exception | None] = [None] * len(requests)
+        if not requests:
+            return []
+        try:
+            self.follow_library()
+        except Exception as exc:  # the library itself: no request can be answered
+            return [exc] * len(requests)
+        planned: list[_Planned] = []
+        for i, request in enumerate(requests):
+            try:
+                planned.append(self._plan(i, request, resolve))
+            except Exception as exc:
+                out[i] = exc
+        # Every text not cached, once per prompt setting, in one call of the text tower.
+        wanted: dict[bool, dict[str, None]] = {}
+        for p in planned:
+            texts = wanted.setdefault(requests[p.index].prompt, {})
+            if p.rest:
+                texts[p.rest] = None
+            texts.update(dict.fromkeys(t.text for t in p.terms or () if t.is_text))
+        vectors: dict[tuple[bool, str], np.ndarray] = {}
+        failed: dict[bool, Exception] = {}
+        for prompt, texts in wanted.items():
+            if not texts:
+                continue
+            try:
+                encoded = self.encoder.texts(list(texts), prompt=prompt)
+            except Exception as exc:
+                failed[prompt] = exc
+                continue
+            vectors.update(((prompt, t), v) for t, v in zip(texts, encoded, strict=True))
+        # Each request's query vector, then the requests grouped by options and filter.
+        groups: dict[tuple[SearchOptions, Filter], list[tuple[int, _Query]]] = {}
+        for p in planned:
+            request = requests[p.index]
+            if request.prompt in failed:
+                out[p.index] = failed[request.prompt]
+                continue
+            try:
+                query = self._planned_query(p, request, vectors)
+            except Exception as exc:
+                out[p.index] = exc
+                continue
+            key = (p.opts, _with_facts(p.flt, p.understood))
+            groups.setdefault(key, []).append((p.index, query))
+        for (opts, flt), members in groups.items():
+            try:
+                found = self._search([q for _, q in members], opts, flt)
+            except Exception as exc:
+                found = [exc] * len(members)
+            for (i, _), results in zip(members, found, strict=True):
+                out[i] = results
+        return out  # type: ignore[return-value]
+
+    def _plan(
+        self, index: int, request: TextRequest, resolve: Callable[[Term], Term] | None
+    ) -> _Planned:
+        """Validate a request's options, understand it, parse it (nothing encoded yet)."""
+        opts = request.options
+        if not isinstance(opts, SearchOptions):
+            raise QueryError(f"options must be SearchOptions, not {type(opts).__name__}")
+        flt = self._filter(opts)
+        if not request.composed:
+            understood, rest = self._read_text(request.query, opts)
+            return _Planned(index, opts, flt, understood, None, rest)
+        understood = None
+        words = [request.query]
+        if not opts.literal:
+            understood = self.understand(request.query, today=opts.today)
+            if understood.has_facts:
+                words = [understood.text] if understood.text else []
+        terms = parse_query(words) if words else []
+        if resolve is not None:
+            terms = [t if t.is_text else resolve(t) for t in terms]
+        if not terms and (understood is None or not understood.has_facts):
+            raise QueryError("the query is empty")
+        return _Planned(index, opts, flt, understood, terms)
+
+    def _planned_query(
+        self,
+        planned: _Planned,
+        request: TextRequest,
+        vectors: dict[tuple[bool, str], np.ndarray],
+    ) -> _Query:
+        """A planned request's query, from the batch's text vectors (as `text` or `compose`)."""
+        opts, understood = planned.opts, planned.understood
+        if planned.terms is None:  # a phrase, as `text` builds it
+            label = nfc(request.query).strip()
+            rest = planned.rest
+            vector = vectors[(request.prompt, rest)] if rest else None
+            words = [] if opts.literal else lexical.query_words(rest)
+            return _Query(label, vector, set(), words=words, understood=understood)
+        terms = planned.terms
+        if terms:
+            text_vectors = [vectors[(request.prompt, t.text)] for t in terms if t.is_text]
+            query = self._compose(terms, request.prompt, text_vectors)
+        else:
+            query = _Query("", None, set())
+        if understood is not None and understood.has_facts:
+            query.text = understood.query
+        query.understood = understood
+        if not opts.literal:
+            positive = [t.text for t in terms if t.is_text and t.weight > 0]
+            query.words = lexical.query_words(" ".join(positive))  # type: ignore[arg-type]
+        return query
+
+    def search_images(self, requests: Sequence[ImageRequest]) -> list[SearchResults | Exception]:
+        """Several in-memory image queries, each with its own options, answered as `image`
+        would answer each alone, their images encoded by the vision tower in one batch."""
+        out: list[SearchResults | Exception | None] = [None] * len(requests)
+        if not requests:
+            return []
+        try:
+            self.follow_library()
+        except Exception as exc:
+            return [exc] * len(requests)
+        ready: list[tuple[int, SearchOptions, Filter]] = []
+        for i, request in enumerate(requests):
+            try:
+                ready.append((i, request.options, self._filter(request.options)))
+            except Exception as exc:
+                out[i] = exc
+        if not ready:
+            return out  # type: ignore[return-value]
+        try:
+            encoded = self.encoder.images([requests[i].image for i, _, _ in ready])
+        except Exception as exc:
+            for i, _, _ in ready:
+                out[i] = exc
+            return out  # type: ignore[return-value]
+        groups: dict[tuple[SearchOptions, Filter], list[tuple[int, _Query]]] = {}
+        for (i, opts, flt), vector in zip(ready, encoded, strict=True):
+            label = Term(image=requests[i].image, label=requests[i].label).describe()
+            groups.setdefault((opts, flt), []).append((i, _Query(label, vector, set(), True)))
+        for (opts, flt), members in groups.items():
+            try:
+                found = self._search([q for _, q in members], opts, flt)
+            except Exception as exc:
+                found = [exc] * len(members)
+            for (i, _), results in zip(members, found, strict=True):
+                out[i] = results
+        return out  # type: ignore[return-value]
 
     def compose(
         self,
@@ -429,9 +622,15 @@ class Searcher:
 
     # -- embedding ----------------------------------------------------------------------------
 
-    def _compose(self, terms: list[Term], prompt: bool) -> _Query:
-        texts = [t.text for t in terms if t.is_text]
-        text_vecs = iter(self.encoder.texts(texts, prompt=prompt) if texts else ())
+    def _compose(
+        self, terms: list[Term], prompt: bool, text_vectors: Sequence[np.ndarray] | None = None
+    ) -> _Query:
+        """The terms' weighted sum; `text_vectors`: the text terms' vectors, when encoded
+        already (a batch), else encoded here."""
+        if text_vectors is None:
+            texts = [t.text for t in terms if t.is_text]
+            text_vectors = self.encoder.texts(texts, prompt=prompt) if texts else []
+        text_vecs = iter(text_vectors)
         vectors, exclude = [], set()
         for term in terms:
             if term.is_text:
@@ -478,9 +677,13 @@ class Searcher:
         current one: see `follow_library`)."""
         opts = SearchOptions(**options)
         self.follow_library()
+        return opts, self._filter(opts)
+
+    def _filter(self, opts: SearchOptions) -> Filter:
+        """The WHERE filter of `--under/--after/--before` (DateError, QueryError)."""
         after, before = parse_range(opts.after, opts.before)
         under = folder_filter(opts.under, self.photo_root) if opts.under is not None else None
-        return opts, Filter(under=under or None, after=after, before=before)
+        return Filter(under=under or None, after=after, before=before)
 
     def _grouped(
         self, batch: list[_Query], opts: SearchOptions, flt: Filter
@@ -530,6 +733,9 @@ class Searcher:
             + (1 if any(q.exclude_same for q in batch) else 0)
         )
         loaded = self.index.refresh()
+        # A query's candidates are taken from the first fetch that settles it, so its answer
+        # is the one it gets alone, whatever its batch-mates needed.
+        done: list[list[tuple[float, db.Photo]] | None] = [None] * len(batch)
         with self.library.session() as s, s.begin():
             limit = None
             while True:
@@ -544,14 +750,15 @@ class Searcher:
                     self._keep(q, sc, ii, rows)
                     for q, sc, ii in zip(batch, scores, ids, strict=True)
                 ]
-                if all(
-                    _settled(k, sc, ii, want) for k, sc, ii in zip(kept, scores, ids, strict=True)
-                ):
+                for j, (k, sc, ii) in enumerate(zip(kept, scores, ids, strict=True)):
+                    if done[j] is None and _settled(k, sc, ii, want):
+                        done[j] = k
+                if all(k is not None for k in done):
                     break
                 fetch *= 2
         # Equal scores (exact duplicates) come back from FAISS in an order that depends on k;
         # ordering them by id makes pages of one ranking agree with each other.
-        return [sorted(k, key=lambda pair: (-pair[0], pair[1].id)) for k in kept]
+        return [sorted(k, key=lambda pair: (-pair[0], pair[1].id)) for k in done]  # type: ignore[arg-type]
 
     @staticmethod
     def _keep(

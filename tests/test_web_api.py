@@ -519,7 +519,7 @@ def test_internal_errors_are_json_without_traceback(library, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("secret internals /home/user/.ssh")
 
-    monkeypatch.setattr(app.state.backend, "search", boom)
+    monkeypatch.setattr(app.state.backend, "submit_search", boom)
     with TestClient(app, base_url=BASE, raise_server_exceptions=False) as c:
         response = c.get("/api/search", params={"q": "바다"})
     msg = error_json(response, 500, "internal")
@@ -557,14 +557,18 @@ def test_model_loaded_once_and_work_runs_off_the_event_loop(library, monkeypatch
     real = koclip.load_encoder
     monkeypatch.setattr(koclip, "load_encoder", lambda *a, **k: loads.append(k) or real(*a, **k))
     app = create_app(library, warm=True)
-    backend = app.state.backend
     threads = []
-    real_call = backend.call
+    real_text, real_many = Searcher.text, Searcher.search_many
 
-    def spy(fn):
-        return real_call(lambda s: threads.append(threading.current_thread().name) or fn(s))
+    def spy(real):
+        def run(*args, **kwargs):
+            threads.append(threading.current_thread().name)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(backend, "call", spy)
+        return run
+
+    monkeypatch.setattr(Searcher, "text", spy(real_text))  # the warm-up
+    monkeypatch.setattr(Searcher, "search_many", spy(real_many))  # the page's queries
     with TestClient(app, base_url=BASE) as c:
         # Queries no other test asks: the session's text-embedding cache must not answer them.
         fresh = [f"웹 처음 묻는 말 {i}" for i in range(3)]

@@ -9,31 +9,34 @@ event loop) and shape results with search's own `SearchResults.to_json()`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from importlib import resources
 from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as FastAPIPath
-from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from koclip import ImageError, KoclipSearchError
+from koclip import ImageError
 from koclip.names import DUPLICATE_KINDS
 from search import PhotoInfo, SearchResults, display_path, facts_json, json_path
 from search.duplicates import MIN_SIMILAR_COS, DuplicateGroup
 from web.backend import DEFAULT_K, MAX_K, MAX_OFFSET, Backend, DuplicateQuery, Options
+from web.batcher import BATCH_WINDOW, MAX_BATCH, QUEUE_SIZE
 from web.errors import ApiError, install_handlers
 from web.files import read_chunks
 from web.hosts import BodyLimit, HostGuard, OriginGuard
+from web.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from web.params import PhotoId, Text
 from web.thumbnails import SIZES
 from web.uploads import MAX_UPLOAD_BYTES, UPLOAD_BODY_BYTES, decode_upload, read_upload
@@ -50,6 +53,17 @@ THUMB_CACHE = "private, max-age=3600"
 # Bytes of a JSON request body: a composed query of 16 terms of MAX_TEXT characters, each sent
 # as \uXXXX escapes, is under 100 KB; a set-aside names at most MAX_GROUP ids.
 MAX_BODY_BYTES = 256 * 1024
+
+
+# How often a request waiting for its batch checks that its client is still there.
+DISCONNECT_POLL = 0.05
+
+
+class ClientGone(ApiError):
+    """The client closed the connection before its search ran (nobody reads this answer)."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "client_closed", "the client closed the connection")
 
 
 class Background(Protocol):
@@ -146,6 +160,19 @@ class PhotoResponse(BaseModel):
     preview: str
     original: str
     similar: str
+
+
+class HealthResponse(BaseModel):
+    """Whether the server can answer searches now."""
+
+    status: Literal["ready", "starting", "no_library", "error"] = Field(
+        description="ready (200) once the library is open and the text model warm; else 503: "
+        "starting, no_library (none indexed yet) or error (see detail)"
+    )
+    detail: str | None = None
+    library: str | None = None
+    model: str | None = None
+    queue: int | None = Field(None, description="searches waiting")
 
 
 class InfoResponse(BaseModel):
@@ -413,6 +440,9 @@ def create_app(
     warm: bool = True,
     allowed_hosts: list[str] | None = None,
     watcher: Background | None = None,
+    batch_window: float = BATCH_WINDOW,
+    max_batch: int = MAX_BATCH,
+    queue_size: int = QUEUE_SIZE,
 ) -> FastAPI:
     """The web app for one library (a library folder or a photo folder holding one; None: the
     nearest from the cwd). The library may not exist yet: the page says so until it does.
@@ -420,14 +450,26 @@ def create_app(
     `warm` loads and compiles the text model in the background at startup. `allowed_hosts`
     (default: 127.0.0.1 and localhost) guards against DNS rebinding; ["*"] allows any.
     `watcher` (serve --watch: an `indexer.WatchThread`) is started with the app and stopped
-    at its shutdown.
+    at its shutdown. Text (and, apart, image) searches that arrive within `batch_window`
+    seconds of each other are answered as one batch of at most `max_batch`; past
+    `queue_size` waiting searches a request is answered 503 `busy` (see web.batcher).
     """
-    backend = Backend(library_dir, model, watcher=watcher)
+    metrics = Metrics()
+    backend = Backend(
+        library_dir,
+        model,
+        watcher=watcher,
+        batch_window=batch_window,
+        max_batch=max_batch,
+        queue_size=queue_size,
+        observer=metrics,
+    )
+    metrics.watch_queue(backend.queue_depth)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if warm:
-            threading.Thread(target=_warm, args=(backend,), name="koclip-warm", daemon=True).start()
+            backend.start_warming()
         if watcher is not None:
             watcher.start()
         yield
@@ -445,11 +487,14 @@ def create_app(
         openapi_url="/api/openapi.json",
     )
     app.state.backend = backend
+    app.state.metrics = metrics
     install_handlers(app)
-    # Outermost last: the Host is checked first, then the Origin, then the body's size.
+    # Outermost last: the Host is checked first, then the Origin, then the body's size; every
+    # request is counted, refused ones too.
     app.add_middleware(BodyLimit, default=MAX_BODY_BYTES, limits=BODY_LIMITS)
     app.add_middleware(OriginGuard)
     app.add_middleware(HostGuard, allowed_hosts=allowed_hosts or list(LOCAL_HOSTS))
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.middleware("http")
     async def _headers(request: Request, call_next: Callable) -> Response:
@@ -474,7 +519,53 @@ def create_app(
 
     _add_api_routes(app, backend)
     _add_duplicate_routes(app, backend)
+    _add_server_routes(app, backend, metrics)
     return app
+
+
+def _add_server_routes(app: FastAPI, backend: Backend, metrics: Metrics) -> None:
+    @app.get(
+        "/api/health",
+        response_model=HealthResponse,
+        response_model_exclude_none=True,
+        tags=["server"],
+        responses={503: {"model": HealthResponse, "description": "not ready (yet)"}},
+    )
+    async def health() -> JSONResponse:
+        """200 `ready` once the library is open and the text model warm; 503 before, with the
+        state: `starting`, `no_library` (nothing indexed yet: picked up once it is) or
+        `error`. Needs no library; never waits for a search."""
+        status, body = backend.health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get(
+        "/metrics",
+        tags=["server"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {}}}},
+    )
+    async def prometheus() -> Response:
+        """Prometheus metrics (text format): requests by route and status, latency by route,
+        the search queue's depth, batch sizes, searches refused (503 busy) or dropped (their
+        client left)."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def answered(request: Request, future: Future) -> Any:
+    """The result of a queued search, waited for without holding a thread; when the client
+    goes away first, the search is cancelled (skipped if its batch has not run yet)."""
+    waiting = asyncio.wrap_future(future)
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL)
+            if done:
+                return waiting.result()
+            if await request.is_disconnected():
+                future.cancel()
+                raise ClientGone()
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
 
 
 def _add_api_routes(app: FastAPI, backend: Backend) -> None:
@@ -503,6 +594,7 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
 
     @app.get("/api/search", response_model=SearchResponse, tags=["search"])
     async def search(
+        request: Request,
         q: QueryText,
         opts: OptionsDep,
     ) -> dict[str, Any]:
@@ -510,8 +602,10 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
         `2023/여행/바다.jpg + 노을` (image terms are photos of the library, by relative path).
         Dates, places and cameras it names filter the photos (`understood`; 400 `bad_date` for
         a day that does not exist), its words also match file names and keywords; `literal`
-        turns both off."""
-        return await searched(backend.search, q, opts=opts)
+        turns both off. Queries that arrive together are answered in one batch; 503 `busy`
+        (Retry-After) when too many wait."""
+        future = await run_in_threadpool(backend.submit_search, q, opts)
+        return shape(await answered(request, future), opts)
 
     @app.post("/api/compose", response_model=SearchResponse, tags=["search"])
     async def compose(body: ComposeRequest) -> dict[str, Any]:
@@ -537,19 +631,28 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
         upload = await read_upload(request)
         image = await run_in_threadpool(decode_upload, upload.data)
         token = backend.uploads.put(image, upload.label)
-        return await searched(backend.image, image, q, upload.label, opts=opts, upload=token)
+        return await _image_results(request, image, q, upload.label, opts, token)
 
     @app.get("/api/image/{upload}", response_model=SearchResponse, tags=["search"])
     async def image_page(
+        request: Request,
         upload: Text,
         opts: OptionsDep,
         q: Annotated[Text | None, Query()] = None,
     ) -> dict[str, Any]:
         """More results for an image sent before (404 `upload_expired` once forgotten)."""
         stored = backend.uploads.get(upload)
-        return await searched(
-            backend.image, stored.image, q, stored.label, opts=opts, upload=upload
-        )
+        return await _image_results(request, stored.image, q, stored.label, opts, upload)
+
+    async def _image_results(
+        request: Request, image: Any, q: str | None, label: str, opts: Options, token: str
+    ) -> dict[str, Any]:
+        """An image search: batched with others when it is the image alone (the uploads were
+        read and decoded before, off the search thread), else composed on its own."""
+        if q and q.strip():
+            return await searched(backend.image, image, q, label, opts=opts, upload=token)
+        future = await run_in_threadpool(backend.submit_image, image, label, opts)
+        return shape(await answered(request, future), opts, token)
 
     @app.get("/api/photos/{photo_id}", response_model=PhotoResponse, tags=["photos"])
     async def photo(photo_id: PhotoIdPath) -> dict[str, Any]:
@@ -666,15 +769,6 @@ _IMAGE_BODY = {
         },
     },
 }
-
-
-def _warm(backend: Backend) -> None:
-    try:
-        backend.warm()
-    except KoclipSearchError as exc:  # no library yet, another model...: the page will say so
-        log.warning("not warming the model: %s", exc)
-    except Exception:
-        log.exception("warming the model failed")
 
 
 def _version() -> str:

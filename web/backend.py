@@ -1,10 +1,11 @@
 """What the web API does, as plain blocking functions over one warm `search.Searcher`.
 
-The routes run these in a thread pool. Every Searcher call runs on one dedicated thread:
-the Searcher's caches, index reloads and its own SQLite connections are not thread-safe,
-and the encoder and FAISS already use every core, so queueing searches costs no throughput
-(one encoder call for several queued queries measured only ~1.25x per query at batch 8
-on 2 CPU cores, so queries are not batched).
+Every Searcher call runs on one dedicated thread (`web.batcher.SearchThread`): the Searcher's
+caches, index reloads and its own SQLite connections are not thread-safe. Text queries, and
+separately uploaded-image queries, that arrive together are answered in batches there
+(`Searcher.search_many` / `search_images`): one forward pass for every query of a batch and
+one FAISS call per group of equal options, each request still getting its own answer. A
+large text tower is memory-bound at batch 1, so a batch costs little more than one query.
 Photo lookups run beside searches on two database threads: the library's SQLAlchemy engine
 keeps one SQLite connection per thread for at most five threads (SingletonThreadPool) and
 closes the others' connections, so it must never be reached from the 40-thread pool.
@@ -17,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -32,18 +33,22 @@ from indexer.aside import (
     restore,
     set_aside_groups,
 )
-from koclip import ImageError
+from koclip import ImageError, KoclipSearchError
 from search import (
+    ImageRequest,
     PhotoInfo,
     QueryImageError,
     Searcher,
     SearchOptions,
     SearchResults,
     Term,
+    TextRequest,
     parse_query,
 )
 from search.duplicates import SIMILAR_COS, DuplicateGroup, DuplicateOptions
 from search.filters import folder_filter
+from web.batcher import BATCH_WINDOW, MAX_BATCH, QUEUE_SIZE, BatchObserver, QueueFull, SearchThread
+from web.budget import ServerBusy
 from web.errors import ApiError
 from web.files import image_type, open_photo
 from web.thumbnails import ThumbnailCache
@@ -62,6 +67,9 @@ WARMUP_QUERY = "사진"
 DB_THREADS = 2
 # How long a set-aside or restore waits for this server's watcher to finish its pass.
 WRITE_WAIT = 30.0
+# Seconds a client refused with a full queue is told to wait (Retry-After).
+QUEUE_RETRY_AFTER = 1
+TEXT, IMAGE = "text", "image"  # the batched lanes
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,14 @@ class Backend:
         library: str | os.PathLike[str] | None,
         model: str | None = None,
         watcher: Any = None,
+        *,
+        batch_window: float = BATCH_WINDOW,
+        max_batch: int = MAX_BATCH,
+        queue_size: int = QUEUE_SIZE,
+        observer: BatchObserver | None = None,
     ) -> None:
+        """`batch_window` (seconds), `max_batch`, `queue_size`: see web.batcher; `observer`
+        hears of every batch, rejection and skipped request (the metrics)."""
         self.library_arg = library
         self.model = model
         self.watcher = watcher
@@ -102,10 +117,25 @@ class Backend:
         self.uploads = UploadStore()
         self._searcher: Searcher | None = None
         # One thread owns the Searcher: opened, used and closed there.
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="koclip-search")
+        self._thread_args = {
+            "window": batch_window,
+            "max_batch": max_batch,
+            "queue_size": queue_size,
+            "observer": observer,
+        }
+        self._worker = self._search_thread()
         self._db = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="koclip-db")
         self._open_lock = threading.Lock()
         self._thumbs: ThumbnailCache | None = None
+        # Health: "starting" until the text tower is warm ("ready"); "no_library" or "error"
+        # (with `_detail`) when warming could not run.
+        self.state = "starting"
+        self._detail = ""
+        self._warming = threading.Lock()
+
+    def _search_thread(self) -> SearchThread:
+        handlers = {TEXT: self._text_batch, IMAGE: self._image_batch}
+        return SearchThread(handlers, **self._thread_args)
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -114,16 +144,60 @@ class Backend:
         if self._searcher is None:
             with self._open_lock:
                 if self._searcher is None:
-                    self._searcher = self._worker.submit(
-                        Searcher, self.library_arg, model=self.model
+                    self._searcher = self._worker.call(
+                        lambda: Searcher(self.library_arg, model=self.model)
                     ).result()
         return self._searcher
 
     def warm(self) -> None:
-        """Load the text tower and compile it now, so the first real query is fast."""
+        """Load the text tower and compile it now, so the first real query is fast; the
+        health check says `ready` from then on."""
         started = time.perf_counter()
-        self.call(lambda s: s.text(WARMUP_QUERY, k=1))
+        with self._warming:
+            try:
+                self.call(lambda s: s.text(WARMUP_QUERY, k=1))
+            except db.LibraryNotFoundError as exc:
+                self.state, self._detail = "no_library", str(exc)
+                raise
+            except Exception as exc:
+                lines = str(exc).strip().splitlines()
+                self.state, self._detail = "error", lines[0] if lines else type(exc).__name__
+                raise
+            self.state, self._detail = "ready", ""
         log.info("text model warm in %.1f s", time.perf_counter() - started)
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of the health check: 200 `ready` once the library is open and
+        the text tower warm, else 503 with the state (`starting`, `no_library`, `error`).
+        Short of ready, it starts warming in the background (once at a time), so a library
+        indexed after the server started is picked up."""
+        state, detail = self.state, self._detail
+        if state == "ready":
+            searcher = self._searcher
+            body: dict[str, Any] = {"status": "ready"}
+            if searcher is not None:
+                body["library"] = db.path_key(os.fspath(searcher.directory))
+                body["model"] = searcher.manifest.model_id
+            body["queue"] = self._worker.depth()
+            return 200, body
+        self.start_warming()
+        body = {"status": state}
+        if detail:
+            body["detail"] = detail
+        return 503, body
+
+    def start_warming(self) -> None:
+        """Warm the text tower on a thread of its own, unless it is warming already."""
+        if not self._warming.locked():
+            threading.Thread(target=self._warm_quietly, name="koclip-warm", daemon=True).start()
+
+    def _warm_quietly(self) -> None:
+        try:
+            self.warm()
+        except KoclipSearchError as exc:  # no library yet, another model...: health says so
+            log.warning("not warming the model: %s", exc)
+        except Exception:
+            log.exception("warming the model failed")
 
     def close(self) -> None:
         """Release the Searcher (after any search still running) and its thread."""
@@ -131,17 +205,23 @@ class Backend:
             searcher, self._searcher = self._searcher, None
             if searcher is not None:
                 try:
-                    self._worker.submit(searcher.close).result()
+                    self._worker.call(searcher.close).result()
                 except Exception:  # shutting down: log, do not fail the exit
                     log.exception("closing the library failed")
-            self._worker.shutdown(wait=True)
+            self._worker.close()
             self._db.shutdown(wait=True)
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="koclip-search")
+            self._worker = self._search_thread()
             self._db = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="koclip-db")
+            if self.state == "ready":
+                self.state = "starting"
 
     def call(self, fn: Callable[[Searcher], T]) -> T:
-        """Run `fn(searcher)` on the search thread and wait for it (searches run one at a time)."""
-        return self._worker.submit(fn, self.searcher()).result()
+        """Run `fn(searcher)` on the search thread and wait for it (alone, in turn)."""
+        return self._worker.call(fn, self.searcher()).result()
+
+    def queue_depth(self) -> int:
+        """Searches waiting for the search thread."""
+        return self._worker.depth()
 
     def read(self, fn: Callable[[Searcher], T]) -> T:
         """Run a library lookup `fn(searcher)` on a database thread and wait for it."""
@@ -151,19 +231,65 @@ class Backend:
 
     def search(self, query: str, opts: Options) -> SearchResults:
         """The box's query in the CLI's composed syntax, understood (dates, places, cameras)
-        unless `literal`; image terms must be library photos."""
+        unless `literal`; image terms must be library photos. Waits for its batch."""
+        return self.submit_search(query, opts).result()
+
+    def submit_search(self, query: str, opts: Options) -> Future:
+        """Queue the box's query (see `search`) for the next text batch: its future.
+        ServerBusy (503 `busy`, Retry-After) when the queue is full."""
         self.searcher()  # no library: say so before judging the query
-        if opts.literal:
-            understood, rest = None, query
-        else:
-            understood = self.call(lambda s: s.understand(query))
-            rest = understood.text if understood.has_facts else query
-        terms = [self._library_term(t) for t in parse_query(rest)] if rest.strip() else []
-        return self.call(
-            lambda s: s.compose(
-                terms, prompt=opts.prompt, understood=understood, **self._kwargs(s, opts)
-            )
-        )
+        return self._submit(TEXT, (query, opts))
+
+    def submit_image(self, image: Image.Image, label: str, opts: Options) -> Future:
+        """Queue an uploaded image's search (see `image`, without a query) for the next image
+        batch: its future. ServerBusy when the queue is full."""
+        self.searcher()
+        return self._submit(IMAGE, (image, label, opts))
+
+    def _submit(self, lane: str, item: Any) -> Future:
+        try:
+            return self._worker.submit(lane, item)
+        except QueueFull:
+            raise ServerBusy(
+                QUEUE_RETRY_AFTER,
+                f"the server has {self._worker.queue_size} searches waiting; try again in "
+                f"{QUEUE_RETRY_AFTER} s",
+            ) from None
+
+    def _text_batch(self, items: list[tuple[str, Options]]) -> list[Any]:
+        """A batch of box queries, on the search thread: `Searcher.search_many`."""
+        s = self.searcher()
+        out: list[Any] = [None] * len(items)
+        requests: list[tuple[int, TextRequest]] = []
+        for i, (query, opts) in enumerate(items):
+            try:
+                options = SearchOptions(**self._kwargs(s, opts))
+            except Exception as exc:
+                out[i] = exc
+                continue
+            requests.append((i, TextRequest(query, options, prompt=opts.prompt, composed=True)))
+        answers = s.search_many([r for _, r in requests], resolve=lambda t: _library_term(s, t))
+        for (i, _), answer in zip(requests, answers, strict=True):
+            out[i] = answer
+        if any(isinstance(a, SearchResults) for a in answers) and self.state != "ready":
+            self.state, self._detail = "ready", ""  # the text tower ran: it is warm
+        return out
+
+    def _image_batch(self, items: list[tuple[Image.Image, str, Options]]) -> list[Any]:
+        """A batch of uploaded-image searches, on the search thread: `Searcher.search_images`."""
+        s = self.searcher()
+        out: list[Any] = [None] * len(items)
+        requests: list[tuple[int, ImageRequest]] = []
+        for i, (image, label, opts) in enumerate(items):
+            try:
+                options = SearchOptions(**self._kwargs(s, opts))
+            except Exception as exc:
+                out[i] = exc
+                continue
+            requests.append((i, ImageRequest(image, label, options)))
+        for (i, _), answer in zip(requests, s.search_images([r for _, r in requests]), strict=True):
+            out[i] = answer
+        return out
 
     def compose(
         self, terms: list[tuple[float, str | None, int | None]], opts: Options
@@ -189,7 +315,7 @@ class Backend:
         """Photos like an uploaded image (echoed as `label`), optionally composed with the
         box's query: `q` is added to the photo as terms of the CLI's syntax (`photo + q`)."""
         if not query or not query.strip():
-            return self.call(lambda s: s.image(image, label=label, **self._kwargs(s, opts)))
+            return self.submit_image(image, label, opts).result()
         self.searcher()
         terms = [Term(weight=1.0, image=image, label=label)]
         terms += [self._library_term(t) for t in parse_query(query)]
@@ -216,13 +342,7 @@ class Backend:
         """An image term from the box becomes a library photo, or the query is refused."""
         if term.is_text:
             return term
-        photo = self.read(lambda s: s.photo_at(term.image))
-        if photo is None:
-            raise QueryImageError(
-                f"{term.image} is not a photo in the library (in the web page, image terms are "
-                "paths relative to the photo folder; drop a photo to search by one from elsewhere)"
-            )
-        return Term(weight=term.weight, image=photo.path)
+        return self.read(lambda s: _library_term(s, term))
 
     # -- library lookups --------------------------------------------------------------------
 
@@ -365,3 +485,17 @@ class Backend:
             under = folder_filter(os.fspath(root / query.under.lstrip("/")), root)
         threshold = SIMILAR_COS if query.threshold is None else query.threshold
         return DuplicateOptions(kind=query.kind, threshold=threshold, under=under)
+
+
+def _library_term(searcher: Searcher, term: Term) -> Term:
+    """An image term from the box as the library photo it names (on the caller's thread),
+    or QueryImageError: the page searches by library photos only."""
+    if term.is_text:
+        return term
+    photo = searcher.photo_at(term.image)
+    if photo is None:
+        raise QueryImageError(
+            f"{term.image} is not a photo in the library (in the web page, image terms are "
+            "paths relative to the photo folder; drop a photo to search by one from elsewhere)"
+        )
+    return Term(weight=term.weight, image=photo.path)

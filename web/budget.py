@@ -36,13 +36,14 @@ TRIM_PIXELS = 4_000_000
 
 
 class ServerBusy(ApiError):
-    """Too many pixels are being decoded right now: 503 `busy`, with Retry-After."""
+    """Too many pixels are being decoded right now, or too many searches wait (`message`):
+    503 `busy`, with Retry-After."""
 
-    def __init__(self, retry_after: int = RETRY_AFTER) -> None:
+    def __init__(self, retry_after: int = RETRY_AFTER, message: str | None = None) -> None:
         super().__init__(
             503,
             "busy",
-            f"the server is decoding other large photos; try again in {retry_after} s",
+            message or f"the server is decoding other large photos; try again in {retry_after} s",
         )
         self.headers = {"Retry-After": str(retry_after)}
 
