@@ -134,3 +134,12 @@ def echo_summary(summary: Summary, as_json: bool) -> None:
         click.echo(json.dumps(summary.to_json(), ensure_ascii=False))
     else:
         click.echo(summary.to_text())
+
+
+def ray_address_param(value: str, bare_hint: str = "") -> str | None:
+    """--ray's ADDRESS (`index` and `serve`): auto, local, HOST:PORT (or ray://HOST:PORT);
+    "" (a bare --ray): None, Ray's own rule."""
+    if value in ("", "auto", "local") or ":" in value:
+        return value or None
+    hint = f" ({bare_hint})" if bare_hint else ""
+    raise click.BadParameter(f"{value!r} is not auto, local or HOST:PORT{hint}", param_hint="--ray")

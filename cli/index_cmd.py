@@ -15,6 +15,7 @@ from cli.common import (
     echo_summary,
     json_summary_option,
     options,
+    ray_address_param,
     shown,
     workers_option,
 )
@@ -173,7 +174,7 @@ def index_command(
             raise click.UsageError(
                 "--watch runs on this machine only; index once with --ray, then --watch without it"
             )
-        address = _ray_address(ray_address)
+        address = ray_address_param(ray_address, "put PHOTO_DIR before a bare --ray")
         # Ray ends a driver whose node went away without a word: a watchdog says so.
         from cli import supervise
 
@@ -226,16 +227,6 @@ def index_command(
         if facts_bar:
             facts_bar.close()
     echo_summary(summary, as_json)
-
-
-def _ray_address(value: str) -> str | None:
-    """--ray's ADDRESS: auto, local, HOST:PORT (or ray://HOST:PORT); "" (bare --ray): None."""
-    if value in ("", "auto", "local") or ":" in value:
-        return value or None
-    raise click.BadParameter(
-        f"{value!r} is not auto, local or HOST:PORT (put PHOTO_DIR before a bare --ray)",
-        param_hint="--ray",
-    )
 
 
 def _watch(photo_dir: Path, options: Any, watch_options: Any, *, as_json: bool) -> None:

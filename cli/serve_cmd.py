@@ -70,6 +70,34 @@ def _allowed_hosts(host: str) -> list[str]:
     help="Also index the photo folder's changes as they land (this process then holds the "
     "library's writer lock).",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Serve from replicas on a Ray cluster (Ray Serve), one entry point at --host/--port: "
+    "auto (RAY_ADDRESS or the cluster started here), local (a private Ray on this machine) or "
+    "HOST:PORT. The library must be at the same path on every node; replicas only read it.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    help="With --ray: replicas, each with the library and the text model in memory "
+    "(default: one per node).",
+)
+@click.option(
+    "--max-ongoing",
+    type=click.IntRange(min=1),
+    help="With --ray: requests one replica works on at once (default 8).",
+)
+@click.option(
+    "--max-queued",
+    type=click.IntRange(min=1),
+    help="With --ray: requests held while every replica is busy; beyond them 503 with "
+    "Retry-After (default 128).",
+)
 @domain_errors
 def serve_command(
     library: str | None,
@@ -79,6 +107,10 @@ def serve_command(
     log_level: str,
     access_log: str,
     watch: bool,
+    ray_address: str | None = None,
+    replicas: int | None = None,
+    max_ongoing: int | None = None,
+    max_queued: int | None = None,
 ) -> None:
     """Search and browse the library in a web browser.
 
@@ -91,7 +123,12 @@ def serve_command(
     \b
         koclip-search serve --library ~/Pictures --port 8000
         koclip-search serve --library ~/Pictures --watch
+        koclip-search serve --library /mnt/photos --ray auto --replicas 4
     """
+    if ray_address is not None or (replicas, max_ongoing, max_queued) != (None, None, None):
+        limits = {"max_ongoing": max_ongoing, "max_queued": max_queued}
+        ray = {"address": ray_address, "replicas": replicas, **limits}
+        return _serve_on_ray(library, model, host, port, watch, ray)
     import uvicorn
 
     from db import LibraryError
@@ -125,6 +162,78 @@ def serve_command(
         app, log_level=log_level, server_header=False, proxy_headers=False, access_log=True
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _serve_on_ray(
+    library: str | None,
+    model: str | None,
+    host: str,
+    port: int,
+    watch: bool,
+    ray: dict[str, Any],
+) -> None:
+    """serve --ray: replicas on a Ray cluster (web.replicas) until Ctrl+C or SIGTERM."""
+    import signal
+    import threading
+
+    from cli.common import CommandError, ray_address_param
+
+    if ray["address"] is None:
+        raise CommandError("--replicas, --max-ongoing and --max-queued go with --ray", 2)
+    if watch:
+        raise CommandError(
+            "--watch runs in one process (the library's one writer); serve with --ray without "
+            "it, and index --watch beside it",
+            2,
+        )
+    try:
+        address = ray_address_param(ray["address"])
+    except click.BadParameter as exc:
+        raise CommandError(f"--ray: {exc.format_message()}", 2) from None
+    from indexer.ray_executor import require_ray
+
+    require_ray()  # before any model or library work: the pip line, exit 2
+    from search import Searcher
+    from web.replicas import ReplicaOptions, ReplicaService
+
+    with Searcher(library, model=model) as searcher:  # fail here, not on every replica
+        directory = searcher.directory
+    if not _is_loopback(host):
+        click.echo(
+            f"Warning: listening on {host}: anyone who can reach it can see your photos.", err=True
+        )
+    if address == "local":
+        _bind(host, port).close()  # a port in use is one line, not a proxy that never starts
+    limits = {k: v for k in ("max_ongoing", "max_queued") if (v := ray[k]) is not None}
+    options = ReplicaOptions(
+        address=address, replicas=ray["replicas"], host=host, port=port, **limits
+    )
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its start-up chatter
+    service = ReplicaService(directory, model, options=options, allowed_hosts=_allowed_hosts(host))
+    try:
+        service.start()
+        # After Ray's start: its core installs a SIGTERM handler that aborts the process.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        shown = (0, 0)
+        while True:
+            ready = service.ready()
+            if ready != shown:
+                what = "ready" if shown == (0, 0) else "now ready"
+                click.echo(
+                    f"koclip-search: {service.url}  ({ready[0]} of {ready[1]} replicas {what} on "
+                    "Ray; Ctrl+C to stop)",
+                    err=True,
+                )
+                shown = ready
+            if stop.wait(1.0):
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        service.close()
 
 
 def _bind(host: str, port: int) -> socket.socket:

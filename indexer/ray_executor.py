@@ -144,7 +144,7 @@ class RayExecutor:
         self.skipped_nodes: list[str] = []
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            _connect(ray, options)
+            connect(ray, options)
         try:
             self.capacity = self._capacity()
             self.workers = options.workers or self.capacity
@@ -214,7 +214,7 @@ class RayExecutor:
             except ClusterSetupError:
                 raise
             except ClusterError as exc:
-                self.skipped_nodes.append(f"{probes[ref]} ({_first_line(exc.__cause__)})")
+                self.skipped_nodes.append(f"{probes[ref]} ({first_line(exc.__cause__)})")
         for ref in pending:
             ray.cancel(ref, force=True)
             self.skipped_nodes.append(f"{probes[ref]} (no answer in {PROBE_SECONDS:g} s)")
@@ -268,7 +268,7 @@ class RayExecutor:
                 raise cause from None
             raise
         except ray.exceptions.RayError as exc:
-            first = _first_line(exc)
+            first = first_line(exc)
             raise ClusterError(
                 f"the Ray cluster failed ({first}); every committed batch is kept: run the "
                 "same command again to resume"
@@ -282,7 +282,7 @@ class RayExecutor:
             self._ray.shutdown()
 
 
-def _first_line(exc: BaseException | None) -> str:
+def first_line(exc: BaseException | None) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -305,7 +305,9 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
     return env
 
 
-def _connect(ray: Any, options: RayOptions) -> None:
+def connect(ray: Any, options: RayOptions, *, command: str = "index") -> None:
+    """`ray.init` for `options.address`, or ClusterSetupError with one line: Ray waits
+    minutes for a cluster that does not answer, this at most CONNECT_TIMEOUT seconds."""
     kw: dict[str, Any] = {
         "logging_level": logging.ERROR,
         "log_to_driver": False,
@@ -315,7 +317,7 @@ def _connect(ray: Any, options: RayOptions) -> None:
     if address == "local" and options.workers:
         kw["num_cpus"] = math.ceil(options.workers * options.cpus_per_worker)
     where = "RAY_ADDRESS or this machine" if address in (None, "auto") else address
-    hint = "start one with `ray start --head`, or index with --ray local"
+    hint = f"start one with `ray start --head`, or {command} with --ray local"
     # Ray waits minutes for a cluster that does not answer (a stale address, a head that is
     # down): a plain connection to its port first, bounded.
     gcs = _bootstrap_address(ray, address)
