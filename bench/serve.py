@@ -445,9 +445,17 @@ def replica_rss_mb() -> list[float]:
 
 class Server:
     """One `koclip-search serve` process on 127.0.0.1, from the code in `src`; ready once a
-    search has answered 200 (so the text tower is loaded and warm)."""
+    search has answered 200 (so the text tower is loaded and warm), from each of `replicas`
+    replicas when there are several (told apart by web.replicas.REPLICA_HEADER)."""
 
-    def __init__(self, src: Path, lib_dir: Path, extra: Sequence[str], env: dict[str, str]):
+    def __init__(
+        self,
+        src: Path,
+        lib_dir: Path,
+        extra: Sequence[str],
+        env: dict[str, str],
+        replicas: int = 1,
+    ):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         cmd = cli_argv("serve", "--library", str(lib_dir), "--host", "127.0.0.1")
@@ -456,6 +464,7 @@ class Server:
         self.src, self.env = src, env
         self.proc: subprocess.Popen | None = None
         self.ready_s = 0.0
+        self.replicas = replicas
 
     def __enter__(self) -> Server:
         import httpx
@@ -465,20 +474,32 @@ class Server:
         self.proc = subprocess.Popen(
             self.cmd, cwd=self.src, env=self.env, stdout=sys.stderr, start_new_session=True
         )
+        header = "x-koclip-replica"
+        if self.replicas > 1:
+            from web.replicas import REPLICA_HEADER as header
+        answered_by: set[str] = set()
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
+        for i in itertools.count():
+            if time.monotonic() > deadline:
+                break
             if self.proc.poll() is not None:
                 raise ServerFailed(f"the server exited with {self.proc.returncode}")
             try:
-                r = httpx.get(self.base + "/api/search", params={"q": "준비", "k": 1}, timeout=300)
+                q = {"q": f"준비 {i}", "k": 1}  # a new query each time: every replica encodes
+                r = httpx.get(self.base + "/api/search", params=q, timeout=300)
                 if r.status_code == 200:
-                    self.ready_s = time.perf_counter() - started
-                    return self
+                    answered_by.add(r.headers.get(header, "the server"))
+                    if len(answered_by) >= self.replicas:
+                        self.ready_s = time.perf_counter() - started
+                        return self
+                    continue
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
         self.__exit__(None, None, None)
-        raise ServerFailed("the server did not answer a search in 10 minutes")
+        raise ServerFailed(
+            f"{len(answered_by)} of {self.replicas} replicas answered a search in 10 minutes"
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -522,7 +543,12 @@ def run_mode(
     """One server, then each (clients, warm, measured) point of `plan` against it."""
     say(f"mode {run.mode}: serve {' '.join(run.options)}".rstrip())
     try:
-        with Server(src, lib_dir, run.options, env) as server:
+        replicas = (
+            int(run.options[run.options.index("--replicas") + 1])
+            if "--replicas" in run.options
+            else 1
+        )
+        with Server(src, lib_dir, run.options, env, replicas) as server:
             run.ready_s = server.ready_s
             say(f"  ready in {server.ready_s:.1f} s")
             for clients, warm, measured in plan:
@@ -554,10 +580,13 @@ def ray_mode(
     timeout: float,
 ) -> ModeRun:
     """Mode (c): this script again, inside the namespace, serving and loading there."""
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
-        run.skipped = "ray[serve] is not installed"
+    # Asked of a fresh interpreter in the repository: in this script's folder `ray` is
+    # bench/ray.py.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import ray.serve"], cwd=REPO, env=env, capture_output=True
+    )
+    if probe.returncode != 0:
+        run.skipped = "ray[serve] is not installed (`pip install 'koclip-search[ray]'`)"
     else:
         run.skipped = namespace_problem() or ""
     if run.skipped:
@@ -705,7 +734,7 @@ def scaling_model(
                     f"docs/large-libraries.md), so ~{fmt(fixed, 0)} MB is the tower, runtime and "
                     f"Ray. At 100M photos with ivf-pq ({IVF_PQ_B_PER_PHOTO} B/photo + "
                     f"{IVF_PQ_NLIST_100M:,} centroids, measured at 1M-2M and projected) a replica "
-                    f"that loads its own index needs ~{fmt(at_100m / 1024, 1)} GB; the 423 GB "
+                    f"(each holds its own index: web.replicas) needs ~{fmt(at_100m / 1024, 1)} GB; the 423 GB "
                     "SQLite file is read, not held (re-ranking reads ~200 rows a query)."
                 )
             else:
@@ -890,7 +919,9 @@ def main() -> None:
         if "--max-batch" in options:
             run = ModeRun("a", "(a) batching off", ["--max-batch", "1"])
         else:
-            run = ModeRun("a", "(a) today's serve (no batching option)", [])
+            run = ModeRun(
+                "a", "(a) serve's defaults (it has no --max-batch to turn batching off)", []
+            )
         runs["a"] = run_mode(run, REPO, lib_dir, env, plan(), args.timeout)
     if "b" in modes:
         run = ModeRun("b", "(b) batching on", [])
