@@ -18,6 +18,11 @@ from cli.common import domain_errors
 from cli.main import main
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# web.batcher's defaults, repeated here so that `--help` imports no FastAPI (checked by
+# tests/test_web_batching.py).
+BATCH_WINDOW_MS = 5.0
+MAX_BATCH = 32
+QUEUE_SIZE = 256
 
 
 def _is_loopback(host: str) -> bool:
@@ -71,6 +76,29 @@ def _allowed_hosts(host: str) -> list[str]:
     "library's writer lock).",
 )
 @click.option(
+    "--batch-window-ms",
+    type=click.FloatRange(0, 1000),
+    default=BATCH_WINDOW_MS,
+    show_default=True,
+    help="How long a search waits for others arriving with it, to be encoded with them in one "
+    "batch (0: no waiting; queries already waiting still go together).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 1024),
+    default=MAX_BATCH,
+    show_default=True,
+    help="The most searches encoded together in one batch.",
+)
+@click.option(
+    "--queue-size",
+    type=click.IntRange(1, 100_000),
+    default=QUEUE_SIZE,
+    show_default=True,
+    help="The most searches waiting for their turn; past it a search is answered "
+    "503 busy (with Retry-After) at once.",
+)
+@click.option(
     "--ray",
     "ray_address",
     is_flag=False,
@@ -107,6 +135,9 @@ def serve_command(
     log_level: str,
     access_log: str,
     watch: bool,
+    batch_window_ms: float,
+    max_batch: int,
+    queue_size: int,
     ray_address: str | None = None,
     replicas: int | None = None,
     max_ongoing: int | None = None,
@@ -116,7 +147,12 @@ def serve_command(
 
     The page searches as you type (Korean input methods included; Enter searches at once),
     shows results as thumbnails, similar photos on click, and searches by a photo dropped on
-    it. The JSON API is described at /api/docs (its OpenAPI document: /api/openapi.json).
+    it. The JSON API is described at /api/docs (its OpenAPI document: /api/openapi.json);
+    /api/health says when the server is ready, /metrics serves Prometheus metrics.
+
+    Searches that arrive together are encoded in one batch (--batch-window-ms, --max-batch),
+    each still answered on its own; past --queue-size waiting ones a search is refused with
+    503 busy.
 
     Examples:
 
@@ -152,7 +188,15 @@ def serve_command(
             f"Warning: listening on {host}: anyone who can reach it can see your photos.", err=True
         )
     sock = _bind(host, port)  # before the URL is printed: a port in use is one line
-    app = create_app(directory, model, allowed_hosts=_allowed_hosts(host), watcher=watcher)
+    app = create_app(
+        directory,
+        model,
+        allowed_hosts=_allowed_hosts(host),
+        watcher=watcher,
+        batch_window=batch_window_ms / 1000,
+        max_batch=max_batch,
+        queue_size=queue_size,
+    )
     shown = f"[{host}]" if ":" in host else host
     click.echo(
         f"koclip-search: http://{shown}:{sock.getsockname()[1]}/  (Ctrl+C to stop)", err=True

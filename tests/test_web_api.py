@@ -23,6 +23,7 @@ from tests.search_fixtures import (
     ok_json,
     write_photos,
 )
+from tests.web_fixtures import served
 from web import create_app
 from web.uploads import MAX_UPLOAD_BYTES
 
@@ -583,27 +584,10 @@ def test_model_loaded_once_and_work_runs_off_the_event_loop(library, monkeypatch
 # -- the command ------------------------------------------------------------------------------
 
 
-def _served(monkeypatch) -> list:
-    """uvicorn's server run replaced by a note of its config and the socket it was given."""
-    import uvicorn
-
-    calls: list = []
-
-    def run(server, sockets=None):
-        calls.append((server.config, sockets))
-        for sock in sockets or ():
-            sock.close()
-
-    monkeypatch.setattr(uvicorn.Server, "run", run)
-    # Its logging set-up would keep CliRunner's captured stderr after the test closed it.
-    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda config: None)
-    return calls
-
-
 def test_serve_command_defaults_to_loopback(library, monkeypatch):
     from cli import main
 
-    calls = _served(monkeypatch)
+    calls = served(monkeypatch)
     result = CliRunner().invoke(main, ["serve", "--library", str(library), "--port", "0"])
     assert result.exit_code == 0, result.output
     config, sockets = calls[0]
@@ -618,7 +602,7 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_1(library, monkeypatch):
 
     from cli import main
 
-    calls = _served(monkeypatch)
+    calls = served(monkeypatch)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
@@ -635,7 +619,7 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_1(library, monkeypatch):
 def test_serve_command_refuses_another_model(library, tiny_checkpoint_other, monkeypatch):
     from cli import main
 
-    calls = _served(monkeypatch)
+    calls = served(monkeypatch)
     result = CliRunner().invoke(
         main, ["serve", "--library", str(library), "--model", str(tiny_checkpoint_other)]
     )
@@ -658,7 +642,7 @@ def test_serve_command_warns_off_loopback(library, monkeypatch):
         return sock
 
     monkeypatch.setattr(serve_cmd, "_bind", bind)
-    calls = _served(monkeypatch)
+    calls = served(monkeypatch)
     result = CliRunner().invoke(main, ["serve", "--library", str(library), "--host", "0.0.0.0"])
     assert result.exit_code == 0 and "anyone who can reach it" in result.output
     assert asked == ["0.0.0.0"] and calls

@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Streamin
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 
 from koclip import ImageError
@@ -64,6 +65,31 @@ class ClientGone(ApiError):
 
     def __init__(self) -> None:
         super().__init__(499, "client_closed", "the client closed the connection")
+
+
+class SecurityHeaders:
+    """Headers every answer carries (and the CSP of every HTML page). Pure ASGI, not
+    Starlette's BaseHTTPMiddleware: that one hides a client's disconnect from the routes
+    (`request.is_disconnected()`), which a queued search watches."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                if headers.get("content-type", "").startswith("text/html"):
+                    headers.setdefault("Content-Security-Policy", CSP)
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 class Background(Protocol):
@@ -496,14 +522,7 @@ def create_app(
     app.add_middleware(HostGuard, allowed_hosts=allowed_hosts or list(LOCAL_HOSTS))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    @app.middleware("http")
-    async def _headers(request: Request, call_next: Callable) -> Response:
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        if response.headers.get("content-type", "").startswith("text/html"):
-            response.headers.setdefault("Content-Security-Policy", CSP)
-        return response
+    app.add_middleware(SecurityHeaders)
 
     static = resources.files("web") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

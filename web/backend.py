@@ -219,6 +219,11 @@ class Backend:
         """Run `fn(searcher)` on the search thread and wait for it (alone, in turn)."""
         return self._worker.call(fn, self.searcher()).result()
 
+    @property
+    def search_thread(self) -> SearchThread:
+        """The thread that owns the Searcher, with its batching settings."""
+        return self._worker
+
     def queue_depth(self) -> int:
         """Searches waiting for the search thread."""
         return self._worker.depth()
