@@ -317,6 +317,37 @@ def tower_rows(
     return rows, tokens, config
 
 
+def ceiling_lines(
+    tower: list[TowerRow],
+    matmuls: dict[str, float | None],
+    text_config,
+    tokens: float,
+    serve_precision: str,
+) -> tuple[list[str], float]:
+    """What the tower reaches of the machine, per precision, and the ceiling `serve` is held to:
+    the best median queries/s of serve's precision over the batch sizes."""
+    flops = text_flops(text_config, tokens)
+    lines = [f"A query is {tokens:.1f} tokens (prompt included): {flops / 1e9:.2f} GFLOP."]
+    ceiling = 0.0
+    for precision, matmul in matmuls.items():
+        rows = [r for r in tower if r.precision == precision]
+        best = max(rows, key=lambda r: r.qps)
+        fastest = min(rows, key=lambda r: r.best_ms / r.batch)
+        what = "OpenVINO bf16 products" if precision == "bf16" else "a 2048³ numpy fp32 matmul"
+        reach = fastest.batch / (fastest.best_ms / 1e3) * flops / 1e9
+        of = f" = {100 * reach / matmul:.0f}% of {what}, {matmul:,.0f} GFLOP/s" if matmul else ""
+        mark = " — serve's precision: the ceiling" if precision == serve_precision else ""
+        lines.append(
+            f"{precision} tower: {best.qps:.1f} queries/s at batch {best.batch} (batch 1: "
+            f"{rows[0].qps:.1f}), {best.qps * flops / 1e9:,.0f} GFLOP/s; its fastest batch "
+            f"(best of, batch {fastest.batch}) {reach:,.0f} GFLOP/s{of} (best of, measured just "
+            f"before){mark}"
+        )
+        if precision == serve_precision:
+            ceiling = best.qps
+    return lines, ceiling
+
+
 # -- the load -----------------------------------------------------------------------------------
 
 
@@ -686,9 +717,9 @@ def verdicts(runs: dict[str, ModeRun], ceiling: float, batch1_ms: float = 0.0) -
         one = point_at(run, 1)
         if one is not None and batch1_ms:
             lines.append(
-                f"{run.label} at 1 client: p50 {fmt(one.p50_ms)} ms = the tower's "
-                f"{fmt(batch1_ms)} ms + {fmt(one.p50_ms - batch1_ms)} ms of HTTP, search, "
-                "JSON and the load generator"
+                f"{run.label} at 1 client: p50 {fmt(one.p50_ms)} ms against the tower's "
+                f"{fmt(batch1_ms)} ms at batch 1: {one.p50_ms - batch1_ms:+,.1f} ms of HTTP, "
+                "search, JSON and the load generator (the tower measured earlier in the run)"
             )
     return lines
 
@@ -840,6 +871,11 @@ def main() -> None:
         "--tower-queries", type=int, default=64, help="queries per tower batch size (>= 3 batches)"
     )
     parser.add_argument(
+        "--tower-precisions",
+        default="fp32,serve",
+        help="the tower's precisions to measure; serve's own (`serve`) is always measured",
+    )
+    parser.add_argument(
         "--modes", default="a,b,c", help="which servers: a (batching off), b (on), c (Ray Serve)"
     )
     parser.add_argument("--replicas", type=int, default=2, help="mode (c)'s replicas")
@@ -859,6 +895,12 @@ def main() -> None:
     os.environ["KOCLIP_CACHE_DIR"] = str(args.cache / "koclip-cache")
     env = dict(os.environ) | {"PYTHONPATH": str(REPO)}
     header = f"bench/serve.py, {machine_line(*VERSIONS)}"
+    cores = os.cpu_count() or 1
+    if os.getloadavg()[0] > cores / 2:
+        header += (
+            f"\nWARNING: the machine is busy (load {os.getloadavg()[0]:.1f} on {cores} cores): "
+            "other work slows every row, unevenly; compare rows only within a quiet run"
+        )
     say(header)
     say(f"setup (cached in {args.cache}):")
     ckpt = checkpoint(args.cache)
@@ -868,38 +910,20 @@ def main() -> None:
     from koclip.fast.precision import resolve_precision
 
     serve_precision = resolve_precision(os.environ.get("KOCLIP_PRECISION"))
-    precisions = list(dict.fromkeys(["fp32", serve_precision]))
-    mm_fp32 = numpy_matmul_gflops()
-    mm_bf16 = bf16_matmul_gflops() if "bf16" in precisions else None
+    asked = [serve_precision if p == "serve" else p for p in args.tower_precisions.split(",")]
+    precisions = list(dict.fromkeys([*asked, serve_precision]))  # serve's always, and last
     tower: list[TowerRow] = []
+    matmuls: dict[str, float | None] = {}
     tower_texts = queries()  # the tower has no cache: its queries need not differ from HTTP's
     tokens, text_config = 0.0, None
     for precision in precisions:
+        # the matmul right before the tower it is the ceiling of: the same moment's machine
+        matmuls[precision] = bf16_matmul_gflops() if precision == "bf16" else numpy_matmul_gflops()
         rows, tokens, text_config = tower_rows(
             ckpt, precision, batches, args.tower_queries, tower_texts
         )
         tower += rows
-    flops = text_flops(text_config, tokens)
-    ceilings = [f"A query is {tokens:.1f} tokens (prompt included): {flops / 1e9:.2f} GFLOP."]
-    ceiling = 0.0
-    for precision in precisions:
-        best = max((r for r in tower if r.precision == precision), key=lambda r: r.qps)
-        matmul = mm_bf16 if precision == "bf16" else mm_fp32
-        reached = best.qps * flops / 1e9
-        what = "OpenVINO bf16 products'" if precision == "bf16" else "the numpy fp32 matmul's"
-        share = f" = {100 * reached / matmul:.0f}% of {what} {matmul:,.0f}" if matmul else ""
-        mark = " (serve's precision: the ceiling)" if precision == serve_precision else ""
-        ceilings.append(
-            f"{precision} tower: best {best.qps:.1f} queries/s at batch {best.batch} "
-            f"(batch 1: {tower[[r.precision for r in tower].index(precision)].qps:.1f}); "
-            f"{reached:,.0f} GFLOP/s{share}{mark}"
-        )
-        if precision == serve_precision:
-            ceiling = best.qps
-    ceilings.append(
-        f"matmul ceiling: numpy fp32 2048³ {mm_fp32:,.0f} GFLOP/s"
-        + (f", OpenVINO bf16 {mm_bf16:,.0f} GFLOP/s" if mm_bf16 else "")
-    )
+    ceilings, ceiling = ceiling_lines(tower, matmuls, text_config, tokens, serve_precision)
 
     # 3: the servers, each on its own share of distinct queries.
     texts = queries()
