@@ -348,6 +348,23 @@ def ceiling_lines(
     return lines, ceiling
 
 
+def searcher_p50_ms(lib_dir: Path, texts: list[str]) -> tuple[float, float]:
+    """p50 and p99 ms of `Searcher.text` in this process, one caller, no HTTP: the search's own
+    cost (query understanding, the tower at batch 1, FAISS, SQLite) beside the HTTP rows'."""
+    from search import Searcher
+
+    with Searcher(lib_dir) as searcher:
+        searcher.text("준비 운동", k=40)  # load and warm the tower
+        times = []
+        for q in texts:
+            t = time.perf_counter()
+            searcher.text(q, k=40)
+            times.append(time.perf_counter() - t)
+    gc.collect()
+    ms = np.asarray(times) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
 # -- the load -----------------------------------------------------------------------------------
 
 
@@ -924,6 +941,13 @@ def main() -> None:
         )
         tower += rows
     ceilings, ceiling = ceiling_lines(tower, matmuls, text_config, tokens, serve_precision)
+    n_alone = min(args.requests, 32)
+    alone = searcher_p50_ms(lib_dir, take(tower_texts, n_alone))
+    ceilings.append(
+        f"Searcher.text in this process, one caller, no HTTP ({n_alone} distinct queries): p50 "
+        f"{alone[0]:,.1f} ms, p99 {alone[1]:,.1f} ms (the tower alone at batch 1: "
+        f"{next(r for r in tower if r.precision == serve_precision).ms_per_batch:,.1f} ms)"
+    )
 
     # 3: the servers, each on its own share of distinct queries.
     texts = queries()
