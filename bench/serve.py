@@ -765,9 +765,11 @@ def scaling_model(
         if b is not None and b.points:
             bbest = max(b.points, key=lambda p: p.rps)
             lines.append(
-                f"  One process with batching (b) peaked at {fmt(bbest.rps)} req/s: "
-                f"{'replicas beyond one per machine add little here' if best.rps <= 1.1 * bbest.rps else 'replicas add throughput here'}"
-                " (replicas per core = what one replica's batches leave of the cores idle)."
+                f"  One process batching (b) peaked at {fmt(bbest.rps)} req/s "
+                f"({bbest.clients} clients): {replicas} replicas on the same {cores} cores reach "
+                f"{best.rps / bbest.rps:.2f}× it. Below ~1.1×, replicas on one machine add "
+                "memory, not throughput: one replica per machine, batching, and replicas across "
+                "machines."
             )
         if c.replica_rss_mb:
             rss = float(np.median(c.replica_rss_mb))

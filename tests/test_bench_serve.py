@@ -159,3 +159,15 @@ def test_the_ceiling_is_serves_precision_best_median_and_the_reach_its_fastest_b
     fastest_bf16 = 16 / 0.300 * flops / 1e9
     assert f"{fastest_bf16:,.0f} GFLOP/s = {100 * fastest_bf16 / 1000:.0f}% of OpenVINO" in lines[2]
     assert lines[2].endswith("serve's precision: the ceiling") and "serve's" not in lines[1]
+
+
+def test_the_scaling_model_sets_replicas_against_one_batching_process():
+    runs = {
+        "b": _run("b", [(1, 20.0, 50.0), (16, 40.0, 400.0)]),
+        "c": _run("c", [(16, 42.0, 380.0)], options=["--ray", "local", "--replicas", "2"]),
+    }
+    lines = serve.scaling_model(runs, ceiling=45.0, cores=2, photos=1000, index_type="flat")
+    assert (
+        "peaked at 40.0 req/s (16 clients): 2 replicas on the same 2 cores reach 1.05× it"
+        in (lines[2])
+    )
