@@ -21,7 +21,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # web.batcher's defaults, repeated here so that `--help` imports no FastAPI (checked by
 # tests/test_web_batching.py).
 BATCH_WINDOW_MS = 5.0
-MAX_BATCH = 32
+MAX_BATCH = 16
 QUEUE_SIZE = 256
 
 

@@ -228,21 +228,17 @@ class Searcher:
     def texts(
         self, queries: Sequence[str], *, prompt: bool = True, **options: Any
     ) -> list[SearchResults]:
-        """Several text queries (as `text`) encoded in one batch; those with the same
-        filters are searched in one FAISS call."""
-        opts, flt = self._options(options)
+        """Several text queries (as `text`) with the same options, encoded in one batch;
+        those with the same filters are searched in one FAISS call. The first query that
+        fails raises its error (see `search_many` for answers each with its own)."""
+        opts = SearchOptions(**options)
         if not queries:
             return []
-        read = [self._read_text(q, opts) for q in queries]
-        rests = [rest for _, rest in read if rest]
-        vectors = iter(self.encoder.texts(rests, prompt=prompt) if rests else ())
-        batch = []
-        for query, (understood, rest) in zip(queries, read, strict=True):
-            label = nfc(query).strip()
-            vector = next(vectors) if rest else None
-            words = [] if opts.literal else lexical.query_words(rest)
-            batch.append(_Query(label, vector, set(), words=words, understood=understood))
-        return self._grouped(batch, opts, flt)
+        answers = self.search_many([TextRequest(q, opts, prompt) for q in queries])
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return answers  # type: ignore[return-value]
 
     def search_many(
         self,

@@ -282,6 +282,74 @@ def test_composed_requests_equal_compose(library, lone):
     assert isinstance(answers[3], QueryError)
 
 
+# -- the batcher on its own ---------------------------------------------------------------
+
+
+class Heard:
+    """A BatchObserver that writes down what it hears."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def batch(self, lane: str, size: int) -> None:
+        self.events.append(("batch", lane, size))
+
+    def rejected(self, lane: str) -> None:
+        self.events.append(("rejected", lane))
+
+    def skipped(self, lane: str, count: int) -> None:
+        self.events.append(("skipped", lane, count))
+
+
+def test_the_batcher_skips_the_cancelled_and_answers_the_rest():
+    from web.batcher import QueueFull, SearchThread
+
+    seen: list[list[str]] = []
+    running = {"hold": threading.Event(), "a": threading.Event()}
+    release = {"hold": threading.Event(), "a": threading.Event()}
+
+    def handler(items: list[str]) -> list:
+        seen.append(list(items))
+        for key in running:
+            if key in items:
+                running[key].set()
+                release[key].wait(60)
+        return [ValueError(item) if item == "bad" else f"answer {item}" for item in items]
+
+    heard = Heard()
+    thread = SearchThread({"text": handler}, window=0, max_batch=8, queue_size=4, observer=heard)
+    try:
+        first = thread.submit("text", "hold")
+        assert running["hold"].wait(60)
+        queued = {name: thread.submit("text", name) for name in ("a", "gone", "bad", "mid")}
+        with pytest.raises(QueueFull):
+            thread.submit("text", "one too many")
+        with pytest.raises(QueueFull):
+            thread.call(str, bounded=True)  # a search run alone counts too
+        own = thread.call(str, "server's own work")  # never refused
+        assert queued["gone"].cancel() and thread.depth() == 3  # left the queue at once
+        release["hold"].set()
+        assert first.result(60) == "answer hold"
+        assert running["a"].wait(60)
+        assert not queued["mid"].cancel()  # its batch runs: too late to cancel, and harmless
+        release["a"].set()
+        assert queued["a"].result(60) == "answer a" and queued["mid"].result(60) == "answer mid"
+        with pytest.raises(ValueError, match="bad"):
+            queued["bad"].result(60)  # one request's error is its own
+        assert own.result(60) == "server's own work"
+    finally:
+        for event in release.values():
+            event.set()
+        thread.close()
+    assert seen == [["hold"], ["a", "bad", "mid"]]  # "gone" never reached the handler
+    assert ("skipped", "text", 1) in heard.events
+    assert heard.events.count(("rejected", "text")) == 1 and ("rejected", "call") in heard.events
+    assert [e for e in heard.events if e[0] == "batch"] == [
+        ("batch", "text", 1),
+        ("batch", "text", 3),
+    ]
+
+
 # -- the app: batches, backpressure, disconnects --------------------------------------------
 
 
@@ -341,10 +409,13 @@ def test_a_full_queue_answers_busy_then_recovers(library):
             refused = c.get("/api/search", params={"q": "넘친 요청"})
             assert "searches waiting" in error_json(refused, 503, "busy")
             assert refused.headers["Retry-After"] == "1"
+            # Searches that run alone (similar photos, compositions) count in the same queue.
+            error_json(c.get("/api/photos/1/similar"), 503, "busy")
         assert all(ok_json(f.result(timeout=60))["results"] for f in sent)
         assert ok_json(c.get("/api/search", params={"q": "넘친 요청"}))["results"]
         metrics = scrape(c)
     assert sample(metrics, "koclip_search_rejected_total", lane="text") == 1
+    assert sample(metrics, "koclip_search_rejected_total", lane="call") == 1
     assert (
         sample(
             metrics, "koclip_http_requests_total", route="/api/search", method="GET", status="503"

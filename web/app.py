@@ -57,7 +57,7 @@ MAX_BODY_BYTES = 256 * 1024
 
 
 # How often a request waiting for its batch checks that its client is still there.
-DISCONNECT_POLL = 0.05
+DISCONNECT_POLL = 0.1
 
 
 class ClientGone(ApiError):

@@ -224,6 +224,16 @@ class Backend:
         """The thread that owns the Searcher, with its batching settings."""
         return self._worker
 
+    def queued(self, fn: Callable[[Searcher], T]) -> T:
+        """Run a search `fn(searcher)` alone on the search thread, counted in the bounded
+        queue (ServerBusy when it is full), and wait for it."""
+        searcher = self.searcher()
+        try:
+            future = self._worker.call(fn, searcher, bounded=True)
+        except QueueFull:
+            raise self._queue_full() from None
+        return future.result()
+
     def queue_depth(self) -> int:
         """Searches waiting for the search thread."""
         return self._worker.depth()
@@ -255,11 +265,14 @@ class Backend:
         try:
             return self._worker.submit(lane, item)
         except QueueFull:
-            raise ServerBusy(
-                QUEUE_RETRY_AFTER,
-                f"the server has {self._worker.queue_size} searches waiting; try again in "
-                f"{QUEUE_RETRY_AFTER} s",
-            ) from None
+            raise self._queue_full() from None
+
+    def _queue_full(self) -> ServerBusy:
+        return ServerBusy(
+            QUEUE_RETRY_AFTER,
+            f"the server has {self._worker.queue_size} searches waiting; try again in "
+            f"{QUEUE_RETRY_AFTER} s",
+        )
 
     def _text_batch(self, items: list[tuple[str, Options]]) -> list[Any]:
         """A batch of box queries, on the search thread: `Searcher.search_many`."""
@@ -306,13 +319,13 @@ class Backend:
                 built.append(Term(weight=weight, text=text))
             else:
                 built.append(Term(weight=weight, image=self.photo(photo_id).path))
-        return self.call(lambda s: s.compose(built, prompt=opts.prompt, **self._kwargs(s, opts)))
+        return self.queued(lambda s: s.compose(built, prompt=opts.prompt, **self._kwargs(s, opts)))
 
     def similar(self, photo_id: int, opts: Options) -> SearchResults:
         """Photos like a library photo, by its stored vector (its file may be gone); it and its
         exact duplicates are left out."""
         self.photo(photo_id)  # an unknown id is a 404 here, not a bad query
-        return self.call(lambda s: s.similar(photo_id, **self._kwargs(s, opts)))
+        return self.queued(lambda s: s.similar(photo_id, **self._kwargs(s, opts)))
 
     def image(
         self, image: Image.Image, query: str | None, label: str, opts: Options
@@ -324,7 +337,7 @@ class Backend:
         self.searcher()
         terms = [Term(weight=1.0, image=image, label=label)]
         terms += [self._library_term(t) for t in parse_query(query)]
-        return self.call(lambda s: s.compose(terms, prompt=opts.prompt, **self._kwargs(s, opts)))
+        return self.queued(lambda s: s.compose(terms, prompt=opts.prompt, **self._kwargs(s, opts)))
 
     def _kwargs(self, searcher: Searcher, opts: Options) -> dict[str, Any]:
         under = None

@@ -26,10 +26,13 @@ from typing import Any, Protocol
 
 log = logging.getLogger("koclip_search.web")
 
-# Defaults of `serve --batch-window-ms/--max-batch/--queue-size` (see the report in
-# docs/benchmarks.md: koclip-base's text tower, batch of 32, costs ~4x a single query).
+# Defaults of `serve --batch-window-ms/--max-batch/--queue-size`, measured with a
+# koclip-base-sized text tower (fp32, 2 shared CPU cores): one query 209 ms; a batch of 8
+# 397 ms, of 16 643 ms (40 ms a query, the best), of 32 1.4 s (44 ms a query), of 64 6.4 s.
+# The window is the spread of requests that clients send together (a few ms on loopback),
+# small beside one forward pass; the tiny test model (0.3 ms a pass) is the exception.
 BATCH_WINDOW = 0.005
-MAX_BATCH = 32
+MAX_BATCH = 16
 QUEUE_SIZE = 256
 CALL = "call"  # the lane of one-off work, never batched nor bounded
 
@@ -52,6 +55,7 @@ class BatchObserver(Protocol):
 class _Entry:
     lane: str
     item: Any
+    bounded: bool
     future: Future = field(default_factory=Future)
 
 
@@ -80,30 +84,35 @@ class SearchThread:
         self._waiting = 0  # entries of bounded lanes in `_entries`
         self._cond = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._name = name
+        self._thread: threading.Thread | None = None  # started by the first request
 
     # -- submitting ----------------------------------------------------------------------
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Run `fn(*args)` alone on the thread, in turn; its future."""
-        return self._put(_Entry(CALL, (fn, args)), bounded=False)
+    def call(self, fn: Callable[..., Any], *args: Any, bounded: bool = False) -> Future:
+        """Run `fn(*args)` alone on the thread, in turn; its future. `bounded`: it counts
+        as a waiting request (a search), QueueFull when `queue_size` wait; else (the
+        server's own work: opening, warming, closing) it is never refused."""
+        return self._put(_Entry(CALL, (fn, args), bounded))
 
     def submit(self, lane: str, item: Any) -> Future:
         """Queue `item` for the next batch of `lane`; QueueFull when `queue_size` wait."""
         if lane not in self.handlers:
             raise ValueError(f"no lane {lane!r}")
-        return self._put(_Entry(lane, item), bounded=True)
+        return self._put(_Entry(lane, item, True))
 
     def depth(self) -> int:
         """Requests waiting for a batch (cancelled ones leave at once)."""
         return self._waiting
 
-    def _put(self, entry: _Entry, bounded: bool) -> Future:
+    def _put(self, entry: _Entry) -> Future:
         with self._cond:
             if self._closing:
                 raise RuntimeError("the search thread is closed")
-            if bounded:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            if entry.bounded:
                 if self._waiting >= self.queue_size:
                     if self.observer is not None:
                         self.observer.rejected(entry.lane)
@@ -111,7 +120,7 @@ class SearchThread:
                 self._waiting += 1
             self._entries.append(entry)
             self._cond.notify_all()
-        if bounded:
+        if entry.bounded:
             entry.future.add_done_callback(lambda f: self._forget(entry, f))
         return entry.future
 
@@ -138,11 +147,9 @@ class SearchThread:
                 if not self._entries:
                     return  # closing, nothing left
                 first = self._entries.popleft()
-                if first.lane == CALL:
-                    batch = [first]
-                else:
+                if first.bounded:
                     self._waiting -= 1
-                    batch = self._gather(first)
+                batch = [first] if first.lane == CALL else self._gather(first)
             if first.lane == CALL:
                 self._run_call(first)
             else:
@@ -204,4 +211,6 @@ class SearchThread:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
