@@ -5,7 +5,9 @@ FastAPI, uvicorn and the model are imported only when the command runs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import importlib
 import ipaddress
 import logging
 import socket
@@ -162,9 +164,9 @@ def serve_command(
         koclip-search serve --library /mnt/photos --ray auto --replicas 4
     """
     if ray_address is not None or (replicas, max_ongoing, max_queued) != (None, None, None):
+        cluster = {"address": ray_address, "replicas": replicas}
         limits = {"max_ongoing": max_ongoing, "max_queued": max_queued}
-        ray = {"address": ray_address, "replicas": replicas, **limits}
-        return _serve_on_ray(library, model, host, port, watch, ray)
+        return _serve_on_ray(library, model, host, port, watch, cluster, limits)
     import uvicorn
 
     from db import LibraryError
@@ -214,7 +216,8 @@ def _serve_on_ray(
     host: str,
     port: int,
     watch: bool,
-    ray: dict[str, Any],
+    cluster: dict[str, Any],
+    limits: dict[str, int | None],
 ) -> None:
     """serve --ray: replicas on a Ray cluster (web.replicas) until Ctrl+C or SIGTERM."""
     import signal
@@ -222,7 +225,7 @@ def _serve_on_ray(
 
     from cli.common import CommandError, ray_address_param
 
-    if ray["address"] is None:
+    if cluster["address"] is None:
         raise CommandError("--replicas, --max-ongoing and --max-queued go with --ray", 2)
     if watch:
         raise CommandError(
@@ -231,7 +234,7 @@ def _serve_on_ray(
             2,
         )
     try:
-        address = ray_address_param(ray["address"])
+        address = ray_address_param(cluster["address"])
     except click.BadParameter as exc:
         raise CommandError(f"--ray: {exc.format_message()}", 2) from None
     from indexer.ray_executor import require_ray
@@ -248,13 +251,17 @@ def _serve_on_ray(
         )
     if address == "local":
         _bind(host, port).close()  # a port in use is one line, not a proxy that never starts
-    limits = {k: v for k in ("max_ongoing", "max_queued") if (v := ray[k]) is not None}
+    given = {name: value for name, value in limits.items() if value is not None}
     options = ReplicaOptions(
-        address=address, replicas=ray["replicas"], host=host, port=port, **limits
+        address=address, replicas=cluster["replicas"], host=host, port=port, **given
     )
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGTERM)
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its start-up chatter
+    # Ray Serve sets up its logger when imported: its start-up chatter is quieted after that
+    # (without Ray Serve, the service says what to install).
+    with contextlib.suppress(ImportError):
+        importlib.import_module("ray.serve")
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     service = ReplicaService(directory, model, options=options, allowed_hosts=_allowed_hosts(host))
     try:
         service.start()
@@ -265,9 +272,10 @@ def _serve_on_ray(
             ready = service.ready()
             if ready != shown:
                 what = "ready" if shown == (0, 0) else "now ready"
+                where = "" if service.head_is_here else f" on the Ray head node {service.head}"
                 click.echo(
-                    f"koclip-search: {service.url}  ({ready[0]} of {ready[1]} replicas {what} on "
-                    "Ray; Ctrl+C to stop)",
+                    f"koclip-search: {service.url}{where}  ({ready[0]} of {ready[1]} replicas "
+                    f"{what} on Ray; Ctrl+C to stop)",
                     err=True,
                 )
                 shown = ready

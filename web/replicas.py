@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,10 +108,14 @@ class ReplicaService:
             tuple(allowed_hosts or ("127.0.0.1", "localhost")),
         )
         self.replicas = 0
+        # The node whose proxy is the entry point (Ray's head), and whether it is this machine.
+        self.head = ""
+        self.head_is_here = True
         self._ray: Any = None
         self._serve: Any = None
         self._owns_ray = False
         self._started_serve = False
+        self._deployed = False
 
     def __enter__(self) -> ReplicaService:
         self.start()
@@ -151,20 +156,45 @@ class ReplicaService:
             )
         try:
             nodes = self._check_nodes()
+            self.head, self.head_is_here = _head(ray)
             self.replicas = opts.replicas or nodes
             self._check_room()
             self._started_serve = not _serve_running()
+            if not self._started_serve and APP_NAME in serve.status().applications:
+                raise ClusterSetupError(
+                    f"the Ray cluster already serves {APP_NAME} (another serve --ray?); stop "
+                    "it first, or serve from another cluster"
+                )
             serve.start(
                 proxy_location="HeadOnly",
                 http_options={"host": opts.host, "port": opts.port},
             )
+            self._deployed = True
             try:
                 serve.run(self._application(), name=APP_NAME, route_prefix="/", blocking=False)
             except RuntimeError as exc:
-                raise ClusterError(f"the replicas did not start: {_replica_failure(exc)}") from None
+                raise self._start_failure(exc) from None
         except BaseException:
             self.close()
             raise
+
+    def _start_failure(self, exc: BaseException) -> ClusterError:
+        """Why the replicas did not start, in one line: the error a replica's start raised
+        (Ray keeps its traceback in the deployment's status), as ours when it is ours."""
+        try:
+            app = self._serve.status().applications.get(APP_NAME)
+            reports = [d.message for d in app.deployments.values()] if app else []
+        except Exception:  # the cluster is gone too: Ray's own words
+            reports = []
+        for report in [*reports, str(exc)]:
+            found = _error_line(report or "")
+            if found is None:
+                continue
+            name, message = found
+            if name == ClusterSetupError.__name__:
+                return ClusterSetupError(message)
+            return ClusterError(f"the replicas did not start: {message}")
+        return ClusterError(f"the replicas did not start: {first_line(exc)}")
 
     def ready(self) -> tuple[int, int]:
         """(replicas running, replicas asked for). ClusterError when Ray cannot say (the
@@ -185,7 +215,7 @@ class ReplicaService:
         try:
             if self._started_serve:
                 serve.shutdown()
-            else:
+            elif self._deployed:
                 serve.delete(APP_NAME)
         except Exception:  # the cluster may be gone already: nothing left to remove
             pass
@@ -266,6 +296,17 @@ class ReplicaService:
         return deployment.bind()
 
 
+def _head(ray: Any) -> tuple[str, bool]:
+    """The head node's address (where `proxy_location="HeadOnly"` puts the entry point), and
+    whether it is this machine."""
+    here = ray.util.get_node_ip_address()
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            head = node.get("NodeManagerAddress", "")
+            return head, head == here
+    return here, True
+
+
 def _serve_running() -> bool:
     """Whether Serve already runs on the cluster (then it is left running at the end)."""
     import ray
@@ -281,16 +322,13 @@ def _serve_running() -> bool:
     return True
 
 
-def _replica_failure(exc: BaseException) -> str:
-    """The line that says why the replicas failed, out of Ray's deployment report (which
-    holds each replica's traceback): our own error's message when there is one."""
-    text = str(exc)
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        for name in ("ClusterSetupError: ", "KoclipSearchError: ", "Error: "):
-            if name in line:
-                return line.split(name, 1)[1]
-    return first_line(exc)
+def _error_line(report: str) -> tuple[str, str] | None:
+    """The (class name, message) of the error a traceback in Ray's report ends with."""
+    for line in reversed(report.strip().splitlines()):
+        found = re.match(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", line.strip())
+        if found:
+            return found.group(1).rpartition(".")[2], found.group(2)
+    return None
 
 
 # -- on a replica -------------------------------------------------------------------------------
