@@ -348,7 +348,7 @@ def ceiling_lines(
     return lines, ceiling
 
 
-def searcher_p50_ms(lib_dir: Path, texts: list[str]) -> tuple[float, float]:
+def searcher_latency_ms(lib_dir: Path, texts: list[str]) -> tuple[float, float]:
     """p50 and p99 ms of `Searcher.text` in this process, one caller, no HTTP: the search's own
     cost (query understanding, the tower at batch 1, FAISS, SQLite) beside the HTTP rows'."""
     from search import Searcher
@@ -654,7 +654,9 @@ def ray_mode(
             ensure_ascii=False,
         )
     )
+    (Path(ray_tmp) / "home").mkdir()
     child_env = env | {
+        "HOME": str(Path(ray_tmp) / "home"),  # whatever Ray keeps under ~/.ray stays private
         "RAY_TMPDIR": ray_tmp,
         "RAY_USAGE_STATS_ENABLED": "0",
         "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
@@ -944,7 +946,7 @@ def main() -> None:
         tower += rows
     ceilings, ceiling = ceiling_lines(tower, matmuls, text_config, tokens, serve_precision)
     n_alone = min(args.requests, 32)
-    alone = searcher_p50_ms(lib_dir, take(tower_texts, n_alone))
+    alone = searcher_latency_ms(lib_dir, take(tower_texts, n_alone))
     ceilings.append(
         f"Searcher.text in this process, one caller, no HTTP ({n_alone} distinct queries): p50 "
         f"{alone[0]:,.1f} ms, p99 {alone[1]:,.1f} ms (the tower alone at batch 1: "
