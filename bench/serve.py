@@ -76,6 +76,9 @@ from bench._common import (  # noqa: E402
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 CLIENTS = (1, 4, 16, 64)
+CACHED = "바닷가에서 노는 강아지"  # the cached point's one query: no encoding after its first
+# A point of a plan: (clients, warm-up queries, measured queries, "distinct" or "cached").
+Step = tuple[int, list[str], list[str], str]
 VERSIONS = ("jax", "openvino", "faiss-cpu", "ray", "numpy")
 TARGET_SHARE = 0.85  # (b) at 16 clients against the tower's ceiling (issue 25)
 TARGET_OVERHEAD = 0.15  # (c) at 1 client against (b)
@@ -337,9 +340,10 @@ def ceiling_lines(
         reach = fastest.batch / (fastest.best_ms / 1e3) * flops / 1e9
         of = f" = {100 * reach / matmul:.0f}% of {what}, {matmul:,.0f} GFLOP/s" if matmul else ""
         mark = " — serve's precision: the ceiling" if precision == serve_precision else ""
+        one = next((f"; batch 1: {r.qps:.1f}" for r in rows if r.batch == 1), "")
         lines.append(
-            f"{precision} tower: {best.qps:.1f} queries/s at batch {best.batch} (batch 1: "
-            f"{rows[0].qps:.1f}), {best.qps * flops / 1e9:,.0f} GFLOP/s; its fastest batch "
+            f"{precision} tower: {best.qps:.1f} queries/s at batch {best.batch}{one} = "
+            f"{best.qps * flops / 1e9:,.0f} GFLOP/s; its fastest batch "
             f"(best of, batch {fastest.batch}) {reach:,.0f} GFLOP/s{of} (best of, measured just "
             f"before){mark}"
         )
@@ -381,16 +385,23 @@ class Point:
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     first_failure: str = ""
+    queries: str = "distinct"  # or "cached": one query repeated, answered from the text cache
 
 
 async def load_point(
-    base: str, mode: str, clients: int, warm: list[str], measured: list[str], timeout: float
+    base: str,
+    mode: str,
+    clients: int,
+    warm: list[str],
+    measured: list[str],
+    timeout: float,
+    kind: str = "distinct",
 ) -> Point:
     """`clients` connections: `warm` requests shared among them first (not counted), then the
     `measured` ones, each client taking the next query as soon as its answer is in."""
     import httpx
 
-    point = Point(mode, clients, len(measured))
+    point = Point(mode, clients, len(measured), queries=kind)
     latencies: list[float] = []
     conns = [
         httpx.AsyncClient(base_url=base, timeout=timeout, limits=httpx.Limits(max_connections=1))
@@ -584,7 +595,7 @@ def run_mode(
     src: Path,
     lib_dir: Path,
     env: dict[str, str],
-    plan: list[tuple[int, list[str], list[str]]],
+    plan: list[Step],
     timeout: float,
     in_namespace: bool = False,
 ) -> ModeRun:
@@ -599,13 +610,14 @@ def run_mode(
         with Server(src, lib_dir, run.options, env, replicas) as server:
             run.ready_s = server.ready_s
             say(f"  ready in {server.ready_s:.1f} s")
-            for clients, warm, measured in plan:
+            for clients, warm, measured, kind in plan:
                 point = asyncio.run(
-                    load_point(server.base, run.mode, clients, warm, measured, timeout)
+                    load_point(server.base, run.mode, clients, warm, measured, timeout, kind)
                 )
                 run.points.append(point)
                 say(
-                    f"  {clients:>3} clients: {point.rps:6.1f} req/s, p50 {point.p50_ms:7.1f} ms, "
+                    f"  {clients:>3} clients, {kind}: {point.rps:6.1f} req/s, "
+                    f"p50 {point.p50_ms:7.1f} ms, "
                     f"p99 {point.p99_ms:7.1f} ms, 503 {point.busy}, failed {point.failed}"
                 )
             run.server_rss_mb = server.rss_mb()
@@ -624,7 +636,7 @@ def ray_mode(
     run: ModeRun,
     lib_dir: Path,
     env: dict[str, str],
-    plan: list[tuple[int, list[str], list[str]]],
+    plan: list[Step],
     timeout: float,
 ) -> ModeRun:
     """Mode (c): this script again, inside the namespace, serving and loading there."""
@@ -662,7 +674,7 @@ def ray_mode(
         "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
     }
     argv = in_namespace_argv([sys.executable, str(Path(__file__).resolve()), "--child", str(spec)])
-    budget = 900 + sum(len(w) + len(m) for _, w, m in plan) * 2
+    budget = 900 + sum(len(w) + len(m) for _, w, m, _ in plan) * 2
     try:
         done = subprocess.run(
             argv, cwd=REPO, env=child_env, stdout=subprocess.PIPE, text=True, timeout=budget
@@ -685,7 +697,7 @@ def child(spec_path: Path) -> None:
     """Inside the namespace: mode (c)'s server and load; the result as JSON on the last line."""
     spec = json.loads(spec_path.read_text())
     run = ModeRun(**spec["run"])
-    plan = [(c, w, m) for c, w, m in spec["plan"]]
+    plan = [(c, w, m, k) for c, w, m, k in spec["plan"]]
     run_mode(run, REPO, Path(spec["library"]), dict(os.environ), plan, spec["timeout"], True)
     print(json.dumps(asdict(run), ensure_ascii=False), flush=True)
 
@@ -701,10 +713,24 @@ def fmt(x: float, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
 
 
+def distinct(run: ModeRun) -> list[Point]:
+    """The points of distinct queries (every request encoded), answered at least once."""
+    return [p for p in run.points if p.queries == "distinct" and p.ok]
+
+
+def batch1_ms(tower: list[TowerRow], precision: str) -> str:
+    one = next((r for r in tower if r.precision == precision and r.batch == 1), None)
+    return (
+        "the tower at batch 1: not measured"
+        if one is None
+        else (f"the tower alone at batch 1: {one.ms_per_batch:,.1f} ms")
+    )
+
+
 def point_at(run: ModeRun | None, clients: int) -> Point | None:
     if run is None:
         return None
-    return next((p for p in run.points if p.clients == clients and p.ok), None)
+    return next((p for p in distinct(run) if p.clients == clients), None)
 
 
 def verdicts(runs: dict[str, ModeRun], ceiling: float, batch1_ms: float = 0.0) -> list[str]:
@@ -733,6 +759,13 @@ def verdicts(runs: dict[str, ModeRun], ceiling: float, batch1_ms: float = 0.0) -
     else:
         lines.append("(c) at 1 client vs (b): not measured")
     for run in runs.values():
+        for p in run.points:
+            if p.queries == "cached" and p.ok:
+                lines.append(
+                    f"{run.label}, one cached query at {p.clients} clients (no encoding): "
+                    f"{fmt(p.rps)} req/s, p50 {fmt(p.p50_ms)} ms — what serving itself allows"
+                )
+    for run in runs.values():
         one = point_at(run, 1)
         if one is not None and batch1_ms:
             lines.append(
@@ -750,12 +783,11 @@ def scaling_model(
     from this run's figures; every extrapolated number says what it assumes."""
     lines = [
         f"- The tower's ceiling here is {fmt(ceiling)} queries/s on {cores} cores = "
-        f"{fmt(ceiling / cores)} queries/s per core: a query's cost is arithmetic, so more "
-        "replicas than the cores' worth of arithmetic add queueing, not throughput."
+        f"{fmt(ceiling / cores)} queries/s per core: what every replica on this machine shares."
     ]
     c = runs.get("c")
-    if c is not None and c.points and not c.skipped:
-        best = max(c.points, key=lambda p: p.rps)
+    if c is not None and distinct(c) and not c.skipped:
+        best = max(distinct(c), key=lambda p: p.rps)
         n = len(c.replica_rss_mb) or None
         replicas = n or int(c.options[c.options.index("--replicas") + 1])
         lines.append(
@@ -764,8 +796,8 @@ def scaling_model(
             f"{fmt(best.rps / cores)} per core."
         )
         b = runs.get("b")
-        if b is not None and b.points:
-            bbest = max(b.points, key=lambda p: p.rps)
+        if b is not None and distinct(b):
+            bbest = max(distinct(b), key=lambda p: p.rps)
             lines.append(
                 f"  One process batching (b) peaked at {fmt(bbest.rps)} req/s "
                 f"({bbest.clients} clients): {replicas} replicas on the same {cores} cores reach "
@@ -839,8 +871,11 @@ def print_report(
             continue
         for p in run.points:
             share = f"{100 * p.rps / ceiling:.0f}%" if ceiling else "–"
+            if p.queries != "distinct":
+                share = "(no encoding)"
             print(
-                f"| {run.label} | {p.clients} | {p.requests} | {fmt(p.rps)} | {share} | "
+                f"| {run.label} | {p.clients}{'' if p.queries == 'distinct' else ' ' + p.queries} "
+                f"| {p.requests} | {fmt(p.rps)} | {share} | "
                 f"{fmt(p.p50_ms)} | {fmt(p.p99_ms)} | {p.busy} | {p.failed} |"
             )
     print()
@@ -857,7 +892,7 @@ def print_report(
             if p.first_failure:
                 print(f"  {run.mode} at {p.clients} clients, first failure: {p.first_failure}")
     print()
-    serving = [r for r in tower if r.precision == tower[-1].precision and r.batch == 1]
+    serving = [r for r in tower if r.precision == tower[-1].precision and r.batch == 1]  # serve's
     for line in verdicts(runs, ceiling, serving[0].ms_per_batch if serving else 0.0):
         print(line)
     print()
@@ -887,6 +922,12 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=256, help="measured requests per point")
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="client counts")
+    parser.add_argument(
+        "--cached-requests",
+        type=int,
+        default=256,
+        help="requests of one repeated query (text cache: no encoding) at 16 clients; 0: none",
+    )
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="tower batches")
     parser.add_argument(
         "--tower-queries", type=int, default=64, help="queries per tower batch size (>= 3 batches)"
@@ -949,15 +990,20 @@ def main() -> None:
     alone = searcher_latency_ms(lib_dir, take(tower_texts, n_alone))
     ceilings.append(
         f"Searcher.text in this process, one caller, no HTTP ({n_alone} distinct queries): p50 "
-        f"{alone[0]:,.1f} ms, p99 {alone[1]:,.1f} ms (the tower alone at batch 1: "
-        f"{next(r for r in tower if r.precision == serve_precision).ms_per_batch:,.1f} ms)"
+        f"{alone[0]:,.1f} ms, p99 {alone[1]:,.1f} ms ({batch1_ms(tower, serve_precision)})"
     )
 
     # 3: the servers, each on its own share of distinct queries.
     texts = queries()
 
-    def plan() -> list[tuple[int, list[str], list[str]]]:
-        return [(c, take(texts, c), take(texts, args.requests)) for c in clients]
+    def plan() -> list[Step]:
+        steps: list[Step] = [
+            (c, take(texts, c), take(texts, args.requests), "distinct") for c in clients
+        ]
+        if args.cached_requests:  # what serving costs without the tower: one cached query
+            c = 16 if 16 in clients else max(clients)
+            steps.append((c, [CACHED] * c, [CACHED] * args.cached_requests, "cached"))
+        return steps
 
     options = serve_help(REPO, env)
     runs: dict[str, ModeRun] = {}

@@ -89,7 +89,10 @@ def test_the_target_lines_compare_the_same_runs_rows():
         "b": _run("b", [(1, 20.0, 50.0), (16, 35.0, 400.0)]),
         "c": _run("c", [(1, 18.0, 56.0)], options=["--ray", "local", "--replicas", "2"]),
     }
-    b_line, c_line = serve.verdicts(runs, ceiling=40.0)
+    cached = serve.Point("b", 16, 100, ok=100, rps=90.0, p50_ms=5.0, p99_ms=9.0, queries="cached")
+    runs["b"].points.append(cached)  # no encoding: never a target's row
+    b_line, c_line, cached_line = serve.verdicts(runs, ceiling=40.0)
+    assert cached_line.startswith("(b), one cached query at 16 clients (no encoding): 90.0 req/s")
     assert b_line.startswith("(b) at 16 clients = 88% of the tower ceiling") and ": ok)" in b_line
     assert "p99 = 3.0× p50" in b_line
     assert c_line.startswith("(c) at 1 client = +12% overhead vs (b)") and ": ok)" in c_line
@@ -155,7 +158,7 @@ def test_the_ceiling_is_serves_precision_best_median_and_the_reach_its_fastest_b
     lines, ceiling = serve.ceiling_lines(tower, {"fp32": 100.0, "bf16": 1000.0}, text, 10.0, "bf16")
     assert ceiling == 50.0
     assert lines[0] == f"A query is 10.0 tokens (prompt included): {flops / 1e9:.2f} GFLOP."
-    assert lines[1].startswith("fp32 tower: 20.0 queries/s at batch 8 (batch 1: 10.0)")
+    assert lines[1].startswith("fp32 tower: 20.0 queries/s at batch 8; batch 1: 10.0 = ")
     fastest_bf16 = 16 / 0.300 * flops / 1e9
     assert f"{fastest_bf16:,.0f} GFLOP/s = {100 * fastest_bf16 / 1000:.0f}% of OpenVINO" in lines[2]
     assert lines[2].endswith("serve's precision: the ceiling") and "serve's" not in lines[1]
