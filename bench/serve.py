@@ -13,7 +13,8 @@ What it measures, in this order:
    queries at batch 1, 2, 4, ..., 64, in fp32 and in the precision `serve` uses; ms per batch
    and queries/s. The best queries/s of serve's precision is the ceiling `serve` is held to,
    and its FLOPs per query (at the queries' own token count) over the matmul's GFLOP/s say how
-   close the tower itself comes to the machine.
+   close the tower itself comes to the machine. Beside it, `Searcher.text` in this process (one
+   caller, no HTTP): the search's own cost.
 3. The servers, each the real command in its own process on 127.0.0.1, in turn:
    (a) batching off (`--max-batch 1`; the plain server where `serve` has no such option);
    (b) batching on (serve's defaults);
@@ -25,7 +26,12 @@ What it measures, in this order:
    Each point: C clients (asyncio + httpx, one connection each) share a fixed number of
    requests, after a warm-up of C requests on the same connections; every request carries a new
    Korean query (the server encodes each one: no cache answers); 503s and other failures are
-   counted and shown, and left out of the latencies.
+   counted and shown, and left out of the latencies. Then one point of a single repeated query
+   at 16 clients (`--cached-requests`): answered from the text cache, it shows what serving
+   allows without the tower (HTTP, FAISS, SQLite, JSON).
+
+It ends with the issue's target lines ("(b) at 16 clients = X% of the tower ceiling; p99 = Y×
+p50", "(c) at 1 client = Z% overhead vs (b)") and a scaling model from the run's numbers.
 
 Inputs, built once and cached under --cache (default /tmp/koclip-bench/serve): a checkpoint with
 koclip-base-sized random weights whose vocabulary is every Hangul syllable plus the query words
@@ -340,7 +346,7 @@ def ceiling_lines(
         reach = fastest.batch / (fastest.best_ms / 1e3) * flops / 1e9
         of = f" = {100 * reach / matmul:.0f}% of {what}, {matmul:,.0f} GFLOP/s" if matmul else ""
         mark = " — serve's precision: the ceiling" if precision == serve_precision else ""
-        one = next((f"; batch 1: {r.qps:.1f}" for r in rows if r.batch == 1), "")
+        one = next((f"; batch 1: {r.qps:.1f}" for r in rows if r.batch == 1 != best.batch), "")
         lines.append(
             f"{precision} tower: {best.qps:.1f} queries/s at batch {best.batch}{one} = "
             f"{best.qps * flops / 1e9:,.0f} GFLOP/s; its fastest batch "
