@@ -213,10 +213,11 @@ class ReplicaService:
         if ray is None or not ray.is_initialized():
             return
         try:
-            if self._started_serve:
-                serve.shutdown()
-            elif self._deployed:
-                serve.delete(APP_NAME)
+            if self._deployed:
+                serve.delete(APP_NAME)  # the replicas finish what they answer, then close
+            private = self._owns_ray and self.options.address == "local"
+            if self._started_serve and not private:
+                serve.shutdown()  # (a private Ray goes whole below, Serve with it)
         except Exception:  # the cluster may be gone already: nothing left to remove
             pass
         finally:
@@ -277,16 +278,23 @@ class ReplicaService:
 
     def _application(self) -> Any:
         serve = self._serve
-        from ray.serve.config import BackpressureConfig
-
         opts = self.options
+        extra: dict[str, Any] = {}
+        try:  # Retry-After on the 503 of a full queue (recent Ray Serve; a bare 503 before)
+            from ray.serve.config import BackpressureConfig
+
+            extra["backpressure_config"] = BackpressureConfig(
+                status_code=503, retry_after_s=RETRY_AFTER
+            )
+        except ImportError:
+            pass
         deployment = serve.deployment(
             serve.ingress(_builder(self.spec))(_Replica),
             name=DEPLOYMENT_NAME,
             num_replicas=self.replicas,
             max_ongoing_requests=opts.max_ongoing,
             max_queued_requests=opts.max_queued,
-            backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER),
+            **extra,
             ray_actor_options={
                 "num_cpus": opts.cpus_per_replica,
                 "runtime_env": {"env_vars": worker_env(0.0)},
