@@ -973,9 +973,9 @@ def main() -> None:
     lib_dir, index_type = library(args.cache, ckpt, args.photos, args.index)
 
     # 1-2: the machine's matmul and the tower's ceiling, before any server runs.
-    from koclip.fast.precision import resolve_precision
+    from koclip.fast.precision import chosen_precision
 
-    serve_precision = resolve_precision(os.environ.get("KOCLIP_PRECISION"))
+    serve_precision = chosen_precision(None)  # as serve's loader chooses ($KOCLIP_PRECISION, auto)
     asked = [serve_precision if p == "serve" else p for p in args.tower_precisions.split(",")]
     precisions = list(dict.fromkeys([*asked, serve_precision]))  # serve's always, and last
     tower: list[TowerRow] = []
