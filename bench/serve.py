@@ -713,6 +713,10 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def n_clients(n: int) -> str:
+    return f"{n} client" if n == 1 else f"{n} clients"
+
+
 def fmt(x: float, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
 
@@ -766,7 +770,7 @@ def verdicts(runs: dict[str, ModeRun], ceiling: float, batch1_ms: float = 0.0) -
         for p in run.points:
             if p.queries == "cached" and p.ok:
                 lines.append(
-                    f"{run.label}, one cached query at {p.clients} clients (no encoding): "
+                    f"{run.label}, one cached query at {n_clients(p.clients)} (no encoding): "
                     f"{fmt(p.rps)} req/s, p50 {fmt(p.p50_ms)} ms — what serving itself allows"
                 )
     for run in runs.values():
@@ -796,7 +800,7 @@ def scaling_model(
         replicas = n or int(c.options[c.options.index("--replicas") + 1])
         lines.append(
             f"- (c) with {replicas} replicas on {cores} cores peaked at {fmt(best.rps)} req/s "
-            f"({best.clients} clients) = {fmt(best.rps / replicas)} queries/s per replica, "
+            f"({n_clients(best.clients)}) = {fmt(best.rps / replicas)} queries/s per replica, "
             f"{fmt(best.rps / cores)} per core."
         )
         b = runs.get("b")
@@ -804,7 +808,7 @@ def scaling_model(
             bbest = max(distinct(b), key=lambda p: p.rps)
             lines.append(
                 f"  One process batching (b) peaked at {fmt(bbest.rps)} req/s "
-                f"({bbest.clients} clients): {replicas} replicas on the same {cores} cores reach "
+                f"({n_clients(bbest.clients)}): {replicas} replicas on the same {cores} cores reach "
                 f"{best.rps / bbest.rps:.2f}× it. Below ~1.1×, replicas on one machine add "
                 "memory, not throughput: one replica per machine, batching, and replicas across "
                 "machines."
