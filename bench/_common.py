@@ -18,7 +18,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,55 @@ def load_line(digits: int = 1) -> str:
     return f"load average {load} on {os.cpu_count()} CPU cores"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (`/proc/cpuinfo`), with the matrix units the kernel reports (AMX,
+    AVX512-BF16): model strings of virtual machines often name no generation."""
+    import platform
+
+    name, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    units = [
+        label
+        for flag, label in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"))
+        if flag in flags
+    ]
+    return f"{name} ({', '.join(units)})" if units else name
+
+
+def versions(*distributions: str) -> str:
+    """`python 3.11.7, jax 0.10.2, ...`: installed versions read from package metadata (nothing
+    is imported); a missing one says so."""
+    import platform
+    from importlib import metadata
+
+    parts = [f"python {platform.python_version()}"]
+    for name in distributions:
+        try:
+            parts.append(f"{name.removesuffix('-cpu')} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name.removesuffix('-cpu')} not installed")
+    return ", ".join(parts)
+
+
+def machine_line(*distributions: str) -> str:
+    """The header a table is printed under: when, on what CPU, how many cores, which versions."""
+    from datetime import UTC, datetime
+
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"{when}; CPU: {cpu_model()}, {os.cpu_count()} cores; {versions(*distributions)}; "
+        f"{load_line()}"
+    )
+
+
 # -- the table -------------------------------------------------------------------------------------
 
 
@@ -124,6 +173,33 @@ def cli_argv(*args: str) -> list[str]:
 def repo_env(**extra: str) -> dict[str, str]:
     """This environment with the repository on PYTHONPATH (for child processes)."""
     return os.environ | {"PYTHONPATH": str(REPO)} | extra
+
+
+# -- a private network (Ray) --------------------------------------------------------------------
+
+
+def namespace_problem() -> str | None:
+    """Why this bench cannot start a private network + pid namespace here, or None."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    if shutil.which("ip") is None:
+        return "ip (iproute2) is not installed"
+    probe = subprocess.run(
+        ["unshare", "-n", "-p", "-f", "--mount-proc", "true"], capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        return f"cannot create a network namespace (unshare -n): {probe.stderr.strip()}"
+    return None
+
+
+def in_namespace_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` as pid 1 of a new network + pid namespace whose loopback is up: nothing it starts
+    (Ray's processes included) can reach or be reached from outside this machine's loopback."""
+    up = 'ip link set lo up && exec "$0" "$@"'
+    return ["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c", up, *argv]
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
