@@ -1,13 +1,24 @@
-"""Killing a child process at a chosen point, for the crash tests: the child writes a marker
-file when it reaches the point, the test then kills it with SIGKILL (nothing runs after)."""
+"""Child processes for the tests: killing one at a chosen point (the crash tests: the child
+writes a marker file when it reaches the point, the test then kills it with SIGKILL, nothing
+runs after), and running a scenario script in its own network and pid namespace (the Ray and
+object-store tests: every connection stays on the namespace's loopback, every process it
+starts ends with it)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def kill_at_marker(
@@ -22,3 +33,49 @@ def kill_at_marker(
         time.sleep(poll)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+def in_namespace(
+    tmp_path: Path, script: str, ckpt: Path, timeout: float = 300, **env_vars: str
+) -> dict:
+    """Run `script` (argv: a work folder, `ckpt`) as pid 1 of a new network + pid namespace
+    with its loopback up; its last stdout line as JSON. Skips where no namespace can be made."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    probe = subprocess.run(
+        ["unshare", "-n", "-p", "-f", "--mount-proc", "true"], capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a network namespace (unshare -n): {probe.stderr.strip()}")
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "home").mkdir()
+    (tmp_path / "scenario.py").write_text(script)
+    # Ray's unix sockets live under its temp dir, and a socket path may not exceed 107 bytes:
+    # pytest's tmp_path is too deep for them, so Ray gets a short private folder instead.
+    ray_tmp = tempfile.mkdtemp(prefix="kr-", dir="/tmp")
+    env = os.environ | {
+        "HOME": str(tmp_path / "home"),  # Ray writes its auth token under ~/.ray
+        "RAY_TMPDIR": ray_tmp,
+        "PYTHONPATH": str(REPO),
+        "JAX_PLATFORMS": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        **env_vars,
+    }
+    command = 'ip link set lo up && exec "$0" "$@"'
+    try:
+        done = subprocess.run(
+            ["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c", command, sys.executable]
+            + [str(tmp_path / "scenario.py"), str(work), str(ckpt)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -8,12 +8,10 @@ what they saw as one JSON line; the assertions are here.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from indexer import IndexOptions, index_photos
 from indexer.executor import LocalExecutor
 from indexer.ray_executor import HashPrefixes
 from tests.indexer_fixtures import assert_consistent, open_lib, rows, write_jpeg
+from tests.process_fixtures import in_namespace
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'koclip-search[ray]')")
 
@@ -252,56 +251,11 @@ print(json.dumps(out))
 )
 
 
-def _in_namespace(
-    tmp_path: Path, script: str, ckpt: Path, timeout: float = 300, **env_vars: str
-) -> dict:
-    """Run `script` as pid 1 of a new network + pid namespace; its last stdout line as JSON."""
-    if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) is not installed")
-    probe = subprocess.run(
-        ["unshare", "-n", "-p", "-f", "--mount-proc", "true"], capture_output=True, text=True
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot create a network namespace (unshare -n): {probe.stderr.strip()}")
-    work = tmp_path / "work"
-    work.mkdir()
-    (tmp_path / "home").mkdir()
-    (tmp_path / "scenario.py").write_text(script)
-    # Ray's unix sockets live under its temp dir, and a socket path may not exceed 107 bytes:
-    # pytest's tmp_path is too deep for them, so Ray gets a short private folder instead.
-    ray_tmp = tempfile.mkdtemp(prefix="kr-", dir="/tmp")
-    env = os.environ | {
-        "HOME": str(tmp_path / "home"),  # Ray writes its auth token under ~/.ray
-        "RAY_TMPDIR": ray_tmp,
-        "PYTHONPATH": str(REPO),
-        "JAX_PLATFORMS": "cpu",
-        "HF_HUB_OFFLINE": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-        **env_vars,
-    }
-    command = 'ip link set lo up && exec "$0" "$@"'
-    try:
-        done = subprocess.run(
-            ["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c", command, sys.executable]
-            + [str(tmp_path / "scenario.py"), str(work), str(ckpt)],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 def test_ray_local_matches_the_local_pipeline_and_survives_a_killed_driver(
     tmp_path, tiny_checkpoint
 ):
-    out = _in_namespace(tmp_path, LOCAL_SCRIPT, tiny_checkpoint)
+    out = in_namespace(tmp_path, LOCAL_SCRIPT, tiny_checkpoint)
     # (c) kill -9 after two committed batches: kept, and the rerun does only the rest.
     kept = out["committed_before_kill"]
     assert 8 <= kept < 24  # two commits of one batch or more each (results that arrive together)
@@ -324,7 +278,7 @@ def test_ray_local_matches_the_local_pipeline_and_survives_a_killed_driver(
 def test_cluster_checks_every_node_and_outlives_a_dead_node(tmp_path, tiny_checkpoint):
     # Every node and the driver find the cluster's token in $HOME/.ray (one machine here; on
     # several, it is copied to each: see the README).
-    out = _in_namespace(tmp_path, CLUSTER_SCRIPT, tiny_checkpoint, RAY_AUTH_MODE="token")
+    out = in_namespace(tmp_path, CLUSTER_SCRIPT, tiny_checkpoint, RAY_AUTH_MODE="token")
     # (d) a node that does not see PHOTO_DIR: one line, exit 2, nothing recorded.
     code, text = out["hidden"]
     assert code == 2, text
@@ -468,7 +422,7 @@ def test_workers_sharing_a_gpu_do_not_each_take_most_of_it():
 def test_a_cluster_gone_under_a_run_ends_it_with_one_line_and_keeps_the_commits(
     tmp_path, tiny_checkpoint
 ):
-    out = _in_namespace(tmp_path, GONE_SCRIPT, tiny_checkpoint, RAY_AUTH_MODE="disabled")
+    out = in_namespace(tmp_path, GONE_SCRIPT, tiny_checkpoint, RAY_AUTH_MODE="disabled")
     # Killed without a word (as Ray ends a driver whose node died): the watchdog's one line.
     code, line = out["killed"]
     assert code == 1 and line.startswith("Error: the indexing process was ended from outside")
