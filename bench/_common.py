@@ -76,6 +76,18 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; else what `platform` says)."""
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def load_line(digits: int = 1) -> str:
     """`load average 1.2, 0.9, 0.7 on 2 CPU cores`, printed with every table."""
     load = ", ".join(f"{x:.{digits}f}" for x in os.getloadavg())

@@ -50,7 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import load_line, photo_folder, tiny_checkpoint  # noqa: E402
+from bench._common import cpu_model, load_line, photo_folder, tiny_checkpoint  # noqa: E402
 
 BASE = "0a748c8"  # the round's base: before issue 24's dependency change
 NOT_COUNTED = {"pip", "setuptools", "wheel"}  # what a fresh venv brings, not the product
@@ -70,13 +70,6 @@ for d in metadata.distributions():
     out[d.metadata["Name"]] = total
 print(json.dumps(out))
 """
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def git(*args: str) -> str:

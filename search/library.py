@@ -78,7 +78,7 @@ class LibraryInfo:
     """What `koclip-search info` reports."""
 
     library: Path
-    photo_root: Path
+    photo_root: Path | str  # a folder, or the URL of a root in object storage
     photos: int
     failed: int
     model: str
@@ -171,7 +171,7 @@ def describe_library(
     size = _size_on_disk(library) if disk else None
     return LibraryInfo(
         library=library.directory.absolute(),
-        photo_root=(library.directory / manifest.photo_root).resolve(),
+        photo_root=library.root_url() or (library.directory / manifest.photo_root).resolve(),
         photos=count,
         failed=failed,
         model=manifest.model_id,

@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
+from pathlib import PurePath
 from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import quote
 
@@ -413,6 +414,7 @@ def create_app(
     warm: bool = True,
     allowed_hosts: list[str] | None = None,
     watcher: Background | None = None,
+    endpoint_url: str | None = None,
 ) -> FastAPI:
     """The web app for one library (a library folder or a photo folder holding one; None: the
     nearest from the cwd). The library may not exist yet: the page says so until it does.
@@ -420,9 +422,10 @@ def create_app(
     `warm` loads and compiles the text model in the background at startup. `allowed_hosts`
     (default: 127.0.0.1 and localhost) guards against DNS rebinding; ["*"] allows any.
     `watcher` (serve --watch: an `indexer.WatchThread`) is started with the app and stopped
-    at its shutdown.
+    at its shutdown. `endpoint_url`: the object store's endpoint for a library of photos in
+    object storage (default: the URL's own, or $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL).
     """
-    backend = Backend(library_dir, model, watcher=watcher)
+    backend = Backend(library_dir, model, watcher=watcher, endpoint_url=endpoint_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -591,7 +594,10 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
         """The photo file itself, by library id only (no path in a URL ever reaches the disk);
         only an image file inside the photo folder is ever sent (see web.files)."""
         found, f, media_type, size = await run_in_threadpool(backend.original, photo_id)
-        name = display_path(found.path.name)
+        # A photo in object storage has a URL for its path: its name is its key's last part.
+        name = display_path(
+            found.path.name if isinstance(found.path, PurePath) else found.relpath.rsplit("/")[-1]
+        )
         disposition = (
             f'inline; filename="{name}"'
             if name.isascii() and '"' not in name
