@@ -52,3 +52,8 @@ MIN_SIMILAR_COS = 0.5
 # --max-megapixels, uploads, thumbnails, query images, eval): 300 MB as RGB, so a photo the
 # indexer took is one the web and eval may decode.
 MAX_PIXELS = 100_000_000
+
+# The largest photo file the indexer reads from an object store (storage.ObjectRoot.read): a
+# bigger object is refused from its listed (or answered) size, before any of it is downloaded,
+# so one read holds at most this much in memory.
+MAX_PHOTO_BYTES = 256 * 1024 * 1024
