@@ -101,8 +101,8 @@ class Backend:
         self.model = model
         self.watcher = watcher
         # The object store's endpoint for a library of photos in object storage (None: the
-        # URL's own, or $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL); credentials come from the
-        # standard chain of this process.
+        # one it was indexed through, else $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL);
+        # credentials come from the standard chain of this process.
         self.endpoint_url = endpoint_url
         self._objects: Any = None  # the storage.ObjectRoot, opened on first use
         self._write_lock = threading.Lock()  # one set-aside or restore at a time
@@ -279,12 +279,13 @@ class Backend:
 
     def _open_object(self, photo: PhotoInfo) -> BytesIO:
         """A photo of a root in object storage, read into memory (see web.files.open_object)."""
-        searcher = self.searcher()
-        url = searcher.root.url
+        url = self.searcher().root.url
         if self._objects is None or self._objects.url != url:
             from storage import open_root
 
-            self._objects = open_root(url, endpoint_url=self.endpoint_url)
+            # The endpoint given to serve, else the one the library was indexed through.
+            endpoint = self.endpoint_url or self.read(lambda s: s.library.root_endpoint())
+            self._objects = open_root(url, endpoint_url=endpoint)
         top = f"{url}/"
         where = str(photo.path)
         key = where[len(top) :] if where.startswith(top) else ""

@@ -1,0 +1,155 @@
+"""serve / search / similar / duplicates over a library of photos in object storage: moto's
+S3 server on 127.0.0.1 (real HTTP, behind tests/s3_fixtures.py's proxy, which logs every
+request), the real indexer and the real app (TestClient), tiny model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from cli import main
+from search import Searcher
+from tests import s3_fixtures
+from tests.s3_fixtures import S3, jpeg
+from web import create_app
+
+moto_server, s3 = s3_fixtures.moto_server, s3_fixtures.s3  # the fixtures, used by name
+
+BASE = "http://127.0.0.1"
+PHOTOS = {"a.jpg": 1, "sub/b.jpg": 2, "c.jpg": 3, "여행/바다.jpg": 4}
+COPY = "dup/a-copy.jpg"  # the same bytes as a.jpg: an identical duplicate
+
+
+@dataclass
+class Served:
+    s3: S3
+    library: Path
+    url: str
+    client: TestClient
+
+    def ids(self) -> dict[str, int]:
+        """Photo ids by key (looked up by key, and by URL)."""
+        with Searcher(self.library) as searcher:
+            ids = {key: searcher.photo_at(key).id for key in (*PHOTOS, COPY)}
+            assert searcher.photo_at(f"{self.url}/sub/b.jpg").id == ids["sub/b.jpg"]
+            assert searcher.photo_at("../p/a.jpg") is None
+            return ids
+
+
+def _index(url: str, library: Path, ckpt: Path) -> None:
+    done = CliRunner().invoke(main, ["index", url, "--library", str(library), "--model", str(ckpt)])
+    assert done.exit_code == 0, done.output
+
+
+@pytest.fixture
+def served(s3: S3, tmp_path: Path, tiny_checkpoint: Path):
+    s3.put_jpegs("p", PHOTOS)
+    s3.copy("p/a.jpg", f"p/{COPY}")
+    library = tmp_path / "library"
+    url = s3.url("p")
+    _index(url, library, tiny_checkpoint)
+    with TestClient(create_app(library, warm=False), base_url=BASE) as client:
+        yield Served(s3, library, url, client)
+
+
+def test_info_search_and_similar_carry_the_objects_urls(served: Served, tiny_checkpoint: Path):
+    info = served.client.get("/api/info").json()
+    assert info["photo_root"] == served.url and info["photos"] == len(PHOTOS) + 1
+    ids = served.ids()
+    assert set(ids) == {*PHOTOS, COPY}
+
+    found = served.client.get("/api/search", params={"q": "사진", "k": 10}).json()["results"]
+    assert {r["relpath"] for r in found} == set(ids)
+    assert all(r["path"] == f"{served.url}/{r['relpath']}" for r in found)
+    under = served.client.get("/api/search", params={"q": "사진", "under": "sub"}).json()
+    assert [r["relpath"] for r in under["results"]] == ["sub/b.jpg"]
+
+    reads = len(served.s3.proxy.object_gets())
+    # By id: the stored vector; by the photo's key or URL in a query: the stored vector too.
+    similar = served.client.get(f"/api/photos/{ids['a.jpg']}/similar").json()["results"]
+    assert {r["relpath"] for r in similar} == set(ids) - {"a.jpg", COPY}
+    by_key = served.client.get("/api/search", params={"q": "sub/b.jpg"}).json()["results"]
+    assert "sub/b.jpg" not in {r["relpath"] for r in by_key} and by_key
+    assert len(served.s3.proxy.object_gets()) == reads  # no object was read for any of it
+
+    cli = CliRunner().invoke(
+        main, ["similar", f"{served.url}/여행/바다.jpg", "--library", str(served.library), "--json"]
+    )
+    assert cli.exit_code == 0, cli.output
+    paths = [r["path"] for r in json.loads(cli.output)["results"]]
+    assert paths and all(p.startswith(f"{served.url}/") for p in paths)
+    assert f"{served.url}/여행/바다.jpg" not in paths
+    info_cli = CliRunner().invoke(main, ["info", "--library", str(served.library), "--json"])
+    assert json.loads(info_cli.output)["photo_root"] == served.url
+    table = CliRunner().invoke(main, ["search", "사진", "--library", str(served.library)])
+    assert table.exit_code == 0 and f"{served.url}/" in table.output
+    outside = CliRunner().invoke(
+        main, ["similar", "s3://other-bucket/a.jpg", "--library", str(served.library)]
+    )
+    assert outside.exit_code == 2 and "not a photo in the library" in outside.output
+
+
+def test_originals_and_thumbnails_come_from_the_bucket(served: Served):
+    ids = served.ids()
+    original = served.client.get(f"/api/photos/{ids['여행/바다.jpg']}/original")
+    assert original.status_code == 200
+    assert original.content == jpeg(PHOTOS["여행/바다.jpg"])
+    assert original.headers["content-type"] == "image/jpeg"
+    assert "filename*=utf-8''%EB%B0%94%EB%8B%A4.jpg" in original.headers["content-disposition"]
+
+    before = len(served.s3.proxy.object_gets("c.jpg"))
+    thumb = served.client.get(f"/api/photos/{ids['c.jpg']}/thumbnail")
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+    assert len(served.s3.proxy.object_gets("c.jpg")) == before + 1
+    cached = list((served.library / "thumbs" / "small").glob(f"{ids['c.jpg']}-*.jpg"))
+    assert len(cached) == 1 and cached[0].read_bytes() == thumb.content
+    again = served.client.get(f"/api/photos/{ids['c.jpg']}/thumbnail")
+    assert again.content == thumb.content
+    assert len(served.s3.proxy.object_gets("c.jpg")) == before + 1  # from the local cache
+
+    # An object deleted since it was indexed: 404, as a file that is gone.
+    served.s3.delete("p/sub/b.jpg")
+    for route in ("original", "thumbnail"):
+        gone = served.client.get(f"/api/photos/{ids['sub/b.jpg']}/{route}")
+        assert gone.status_code == 404 and gone.json()["code"] == "unreadable", gone.text
+
+
+def test_an_object_replaced_by_a_non_image_is_not_sent(served: Served):
+    ids = served.ids()
+    served.s3.put("p/c.jpg", b"<html>not a photo</html>")
+    answer = served.client.get(f"/api/photos/{ids['c.jpg']}/original")
+    assert answer.status_code == 404 and answer.json()["code"] == "unreadable"
+
+
+def test_duplicates_list_and_set_aside_is_refused(served: Served):
+    groups = served.client.get("/api/duplicates").json()
+    assert groups["total"] == 1
+    group = groups["groups"][0]
+    assert {p["relpath"] for p in group["photos"]} == {"a.jpg", COPY}
+    assert {p["path"] for p in group["photos"]} == {f"{served.url}/a.jpg", f"{served.url}/{COPY}"}
+
+    ids = [p["id"] for p in group["photos"]]
+    body = {"photos": ids, "keep": group["keep_id"]}
+    refused = served.client.post("/api/duplicates/set-aside", json=body)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["code"] == "set_aside_object_storage"
+    restore = served.client.post("/api/duplicates/restore", json={})
+    assert restore.status_code == 400 and restore.json()["code"] == "set_aside_object_storage"
+
+    listed = CliRunner().invoke(main, ["duplicates", "--library", str(served.library), "--json"])
+    assert listed.exit_code == 0, listed.output
+    keep = json.loads(listed.output)["groups"][0]["keep"]
+    assert keep in (f"{served.url}/a.jpg", f"{served.url}/{COPY}")
+    for extra in (["--set-aside"], ["--set-aside", "--dry-run"], ["--restore"]):
+        cli = CliRunner().invoke(main, ["duplicates", "--library", str(served.library), *extra])
+        assert cli.exit_code == 2, cli.output
+        assert len(cli.output.strip().splitlines()) == 1
+        assert "object storage" in cli.output and served.url in cli.output
+    # Nothing moved in the bucket.
+    keys = {o["Key"] for o in served.s3.client.list_objects_v2(Bucket=served.s3.bucket)["Contents"]}
+    assert keys == {f"p/{k}" for k in (*PHOTOS, COPY)}
