@@ -44,6 +44,7 @@ from db.lock import LOCK_NAME, LibraryLock
 from db.manifest import MANIFEST_NAME, Manifest, manifest_problems, read_manifest, store_manifest
 from db.schema import SCHEMA_VERSION, Base
 from koclip.files import atomic_path
+from storage import is_url
 
 
 def is_library(directory: Path) -> bool:
@@ -147,11 +148,30 @@ class Library(IndexFiles):
         return self.directory / LOCK_NAME
 
     def photo_root(self) -> Path:
-        """Absolute photo root that the stored relative paths hang from."""
+        """Absolute photo root that the stored relative paths hang from. A library of an
+        object-store root has no folder: LibraryError (ask `root_url` first)."""
+        manifest = self._stored_manifest()
+        if is_url(manifest.photo_root):
+            raise LibraryError(
+                f"the photos of the library at {self.directory} are at {manifest.photo_root}, "
+                "not in a folder"
+            )
+        return (self.directory / manifest.photo_root).resolve()
+
+    def root_url(self) -> str | None:
+        """The object-store URL of the photo root ("s3://bucket/prefix"), None for a folder."""
+        root = self._stored_manifest().photo_root
+        return root if is_url(root) else None
+
+    def root_endpoint(self) -> str | None:
+        """The endpoint a URL root was indexed through (as shown: no secrets), or None."""
+        return self._stored_manifest().endpoint or None
+
+    def _stored_manifest(self) -> Manifest:
         manifest = self.manifest()
         if manifest is None:
             raise LibraryError(f"the library at {self.directory} has no manifest yet")
-        return (self.directory / manifest.photo_root).resolve()
+        return manifest
 
     def resolve(self, relpath: str) -> Path:
         """Absolute path of a relative photo path (open files by `Photo.disk_relpath()`)."""

@@ -29,7 +29,9 @@ class Manifest:
     dim: int
     preprocess_version: str  # koclip.preprocess.PREPROCESS_VERSION
     index_type: str  # a key of db.vectors.INDEX_FACTORIES (one of INDEX_TYPES, or registered)
-    photo_root: str  # relative to the library folder ("..") or absolute
+    # relative to the library folder ("..") or absolute, or an object-store URL
+    # ("s3://bucket/prefix": see Library.root_url)
+    photo_root: str
     # The arithmetic of the towers that made the vectors ("fp32", "bf16", "int8", or several
     # "+"-joined, e.g. "bf16+fp32"); koclip only uses a fast path where it agrees with fp32,
     # so they mix.
@@ -37,6 +39,8 @@ class Manifest:
     # Whether the index type follows the library's size: INDEX_AUTO, INDEX_CHOSEN (by
     # `reindex --index`), or "" where not recorded (a library from before it was).
     index_choice: str = ""
+    # A URL root's endpoint as shown (no user info or query), "" for the store's default.
+    endpoint: str = ""
     schema_version: int = SCHEMA_VERSION
     created_at: float = 0.0
     updated_at: float = 0.0

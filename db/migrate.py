@@ -87,6 +87,15 @@ STEPS = (
             lexical.FORGET_TRIGGER,
         ),
     ),
+    # Photo roots in object storage: a photo's ETag (NULL for local files), and the store's
+    # endpoint in the manifest ("" for none: AWS itself, or a local root).
+    Step(
+        5,
+        (
+            Column("photos", "etag", "VARCHAR"),
+            Column("manifest", "endpoint", "VARCHAR NOT NULL DEFAULT ''", "''"),
+        ),
+    ),
 )
 assert STEPS[-1].version == SCHEMA_VERSION, "a schema version without its migration step"
 # Versions this program upgrades (the writer) or reads as they are (a reader); any other is

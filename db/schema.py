@@ -13,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump when tables or column meanings change, with its step in db.migrate (which upgrades an
 # older library, or lets a reader read it as it is); any other version is refused (index --rebuild).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class Base(DeclarativeBase):
@@ -58,6 +58,10 @@ class Photo(Base):
     # the indexer has computed them (a library made before schema 3).
     phash: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     pthumb: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    # The object's ETag (no quotes) when the photo root is an object store (schema 5); NULL
+    # for a file of a local folder. With size and mtime_ns (LastModified) it tells an
+    # unchanged object from its listing alone.
+    etag: Mapped[str | None] = mapped_column(String, nullable=True, default=None)
     # Facts from the photo's metadata (indexer.facts.read_facts), schema 4. `facts` is the
     # FACTS_VERSION they were read with, NULL until read (a library made before schema 4: the
     # next index run reads them, metadata only). Each fact is NULL where the photo does not say
@@ -140,12 +144,16 @@ class ManifestRow(Base):
     # koclip.preprocess.PREPROCESS_VERSION, and the FAISS index type (its file's name).
     preprocess_version: Mapped[str] = mapped_column(String)
     index_type: Mapped[str] = mapped_column(String)
-    photo_root: Mapped[str] = mapped_column(String)  # relative to the library folder, or absolute
+    # relative to the library folder, or absolute, or an object-store URL ("s3://bucket/prefix")
+    photo_root: Mapped[str] = mapped_column(String)
     # "fp32", "bf16", "int8" or several "+"-joined; added after schema 1 shipped (db.migrate adds the column).
     precision: Mapped[str] = mapped_column(String, default="fp32", server_default="fp32")
     # "auto" (the indexer switches the type by size), "chosen" (`reindex --index`: kept at any
     # size), or "" in a library made before it was recorded (see Manifest.automatic_index).
     index_choice: Mapped[str] = mapped_column(String, default="", server_default="")
+    # The object store's endpoint of a URL root, as shown (no user info or query); "" for AWS
+    # itself or a local root (schema 5).
+    endpoint: Mapped[str] = mapped_column(String, default="", server_default="")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

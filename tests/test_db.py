@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import sqlite3
@@ -354,7 +355,7 @@ def test_a_schema_three_library_is_read_as_is_then_gains_facts_columns_and_words
         assert "place" not in [r[1] for r in conn.execute("PRAGMA table_info(photos)")]
 
     with db.Library.open(library.directory, readonly=False) as writer:
-        assert writer.manifest().schema_version == db.SCHEMA_VERSION == 4
+        assert writer.manifest().schema_version == db.SCHEMA_VERSION
         with writer.session() as s, s.begin():
             assert s.get(db.Photo, pid).facts is None  # read by the next index run
             words = [
@@ -413,3 +414,43 @@ def test_place_camera_and_facts_counts(library):
         }  # fmt: skip
         labels = [r.camera for r in s.scalars(select(db.Photo).order_by(db.Photo.id))]
         assert labels == ["Apple iPhone 15", "Apple iPhone 15", "Canon EOS R5", "X100V", None, None]
+
+
+def test_a_schema_four_library_is_read_as_is_then_gains_etags_and_the_endpoint(library):
+    (pid,) = _add(library, _unit(np.random.default_rng(0), 1))
+    library.close()
+    conn = sqlite3.connect(library.db_path)
+    conn.execute("ALTER TABLE photos DROP COLUMN etag")
+    conn.execute("ALTER TABLE manifest DROP COLUMN endpoint")
+    conn.execute("UPDATE manifest SET schema_version = 4")
+    conn.commit()
+    conn.close()
+
+    with db.Library.open(library.directory) as reader:  # reads it as it is, writes nothing
+        m = reader.manifest()
+        assert (m.schema_version, m.endpoint) == (4, "")
+        assert reader.root_url() is None and reader.root_endpoint() is None
+        with reader.session() as s, s.begin():
+            assert s.get(db.Photo, pid).etag is None
+    with sqlite3.connect(library.db_path) as conn:
+        assert "etag" not in [r[1] for r in conn.execute("PRAGMA table_info(photos)")]
+
+    with db.Library.open(library.directory, readonly=False) as writer:
+        assert writer.manifest().schema_version == db.SCHEMA_VERSION == 5
+    with sqlite3.connect(library.db_path) as conn:
+        assert "etag" in [r[1] for r in conn.execute("PRAGMA table_info(photos)")]
+        assert conn.execute("SELECT endpoint FROM manifest").fetchone() == ("",)
+
+
+def test_a_url_root_is_no_folder(library):
+    assert library.root_url() is None and library.photo_root().is_dir()
+    with library.session() as s, s.begin():
+        m = library.manifest(s)
+        library.set_manifest(
+            s,
+            dataclasses.replace(m, photo_root="s3://bucket/사진", endpoint="http://127.0.0.1:9000"),
+        )
+    assert library.root_url() == "s3://bucket/사진"
+    assert library.root_endpoint() == "http://127.0.0.1:9000"
+    with pytest.raises(db.LibraryError, match="s3://bucket/사진, not in a folder"):
+        library.photo_root()
