@@ -109,8 +109,8 @@ def refuse_object_root(library: Library) -> None:
     url = library.root_url()
     if url is not None:
         raise ObjectRootAsideError(
-            f"setting duplicates aside is not available for photos in object storage ({url}) "
-            "yet; nothing was moved (`duplicates --json` lists the extras)"
+            f"setting duplicates aside (and restoring them) is not available for photos in "
+            f"object storage ({url}) yet; nothing was moved (`duplicates --json` lists them)"
         )
 
 
