@@ -21,6 +21,9 @@ from cli.common import (
 from cli.main import ARGV_KEY, main
 from koclip.names import MAX_PIXELS, PRECISIONS
 
+# `index --watch` of an object store's URL lists it this often (seconds) unless --poll says.
+URL_POLL_SECONDS = 60.0
+
 _watch_options = options(
     click.option(
         "--watch",
@@ -35,7 +38,8 @@ _watch_options = options(
         default=None,
         metavar="[SECONDS]",
         help="With --watch: walk the folder for changes every SECONDS (default 30) instead of "
-        "waiting for the system's events (network shares send none).",
+        "waiting for the system's events (network shares send none). A URL PHOTO_DIR is "
+        "always polled: its listing every SECONDS (default 60).",
     ),
     shown(
         "--settle",
@@ -78,12 +82,34 @@ _ray_options = options(
 )
 
 
+class PhotoRoot(click.ParamType):
+    """PHOTO_DIR: an existing folder, or an object store's URL (s3://bucket/prefix), kept as
+    text (storage opens it)."""
+
+    name = "photo_dir"
+    _folder = click.Path(exists=True, file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Path | str:
+        from storage import is_url
+
+        if isinstance(value, str) and is_url(value):
+            return value
+        return self._folder.convert(value, param, ctx)
+
+
 @main.command("index")
-@click.argument("photo_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("photo_dir", type=PhotoRoot())
 @click.option(
     "--library",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Library folder (default: PHOTO_DIR/.koclip-search).",
+    help="Library folder (default: PHOTO_DIR/.koclip-search; required for a URL).",
+)
+@click.option(
+    "--endpoint-url",
+    metavar="URL",
+    help="With an s3:// PHOTO_DIR: the S3-compatible store's endpoint (MinIO, Ceph, ...; "
+    "default: $AWS_ENDPOINT_URL, else the library's, else AWS). Credentials come from the "
+    "standard chain (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, instance roles).",
 )
 @click.option(
     "--model", help="Model name or checkpoint folder (default: the library's, else koclip-base)."
@@ -137,7 +163,7 @@ _ray_options = options(
 @json_summary_option
 @domain_errors
 def index_command(
-    photo_dir: Path,
+    photo_dir: Path | str,
     as_json: bool,
     watch: bool,
     poll: float | None,
@@ -149,6 +175,8 @@ def index_command(
     **options: Any,
 ) -> None:
     """Index PHOTO_DIR (recursively) so its photos can be searched; only changes are re-read.
+    PHOTO_DIR may be an object store's URL (s3://bucket/prefix: pip install
+    'koclip-search[s3]'), with --library DIR.
 
     Examples:
 
@@ -157,6 +185,7 @@ def index_command(
         koclip-search index ~/Pictures --include '*/screenshots/*'
         koclip-search index ~/Pictures --watch
         koclip-search index /mnt/photos --ray auto
+        koclip-search index s3://bucket/photos --library ~/photos-library
     """
     both = sorted(set(options["exclude"]) & set(options["include"]))
     if both:
@@ -197,6 +226,8 @@ def index_command(
         from indexer import WatchOptions
 
         polling = {"poll": True, "poll_interval": poll} if poll is not None else {}
+        if isinstance(photo_dir, str):  # an object store: no events, a listing every minute
+            polling = {"poll": True, "poll_interval": poll or URL_POLL_SECONDS}
         watch_options = WatchOptions(quiet=settle, **polling)
         rebuilding = RebuildBar(sys.stderr, live=False, prefix="koclip-search: ")
         index_options = IndexOptions(**options, on_index_rebuild=rebuilding)
@@ -238,7 +269,7 @@ def _ray_address(value: str) -> str | None:
     )
 
 
-def _watch(photo_dir: Path, options: Any, watch_options: Any, *, as_json: bool) -> None:
+def _watch(photo_dir: Path | str, options: Any, watch_options: Any, *, as_json: bool) -> None:
     """`index --watch`: each pass's summary on stdout (a JSON line each with --json), the
     watcher's state on stderr; Ctrl-C or SIGTERM stops it at the next batch."""
     import signal

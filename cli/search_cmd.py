@@ -268,9 +268,15 @@ def format_info(info: LibraryInfo) -> str:
     """`info` as aligned `key: value` lines."""
     vectors = "" if info.indexed_vectors is None else f" ({info.indexed_vectors:,} vectors)"
     last = info.last_indexed.strftime("%Y-%m-%d %H:%M") if info.last_indexed else "never"
+    counts = f"{info.photos:,} indexed, {info.failed:,} failed"
+    roots = [("photos", f"{info.photo_root} — {counts}")]
+    if isinstance(info.photo_root, str):  # an object store's root: its URL and endpoint
+        roots = [("photo root", str(info.photo_root)), ("photos", counts)]
+        if info.endpoint:
+            roots.append(("endpoint", info.endpoint))
     pairs = [
         ("library", str(info.library)),
-        ("photos", f"{info.photo_root} — {info.photos:,} indexed, {info.failed:,} failed"),
+        *roots,
         ("model", f"{info.model} ({info.precision})"),
         ("index", f"{info.index_type}{vectors}, {_index_choice(info)}"),
         ("index memory", _human_size(info.index_memory)),

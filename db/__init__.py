@@ -7,7 +7,7 @@ folder, engine and sessions), `schema` (the tables) and `migrate` (their upgrade
 (SQLite and its errors), `content` (file names, hashes).
 """
 
-from db.content import IMAGE_SUFFIXES, content_hash, hash_file, path_key
+from db.content import IMAGE_SUFFIXES, content_hash, hash_bytes, hash_file, path_key
 from db.engine import write_errors
 from db.errors import (
     LIBRARY_DIRNAME,
@@ -54,6 +54,7 @@ __all__ = [
     "content_hash",
     "default_library_dir",
     "disk_path_value",
+    "hash_bytes",
     "hash_file",
     "holder_text",
     "is_library",

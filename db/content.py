@@ -32,6 +32,11 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[str, int, int]:
     return digest.hexdigest(), st.st_size, st.st_mtime_ns
 
 
+def hash_bytes(data: bytes) -> str:
+    """The `photos.content_hash` of bytes in memory (an object read from a store)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def content_hash(path: str | os.PathLike[str]) -> str:
     """The `photos.content_hash` of a file (blake2b-128 hex of its bytes)."""
     return hash_file(path)[0]

@@ -221,6 +221,7 @@ class PlanRow(NamedTuple):
     mtime_ns: int
     content_hash: str
     on_disk: str | None  # the name on disk where it is not `path`
+    etag: str | None = None  # an object's ETag (object-store roots)
 
 
 class FailureRow(NamedTuple):
@@ -237,12 +238,18 @@ def rows_for_plan(session: Session, where: ColumnElement[bool]) -> Iterator[Plan
     """The photo rows matching `where` (a condition on Photo.path), as planning reads them."""
     rows = session.execute(
         select(
-            Photo.id, Photo.path, Photo.size, Photo.mtime_ns, Photo.content_hash, Photo.disk_path
+            Photo.id,
+            Photo.path,
+            Photo.size,
+            Photo.mtime_ns,
+            Photo.content_hash,
+            Photo.disk_path,
+            Photo.etag,
         ).where(where)
     )
-    for pid, path, size, mtime, chash, disk in rows:
+    for pid, path, size, mtime, chash, disk, etag in rows:
         on_disk = None if disk is None else disk_relpath(path, disk)
-        yield PlanRow(pid, path, size, mtime, chash, on_disk)
+        yield PlanRow(pid, path, size, mtime, chash, on_disk, etag)
 
 
 def failures_for_plan(session: Session, where: ColumnElement[bool]) -> Iterator[FailureRow]:

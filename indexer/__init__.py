@@ -10,6 +10,7 @@ from indexer.pipeline import (
     IndexSession,
     PhotosGoneError,
     UnknownExcludeError,
+    UrlRootError,
     index_photos,
 )
 from indexer.ray_executor import ClusterError, ClusterSetupError, RayOptions
@@ -30,6 +31,7 @@ __all__ = [
     "RayOptions",
     "Summary",
     "UnknownExcludeError",
+    "UrlRootError",
     "WatchOptions",
     "WatchThread",
     "index_photos",

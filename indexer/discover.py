@@ -29,14 +29,17 @@ OUTSIDE_LINK_REASON = (
 @dataclass(frozen=True)
 class FoundFile:
     """An image file: `relpath` is its key (POSIX, NFC, relative to the root; see
-    db.path_key); `path` is the real path to open; `disk_relpath` the relative path as the
-    file system spells it, when that is not `relpath` ("" when it is)."""
+    db.path_key); `path` is what the load stage opens (the real path of a file; an object's
+    key relative to the root, see indexer.objects); `disk_relpath` the relative path as the
+    file system (or store) spells it, when that is not `relpath` ("" when it is); `etag` an
+    object's ETag ("" for a file)."""
 
     relpath: str
     path: str
     size: int
     mtime_ns: int
     disk_relpath: str = ""
+    etag: str = ""
 
     @property
     def on_disk(self) -> str:

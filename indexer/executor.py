@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from indexer.load import Loaded, load
+from indexer.load import Loaded, Reader, load
 from indexer.plan import Task
 from koclip.encoder import Encoder
 
@@ -95,11 +95,15 @@ def load_chunk(
 class LocalExecutor:
     """Reads in `workers` threads of this process, at most `2 * batch_size + workers` files
     in flight, so memory stays flat whatever the collection size; encodes on the caller's
-    thread while the threads read on."""
+    thread while the threads read on. With `read` (an object-store root: indexer.objects),
+    each thread reads its object through it, so `workers` also bounds the GETs in flight."""
 
-    def __init__(self, encoder: Encoder, workers: int | None = None) -> None:
+    def __init__(
+        self, encoder: Encoder, workers: int | None = None, *, read: Reader | None = None
+    ) -> None:
         self.encoder = encoder
         self.workers = workers or os.cpu_count() or 1
+        self.read = read
         self._in_flight = 0
 
     def batches(self, feed: Feed) -> Iterator[list[Loaded]]:
@@ -116,6 +120,7 @@ class LocalExecutor:
                     "known_hashes": feed.known_hashes,
                     "max_pixels": feed.max_pixels,
                     "facts": feed.facts,
+                    "read": self.read,
                 }
                 futures.add(pool.submit(load, task, force_decode=force, **kw))
 

@@ -7,19 +7,26 @@ encoder.
 
 from __future__ import annotations
 
-from collections.abc import Container
+import io
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import datetime
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
-from db import hash_file
+from db import hash_bytes, hash_file
+from indexer.discover import FoundFile
 from indexer.facts import PhotoFacts, read_facts
 from indexer.phash import fingerprints
 from indexer.plan import UNREADABLE, Task
 from koclip.errors import ImageError, ImageTooLargeError
 from koclip.images.preprocess import open_image, preprocess
+from storage import ObjectChangedError, ObjectError, ObjectGoneError
+
+# Reads a found object's bytes (indexer.objects.object_reader); raises storage errors.
+Reader = Callable[[FoundFile], bytes]
 
 _ORIENTATION = 0x0112
 _EXIF_IFD = 0x8769
@@ -58,15 +65,33 @@ def load(
     max_pixels: int | None,
     force_decode: bool = False,
     facts: bool = True,
+    read: Reader | None = None,
 ) -> Loaded:
     """Hash the file; decode and preprocess it unless its content is already indexed, and
     read its facts from the header the size is read from (`facts=False` skips them: the
-    benchmark's baseline; the date is then read alone, as before facts were stored)."""
+    benchmark's baseline; the date is then read alone, as before facts were stored).
+
+    With `read`, the file is an object of a store: its bytes are read once (bounded by
+    size before the download, see storage.ObjectRoot.read) and everything else works on
+    them in memory, with the same guards. An object that changed or vanished while it was
+    read is a failure tried again next run; a store that stops answering (or refuses the
+    credentials) raises, ending the run after the batches already committed."""
     file = task.file
-    try:
-        chash, size, mtime_ns = hash_file(file.path)
-    except OSError as exc:
-        return Loaded(task, file.size, file.mtime_ns, error=f"{UNREADABLE}: {exc.strerror or exc}")
+    data: bytes | None = None
+    if read is None:
+        try:
+            chash, size, mtime_ns = hash_file(file.path)
+        except OSError as exc:
+            reason = f"{UNREADABLE}: {exc.strerror or exc}"
+            return Loaded(task, file.size, file.mtime_ns, error=reason)
+    else:
+        try:
+            data = read(file)
+        except (ObjectChangedError, ObjectGoneError) as exc:
+            return Loaded(task, file.size, file.mtime_ns, error=f"{UNREADABLE}: {exc}")
+        except ObjectError as exc:  # too large: stays failed until the object changes
+            return Loaded(task, file.size, file.mtime_ns, error=str(exc))
+        chash, size, mtime_ns = hash_bytes(data), len(data), file.mtime_ns
     out = Loaded(task, size, mtime_ns, content_hash=chash)
     if task.known is not None and task.known.content_hash == chash:
         out.touched = True
@@ -74,15 +99,21 @@ def load(
     if chash in known_hashes and not force_decode:
         out.reuse = True
         return out
+
+    def source() -> str | BinaryIO:
+        return file.path if data is None else io.BytesIO(data)
+
     try:
-        image = open_image(file.path, max_pixels=max_pixels, draft=True)
+        if data is not None and not data:
+            raise ImageError("empty file (0 bytes)")
+        image = open_image(source(), max_pixels=max_pixels, draft=True)
         out.pixels = preprocess(image)
         out.phash, out.pthumb = fingerprints(image)
         if facts:
-            out.width, out.height, out.facts = read_header(file.path)
+            out.width, out.height, out.facts = read_header(source())
             out.taken_at = out.facts.taken_at
         else:
-            out.width, out.height, out.taken_at = read_metadata(file.path)
+            out.width, out.height, out.taken_at = read_metadata(source())
     except ImageTooLargeError as exc:
         out.error = f"{exc} (raise --max-megapixels to index it)"
         return out
@@ -100,7 +131,7 @@ def load(
     return out
 
 
-def read_header(path: str) -> tuple[int, int, PhotoFacts]:
+def read_header(path: str | BinaryIO) -> tuple[int, int, PhotoFacts]:
     """(width, height) as displayed (after EXIF orientation), and the photo's facts: one open
     of the header, no decode (the decode that precedes it already validated the file)."""
     try:
@@ -118,7 +149,7 @@ def read_header(path: str) -> tuple[int, int, PhotoFacts]:
     return width, height, facts
 
 
-def read_metadata(path: str) -> tuple[int, int, datetime | None]:
+def read_metadata(path: str | BinaryIO) -> tuple[int, int, datetime | None]:
     """(width, height) as displayed (after EXIF orientation), and EXIF DateTimeOriginal if any.
 
     Reads the header only; the decode that precedes it already validated the file.

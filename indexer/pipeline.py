@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import shutil
 import sys
 import time
@@ -35,6 +36,7 @@ from db.lock import LOCK_NAME
 from db.settings import library_excludes, merge_excludes, store_excludes
 from indexer.discover import discover
 from indexer.executor import Executor, Feed, Job, LocalExecutor, pil_bomb_check_off
+from indexer.objects import discover_objects, object_reader
 from indexer.phash import fill_phashes
 from indexer.plan import Plan, load_known, load_known_under, make_plan
 from indexer.ray_executor import RayExecutor, RayOptions, require_ray
@@ -46,18 +48,20 @@ from indexer.writer import IndexRebuild, RebuildCallback, Writer, due_rebuild, r
 from koclip import checkpoint_fingerprint
 from koclip.encoder import Encoder
 from koclip.names import MAX_PIXELS, PRECISIONS
+from storage import DEFAULT_WORKERS, ObjectRoot, Retry, is_url, open_root
 
 ProgressCallback = Callable[[int, int], None]  # (files done, files to read)
-# Makes the executor of a session from its loaded encoder and photo root (default: from the
-# options, see `make_executor`); a benchmark passes one with a stand-in encoder.
-ExecutorFactory = Callable[["Encoder", Path, "IndexOptions"], Executor]
+# Makes the executor of a session from its loaded encoder and photo root (a folder, or an
+# object store's root; default: from the options, see `make_executor`); a benchmark passes
+# one with a stand-in encoder.
+ExecutorFactory = Callable[["Encoder", "Path | ObjectRoot", "IndexOptions"], Executor]
 
 
 @dataclass(frozen=True)
 class IndexOptions:
     """Knobs of `index_photos` (the CLI flags)."""
 
-    library: Path | None = None  # default: PHOTO_DIR/.koclip-search
+    library: Path | None = None  # default: PHOTO_DIR/.koclip-search (required for a URL root)
     model: str | None = None  # default: the library's model, else koclip-base
     batch_size: int = 32
     workers: int | None = None  # default: one per CPU
@@ -92,6 +96,11 @@ class IndexOptions:
     # Called with (photos done, photos to read) while a library indexed before facts were
     # stored gets them (metadata only, after the pass): a place for a progress bar.
     on_facts_backfill: Callable[[int, int], None] | None = None
+    # An object-store root's endpoint (e.g. MinIO's URL); default: $AWS_ENDPOINT_URL_S3 /
+    # $AWS_ENDPOINT_URL as boto reads them, else the one the library was indexed through.
+    endpoint_url: str | None = None
+    # How often and how patiently an object-store request is tried (default: storage.Retry()).
+    storage_retry: Retry | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_megapixels) and self.max_megapixels > 0):
@@ -110,6 +119,12 @@ class PhotosGoneError(LibraryError):
     code = "photos_gone"
 
 
+class UrlRootError(LibraryError):
+    """A photo root at a URL cannot be indexed as asked (no --library, or --ray)."""
+
+    code = "bad_root"
+
+
 class UnknownExcludeError(LibraryError):
     """`include` names a pattern that is not one of the library's excludes (a typo would
     otherwise go unnoticed); nothing was changed."""
@@ -119,13 +134,15 @@ class UnknownExcludeError(LibraryError):
 
 
 def index_photos(
-    photo_dir: Path,
+    photo_dir: Path | str,
     options: IndexOptions = IndexOptions(),
     progress: ProgressCallback | None = None,
     encoder: Encoder | None = None,
     make_executor: ExecutorFactory | None = None,
 ) -> Summary:
-    """Bring the library of `photo_dir` up to date; raises LibraryError (and koclip errors) if it cannot run.
+    """Bring the library of `photo_dir` (a folder, or an object store's URL such as
+    "s3://bucket/prefix": storage) up to date; raises LibraryError (and koclip errors,
+    storage errors) if it cannot run.
 
     `encoder` (a loaded vision tower) replaces `options.model` when a caller already holds one.
     """
@@ -145,7 +162,7 @@ class IndexSession:
 
     def __init__(
         self,
-        photo_dir: Path,
+        photo_dir: Path | str,
         options: IndexOptions = IndexOptions(),
         *,
         encoder: Encoder | None = None,
@@ -153,11 +170,19 @@ class IndexSession:
         save_share: float | None = None,
         make_executor: ExecutorFactory | None = None,
     ) -> None:
-        self.photo_root = Path(photo_dir).expanduser().resolve()
-        if not self.photo_root.is_dir():
-            raise LibraryError(f"{photo_dir} is not a folder")
         if options.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        # An object store's root (s3://bucket/prefix), else a folder.
+        self.object_root: ObjectRoot | None = None
+        if is_url(photo_dir):
+            self.object_root = _object_root(str(photo_dir), options)
+            self.photo_root = Path()  # no folder: every use below asks `object_root` first
+            self.where = self.object_root.display
+        else:
+            self.photo_root = Path(photo_dir).expanduser().resolve()
+            if not self.photo_root.is_dir():
+                raise LibraryError(f"{photo_dir} is not a folder")
+            self.where = str(self.photo_root)
         if options.ray is not None:
             require_ray()  # before the lock and the model: the install line comes at once
         self.options = options
@@ -206,7 +231,7 @@ class IndexSession:
                 self._index = rebuild(self.library, due, options.on_index_rebuild)
                 self._rebuilt.append(due)
             self.executor = (make_executor or default_executor)(
-                self.encoder, self.photo_root, options
+                self.encoder, self.object_root or self.photo_root, options
             )
             self._stack.callback(self.executor.close)
         except BaseException:
@@ -247,10 +272,12 @@ class IndexSession:
                 (encoder.fingerprint if encoder else checkpoint_fingerprint(model or DEFAULT_MODEL))
                 != staged.fingerprint
             )
+        root = self.object_root
         return prepare(
             self.library,
-            self.photo_root,
+            root.url if root else self.photo_root,
             model,
+            endpoint=(root.endpoint_display or "") if root else "",
             batch_size=options.batch_size,
             rebuild=rebuild,
             encoder=encoder,
@@ -265,7 +292,7 @@ class IndexSession:
             staged = photos.photo_count(s)
         if refuse_all_gone and not staged and target.has_rows():
             raise PhotosGoneError(
-                f"{self.photo_root} has none of the library's photos (a card or disk not "
+                f"{self.where} has none of the library's photos (a card or disk not "
                 "mounted?); the library was not rebuilt and is unchanged. If they are gone for "
                 "good, run again with --allow-empty-root"
             )
@@ -298,7 +325,11 @@ class IndexSession:
             if scope is not None:
                 known = load_known_under(s, [as_relpath(p) for p in scope])
         skip = [self.library_dir]
-        if scope is None:
+        if self.object_root is not None:
+            if scope is not None:
+                raise ValueError("an object-store root is indexed by full passes only")
+            found = discover_objects(self.object_root, exclude=self.options.exclude)
+        elif scope is None:
             found = discover(
                 self.photo_root,
                 exclude=self.options.exclude,
@@ -317,13 +348,23 @@ class IndexSession:
         plan = make_plan(found, known, self._hashes, scope=plan_scope)
         if (
             refuse_all_gone
+            and self.object_root is not None
+            and not (plan.tasks or plan.unchanged or plan.still_failed)
+        ):
+            held = f" (the library's {len(plan.gone):,} would be removed)" if plan.gone else ""
+            raise PhotosGoneError(
+                f"no photos at {self.where}{held}; nothing was changed. If that is right, run "
+                "again with --allow-empty-root"
+            )
+        if (
+            refuse_all_gone
             and scope is None
             and plan.gone
             and not plan.tasks
             and not (plan.unchanged or plan.still_failed)
         ):
             raise PhotosGoneError(
-                f"{self.photo_root} has none of the library's {len(plan.gone):,} photos (a "
+                f"{self.where} has none of the library's {len(plan.gone):,} photos (a "
                 "card or disk not mounted?); nothing was changed. If they are gone for good, "
                 "run again with --allow-empty-root to remove them from the library"
             )
@@ -349,7 +390,8 @@ class IndexSession:
         try:
             _run_stages(plan, self.executor, writer, options, progress)
             counts = writer.finish()
-            if scope is None:
+            # (An object root's photos all get their fingerprints and facts when read.)
+            if scope is None and self.object_root is None:
                 # Photos indexed before perceptual hashes were stored get one (decode only).
                 fill_phashes(
                     self.library,
@@ -407,11 +449,45 @@ class IndexSession:
         self._stack.__exit__(*exc)
 
 
-def default_executor(encoder: Encoder, photo_root: Path, options: IndexOptions) -> Executor:
-    """Ray workers if `options.ray` asks for them, else this process's threads."""
+def default_executor(
+    encoder: Encoder, photo_root: Path | ObjectRoot, options: IndexOptions
+) -> Executor:
+    """Ray workers if `options.ray` asks for them, else this process's threads (for an
+    object-store root at least storage.DEFAULT_WORKERS of them, each read one GET)."""
+    if isinstance(photo_root, ObjectRoot):
+        workers = options.workers or max(os.cpu_count() or 1, DEFAULT_WORKERS)
+        return LocalExecutor(encoder, workers, read=object_reader(photo_root))
     if options.ray is not None:
         return RayExecutor(options.ray, encoder, photo_root, batch_size=options.batch_size)
     return LocalExecutor(encoder, options.workers)
+
+
+def _object_root(url: str, options: IndexOptions) -> ObjectRoot:
+    """The object store's root at `url`, checked (one listing, no object read: an unchanged
+    root reads none) before the library is touched: refused credentials, a missing bucket or
+    an unreachable store end the run here (exit 2), with nothing made on disk. Reads that are
+    refused later (a key allowed to list, not to read) end the run with the same line."""
+    if options.library is None:
+        raise UrlRootError(f"{url} is not a folder: say where its library goes with --library DIR")
+    if options.ray is not None:
+        raise UrlRootError(f"--ray does not read from object stores yet ({url})")
+    endpoint = options.endpoint_url
+    if not endpoint and not any(
+        os.environ.get(v) for v in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    ):
+        endpoint = _stored_endpoint(Path(options.library).expanduser())
+    root = open_root(url, endpoint_url=endpoint, retry=options.storage_retry)
+    root.probe(read_one=False)
+    return root
+
+
+def _stored_endpoint(library_dir: Path) -> str | None:
+    """The endpoint an existing library was indexed through (None: none, or no library)."""
+    try:
+        with Library.open(library_dir) as library:
+            return library.root_endpoint()
+    except LibraryError:
+        return None
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""Change detection: discovered files against the library, by size and mtime (cheap, no reads);
-files that could not be read are tried again on every run."""
+"""Change detection: discovered files against the library, by size and mtime (cheap, no reads;
+an object's listing adds its ETag); files that could not be read are tried again on every
+run."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Known:
     content_hash: str | None
     reason: str | None = None
     on_disk: str | None = None  # the stored on-disk relative path (None: the key itself)
+    etag: str | None = None  # an object's stored ETag (None: a file, or a failure)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def load_known_under(session: Session, scope: Collection[str] | None) -> dict[st
     for where in in_scope(Photo.path, scope):
         for row in photos.rows_for_plan(session, where):
             known[row.path] = Known(
-                row.id, row.size, row.mtime_ns, row.content_hash, on_disk=row.on_disk
+                row.id, row.size, row.mtime_ns, row.content_hash, on_disk=row.on_disk, etag=row.etag
             )
     for where in in_scope(Failure.path, scope):
         for fail in photos.failures_for_plan(session, where):
@@ -124,7 +126,7 @@ def make_plan(
             continue
         seen.add(item.relpath)
         old = known.get(item.relpath)
-        if old is not None and (old.size, old.mtime_ns) == (item.size, item.mtime_ns):
+        if old is not None and _same(old, item):
             if old.photo_id is not None:
                 plan.unchanged += 1
                 if (old.on_disk or item.relpath) != item.on_disk:
@@ -143,3 +145,11 @@ def make_plan(
             continue
         (plan.gone if old.photo_id is not None else plan.gone_failures).add(path)
     return plan
+
+
+def _same(old: Known, item: FoundFile) -> bool:
+    """Whether a found file is the one the library knows, from its listing alone: same size
+    and mtime (an object's LastModified), and for an indexed object the same ETag."""
+    if (old.size, old.mtime_ns) != (item.size, item.mtime_ns):
+        return False
+    return not item.etag or old.photo_id is None or old.etag == item.etag

@@ -63,18 +63,20 @@ def _reset(directory: Path) -> Library:
 
 def prepare(
     library: Library,
-    photo_root: Path,
+    photo_root: Path | str,
     model: str | None,
     *,
     batch_size: int,
     rebuild: bool,
     encoder: Encoder | None = None,
     precision: str | None = None,
+    endpoint: str = "",
 ) -> Encoder:
     """Refuse another model's vectors (unless rebuilding), load the vision tower, write the manifest.
 
     `encoder`, if given, is used instead of loading `model` (a long-lived process keeps one);
-    else the tower is loaded in `precision` (see `koclip.load_encoder`).
+    else the tower is loaded in `precision` (see `koclip.load_encoder`). A `photo_root` that
+    is an object-store URL is stored as it is, with its `endpoint` (as shown: no secrets).
     """
     old = _old_manifest(library, rebuild)
     model = encoder.model_id if encoder else model or (old.model_id if old else DEFAULT_MODEL)
@@ -95,12 +97,17 @@ def prepare(
         dim=encoder.dim,
         preprocess_version=PREPROCESS_VERSION,
         index_type=old.index_type if old else DEFAULT_INDEX_TYPE,
-        photo_root=relative_photo_root(library.directory, photo_root),
+        photo_root=(
+            photo_root
+            if isinstance(photo_root, str)
+            else relative_photo_root(library.directory, photo_root)
+        ),
         # The precisions that made the stored vectors: this run's is added by the writer when
         # it stores one (a watcher with nothing to encode relabels nothing).
         precision=old.precision if same_vectors else encoder.precision,
         # A new library's type follows its size; an older one's unrecorded choice is settled.
         index_choice=_index_choice(old),
+        endpoint=endpoint,
     )
     if rebuild or old is None or _differs(old, new):
         with write_errors(library.directory), library.session() as s, s.begin():

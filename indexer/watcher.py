@@ -9,6 +9,10 @@ plan -> load -> encode -> write pass as `index`, so there is one write path. The
 
 If events may have been lost (the kernel's queue overflowed) or the photo folder went away
 and came back (an unmounted disk), the next pass is a full incremental one.
+
+An object store's root (s3://bucket/prefix) sends no events: its watcher makes a full pass
+every `poll_interval` seconds, each reading only what the listing says changed; a store that
+does not answer is tried again at the next one.
 """
 
 from __future__ import annotations
@@ -302,7 +306,7 @@ PassCallback = Callable[[Summary, bool], None]  # (summary, whether it was a ful
 
 
 def watch(
-    photo_dir: Path,
+    photo_dir: Path | str,
     options: IndexOptions | None = None,
     watch_options: WatchOptions | None = None,
     *,
@@ -324,13 +328,58 @@ def watch(
     with IndexSession(
         photo_dir, options, encoder=encoder, kind="watcher", save_share=SAVE_SHARE
     ) as session:
-        watcher = _Watcher(session, watch_options or WatchOptions(), on_pass, on_state, stop)
+        watch_options = watch_options or WatchOptions()
+        if session.object_root is not None:
+            box = mailbox or Mailbox()
+            box.open.set()
+            try:
+                _poll_objects(session, watch_options, on_pass, on_state, stop, box)
+            finally:
+                box.close()
+            return
+        watcher = _Watcher(session, watch_options, on_pass, on_state, stop)
         watcher.mailbox = mailbox or Mailbox()
         watcher.mailbox.open.set()
         try:
             watcher.run()
         finally:
             watcher.mailbox.close()
+
+
+def _poll_objects(
+    session: IndexSession,
+    options: WatchOptions,
+    on_pass: PassCallback | None,
+    on_state: Callable[[str], None] | None,
+    stop: threading.Event,
+    mailbox: Mailbox,
+) -> None:
+    """An object store's watcher: a full pass (listing, then only what changed) every
+    `options.poll_interval` seconds until stopped; an unreachable store is tried again at
+    the next poll (the batches committed before are kept)."""
+    from storage import StorageUnreachableError
+
+    state = on_state or (lambda _line: None)
+    where = session.where
+    interval = options.poll_interval
+    announced = False
+    with contextlib.suppress(Stopped):
+        while not stop.is_set():
+            try:
+                summary = session.run(None)
+            except StorageUnreachableError as exc:
+                state(f"{exc}; trying again in {interval:g} s")
+                announced = False
+            else:
+                if on_pass:
+                    on_pass(summary, True)
+                if not announced:
+                    state(f"watching {where} (polling every {interval:g} s)")
+                    announced = True
+            deadline = time.monotonic() + interval
+            while not stop.is_set() and time.monotonic() < deadline:
+                mailbox.serve(session)
+                stop.wait(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
 class Mailbox:
@@ -535,7 +584,7 @@ class WatchThread:
 
     def __init__(
         self,
-        photo_dir: Path,
+        photo_dir: Path | str,
         options: IndexOptions | None = None,
         watch_options: WatchOptions | None = None,
     ) -> None:

@@ -249,9 +249,11 @@ class Writer:
         counts, removed = batch.counts, batch.removed
         relpath = item.task.file.relpath
         disk_path = disk_path_value(relpath, item.task.file.on_disk)
+        etag = item.task.file.etag or None  # an object's ETag; NULL for a file
         known = item.task.known
         if item.touched:  # same bytes, new mtime (copied back, touched): refresh the stat only
             values = {"size": item.size, "mtime_ns": item.mtime_ns, "disk_path": disk_path}
+            values["etag"] = etag
             row = s.get(Photo, known.photo_id)
             if row is not None and row.taken_at_source == "mtime":
                 values["taken_at"] = mtime_datetime(item.mtime_ns)
@@ -275,7 +277,7 @@ class Writer:
         if item.reuse and source.path in self.plan.gone:  # a move: same row, same id, new path
             self.plan.gone.discard(source.path)
             values = {"path": relpath, "disk_path": disk_path}
-            values |= {"size": item.size, "mtime_ns": item.mtime_ns}
+            values |= {"size": item.size, "mtime_ns": item.mtime_ns, "etag": etag}
             if source.taken_at_source == "mtime":
                 values["taken_at"] = mtime_datetime(item.mtime_ns)
             writes.update_photo(s, source.id, **values)  # its facts stay
@@ -305,6 +307,7 @@ class Writer:
             {
                 "path": relpath,
                 "disk_path": disk_path,
+                "etag": etag,
                 "size": item.size,
                 "mtime_ns": item.mtime_ns,
                 "content_hash": item.content_hash,

@@ -34,7 +34,7 @@ from koclip.names import DUPLICATE_KINDS as KINDS
 from koclip.names import MIN_SIMILAR_COS, SIMILAR_COS
 from search.filters import Filter
 from search.results import json_path
-from search.roots import photo_url
+from storage import ObjectPath
 
 SAME_BITS = 16  # perceptual-hash bits two renditions of one picture may differ by
 SAME_RESIDUAL = 0.45  # koclip.images.perceptual.residual of two renditions of one picture
@@ -163,7 +163,8 @@ def find_duplicates(library: db.Library, options: DuplicateOptions) -> list[Dupl
         exact = len(ids) <= EXACT_MAX and options.kind != "identical"
         pairs = _candidates(table, options, neighbour_search(table.vectors) if exact else None)
         groups = group(table, pairs, options, lambda ids: photos.thumbnails(s, ids))
-    root = library.root_url() or library.photo_root()
+    url = library.root_url()
+    root: Path | ObjectPath = ObjectPath(url) if url else library.photo_root()
     info = {r.id: r for r in rows}
     return [
         _described(kind, [int(table.ids[r]) for r in g], sims_by_id(table, sims), info, root)
@@ -497,7 +498,7 @@ def sims_by_id(table: Table, sims: dict[int, float]) -> dict[int, float]:
 
 
 def _described(
-    kind: str, ids: list[int], sims: dict[int, float], info: dict, root: Path | str
+    kind: str, ids: list[int], sims: dict[int, float], info: dict, root: Path | ObjectPath
 ) -> DuplicateGroup:
     """A group's members in order; `root` is the photo folder, or a URL root's URL."""
     members = []
@@ -506,7 +507,7 @@ def _described(
         members.append(
             DuplicatePhoto(
                 id=pid,
-                path=photo_url(root, r.path) if isinstance(root, str) else str(root / r.on_disk),
+                path=str(root / r.on_disk),
                 relpath=r.path,
                 width=r.width,
                 height=r.height,

@@ -15,6 +15,14 @@ from db import photos
 from db.settings import library_excludes
 from search.ann import RECALL
 from search.errors import ModelMismatchError
+from storage import ObjectPath
+
+
+def root_of(library: db.Library) -> Path | ObjectPath:
+    """The library's photo root: its folder, or its object store's URL (storage.ObjectPath:
+    results of an object root carry their objects' URLs)."""
+    url = library.root_url()
+    return ObjectPath(url) if url else library.photo_root()
 
 
 def find_library(given: str | os.PathLike[str] | None = None, start: Path | None = None) -> Path:
@@ -78,7 +86,7 @@ class LibraryInfo:
     """What `koclip-search info` reports."""
 
     library: Path
-    photo_root: Path | str  # a folder, or the URL of a root in object storage
+    photo_root: Path | ObjectPath  # a folder, or an object store's root (its URL)
     photos: int
     failed: int
     model: str
@@ -102,6 +110,9 @@ class LibraryInfo:
     facts: dict[str, int] = field(default_factory=dict)
     # The library's exclude patterns (db.settings): what `index` and every watcher skip.
     excludes: tuple[str, ...] = ()
+    # The object store's endpoint of a URL root as shown (no secrets); None: a folder, or
+    # the store's default.
+    endpoint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (paths as strings, the time as ISO 8601)."""
@@ -116,6 +127,7 @@ class LibraryInfo:
         return {
             "library": str(self.library),
             "photo_root": str(self.photo_root),
+            "endpoint": self.endpoint,
             "photos": self.photos,
             "failed": self.failed,
             "model": self.model,
@@ -171,7 +183,8 @@ def describe_library(
     size = _size_on_disk(library) if disk else None
     return LibraryInfo(
         library=library.directory.absolute(),
-        photo_root=library.root_url() or (library.directory / manifest.photo_root).resolve(),
+        photo_root=root_of(library),
+        endpoint=library.root_endpoint() if library.root_url() else None,
         photos=count,
         failed=failed,
         model=manifest.model_id,

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import db
 from search.errors import QueryError
 from search.filters import folder_filter, relative_to_root
+from storage import ObjectPath
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class PhotoRoot:
         url = library.root_url()
         return cls(url=url) if url is not None else cls(path=library.photo_root())
 
+    @classmethod
+    def at(cls, root: Path | ObjectPath) -> PhotoRoot:
+        """The root search.library.root_of gives: a folder, or a URL (storage.ObjectPath)."""
+        return cls(url=str(root)) if isinstance(root, ObjectPath) else cls(path=Path(root))
+
     @property
     def is_url(self) -> bool:
         return self.url is not None
@@ -38,7 +44,7 @@ class PhotoRoot:
     def __str__(self) -> str:
         return self.url if self.url is not None else str(self.path)
 
-    def locate(self, row: db.Photo) -> Path | str:
+    def locate(self, row: db.Photo) -> Path | ObjectPath:
         """Where the photo of a row is: its path on disk, or its object's URL."""
         if self.url is not None:
             return photo_url(self.url, row.disk_relpath())
@@ -67,9 +73,9 @@ class PhotoRoot:
         return key
 
 
-def photo_url(root_url: str, key: str) -> str:
+def photo_url(root_url: str, key: str) -> ObjectPath:
     """The URL of the object under `root_url` whose key (relative to it) is `key`."""
-    return f"{root_url.rstrip('/')}/{key}"
+    return ObjectPath(root_url) / key
 
 
 def object_key(text: str, root_url: str) -> str | None:

@@ -35,6 +35,7 @@ from search.library import (
     find_library,
     folder_counts,
     open_read_only,
+    root_of,
 )
 from search.query import Term, check_text, describe, parse_query
 from search.results import PhotoInfo, SearchHit, SearchResults, display_path, stored_facts
@@ -455,7 +456,7 @@ class Searcher:
             digest = db.content_hash(path)
         except OSError as exc:
             raise QueryImageError(f"cannot read the query image {image}: {exc.strerror}") from None
-        rel = relative_to_root(path, self.photo_root)  # type: ignore[arg-type]
+        rel = relative_to_root(path, self.photo_root)
         with self.library.session() as s, s.begin():
             same = photos.photos_with_hash(s, digest)
             if same:
@@ -490,10 +491,10 @@ class Searcher:
         return self.encoder.images([open_query_image(path)])[0], set(), False
 
     def _set_root(self) -> None:
-        """Where the library's photos are now (`root`); `photo_root` is its folder, None for
-        a root in object storage (then `root.url`)."""
-        self.root = PhotoRoot.of(self.library)
-        self.photo_root = self.root.path
+        """Where the library's photos are now: `photo_root` is its folder, or the URL of its
+        root in object storage (a storage.ObjectPath); `root` says which, and maps keys."""
+        self.photo_root = root_of(self.library)
+        self.root = PhotoRoot.at(self.photo_root)
 
     def _stored(self, session: Any, row: db.Photo) -> tuple[np.ndarray, set[int]]:
         """A library photo's stored vector (checked: LibraryCorruptError if damaged), and the

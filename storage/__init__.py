@@ -16,6 +16,7 @@ from storage.errors import (
     StorageSetupError,
     StorageUnreachableError,
 )
+from storage.paths import ObjectPath
 from storage.roots import (
     DEFAULT_WORKERS,
     ObjectEntry,
@@ -32,6 +33,7 @@ __all__ = [
     "ObjectEntry",
     "ObjectError",
     "ObjectGoneError",
+    "ObjectPath",
     "ObjectRoot",
     "ObjectTooLargeError",
     "Retry",

@@ -207,7 +207,7 @@ class ObjectRoot:
         """One try at reading the object (`key` relative to the root)."""
         raise NotImplementedError
 
-    def _probe(self) -> None:
+    def _probe(self, read_one: bool) -> None:
         raise NotImplementedError
 
     def _classify(self, exc: BaseException) -> tuple[str, str]:
@@ -286,11 +286,12 @@ class ObjectRoot:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def probe(self) -> None:
-        """List the root and read one byte of one object: raises StorageCredentialsError,
+    def probe(self, *, read_one: bool = True) -> None:
+        """List the root and read one byte of one object (`read_one=False`: list only, so a
+        run over an unchanged root reads no object at all): raises StorageCredentialsError,
         NoSuchRootError or StorageUnreachableError (each one line, exit 2) when the root cannot
         be used. A prefix without objects is no error here."""
-        self._tried(self._probe, what="probe")
+        self._tried(lambda: self._probe(read_one), what="probe")
 
     # --- retries and the errors a user reads --------------------------------------------------
     def _tried(self, call: Callable[[], T], *, what: str) -> T:
@@ -451,11 +452,11 @@ class S3Root(ObjectRoot):
 
         return self._sync(get)
 
-    def _probe(self) -> None:
+    def _probe(self, read_one: bool) -> None:
         prefix = f"{self.prefix}/" if self.prefix else ""
         page = self._sync(lambda c: c.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1))
         first = next(iter(page.get("Contents", ())), None)
-        if first is not None:
+        if first is not None and read_one:
             key = first["Key"]
 
             async def one_byte(client: Any) -> None:
@@ -577,8 +578,11 @@ class FsspecRoot(ObjectRoot):
             raise ObjectChangedError("changed while it was read; read next run")
         return data
 
-    def _probe(self) -> None:
-        self.fs.ls(self._root_path(), detail=False)
+    def _probe(self, read_one: bool) -> None:
+        listed = self.fs.ls(self._root_path(), detail=True)
+        files = [i for i in listed if i.get("type") != "directory"]
+        if files and read_one:
+            self.fs.cat_file(files[0]["name"], start=0, end=1)
 
     def _classify(self, exc: BaseException) -> tuple[str, str]:
         if isinstance(exc, PermissionError):

@@ -58,6 +58,7 @@ class Fault:
     delay: float = 0.0  # seconds to wait before forwarding
     drop: bool = False  # close the connection without an answer
     before: Callable[[], None] | None = None  # run before forwarding (e.g. replace the object)
+    transform: Callable[[bytes], bytes] | None = None  # rewrites the answer's body (a listing)
 
 
 def _error_body(code: str) -> bytes:
@@ -154,6 +155,8 @@ class FaultProxy:
             upstream.request(handler.command, handler.path, body=body, headers=headers)
             response = upstream.getresponse()
             data = response.read()
+            if fault is not None and fault.transform is not None:
+                data = fault.transform(data)
             handler.send_response(response.status)
             for key, value in response.getheaders():
                 if key.lower() not in ("transfer-encoding", "connection", "content-length"):

@@ -61,6 +61,8 @@ WARMUP_QUERY = "사진"
 # Threads that touch the library's engine: these plus the search thread stay within the
 # five of its SingletonThreadPool (see the module docstring).
 DB_THREADS = 2
+# Where boto reads an S3 endpoint from (storage.open_root too).
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 # How long a set-aside or restore waits for this server's watcher to finish its pass.
 WRITE_WAIT = 30.0
 
@@ -204,7 +206,7 @@ class Backend:
 
     def _kwargs(self, searcher: Searcher, opts: Options) -> dict[str, Any]:
         under = None
-        if opts.under and searcher.photo_root is None:  # a root in object storage: a key prefix
+        if opts.under and searcher.root.is_url:  # a root in object storage: a key prefix
             under = opts.under.lstrip("/")
         elif opts.under:
             # Always from the photo root: a URL never names a folder relative to the server's
@@ -247,10 +249,11 @@ class Backend:
         koclip.ImageError if its file can no longer be read, ApiError 404 if it is no longer a
         file in the photo folder (see web.files)."""
         photo = self.photo(photo_id)
-        root = self.searcher().photo_root
+        searcher = self.searcher()
+        root = searcher.photo_root
         if self._thumbs is None:
-            self._thumbs = ThumbnailCache(self.searcher().directory)
-        if root is None:  # in object storage: read only to make it (the cache is this machine's)
+            self._thumbs = ThumbnailCache(searcher.directory)
+        if searcher.root.is_url:  # read only to make it: the cache is this machine's
             path = self._thumbs.get(
                 photo.id, photo.content_hash, lambda: self._open_object(photo), size, reopen=False
             )
@@ -264,11 +267,12 @@ class Backend:
         """(photo, its file opened, media type, size): only a file inside the photo folder that
         decodes as an image (the bytes checked are the bytes sent); ApiError 404 otherwise."""
         photo = self.photo(photo_id)
-        root = self.searcher().photo_root
-        f = open_photo(root, photo.path) if root is not None else self._open_object(photo)
+        searcher = self.searcher()
+        url = searcher.root.is_url
+        f = self._open_object(photo) if url else open_photo(searcher.photo_root, photo.path)
         try:
             media_type = image_type(f)
-            size = len(f.getbuffer()) if isinstance(f, BytesIO) else os.fstat(f.fileno()).st_size
+            size = len(f.getvalue()) if isinstance(f, BytesIO) else os.fstat(f.fileno()).st_size
             return photo, f, media_type, size
         except ImageError as exc:
             f.close()
@@ -283,8 +287,11 @@ class Backend:
         if self._objects is None or self._objects.url != url:
             from storage import open_root
 
-            # The endpoint given to serve, else the one the library was indexed through.
-            endpoint = self.endpoint_url or self.read(lambda s: s.library.root_endpoint())
+            # As `index` takes it: the one given, else $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL,
+            # else the one the library was indexed through.
+            endpoint = self.endpoint_url
+            if not endpoint and not any(os.environ.get(v) for v in ENDPOINT_VARIABLES):
+                endpoint = self.read(lambda s: s.library.root_endpoint())
             self._objects = open_root(url, endpoint_url=endpoint)
         top = f"{url}/"
         where = str(photo.path)
@@ -312,7 +319,7 @@ class Backend:
 
     def refuse_object_root(self) -> None:
         """indexer.aside.ObjectRootAsideError (400) for a library of photos in object storage."""
-        if self.searcher().photo_root is None:
+        if self.searcher().root.is_url:
             from indexer.aside import refuse_object_root
 
             self.read(lambda s: refuse_object_root(s.library))
@@ -401,7 +408,7 @@ class Backend:
         if query.under and query.under.strip("/"):
             searcher = self.searcher()
             root = searcher.photo_root
-            if root is None:  # a root in object storage: a key prefix under it
+            if searcher.root.is_url:  # a root in object storage: a key prefix under it
                 under = searcher.root.folder(query.under.lstrip("/"))
             else:
                 # From the photo root, as for searches: a URL never names a folder from the cwd.
