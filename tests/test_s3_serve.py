@@ -1,10 +1,15 @@
 """serve / search / similar / duplicates over a library of photos in object storage: moto's
 S3 server on 127.0.0.1 (real HTTP, behind tests/s3_fixtures.py's proxy, which logs every
-request), the real indexer and the real app (TestClient), tiny model."""
+request), the real indexer and the real app (TestClient), tiny model.
+
+One bucket and library for the module: a test that changes an object uses its own (GONE,
+SWAPPED, THUMBED); the library is never re-indexed here, so its rows stay as indexed.
+"""
 
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +20,14 @@ from fastapi.testclient import TestClient
 from cli import main
 from search import Searcher
 from tests import s3_fixtures
-from tests.s3_fixtures import S3, jpeg
+from tests.s3_fixtures import ACCESS_KEY, REGION, S3, SECRET_KEY, FaultProxy, jpeg, s3_environment
 from web import create_app
 
-moto_server, s3 = s3_fixtures.moto_server, s3_fixtures.s3  # the fixtures, used by name
+moto_server = s3_fixtures.moto_server  # the fixture, used by name
 
 BASE = "http://127.0.0.1"
-PHOTOS = {"a.jpg": 1, "sub/b.jpg": 2, "c.jpg": 3, "여행/바다.jpg": 4}
+GONE, SWAPPED, THUMBED = "sub/b.jpg", "c.jpg", "d.jpg"
+PHOTOS = {"a.jpg": 1, GONE: 2, SWAPPED: 3, "여행/바다.jpg": 4, THUMBED: 5}
 COPY = "dup/a-copy.jpg"  # the same bytes as a.jpg: an identical duplicate
 
 
@@ -46,18 +52,41 @@ def _index(url: str, library: Path, ckpt: Path) -> None:
     assert done.exit_code == 0, done.output
 
 
-@pytest.fixture
-def served(s3: S3, tmp_path: Path, tiny_checkpoint: Path):
-    s3.put_jpegs("p", PHOTOS)
-    s3.copy("p/a.jpg", f"p/{COPY}")
-    library = tmp_path / "library"
-    url = s3.url("p")
-    _index(url, library, tiny_checkpoint)
-    with TestClient(create_app(library, warm=False), base_url=BASE) as client:
-        yield Served(s3, library, url, client)
+@pytest.fixture(scope="module")
+def served(moto_server: str, tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path):
+    """tests/s3_fixtures.py's `s3` for the whole module: a bucket behind a proxy, boto's
+    environment set; the photos uploaded and indexed, the app open on the library."""
+    import boto3
+
+    tmp = tmp_path_factory.mktemp("s3-serve")
+    proxy = FaultProxy(moto_server)
+    proxy.start()
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(name, raising=False)
+        values = s3_environment(tmp, proxy.endpoint)
+        for key, value in values.items():
+            env.setenv(key, value)
+        moto = f"http://{moto_server}"
+        client = boto3.client(
+            "s3",
+            endpoint_url=moto,
+            region_name=REGION,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+        )
+        s3 = S3(f"serve-{uuid.uuid4().hex[:12]}", proxy, client, moto, values)
+        client.create_bucket(Bucket=s3.bucket)
+        s3.put_jpegs("p", PHOTOS)
+        s3.copy("p/a.jpg", f"p/{COPY}")
+        library = tmp / "library"
+        _index(s3.url("p"), library, tiny_checkpoint)
+        with TestClient(create_app(library, warm=False), base_url=BASE) as app:
+            yield Served(s3, library, s3.url("p"), app)
+    proxy.stop()
 
 
-def test_info_search_and_similar_carry_the_objects_urls(served: Served, tiny_checkpoint: Path):
+def test_info_search_and_similar_carry_the_objects_urls(served: Served):
     info = served.client.get("/api/info").json()
     assert info["photo_root"] == served.url and info["photos"] == len(PHOTOS) + 1
     ids = served.ids()
@@ -68,6 +97,8 @@ def test_info_search_and_similar_carry_the_objects_urls(served: Served, tiny_che
     assert all(r["path"] == f"{served.url}/{r['relpath']}" for r in found)
     under = served.client.get("/api/search", params={"q": "사진", "under": "sub"}).json()
     assert [r["relpath"] for r in under["results"]] == ["sub/b.jpg"]
+    outside = served.client.get("/api/search", params={"q": "사진", "under": "../x"})
+    assert outside.status_code == 400 and outside.json()["code"] == "bad_query"
 
     reads = len(served.s3.proxy.object_gets())
     # By id: the stored vector; by the photo's key or URL in a query: the stored vector too.
@@ -77,6 +108,10 @@ def test_info_search_and_similar_carry_the_objects_urls(served: Served, tiny_che
     assert "sub/b.jpg" not in {r["relpath"] for r in by_key} and by_key
     assert len(served.s3.proxy.object_gets()) == reads  # no object was read for any of it
 
+
+@pytest.mark.slow
+def test_the_command_line_prints_the_objects_urls(served: Served):
+    reads = len(served.s3.proxy.object_gets())
     cli = CliRunner().invoke(
         main, ["similar", f"{served.url}/여행/바다.jpg", "--library", str(served.library), "--json"]
     )
@@ -92,6 +127,7 @@ def test_info_search_and_similar_carry_the_objects_urls(served: Served, tiny_che
         main, ["similar", "s3://other-bucket/a.jpg", "--library", str(served.library)]
     )
     assert outside.exit_code == 2 and "not a photo in the library" in outside.output
+    assert len(served.s3.proxy.object_gets()) == reads
 
 
 def test_originals_and_thumbnails_come_from_the_bucket(served: Served):
@@ -102,27 +138,29 @@ def test_originals_and_thumbnails_come_from_the_bucket(served: Served):
     assert original.headers["content-type"] == "image/jpeg"
     assert "filename*=utf-8''%EB%B0%94%EB%8B%A4.jpg" in original.headers["content-disposition"]
 
-    before = len(served.s3.proxy.object_gets("c.jpg"))
-    thumb = served.client.get(f"/api/photos/{ids['c.jpg']}/thumbnail")
+    before = len(served.s3.proxy.object_gets(THUMBED))
+    thumb = served.client.get(f"/api/photos/{ids[THUMBED]}/thumbnail")
     assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
-    assert len(served.s3.proxy.object_gets("c.jpg")) == before + 1
-    cached = list((served.library / "thumbs" / "small").glob(f"{ids['c.jpg']}-*.jpg"))
+    assert len(served.s3.proxy.object_gets(THUMBED)) == before + 1
+    cached = list((served.library / "thumbs" / "small").glob(f"{ids[THUMBED]}-*.jpg"))
     assert len(cached) == 1 and cached[0].read_bytes() == thumb.content
-    again = served.client.get(f"/api/photos/{ids['c.jpg']}/thumbnail")
+    again = served.client.get(f"/api/photos/{ids[THUMBED]}/thumbnail")
     assert again.content == thumb.content
-    assert len(served.s3.proxy.object_gets("c.jpg")) == before + 1  # from the local cache
+    assert len(served.s3.proxy.object_gets(THUMBED)) == before + 1  # from the local cache
 
-    # An object deleted since it was indexed: 404, as a file that is gone.
-    served.s3.delete("p/sub/b.jpg")
+
+def test_an_object_gone_since_it_was_indexed_is_404(served: Served):
+    ids = served.ids()
+    served.s3.delete(f"p/{GONE}")
     for route in ("original", "thumbnail"):
-        gone = served.client.get(f"/api/photos/{ids['sub/b.jpg']}/{route}")
+        gone = served.client.get(f"/api/photos/{ids[GONE]}/{route}")
         assert gone.status_code == 404 and gone.json()["code"] == "unreadable", gone.text
 
 
 def test_an_object_replaced_by_a_non_image_is_not_sent(served: Served):
     ids = served.ids()
-    served.s3.put("p/c.jpg", b"<html>not a photo</html>")
-    answer = served.client.get(f"/api/photos/{ids['c.jpg']}/original")
+    served.s3.put(f"p/{SWAPPED}", b"<html>not a photo</html>")
+    answer = served.client.get(f"/api/photos/{ids[SWAPPED]}/original")
     assert answer.status_code == 404 and answer.json()["code"] == "unreadable"
 
 
@@ -148,10 +186,13 @@ def test_duplicates_list_and_set_aside_is_refused(served: Served):
     keep = json.loads(listed.output)["groups"][0]["keep"]
     assert keep in (f"{served.url}/a.jpg", f"{served.url}/{COPY}")
     for extra in (["--set-aside"], ["--set-aside", "--dry-run"], ["--restore"]):
+        # (the listing above found the groups from the database alone: no object was read)
         cli = CliRunner().invoke(main, ["duplicates", "--library", str(served.library), *extra])
         assert cli.exit_code == 2, cli.output
         assert len(cli.output.strip().splitlines()) == 1
         assert "object storage" in cli.output and served.url in cli.output
-    # Nothing moved in the bucket.
-    keys = {o["Key"] for o in served.s3.client.list_objects_v2(Bucket=served.s3.bucket)["Contents"]}
-    assert keys == {f"p/{k}" for k in (*PHOTOS, COPY)}
+    # Nothing was moved in the bucket.
+    listed = served.s3.client.list_objects_v2(Bucket=served.s3.bucket, Prefix="p/a")["Contents"]
+    assert [o["Key"] for o in listed] == ["p/a.jpg"]
+    copies = served.s3.client.list_objects_v2(Bucket=served.s3.bucket, Prefix="p/dup/")
+    assert [o["Key"] for o in copies["Contents"]] == [f"p/{COPY}"]
