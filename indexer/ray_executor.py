@@ -36,7 +36,7 @@ from indexer.executor import Feed, Job, encode, load_chunk, pil_bomb_check_off
 from indexer.load import Loaded, Reader
 from koclip.encoder import Encoder
 from koclip.errors import KoclipSearchError
-from storage import ObjectRoot, StorageError, is_url, open_root
+from storage import ObjectRoot, StorageCredentialsError, StorageError, is_url, open_root
 
 INSTALL_LINE = "pip install 'koclip-search[ray]'"
 # At most this many batches' results go into one commit (when they arrive together).
@@ -449,11 +449,13 @@ def check_photo_root(spec: WorkerSpec) -> None:
     if is_url(spec.photo_root):
         try:
             _worker_root(spec).probe()
-        except StorageError as exc:
+        except StorageCredentialsError as exc:
             raise ClusterSetupError(
-                f"a Ray worker on {host} cannot read {spec.photo_root}: {exc} (each node reads "
-                "the store with its own credentials: its environment, config files or role)"
+                f"a Ray worker on {host}: {exc} (each node reads the store with its own "
+                "credentials)"
             ) from None
+        except StorageError as exc:
+            raise ClusterSetupError(f"a Ray worker on {host}: {exc}") from None
         return
     root = Path(spec.photo_root)
     try:

@@ -35,6 +35,24 @@ def kill_at_marker(
     proc.wait(timeout=30)
 
 
+def ray_node_command(address: str, name: str, i: int) -> str:
+    """`ray start` of a 1-CPU worker node joining `address` (in a namespace of in_namespace):
+    several nodes on one machine, each with its own temp dir (sockets) and ports."""
+    flags = (
+        "node-manager",
+        "object-manager",
+        "metrics-export",
+        "dashboard-agent-listen",
+        "dashboard-agent-grpc",
+        "runtime-env-agent",
+    )
+    ports = " ".join(f"--{flag}-port {6400 + 10 * i + k}" for k, flag in enumerate(flags))
+    return (
+        f"ray start --address {address} --num-cpus 1 --disable-usage-stats --block "
+        f"--temp-dir {os.environ['RAY_TMPDIR']}/{name} {ports}"
+    )
+
+
 def in_namespace(
     tmp_path: Path, script: str, ckpt: Path, timeout: float = 300, **env_vars: str
 ) -> dict:

@@ -21,7 +21,7 @@ pytest.importorskip("ray", reason="Ray is not installed (pip install 'koclip-sea
 moto_server, s3 = s3_fixtures.moto_server, s3_fixtures.s3  # the fixtures, used by name
 
 SCRIPT = r"""
-import json, os, sys
+import json, os, subprocess, sys, time
 from pathlib import Path
 import boto3
 import numpy as np
@@ -44,11 +44,16 @@ for i in range(10):
 client.put_object(Bucket="photos", Key="p/broken.jpg", Body=b"not a photo")
 url = "s3://photos/p"
 out = {}
+# One Ray for both runs, started with this environment: its workers' credentials are the
+# node's own (the driver sends none).
+subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--port", "6379",
+                "--include-dashboard", "false", "--disable-usage-stats"],
+               check=True, capture_output=True)
 
 def cli(library, *args):
     result = CliRunner().invoke(main, ["index", url, "--library", str(work / library),
                                        "--model", ckpt, "--batch-size", "4", *args])
-    return [result.exit_code, result.output.strip().splitlines()[-1:]]
+    return [result.exit_code, result.output.strip().splitlines()]
 
 def library(name):
     with db.Library.open(work / name) as lib:
@@ -67,7 +72,7 @@ def compare(tag):
     out[f"{tag}_max_diff"] = max(float(np.abs(vec_local[p] - vec_ray[p]).max()) for p in vec_local)
 
 out["local"] = cli("local")
-out["ray"] = cli("ray", "--ray", "local", "--ray-workers", "2")
+out["ray"] = cli("ray", "--ray", "127.0.0.1:6379")
 compare("first")
 # A moved object, a new one and a deleted one: both libraries follow.
 client.copy_object(Bucket="photos", Key="p/moved.jpg", CopySource={"Bucket": "photos", "Key": "p/d0/000.jpg"})
@@ -75,8 +80,24 @@ client.delete_object(Bucket="photos", Key="p/d0/000.jpg")
 client.put_object(Bucket="photos", Key="p/new.jpg", Body=jpeg(42))
 client.delete_object(Bucket="photos", Key="p/d1/001.jpg")
 out["local2"] = cli("local")
-out["ray2"] = cli("ray", "--ray", "local", "--ray-workers", "2")
+out["ray2"] = cli("ray", "--ray", "127.0.0.1:6379")
 compare("second")
+
+# A node joins whose environment holds no credentials: the start-up probe names it.
+import ray
+from tests.process_fixtures import ray_node_command
+bare = {k: v for k, v in os.environ.items()
+        if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+subprocess.Popen(ray_node_command("127.0.0.1:6379", "bare", 0).split(), env=bare,
+                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+ray.init(address="127.0.0.1:6379")
+deadline = time.monotonic() + 90
+while sum(n["Alive"] for n in ray.nodes()) < 2:
+    assert time.monotonic() < deadline, "the node without credentials never joined"
+    time.sleep(0.2)
+ray.shutdown()
+out["bare"] = cli("ray", "--ray", "127.0.0.1:6379")
+subprocess.run(["ray", "stop", "--force"], capture_output=True)
 server.stop()
 print(json.dumps(out))
 """
@@ -92,6 +113,11 @@ def test_ray_workers_read_the_bucket_and_make_the_local_library(tmp_path, tiny_c
     assert out["second_same"] and out["second_max_diff"] < 1e-5, out
     expected = {f"d{i % 3}/{i:03d}.jpg" for i in range(2, 10)} | {"moved.jpg", "new.jpg"}
     assert out["second_paths"] == sorted(expected)
+    # The node without credentials: one line naming it, exit 2.
+    code, lines = out["bare"]
+    assert code == 2 and len(lines) == 1, out["bare"]
+    assert lines[0].startswith("Error: a Ray worker on "), lines
+    assert "cannot read s3://photos/p" in lines[0] and "credentials" in lines[0]
 
 
 def test_a_node_without_credentials_is_named_by_the_probe(s3, monkeypatch):
@@ -114,8 +140,9 @@ def test_a_node_without_credentials_is_named_by_the_probe(s3, monkeypatch):
         check_photo_root(other)
     message = str(refused.value)
     assert len(message.splitlines()) == 1 and refused.value.exit_code == 2
-    assert "a Ray worker on " in message and s3.url("p") in message
-    assert "credentials" in message and s3_fixtures.SECRET_KEY not in message
+    assert message.startswith("a Ray worker on ")
+    assert f"cannot read {s3.url('p')}" in message and "credentials were refused" in message
+    assert s3_fixtures.SECRET_KEY not in message
 
 
 def test_a_node_that_cannot_reach_the_store_is_named(s3):
@@ -138,7 +165,7 @@ def test_a_node_that_cannot_reach_the_store_is_named(s3):
         spec.photo_root, endpoint_url=spec.endpoint, retry=fast, timeout=2
     )
     try:
-        with pytest.raises(ClusterSetupError, match="cannot read s3://"):
+        with pytest.raises(ClusterSetupError, match=r"^a Ray worker on .*: cannot reach s3://"):
             check_photo_root(spec)
     finally:
         ray_executor._roots.clear()
