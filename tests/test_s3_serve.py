@@ -9,6 +9,7 @@ SWAPPED, THUMBED); the library is never re-indexed here, so its rows stay as ind
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from tests import s3_fixtures
 from tests.s3_fixtures import ACCESS_KEY, REGION, S3, SECRET_KEY, FaultProxy, jpeg, s3_environment
 from web import create_app
 
-moto_server = s3_fixtures.moto_server  # the fixture, used by name
+moto_server, s3 = s3_fixtures.moto_server, s3_fixtures.s3  # the fixtures, used by name
 
 BASE = "http://127.0.0.1"
 GONE, SWAPPED, THUMBED = "sub/b.jpg", "c.jpg", "d.jpg"
@@ -196,3 +197,51 @@ def test_duplicates_list_and_set_aside_is_refused(served: Served):
     assert [o["Key"] for o in listed] == ["p/a.jpg"]
     copies = served.s3.client.list_objects_v2(Bucket=served.s3.bucket, Prefix="p/dup/")
     assert [o["Key"] for o in copies["Contents"]] == [f"p/{COPY}"]
+
+
+def _until(check, what: str, seconds: float = 60.0) -> None:
+    """Wait for `check()` to hold (bounded: fails after `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_serve_watch_polls_the_listing_and_a_failing_listing_removes_nothing(
+    s3: S3, tmp_path: Path, tiny_checkpoint: Path
+):
+    from cli.serve_cmd import _watcher
+    from storage import ObjectPath
+
+    s3.put_jpegs("w", {"a.jpg": 1, "b.jpg": 2})
+    library = tmp_path / "library"
+    _index(s3.url("w"), library, tiny_checkpoint)
+    # What `serve --watch --poll 0.3` runs beside the app.
+    watcher = _watcher(ObjectPath(s3.url("w")), library, str(tiny_checkpoint), 0.3)
+    with TestClient(create_app(library, warm=False, watcher=watcher), base_url=BASE) as client:
+
+        def photos() -> int:
+            return client.get("/api/info").json()["photos"]
+
+        s3.put("w/new/c.jpg", jpeg(3))
+        _until(lambda: photos() == 3, "the new object indexed")
+        found = client.get("/api/search", params={"q": "사진", "under": "new"}).json()
+        assert [r["path"] for r in found["results"]] == [f"{s3.url('w')}/new/c.jpg"]
+
+        # Listings refused (credentials revoked meanwhile): the watcher logs, keeps every photo.
+        def refused(request):
+            listing = request.method == "GET" and "list-type" in request.query
+            return s3_fixtures.Fault(status=403, code="AccessDenied") if listing else None
+
+        s3.proxy.fault = refused
+        s3.delete("w/a.jpg")
+        seen = len(s3.proxy.log)
+        _until(
+            lambda: sum("list-type" in r.query for r in s3.proxy.log[seen:]) >= 3,
+            "three refused listings",
+        )
+        assert photos() == 3 and watcher.error is None
+        s3.proxy.fault = lambda request: None
+        _until(lambda: photos() == 2, "the deleted object removed once the listing works")
+    assert watcher.error is None
