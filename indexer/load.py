@@ -23,7 +23,7 @@ from indexer.phash import fingerprints
 from indexer.plan import UNREADABLE, Task
 from koclip.errors import ImageError, ImageTooLargeError
 from koclip.images.preprocess import open_image, preprocess
-from storage import ObjectChangedError, ObjectError, ObjectGoneError
+from storage import ObjectChangedError, ObjectDeniedError, ObjectError, ObjectGoneError
 
 # Reads a found object's bytes (indexer.objects.object_reader); raises storage errors.
 Reader = Callable[[FoundFile], bytes]
@@ -87,7 +87,7 @@ def load(
     else:
         try:
             data = read(file)
-        except (ObjectChangedError, ObjectGoneError) as exc:
+        except (ObjectChangedError, ObjectGoneError, ObjectDeniedError) as exc:
             return Loaded(task, file.size, file.mtime_ns, error=f"{UNREADABLE}: {exc}")
         except ObjectError as exc:  # too large: stays failed until the object changes
             return Loaded(task, file.size, file.mtime_ns, error=str(exc))

@@ -81,7 +81,20 @@ class Filter:
 
 
 def relative_to_root(path: str | os.PathLike[str], photo_root: Path) -> str | None:
-    """`path` as the library stores it (POSIX, NFC, relative to the root), or None if outside."""
+    """`path` as the library stores it (POSIX, NFC, relative to the root), or None if outside.
+    Under an object store's root (a `storage.ObjectPath`, a str) `path` is its URL or a key
+    relative to it, never a local file (an absolute local path is outside)."""
+    if isinstance(photo_root, str):
+        text = os.fspath(path)
+        base = photo_root.rstrip("/") + "/"
+        if text.startswith(base):
+            text = text[len(base) :]
+        elif text.startswith("/"):
+            return None
+        parts = [p for p in text.split("/") if p not in ("", ".")]
+        if "://" in text or ".." in parts:
+            return None
+        return db.path_key("/".join(parts))
     absolute = Path(os.path.abspath(os.path.expanduser(path)))
     root = Path(os.path.abspath(photo_root))
     for candidate in (absolute, absolute.resolve()):

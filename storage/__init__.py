@@ -7,6 +7,7 @@ when an s3:// root is opened (the `s3` extra: pip install 'koclip-search[s3]').
 from storage.errors import (
     NoSuchRootError,
     ObjectChangedError,
+    ObjectDeniedError,
     ObjectError,
     ObjectGoneError,
     ObjectTooLargeError,
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_WORKERS",
     "NoSuchRootError",
     "ObjectChangedError",
+    "ObjectDeniedError",
     "ObjectEntry",
     "ObjectError",
     "ObjectGoneError",

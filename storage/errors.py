@@ -65,3 +65,11 @@ class ObjectChangedError(ObjectError):
 
 class ObjectGoneError(ObjectError):
     """The object was removed since it was listed."""
+
+
+class ObjectDeniedError(ObjectError):
+    """The store refused to hand this one object over (AccessDenied on its GET) although the
+    root could be listed: a per-object policy or ACL. Tried again on the next run."""
+
+    http_status = 403
+    code = "object_denied"

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 from storage.errors import (
     NoSuchRootError,
     ObjectChangedError,
+    ObjectDeniedError,
     ObjectError,
     ObjectGoneError,
     ObjectTooLargeError,
@@ -316,6 +317,10 @@ class ObjectRoot:
         return f"{self.display}{where}"
 
     def _error(self, kind: str, reason: str, what: str) -> StorageError:
+        if kind == "credentials" and reason == "AccessDenied" and what not in ("list", "probe"):
+            # Keys that may list the root but not read this object: this photo fails (tried
+            # again next run); keys refused outright fail the listing first.
+            return ObjectDeniedError(f"access denied to the object ({reason})")
         if kind == "credentials":
             return StorageCredentialsError(
                 f"cannot read {self._where()}: the credentials were refused ({reason}) — "

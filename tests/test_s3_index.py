@@ -93,6 +93,14 @@ def test_a_bucket_is_indexed_and_searched_like_a_folder(s3, tmp_path, tiny_check
     with Searcher(library, model=str(tiny_checkpoint)) as searcher:
         hit = searcher.text("바다", k=10).hits[0]
         assert str(hit.path) == f"{s3.url('trip')}/{hit.relpath}"
+        assert searcher.photo_at("2024/바다.jpg").path == f"{s3.url('trip')}/2024/바다.jpg"
+        assert searcher.photo_at(f"{s3.url('trip')}/a.jpg").relpath == "a.jpg"
+        for elsewhere in ("../trip/a.jpg", "s3://other/a.jpg", "없는.jpg", "/a.jpg"):
+            assert searcher.photo_at(elsewhere) is None, elsewhere
+        assert {h.relpath for h in searcher.text("사진", under="2024")} == {
+            "2024/바다.jpg",
+            "2024/b.png",
+        }
 
 
 def test_changes_from_the_listing_alone(s3, tmp_path, tiny_checkpoint, monkeypatch):
@@ -148,6 +156,24 @@ def test_changes_from_the_listing_alone(s3, tmp_path, tiny_checkpoint, monkeypat
         index_photos(s3.url("trip"), opts, encoder=encoder)
     emptied = dataclasses.replace(opts, allow_empty_root=True)
     assert index_photos(s3.url("trip"), emptied, encoder=encoder).deleted == 4
+
+
+def test_facts_are_read_from_the_bytes_in_memory(s3, tmp_path, tiny_checkpoint):
+    from indexer.testing_facts import gps_tags, jpeg_bytes, make_exif, photo_pixels, xmp_packet
+
+    exif = make_exif(
+        taken="2024:07:15 06:10:00", gps=gps_tags(33.4589, 126.9425), make="Apple",
+        model="iPhone 15",
+    )  # fmt: skip
+    packet = xmp_packet(["바다", "해돋이"], "성산일출봉 해돋이")
+    s3.put("f/jeju.jpg", jpeg_bytes(exif=exif, xmp=packet, image=photo_pixels((96, 64), 1)))
+    library = tmp_path / "lib"
+    assert index_photos(s3.url("f"), _options(library, tiny_checkpoint)).new == 1
+    with db.Library.open(library) as lib:
+        row = rows(lib)["jeju.jpg"]
+    assert (row.taken_at_source, str(row.taken_at)) == ("exif", "2024-07-15 06:10:00")
+    assert row.place.startswith("제주특별자치도") and row.camera_make == "Apple"
+    assert "해돋이" in row.keywords and (row.width, row.height) == (96, 64)
 
 
 def test_faults_are_retried_and_the_run_completes(s3, tmp_path, tiny_checkpoint):
@@ -223,18 +249,35 @@ def test_an_object_replaced_while_read_is_read_next_run(s3, tmp_path, tiny_check
         assert rows(lib)["a.jpg"].content_hash == db.hash_bytes(jpeg(99))
 
 
-def test_a_2_gb_object_is_refused_before_download(s3, tmp_path, tiny_checkpoint):
+def test_a_2_gb_object_is_refused_before_download_and_a_denied_one_retried(
+    s3, tmp_path, tiny_checkpoint
+):
     _upload(s3)
 
     def huge(body: bytes) -> bytes:  # the listing says f.jpg holds 2 GB
         pattern = rb"(<Key>trip/f\.jpg</Key>.*?<Size>)\d+(</Size>)"
         return re.sub(pattern, rb"\g<1>2147483648\g<2>", body, flags=re.S)
 
-    s3.proxy.fault = lambda r: Fault(transform=huge) if "list-type" in r.query else None
-    summary = index_photos(s3.url("trip"), _options(tmp_path / "lib", tiny_checkpoint))
-    assert summary.new == 4 and [f[0] for f in summary.failures] == ["f.jpg"]
-    assert "too large to read (2,147 MB; at most 268 MB), not downloaded" in summary.failures[0][1]
+    def fault(request):
+        if "list-type" in request.query:
+            return Fault(transform=huge)
+        if request.path.endswith("/trip/a.jpg"):  # this one object is not ours to read
+            return Fault(status=403, code="AccessDenied")
+        return None
+
+    s3.proxy.fault = fault
+    library = tmp_path / "lib"
+    summary = index_photos(s3.url("trip"), _options(library, tiny_checkpoint))
+    assert summary.new == 3 and [f[0] for f in summary.failures] == ["a.jpg", "f.jpg"]
+    assert "access denied to the object (AccessDenied)" in summary.failures[0][1]
+    assert "too large to read (2,147 MB; at most 268 MB), not downloaded" in summary.failures[1][1]
     assert s3.proxy.object_gets("f.jpg") == []
+    # Next run: the refused object is tried again, the too-large one is not (unchanged).
+    s3.proxy.fault = lambda r: Fault(transform=huge) if "list-type" in r.query else None
+    s3.proxy.log.clear()
+    again = index_photos(s3.url("trip"), _options(library, tiny_checkpoint))
+    assert (again.updated, again.unchanged, [f[0] for f in again.failures]) == (1, 3, ["f.jpg"])
+    assert [r.path.rsplit("/", 1)[1] for r in s3.proxy.object_gets()] == ["a.jpg"]
 
 
 def test_watch_polls_the_listing_and_outlives_an_outage(s3, tmp_path, tiny_checkpoint):

@@ -561,9 +561,11 @@ def test_info(searcher, reference, tiny_checkpoint) -> None:
     assert info.index_type == "flat" and info.indexed_vectors == len(reference.ids)
     assert info.size_bytes > 0 and info.last_indexed is not None
     assert info.precision == "fp32"
+    assert info.to_json()["endpoint"] is None  # a folder's library has none
     assert set(info.to_json()) == {
         "library",
         "photo_root",
+        "endpoint",
         "photos",
         "failed",
         "model",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import storage
@@ -184,3 +186,50 @@ def test_errors_have_rows():
     ):
         assert cls.exit_code == 2 and issubclass(cls, storage.StorageSetupError)
     assert issubclass(storage.ObjectTooLargeError, storage.ObjectError)
+
+
+def test_object_paths_join_like_paths():
+    root = storage.ObjectPath("s3://bucket/사진/")
+    photo = root / "2024/바다.jpg"
+    assert photo == "s3://bucket/사진/2024/바다.jpg" and isinstance(photo, storage.ObjectPath)
+    assert (photo.name, photo.suffix, photo.as_posix()) == ("바다.jpg", ".jpg", photo)
+    assert root / "s3://other/x.jpg" == "s3://other/x.jpg" and root / "/x.jpg" == "/x.jpg"
+    assert not isinstance(photo, os.PathLike)
+
+
+def test_other_fsspec_protocols_keep_the_same_bounds():
+    """gs://, az:// ... go through their fsspec filesystem; fsspec's in-memory one stands in."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/koclip-bucket/p/a.jpg", jpeg(1))
+    memory.pipe("/koclip-bucket/p/sub/b.jpg", jpeg(2))
+    memory.pipe("/koclip-bucket/p/.hidden.jpg", jpeg(3))
+    try:
+        root = open_root("memory://koclip-bucket/p/", retry=FAST)
+        assert root.url == "memory://koclip-bucket/p"
+        root.probe()
+        entries = {e.relpath: e for e in root.list()}
+        assert sorted(entries) == ["a.jpg", "sub/b.jpg"]
+        a = entries["a.jpg"]
+        assert root.read("a.jpg", max_bytes=10**6, expect=a) == jpeg(1)
+        with pytest.raises(ObjectTooLargeError):
+            root.read("a.jpg", max_bytes=10)
+        memory.pipe("/koclip-bucket/p/a.jpg", jpeg(1) + b"more")
+        with pytest.raises(ObjectChangedError):
+            root.read("a.jpg", max_bytes=10**6, expect=a)
+        with pytest.raises(ObjectGoneError):
+            root.read("gone.jpg", max_bytes=10**6)
+    finally:
+        memory.rm("/koclip-bucket", recursive=True)
+
+
+def test_a_refused_object_is_its_own_failure(s3):
+    s3.put("d/a.jpg", jpeg(1))
+    root = open_root(s3.url("d"), retry=FAST)
+    s3.proxy.fault = lambda r: Fault(status=403, code="AccessDenied") if r.is_object_get else None
+    root.probe(read_one=False)  # listing is allowed
+    with pytest.raises(storage.ObjectDeniedError, match="AccessDenied"):
+        root.read("a.jpg", max_bytes=10**6)
+    with pytest.raises(StorageCredentialsError):
+        root.probe()  # the probe's read: the root is not usable as a whole
