@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import db
 from search.errors import QueryError
@@ -81,13 +81,5 @@ def photo_url(root_url: str, key: str) -> ObjectPath:
 def object_key(text: str, root_url: str) -> str | None:
     """The key (POSIX, NFC, relative to `root_url`) that `text` names: a URL under the root,
     or a key already relative to it; None when it is outside the root (another bucket or
-    prefix, or a `..` that leaves it)."""
-    top = root_url.rstrip("/") + "/"
-    if "://" in text:
-        if not text.startswith(top):
-            return None
-        text = text[len(top) :]
-    parts = [p for p in PurePosixPath(text.replace("\\", "/")).parts if p not in ("", ".", "/")]
-    if not parts or ".." in parts:
-        return None
-    return db.path_key("/".join(parts))
+    prefix, an absolute local path, or a `..` that leaves it)."""
+    return relative_to_root(text, ObjectPath(root_url)) or None
