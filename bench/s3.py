@@ -191,7 +191,7 @@ class CountingProxy:
 # -- the measurements ---------------------------------------------------------------------------
 
 
-def index_once(root: str, ckpt: Path, encoder, workers: int) -> tuple[float, int]:
+def index_once(root: str, ckpt: Path, encoder, workers: int | None) -> tuple[float, int]:
     """(seconds, photos) of one `index_photos` of `root` into a fresh library."""
     from indexer import IndexOptions, index_photos
 
@@ -212,20 +212,26 @@ def measure_indexing(table: Table, args, moto: Moto) -> None:
     upload(client(moto.endpoint), [(f"photos/{f.name}", f.read_bytes()) for f in files])
     ckpt = vision_checkpoint(args.cache) if args.model == "base" else tiny_checkpoint(args.cache)
     encoder = load_encoder(str(ckpt), ("vision",), batch_size=32)
-    encoder.warm("vision")
     os.environ["AWS_ENDPOINT_URL"] = moto.endpoint
+    index_once(str(folder), ckpt, encoder, args.workers)  # compiles the tower: not timed
     best = {"folder": float("inf"), "bucket": float("inf")}
+    moto_share = 0.0
     for _ in range(args.repeat):
         for name, root in (("folder", str(folder)), ("bucket", f"s3://{BUCKET}/photos")):
+            cpu = moto.cpu_seconds()
             seconds, n = index_once(root, ckpt, encoder, args.workers)
             assert n == len(files), (name, n)
-            best[name] = min(best[name], seconds)
+            if seconds < best[name]:
+                best[name] = seconds
+                if name == "bucket":
+                    moto_share = (moto.cpu_seconds() - cpu) / seconds
     n = len(files)
     local, remote = n / best["folder"], n / best["bucket"]
-    what = f"{n} 1024x768 JPEGs, {args.model} tower, {args.workers} read threads"
+    threads = args.workers or "default"
+    what = f"{n} 1024x768 JPEGs, {args.model} tower, read threads: {threads}"
     table.add(f"indexing from a folder ({what})", f"{local:.1f} photos/s")
     table.add(
-        "indexing from the bucket (moto on 127.0.0.1)",
+        f"indexing from the bucket (moto on 127.0.0.1: {moto_share:.0%} of a core meanwhile)",
         f"{remote:.1f} photos/s ({remote / local:.2f}x)",
         ">= 0.9x the folder",
         remote / local >= 0.9,
@@ -291,7 +297,9 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=100_000, help="objects to list")
     parser.add_argument("--unchanged", type=int, default=10_000, help="objects re-indexed")
     parser.add_argument("--model", choices=("base", "tiny"), default="base")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="read threads (default: each root's own)"
+    )
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "koclip-bench")
     args = parser.parse_args()

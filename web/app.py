@@ -153,7 +153,8 @@ class InfoResponse(BaseModel):
     """What the page header shows."""
 
     library: str
-    photo_root: str
+    photo_root: str = Field(description="the photo folder, or the URL of a root in object storage")
+    endpoint: str | None = Field(None, description="an object store's endpoint, as shown")
     photos: int
     failed: int
     model: str
