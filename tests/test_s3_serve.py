@@ -90,6 +90,7 @@ def served(moto_server: str, tmp_path_factory: pytest.TempPathFactory, tiny_chec
 def test_info_search_and_similar_carry_the_objects_urls(served: Served):
     info = served.client.get("/api/info").json()
     assert info["photo_root"] == served.url and info["photos"] == len(PHOTOS) + 1
+    assert info["endpoint"] == served.s3.endpoint  # as the library was indexed through
     ids = served.ids()
     assert set(ids) == {*PHOTOS, COPY}
 
