@@ -449,8 +449,8 @@ class Searcher:
         """(unit vector, ids that are this image, whether to drop hits scoring as the image)."""
         if not isinstance(image, (str, os.PathLike)):
             return self.encoder.images([image])[0], set(), True
-        if self.root.is_url:
-            return self._object_vector(os.fspath(image))
+        if self.root.is_url and (stored := self._object_vector(os.fspath(image))) is not None:
+            return stored
         path = query_image_path(find_on_disk(Path(image).expanduser()))
         try:
             digest = db.content_hash(path)
@@ -468,9 +468,10 @@ class Searcher:
         vector = self.encoder.images([open_query_image(path)])[0]
         return vector, exclude, False
 
-    def _object_vector(self, text: str) -> tuple[np.ndarray, set[int], bool]:
-        """A library photo of an object root named by its URL or key: its stored vector (no
-        read); a photo file on this machine is encoded as for any library."""
+    def _object_vector(self, text: str) -> tuple[np.ndarray, set[int], bool] | None:
+        """A photo of an object root named by its URL or key: its stored vector (no object is
+        read); None when `text` is a file on this machine instead (it is encoded as for any
+        library); QueryImageError for a URL or key the library does not hold."""
         key = self.root.key(text)
         if key is not None:
             with self.library.session() as s, s.begin():
@@ -479,16 +480,7 @@ class Searcher:
                     return (*self._stored(s, row), False)
         if "://" in text or not os.path.isfile(os.path.expanduser(text)):
             raise QueryImageError(f"{text} is not a photo in the library at {self.root}")
-        path = query_image_path(find_on_disk(Path(text).expanduser()))
-        try:
-            digest = db.content_hash(path)
-        except OSError as exc:
-            raise QueryImageError(f"cannot read the query image {text}: {exc.strerror}") from None
-        with self.library.session() as s, s.begin():
-            same = photos.photos_with_hash(s, digest)
-            if same:
-                return (*self._stored(s, same[0]), False)
-        return self.encoder.images([open_query_image(path)])[0], set(), False
+        return None
 
     def _set_root(self) -> None:
         """Where the library's photos are now: `photo_root` is its folder, or the URL of its

@@ -112,8 +112,16 @@ def test_info_search_and_similar_carry_the_objects_urls(served: Served):
 
 
 @pytest.mark.slow
-def test_the_command_line_prints_the_objects_urls(served: Served):
+def test_the_command_line_prints_the_objects_urls(served: Served, tmp_path: Path):
     reads = len(served.s3.proxy.object_gets())
+    # A file on this machine with a.jpg's bytes: its stored vector, a.jpg and its copy left out.
+    (tmp_path / "mine.jpg").write_bytes(jpeg(PHOTOS["a.jpg"]))
+    local = CliRunner().invoke(
+        main, ["similar", str(tmp_path / "mine.jpg"), "--library", str(served.library), "--json"]
+    )
+    assert local.exit_code == 0, local.output
+    keys = {r["path"].removeprefix(f"{served.url}/") for r in json.loads(local.output)["results"]}
+    assert keys == set(PHOTOS) - {"a.jpg"}
     cli = CliRunner().invoke(
         main, ["similar", f"{served.url}/여행/바다.jpg", "--library", str(served.library), "--json"]
     )
