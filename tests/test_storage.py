@@ -233,3 +233,13 @@ def test_a_refused_object_is_its_own_failure(s3):
         root.read("a.jpg", max_bytes=10**6)
     with pytest.raises(StorageCredentialsError):
         root.probe()  # the probe's read: the root is not usable as a whole
+
+
+def test_without_the_extra_one_line_names_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # as if not installed: import fails
+    with pytest.raises(storage.StorageExtraMissingError) as caught:
+        open_root("s3://bucket/p")
+    assert caught.value.exit_code == 2
+    assert str(caught.value) == "s3:// photo roots need s3fs: pip install 'koclip-search[s3]'"
