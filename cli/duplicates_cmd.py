@@ -95,12 +95,18 @@ def duplicates_command(
         koclip-search duplicates --keep 2024/bada.jpg --set-aside
         koclip-search duplicates --restore
     """
-    from indexer.aside import AsideGroup, aside_destination, check_destination, set_aside_groups
+    from indexer.aside import (
+        AsideGroup,
+        aside_destination,
+        check_destination,
+        refuse_object_root,
+        set_aside_groups,
+    )
     from indexer.aside import restore as restore_all
     from search import find_library
     from search.duplicates import DuplicateOptions, find_duplicates, summarize
-    from search.filters import folder_filter
     from search.library import open_read_only
+    from search.roots import PhotoRoot
 
     if restore and (aside_dir is not None or keep or dry_run):
         raise CommandError(
@@ -119,7 +125,10 @@ def duplicates_command(
         return
     lib, _ = open_read_only(library_dir)
     with lib:
-        folder = folder_filter(under, lib.photo_root()) if under else None
+        if aside_dir is not None:  # before any work: refused for a root in object storage
+            refuse_object_root(lib)
+        photo_root = PhotoRoot.of(lib)
+        folder = photo_root.folder(under) if under else None
         try:  # the one rule for the threshold's range (the web's too)
             options = DuplicateOptions(
                 kind=kind,
@@ -130,7 +139,7 @@ def duplicates_command(
             raise CommandError(f"--{exc}", 2) from None
         groups = find_duplicates(lib, options)
         if keep:
-            groups = _with_keepers(groups, keep, lib.photo_root())
+            groups = _with_keepers(groups, keep, photo_root)
         root = lib.photo_root() if dry_run else Path()
     summary = summarize(groups)
     if aside_dir is None:
@@ -153,16 +162,21 @@ def duplicates_command(
     _echo_set_aside(report, summary, aside_destination(library_dir, dest), library_dir, as_json)
 
 
-def _with_keepers(groups: list, keep: tuple[str, ...], root: Path) -> list:
-    """The groups with each --keep photo as its group's keeper; exit 2 for one in no group."""
+def _with_keepers(groups: list, keep: tuple[str, ...], photo_root: Any) -> list:
+    """The groups with each --keep photo as its group's keeper (a path, or for a root in
+    object storage a URL or key: `photo_root` is a search.roots.PhotoRoot); exit 2 for one
+    in no group."""
     from search.duplicates import choose_keepers
     from search.filters import find_on_disk, relative_to_root
 
     keys = {}
+    root = photo_root.path or photo_root.url
     for text in keep:
         given = Path(text).expanduser()
         found = find_on_disk(given)
-        if given.is_absolute() or os.path.lexists(found):
+        if photo_root.is_url:
+            key = photo_root.key(text)
+        elif given.is_absolute() or os.path.lexists(found):
             key = relative_to_root(found, root)
         else:  # relative to the photo folder
             key = relative_to_root(find_on_disk(root / given), root)

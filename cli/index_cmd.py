@@ -61,7 +61,8 @@ _ray_options = options(
         metavar="[ADDRESS]",
         help="Read and encode on a Ray cluster: auto (RAY_ADDRESS or the cluster started here), "
         "local (a private Ray on this machine) or HOST:PORT; alone: the first of RAY_ADDRESS, "
-        "this machine's cluster, a private one. PHOTO_DIR must be at the same path on every node.",
+        "this machine's cluster, a private one. PHOTO_DIR must be at the same path on every "
+        "node; an s3:// PHOTO_DIR is read by each node with its own credentials.",
     ),
     click.option(
         "--ray-workers",

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from cli.common import domain_errors
+from cli.common import FiniteFloat, domain_errors
 from cli.main import main
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -128,6 +128,15 @@ def _allowed_hosts(host: str) -> list[str]:
     help="With --ray: requests held while every replica is busy; beyond them 503 with "
     "Retry-After (default 128).",
 )
+@click.option(
+    "--poll",
+    type=FiniteFloat(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="With --watch: look for changes every SECONDS instead of waiting for the system's "
+    "events (network shares send none). Photos in object storage (s3://…) send none either: "
+    "their listing is read every SECONDS (default 60).",
+)
 @domain_errors
 def serve_command(
     library: str | None,
@@ -137,6 +146,7 @@ def serve_command(
     log_level: str,
     access_log: str,
     watch: bool,
+    poll: float | None,
     batch_window_ms: float,
     max_batch: int,
     queue_size: int,
@@ -162,6 +172,7 @@ def serve_command(
         koclip-search serve --library ~/Pictures --port 8000
         koclip-search serve --library ~/Pictures --watch
         koclip-search serve --library /mnt/photos --ray auto --replicas 4
+        koclip-search serve --library ~/photos-library --watch --poll 300
     """
     if ray_address is not None or (replicas, max_ongoing, max_queued) != (None, None, None):
         cluster = {"address": ray_address, "replicas": replicas}
@@ -190,7 +201,9 @@ def serve_command(
             # Serve anyway: the page explains, and picks the library up once it is indexed.
             directory = library
             click.echo(f"Warning: {exc}", err=True)
-    watcher = _watcher(photo_root, directory, model) if watch else None
+    if poll is not None and not watch:
+        raise click.UsageError("--poll goes with --watch")
+    watcher = _watcher(photo_root, directory, model, poll) if watch else None
     if not _is_loopback(host):
         click.echo(
             f"Warning: listening on {host}: anyone who can reach it can see your photos.", err=True
@@ -334,13 +347,24 @@ def _quiet_thumbnail_log(access_log: str) -> None:
         target.addFilter(_NotThumbnails())
 
 
-def _watcher(photo_root: str | Path | None, directory: str | Path, model: str | None) -> Any:
-    """serve --watch: the watcher of the library's photo folder, for the app to run."""
+def _watcher(
+    photo_root: str | Path | None, directory: str | Path, model: str | None, poll: float | None
+) -> Any:
+    """serve --watch: the watcher of the library's photo folder (or of its root in object
+    storage, whose listing is read every `poll` seconds, default a minute), for the app to run."""
     from cli.common import CommandError
+    from cli.index_cmd import URL_POLL_SECONDS
     from db import is_library
-    from indexer import IndexOptions, WatchThread
+    from indexer import IndexOptions, WatchOptions, WatchThread
+    from storage import is_url
 
     if photo_root is None:
         raise CommandError("serve --watch needs --library PHOTO_DIR (or a library to find)", 2)
     library = Path(directory) if is_library(Path(directory)) else None
-    return WatchThread(Path(photo_root), IndexOptions(library=library, model=model))
+    if is_url(str(photo_root)):
+        root: str | Path = str(photo_root)
+        watch_options = WatchOptions(poll=True, poll_interval=poll or URL_POLL_SECONDS)
+    else:
+        root = Path(photo_root)
+        watch_options = WatchOptions(poll=True, poll_interval=poll) if poll else None
+    return WatchThread(root, IndexOptions(library=library, model=model), watch_options)

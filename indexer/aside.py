@@ -96,6 +96,24 @@ class StaleGroupError(SetAsideError):
     code = "stale_group"
 
 
+class ObjectRootAsideError(SetAsideError):
+    """The photos are in object storage: set-aside and restore move files within a folder,
+    and a bucket has none (a journaled copy-then-delete there is not done yet)."""
+
+    http_status = 400
+    code = "set_aside_object_storage"
+
+
+def refuse_object_root(library: Library) -> None:
+    """ObjectRootAsideError if the library's photos are in object storage (nothing moved)."""
+    url = library.root_url()
+    if url is not None:
+        raise ObjectRootAsideError(
+            f"setting duplicates aside (and restoring them) is not available for photos in "
+            f"object storage ({url}) yet; nothing was moved (`duplicates --json` lists them)"
+        )
+
+
 @dataclass(frozen=True)
 class AsideGroup:
     """One duplicate group as the caller saw it (its photo ids) and the photo it keeps."""
@@ -166,6 +184,7 @@ def check_destination(
     per photo at the moment it moves (the file unchanged, not a keeper's) is not."""
     dest = aside_destination(library_dir, dest_root)
     with Library.open(Path(library_dir)) as library:
+        refuse_object_root(library)
         root = library.photo_root()
     _check_destination(root, Path(library_dir), dest, cross_filesystem)
     return dest
@@ -239,6 +258,7 @@ def _set_aside(
     library_dir = Path(library_dir)
     dest_root = aside_destination(library_dir, dest_root)
     with _writer(library_dir, lock_held), Library.create(library_dir) as library:
+        refuse_object_root(library)
         report = AsideReport()
         report.recovered = recover(library, report)
         root = library.photo_root()
@@ -271,6 +291,7 @@ def restore(
     a row: the next `index` encodes it with the library's model."""
     library_dir = Path(library_dir)
     with _writer(library_dir, lock_held), Library.create(library_dir) as library:
+        refuse_object_root(library)
         report = AsideReport()
         report.recovered = recover(library, report)
         root = library.photo_root()

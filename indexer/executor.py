@@ -83,9 +83,11 @@ def load_chunk(
     threads: int,
     *,
     facts: bool = True,
+    read: Reader | None = None,
 ) -> list[Loaded]:
-    """Stage 2 for a few files at once, in `threads` threads; results in the jobs' order."""
-    kw = {"known_hashes": known_hashes, "max_pixels": max_pixels, "facts": facts}
+    """Stage 2 for a few files at once, in `threads` threads; results in the jobs' order.
+    `read`: an object store's reader (a Ray worker's, see indexer.ray_executor)."""
+    kw = {"known_hashes": known_hashes, "max_pixels": max_pixels, "facts": facts, "read": read}
     if threads <= 1 or len(jobs) <= 1:
         return [load(task, force_decode=force, **kw) for task, force in jobs]
     with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="koclip-load") as pool:

@@ -120,7 +120,7 @@ class PhotosGoneError(LibraryError):
 
 
 class UrlRootError(LibraryError):
-    """A photo root at a URL cannot be indexed as asked (no --library, or --ray)."""
+    """A photo root at a URL cannot be indexed as asked (no --library)."""
 
     code = "bad_root"
 
@@ -452,13 +452,14 @@ class IndexSession:
 def default_executor(
     encoder: Encoder, photo_root: Path | ObjectRoot, options: IndexOptions
 ) -> Executor:
-    """Ray workers if `options.ray` asks for them, else this process's threads (for an
-    object-store root at least storage.DEFAULT_WORKERS of them, each read one GET)."""
+    """Ray workers if `options.ray` asks for them (for an object-store root each worker reads
+    its objects from the store itself), else this process's threads (for an object-store root
+    at least storage.DEFAULT_WORKERS of them, each read one GET)."""
+    if options.ray is not None:
+        return RayExecutor(options.ray, encoder, photo_root, batch_size=options.batch_size)
     if isinstance(photo_root, ObjectRoot):
         workers = options.workers or max(os.cpu_count() or 1, DEFAULT_WORKERS)
         return LocalExecutor(encoder, workers, read=object_reader(photo_root))
-    if options.ray is not None:
-        return RayExecutor(options.ray, encoder, photo_root, batch_size=options.batch_size)
     return LocalExecutor(encoder, options.workers)
 
 
@@ -469,8 +470,6 @@ def _object_root(url: str, options: IndexOptions) -> ObjectRoot:
     refused later (a key allowed to list, not to read) end the run with the same line."""
     if options.library is None:
         raise UrlRootError(f"{url} is not a folder: say where its library goes with --library DIR")
-    if options.ray is not None:
-        raise UrlRootError(f"--ray does not read from object stores yet ({url})")
     endpoint = options.endpoint_url
     if not endpoint and not any(
         os.environ.get(v) for v in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")

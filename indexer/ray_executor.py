@@ -9,6 +9,13 @@ Ray tasks, not actors: a task on a worker process or node that dies is retried b
 the nodes left (an actor would wait for room to restart), and a batch is committed only when
 its result arrives, so every photo is committed exactly once. Ray is imported only here, and
 only when a run asks for it.
+
+A root in object storage (`s3://bucket/prefix`): the tasks carry the objects' keys (with the
+listed size and ETag), and each worker process opens the root itself (storage.open_root, from
+the URL and the endpoint as shown, which hold no secret) and reads its objects from the store.
+The credentials are the worker's own, from its node's standard chain (environment variables
+on each node, config files, an instance role): nothing secret travels through Ray. The
+start-up probe lists the root and reads one byte on every node.
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from indexer.executor import Feed, Job, encode, load_chunk, pil_bomb_check_off
-from indexer.load import Loaded
+from indexer.load import Loaded, Reader
 from koclip.encoder import Encoder
 from koclip.errors import KoclipSearchError
+from storage import ObjectRoot, StorageCredentialsError, StorageError, is_url, open_root
 
 INSTALL_LINE = "pip install 'koclip-search[ray]'"
 # At most this many batches' results go into one commit (when they arrive together).
@@ -87,13 +95,38 @@ EncoderFactory = Callable[["WorkerSpec"], Encoder]
 class WorkerSpec:
     """What every worker must agree with the driver on."""
 
-    photo_root: str
+    photo_root: str  # a folder's path (the same on every node), or an object store's URL
     model: str
     precision: str
     fingerprint: str
     batch_size: int
     threads: int
     encoder_factory: EncoderFactory | None = None
+    endpoint: str | None = None  # an object store's endpoint, as shown (no user info)
+
+
+def worker_spec(
+    photo_root: Path | ObjectRoot,
+    encoder: Encoder,
+    *,
+    batch_size: int,
+    cpus_per_worker: float,
+    encoder_factory: EncoderFactory | None = None,
+) -> WorkerSpec:
+    """What the workers get: a folder's path, or an object store's URL and its endpoint as
+    shown (no user info or query: nothing secret; each node has its own credentials)."""
+    objects = isinstance(photo_root, ObjectRoot)
+    return WorkerSpec(
+        photo_root=photo_root.url if objects else str(photo_root),
+        model=encoder.model_id,
+        precision=encoder.precision,
+        fingerprint=encoder.fingerprint,
+        batch_size=batch_size,
+        # An object's read waits on the network: more threads than cores overlap the reads.
+        threads=max(1, math.floor(cpus_per_worker)) * (4 if objects else 1),
+        encoder_factory=encoder_factory,
+        endpoint=photo_root.endpoint_display if objects else None,
+    )
 
 
 class HashPrefixes:
@@ -123,7 +156,7 @@ class RayExecutor:
         self,
         options: RayOptions,
         encoder: Encoder,
-        photo_root: Path,
+        photo_root: Path | ObjectRoot,
         *,
         batch_size: int,
         encoder_factory: EncoderFactory | None = None,
@@ -131,13 +164,11 @@ class RayExecutor:
         ray = require_ray()
         self._ray = ray
         self.options = options
-        self.spec = WorkerSpec(
-            photo_root=str(photo_root),
-            model=encoder.model_id,
-            precision=encoder.precision,
-            fingerprint=encoder.fingerprint,
+        self.spec = worker_spec(
+            photo_root,
+            encoder,
             batch_size=batch_size,
-            threads=max(1, math.floor(options.cpus_per_worker)),
+            cpus_per_worker=options.cpus_per_worker,
             encoder_factory=encoder_factory,
         )
         # Nodes Ray still listed that failed or never answered the start-up probe (gone).
@@ -357,8 +388,10 @@ def _bootstrap_address(ray: Any, address: str | None) -> str | None:
 
 # -- on a worker --------------------------------------------------------------------------------
 
-# One vision tower per worker process, loaded on its first batch and kept for the next ones.
+# One vision tower per worker process, loaded on its first batch and kept for the next ones;
+# one connection to an object store's root too.
 _encoders: dict[WorkerSpec, Encoder] = {}
+_roots: dict[tuple[str, str | None], ObjectRoot] = {}
 
 
 def _read_and_encode(
@@ -370,7 +403,7 @@ def _read_and_encode(
     if not jobs:
         return _packed([])
     with pil_bomb_check_off():
-        items = load_chunk(jobs, known, max_pixels, spec.threads)
+        items = load_chunk(jobs, known, max_pixels, spec.threads, read=_worker_reader(spec))
     encode(encoder, items)
     return _packed(items)
 
@@ -392,11 +425,40 @@ def _unpacked(items: list[Loaded], rows: list[int], matrix: np.ndarray | None) -
     return items
 
 
-def _worker_encoder(spec: WorkerSpec) -> Encoder:
-    encoder = _encoders.get(spec)
-    if encoder is not None:
-        return encoder
-    host = socket.gethostname()
+def _worker_reader(spec: WorkerSpec) -> Reader | None:
+    """How a worker reads its jobs' files: None for a folder, the store for a URL root."""
+    if not is_url(spec.photo_root):
+        return None
+    from indexer.objects import object_reader
+
+    return object_reader(_worker_root(spec))
+
+
+def _worker_root(spec: WorkerSpec) -> ObjectRoot:
+    """This worker process's connection to the object store's root (opened once)."""
+    key = (spec.photo_root, spec.endpoint)
+    root = _roots.get(key)
+    if root is None:
+        root = _roots[key] = open_root(spec.photo_root, endpoint_url=spec.endpoint)
+    return root
+
+
+def check_photo_root(spec: WorkerSpec) -> None:
+    """The start-up probe's check of the photos from this node: the folder is there and not
+    empty, or the object store's root can be listed and read with this node's credentials;
+    ClusterSetupError naming the node otherwise."""
+    host = _node_name()
+    if is_url(spec.photo_root):
+        try:
+            _worker_root(spec).probe()
+        except StorageCredentialsError as exc:
+            raise ClusterSetupError(
+                f"a Ray worker on {host}: {exc} (each node reads the store with its own "
+                "credentials)"
+            ) from None
+        except StorageError as exc:
+            raise ClusterSetupError(f"a Ray worker on {host}: {exc}") from None
+        return
     root = Path(spec.photo_root)
     try:
         seen = root.is_dir() and any(os.scandir(root))
@@ -407,6 +469,26 @@ def _worker_encoder(spec: WorkerSpec) -> Encoder:
             f"a Ray worker on {host} does not see the photo folder {root} (missing or empty "
             "there); every node must mount it at the same path"
         )
+
+
+def _node_name() -> str:
+    """This machine's name, and the Ray node's address when it says (nodes may share a name)."""
+    host = socket.gethostname()
+    try:
+        import ray
+
+        address = ray.util.get_node_ip_address() if ray.is_initialized() else ""
+    except Exception:  # not in a Ray worker: the host name alone
+        address = ""
+    return f"{host} ({address})" if address else host
+
+
+def _worker_encoder(spec: WorkerSpec) -> Encoder:
+    encoder = _encoders.get(spec)
+    if encoder is not None:
+        return encoder
+    check_photo_root(spec)
+    host = socket.gethostname()
     try:
         if spec.encoder_factory is not None:
             encoder = spec.encoder_factory(spec)

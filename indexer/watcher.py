@@ -355,24 +355,31 @@ def _poll_objects(
     mailbox: Mailbox,
 ) -> None:
     """An object store's watcher: a full pass (listing, then only what changed) every
-    `options.poll_interval` seconds until stopped; an unreachable store is tried again at
-    the next poll (the batches committed before are kept)."""
-    from storage import StorageUnreachableError
+    `options.poll_interval` seconds until stopped. A store that cannot be listed or read
+    (unreachable, credentials refused meanwhile) or a listing with none of the library's
+    photos is tried again at the next poll: that pass stops before it plans, so it removes
+    nothing (the batches committed before are kept). The first pass is reported, later ones
+    when they changed something (photos, or the failures)."""
+    from indexer.pipeline import PhotosGoneError
+    from storage import StorageError
 
     state = on_state or (lambda _line: None)
     where = session.where
     interval = options.poll_interval
     announced = False
+    failures: tuple | None = None  # the last reported pass's (None: none reported yet)
     with contextlib.suppress(Stopped):
         while not stop.is_set():
             try:
                 summary = session.run(None)
-            except StorageUnreachableError as exc:
+            except (StorageError, PhotosGoneError) as exc:
                 state(f"{exc}; trying again in {interval:g} s")
                 announced = False
             else:
-                if on_pass:
+                changed = summary.new + summary.updated + summary.moved + summary.deleted
+                if on_pass and (changed or summary.failures != failures):
                     on_pass(summary, True)
+                    failures = summary.failures
                 if not announced:
                     state(f"watching {where} (polling every {interval:g} s)")
                     announced = True

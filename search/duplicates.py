@@ -34,6 +34,7 @@ from koclip.names import DUPLICATE_KINDS as KINDS
 from koclip.names import MIN_SIMILAR_COS, SIMILAR_COS
 from search.filters import Filter
 from search.results import json_path
+from storage import ObjectPath
 
 SAME_BITS = 16  # perceptual-hash bits two renditions of one picture may differ by
 SAME_RESIDUAL = 0.45  # koclip.images.perceptual.residual of two renditions of one picture
@@ -81,7 +82,7 @@ class DuplicatePhoto:
     """One member of a group."""
 
     id: int
-    path: str  # absolute, as on disk
+    path: str  # absolute, as on disk; the object's URL for a root in object storage
     relpath: str  # the library's key
     width: int
     height: int
@@ -162,7 +163,8 @@ def find_duplicates(library: db.Library, options: DuplicateOptions) -> list[Dupl
         exact = len(ids) <= EXACT_MAX and options.kind != "identical"
         pairs = _candidates(table, options, neighbour_search(table.vectors) if exact else None)
         groups = group(table, pairs, options, lambda ids: photos.thumbnails(s, ids))
-    root = library.photo_root()
+    url = library.root_url()
+    root: Path | ObjectPath = ObjectPath(url) if url else library.photo_root()
     info = {r.id: r for r in rows}
     return [
         _described(kind, [int(table.ids[r]) for r in g], sims_by_id(table, sims), info, root)
@@ -496,8 +498,9 @@ def sims_by_id(table: Table, sims: dict[int, float]) -> dict[int, float]:
 
 
 def _described(
-    kind: str, ids: list[int], sims: dict[int, float], info: dict, root: Path
+    kind: str, ids: list[int], sims: dict[int, float], info: dict, root: Path | ObjectPath
 ) -> DuplicateGroup:
+    """A group's members in order; `root` is the photo folder, or a URL root's URL."""
     members = []
     for pid in ids:
         r = info[pid]

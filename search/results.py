@@ -19,12 +19,13 @@ class SearchHit:
     """One photo found: `score` is the cosine similarity between the query and the photo
     (also when the photo's words brought it up: the fusion orders, the score stays the
     cosine), None for a query of facts only (no text, nothing to compare); `path` is the file
-    as it is on disk (an NFD name stays NFD), `relpath` the library's key for it (NFC,
+    as it is on disk (an NFD name stays NFD), or for a root in object storage the object's
+    URL (`s3://bucket/prefix/key`, a str), `relpath` the library's key for it (NFC,
     relative to the photo root: for matching and display)."""
 
     rank: int
     score: float | None
-    path: Path
+    path: Path | str
     photo_id: int
     width: int | None = None
     height: int | None = None
@@ -57,7 +58,9 @@ class PhotoInfo:
     """One library photo as stored (no query, no score): what a detail view shows."""
 
     id: int
-    path: Path  # absolute, as on disk; the file may be gone since it was indexed
+    # absolute, as on disk (the file may be gone since it was indexed); for a root in object
+    # storage the object's URL, a str (s3://bucket/prefix/key)
+    path: Path | str
     relpath: str  # the library's key: POSIX, NFC, relative to the photo root
     width: int
     height: int
@@ -103,8 +106,8 @@ class SearchResults:
         return self.hits[i]
 
     @property
-    def paths(self) -> list[Path]:
-        """Absolute paths of the hits, best first."""
+    def paths(self) -> list[Path | str]:
+        """Absolute paths of the hits (URLs for a root in object storage), best first."""
         return [hit.path for hit in self.hits]
 
     def to_json(self) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from search.errors import QueryError, QueryImageError
 from search.filters import (
     Filter,
     find_on_disk,
-    folder_filter,
     relative_to_root,
 )
 from search.library import (
@@ -40,6 +39,7 @@ from search.library import (
 )
 from search.query import Term, check_text, describe, parse_query
 from search.results import PhotoInfo, SearchHit, SearchResults, display_path, stored_facts
+from search.roots import PhotoRoot
 from search.understand import Understood, Vocabulary, understand
 
 DEFAULT_K = 20
@@ -208,7 +208,7 @@ class Searcher:
         self._encoder_args = (cache_size, disk_cache, backend)
         try:
             check_model(self.manifest, model)
-            self.photo_root = root_of(self.library)
+            self._set_root()
             self.encoder = self._new_encoder(self.manifest)
         except BaseException:
             self.library.close()
@@ -494,7 +494,7 @@ class Searcher:
             if row is None:
                 raise QueryError(f"no photo with id {photo_id} in the library")
             vector, exclude = self._stored(s, row)
-            label = str(self.photo_root / row.path)
+            label = str(self.root.locate(row))
         return self._search([_Query(label, vector, exclude)], opts, flt)[0]
 
     def vector(self, embedding: np.ndarray, **options: Any) -> SearchResults:
@@ -546,7 +546,7 @@ class Searcher:
     def photo_at(self, path: str | os.PathLike[str]) -> PhotoInfo | None:
         """The library photo at `path` (absolute, or relative to the photo root), or None if
         it is not one (outside the photo root included, whatever `..` it holds)."""
-        rel = relative_to_root(self.photo_root / path, self.photo_root)
+        rel = self.root.key(path)
         if not rel:
             return None
         with self.library.session() as s, s.begin():
@@ -571,7 +571,7 @@ class Searcher:
 
     def _info(self, row: db.Photo) -> PhotoInfo:
         stored = (row.width, row.height, row.taken_at, row.taken_at_source, row.size)
-        path = self.photo_root / row.disk_relpath()
+        path = self.root.locate(row)
         return PhotoInfo(row.id, path, row.path, *stored, row.content_hash, **stored_facts(row))
 
     # -- following the library ----------------------------------------------------------------
@@ -591,14 +591,14 @@ class Searcher:
         if _same_vectors(manifest, self.manifest):
             self.manifest = manifest  # index type, precision, times: the rest follows itself
             if reopened:
-                self.photo_root = root_of(self.library)
+                self._set_root()
                 self.index = IndexView(self.library, manifest.index_type, manifest.dim)
             return False
         check_model(manifest, self._model)
         encoder = self._new_encoder(manifest)
         old, self.encoder = self.encoder, encoder
         self.manifest = manifest
-        self.photo_root = root_of(self.library)
+        self._set_root()
         self.index = IndexView(self.library, manifest.index_type, manifest.dim)
         self._folders = None
         old.close()
@@ -647,6 +647,8 @@ class Searcher:
         """(unit vector, ids that are this image, whether to drop hits scoring as the image)."""
         if not isinstance(image, (str, os.PathLike)):
             return self.encoder.images([image])[0], set(), True
+        if self.root.is_url and (stored := self._object_vector(os.fspath(image))) is not None:
+            return stored
         path = query_image_path(find_on_disk(Path(image).expanduser()))
         try:
             digest = db.content_hash(path)
@@ -663,6 +665,26 @@ class Searcher:
             exclude = {row.id} if row is not None else set()
         vector = self.encoder.images([open_query_image(path)])[0]
         return vector, exclude, False
+
+    def _object_vector(self, text: str) -> tuple[np.ndarray, set[int], bool] | None:
+        """A photo of an object root named by its URL or key: its stored vector (no object is
+        read); None when `text` is a file on this machine instead (it is encoded as for any
+        library); QueryImageError for a URL or key the library does not hold."""
+        key = self.root.key(text)
+        if key is not None:
+            with self.library.session() as s, s.begin():
+                row = photos.photo_by_relpath(s, key)
+                if row is not None:
+                    return (*self._stored(s, row), False)
+        if "://" in text or not os.path.isfile(os.path.expanduser(text)):
+            raise QueryImageError(f"{text} is not a photo in the library at {self.root}")
+        return None
+
+    def _set_root(self) -> None:
+        """Where the library's photos are now: `photo_root` is its folder, or the URL of its
+        root in object storage (a storage.ObjectPath); `root` says which, and maps keys."""
+        self.photo_root = root_of(self.library)
+        self.root = PhotoRoot.at(self.photo_root)
 
     def _stored(self, session: Any, row: db.Photo) -> tuple[np.ndarray, set[int]]:
         """A library photo's stored vector (checked: LibraryCorruptError if damaged), and the
@@ -682,7 +704,7 @@ class Searcher:
     def _filter(self, opts: SearchOptions) -> Filter:
         """The WHERE filter of `--under/--after/--before` (DateError, QueryError)."""
         after, before = parse_range(opts.after, opts.before)
-        under = folder_filter(opts.under, self.photo_root) if opts.under is not None else None
+        under = self.root.folder(opts.under) if opts.under is not None else None
         return Filter(under=under or None, after=after, before=before)
 
     def _grouped(
@@ -855,7 +877,7 @@ class Searcher:
                 SearchHit(
                     rank=opts.offset + i + 1,
                     score=None if score is None else float(score),
-                    path=self.photo_root / row.disk_relpath(),
+                    path=self.root.locate(row),
                     photo_id=row.id,
                     width=row.width,
                     height=row.height,

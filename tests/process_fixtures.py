@@ -1,5 +1,8 @@
-"""Child processes for tests: killing one at a chosen point (the crash tests), and running a
-scenario script inside its own network and pid namespace (the Ray tests)."""
+"""Child processes for the tests: killing one at a chosen point (the crash tests: the child
+writes a marker file when it reaches the point, the test then kills it with SIGKILL, nothing
+runs after), and running a scenario script in its own network and pid namespace (the Ray and
+object-store tests: every connection stays on the namespace's loopback, every process it
+starts ends with it)."""
 
 from __future__ import annotations
 
@@ -30,6 +33,24 @@ def kill_at_marker(
         time.sleep(poll)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+def ray_node_command(address: str, name: str, i: int) -> str:
+    """`ray start` of a 1-CPU worker node joining `address` (in a namespace of in_namespace):
+    several nodes on one machine, each with its own temp dir (sockets) and ports."""
+    flags = (
+        "node-manager",
+        "object-manager",
+        "metrics-export",
+        "dashboard-agent-listen",
+        "dashboard-agent-grpc",
+        "runtime-env-agent",
+    )
+    ports = " ".join(f"--{flag}-port {6400 + 10 * i + k}" for k, flag in enumerate(flags))
+    return (
+        f"ray start --address {address} --num-cpus 1 --disable-usage-stats --block "
+        f"--temp-dir {os.environ['RAY_TMPDIR']}/{name} {ports}"
+    )
 
 
 def require_namespaces() -> None:

@@ -141,13 +141,10 @@ hidden, shown = work / "hidden", work / "shown"
 photos(hidden, 8)
 photos(shown, 40)
 
+from tests.process_fixtures import ray_node_command
+
 def join(name, i):
-    # Two nodes on one machine: each its own temp dir (sockets) and ports.
-    ports = " ".join(f"--{flag}-port {6400 + 10 * i + k}" for k, flag in enumerate((
-        "node-manager", "object-manager", "metrics-export", "dashboard-agent-listen",
-        "dashboard-agent-grpc", "runtime-env-agent")))
-    return (f"ray start --address {address} --num-cpus 1 --disable-usage-stats --block "
-            f"--temp-dir {os.environ['RAY_TMPDIR']}/{name} {ports}")
+    return ray_node_command(address, name, i)
 
 quiet = {"env": env, "start_new_session": True, "stdout": subprocess.DEVNULL,
          "stderr": subprocess.DEVNULL}

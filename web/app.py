@@ -16,6 +16,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from importlib import resources
+from pathlib import PurePath
 from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import quote
 
@@ -209,7 +210,8 @@ class InfoResponse(BaseModel):
     """What the page header shows."""
 
     library: str
-    photo_root: str
+    photo_root: str = Field(description="the photo folder, or the URL of a root in object storage")
+    endpoint: str | None = Field(None, description="an object store's endpoint, as shown")
     photos: int
     failed: int
     model: str
@@ -473,6 +475,7 @@ def create_app(
     batch_window: float = BATCH_WINDOW,
     max_batch: int = MAX_BATCH,
     queue_size: int = QUEUE_SIZE,
+    endpoint_url: str | None = None,
 ) -> FastAPI:
     """The web app for one library (a library folder or a photo folder holding one; None: the
     nearest from the cwd). The library may not exist yet: the page says so until it does.
@@ -483,6 +486,8 @@ def create_app(
     at its shutdown. Text (and, apart, image) searches that arrive within `batch_window`
     seconds of each other are answered as one batch of at most `max_batch`; past
     `queue_size` waiting searches a request is answered 503 `busy` (see web.batcher).
+    `endpoint_url`: the object store's endpoint for a library of photos in object storage
+    (default: the URL's own, or $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL).
     """
     metrics = Metrics()
     backend = Backend(
@@ -493,6 +498,7 @@ def create_app(
         max_batch=max_batch,
         queue_size=queue_size,
         observer=metrics,
+        endpoint_url=endpoint_url,
     )
     metrics.watch_queue(backend.queue_depth)
 
@@ -717,7 +723,10 @@ def _add_api_routes(app: FastAPI, backend: Backend) -> None:
         """The photo file itself, by library id only (no path in a URL ever reaches the disk);
         only an image file inside the photo folder is ever sent (see web.files)."""
         found, f, media_type, size = await run_in_threadpool(backend.original, photo_id)
-        name = display_path(found.path.name)
+        # A photo in object storage has a URL for its path: its name is its key's last part.
+        name = display_path(
+            found.path.name if isinstance(found.path, PurePath) else found.relpath.rsplit("/")[-1]
+        )
         disposition = (
             f'inline; filename="{name}"'
             if name.isascii() and '"' not in name

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -50,7 +51,7 @@ from search.filters import folder_filter
 from web.batcher import BATCH_WINDOW, MAX_BATCH, QUEUE_SIZE, BatchObserver, QueueFull, SearchThread
 from web.budget import ServerBusy
 from web.errors import ApiError
-from web.files import image_type, open_photo
+from web.files import image_type, open_object, open_photo
 from web.thumbnails import ThumbnailCache
 from web.uploads import UploadStore
 
@@ -65,6 +66,8 @@ WARMUP_QUERY = "사진"
 # Threads that touch the library's engine: these plus the search thread stay within the
 # five of its SingletonThreadPool (see the module docstring).
 DB_THREADS = 2
+# Where boto reads an S3 endpoint from (storage.open_root too).
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 # How long a set-aside or restore waits for this server's watcher to finish its pass.
 WRITE_WAIT = 30.0
 # Seconds a client refused with a full queue is told to wait (Retry-After).
@@ -107,12 +110,18 @@ class Backend:
         max_batch: int = MAX_BATCH,
         queue_size: int = QUEUE_SIZE,
         observer: BatchObserver | None = None,
+        endpoint_url: str | None = None,
     ) -> None:
         """`batch_window` (seconds), `max_batch`, `queue_size`: see web.batcher; `observer`
         hears of every batch, rejection and skipped request (the metrics)."""
         self.library_arg = library
         self.model = model
         self.watcher = watcher
+        # The object store's endpoint for a library of photos in object storage (None: the
+        # one it was indexed through, else $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL);
+        # credentials come from the standard chain of this process.
+        self.endpoint_url = endpoint_url
+        self._objects: Any = None  # the storage.ObjectRoot, opened on first use
         self._write_lock = threading.Lock()  # one set-aside or restore at a time
         self.uploads = UploadStore()
         self._searcher: Searcher | None = None
@@ -285,7 +294,9 @@ class Backend:
             except Exception as exc:
                 out[i] = exc
                 continue
-            requests.append((i, TextRequest(query, options, prompt=opts.prompt, composed=True, files=False)))
+            requests.append(
+                (i, TextRequest(query, options, prompt=opts.prompt, composed=True, files=False))
+            )
         answers = s.search_many([r for _, r in requests], resolve=lambda t: _library_term(s, t))
         for (i, _), answer in zip(requests, answers, strict=True):
             out[i] = answer
@@ -341,7 +352,9 @@ class Backend:
 
     def _kwargs(self, searcher: Searcher, opts: Options) -> dict[str, Any]:
         under = None
-        if opts.under:
+        if opts.under and searcher.root.is_url:  # a root in object storage: a key prefix
+            under = opts.under.lstrip("/")
+        elif opts.under:
             # Always from the photo root: a URL never names a folder relative to the server's
             # cwd (and search refuses one that `..` takes out of the root).
             under = os.fspath(searcher.photo_root / opts.under.lstrip("/"))
@@ -376,28 +389,54 @@ class Backend:
         koclip.ImageError if its file can no longer be read, ApiError 404 if it is no longer a
         file in the photo folder (see web.files)."""
         photo = self.photo(photo_id)
-        root = self.searcher().photo_root
+        searcher = self.searcher()
+        root = searcher.photo_root
         if self._thumbs is None:
-            self._thumbs = ThumbnailCache(self.searcher().directory)
-        path = self._thumbs.get(
-            photo.id, photo.content_hash, lambda: open_photo(root, photo.path), size
-        )
+            self._thumbs = ThumbnailCache(searcher.directory)
+        if searcher.root.is_url:  # read only to make it: the cache is this machine's
+            path = self._thumbs.get(
+                photo.id, photo.content_hash, lambda: self._open_object(photo), size, reopen=False
+            )
+        else:
+            path = self._thumbs.get(
+                photo.id, photo.content_hash, lambda: open_photo(root, photo.path), size
+            )
         return path, photo.content_hash
 
     def original(self, photo_id: int) -> tuple[PhotoInfo, BinaryIO, str, int]:
         """(photo, its file opened, media type, size): only a file inside the photo folder that
         decodes as an image (the bytes checked are the bytes sent); ApiError 404 otherwise."""
         photo = self.photo(photo_id)
-        f = open_photo(self.searcher().photo_root, photo.path)
+        searcher = self.searcher()
+        url = searcher.root.is_url
+        f = self._open_object(photo) if url else open_photo(searcher.photo_root, photo.path)
         try:
             media_type = image_type(f)
-            return photo, f, media_type, os.fstat(f.fileno()).st_size
+            size = len(f.getvalue()) if isinstance(f, BytesIO) else os.fstat(f.fileno()).st_size
+            return photo, f, media_type, size
         except ImageError as exc:
             f.close()
             raise ApiError(404, "unreadable", f"the photo file cannot be read: {exc}") from None
         except BaseException:
             f.close()
             raise
+
+    def _open_object(self, photo: PhotoInfo) -> BytesIO:
+        """A photo of a root in object storage, read into memory (see web.files.open_object)."""
+        url = self.searcher().root.url
+        if self._objects is None or self._objects.url != url:
+            from storage import open_root
+
+            # As `index` takes it: the one given, else $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL,
+            # else the one the library was indexed through.
+            endpoint = self.endpoint_url
+            if not endpoint and not any(os.environ.get(v) for v in ENDPOINT_VARIABLES):
+                endpoint = self.read(lambda s: s.library.root_endpoint())
+            self._objects = open_root(url, endpoint_url=endpoint)
+        top = f"{url}/"
+        where = str(photo.path)
+        key = where[len(top) :] if where.startswith(top) else ""
+        return open_object(self._objects, key)
 
     def info(self) -> dict[str, Any]:
         """Counts and model for the page header; cheap (no index file read, no disk walk)."""
@@ -418,6 +457,13 @@ class Backend:
         options = self._duplicate_options(query)
         return self.call(lambda s: s.duplicates(options))
 
+    def refuse_object_root(self) -> None:
+        """indexer.aside.ObjectRootAsideError (400) for a library of photos in object storage."""
+        if self.searcher().root.is_url:
+            from indexer.aside import refuse_object_root
+
+            self.read(lambda s: refuse_object_root(s.library))
+
     def aside_folder(self) -> Path:
         """Where set-aside photos go (the CLI's default: set-aside/ in the library folder)."""
         from indexer.aside import default_aside_dir
@@ -437,6 +483,7 @@ class Backend:
         to another file system only with `cross_filesystem` (else 409 `cross_filesystem`)."""
         if keep not in photo_ids:
             raise ApiError(422, "bad_request", "keep: must be one of the group's photos")
+        self.refuse_object_root()
         group = AsideGroup(tuple(dict.fromkeys(photo_ids)), keep)
         directory = self.searcher().directory
 
@@ -461,6 +508,7 @@ class Backend:
 
     def restore(self, photo_ids: list[int] | None) -> AsideReport:
         """Put set-aside photos back (those of `photo_ids`, or all): the CLI's --restore."""
+        self.refuse_object_root()
         directory = self.searcher().directory
         return self._write(lambda held: restore(directory, photo_ids, lock_held=held))
 
@@ -498,9 +546,13 @@ class Backend:
     def _duplicate_options(self, query: DuplicateQuery) -> DuplicateOptions:
         under = None
         if query.under and query.under.strip("/"):
-            root = self.searcher().photo_root
-            # From the photo root, as for searches: a URL never names a folder from the cwd.
-            under = folder_filter(os.fspath(root / query.under.lstrip("/")), root)
+            searcher = self.searcher()
+            root = searcher.photo_root
+            if searcher.root.is_url:  # a root in object storage: a key prefix under it
+                under = searcher.root.folder(query.under.lstrip("/"))
+            else:
+                # From the photo root, as for searches: a URL never names a folder from the cwd.
+                under = folder_filter(os.fspath(root / query.under.lstrip("/")), root)
         threshold = SIMILAR_COS if query.threshold is None else query.threshold
         return DuplicateOptions(kind=query.kind, threshold=threshold, under=under)
 

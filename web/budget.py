@@ -100,6 +100,8 @@ def _peek(source: bytes | Path | BinaryIO) -> Iterator[BinaryIO]:
     elif isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as f:
             yield f
+    elif isinstance(source, io.BytesIO):  # an object read from a bucket: its bytes, shared
+        yield io.BytesIO(source.getvalue())
     else:
         # The duplicate shares the file offset: put it back where the caller had it.
         fd = source.fileno()

@@ -5,24 +5,33 @@ between the check and the read: the open descriptor's real path (Linux: /proc/se
 lie inside the real photo root, and it must be a regular file. A symlink inside the root that
 points inside it still works; one that leads out of it (to /etc/passwd, or a linked folder
 elsewhere, even one indexed with `index --follow-links`) is answered 404.
+
+A photo of a root in object storage is read through `storage` in one bounded GET (at most
+koclip.names.MAX_PHOTO_BYTES, refused from its size before any byte is downloaded) into
+memory, only by a plain key under the root's prefix (no `..`, no empty or leading part); an
+object that is gone is answered 404, as a file that is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from PIL import Image
 
 from koclip import ImageError
 from koclip.images.preprocess import open_image
-from koclip.names import MAX_PIXELS
+from koclip.names import MAX_PHOTO_BYTES, MAX_PIXELS
 from web.budget import DECODES, LIBRARY_WAIT, pixels_to_decode
 from web.errors import ApiError
+
+if TYPE_CHECKING:
+    from storage import ObjectRoot
 
 CHUNK = 1 << 16
 
@@ -42,6 +51,31 @@ def open_photo(root: Path, path: Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_object(root: ObjectRoot, key: str, max_bytes: int = MAX_PHOTO_BYTES) -> io.BytesIO:
+    """The object `key` (relative to `root`'s prefix) read into memory, if it is a plain key
+    under the prefix and at most `max_bytes`; ApiError 404 otherwise (gone, too large, not
+    readable). A store that does not answer, or refuses the credentials, raises its own
+    storage error (503)."""
+    from storage import ObjectError, ObjectGoneError, ObjectTooLargeError
+
+    if not plain_key(key):
+        raise ApiError(404, "unreadable", "the photo is not an object under the photo root")
+    try:
+        return root.open(key, max_bytes=max_bytes)
+    except ObjectGoneError:
+        raise ApiError(404, "unreadable", "the photo is no longer in the bucket") from None
+    except ObjectTooLargeError as exc:
+        raise ApiError(404, "unreadable", f"the photo cannot be sent: {exc}") from None
+    except ObjectError as exc:
+        raise ApiError(404, "unreadable", f"the photo cannot be read: {exc}") from None
+
+
+def plain_key(key: str) -> bool:
+    """Whether `key` names an object under a root's prefix and nothing else: relative, no
+    empty part, no `.` or `..` part, no NUL."""
+    return bool(key) and "\0" not in key and all(p not in ("", ".", "..") for p in key.split("/"))
 
 
 def image_type(f: BinaryIO) -> str:
@@ -66,7 +100,10 @@ def image_type(f: BinaryIO) -> str:
 
 
 def _duplicate(f: BinaryIO) -> BinaryIO:
-    """A second file object on `f`'s open file, at its start (closing it leaves `f` open)."""
+    """A second file object on `f`'s open file, at its start (closing it leaves `f` open);
+    for bytes in memory (an object read from a bucket) a second reader of the same bytes."""
+    if isinstance(f, io.BytesIO):
+        return io.BytesIO(f.getvalue())  # shares the bytes: no copy until written
     dup = os.fdopen(os.dup(f.fileno()), "rb")
     dup.seek(0)
     return dup

@@ -45,16 +45,26 @@ class ThumbnailCache:
         return self.directory / size / f"{int(photo_id)}-{content_hash[:16]}.jpg"
 
     def get(
-        self, photo_id: int, content_hash: str, open_source: Callable[[], BinaryIO], size: str
+        self,
+        photo_id: int,
+        content_hash: str,
+        open_source: Callable[[], BinaryIO],
+        size: str,
+        *,
+        reopen: bool = True,
     ) -> Path | bytes:
         """The cached thumbnail, made first if needed from the file `open_source()` opens (it
         is opened every time, and whatever it raises is raised: a photo no longer in the photo
-        folder has no thumbnail either); ImageError if it cannot be read.
+        folder has no thumbnail either); ImageError if it cannot be read. `reopen=False` (a
+        photo in object storage, where opening means downloading it) opens it only to make
+        the thumbnail: a cached one is served as long as the library holds the photo.
 
         When the cache cannot be written (disk full, quota, read-only, permissions) the JPEG
         is returned as bytes instead, so the page keeps working; the cause goes to the log.
         """
         target = self.path_for(photo_id, content_hash, size)
+        if not reopen and target.is_file():
+            return target
         # Opened every time, cached or not: a thumbnail is shown only while its photo is still
         # a file inside the photo folder (open_source raises otherwise), as the original is.
         with open_source() as source:
