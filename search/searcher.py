@@ -304,14 +304,7 @@ class Searcher:
                 continue
             key = (p.opts, _with_facts(p.flt, p.understood))
             groups.setdefault(key, []).append((p.index, query))
-        for (opts, flt), members in groups.items():
-            try:
-                found = self._search([q for _, q in members], opts, flt)
-            except Exception as exc:
-                found = [exc] * len(members)
-            for (i, _), results in zip(members, found, strict=True):
-                out[i] = results
-        return out  # type: ignore[return-value]
+        return self._search_groups(groups, out)
 
     def _plan(
         self, index: int, request: TextRequest, resolve: Callable[[Term], Term] | None
@@ -393,14 +386,23 @@ class Searcher:
         for (i, opts, flt), vector in zip(ready, encoded, strict=True):
             label = Term(image=requests[i].image, label=requests[i].label).describe()
             groups.setdefault((opts, flt), []).append((i, _Query(label, vector, set(), True)))
+        return self._search_groups(groups, out)
+
+    def _search_groups(
+        self,
+        groups: dict[tuple[SearchOptions, Filter], list[tuple[int, _Query]]],
+        out: list[Any],
+    ) -> list[SearchResults | Exception]:
+        """Each group of queries sharing options and filter in one `_search` (one FAISS call);
+        a group that fails answers each of its requests with the error."""
         for (opts, flt), members in groups.items():
             try:
-                found = self._search([q for _, q in members], opts, flt)
+                found: list[Any] = self._search([q for _, q in members], opts, flt)
             except Exception as exc:
                 found = [exc] * len(members)
             for (i, _), results in zip(members, found, strict=True):
                 out[i] = results
-        return out  # type: ignore[return-value]
+        return out
 
     def compose(
         self,
