@@ -301,11 +301,13 @@ def test_cluster_checks_every_node_and_outlives_a_dead_node(tmp_path, tiny_check
 
 
 @pytest.mark.slow
-def test_ray_not_installed_prints_the_install_line(tmp_path):
+@pytest.mark.parametrize("command", ["index", "serve"])
+def test_ray_not_installed_prints_the_install_line(tmp_path, command):
     write_jpeg(tmp_path / "p/a.jpg", 1)
     code = "import sys; sys.modules['ray'] = None; from cli import main; main()"
+    where = [str(tmp_path / "p")] if command == "index" else ["--library", str(tmp_path / "p")]
     done = subprocess.run(
-        [sys.executable, "-c", code, "index", str(tmp_path / "p"), "--ray", "local"],
+        [sys.executable, "-c", code, command, *where, "--ray", "local"],
         cwd=REPO,
         env=os.environ | {"PYTHONPATH": str(REPO)},
         capture_output=True,

@@ -120,9 +120,9 @@ def test_ray_workers_read_the_bucket_and_make_the_local_library(tmp_path, tiny_c
     assert "cannot read s3://photos/p" in lines[0] and "credentials" in lines[0]
 
 
-def test_a_node_without_credentials_is_named_by_the_probe(s3, monkeypatch):
-    s3.put_jpegs("p", {"a.jpg": 1})
-    spec = WorkerSpec(
+def _probe_spec(s3) -> WorkerSpec:
+    """What the start-up probe of a worker is given for the bucket's root `p`."""
+    return WorkerSpec(
         photo_root=s3.url("p"),
         model="m",
         precision="fp32",
@@ -131,6 +131,11 @@ def test_a_node_without_credentials_is_named_by_the_probe(s3, monkeypatch):
         threads=1,
         endpoint=s3.endpoint,
     )
+
+
+def test_a_node_without_credentials_is_named_by_the_probe(s3, monkeypatch):
+    s3.put_jpegs("p", {"a.jpg": 1})
+    spec = _probe_spec(s3)
     check_photo_root(spec)  # this node reads it
     # A node whose environment holds no credentials (and no files, no instance role).
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -147,15 +152,7 @@ def test_a_node_without_credentials_is_named_by_the_probe(s3, monkeypatch):
 
 def test_a_node_that_cannot_reach_the_store_is_named(s3):
     s3.proxy.stop()  # the store's address answers nothing from this node
-    spec = WorkerSpec(
-        photo_root=s3.url("p"),
-        model="m",
-        precision="fp32",
-        fingerprint="f",
-        batch_size=4,
-        threads=1,
-        endpoint=s3.endpoint,
-    )
+    spec = _probe_spec(s3)
     import storage
 
     fast = storage.Retry(tries=2, base=0.01, cap=0.02)

@@ -12,11 +12,8 @@ shutdown, in that order.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -24,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from tests.process_fixtures import REPO, in_namespace
+from tests.process_fixtures import in_namespace
 
 pytest.importorskip(
     "ray.serve", reason="Ray Serve is not installed (pip install 'koclip-search[ray]')"
@@ -461,23 +458,6 @@ def test_an_address_where_nothing_answers_fails_fast_with_one_line(
     assert (
         f"nothing answers at 127.0.0.1:{port}" in lines[0] and "serve with --ray local" in lines[0]
     )
-
-
-@pytest.mark.slow
-def test_ray_not_installed_prints_the_install_line(tmp_path):
-    code = "import sys; sys.modules['ray'] = None; from cli import main; main()"
-    done = subprocess.run(
-        [sys.executable, "-c", code, "serve", "--library", str(tmp_path), "--ray", "local"],
-        cwd=REPO,
-        env=os.environ | {"PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines() == [
-        "Error: --ray needs Ray on this machine: pip install 'koclip-search[ray]'"
-    ]
 
 
 def test_a_node_without_the_library_is_named(tmp_path):
