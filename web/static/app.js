@@ -52,8 +52,8 @@ const MESSAGES = {
              "This address is refused. Open the page at the server's own address."],
   cross_origin: ["다른 사이트에서 보낸 요청은 받지 않아요. 이 서버의 주소로 페이지를 열어 주세요.",
                  "Requests sent from another site are refused. Open the page at this server's address."],
-  busy: ["서버가 다른 큰 사진을 읽는 중이에요. 잠시 뒤 다시 해 주세요.",
-         "The server is busy reading other large photos; try again in a moment."],
+  busy: ["지금 찾는 사람이 많아 서버가 바빠요. 잠시 뒤 다시 해 주세요.",
+         "The server is busy (many searches, or large photos); try again in a moment."],
   upload_expired: ["사진을 다시 올려 주세요.", "Please drop the photo again."],
   model_mismatch: ["라이브러리와 다른 모델이에요.", "The model differs from the library's."],
   model_error: ["모델 파일을 읽을 수 없어요.", "The model's files cannot be read."],
@@ -82,16 +82,29 @@ class ApiError extends Error {
   }
 }
 
+// A 503 with Retry-After (a full search queue, a busy decode budget, every replica busy) is
+// tried again after the wait it names, at most BUSY_TRIES times, then shown.
+const BUSY_TRIES = 2;
+const BUSY_WAIT_CAP = 5;  // seconds
+
 async function api(url, options = {}) {
   let res;
-  try {
-    res = await fetch(url, options);
-  } catch (err) {
-    throw new ApiError("network", String(err), 0);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      res = await fetch(url, options);
+    } catch (err) {
+      throw new ApiError("network", String(err), 0);
+    }
+    const after = res.headers.get("Retry-After");
+    const wait = after === null ? NaN : Number(after);
+    if (res.status !== 503 || !(wait >= 0) || attempt >= BUSY_TRIES) break;
+    await new Promise((done) => setTimeout(done, Math.min(wait, BUSY_WAIT_CAP) * 1000));
   }
   const body = await res.json().catch(() => null);
   if (!res.ok) {
-    throw new ApiError((body && body.code) || "internal", (body && body.error) || res.statusText,
+    // Ray Serve's own 503 (every replica busy) has a plain-text body.
+    const fallback = res.status === 503 ? "busy" : "internal";
+    throw new ApiError((body && body.code) || fallback, (body && body.error) || res.statusText,
                        res.status);
   }
   noteUnderstood(body);
