@@ -9,6 +9,7 @@ The embeddings come back as float32 arrays, checked against the manifest's size
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Collection, Iterator
 from datetime import datetime
@@ -65,6 +66,24 @@ def count_and_newest(session: Session) -> tuple[int, int | None]:
     """(photo count, newest id): changes whenever photos are added or removed."""
     count, newest = session.execute(select(func.count(Photo.id), func.max(Photo.id))).one()
     return count, newest
+
+
+def change_stamp(session: Session) -> tuple[int, int]:
+    """A stamp of the library as this session's connection sees it, cheap enough for every
+    query (no row is read): it changes whenever another connection (an indexer, a watcher)
+    commits, whatever the commit changed. SQLite's `data_version` counts per connection, so
+    the stamp also names the connection (a token of its own: one thread's connection is not
+    another's, and a connection opened later never reuses an older one's token)."""
+    conn = session.connection()
+    token = conn.info.get(_STAMP_TOKEN)
+    if token is None:
+        token = conn.info[_STAMP_TOKEN] = next(_stamp_tokens)
+    version = conn.exec_driver_sql("PRAGMA data_version").scalar_one()
+    return token, int(version)
+
+
+_STAMP_TOKEN = "koclip.change_stamp"
+_stamp_tokens = itertools.count(1)
 
 
 def last_indexed_at(session: Session) -> float | None:
@@ -167,10 +186,36 @@ def photos_with_hash(session: Session, content_hash: str) -> list[Photo]:
 def photos_by_id(session: Session, ids: np.ndarray | list[int]) -> dict[int, Photo]:
     """Rows for FAISS ids (ids without a row, e.g. -1 or stale ones, are absent)."""
     wanted = [int(i) for i in ids if i >= 0]
-    if not wanted:
-        return {}
-    rows = session.scalars(select(Photo).where(Photo.id.in_(wanted))).all()
-    return {row.id: row for row in rows}
+    out: dict[int, Photo] = {}
+    for start in range(0, len(wanted), ID_CHUNK):
+        chunk = wanted[start : start + ID_CHUNK]
+        out.update(
+            (row.id, row) for row in session.scalars(select(Photo).where(Photo.id.in_(chunk)))
+        )
+    return out
+
+
+def present_ids(session: Session, ids: Collection[int]) -> set[int]:
+    """Which of these ids (FAISS candidates: -1 and stale ids may be among them) have a photo
+    row; reads the primary key only, no row."""
+    wanted = sorted({int(i) for i in ids if i >= 0})
+    out: set[int] = set()
+    for start in range(0, len(wanted), ID_CHUNK):
+        chunk = wanted[start : start + ID_CHUNK]
+        out.update(session.scalars(select(Photo.id).where(Photo.id.in_(chunk))))
+    return out
+
+
+def taken_at_by_id(session: Session, ids: Collection[int]) -> dict[int, datetime | None]:
+    """When each of these photos was taken, by id, for ordering candidates by date (ids
+    without a row are absent)."""
+    wanted = sorted({int(i) for i in ids if i >= 0})
+    out: dict[int, datetime | None] = {}
+    for start in range(0, len(wanted), ID_CHUNK):
+        chunk = wanted[start : start + ID_CHUNK]
+        found = session.execute(select(Photo.id, Photo.taken_at).where(Photo.id.in_(chunk)))
+        out.update((pid, taken) for pid, taken in found)
+    return out
 
 
 # -- facts: where and with what ------------------------------------------------------------------
