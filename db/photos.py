@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, Integer, and_, bindparam, column, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.schema import FACT_COLUMNS, Failure, Photo, disk_relpath
@@ -185,37 +185,43 @@ def photos_with_hash(session: Session, content_hash: str) -> list[Photo]:
 
 def photos_by_id(session: Session, ids: np.ndarray | list[int]) -> dict[int, Photo]:
     """Rows for FAISS ids (ids without a row, e.g. -1 or stale ones, are absent)."""
-    wanted = [int(i) for i in ids if i >= 0]
-    out: dict[int, Photo] = {}
-    for start in range(0, len(wanted), ID_CHUNK):
-        chunk = wanted[start : start + ID_CHUNK]
-        out.update(
-            (row.id, row) for row in session.scalars(select(Photo).where(Photo.id.in_(chunk)))
-        )
-    return out
+    wanted = _id_list(ids)
+    if wanted == "[]":
+        return {}
+    rows = session.scalars(select(Photo).where(Photo.id.in_(_LISTED)), {"ids": wanted})
+    return {row.id: row for row in rows}
 
 
 def present_ids(session: Session, ids: Collection[int]) -> set[int]:
     """Which of these ids (FAISS candidates: -1 and stale ids may be among them) have a photo
     row; reads the primary key only, no row."""
-    wanted = sorted({int(i) for i in ids if i >= 0})
-    out: set[int] = set()
-    for start in range(0, len(wanted), ID_CHUNK):
-        chunk = wanted[start : start + ID_CHUNK]
-        out.update(session.scalars(select(Photo.id).where(Photo.id.in_(chunk))))
-    return out
+    wanted = _id_list(ids)
+    if wanted == "[]":
+        return set()
+    return set(session.scalars(select(Photo.id).where(Photo.id.in_(_LISTED)), {"ids": wanted}))
 
 
 def taken_at_by_id(session: Session, ids: Collection[int]) -> dict[int, datetime | None]:
     """When each of these photos was taken, by id, for ordering candidates by date (ids
     without a row are absent)."""
-    wanted = sorted({int(i) for i in ids if i >= 0})
-    out: dict[int, datetime | None] = {}
-    for start in range(0, len(wanted), ID_CHUNK):
-        chunk = wanted[start : start + ID_CHUNK]
-        found = session.execute(select(Photo.id, Photo.taken_at).where(Photo.id.in_(chunk)))
-        out.update((pid, taken) for pid, taken in found)
-    return out
+    wanted = _id_list(ids)
+    if wanted == "[]":
+        return {}
+    found = session.execute(
+        select(Photo.id, Photo.taken_at).where(Photo.id.in_(_LISTED)), {"ids": wanted}
+    )
+    return {pid: taken for pid, taken in found}
+
+
+# Reads by a list of ids take it as one JSON array (`ids`), a table of them: one parameter
+# however many ids (no chunks under SQLite's cap on parameters), one statement SQLAlchemy
+# compiles once (an IN of n parameters is built and compiled anew for every n).
+_LISTED = select(column("value", Integer)).select_from(func.json_each(bindparam("ids")))
+
+
+def _id_list(ids: Collection[int] | np.ndarray) -> str:
+    """Ids as the JSON array `_LISTED` reads (negative ids, FAISS's "none", left out)."""
+    return json.dumps(sorted({int(i) for i in ids if i >= 0}))
 
 
 # -- facts: where and with what ------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -267,9 +268,11 @@ class Searcher:
         except Exception as exc:  # the library itself: no request can be answered
             return [exc] * len(requests)
         planned: list[_Planned] = []
+        # The library's places and cameras, looked up (its stamp checked) once for the batch.
+        vocabulary = functools.cache(self.vocabulary)
         for i, request in enumerate(requests):
             try:
-                planned.append(self._plan(i, request, resolve))
+                planned.append(self._plan(i, request, resolve, vocabulary))
             except Exception as exc:
                 out[i] = exc
         # Every text not cached, once per prompt setting, in one call of the text tower.
@@ -314,7 +317,11 @@ class Searcher:
         return out  # type: ignore[return-value]
 
     def _plan(
-        self, index: int, request: TextRequest, resolve: Callable[[Term], Term] | None
+        self,
+        index: int,
+        request: TextRequest,
+        resolve: Callable[[Term], Term] | None,
+        vocabulary: Callable[[], Vocabulary],
     ) -> _Planned:
         """Validate a request's options, understand it, parse it (nothing encoded yet)."""
         opts = request.options
@@ -322,12 +329,12 @@ class Searcher:
             raise QueryError(f"options must be SearchOptions, not {type(opts).__name__}")
         flt = self._filter(opts)
         if not request.composed:
-            understood, rest = self._read_text(request.query, opts)
+            understood, rest = self._read_text(request.query, opts, vocabulary)
             return _Planned(index, opts, flt, understood, None, rest)
         understood = None
         words = [request.query]
         if not opts.literal:
-            understood = self.understand(request.query, today=opts.today)
+            understood = _understand(request.query, opts.today, vocabulary())
             if understood.has_facts:
                 words = [understood.text] if understood.text else []
         terms = parse_query(words, files=request.files) if words else []
@@ -440,7 +447,7 @@ class Searcher:
     def understand(self, query: str, *, today: date | None = None) -> Understood:
         """The dates, places and cameras `query` names, and the rest (see search.understand),
         with this library's places and cameras; DateError for a date that does not exist."""
-        return understand(query, today=today or date.today(), vocabulary=self.vocabulary())
+        return _understand(query, today, self.vocabulary())
 
     def vocabulary(self) -> Vocabulary:
         """The library's places and cameras with their photo counts, for `understand`;
@@ -461,7 +468,9 @@ class Searcher:
         서귀포시") with its photo count, most photos first."""
         return self.vocabulary().place_counts()
 
-    def _read_text(self, query: str, opts: SearchOptions) -> tuple[Understood | None, str]:
+    def _read_text(
+        self, query: str, opts: SearchOptions, vocabulary: Callable[[], Vocabulary]
+    ) -> tuple[Understood | None, str]:
         """(what a text query was understood as, the text left for the text tower)."""
         text = nfc(query).strip()
         check_text(text, "the query text")
@@ -469,7 +478,7 @@ class Searcher:
             if not text:
                 raise QueryError("the query is empty")
             return None, text
-        understood = self.understand(text, today=opts.today)
+        understood = _understand(text, opts.today, vocabulary())
         if not understood.text and not understood.has_facts:
             raise QueryError("the query is empty")
         return understood, understood.text
@@ -950,6 +959,11 @@ def _settled(
     if len(kept) < want:
         return False
     return bool(scores[-1] < kept[want - 1][0])
+
+
+def _understand(query: str, today: date | None, vocabulary: Vocabulary) -> Understood:
+    """What `query` names (see `Searcher.understand`), with the library's `vocabulary`."""
+    return understand(query, today=today or date.today(), vocabulary=vocabulary)
 
 
 def _with_facts(flt: Filter, understood: Understood | None) -> Filter:
