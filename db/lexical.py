@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -126,19 +127,33 @@ def query_words(query: str) -> list[str]:
 
 
 def ranking(
-    session: Session, words: Sequence[str], *, limit: int = 1000
+    session: Session,
+    words: Sequence[str],
+    *,
+    limit: int = 1000,
+    memo: dict[tuple[str, str], Any] | None = None,
 ) -> list[tuple[int, float]]:
     """Photos whose words contain any of `words`, best first: each word found counts by its
     rarity in the library (log(N / photos with it)), so a rare word outweighs a common one.
-    Returns (photo id, score), at most `limit`."""
+    Returns (photo id, score), at most `limit`.
+
+    `memo`: a dict kept by the caller across the rankings of one transaction (the queries of
+    a batch): the table's size and each word's photos are then read once for all of them."""
     if not words:
         return []
-    total = session.execute(text(f"SELECT count(*) FROM {TABLE}")).scalar() or 0
+    memo = {} if memo is None else memo
+    total = memo.get(("total", ""))
+    if total is None:
+        total = memo["total", ""] = (
+            session.execute(text(f"SELECT count(*) FROM {TABLE}")).scalar() or 0
+        )
     if not total:
         return []
     scores: dict[int, float] = {}
     for word in words:
-        ids = _ids_with(session, word)
+        ids = memo.get(("word", word))
+        if ids is None:
+            ids = memo["word", word] = _ids_with(session, word)
         if not ids or len(ids) == total:
             continue  # everywhere: says nothing
         weight = math.log(total / len(ids))

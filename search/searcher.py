@@ -61,6 +61,8 @@ THRESHOLDS = ("auto", "none")
 # FUSE_DEPTH nearest photos by embedding.
 LEXICAL_DEPTH = 500
 FUSE_DEPTH = 256
+# Photo ids (over all its words) `_words_memo` keeps at most (then it starts again).
+WORDS_MEMO = 1_000_000
 # "Every candidate": a page of the whole library (bounded by its size when fetched).
 _ALL = 10**12
 
@@ -221,6 +223,7 @@ class Searcher:
         # (a lookup on another thread may still be reading one).
         self._retired: list[db.Library] = []
         self._vocabulary: tuple[tuple[int, int], float, Vocabulary] | None = None
+        self._words: tuple[tuple[int, int], dict[tuple[str, str], Any]] | None = None
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -746,9 +749,11 @@ class Searcher:
             # One snapshot for the batch: the candidates are read as ids, and only the photos
             # that end up on a page as rows (every page's in one read).
             with self.library.session() as s, s.begin():
+                memo = self._words_memo(s)
                 kept = self._nearest(s, loaded, ranked, flt, want)
                 pages = [
-                    self._ranked_page(s, q, k, opts, flt) for q, k in zip(ranked, kept, strict=True)
+                    self._ranked_page(s, q, k, opts, flt, memo)
+                    for q, k in zip(ranked, kept, strict=True)
                 ]
                 rows = photos.photos_by_id(s, [i for page, _ in pages for _, i in page])
             for q, (page, cutoff) in zip(ranked, pages, strict=True):
@@ -758,6 +763,18 @@ class Searcher:
             if q.vector is None:
                 found[id(q)] = self._listing(q, opts, flt)
         return [found[id(q)] for q in batch]
+
+    def _words_memo(self, s: Any) -> dict[tuple[str, str], Any]:
+        """The lookups of the photos' words (`lexical.ranking`'s memo) made since the library
+        last changed: kept while nothing is committed to it (`db.photos.change_stamp`, read
+        first in the session, so the memo and the session's snapshot agree)."""
+        stamp = photos.change_stamp(s)
+        cached = self._words
+        if cached is not None and cached[0] == stamp and _memo_ids(cached[1]) < WORDS_MEMO:
+            return cached[1]
+        memo: dict[tuple[str, str], Any] = {}
+        self._words = (stamp, memo)
+        return memo
 
     def _nearest(
         self, s: Any, loaded: Any, batch: list[_Query], flt: Filter, want: int
@@ -811,10 +828,12 @@ class Searcher:
             out.append((score, pid))
         return out
 
-    def _lexical(self, s: Any, query: _Query, flt: Filter) -> tuple[list[int], dict[int, float]]:
+    def _lexical(
+        self, s: Any, query: _Query, flt: Filter, memo: dict[tuple[str, str], Any]
+    ) -> tuple[list[int], dict[int, float]]:
         """The photos whose words hold the query's words (passing the filter), best first, and
         the cosine of each."""
-        ranked = [i for i, _ in lexical.ranking(s, query.words, limit=LEXICAL_DEPTH)]
+        ranked = [i for i, _ in lexical.ranking(s, query.words, limit=LEXICAL_DEPTH, memo=memo)]
         ranked = [i for i in ranked if i not in query.exclude]
         if flt.active and ranked:
             allowed = set(photos.ids_where(s, *flt.conditions(), db.Photo.id.in_(ranked)).tolist())
@@ -833,13 +852,14 @@ class Searcher:
         kept: list[tuple[float, int]],
         opts: SearchOptions,
         flt: Filter,
+        memo: dict[tuple[str, str], Any],
     ) -> tuple[list[tuple[float, int]], Cutoff | None]:
         """A ranked query's page as (score, id), fused with its words' matches, cut, ordered
         as asked; and the cutoff applied."""
         words: list[int] = []
         scored = {pid: score for score, pid in kept}
         if query.words:
-            words, more = self._lexical(s, query, flt)
+            words, more = self._lexical(s, query, flt, memo)
             scored = {**more, **scored}
         cutoff = None
         cut = opts.cut
@@ -959,6 +979,11 @@ def _settled(
     if len(kept) < want:
         return False
     return bool(scores[-1] < kept[want - 1][0])
+
+
+def _memo_ids(memo: dict[tuple[str, str], Any]) -> int:
+    """How many photo ids a words memo holds."""
+    return sum(len(v) for v in memo.values() if isinstance(v, list))
 
 
 def _understand(query: str, today: date | None, vocabulary: Vocabulary) -> Understood:

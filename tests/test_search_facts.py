@@ -243,8 +243,12 @@ def test_a_commit_by_the_indexer_shows_in_the_next_query(
         assert searcher.text("대구 바다", today=TODAY).understood.places == ()
         folders = dict(searcher.folders())
         assert "2025" not in folders and folders["2024/바다"] == 4
-        moved = {**FACTS, "2024/바다/모래.jpg": (("대구광역시", "중구"), "Sony", "A7", ())}
+        # The photos' words too: none holds 해변가 yet (its lookup is kept while nothing changes).
+        assert "2024/바다/모래.jpg" not in _paths(searcher.text("해변가", threshold="auto"))
+        facts = (("대구광역시", "중구"), "Sony", "A7", ("해변가",))
+        moved = {**FACTS, "2024/바다/모래.jpg": facts}
         set_facts(copy, lambda rel: moved.get(rel, (None, None, None, ())))
+        assert _paths(searcher.text("해변가", threshold="auto"))[0] == "2024/바다/모래.jpg"
         results = searcher.text("대구 바다", today=TODAY)
         assert results.understood.places == ("대구광역시",)
         assert [hit.relpath for hit in results] == ["2024/바다/모래.jpg"]
