@@ -27,6 +27,12 @@ CREATE = (
     + ", ".join(COLUMNS)
     + ", tokenize='trigram')"
 )
+# FTS5's own copy of the text (an ordinary FTS5 table keeps one): a plain table, `id` the
+# rowid, c0, c1... the COLUMNS in order. Counting and scanning it reads the rows directly, not
+# through the virtual table (a count is a walk of its b-tree; a LIKE scan several times
+# quicker), with the same values and so the same answers.
+CONTENT = f"{TABLE}_content"
+CONTENT_COLUMNS = tuple(f"c{i}" for i in range(len(COLUMNS)))
 # A photo row deleted (removed, re-indexed under a new id, set aside, the library emptied)
 # takes its words with it, whichever code deletes it.
 FORGET_TRIGGER = (
@@ -145,7 +151,7 @@ def ranking(
     total = memo.get(("total", ""))
     if total is None:
         total = memo["total", ""] = (
-            session.execute(text(f"SELECT count(*) FROM {TABLE}")).scalar() or 0
+            session.execute(text(f"SELECT count(*) FROM {CONTENT}")).scalar() or 0
         )
     if not total:
         return []
@@ -169,10 +175,10 @@ def _ids_with(session: Session, word: str) -> list[int]:
         sql = f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH :q"
         return [r[0] for r in session.execute(text(sql), {"q": phrase})]
     pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    where = " OR ".join(f"{c} LIKE :p ESCAPE '\\'" for c in COLUMNS)
+    where = " OR ".join(f"{c} LIKE :p ESCAPE '\\'" for c in CONTENT_COLUMNS)
     return [
         r[0]
-        for r in session.execute(text(f"SELECT rowid FROM {TABLE} WHERE {where}"), {"p": pattern})
+        for r in session.execute(text(f"SELECT id FROM {CONTENT} WHERE {where}"), {"p": pattern})
     ]
 
 
