@@ -9,13 +9,14 @@ The embeddings come back as float32 arrays, checked against the manifest's size
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, Integer, and_, bindparam, column, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.schema import FACT_COLUMNS, Failure, Photo, disk_relpath
@@ -65,6 +66,24 @@ def count_and_newest(session: Session) -> tuple[int, int | None]:
     """(photo count, newest id): changes whenever photos are added or removed."""
     count, newest = session.execute(select(func.count(Photo.id), func.max(Photo.id))).one()
     return count, newest
+
+
+def change_stamp(session: Session) -> tuple[int, int]:
+    """A stamp of the library as this session's connection sees it, cheap enough for every
+    query (no row is read): it changes whenever another connection (an indexer, a watcher)
+    commits, whatever the commit changed. SQLite's `data_version` counts per connection, so
+    the stamp also names the connection (a token of its own: one thread's connection is not
+    another's, and a connection opened later never reuses an older one's token)."""
+    conn = session.connection()
+    token = conn.info.get(_STAMP_TOKEN)
+    if token is None:
+        token = conn.info[_STAMP_TOKEN] = next(_stamp_tokens)
+    version = conn.exec_driver_sql("PRAGMA data_version").scalar_one()
+    return token, int(version)
+
+
+_STAMP_TOKEN = "koclip.change_stamp"
+_stamp_tokens = itertools.count(1)
 
 
 def last_indexed_at(session: Session) -> float | None:
@@ -166,11 +185,43 @@ def photos_with_hash(session: Session, content_hash: str) -> list[Photo]:
 
 def photos_by_id(session: Session, ids: np.ndarray | list[int]) -> dict[int, Photo]:
     """Rows for FAISS ids (ids without a row, e.g. -1 or stale ones, are absent)."""
-    wanted = [int(i) for i in ids if i >= 0]
-    if not wanted:
+    wanted = _id_list(ids)
+    if wanted == "[]":
         return {}
-    rows = session.scalars(select(Photo).where(Photo.id.in_(wanted))).all()
+    rows = session.scalars(select(Photo).where(Photo.id.in_(_LISTED)), {"ids": wanted})
     return {row.id: row for row in rows}
+
+
+def present_ids(session: Session, ids: Collection[int]) -> set[int]:
+    """Which of these ids (FAISS candidates: -1 and stale ids may be among them) have a photo
+    row; reads the primary key only, no row."""
+    wanted = _id_list(ids)
+    if wanted == "[]":
+        return set()
+    return set(session.scalars(select(Photo.id).where(Photo.id.in_(_LISTED)), {"ids": wanted}))
+
+
+def taken_at_by_id(session: Session, ids: Collection[int]) -> dict[int, datetime | None]:
+    """When each of these photos was taken, by id, for ordering candidates by date (ids
+    without a row are absent)."""
+    wanted = _id_list(ids)
+    if wanted == "[]":
+        return {}
+    found = session.execute(
+        select(Photo.id, Photo.taken_at).where(Photo.id.in_(_LISTED)), {"ids": wanted}
+    )
+    return {pid: taken for pid, taken in found}
+
+
+# Reads by a list of ids take it as one JSON array (`ids`), a table of them: one parameter
+# however many ids (no chunks under SQLite's cap on parameters), one statement SQLAlchemy
+# compiles once (an IN of n parameters is built and compiled anew for every n).
+_LISTED = select(column("value", Integer)).select_from(func.json_each(bindparam("ids")))
+
+
+def _id_list(ids: Collection[int] | np.ndarray) -> str:
+    """Ids as the JSON array `_LISTED` reads (negative ids, FAISS's "none", left out)."""
+    return json.dumps(sorted({int(i) for i in ids if i >= 0}))
 
 
 # -- facts: where and with what ------------------------------------------------------------------

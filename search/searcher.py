@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -48,8 +49,8 @@ DEFAULT_K = 20
 SAME_IMAGE_SCORE = 1 - 1e-4
 # Up to this many candidates a search fetches without first counting the library.
 _CHEAP_FETCH = 4096
-# `folders` rescans at once when photos come or go, and at least this often (seconds) for
-# changes that keep the count and the newest id (a move).
+# `folders` and `vocabulary` read the library again at once when anything was committed to it
+# since (`db.photos.change_stamp`), and at least this often (seconds) whatever the stamp says.
 FOLDERS_TTL = 30.0
 # How results are ordered: by the query (cosine, fused with the photos' words), or by date
 # among the photos relevant to it (see `SearchOptions.threshold`).
@@ -60,6 +61,8 @@ THRESHOLDS = ("auto", "none")
 # FUSE_DEPTH nearest photos by embedding.
 LEXICAL_DEPTH = 500
 FUSE_DEPTH = 256
+# Photo ids (over all its words) `_words_memo` keeps at most (then it starts again).
+WORDS_MEMO = 1_000_000
 # "Every candidate": a page of the whole library (bounded by its size when fetched).
 _ALL = 10**12
 
@@ -214,12 +217,13 @@ class Searcher:
             self.library.close()
             raise
         self.index = IndexView(self.library, self.manifest.index_type, self.manifest.dim)
-        self._folders: tuple[tuple[int, int | None], float, list[tuple[str, int]]] | None = None
+        self._folders: tuple[tuple[int, int], float, list[tuple[str, int]]] | None = None
         self._database = _file_identity(self.library.db_path)
         # Libraries of a database file since replaced: closed with the Searcher, not before
         # (a lookup on another thread may still be reading one).
         self._retired: list[db.Library] = []
-        self._vocabulary: tuple[tuple[int, int | None], float, Vocabulary] | None = None
+        self._vocabulary: tuple[tuple[int, int], float, Vocabulary] | None = None
+        self._words: tuple[tuple[int, int], dict[tuple[str, str], Any]] | None = None
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -267,9 +271,11 @@ class Searcher:
         except Exception as exc:  # the library itself: no request can be answered
             return [exc] * len(requests)
         planned: list[_Planned] = []
+        # The library's places and cameras, looked up (its stamp checked) once for the batch.
+        vocabulary = functools.cache(self.vocabulary)
         for i, request in enumerate(requests):
             try:
-                planned.append(self._plan(i, request, resolve))
+                planned.append(self._plan(i, request, resolve, vocabulary))
             except Exception as exc:
                 out[i] = exc
         # Every text not cached, once per prompt setting, in one call of the text tower.
@@ -307,7 +313,11 @@ class Searcher:
         return self._search_groups(groups, out)
 
     def _plan(
-        self, index: int, request: TextRequest, resolve: Callable[[Term], Term] | None
+        self,
+        index: int,
+        request: TextRequest,
+        resolve: Callable[[Term], Term] | None,
+        vocabulary: Callable[[], Vocabulary],
     ) -> _Planned:
         """Validate a request's options, understand it, parse it (nothing encoded yet)."""
         opts = request.options
@@ -315,12 +325,12 @@ class Searcher:
             raise QueryError(f"options must be SearchOptions, not {type(opts).__name__}")
         flt = self._filter(opts)
         if not request.composed:
-            understood, rest = self._read_text(request.query, opts)
+            understood, rest = self._read_text(request.query, opts, vocabulary)
             return _Planned(index, opts, flt, understood, None, rest)
         understood = None
         words = [request.query]
         if not opts.literal:
-            understood = self.understand(request.query, today=opts.today)
+            understood = _understand(request.query, opts.today, vocabulary())
             if understood.has_facts:
                 words = [understood.text] if understood.text else []
         terms = parse_query(words, files=request.files) if words else []
@@ -442,13 +452,13 @@ class Searcher:
     def understand(self, query: str, *, today: date | None = None) -> Understood:
         """The dates, places and cameras `query` names, and the rest (see search.understand),
         with this library's places and cameras; DateError for a date that does not exist."""
-        return understand(query, today=today or date.today(), vocabulary=self.vocabulary())
+        return _understand(query, today, self.vocabulary())
 
     def vocabulary(self) -> Vocabulary:
         """The library's places and cameras with their photo counts, for `understand`;
         cached like `folders`."""
         with self.library.session() as s, s.begin():
-            stamp = photos.count_and_newest(s)
+            stamp = photos.change_stamp(s)
             cached = self._vocabulary
             if cached and cached[0] == stamp and time.monotonic() - cached[1] < FOLDERS_TTL:
                 return cached[2]
@@ -463,7 +473,9 @@ class Searcher:
         서귀포시") with its photo count, most photos first."""
         return self.vocabulary().place_counts()
 
-    def _read_text(self, query: str, opts: SearchOptions) -> tuple[Understood | None, str]:
+    def _read_text(
+        self, query: str, opts: SearchOptions, vocabulary: Callable[[], Vocabulary]
+    ) -> tuple[Understood | None, str]:
         """(what a text query was understood as, the text left for the text tower)."""
         text = nfc(query).strip()
         check_text(text, "the query text")
@@ -471,7 +483,7 @@ class Searcher:
             if not text:
                 raise QueryError("the query is empty")
             return None, text
-        understood = self.understand(text, today=opts.today)
+        understood = _understand(text, opts.today, vocabulary())
         if not understood.text and not understood.has_facts:
             raise QueryError("the query is empty")
         return understood, understood.text
@@ -563,7 +575,7 @@ class Searcher:
         """Every folder holding photos (relative to the photo root) with its photo count,
         subfolders included, sorted; cached (see FOLDERS_TTL)."""
         with self.library.session() as s, s.begin():
-            stamp = photos.count_and_newest(s)
+            stamp = photos.change_stamp(s)
             cached = self._folders
             if cached and cached[0] == stamp and time.monotonic() - cached[1] < FOLDERS_TTL:
                 return cached[2]
@@ -735,19 +747,42 @@ class Searcher:
                 want = _ALL  # the cutoff reads every score; a date order needs every kept photo
             elif any(q.words for q in ranked):
                 want = max(want, FUSE_DEPTH)
-            kept = self._nearest(ranked, flt, want)
-            for q, k in zip(ranked, kept, strict=True):
-                found[id(q)] = self._ranked_results(q, k, opts, flt)
+            loaded = self.index.refresh()
+            # One snapshot for the batch: the candidates are read as ids, and only the photos
+            # that end up on a page as rows (every page's in one read).
+            with self.library.session() as s, s.begin():
+                memo = self._words_memo(s)
+                kept = self._nearest(s, loaded, ranked, flt, want)
+                pages = [
+                    self._ranked_page(s, q, k, opts, flt, memo)
+                    for q, k in zip(ranked, kept, strict=True)
+                ]
+                rows = photos.photos_by_id(s, [i for page, _ in pages for _, i in page])
+            for q, (page, cutoff) in zip(ranked, pages, strict=True):
+                hits = [(score, rows[i]) for score, i in page if i in rows]
+                found[id(q)] = self._results(q, hits, opts, cutoff)
         for q in batch:
             if q.vector is None:
                 found[id(q)] = self._listing(q, opts, flt)
         return [found[id(q)] for q in batch]
 
+    def _words_memo(self, s: Any) -> dict[tuple[str, str], Any]:
+        """The lookups of the photos' words (`lexical.ranking`'s memo) made since the library
+        last changed: kept while nothing is committed to it (`db.photos.change_stamp`, read
+        first in the session, so the memo and the session's snapshot agree)."""
+        stamp = photos.change_stamp(s)
+        cached = self._words
+        if cached is not None and cached[0] == stamp and _memo_ids(cached[1]) < WORDS_MEMO:
+            return cached[1]
+        memo: dict[tuple[str, str], Any] = {}
+        self._words = (stamp, memo)
+        return memo
+
     def _nearest(
-        self, batch: list[_Query], flt: Filter, want: int
-    ) -> list[list[tuple[float, db.Photo]]]:
+        self, s: Any, loaded: Any, batch: list[_Query], flt: Filter, want: int
+    ) -> list[list[tuple[float, int]]]:
         """Each query's nearest photos passing the filter, at least `want` of them (or all
-        there are), best first."""
+        there are), best first, as (score, id)."""
         queries = np.stack([q.vector for q in batch]).astype(np.float32)
         # One candidate past the page, so `_settled` can see whether the page ends inside a tie.
         fetch = (
@@ -756,102 +791,101 @@ class Searcher:
             + max(len(q.exclude) for q in batch)
             + (1 if any(q.exclude_same for q in batch) else 0)
         )
-        loaded = self.index.refresh()
         # A query's candidates are taken from the first fetch that settles it, so its answer
         # is the one it gets alone, whatever its batch-mates needed.
-        done: list[list[tuple[float, db.Photo]] | None] = [None] * len(batch)
-        with self.library.session() as s, s.begin():
-            limit = None
-            while True:
-                if fetch > _CHEAP_FETCH:
-                    # Never allocate for more candidates than exist (`-k 10**12` is a page of
-                    # the whole library); one column past the last one tells `_settled` so.
-                    limit = limit or candidate_limit(loaded, s) + 1
-                    fetch = min(fetch, limit)
-                scores, ids = top_k(loaded, s, flt, queries, fetch)
-                rows = photos.photos_by_id(s, np.unique(ids[ids >= 0]))
-                kept = [
-                    self._keep(q, sc, ii, rows)
-                    for q, sc, ii in zip(batch, scores, ids, strict=True)
-                ]
-                for j, (k, sc, ii) in enumerate(zip(kept, scores, ids, strict=True)):
-                    if done[j] is None and _settled(k, sc, ii, want):
-                        done[j] = k
-                if all(k is not None for k in done):
-                    break
-                fetch *= 2
+        done: list[list[tuple[float, int]] | None] = [None] * len(batch)
+        limit = None
+        while True:
+            if fetch > _CHEAP_FETCH:
+                # Never allocate for more candidates than exist (`-k 10**12` is a page of
+                # the whole library); one column past the last one tells `_settled` so.
+                limit = limit or candidate_limit(loaded, s) + 1
+                fetch = min(fetch, limit)
+            scores, ids = top_k(loaded, s, flt, queries, fetch)
+            present = photos.present_ids(s, np.unique(ids[ids >= 0]).tolist())
+            kept = [
+                self._keep(q, sc, ii, present) for q, sc, ii in zip(batch, scores, ids, strict=True)
+            ]
+            for j, (k, sc, ii) in enumerate(zip(kept, scores, ids, strict=True)):
+                if done[j] is None and _settled(k, sc, ii, want):
+                    done[j] = k
+            if all(k is not None for k in done):
+                break
+            fetch *= 2
         # Equal scores (exact duplicates) come back from FAISS in an order that depends on k;
         # ordering them by id makes pages of one ranking agree with each other.
-        return [sorted(k, key=lambda pair: (-pair[0], pair[1].id)) for k in done]  # type: ignore[arg-type]
+        return [sorted(k, key=lambda pair: (-pair[0], pair[1])) for k in done]  # type: ignore[arg-type]
 
     @staticmethod
     def _keep(
-        query: _Query, scores: np.ndarray, ids: np.ndarray, rows: dict[int, db.Photo]
-    ) -> list[tuple[float, db.Photo]]:
+        query: _Query, scores: np.ndarray, ids: np.ndarray, present: set[int]
+    ) -> list[tuple[float, int]]:
         out = []
+        exclude, same = query.exclude, query.exclude_same
         for score, pid in zip(scores.tolist(), ids.tolist(), strict=True):
-            if pid < 0 or pid in query.exclude or pid not in rows:
+            if pid < 0 or pid in exclude or pid not in present:
                 continue
-            if query.exclude_same and score >= SAME_IMAGE_SCORE:
+            if same and score >= SAME_IMAGE_SCORE:
                 continue
-            out.append((score, rows[pid]))
+            out.append((score, pid))
         return out
 
     def _lexical(
-        self, query: _Query, flt: Filter
-    ) -> tuple[list[int], dict[int, tuple[float, db.Photo]]]:
+        self, s: Any, query: _Query, flt: Filter, memo: dict[tuple[str, str], Any]
+    ) -> tuple[list[int], dict[int, float]]:
         """The photos whose words hold the query's words (passing the filter), best first, and
-        (cosine, row) of each."""
-        with self.library.session() as s, s.begin():
-            ranked = [i for i, _ in lexical.ranking(s, query.words, limit=LEXICAL_DEPTH)]
-            ranked = [i for i in ranked if i not in query.exclude]
-            if flt.active and ranked:
-                allowed = set(
-                    photos.ids_where(s, *flt.conditions(), db.Photo.id.in_(ranked)).tolist()
-                )
-                ranked = [i for i in ranked if i in allowed]
-            rows = photos.photos_by_id(s, ranked)
-            ranked = [i for i in ranked if i in rows]
-            vectors = embeddings.vectors_for(s, ranked) if ranked else np.zeros((0, 1), np.float32)
-        scores = (vectors @ query.vector).tolist() if ranked else []
-        return ranked, {i: (sc, rows[i]) for i, sc in zip(ranked, scores, strict=True)}
+        the cosine of each."""
+        ranked = [i for i, _ in lexical.ranking(s, query.words, limit=LEXICAL_DEPTH, memo=memo)]
+        ranked = [i for i in ranked if i not in query.exclude]
+        if flt.active and ranked:
+            allowed = set(photos.ids_where(s, *flt.conditions(), db.Photo.id.in_(ranked)).tolist())
+            ranked = [i for i in ranked if i in allowed]
+        present = photos.present_ids(s, ranked)
+        ranked = [i for i in ranked if i in present]
+        if not ranked:
+            return [], {}
+        scores = (embeddings.vectors_for(s, ranked) @ query.vector).tolist()
+        return ranked, dict(zip(ranked, scores, strict=True))
 
-    def _ranked_results(
+    def _ranked_page(
         self,
+        s: Any,
         query: _Query,
-        kept: list[tuple[float, db.Photo]],
+        kept: list[tuple[float, int]],
         opts: SearchOptions,
         flt: Filter,
-    ) -> SearchResults:
-        """A ranked query's page: fused with its words' matches, cut, ordered as asked."""
+        memo: dict[tuple[str, str], Any],
+    ) -> tuple[list[tuple[float, int]], Cutoff | None]:
+        """A ranked query's page as (score, id), fused with its words' matches, cut, ordered
+        as asked; and the cutoff applied."""
         words: list[int] = []
-        scored = {row.id: (score, row) for score, row in kept}
+        scored = {pid: score for score, pid in kept}
         if query.words:
-            words, more = self._lexical(query, flt)
+            words, more = self._lexical(s, query, flt, memo)
             scored = {**more, **scored}
         cutoff = None
         cut = opts.cut
         if cut == "auto":
             cutoff = adaptive_cutoff(np.asarray([score for score, _ in kept], np.float64))
             matched = set(words)  # a photo named for the query is relevant to it
-            survivors = [
-                i for i, (score, _) in scored.items() if cutoff.keeps(score) or i in matched
-            ]
+            survivors = [i for i, score in scored.items() if cutoff.keeps(score) or i in matched]
         elif cut is not None:
-            survivors = [i for i, (score, _) in scored.items() if score >= cut]
+            survivors = [i for i, score in scored.items() if score >= cut]
         else:
             survivors = list(scored)
         alive = set(survivors)
         if opts.sort != "relevance":
             newest = opts.sort == "newest"
-            order = sorted(alive, key=lambda i: _date_key(scored[i][1], newest))
+            taken = photos.taken_at_by_id(s, alive)
+            alive &= taken.keys()
+            order = sorted(alive, key=lambda i: _date_key(taken[i], i, newest))
         elif words:
-            embedding = [row.id for _, row in kept]
+            embedding = [pid for _, pid in kept]
             order = [i for i, _ in lexical.fuse(embedding, words) if i in alive]
         else:
-            order = [row.id for _, row in kept if row.id in alive]
-        page = [scored[i] for i in order[opts.offset : opts.offset + opts.k]]
-        return self._results(query, page, opts, cutoff)
+            order = [pid for _, pid in kept if pid in alive]
+        page = [(scored[i], i) for i in order[opts.offset : opts.offset + opts.k]]
+        return page, cutoff
 
     def _listing(self, query: _Query, opts: SearchOptions, flt: Filter) -> SearchResults:
         """A query of facts only: every photo passing the filter, newest (or oldest) first."""
@@ -949,6 +983,16 @@ def _settled(
     return bool(scores[-1] < kept[want - 1][0])
 
 
+def _memo_ids(memo: dict[tuple[str, str], Any]) -> int:
+    """How many photo ids a words memo holds."""
+    return sum(len(v) for v in memo.values() if isinstance(v, list))
+
+
+def _understand(query: str, today: date | None, vocabulary: Vocabulary) -> Understood:
+    """What `query` names (see `Searcher.understand`), with the library's `vocabulary`."""
+    return understand(query, today=today or date.today(), vocabulary=vocabulary)
+
+
 def _with_facts(flt: Filter, understood: Understood | None) -> Filter:
     """The filter narrowed by what a query was understood to name."""
     if understood is None or not understood.has_facts:
@@ -957,6 +1001,6 @@ def _with_facts(flt: Filter, understood: Understood | None) -> Filter:
     return flt.narrowed(after, before, understood.places, understood.cameras)
 
 
-def _date_key(row: db.Photo, newest: bool) -> tuple[float, int]:
-    stamp = row.taken_at.timestamp() if row.taken_at else 0.0
-    return (-stamp if newest else stamp), row.id
+def _date_key(taken_at: datetime | None, photo_id: int, newest: bool) -> tuple[float, int]:
+    stamp = taken_at.timestamp() if taken_at else 0.0
+    return (-stamp if newest else stamp), photo_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import errno
 import json
@@ -108,6 +109,47 @@ def test_reader_sees_committed_snapshot_while_writer_is_mid_transaction(library)
                 s.execute(text("DELETE FROM photos"))
     finally:
         reader.close()
+
+
+def test_change_stamp_moves_with_every_commit_by_another_connection(library):
+    rng = np.random.default_rng(2)
+    (pid,) = _add(library, _unit(rng, 1))
+    reader = db.Library.open(library.directory, readonly=True)
+
+    def stamp() -> tuple[int, int]:
+        with reader.session() as s, s.begin():
+            return photos.change_stamp(s)
+
+    try:
+        before = stamp()
+        assert stamp() == before  # nothing committed: the same stamp, query after query
+        # A commit that keeps the photo count and the newest id (a move) still moves it.
+        with library.session() as w, w.begin():
+            w.get(db.Photo, pid).path = "moved/p0.jpg"
+        after = stamp()
+        assert after != before and stamp() == after
+        # Another thread reads through its own connection: a stamp of its own, never equal.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            assert pool.submit(stamp).result() != after
+    finally:
+        reader.close()
+
+
+def test_candidate_reads_by_id(library):
+    rng = np.random.default_rng(3)
+    ids = _add(library, _unit(rng, 3))
+    with library.session() as s, s.begin():
+        s.delete(s.get(db.Photo, ids[1]))
+    # More ids than SQLite takes parameters in one statement, most without a row.
+    wanted = [ids[2], -1, ids[1], ids[0], ids[0], *range(10**6, 10**6 + 40_000)]
+    with library.session() as s, s.begin():
+        assert photos.present_ids(s, wanted) == {ids[0], ids[2]}
+        assert photos.taken_at_by_id(s, wanted) == {
+            ids[0]: datetime(2024, 5, 1, 12, 0, 0),
+            ids[2]: datetime(2024, 5, 1, 12, 0, 0),
+        }
+        assert set(photos.photos_by_id(s, np.array(wanted))) == {ids[0], ids[2]}
+        assert photos.present_ids(s, []) == set() and photos.taken_at_by_id(s, []) == {}
 
 
 def test_open_missing_library_is_a_clear_error(tmp_path):

@@ -78,3 +78,23 @@ def test_reciprocal_rank_fusion():
     assert fused[0] == 3  # in both lists
     assert set(fused) == {1, 2, 3, 4}
     assert ids(lexical.fuse([1, 2, 3], [])) == [1, 2, 3]  # nothing lexical: unchanged order
+
+
+def test_short_words_and_the_count_read_fts5s_own_copy_as_the_table_answers(session):
+    """Two-letter words and the table's size are read from FTS5's content table (quicker than
+    through the virtual table): the same rows as a LIKE over the virtual table, ASCII case
+    folded alike, and the same count, also after words are replaced and forgotten."""
+    from sqlalchemy import text
+
+    lexical.put(session, [PhotoWords.of(6, "Ca/가족_GA%.jpg", keywords=["ga_"])])
+    lexical.forget(session, [5])
+    where = " OR ".join(f"{c} LIKE :p ESCAPE '\\'" for c in lexical.COLUMNS)
+    for word in ("가족", "ca", "CA", "ga", "%", "_", "0", "img", "없음"):
+        pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        found = session.execute(
+            text(f"SELECT rowid FROM {lexical.TABLE} WHERE {where}"), {"p": pattern}
+        )
+        assert sorted(lexical._ids_with(session, word)) == sorted(r[0] for r in found), word
+    count = session.execute(text(f"SELECT count(*) FROM {lexical.TABLE}")).scalar()
+    assert count == 5
+    assert set(ids(lexical.ranking(session, ["ca"]))) == {2, 4, 6}  # camera x2, Ca

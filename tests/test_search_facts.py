@@ -8,6 +8,7 @@ tests/test_search_e2e_facts.py's part), so each rule of the search side is teste
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import date, datetime
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
+import db
+from db.lock import LibraryLock
+from db.photo_writes import update_photo
 from db.testing import set_facts
 from search import DateError, QueryError, Searcher
 from tests.search_fixtures import PHOTOS, error_json, index_folder, ok_json, write_photos
@@ -220,6 +224,46 @@ def test_places_and_vocabulary(searcher: Searcher) -> None:
     assert places["제주특별자치도"] == 3
     assert places["제주특별자치도 서귀포시"] == 2
     assert places["일본 도쿄"] == 1
+
+
+def test_a_commit_by_the_indexer_shows_in_the_next_query(
+    library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The places, cameras and folders are cached between queries, yet what another
+    connection commits (here facts and a move: the photo count and the newest id stay the
+    same) is seen by the very next query, not only once the cache's age runs out."""
+    import search.searcher
+
+    monkeypatch.setattr(search.searcher, "FOLDERS_TTL", float("inf"))  # only the stamp tells
+    root = tmp_path / "photos"
+    shutil.copytree(library.parent, root)
+    copy = db.default_library_dir(root)
+    with Searcher(copy) as searcher:
+        assert "대구광역시" not in dict(searcher.places())
+        assert searcher.text("대구 바다", today=TODAY).understood.places == ()
+        folders = dict(searcher.folders())
+        assert "2025" not in folders and folders["2024/바다"] == 4
+        # The photos' words too: none holds 해변가 yet (its lookup is kept while nothing changes).
+        assert "2024/바다/모래.jpg" not in _paths(searcher.text("해변가", threshold="auto"))
+        facts = (("대구광역시", "중구"), "Sony", "A7", ("해변가",))
+        moved = {**FACTS, "2024/바다/모래.jpg": facts}
+        set_facts(copy, lambda rel: moved.get(rel, (None, None, None, ())))
+        assert _paths(searcher.text("해변가", threshold="auto"))[0] == "2024/바다/모래.jpg"
+        results = searcher.text("대구 바다", today=TODAY)
+        assert results.understood.places == ("대구광역시",)
+        assert [hit.relpath for hit in results] == ["2024/바다/모래.jpg"]
+        assert dict(searcher.places())["대구광역시 중구"] == 1
+        with (
+            LibraryLock(copy),
+            db.Library.open(copy, readonly=False) as lib,
+            lib.session() as s,
+            s.begin(),
+        ):
+            row = db.photos.photo_by_relpath(s, "2024/바다/모래.jpg")
+            update_photo(s, row.id, path="2025/모래.jpg")
+        folders = dict(searcher.folders())
+        assert folders["2025"] == 1 and folders["2024/바다"] == 3
+        assert [hit.relpath for hit in searcher.text("대구 바다", today=TODAY)] == ["2025/모래.jpg"]
 
 
 def test_json_carries_the_understanding(searcher: Searcher) -> None:
