@@ -245,6 +245,29 @@ def base_checkout(cache: Path, ref: str) -> Path:
     return target
 
 
+def base_library(src: Path, cache: Path, ckpt: Path, n: int, index_type: str, env: dict) -> Path:
+    """The library the base commit's server reads: written by that commit's own code (its
+    bench/serve.py's `library`), since an older koclip-search refuses a newer schema."""
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+        "import bench.serve as b; "
+        "made = b.library(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]); "
+        "print(made[0] if isinstance(made, tuple) else made)"
+    )
+    where = cache / f"{src.name}-libraries"
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(src), str(where), str(ckpt), str(n), index_type],
+        cwd=src,
+        env=env | {"PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"the base's own library could not be written:\n{done.stderr[-2000:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
 # -- the machine and the tower ------------------------------------------------------------------
 
 
@@ -1018,8 +1041,9 @@ def main() -> None:
     if args.base:
         src = base_checkout(args.cache, args.base)
         run = ModeRun("base", f"base {args.base} (plain serve)", [])
+        base_lib = base_library(src, args.cache, ckpt, args.photos, index_type, env)
         runs["base"] = run_mode(
-            run, src, lib_dir, env | {"PYTHONPATH": str(src)}, plan(), args.timeout
+            run, src, base_lib, env | {"PYTHONPATH": str(src)}, plan(), args.timeout
         )
     if "a" in modes:
         if "--max-batch" in options:
