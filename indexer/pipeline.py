@@ -470,12 +470,13 @@ def _object_root(url: str, options: IndexOptions) -> ObjectRoot:
     refused later (a key allowed to list, not to read) end the run with the same line."""
     if options.library is None:
         raise UrlRootError(f"{url} is not a folder: say where its library goes with --library DIR")
-    endpoint = options.endpoint_url
-    if not endpoint and not any(
-        os.environ.get(v) for v in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-    ):
-        endpoint = _stored_endpoint(Path(options.library).expanduser())
-    root = open_root(url, endpoint_url=endpoint, retry=options.storage_retry)
+    library_dir = Path(options.library).expanduser()
+    root = open_root(
+        url,
+        endpoint_url=options.endpoint_url,
+        stored_endpoint=lambda: _stored_endpoint(library_dir),
+        retry=options.storage_retry,
+    )
     root.probe(read_one=False)
     return root
 

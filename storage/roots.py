@@ -118,11 +118,13 @@ def open_root(
     url: str,
     *,
     endpoint_url: str | None = None,
+    stored_endpoint: Callable[[], str | None] | None = None,
     retry: Retry | None = None,
     timeout: float = 30.0,
 ) -> ObjectRoot:
     """The root at `url`. For s3:// the endpoint is `endpoint_url`, else $AWS_ENDPOINT_URL_S3,
-    else $AWS_ENDPOINT_URL (unset: AWS itself); `timeout` bounds each connection and each read
+    else $AWS_ENDPOINT_URL, else what `stored_endpoint()` says (the one a library was indexed
+    through; asked only then), else AWS itself; `timeout` bounds each connection and each read
     of a response (seconds). No request is made here (`ObjectRoot.probe` makes the first)."""
     if not is_url(url):
         raise StorageError(f"not an object-store URL: {url!r}")
@@ -136,14 +138,14 @@ def open_root(
         return S3Root(
             bucket,
             prefix,
-            endpoint=_endpoint(endpoint_url),
+            endpoint=_endpoint(endpoint_url, stored_endpoint),
             retry=retry or Retry(),
             timeout=timeout,
         )
     return FsspecRoot(protocol, bucket, prefix, retry=retry or Retry(), timeout=timeout)
 
 
-def _endpoint(option: str | None) -> str | None:
+def _endpoint(option: str | None, stored: Callable[[], str | None] | None) -> str | None:
     for value in (
         option,
         os.environ.get("AWS_ENDPOINT_URL_S3"),
@@ -151,7 +153,7 @@ def _endpoint(option: str | None) -> str | None:
     ):
         if value:
             return value
-    return None
+    return (stored() or None) if stored is not None else None
 
 
 def _display_url(url: str) -> str:

@@ -66,8 +66,6 @@ WARMUP_QUERY = "사진"
 # Threads that touch the library's engine: these plus the search thread stay within the
 # five of its SingletonThreadPool (see the module docstring).
 DB_THREADS = 2
-# Where boto reads an S3 endpoint from (storage.open_root too).
-ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 # How long a set-aside or restore waits for this server's watcher to finish its pass.
 WRITE_WAIT = 30.0
 # Seconds a client refused with a full queue is told to wait (Retry-After).
@@ -427,12 +425,13 @@ class Backend:
         if self._objects is None or self._objects.url != url:
             from storage import open_root
 
-            # As `index` takes it: the one given, else $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL,
+            # As `index` takes it (storage.open_root): the one given, else the environment's,
             # else the one the library was indexed through.
-            endpoint = self.endpoint_url
-            if not endpoint and not any(os.environ.get(v) for v in ENDPOINT_VARIABLES):
-                endpoint = self.read(lambda s: s.library.root_endpoint())
-            self._objects = open_root(url, endpoint_url=endpoint)
+            self._objects = open_root(
+                url,
+                endpoint_url=self.endpoint_url,
+                stored_endpoint=lambda: self.read(lambda s: s.library.root_endpoint()),
+            )
         top = f"{url}/"
         where = str(photo.path)
         key = where[len(top) :] if where.startswith(top) else ""
