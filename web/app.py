@@ -476,6 +476,7 @@ def create_app(
     max_batch: int = MAX_BATCH,
     queue_size: int = QUEUE_SIZE,
     endpoint_url: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> FastAPI:
     """The web app for one library (a library folder or a photo folder holding one; None: the
     nearest from the cwd). The library may not exist yet: the page says so until it does.
@@ -487,7 +488,8 @@ def create_app(
     seconds of each other are answered as one batch of at most `max_batch`; past
     `queue_size` waiting searches a request is answered 503 `busy` (see web.batcher).
     `endpoint_url`: the object store's endpoint for a library of photos in object storage
-    (default: the URL's own, or $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL).
+    (default: the URL's own, or $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL). `headers`: more
+    headers on every answer (a replica's name).
     """
     metrics = Metrics()
     backend = Backend(
@@ -532,7 +534,7 @@ def create_app(
     app.add_middleware(HostGuard, allowed_hosts=allowed_hosts or list(LOCAL_HOSTS))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, extra=headers)
 
     static = resources.files("web") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

@@ -386,7 +386,7 @@ def replica_app(spec: ReplicaSpec) -> Any:
     problem = library_problem(spec.library)
     if problem:
         raise ClusterSetupError(problem)
-    from web.app import SecurityHeaders, create_app
+    from web.app import create_app
 
     app = create_app(
         spec.library,
@@ -396,10 +396,9 @@ def replica_app(spec: ReplicaSpec) -> Any:
         batch_window=spec.batch_window,
         max_batch=spec.max_batch,
         queue_size=spec.queue_size,
+        headers={REPLICA_HEADER: _replica_id()},
     )
     app.state.backend.warm()  # errors here fail the replica's start: Ray reports and retries
-    # Pure ASGI, as every middleware of the app: a queued search must see its client leave.
-    app.add_middleware(SecurityHeaders, extra={REPLICA_HEADER: _replica_id()})
 
     app.state.library = spec.library
     app.state.replica_ready = True
