@@ -360,13 +360,7 @@ class Searcher:
             query = self._compose(terms, request.prompt, text_vectors)
         else:
             query = _Query("", None, set())
-        if understood is not None and understood.has_facts:
-            query.text = understood.query
-        query.understood = understood
-        if not opts.literal:
-            positive = [t.text for t in terms if t.is_text and t.weight > 0]
-            query.words = lexical.query_words(" ".join(positive))  # type: ignore[arg-type]
-        return query
+        return _understood_query(query, terms, understood, opts.literal)
 
     def search_images(self, requests: Sequence[ImageRequest]) -> list[SearchResults | Exception]:
         """Several in-memory image queries, each with its own options, answered as `image`
@@ -441,12 +435,7 @@ class Searcher:
         if not terms and (understood is None or not understood.has_facts):
             raise QueryError("the query is empty")
         query = self._compose(terms, prompt) if terms else _Query("", None, set())
-        if understood is not None and understood.has_facts:
-            query.text = understood.query
-        query.understood = understood
-        if not opts.literal:
-            positive = [t.text for t in terms if t.is_text and t.weight > 0]
-            query.words = lexical.query_words(" ".join(positive))  # type: ignore[arg-type]
+        query = _understood_query(query, terms, understood, opts.literal)
         return self._grouped([query], opts, flt)[0]
 
     def understand(self, query: str, *, today: date | None = None) -> Understood:
@@ -991,6 +980,21 @@ def _memo_ids(memo: dict[tuple[str, str], Any]) -> int:
 def _understand(query: str, today: date | None, vocabulary: Vocabulary) -> Understood:
     """What `query` names (see `Searcher.understand`), with the library's `vocabulary`."""
     return understand(query, today=today or date.today(), vocabulary=vocabulary)
+
+
+def _understood_query(
+    query: _Query, terms: Sequence[Term], understood: Understood | None, literal: bool
+) -> _Query:
+    """A composed query with what was understood of it: the facts (shown as its text when
+    there are any), and the positive text terms' words for the name match (unless
+    `literal`)."""
+    if understood is not None and understood.has_facts:
+        query.text = understood.query
+    query.understood = understood
+    if not literal:
+        positive = [t.text for t in terms if t.is_text and t.weight > 0]
+        query.words = lexical.query_words(" ".join(positive))  # type: ignore[arg-type]
+    return query
 
 
 def _with_facts(flt: Filter, understood: Understood | None) -> Filter:
