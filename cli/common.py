@@ -136,6 +136,20 @@ def echo_summary(summary: Summary, as_json: bool) -> None:
         click.echo(summary.to_text())
 
 
+def ray_option(help: str) -> Callable[[Callable], Callable]:
+    """`--ray [ADDRESS]` (a value or none: "" then), as `index` and `serve` take it; checked
+    by `ray_address_param`."""
+    return click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="",
+        default=None,
+        metavar="[ADDRESS]",
+        help=help,
+    )
+
+
 def ray_address_param(value: str, bare_hint: str = "") -> str | None:
     """--ray's ADDRESS (`index` and `serve`): auto, local, HOST:PORT (or ray://HOST:PORT);
     "" (a bare --ray): None, Ray's own rule."""

@@ -16,6 +16,7 @@ from cli.common import (
     json_summary_option,
     options,
     ray_address_param,
+    ray_option,
     shown,
     workers_option,
 )
@@ -52,14 +53,8 @@ _watch_options = options(
 )
 
 _ray_options = options(
-    click.option(
-        "--ray",
-        "ray_address",
-        is_flag=False,
-        flag_value="",
-        default=None,
-        metavar="[ADDRESS]",
-        help="Read and encode on a Ray cluster: auto (RAY_ADDRESS or the cluster started here), "
+    ray_option(
+        "Read and encode on a Ray cluster: auto (RAY_ADDRESS or the cluster started here), "
         "local (a private Ray on this machine) or HOST:PORT; alone: the first of RAY_ADDRESS, "
         "this machine's cluster, a private one. PHOTO_DIR must be at the same path on every "
         "node; an s3:// PHOTO_DIR is read by each node with its own credentials.",

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from cli.common import FiniteFloat, domain_errors
+from cli.common import FiniteFloat, domain_errors, ray_option
 from cli.main import main
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -100,14 +100,8 @@ def _allowed_hosts(host: str) -> list[str]:
     help="The most searches waiting for their turn; past it a search is answered "
     "503 busy (with Retry-After) at once.",
 )
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[ADDRESS]",
-    help="Serve from replicas on a Ray cluster (Ray Serve), one entry point at --host/--port: "
+@ray_option(
+    "Serve from replicas on a Ray cluster (Ray Serve), one entry point at --host/--port: "
     "auto (RAY_ADDRESS or the cluster started here), local (a private Ray on this machine) or "
     "HOST:PORT. The library must be at the same path on every node; replicas only read it.",
 )
