@@ -62,12 +62,6 @@ def newest_id(session: Session) -> int:
     return session.scalar(select(func.max(Photo.id))) or 0
 
 
-def count_and_newest(session: Session) -> tuple[int, int | None]:
-    """(photo count, newest id): changes whenever photos are added or removed."""
-    count, newest = session.execute(select(func.count(Photo.id), func.max(Photo.id))).one()
-    return count, newest
-
-
 def change_stamp(session: Session) -> tuple[int, int]:
     """A stamp of the library as this session's connection sees it, cheap enough for every
     query (no row is read): it changes whenever another connection (an indexer, a watcher)
